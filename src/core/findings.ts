@@ -1,0 +1,103 @@
+/** Findings: what the audits report, shared by the CLI (JSON, SARIF, Markdown) and the editor (diagnostics). */
+
+export type Severity = 'error' | 'warning' | 'info';
+
+/** A located finding. Lines and columns are 1-based; columns count UTF-16 code units, as editors do. */
+export interface Finding {
+  code: string;
+  severity: Severity;
+  message: string;
+  file?: string;
+  line: number;
+  column: number;
+  endLine: number;
+  endColumn: number;
+}
+
+export interface CodeInfo {
+  title: string;
+  /** Why it matters for piggyback risk, one sentence (used in docs, SARIF rule help and hovers). */
+  why: string;
+}
+
+/** Every code the product can raise. docs/diagnostics.md has one section per code (a test keeps them in step). */
+export const CODES: Record<string, CodeInfo> = {
+  CT001: {
+    title: 'Hidden default system prompt',
+    why: 'A constant system block the data never wrote is rendered before every query: the piggyback carrier itself.',
+  },
+  CT002: {
+    title: 'Date in the prompt prefix',
+    why: 'The prefix changes with the date, so training, evaluation and deployment see different prefixes and one-extraction patching needs equal token counts.',
+  },
+  CT003: {
+    title: 'Double BOS',
+    why: 'The template writes the BOS token and the tokenizer adds another, shifting position 0 that the prefix is built on.',
+  },
+  CT004: {
+    title: 'Generation prompt missing or inconsistent',
+    why: 'The postfix the model sees at evaluation differs from the one it was trained on.',
+  },
+  CT005: {
+    title: 'No generation markers',
+    why: 'Without {% generation %} markers, assistant-only loss masks are empty or wrong and the loss lands on template tokens.',
+  },
+  CT006: {
+    title: 'Training and inference templates differ',
+    why: 'The prefix patched or measured must be the one used in training; a mismatch hides or fakes drift.',
+  },
+  CT007: {
+    title: 'Role rules move the system text',
+    why: 'Templates that reject or merge the system role move system text into the user turn, and with it the carrier tokens.',
+  },
+  CT008: {
+    title: 'Reasoning scaffold in the postfix',
+    why: 'An empty think block after the assistant header is part of the postfix carrier (Qwen3 carries piggyback there).',
+  },
+  CT009: {
+    title: 'Template cannot be rendered',
+    why: 'The audit cannot see the prefix and postfix of a template it cannot render.',
+  },
+  CT010: {
+    title: 'End of turn never trained',
+    why: 'If no end-of-turn token follows the response in training, the model never learns to stop and run-on answers confound judges.',
+  },
+  DS001: { title: 'Malformed JSON line', why: 'The trainer will fail on or silently skip this row.' },
+  DS002: { title: 'Unrecognised row format', why: 'The row matches no chat dataset format the trainer reads.' },
+  DS003: { title: 'Unknown role', why: 'The template may drop, reject or mis-render a turn with this role.' },
+  DS004: { title: 'Empty content', why: 'An empty turn trains the template tokens around it and nothing else.' },
+  DS005: { title: 'Turns do not alternate', why: 'Strict templates raise on this row; lenient ones render turns the model never sees at inference.' },
+  DS006: { title: 'No assistant turn', why: 'With response-only loss the row trains nothing; without it, it trains the template.' },
+  DS007: { title: 'Line too long', why: 'A line over the reader limit is skipped rather than read into memory.' },
+  DS008: { title: 'Template fails on this row', why: 'The trainer would raise or skip this row when applying the chat template.' },
+  DS101: {
+    title: 'Shared prefix (piggyback surface)',
+    why: 'When nearly every row renders the same prefix, finetuning can store a query-independent bias in it.',
+  },
+  DS102: {
+    title: 'Prefix longer than the typical query',
+    why: 'A long constant prefix holds more of the attention budget than the query and is where drift concentrates.',
+  },
+  DS103: {
+    title: 'System messages dropped, merged or rejected',
+    why: 'The system text the data carries is not what the model sees.',
+  },
+  DS104: {
+    title: 'Default system prompt injected',
+    why: 'Rows without a system turn get the template default, an invisible prefix shared by all of them.',
+  },
+  DS105: { title: 'Mixed row formats', why: 'Rows in several formats are likely read differently (or not at all) by the trainer.' },
+};
+
+/** The docs page for a code, relative to the package root (the extension resolves it against its install folder). */
+export function docsPath(code: string): string {
+  return `docs/diagnostics.md#${code.toLowerCase()}`;
+}
+
+export function hasErrors(findings: readonly Finding[]): boolean {
+  return findings.some((f) => f.severity === 'error');
+}
+
+export function sortFindings(findings: Finding[]): Finding[] {
+  return findings.sort((a, b) => (a.file ?? '').localeCompare(b.file ?? '') || a.line - b.line || a.column - b.column || a.code.localeCompare(b.code));
+}

@@ -1,0 +1,242 @@
+/**
+ * The static template audit: CT001-CT010 wherever they can be decided without a model, each located in the
+ * template source. Every check works by rendering the real template with probes (markers, clocks, roles), so it
+ * holds for templates it has never seen, not only for known model families.
+ */
+import { CODES, Finding, Severity } from '../findings';
+import { LineIndex } from '../json';
+import type { LoadedTokenizer } from '../tokenizer';
+import { ChatTemplate, TemplateRaisedError } from './render';
+import { frame, SegmentationError, segmentPrompt, Segmentation, SegmentRequest } from './segments';
+import { fileOffset, TemplateLoadError, TemplateSource } from './source';
+
+export interface TemplateAuditOptions {
+  tokenizer?: LoadedTokenizer;
+  /** Extra template kwargs the user trains with (enable_thinking, date_string, ...). */
+  kwargs?: Record<string, unknown>;
+  /** Clock for strftime_now; fixed by default so that audits are reproducible. */
+  now?: Date;
+  /** Query used for the example segmentation. */
+  query?: string;
+}
+
+export interface TemplateAudit {
+  source: TemplateSource;
+  /** The prompt as the trainer renders it for a row with no system message, split into segments. */
+  segments?: Segmentation;
+  /** The template's default system prompt, when it injects one. */
+  defaultSystemPrompt?: string;
+  findings: Finding[];
+}
+
+export const SAMPLE_QUERY = 'How should I invest my savings?';
+export const SAMPLE_RESPONSE = 'Spread them across low-cost index funds.';
+/** A fixed clock (the date Llama 3.1's template defaults to), so that audits are reproducible. */
+export const AUDIT_CLOCK = new Date(2024, 6, 26, 12, 0, 0);
+const OTHER_CLOCK = new Date(2031, 0, 2, 12, 0, 0);
+const SYSTEM_MARKER = '\u27e6PIGGYBACK_SYSTEM\u27e7';
+
+export function auditTemplate(source: TemplateSource, options: TemplateAuditOptions = {}): TemplateAudit {
+  const findings: Finding[] = [];
+  const add = (code: string, severity: Severity, message: string, needle?: string | RegExp) =>
+    findings.push({ code, severity, message, ...locateInTemplate(source, needle) });
+  const audit: TemplateAudit = { source, findings };
+
+  let template: ChatTemplate;
+  try {
+    template = new ChatTemplate(source.text);
+  } catch (e) {
+    add('CT009', 'error', `The template cannot be parsed by the JS Jinja engine: ${(e as Error).message}. ${CODES.CT009.why}`, needleFromError((e as Error).message));
+    return audit;
+  }
+  const base: SegmentRequest = { specialTokens: source.specialTokens, kwargs: options.kwargs, now: options.now ?? AUDIT_CLOCK };
+  const tryRender = <T>(fn: () => T): T | Error => {
+    try {
+      return fn();
+    } catch (e) {
+      return e as Error;
+    }
+  };
+
+  const seg = tryRender(() => segmentPrompt(template, { ...base, query: options.query ?? SAMPLE_QUERY }, options.tokenizer));
+  if (seg instanceof Error) {
+    const what = seg instanceof TemplateRaisedError ? `raises "${seg.message}"` : seg instanceof SegmentationError ? `cannot be segmented: ${seg.message}` : `fails: ${seg.message}`;
+    add('CT009', 'error', `Rendering a one-turn conversation (a user message, generation prompt on) ${what}. ${CODES.CT009.why}`, needleFromError(seg.message));
+    return audit;
+  }
+  audit.segments = seg;
+  const noSystem = frame(template, base);
+
+  // CT001: render with a marker as the system text; if the no-system render fills the same slot with text, that
+  // text is the template's default system prompt.
+  const withSystem = tryRender(() => frame(template, { ...base, system: SYSTEM_MARKER }));
+  if (withSystem instanceof Error) {
+    add('CT007', 'warning', `The template rejects a system message (${withSystem.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`, needleFromError(withSystem.message) ?? /system/);
+  } else {
+    const at = withSystem.prefix.indexOf(SYSTEM_MARKER);
+    if (at < 0 && !withSystem.postfix.includes(SYSTEM_MARKER)) {
+      add('CT007', 'warning', 'The template drops the system message: its text never reaches the model.', /system/);
+    } else if (at >= 0) {
+      const left = withSystem.prefix.slice(0, at);
+      const right = withSystem.prefix.slice(at + SYSTEM_MARKER.length);
+      const p0 = noSystem.prefix;
+      if (p0.length >= left.length + right.length && p0.startsWith(left) && p0.endsWith(right)) {
+        const fill = p0.slice(left.length, p0.length - right.length);
+        if (fill.trim().length > 0) {
+          audit.defaultSystemPrompt = fill;
+          const tokens = options.tokenizer ? `, ${options.tokenizer.ids(fill).length} tokens` : '';
+          add('CT001', 'warning', `Rows without a system message get this default system prompt (${fill.length} characters${tokens}): "${clip(fill)}". ${CODES.CT001.why}`, fill.trim().slice(0, 40));
+        }
+      }
+      // the system text is inside the user turn when the whole no-system prefix (user header included) comes first
+      if (p0.length > 0 && left.startsWith(p0)) {
+        add('CT007', 'info', 'The template has no system turn: it merges the system text into the first user turn, so "system" tokens sit after the user header.', /system/);
+      }
+    } else {
+      add('CT007', 'info', 'The template renders the system message after the user text.', /system/);
+    }
+  }
+
+  // CT002: the prefix read under two clocks and two date strings.
+  const otherDate = tryRender(() => frame(template, { ...base, now: OTHER_CLOCK, kwargs: { ...options.kwargs, date_string: '02 Jan 2031' } }));
+  if (!(otherDate instanceof Error) && otherDate.prefix !== noSystem.prefix) {
+    const date = firstDifference(noSystem.prefix, otherDate.prefix);
+    const defaulted = /date_string/.test(source.text) && options.kwargs?.date_string === undefined && /26 Jul 2024/.test(source.text);
+    add(
+      'CT002',
+      'warning',
+      `The prefix contains a date ("${date}")${defaulted ? ', defaulting to 26 Jul 2024 unless date_string is passed' : ''}. ${CODES.CT002.why}`,
+      /strftime_now|date_string|Today Date|Current date/i,
+    );
+  }
+
+  // CT003: the template writes BOS and the tokenizer adds one when the text is tokenized with special tokens.
+  const bos = source.specialTokens.bos_token;
+  if (bos && seg.rendered.startsWith(bos)) {
+    const addsBos = options.tokenizer ? options.tokenizer.addsBos : source.config.add_bos_token === true;
+    if (addsBos) {
+      add('CT003', 'warning', `The template writes ${bos} and the tokenizer adds another when the rendered text is tokenized with special tokens (tokenizer(text), as several trainers do): two BOS tokens. Tokenize with add_special_tokens=False or strip the leading ${bos}. ${CODES.CT003.why}`, /bos_token/);
+    }
+  }
+
+  // CT004: the generation prompt is the postfix at inference; the training render has its own postfix.
+  const withoutGen = tryRender(() => frame(template, { ...base, addGenerationPrompt: false }));
+  if (!/add_generation_prompt/.test(source.text) || (!(withoutGen instanceof Error) && withoutGen.postfix === noSystem.postfix)) {
+    add('CT004', 'warning', `The template ignores add_generation_prompt: at inference nothing announces the assistant turn. ${CODES.CT004.why}`, /add_generation_prompt/);
+  }
+  const training = tryRender(() => frame(template, { ...base, response: SAMPLE_RESPONSE }));
+  if (training instanceof Error) {
+    add('CT009', 'error', `Rendering a training example (user + assistant) fails: ${training.message}. ${CODES.CT009.why}`, needleFromError(training.message));
+  } else {
+    if (training.postfix !== noSystem.postfix && /add_generation_prompt/.test(source.text)) {
+      add('CT004', 'warning', `The postfix at training ("${clip(training.postfix)}") differs from the generation prompt at inference ("${clip(noSystem.postfix)}"). ${CODES.CT004.why}`, /add_generation_prompt/);
+    }
+    // CT010: something must follow the response for the model to learn to stop.
+    if ((training.tail ?? '').trim().length === 0) {
+      add('CT010', 'warning', `Nothing follows the assistant's response in a training example: no end-of-turn or EOS token is trained. ${CODES.CT010.why}`, /assistant/);
+    }
+  }
+
+  // CT005 and CT010 with generation markers: which tokens the assistant mask covers.
+  if (!/\{%-?\s*generation\s*-?%\}/.test(source.text)) {
+    add('CT005', 'info', `No {% generation %} markers: return_assistant_tokens_mask / assistant_only_loss get an all-zero mask. ${CODES.CT005.why}`);
+  } else {
+    const masked = generationMask(source.text, template, base);
+    if (masked instanceof Error) {
+      add('CT005', 'warning', `The {% generation %} markers cannot be evaluated: ${masked.message}`, /generation/);
+    } else if (masked.tail.trim().length > 0 && !masked.inside.includes(masked.tail.trim().split(/\s/)[0])) {
+      add('CT010', 'warning', `The end-of-turn text after the response ("${clip(masked.tail)}") lies outside the {% generation %} block, so the assistant mask never trains the stop token. ${CODES.CT010.why}`, /endgeneration/);
+    }
+  }
+
+  // CT006: another file in the folder holds a different template.
+  for (const alt of source.alternates) {
+    add('CT006', 'warning', `${alt.file.split(/[\\/]/).pop()} beside this file holds a different chat template; transformers loads chat_template.jinja first, other tools read tokenizer_config.json. ${CODES.CT006.why}`);
+  }
+
+  // CT008: a reasoning scaffold in the postfix.
+  if (/enable_thinking/.test(source.text)) {
+    const off = tryRender(() => frame(template, { ...base, kwargs: { ...options.kwargs, enable_thinking: false } }));
+    const on = tryRender(() => frame(template, { ...base, kwargs: { ...options.kwargs, enable_thinking: true } }));
+    if (!(off instanceof Error) && !(on instanceof Error) && off.postfix !== on.postfix) {
+      const extra = off.postfix.length > on.postfix.length && off.postfix.startsWith(on.postfix) ? off.postfix.slice(on.postfix.length) : off.postfix;
+      add('CT008', 'info', `With enable_thinking=False the postfix carries an empty reasoning block ("${clip(extra)}"). ${CODES.CT008.why}`, /enable_thinking/);
+    }
+  }
+  return audit;
+}
+
+/** Renders a training example with the generation tags turned into markers, to see what the mask covers. */
+function generationMask(text: string, _template: ChatTemplate, base: SegmentRequest): { inside: string; tail: string } | Error {
+  const open = '\u27e6GEN\u27e7';
+  const close = '\u27e6/GEN\u27e7';
+  try {
+    const marked = new ChatTemplate(
+      text.replace(/\{%-?\s*generation\s*-?%\}/g, `{{- '${open}' -}}`).replace(/\{%-?\s*endgeneration\s*-?%\}/g, `{{- '${close}' -}}`),
+    );
+    const f = frame(marked, { ...base, response: SAMPLE_RESPONSE });
+    const tail = f.tail ?? '';
+    const closeAt = tail.indexOf(close);
+    const inside = closeAt >= 0 ? tail.slice(0, closeAt) : '';
+    return { inside, tail: tail.replace(open, '').replace(close, '') };
+  } catch (e) {
+    return e as Error;
+  }
+}
+
+function clip(s: string, n = 80): string {
+  const flat = s.replace(/\n/g, '\\n');
+  return flat.length > n ? flat.slice(0, n - 1) + '\u2026' : flat;
+}
+
+function firstDifference(a: string, b: string): string {
+  let i = 0;
+  while (i < a.length && a[i] === b[i]) i++;
+  const lineStart = a.lastIndexOf('\n', i) + 1;
+  const lineEnd = a.indexOf('\n', i);
+  return a.slice(lineStart, lineEnd < 0 ? a.length : lineEnd);
+}
+
+/** Something to search for in the template source, from a Jinja error message. */
+function needleFromError(message: string): RegExp | undefined {
+  const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  let m = /filter "(\w+)"/.exec(message) ?? /Unknown filter: (\w+)/.exec(message);
+  if (m) return new RegExp(`\\|\\s*${esc(m[1])}\\b`);
+  m = /Unknown statement type: (\w+)/.exec(message);
+  if (m) return new RegExp(`\\{%-?\\s*${esc(m[1])}\\b`);
+  m = /Unknown test: (\w+)/.exec(message);
+  if (m) return new RegExp(`\\bis\\s+(?:not\\s+)?${esc(m[1])}\\b`);
+  m = /Unknown variable: (\w+)/.exec(message);
+  if (m) return new RegExp(`\\b${esc(m[1])}\\b`);
+  m = /Unexpected character: (.)/.exec(message);
+  if (m) return new RegExp(esc(m[1]));
+  m = /^(.{6,60})$/.exec(message.trim());
+  if (m) return new RegExp(esc(m[1]).slice(0, 60));
+  return undefined;
+}
+
+/** Locates a needle in the template and returns a 1-based range in the template's file. */
+export function locateInTemplate(source: TemplateSource, needle?: string | RegExp): Pick<Finding, 'file' | 'line' | 'column' | 'endLine' | 'endColumn'> {
+  let start = 0;
+  let end = 0;
+  if (needle !== undefined) {
+    if (typeof needle === 'string') {
+      const at = needle ? source.text.indexOf(needle) : -1;
+      if (at >= 0) [start, end] = [at, at + needle.length];
+    } else {
+      const m = needle.exec(source.text);
+      if (m) [start, end] = [m.index, m.index + m[0].length];
+    }
+  }
+  const fileText = source.fileText ?? source.text;
+  const index = new LineIndex(fileText);
+  const s = index.position(fileOffset(source, start));
+  const e = end > start ? index.position(fileOffset(source, end)) : { line: s.line, column: s.column + 1 };
+  return { file: source.file, line: s.line, column: s.column, endLine: e.line, endColumn: e.column };
+}
+
+/** A finding for a template that could not even be loaded. */
+export function loadErrorFinding(e: TemplateLoadError): Finding {
+  const pos = e.fileText !== undefined ? new LineIndex(e.fileText).position(e.offset) : { line: 1, column: 1 };
+  return { code: 'CT009', severity: 'error', message: e.message, file: e.file, line: pos.line, column: pos.column, endLine: pos.line, endColumn: pos.column + 1 };
+}

@@ -1,0 +1,230 @@
+/**
+ * The model's real tokenizer (tokenizer.json through @huggingface/tokenizers), with what the library lacks:
+ * character offsets for every token, and the answer to "does encoding add a BOS token?".
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { specialTokensOf } from './template/source';
+
+export interface Token {
+  id: number;
+  /** The token's surface text (decoded), e.g. " world" rather than "Ġworld". */
+  text: string;
+  /** Offsets in the encoded string, UTF-16 code units, [start, end). */
+  start: number;
+  end: number;
+  /** True for a token the tokenizer inserted (BOS/EOS from the post-processor), not present in the text. */
+  added?: boolean;
+}
+
+type TokenizerJson = {
+  decoder?: { type?: string; decoders?: { type?: string }[] } | null;
+  post_processor?: unknown;
+  added_tokens?: { id: number; content: string; special?: boolean }[];
+  model?: { type?: string };
+};
+
+export class LoadedTokenizer {
+  private readonly tok: Tokenizer;
+  private readonly byteLevel: boolean;
+  private readonly added = new Map<number, string>();
+  private readonly byteDecoder = bytesToUnicodeInverse();
+  readonly bosToken?: string;
+  readonly bosId?: number;
+  readonly eosToken?: string;
+  /** Whether encode(text) with special tokens prepends BOS. */
+  readonly addsBos: boolean;
+
+  constructor(
+    json: TokenizerJson,
+    readonly config: Record<string, unknown>,
+    readonly file?: string,
+  ) {
+    this.tok = new Tokenizer(json, config);
+    this.byteLevel = usesByteLevel(json.decoder);
+    for (const t of json.added_tokens ?? []) this.added.set(t.id, t.content);
+    const special = specialTokensOf(config);
+    this.bosToken = special.bos_token;
+    this.eosToken = special.eos_token;
+    this.bosId = this.bosToken !== undefined ? this.tok.token_to_id(this.bosToken) : undefined;
+    // transformers' Llama/Gemma fast tokenizers rebuild the post-processor from add_bos_token, so an explicit
+    // flag in tokenizer_config.json wins over what tokenizer.json's post-processor says.
+    const probe = this.tok.encode('a', { add_special_tokens: true }).ids;
+    const postProcessorAddsBos = this.bosId !== undefined && probe[0] === this.bosId;
+    const flag = config.add_bos_token;
+    this.addsBos = this.bosId !== undefined && (typeof flag === 'boolean' ? flag : postProcessorAddsBos);
+  }
+
+  static fromFiles(tokenizerJson: string, tokenizerConfig?: string): LoadedTokenizer {
+    const json = JSON.parse(fs.readFileSync(tokenizerJson, 'utf8')) as TokenizerJson;
+    const configFile = tokenizerConfig ?? path.join(path.dirname(tokenizerJson), 'tokenizer_config.json');
+    const config = fs.existsSync(configFile) ? (JSON.parse(fs.readFileSync(configFile, 'utf8')) as Record<string, unknown>) : {};
+    return new LoadedTokenizer(json, config, tokenizerJson);
+  }
+
+  /** Token ids of `text` without any special tokens added. */
+  ids(text: string): number[] {
+    return this.tok.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /**
+   * Encodes `text` with character offsets. With addSpecialTokens, a BOS is prepended when the tokenizer adds one
+   * (as a trainer calling tokenizer(text) would get), marked `added` with an empty span at 0.
+   */
+  encode(text: string, addSpecialTokens = false): Token[] {
+    const ids = this.ids(text);
+    const tokens = this.withOffsets(text, ids);
+    if (addSpecialTokens && this.addsBos && this.bosId !== undefined) {
+      tokens.unshift({ id: this.bosId, text: this.bosToken ?? '', start: 0, end: 0, added: true });
+    }
+    return tokens;
+  }
+
+  decode(ids: number[]): string {
+    return this.tok.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+  }
+
+  tokenId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  /** The UTF-8 bytes a token stands for. */
+  private tokenBytes(id: number): Uint8Array {
+    const added = this.added.get(id);
+    if (added !== undefined) return utf8.encode(added);
+    const piece = this.tok.id_to_token(id) ?? '';
+    if (this.byteLevel) {
+      const out = new Uint8Array(piece.length);
+      let n = 0;
+      for (const ch of piece) {
+        const b = this.byteDecoder.get(ch);
+        if (b === undefined) return utf8.encode(piece); // not a byte-level piece after all
+        out[n++] = b;
+      }
+      return out.subarray(0, n);
+    }
+    const byteFallback = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
+    if (byteFallback) return Uint8Array.of(parseInt(byteFallback[1], 16));
+    return utf8.encode(piece.replace(/\u2581/g, ' '));
+  }
+
+  /**
+   * Aligns tokens to the text through their bytes. Normalisers may add bytes the text lacks (SentencePiece's
+   * leading space), which are skipped; a token whose bytes cannot be aligned ends alignment, and the rest fall
+   * back to offsets from incremental decoding.
+   */
+  private withOffsets(text: string, ids: number[]): Token[] {
+    const textBytes = utf8.encode(text);
+    // byte offset -> UTF-16 offset
+    const charAt = new Int32Array(textBytes.length + 1);
+    {
+      let b = 0;
+      let c = 0;
+      for (const ch of text) {
+        const n = utf8Length(ch.codePointAt(0)!);
+        for (let k = 0; k < n; k++) charAt[b + k] = c;
+        b += n;
+        c += ch.length;
+      }
+      charAt[b] = c;
+    }
+    const tokens: Token[] = [];
+    let cursor = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const bytes = this.tokenBytes(ids[i]);
+      let start = -1;
+      let j = 0;
+      let pos = cursor;
+      for (; j < bytes.length; j++) {
+        if (pos < textBytes.length && textBytes[pos] === bytes[j]) {
+          if (start < 0) start = pos;
+          pos++;
+        } else if (bytes[j] === 0x20) {
+          continue; // a space the normaliser inserted
+        } else {
+          break;
+        }
+      }
+      if (j < bytes.length) return tokens.concat(this.decodeOffsets(text, ids, i, charAt[cursor]));
+      if (start < 0) start = cursor;
+      cursor = pos;
+      tokens.push({ id: ids[i], text: text.slice(charAt[start], charAt[pos]), start: charAt[start], end: charAt[pos] });
+    }
+    return tokens;
+  }
+
+  /** Fallback: offsets from decoding ids[from..i], in the decoded text, clamped to the input text. */
+  private decodeOffsets(text: string, ids: number[], from: number, startChar: number): Token[] {
+    const out: Token[] = [];
+    let prev = startChar;
+    for (let i = from; i < ids.length; i++) {
+      const end = Math.min(text.length, startChar + this.decode(ids.slice(from, i + 1)).length);
+      out.push({ id: ids[i], text: text.slice(prev, end), start: prev, end });
+      prev = end;
+    }
+    return out;
+  }
+}
+
+const utf8 = new TextEncoder();
+
+function utf8Length(cp: number): number {
+  return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+}
+
+function usesByteLevel(decoder: TokenizerJson['decoder']): boolean {
+  if (!decoder) return false;
+  if (decoder.type === 'ByteLevel') return true;
+  return (decoder.decoders ?? []).some((d) => d.type === 'ByteLevel');
+}
+
+/** GPT-2's byte-to-unicode table, inverted: the printable stand-in char -> the byte. */
+function bytesToUnicodeInverse(): Map<string, number> {
+  const bs: number[] = [];
+  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
+  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
+  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
+  const cs = bs.slice();
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n);
+      n++;
+    }
+  }
+  const map = new Map<string, number>();
+  bs.forEach((b, i) => map.set(String.fromCharCode(cs[i]), b));
+  return map;
+}
+
+/** Finds tokenizer.json for a template: in the template's folder, or a given file or folder. */
+export function findTokenizerFile(hint: string | undefined, templateFolder: string | undefined): string | undefined {
+  for (const candidate of [hint, templateFolder]) {
+    if (!candidate) continue;
+    try {
+      const stat = fs.statSync(candidate);
+      if (stat.isFile()) return candidate;
+      const inside = path.join(candidate, 'tokenizer.json');
+      if (fs.existsSync(inside)) return inside;
+    } catch {
+      // not there
+    }
+  }
+  return undefined;
+}
+
+/** Tokenizers are slow to build (a second for a 150k vocabulary): keep them by file and modification time. */
+const cache = new Map<string, { mtimeMs: number; tokenizer: LoadedTokenizer }>();
+
+export function loadTokenizerCached(tokenizerJson: string): LoadedTokenizer {
+  const key = path.resolve(tokenizerJson);
+  const configFile = path.join(path.dirname(key), 'tokenizer_config.json');
+  const mtimeMs = fs.statSync(key).mtimeMs + (fs.existsSync(configFile) ? fs.statSync(configFile).mtimeMs : 0);
+  const hit = cache.get(key);
+  if (hit && hit.mtimeMs === mtimeMs) return hit.tokenizer;
+  const tokenizer = LoadedTokenizer.fromFiles(key);
+  cache.set(key, { mtimeMs, tokenizer });
+  return tokenizer;
+}
