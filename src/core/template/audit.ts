@@ -7,7 +7,7 @@ import { CODES, Finding, Severity } from '../findings';
 import { LineIndex } from '../json';
 import type { LoadedTokenizer } from '../tokenizer';
 import { ChatTemplate, TemplateRaisedError } from './render';
-import { frame, SegmentationError, segmentPrompt, Segmentation, SegmentRequest } from './segments';
+import { frame, SegmentationError, segmentPrompt, Segmentation, SegmentRequest, SYSTEM_MARKER, systemFate } from './segments';
 import { fileOffset, TemplateLoadError, TemplateSource } from './source';
 
 export interface TemplateAuditOptions {
@@ -34,7 +34,6 @@ export const SAMPLE_RESPONSE = 'Spread them across low-cost index funds.';
 /** A fixed clock (the date Llama 3.1's template defaults to), so that audits are reproducible. */
 export const AUDIT_CLOCK = new Date(2024, 6, 26, 12, 0, 0);
 const OTHER_CLOCK = new Date(2031, 0, 2, 12, 0, 0);
-const SYSTEM_MARKER = '\u27e6PIGGYBACK_SYSTEM\u27e7';
 
 export function auditTemplate(source: TemplateSource, options: TemplateAuditOptions = {}): TemplateAudit {
   const findings: Finding[] = [];
@@ -67,33 +66,31 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
   audit.segments = seg;
   const noSystem = frame(template, base);
 
+  // CT007: what happens to a system message.
+  const fate = systemFate(template, base);
+  if (fate.fate === 'rejected') {
+    add('CT007', 'warning', `The template rejects a system message (${fate.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`, needleFromError(fate.message ?? '') ?? /system/);
+  } else if (fate.fate === 'dropped') {
+    add('CT007', 'warning', `The template drops the system message: its text never reaches the model. ${CODES.CT007.why}`, /system/);
+  } else if (fate.fate === 'merged') {
+    add('CT007', 'info', 'The template has no system turn: it merges the system text into the first user turn, so the "system" tokens sit after the user header.', /system/);
+  }
+
   // CT001: render with a marker as the system text; if the no-system render fills the same slot with text, that
   // text is the template's default system prompt.
-  const withSystem = tryRender(() => frame(template, { ...base, system: SYSTEM_MARKER }));
-  if (withSystem instanceof Error) {
-    add('CT007', 'warning', `The template rejects a system message (${withSystem.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`, needleFromError(withSystem.message) ?? /system/);
-  } else {
-    const at = withSystem.prefix.indexOf(SYSTEM_MARKER);
-    if (at < 0 && !withSystem.postfix.includes(SYSTEM_MARKER)) {
-      add('CT007', 'warning', 'The template drops the system message: its text never reaches the model.', /system/);
-    } else if (at >= 0) {
-      const left = withSystem.prefix.slice(0, at);
-      const right = withSystem.prefix.slice(at + SYSTEM_MARKER.length);
-      const p0 = noSystem.prefix;
-      if (p0.length >= left.length + right.length && p0.startsWith(left) && p0.endsWith(right)) {
-        const fill = p0.slice(left.length, p0.length - right.length);
-        if (fill.trim().length > 0) {
-          audit.defaultSystemPrompt = fill;
-          const tokens = options.tokenizer ? `, ${options.tokenizer.ids(fill).length} tokens` : '';
-          add('CT001', 'warning', `Rows without a system message get this default system prompt (${fill.length} characters${tokens}): "${clip(fill)}". ${CODES.CT001.why}`, fill.trim().slice(0, 40));
-        }
+  const withSystem = fate.fate === 'rejected' ? undefined : frame(template, { ...base, system: SYSTEM_MARKER });
+  const at = withSystem ? withSystem.prefix.indexOf(SYSTEM_MARKER) : -1;
+  if (withSystem && at >= 0) {
+    const left = withSystem.prefix.slice(0, at);
+    const right = withSystem.prefix.slice(at + SYSTEM_MARKER.length);
+    const p0 = noSystem.prefix;
+    if (p0.length >= left.length + right.length && p0.startsWith(left) && p0.endsWith(right)) {
+      const fill = p0.slice(left.length, p0.length - right.length);
+      if (fill.trim().length > 0) {
+        audit.defaultSystemPrompt = fill;
+        const tokens = options.tokenizer ? `, ${options.tokenizer.ids(fill).length} tokens` : '';
+        add('CT001', 'warning', `Rows without a system message get this default system prompt (${fill.length} characters${tokens}): "${clip(fill)}". ${CODES.CT001.why}`, fill.trim().slice(0, 40));
       }
-      // the system text is inside the user turn when the whole no-system prefix (user header included) comes first
-      if (p0.length > 0 && left.startsWith(p0)) {
-        add('CT007', 'info', 'The template has no system turn: it merges the system text into the first user turn, so "system" tokens sit after the user header.', /system/);
-      }
-    } else {
-      add('CT007', 'info', 'The template renders the system message after the user text.', /system/);
     }
   }
 

@@ -133,3 +133,30 @@ export function segmentPrompt(template: ChatTemplate, req: SegmentRequest, token
   }
   return result;
 }
+
+export const SYSTEM_MARKER = '\u27e6PIGGYBACK_SYSTEM\u27e7';
+
+export type SystemFate = 'kept' | 'merged' | 'dropped' | 'rejected';
+
+/**
+ * What the template does with a leading system message: keeps it in a block of its own, merges it into the first
+ * user turn (the whole no-system prefix, user header included, comes before it), drops it, or raises.
+ */
+export function systemFate(template: ChatTemplate, options: RenderOptions): { fate: SystemFate; message?: string } {
+  let withSystem: { prefix: string };
+  let without: { prefix: string };
+  try {
+    without = frame(template, options);
+  } catch (e) {
+    return { fate: 'rejected', message: (e as Error).message };
+  }
+  try {
+    withSystem = frame(template, { ...options, system: SYSTEM_MARKER });
+  } catch (e) {
+    return { fate: 'rejected', message: (e as Error).message };
+  }
+  const at = withSystem.prefix.indexOf(SYSTEM_MARKER);
+  if (at < 0) return { fate: 'dropped' };
+  const p0 = without.prefix;
+  return { fate: p0.length > 0 && withSystem.prefix.slice(0, at).startsWith(p0) ? 'merged' : 'kept' };
+}

@@ -1,0 +1,48 @@
+// One build for every bundle: the extension, the CLI, and (for `npm test` / `npm run bench`) the tests and
+// benchmarks. `vscode` is provided by the editor and `onnxruntime-node` ships native binaries: both stay external.
+import * as esbuild from 'esbuild';
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+const production = process.argv.includes('--production');
+const watch = process.argv.includes('--watch');
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  sourcemap: !production,
+  minify: production,
+  logLevel: 'warning',
+  external: ['vscode', 'onnxruntime-node'],
+};
+
+function files(dir, pattern) {
+  const out = [];
+  for (const name of readdirSync(dir)) {
+    const full = join(dir, name);
+    if (statSync(full).isDirectory()) out.push(...files(full, pattern));
+    else if (pattern.test(name)) out.push(full);
+  }
+  return out;
+}
+
+const builds = [
+  { ...common, entryPoints: { extension: 'src/extension/extension.ts' }, outdir: 'dist' },
+  { ...common, entryPoints: { cli: 'src/cli/main.ts' }, outdir: 'dist', banner: { js: '#!/usr/bin/env node' } },
+  {
+    ...common,
+    // tests and benchmarks load dependencies from node_modules, as the CLI's users do
+    packages: 'external',
+    entryPoints: [...files('test', /\.test\.ts$/), ...files('bench', /\.ts$/)],
+    outdir: 'dist',
+    outbase: '.',
+  },
+];
+
+if (watch) {
+  for (const b of builds) await (await esbuild.context(b)).watch();
+} else {
+  await Promise.all(builds.map((b) => esbuild.build(b)));
+}

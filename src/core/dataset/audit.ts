@@ -1,0 +1,292 @@
+/**
+ * The dataset audit: row problems at their line and column, and the piggyback surface: how much of every
+ * rendered training example is a prefix and postfix shared by all rows. Rendering is cached by everything that
+ * changes the frame (system text, turn roles, template, kwargs), so a large dataset with a shared prefix is
+ * rendered a handful of times, not once per row.
+ */
+import { CODES, Finding, Severity } from '../findings';
+import { JsonSyntaxError, keyAt, parseJsonWithPositions } from '../json';
+import { ChatMessage, ChatTemplate, RenderOptions, TemplateRaisedError } from '../template/render';
+import { systemFate } from '../template/segments';
+import type { LoadedTokenizer } from '../tokenizer';
+import { contentText, normaliseRow, RowFormat } from './formats';
+import { Line, readLines } from './lines';
+
+export interface RowError {
+  line: number;
+  column: number;
+  code: string;
+  severity: Severity;
+  message: string;
+}
+
+export interface Surface {
+  /** Share of rendered rows whose prefix equals the most common prefix (1 = every row shares it). */
+  identicalPrefixShare: number;
+  identicalPostfixShare: number;
+  distinctPrefixes: number;
+  distinctPostfixes: number;
+  /** Tokens in the most common prefix and postfix (null without a tokenizer). */
+  prefixTokens: number | null;
+  postfixTokens: number | null;
+  /** Median tokens of the final user query, from a seeded sample of up to `querySample` rows. */
+  medianQueryTokens: number | null;
+  querySample: number;
+  /** prefixTokens / medianQueryTokens. */
+  prefixToQueryRatio: number | null;
+  /** The most common prefix and postfix as text. */
+  prefix: string;
+  postfix: string;
+  /** Rows that were rendered through the template. */
+  renderedRows: number;
+  /** Rows whose prefix holds the template's default system prompt (no system turn in the data). */
+  defaultSystemPromptRows: number;
+  /** Rows carrying a system message, and what the template does with it. */
+  systemRows: number;
+  systemFate: 'kept' | 'merged' | 'dropped' | 'rejected' | 'n/a';
+}
+
+export interface DatasetReport {
+  file?: string;
+  rows: number;
+  validRows: number;
+  format: RowFormat | 'unknown' | 'mixed';
+  formats: Partial<Record<RowFormat, number>>;
+  errors: RowError[];
+  /** Errors beyond `maxErrors` are counted, not kept. */
+  errorsOmitted: number;
+  surface: Surface | null;
+  findings: Finding[];
+}
+
+export interface DatasetAuditOptions {
+  file?: string;
+  template?: ChatTemplate;
+  renderOptions?: RenderOptions;
+  tokenizer?: LoadedTokenizer;
+  /** The template's default system prompt, if the template audit found one. */
+  defaultSystemPrompt?: string;
+  maxErrors?: number;
+  querySample?: number;
+  /** Called every few thousand rows; return false to stop early. */
+  onProgress?: (rows: number) => boolean | void;
+}
+
+const ROLE_MARK = (i: number) => `\u27e6PIGGYBACK_TURN_${i}\u27e7`;
+
+interface Frame {
+  prefix: string;
+  postfix: string;
+  error?: string;
+}
+
+export async function auditDataset(source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, options: DatasetAuditOptions = {}): Promise<DatasetReport> {
+  const maxErrors = options.maxErrors ?? 1000;
+  const sampleSize = options.querySample ?? 1000;
+  const errors: RowError[] = [];
+  let errorsOmitted = 0;
+  const formats: Partial<Record<RowFormat, number>> = {};
+  let rows = 0;
+  let validRows = 0;
+  const frames = new Map<string, Frame>();
+  const prefixCounts = new Map<string, number>();
+  const postfixCounts = new Map<string, number>();
+  let rendered = 0;
+  let defaultSystemPromptRows = 0;
+  let systemRows = 0;
+  const sample: string[] = [];
+  let rng = 0x2545f491;
+  const random = () => {
+    // xorshift32: a fixed seed keeps the query sample (and so the median) identical run to run
+    rng ^= rng << 13;
+    rng ^= rng >>> 17;
+    rng ^= rng << 5;
+    return (rng >>> 0) / 0x100000000;
+  };
+
+  const report = (line: Line, code: string, severity: Severity, message: string, column = 1) => {
+    if (errors.length < maxErrors) errors.push({ line: line.line, column, code, severity, message });
+    else errorsOmitted++;
+  };
+
+  for await (const line of readLines(source)) {
+    if (line.tooLong) {
+      rows++;
+      report(line, 'DS007', 'error', `line is ${line.length} characters long, over the reader's limit; skipped`);
+      continue;
+    }
+    if (line.text.trim().length === 0) continue;
+    rows++;
+    if (options.onProgress && rows % 4096 === 0 && options.onProgress(rows) === false) break;
+    let value: unknown;
+    try {
+      value = JSON.parse(line.text);
+    } catch (e) {
+      const where = jsonErrorOffset(line.text);
+      report(line, 'DS001', 'error', `malformed JSON: ${where?.message ?? (e as Error).message}`, (where?.offset ?? 0) + 1);
+      continue;
+    }
+    const row = normaliseRow(value);
+    if (row.format) formats[row.format] = (formats[row.format] ?? 0) + 1;
+    let rowOk = row.format !== undefined;
+    if (row.problems.length > 0) {
+      let tree: ReturnType<typeof parseJsonWithPositions> | undefined;
+      for (const p of row.problems) {
+        if (p.severity === 'error') rowOk = false;
+        tree ??= parseJsonWithPositions(line.text);
+        const range = p.path.length ? keyAt(tree, p.path) : undefined;
+        report(line, p.code, p.severity, p.message, (range?.start ?? 0) + 1);
+      }
+    }
+    if (!rowOk) continue;
+    validRows++;
+    if (!options.template || row.messages.length === 0) continue;
+
+    // The frame: prefix before the first user turn, postfix between the last user turn and the final response.
+    const messages = row.messages;
+    const system = messages[0].role === 'system' || messages[0].role === 'developer' ? contentText(messages[0].content) : undefined;
+    if (system !== undefined) systemRows++;
+    const roles = messages.map((m) => m.role).join(',');
+    const key = `${roles}\u0000${system ?? ''}`;
+    let f = frames.get(key);
+    if (!f) {
+      f = renderFrame(options.template, messages, options.renderOptions ?? {});
+      frames.set(key, f);
+    }
+    if (f.error !== undefined) {
+      report(line, 'DS008', 'error', `the template fails on this row: ${f.error}`);
+      continue;
+    }
+    rendered++;
+    if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt)) defaultSystemPromptRows++;
+    prefixCounts.set(f.prefix, (prefixCounts.get(f.prefix) ?? 0) + 1);
+    postfixCounts.set(f.postfix, (postfixCounts.get(f.postfix) ?? 0) + 1);
+    // reservoir sample of queries for the median query length
+    const lastUser = lastIndexOfRole(messages, 'user');
+    const query = lastUser >= 0 ? contentText(messages[lastUser].content) : undefined;
+    if (query !== undefined) {
+      if (sample.length < sampleSize) sample.push(query);
+      else {
+        const j = Math.floor(random() * rendered);
+        if (j < sampleSize) sample[j] = query;
+      }
+    }
+  }
+
+  const formatNames = Object.keys(formats) as RowFormat[];
+  const main = formatNames.sort((a, b) => (formats[b] ?? 0) - (formats[a] ?? 0))[0];
+  const result: DatasetReport = {
+    file: options.file,
+    rows,
+    validRows,
+    format: formatNames.length === 0 ? 'unknown' : formatNames.length > 1 ? 'mixed' : main,
+    formats,
+    errors,
+    errorsOmitted,
+    surface: null,
+    findings: [],
+  };
+  const finding = (code: string, severity: Severity, message: string) =>
+    result.findings.push({ code, severity, message: `${message} ${CODES[code].why}`, file: options.file, line: 1, column: 1, endLine: 1, endColumn: 2 });
+  if (formatNames.length > 1) {
+    finding('DS105', 'warning', `Rows come in ${formatNames.length} formats (${formatNames.map((f) => `${f}: ${formats[f]}`).join(', ')}).`);
+  }
+  if (formats.text) {
+    finding('DS002', 'info', `${formats.text} rows are plain text: no chat template is applied to them, so they have no prefix or postfix.`);
+  }
+
+  if (options.template && rendered > 0) {
+    const [prefix, prefixTop] = mode(prefixCounts);
+    const [postfix, postfixTop] = mode(postfixCounts);
+    const tok = options.tokenizer;
+    const prefixTokens = tok ? tok.ids(prefix).length : null;
+    const postfixTokens = tok ? tok.ids(postfix).length : null;
+    const medianQueryTokens = tok && sample.length ? median(sample.map((q) => tok.ids(q).length)) : null;
+    const fate = systemRows > 0 ? systemFate(options.template, options.renderOptions ?? {}).fate : 'n/a';
+    const surface: Surface = {
+      identicalPrefixShare: prefixTop / rendered,
+      identicalPostfixShare: postfixTop / rendered,
+      distinctPrefixes: prefixCounts.size,
+      distinctPostfixes: postfixCounts.size,
+      prefixTokens,
+      postfixTokens,
+      medianQueryTokens,
+      querySample: sample.length,
+      prefixToQueryRatio: prefixTokens !== null && medianQueryTokens ? prefixTokens / medianQueryTokens : null,
+      prefix,
+      postfix,
+      renderedRows: rendered,
+      defaultSystemPromptRows,
+      systemRows,
+      systemFate: fate,
+    };
+    result.surface = surface;
+    const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+    if (surface.identicalPrefixShare >= 0.9 && rendered >= 10) {
+      finding('DS101', 'warning', `${pct(surface.identicalPrefixShare)} of rows render the same prefix${prefixTokens !== null ? ` (${prefixTokens} tokens)` : ''}; ${surface.distinctPrefixes} distinct prefix${surface.distinctPrefixes === 1 ? '' : 'es'} in ${rendered} rows.`);
+    }
+    if (surface.prefixToQueryRatio !== null && surface.prefixToQueryRatio > 1) {
+      finding('DS102', 'info', `The shared prefix is ${prefixTokens} tokens, ${surface.prefixToQueryRatio.toFixed(1)}x the median query (${medianQueryTokens} tokens).`);
+    }
+    if (systemRows > 0 && fate !== 'kept' && fate !== 'n/a') {
+      finding('DS103', fate === 'rejected' ? 'error' : 'warning', `${systemRows} rows carry a system message, which the template ${fate === 'merged' ? 'merges into the first user turn' : fate}.`);
+    }
+    if (defaultSystemPromptRows > 0) {
+      finding('DS104', 'warning', `${defaultSystemPromptRows} of ${rendered} rows have no system message and get the template's default system prompt "${options.defaultSystemPrompt!.slice(0, 60)}".`);
+    }
+  }
+  return result;
+}
+
+/** Renders a row's skeleton (markers for every turn) and cuts the prefix and postfix out of it. */
+function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: RenderOptions): Frame {
+  const firstUser = messages.findIndex((m) => m.role === 'user');
+  const lastUser = lastIndexOfRole(messages, 'user');
+  const response = lastIndexOfRole(messages, 'assistant');
+  const skeleton = messages.map((m, i) => (i === 0 && (m.role === 'system' || m.role === 'developer') ? m : { ...m, content: ROLE_MARK(i) }));
+  let text: string;
+  try {
+    text = template.render(skeleton, { ...options, addGenerationPrompt: response < lastUser });
+  } catch (e) {
+    return { prefix: '', postfix: '', error: e instanceof TemplateRaisedError ? `raise_exception("${e.message}")` : (e as Error).message };
+  }
+  if (firstUser < 0) return { prefix: '', postfix: '', error: 'no user turn' };
+  const u0 = text.indexOf(ROLE_MARK(firstUser));
+  const uN = text.indexOf(ROLE_MARK(lastUser));
+  if (u0 < 0 || uN < 0) return { prefix: '', postfix: '', error: 'the template does not render the user turn' };
+  const postStart = uN + ROLE_MARK(lastUser).length;
+  let postEnd = text.length;
+  if (response > lastUser) {
+    const r = text.indexOf(ROLE_MARK(response), postStart);
+    if (r >= 0) postEnd = r;
+  }
+  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd) };
+}
+
+function lastIndexOfRole(messages: ChatMessage[], role: string): number {
+  for (let i = messages.length - 1; i >= 0; i--) if (messages[i].role === role) return i;
+  return -1;
+}
+
+function mode(counts: Map<string, number>): [string, number] {
+  let best = '';
+  let top = 0;
+  for (const [k, n] of counts) if (n > top) [best, top] = [k, n];
+  return [best, top];
+}
+
+function median(xs: number[]): number {
+  const s = xs.slice().sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+function jsonErrorOffset(text: string): { message: string; offset: number } | undefined {
+  try {
+    parseJsonWithPositions(text);
+    return undefined;
+  } catch (e) {
+    return e instanceof JsonSyntaxError ? { message: `${e.message} (column ${e.offset + 1})`, offset: e.offset } : undefined;
+  }
+}
+

@@ -1,0 +1,211 @@
+/**
+ * The audit as one pipeline, shared by the CLI and the editor: a template with its tokenizer and audit, datasets
+ * rendered through it, and a folder walk that pairs datasets with the model folder they belong to.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { auditDataset, DatasetReport } from './dataset/audit';
+import { fileChunks } from './dataset/lines';
+import { Finding, sortFindings } from './findings';
+import { auditTemplate, loadErrorFinding, TemplateAudit, AUDIT_CLOCK } from './template/audit';
+import { ChatTemplate } from './template/render';
+import { isTemplateFileName, loadTemplate, TemplateLoadError, TemplateSource } from './template/source';
+import { findTokenizerFile, LoadedTokenizer, loadTokenizerCached } from './tokenizer';
+
+export interface PrepareOptions {
+  /** tokenizer.json or a folder holding it; default: beside the template. */
+  tokenizer?: string;
+  /** Named template in a list-valued chat_template. */
+  name?: string;
+  /** Template kwargs the trainer uses (enable_thinking, date_string, ...). */
+  kwargs?: Record<string, unknown>;
+  /** Special tokens for a bare .jinja with no tokenizer_config beside it. */
+  specialTokens?: Record<string, string>;
+  /** Unsaved text of the template file (editor buffers). */
+  text?: string;
+}
+
+export interface PreparedTemplate {
+  source?: TemplateSource;
+  template?: ChatTemplate;
+  tokenizer?: LoadedTokenizer;
+  audit?: TemplateAudit;
+  /** Findings when loading failed (the audit's findings otherwise). */
+  findings: Finding[];
+  kwargs: Record<string, unknown>;
+}
+
+export function prepareTemplate(templatePath: string, options: PrepareOptions = {}): PreparedTemplate {
+  const kwargs = options.kwargs ?? {};
+  let source: TemplateSource;
+  try {
+    source = loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text);
+  } catch (e) {
+    if (e instanceof TemplateLoadError) return { findings: [loadErrorFinding(e)], kwargs };
+    throw e;
+  }
+  let tokenizer: LoadedTokenizer | undefined;
+  const findings: Finding[] = [];
+  const tokenizerFile = findTokenizerFile(options.tokenizer, source.folder);
+  if (tokenizerFile) {
+    try {
+      tokenizer = loadTokenizerCached(tokenizerFile);
+      // a bare .jinja takes its special tokens from the chosen tokenizer's config when nothing else gave them
+      for (const [k, v] of Object.entries({ bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken })) {
+        if (v !== undefined && source.specialTokens[k] === undefined) source.specialTokens[k] = v;
+      }
+    } catch (e) {
+      findings.push({ code: 'CT009', severity: 'warning', message: `cannot load the tokenizer ${tokenizerFile}: ${(e as Error).message}; token counts are unavailable`, file: tokenizerFile, line: 1, column: 1, endLine: 1, endColumn: 2 });
+    }
+  } else if (options.tokenizer) {
+    findings.push({ code: 'CT009', severity: 'warning', message: `no tokenizer.json at ${options.tokenizer}; token counts are unavailable`, file: source.file, line: 1, column: 1, endLine: 1, endColumn: 2 });
+  }
+  const audit = auditTemplate(source, { tokenizer, kwargs });
+  let template: ChatTemplate | undefined;
+  if (audit.segments) template = new ChatTemplate(source.text);
+  return { source, template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
+}
+
+export async function auditDatasetWith(file: string, prepared: PreparedTemplate, text?: string): Promise<DatasetReport> {
+  return auditDataset(text !== undefined ? [text] : fileChunks(file), {
+    file,
+    template: prepared.template,
+    tokenizer: prepared.tokenizer,
+    renderOptions: { specialTokens: prepared.source?.specialTokens, kwargs: prepared.kwargs, now: AUDIT_CLOCK },
+    defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
+  });
+}
+
+/** Dataset errors as findings (one list for SARIF, Markdown and the Problems view). */
+export function datasetFindings(report: DatasetReport): Finding[] {
+  const rows = report.errors.map<Finding>((e) => ({
+    code: e.code,
+    severity: e.severity,
+    message: e.message,
+    file: report.file,
+    line: e.line,
+    column: e.column,
+    endLine: e.line,
+    endColumn: e.column + 1,
+  }));
+  return [...rows, ...report.findings];
+}
+
+const SKIP_DIRS = new Set(['node_modules', '.git', 'dist', 'out', '.cache', '.venv', 'venv', '__pycache__', '.vscode-test']);
+
+export interface WorkspaceScan {
+  /** Template sources: model folders (holding a template) and standalone .jinja files. */
+  templates: string[];
+  datasets: string[];
+}
+
+/** Finds model folders (with a chat template) and JSONL datasets under a folder. */
+export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
+  const templates: string[] = [];
+  const datasets: string[] = [];
+  let seen = 0;
+  const walk = (dir: string) => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    entries.sort((a, b) => a.name.localeCompare(b.name));
+    let folderHasTemplate = false;
+    for (const e of entries) {
+      if (++seen > maxFiles) return;
+      const full = path.join(dir, e.name);
+      if (e.isDirectory()) {
+        if (!SKIP_DIRS.has(e.name) && !e.name.startsWith('.')) walk(full);
+      } else if (e.isFile()) {
+        if (/\.jsonl$/i.test(e.name)) datasets.push(full);
+        else if (isTemplateFileName(e.name) && hasTemplate(full)) {
+          if (/\.(jinja2?|j2)$/i.test(e.name) && e.name !== 'chat_template.jinja') templates.push(full);
+          else folderHasTemplate = true;
+        }
+      }
+    }
+    if (folderHasTemplate) templates.push(dir);
+  };
+  walk(root);
+  return { templates: templates.sort(), datasets: datasets.sort() };
+}
+
+function hasTemplate(file: string): boolean {
+  if (!file.endsWith('.json')) return true;
+  try {
+    const v = JSON.parse(fs.readFileSync(file, 'utf8')) as { chat_template?: unknown };
+    return v.chat_template !== undefined && v.chat_template !== null;
+  } catch {
+    return file.endsWith('tokenizer_config.json'); // broken JSON: still report it, as CT009
+  }
+}
+
+/** The workspace file that pairs datasets with templates: { "datasets": { "data/train.jsonl": "models/base" } }. */
+export const ASSOCIATION_FILE = '.piggyback.json';
+
+export type AssociationSource = 'explicit' | 'workspace file' | 'nearest model folder' | 'only template' | 'none';
+
+/** Which template a dataset is rendered with, and why (shown to the user, who can change it). */
+export function associate(dataset: string, root: string, templates: string[], explicit?: string): { template?: string; source: AssociationSource } {
+  if (explicit) return { template: path.resolve(root, explicit), source: 'explicit' };
+  const assocFile = path.join(root, ASSOCIATION_FILE);
+  if (fs.existsSync(assocFile)) {
+    try {
+      const map = (JSON.parse(fs.readFileSync(assocFile, 'utf8')) as { datasets?: Record<string, string> }).datasets ?? {};
+      const rel = path.relative(root, dataset).split(path.sep).join('/');
+      if (map[rel]) return { template: path.resolve(root, map[rel]), source: 'workspace file' };
+    } catch {
+      // a broken association file falls through to the guess
+    }
+  }
+  // nearest: a template in the dataset's folder or an ancestor, else the closest by shared path
+  let best: string | undefined;
+  let bestScore = -1;
+  const dsParts = path.dirname(path.resolve(dataset)).split(path.sep);
+  for (const t of templates) {
+    const folder = fs.existsSync(t) && fs.statSync(t).isDirectory() ? t : path.dirname(t);
+    const parts = path.resolve(folder).split(path.sep);
+    let shared = 0;
+    while (shared < parts.length && shared < dsParts.length && parts[shared] === dsParts[shared]) shared++;
+    const score = shared * 1000 - (parts.length - shared);
+    if (score > bestScore) [best, bestScore] = [t, score];
+  }
+  if (best) return { template: best, source: templates.length === 1 ? 'only template' : 'nearest model folder' };
+  return { source: 'none' };
+}
+
+export interface FolderAudit {
+  root: string;
+  templates: { path: string; prepared: PreparedTemplate }[];
+  datasets: { file: string; template?: string; association: AssociationSource; report: DatasetReport }[];
+  findings: Finding[];
+}
+
+export async function auditFolder(root: string, options: PrepareOptions & { template?: string; signal?: AbortSignal } = {}): Promise<FolderAudit> {
+  const scan = scanFolder(root);
+  const templatePaths = options.template ? [path.resolve(root, options.template)] : scan.templates;
+  const prepared = new Map<string, PreparedTemplate>();
+  const result: FolderAudit = { root, templates: [], datasets: [], findings: [] };
+  for (const t of templatePaths) {
+    const p = prepareTemplate(t, options);
+    prepared.set(t, p);
+    result.templates.push({ path: t, prepared: p });
+    result.findings.push(...p.findings);
+  }
+  for (const d of scan.datasets) {
+    if (options.signal?.aborted) break;
+    const a = associate(d, root, templatePaths, options.template);
+    let p = a.template ? prepared.get(a.template) : undefined;
+    if (a.template && !p) {
+      p = prepareTemplate(a.template, options);
+      prepared.set(a.template, p);
+    }
+    const report = await auditDatasetWith(d, p ?? { findings: [], kwargs: {} });
+    result.datasets.push({ file: d, template: a.template, association: a.source, report });
+    result.findings.push(...datasetFindings(report));
+  }
+  sortFindings(result.findings);
+  return result;
+}

@@ -1,0 +1,164 @@
+/**
+ * Output formats of the audit: the public JSON (a stable interface for CI), SARIF 2.1.0, and Markdown.
+ */
+import * as path from 'node:path';
+import type { DatasetReport } from './dataset/audit';
+import { CODES, docsPath, Finding, Severity } from './findings';
+import type { FolderAudit, PreparedTemplate } from './pipeline';
+import type { Segment } from './template/segments';
+
+export const TOOL_NAME = 'Piggyback Lens';
+export const TOOL_VERSION = '0.1.0';
+
+const segmentJson = (s: Segment | undefined) =>
+  s ? { text: s.text, tokens: s.tokens.map((t) => ({ id: t.id, text: t.text })) } : { text: '', tokens: [] };
+
+const findingJson = (f: Finding) => ({
+  code: f.code,
+  severity: f.severity,
+  message: f.message,
+  file: f.file,
+  line: f.line,
+  column: f.column,
+  endLine: f.endLine,
+  endColumn: f.endColumn,
+});
+
+export function templateJson(p: PreparedTemplate) {
+  const seg = p.audit?.segments;
+  return {
+    template: p.source?.file ?? null,
+    name: p.source?.name ?? null,
+    names: p.source?.names ?? [],
+    tokenizer: p.tokenizer?.file ?? null,
+    tokenizerAddsBos: p.tokenizer?.addsBos ?? null,
+    kwargs: p.kwargs,
+    defaultSystemPrompt: p.audit?.defaultSystemPrompt ?? null,
+    segments: {
+      prefix: segmentJson(seg?.prefix),
+      query: segmentJson(seg?.query),
+      postfix: segmentJson(seg?.postfix),
+    },
+    findings: p.findings.map(findingJson),
+  };
+}
+
+export function datasetJson(r: DatasetReport) {
+  return {
+    file: r.file ?? null,
+    rows: r.rows,
+    validRows: r.validRows,
+    format: r.format,
+    formats: r.formats,
+    errors: r.errors.map((e) => ({ line: e.line, column: e.column, code: e.code, severity: e.severity, message: e.message })),
+    errorsOmitted: r.errorsOmitted,
+    surface: r.surface,
+    findings: r.findings.map(findingJson),
+  };
+}
+
+export function folderJson(a: FolderAudit) {
+  return {
+    root: a.root,
+    templates: a.templates.map((t) => ({ path: t.path, ...templateJson(t.prepared) })),
+    datasets: a.datasets.map((d) => ({ template: d.template ?? null, association: d.association, ...datasetJson(d.report) })),
+    findings: a.findings.map(findingJson),
+  };
+}
+
+const SARIF_LEVEL: Record<Severity, 'error' | 'warning' | 'note'> = { error: 'error', warning: 'warning', info: 'note' };
+
+/** SARIF 2.1.0: one run, rule ids = codes, physical locations relative to `root` (%SRCROOT%). */
+export function toSarif(findings: readonly Finding[], root: string) {
+  const used = [...new Set(findings.map((f) => f.code))].sort();
+  const ruleIndex = new Map(used.map((c, i) => [c, i]));
+  const uriOf = (file: string) => {
+    const rel = path.relative(root, file);
+    const inside = rel && !rel.startsWith('..') && !path.isAbsolute(rel);
+    return inside ? { uri: rel.split(path.sep).map(encodeURIComponent).join('/'), uriBaseId: '%SRCROOT%' } : { uri: fileUri(file) };
+  };
+  return {
+    $schema: 'https://json.schemastore.org/sarif-2.1.0.json',
+    version: '2.1.0',
+    runs: [
+      {
+        tool: {
+          driver: {
+            name: TOOL_NAME,
+            version: TOOL_VERSION,
+            rules: used.map((code) => ({
+              id: code,
+              name: (CODES[code]?.title ?? code).replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : '')),
+              shortDescription: { text: CODES[code]?.title ?? code },
+              fullDescription: { text: CODES[code]?.why ?? code },
+              help: { text: `${CODES[code]?.why ?? ''} See ${docsPath(code)}.` },
+            })),
+          },
+        },
+        originalUriBaseIds: { '%SRCROOT%': { uri: fileUri(root).replace(/\/?$/, '/') } },
+        results: findings.map((f) => ({
+          ruleId: f.code,
+          ruleIndex: ruleIndex.get(f.code)!,
+          level: SARIF_LEVEL[f.severity],
+          message: { text: f.message },
+          locations: f.file
+            ? [
+                {
+                  physicalLocation: {
+                    artifactLocation: uriOf(f.file),
+                    region: { startLine: f.line, startColumn: f.column, endLine: f.endLine, endColumn: Math.max(f.endColumn, f.column) },
+                  },
+                },
+              ]
+            : [],
+        })),
+      },
+    ],
+  };
+}
+
+function fileUri(file: string): string {
+  const abs = path.resolve(file).split(path.sep).join('/');
+  return 'file://' + (abs.startsWith('/') ? '' : '/') + abs.split('/').map(encodeURIComponent).join('/');
+}
+
+const esc = (s: string) => s.replace(/\|/g, '\\|').replace(/\n/g, '\\n');
+
+export function toMarkdown(a: FolderAudit): string {
+  const out: string[] = [`# Piggyback audit of ${a.root}`, ''];
+  const counts = { error: 0, warning: 0, info: 0 };
+  for (const f of a.findings) counts[f.severity]++;
+  out.push(`${counts.error} errors, ${counts.warning} warnings, ${counts.info} notes.`, '');
+  out.push('## Templates', '');
+  for (const t of a.templates) {
+    const seg = t.prepared.audit?.segments;
+    out.push(`### ${path.relative(a.root, t.path) || t.path}`, '');
+    if (seg) {
+      out.push('| segment | tokens | text |', '|---|---|---|');
+      for (const name of ['prefix', 'postfix'] as const) {
+        const s = seg[name];
+        out.push(`| ${name} | ${seg.tokenized ? s.tokens.length : 'n/a'} | \`${esc(s.text)}\` |`);
+      }
+      out.push('');
+    }
+    if (t.prepared.audit?.defaultSystemPrompt) out.push(`Default system prompt: \`${esc(t.prepared.audit.defaultSystemPrompt)}\``, '');
+  }
+  out.push('## Datasets', '');
+  if (a.datasets.length) {
+    out.push('| dataset | template (how chosen) | rows | valid | format | identical prefix | distinct prefixes | prefix tokens | median query tokens |', '|---|---|---|---|---|---|---|---|---|');
+    for (const d of a.datasets) {
+      const s = d.report.surface;
+      out.push(
+        `| ${path.relative(a.root, d.file)} | ${d.template ? path.relative(a.root, d.template) || '.' : 'none'} (${d.association}) | ${d.report.rows} | ${d.report.validRows} | ${d.report.format} | ${s ? (100 * s.identicalPrefixShare).toFixed(1) + '%' : 'n/a'} | ${s?.distinctPrefixes ?? 'n/a'} | ${s?.prefixTokens ?? 'n/a'} | ${s?.medianQueryTokens ?? 'n/a'} |`,
+      );
+    }
+    out.push('');
+  } else out.push('No datasets found.', '');
+  out.push('## Findings', '');
+  if (a.findings.length) {
+    out.push('| severity | code | where | message |', '|---|---|---|---|');
+    for (const f of a.findings) out.push(`| ${f.severity} | ${f.code} | ${f.file ? path.relative(a.root, f.file) : ''}:${f.line}:${f.column} | ${esc(f.message)} |`);
+  } else out.push('None.');
+  out.push('');
+  return out.join('\n');
+}

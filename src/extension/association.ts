@@ -1,0 +1,111 @@
+/**
+ * Which template a dataset is rendered with. Always visible (status bar) and changeable (quick pick); the choice
+ * is written to the workspace's .piggyback.json so that the CLI makes the same choice in CI.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { associate, ASSOCIATION_FILE, AssociationSource, scanFolder } from '../core/pipeline';
+import { readSettings } from './config';
+
+export interface Association {
+  template?: string;
+  source: AssociationSource | 'setting';
+}
+
+export class Associations implements vscode.Disposable {
+  private readonly item = vscode.window.createStatusBarItem('piggyback.template', vscode.StatusBarAlignment.Left, 50);
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChange = this.changed.event;
+  private scanCache = new Map<string, { at: number; templates: string[] }>();
+
+  constructor() {
+    this.item.name = 'Piggyback template';
+    this.item.command = 'piggyback.chooseTemplate';
+  }
+
+  /** Model folders and .jinja files in the workspace folder (cached for a few seconds: scans walk the tree). */
+  templatesIn(root: string): string[] {
+    const hit = this.scanCache.get(root);
+    if (hit && Date.now() - hit.at < 5000) return hit.templates;
+    const templates = scanFolder(root).templates;
+    this.scanCache.set(root, { at: Date.now(), templates });
+    return templates;
+  }
+
+  resolve(dataset: vscode.Uri): Association {
+    const folder = vscode.workspace.getWorkspaceFolder(dataset);
+    const root = folder?.uri.fsPath ?? path.dirname(dataset.fsPath);
+    const setting = readSettings(dataset).template;
+    if (setting) return { template: path.resolve(root, setting), source: 'setting' };
+    return associate(dataset.fsPath, root, this.templatesIn(root));
+  }
+
+  update(editor: vscode.TextEditor | undefined): void {
+    if (!editor || !/\.jsonl$/i.test(editor.document.fileName)) {
+      this.item.hide();
+      return;
+    }
+    const a = this.resolve(editor.document.uri);
+    const root = vscode.workspace.getWorkspaceFolder(editor.document.uri)?.uri.fsPath ?? '';
+    this.item.text = `$(symbol-namespace) ${a.template ? path.relative(root, a.template) || path.basename(a.template) : 'no template'}`;
+    this.item.tooltip = a.template
+      ? `Piggyback Lens renders this dataset with ${a.template} (${a.source}). Click to change.`
+      : 'Piggyback Lens found no chat template for this dataset. Click to choose one.';
+    this.item.show();
+  }
+
+  async choose(dataset?: vscode.Uri): Promise<void> {
+    const uri = dataset ?? vscode.window.activeTextEditor?.document.uri;
+    if (!uri || !/\.jsonl$/i.test(uri.fsPath)) {
+      void vscode.window.showInformationMessage('Open a JSONL dataset to choose the chat template it is rendered with.');
+      return;
+    }
+    const folder = vscode.workspace.getWorkspaceFolder(uri);
+    const root = folder?.uri.fsPath ?? path.dirname(uri.fsPath);
+    this.scanCache.delete(root);
+    const current = this.resolve(uri);
+    const items: (vscode.QuickPickItem & { value?: string })[] = this.templatesIn(root).map((t) => ({
+      label: path.relative(root, t) || path.basename(t),
+      description: t === current.template ? `current (${current.source})` : undefined,
+      value: t,
+    }));
+    items.push({ label: '$(folder-opened) Browse...', value: undefined });
+    const pick = await vscode.window.showQuickPick(items, { title: `Chat template for ${path.basename(uri.fsPath)}` });
+    if (!pick) return;
+    let chosen = pick.value;
+    if (!chosen) {
+      const picked = await vscode.window.showOpenDialog({ canSelectFiles: true, canSelectFolders: true, title: 'Model folder, tokenizer_config.json or .jinja' });
+      if (!picked?.[0]) return;
+      chosen = picked[0].fsPath;
+    }
+    if (!folder) {
+      void vscode.window.showWarningMessage('Open a workspace folder to remember the choice; set piggyback.template instead.');
+      return;
+    }
+    writeAssociation(root, uri.fsPath, chosen);
+    this.changed.fire();
+    this.update(vscode.window.activeTextEditor);
+  }
+
+  dispose(): void {
+    this.item.dispose();
+    this.changed.dispose();
+  }
+}
+
+/** Adds or replaces one dataset's entry in .piggyback.json, keeping everything else in the file. */
+export function writeAssociation(root: string, dataset: string, template: string): void {
+  const file = path.join(root, ASSOCIATION_FILE);
+  let data: { datasets?: Record<string, string>; [k: string]: unknown } = {};
+  if (fs.existsSync(file)) {
+    try {
+      data = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch {
+      throw new Error(`${file} is not valid JSON; fix or delete it to save the template choice`);
+    }
+  }
+  const rel = (p: string) => path.relative(root, p).split(path.sep).join('/') || '.';
+  data.datasets = { ...data.datasets, [rel(dataset)]: rel(template) };
+  fs.writeFileSync(file, JSON.stringify(data, null, 2) + '\n');
+}

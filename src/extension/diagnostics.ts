@@ -1,0 +1,146 @@
+/**
+ * Diagnostics on open template and dataset files, recomputed as the user types (debounced), on unsaved text.
+ * A dataset audit yields to the event loop between chunks and stops when a newer edit supersedes it, so a large
+ * JSONL never blocks the extension host.
+ */
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { auditDataset } from '../core/dataset/audit';
+import { docsPath, Finding } from '../core/findings';
+import { prepareTemplate, PreparedTemplate, datasetFindings } from '../core/pipeline';
+import { AUDIT_CLOCK } from '../core/template/audit';
+import { isTemplateFileName } from '../core/template/source';
+import type { Associations } from './association';
+import { readSettings } from './config';
+
+export function isDataset(doc: vscode.TextDocument): boolean {
+  return /\.jsonl$/i.test(doc.fileName);
+}
+
+export function isTemplate(doc: vscode.TextDocument): boolean {
+  return isTemplateFileName(doc.fileName);
+}
+
+const SEVERITY: Record<Finding['severity'], vscode.DiagnosticSeverity> = {
+  error: vscode.DiagnosticSeverity.Error,
+  warning: vscode.DiagnosticSeverity.Warning,
+  info: vscode.DiagnosticSeverity.Information,
+};
+
+export function toDiagnostic(f: Finding, extensionUri: vscode.Uri): vscode.Diagnostic {
+  const range = new vscode.Range(f.line - 1, f.column - 1, f.endLine - 1, Math.max(f.endColumn - 1, f.column));
+  const d = new vscode.Diagnostic(range, f.message, SEVERITY[f.severity]);
+  const [doc, anchor] = docsPath(f.code).split('#');
+  d.code = { value: f.code, target: vscode.Uri.joinPath(extensionUri, doc).with({ fragment: anchor }) };
+  d.source = 'piggyback';
+  return d;
+}
+
+export class DiagnosticsManager implements vscode.Disposable {
+  readonly collection = vscode.languages.createDiagnosticCollection('piggyback');
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private readonly generation = new Map<string, number>();
+  /** The last audit of each open template file (the hover reads it). */
+  readonly templateDocs = new Map<string, PreparedTemplate>();
+  /** Templates datasets are rendered with, by association path; cleared when a template changes. */
+  private readonly forDatasets = new Map<string, PreparedTemplate>();
+
+  constructor(
+    private readonly extensionUri: vscode.Uri,
+    private readonly associations: Associations,
+    private readonly log: vscode.LogOutputChannel,
+  ) {}
+
+  schedule(doc: vscode.TextDocument, immediate = false): void {
+    if (!isDataset(doc) && !isTemplate(doc)) return;
+    const key = doc.uri.toString();
+    clearTimeout(this.timers.get(key));
+    const delay = immediate ? 0 : readSettings(doc.uri).debounceMs;
+    this.timers.set(
+      key,
+      setTimeout(() => {
+        this.timers.delete(key);
+        this.refresh(doc).catch((e) => this.log.error(`diagnostics for ${doc.fileName} failed`, e));
+      }, delay),
+    );
+  }
+
+  /** Re-audits every open dataset (after a template or association change). */
+  refreshDatasets(): void {
+    for (const doc of vscode.workspace.textDocuments) if (isDataset(doc)) this.schedule(doc, true);
+  }
+
+  async refresh(doc: vscode.TextDocument): Promise<void> {
+    const key = doc.uri.toString();
+    const gen = (this.generation.get(key) ?? 0) + 1;
+    this.generation.set(key, gen);
+    const stale = () => this.generation.get(key) !== gen || doc.isClosed;
+    const started = Date.now();
+    let findings: Finding[];
+    if (isTemplate(doc)) {
+      const s = readSettings(doc.uri);
+      const p = prepareTemplate(doc.fileName, { text: doc.getText(), tokenizer: s.tokenizer, name: s.templateName, kwargs: s.templateKwargs, specialTokens: s.specialTokens });
+      this.templateDocs.set(doc.fileName, p);
+      findings = p.findings.filter((f) => !f.file || path.resolve(f.file) === path.resolve(doc.fileName));
+    } else {
+      const p = this.templateFor(doc.uri);
+      const text = doc.getText();
+      const lines = doc.lineCount;
+      const limit = readSettings(doc.uri).maxDatasetLines;
+      const report = await auditDataset(yieldingChunks(text, stale), {
+        file: doc.fileName,
+        template: p?.template,
+        tokenizer: p?.tokenizer,
+        renderOptions: { specialTokens: p?.source?.specialTokens, kwargs: p?.kwargs, now: AUDIT_CLOCK },
+        defaultSystemPrompt: p?.audit?.defaultSystemPrompt,
+        onProgress: (rows) => !stale() && rows < limit,
+      });
+      if (stale()) return;
+      findings = datasetFindings(report);
+      if (lines > limit) this.log.info(`${doc.fileName}: audited the first ${limit} of ${lines} lines (piggyback.diagnostics.maxDatasetLines)`);
+    }
+    if (stale()) return;
+    this.collection.set(doc.uri, findings.map((f) => toDiagnostic(f, this.extensionUri)));
+    this.log.debug(`${path.basename(doc.fileName)}: ${findings.length} findings in ${Date.now() - started} ms`);
+  }
+
+  /** The prepared template a dataset is rendered with (cached by path; refreshed when its file changes). */
+  templateFor(dataset: vscode.Uri): PreparedTemplate | undefined {
+    const a = this.associations.resolve(dataset);
+    if (!a.template) return undefined;
+    let p = this.forDatasets.get(a.template);
+    if (!p) {
+      const s = readSettings(dataset);
+      p = prepareTemplate(a.template, { tokenizer: s.tokenizer, name: s.templateName, kwargs: s.templateKwargs, specialTokens: s.specialTokens });
+      this.forDatasets.set(a.template, p);
+    }
+    return p;
+  }
+
+  /** A template file or a setting changed: datasets are re-rendered with the new template. */
+  templatesChanged(): void {
+    this.forDatasets.clear();
+    this.refreshDatasets();
+  }
+
+  forget(doc: vscode.TextDocument): void {
+    clearTimeout(this.timers.get(doc.uri.toString()));
+    this.templateDocs.delete(doc.fileName);
+    this.collection.delete(doc.uri);
+  }
+
+  dispose(): void {
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.collection.dispose();
+  }
+}
+
+/** Feeds text in 256 KiB slices, yielding to the event loop between them, and stops once superseded. */
+async function* yieldingChunks(text: string, stale: () => boolean): AsyncGenerator<string> {
+  const size = 256 * 1024;
+  for (let i = 0; i < text.length; i += size) {
+    if (stale()) return;
+    yield text.slice(i, i + size);
+    await new Promise((r) => setImmediate(r));
+  }
+}

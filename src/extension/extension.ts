@@ -1,0 +1,92 @@
+/**
+ * VS Code glue only: wires the core audit to diagnostics, hovers, the status bar and commands.
+ * Activation is cheap: nothing is rendered or tokenized until a template or dataset is opened.
+ */
+import * as vscode from 'vscode';
+import { auditFolder } from '../core/pipeline';
+import { Associations } from './association';
+import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
+import { SegmentHover } from './hover';
+
+export function activate(context: vscode.ExtensionContext): void {
+  const log = vscode.window.createOutputChannel('Piggyback Lens', { log: true });
+  const associations = new Associations();
+  const diagnostics = new DiagnosticsManager(context.extensionUri, associations, log);
+  context.subscriptions.push(log, associations, diagnostics);
+
+  const selector: vscode.DocumentSelector = [
+    { pattern: '**/*.jsonl' },
+    { pattern: '**/tokenizer_config.json' },
+    { pattern: '**/chat_template.json' },
+    { pattern: '**/*.{jinja,jinja2,j2}' },
+  ];
+  context.subscriptions.push(
+    vscode.languages.registerHoverProvider(selector, new SegmentHover(diagnostics)),
+    vscode.workspace.onDidOpenTextDocument((doc) => diagnostics.schedule(doc, true)),
+    vscode.workspace.onDidChangeTextDocument((e) => {
+      if (e.contentChanges.length) diagnostics.schedule(e.document);
+    }),
+    vscode.workspace.onDidSaveTextDocument((doc) => {
+      if (isTemplate(doc)) diagnostics.templatesChanged();
+    }),
+    vscode.workspace.onDidCloseTextDocument((doc) => diagnostics.forget(doc)),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration('piggyback')) {
+        diagnostics.templatesChanged();
+        for (const doc of vscode.workspace.textDocuments) if (isTemplate(doc)) diagnostics.schedule(doc, true);
+        associations.update(vscode.window.activeTextEditor);
+      }
+    }),
+    vscode.window.onDidChangeActiveTextEditor((editor) => associations.update(editor)),
+    associations.onDidChange(() => diagnostics.templatesChanged()),
+    vscode.commands.registerCommand('piggyback.chooseTemplate', (uri?: vscode.Uri) =>
+      associations.choose(uri).catch((e) => vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`)),
+    ),
+    vscode.commands.registerCommand('piggyback.auditWorkspace', () => auditWorkspace(context, diagnostics, log)),
+  );
+
+  for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);
+  associations.update(vscode.window.activeTextEditor);
+}
+
+/** Audits every model folder and dataset in the workspace; results go to the Problems view. */
+async function auditWorkspace(context: vscode.ExtensionContext, diagnostics: DiagnosticsManager, log: vscode.LogOutputChannel): Promise<{ findings: number }> {
+  const folders = vscode.workspace.workspaceFolders ?? [];
+  if (folders.length === 0) {
+    void vscode.window.showInformationMessage('Piggyback Lens: open a folder to audit its models and datasets.');
+    return { findings: 0 };
+  }
+  let total = 0;
+  await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Notification, title: 'Piggyback: auditing workspace', cancellable: true },
+    async (progress, token) => {
+      const abort = new AbortController();
+      token.onCancellationRequested(() => abort.abort());
+      for (const folder of folders) {
+        progress.report({ message: folder.name });
+        try {
+          const a = await auditFolder(folder.uri.fsPath, { signal: abort.signal });
+          const byFile = new Map<string, vscode.Diagnostic[]>();
+          for (const f of a.findings) {
+            if (!f.file) continue;
+            const list = byFile.get(f.file) ?? [];
+            list.push(toDiagnostic(f, context.extensionUri));
+            byFile.set(f.file, list);
+          }
+          for (const [file, list] of byFile) diagnostics.collection.set(vscode.Uri.file(file), list);
+          total += a.findings.length;
+          log.info(`audited ${folder.uri.fsPath}: ${a.templates.length} templates, ${a.datasets.length} datasets, ${a.findings.length} findings`);
+        } catch (e) {
+          log.error(`audit of ${folder.uri.fsPath} failed`, e);
+          void vscode.window.showErrorMessage(`Piggyback Lens: audit of ${folder.name} failed: ${(e as Error).message}`);
+        }
+      }
+    },
+  );
+  if (total > 0) void vscode.commands.executeCommand('workbench.actions.view.problems');
+  else void vscode.window.showInformationMessage('Piggyback Lens: no findings in the workspace.');
+  return { findings: total };
+}
+
+export function deactivate(): void {}
+
