@@ -68,6 +68,8 @@ export interface DatasetAuditOptions {
   defaultSystemPrompt?: string;
   maxErrors?: number;
   querySample?: number;
+  /** Longest line read (characters); longer lines are reported and skipped. */
+  maxLineLength?: number;
   /** Called every few thousand rows; return false to stop early. */
   onProgress?: (rows: number) => boolean | void;
 }
@@ -109,7 +111,7 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     else errorsOmitted++;
   };
 
-  for await (const line of readLines(source)) {
+  for await (const line of readLines(source, options.maxLineLength)) {
     if (line.tooLong) {
       rows++;
       report(line, 'DS007', 'error', `line is ${line.length} characters long, over the reader's limit; skipped`);

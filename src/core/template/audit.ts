@@ -197,7 +197,7 @@ function firstDifference(a: string, b: string): string {
 /** Something to search for in the template source, from a Jinja error message. */
 function needleFromError(message: string): RegExp | undefined {
   const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  let m = /filter "(\w+)"/.exec(message) ?? /Unknown filter: (\w+)/.exec(message);
+  let m = /filter "(\w+)"/.exec(message) ?? /Unknown (?:\w+ )?filter: (\w+)/.exec(message);
   if (m) return new RegExp(`\\|\\s*${esc(m[1])}\\b`);
   m = /Unknown statement type: (\w+)/.exec(message);
   if (m) return new RegExp(`\\{%-?\\s*${esc(m[1])}\\b`);
