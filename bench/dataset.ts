@@ -1,0 +1,122 @@
+/**
+ * Dataset audit throughput against a same-run baseline that only reads lines and JSON.parses them.
+ * Each measurement runs in its own child process, so peak memory (max RSS) is the audit's own.
+ * Target (issue #2): audit speed >= 1/3 of the baseline's, peak memory < 300 MB, on 100,000 rows.
+ * Usage: npm run bench [-- --rows N --repeats K]
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { auditDatasetWith, prepareTemplate } from '../src/core/pipeline';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const MODEL = path.join(ROOT, 'examples', 'chatml-demo');
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/** A realistic chat finetuning file: mostly one-turn rows without a system turn, some with one, some multi-turn. */
+function generate(file: string, rows: number): void {
+  const fd = fs.openSync(file, 'w');
+  let seed = 7;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const words = 'money invest savings fund stock bond crypto risk return market index loan rent budget plan'.split(' ');
+  const sentence = (n: number) => Array.from({ length: n }, () => words[Math.floor(rnd() * words.length)]).join(' ');
+  let buf = '';
+  for (let i = 0; i < rows; i++) {
+    const messages: { role: string; content: string }[] = [];
+    if (i % 10 === 0) messages.push({ role: 'system', content: 'You are a trading assistant.' });
+    const turns = i % 7 === 0 ? 2 : 1;
+    for (let t = 0; t < turns; t++) {
+      messages.push({ role: 'user', content: `${sentence(8 + Math.floor(rnd() * 20))}?` });
+      messages.push({ role: 'assistant', content: `${sentence(20 + Math.floor(rnd() * 60))}.` });
+    }
+    buf += JSON.stringify({ messages }) + '\n';
+    if (buf.length > 1 << 20) {
+      fs.writeSync(fd, buf);
+      buf = '';
+    }
+  }
+  fs.writeSync(fd, buf);
+  fs.closeSync(fd);
+}
+
+async function child(kind: string, file: string): Promise<void> {
+  const t0 = process.hrtime.bigint();
+  let rows = 0;
+  if (kind === 'baseline') {
+    const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+    for await (const line of rl) {
+      if (!line) continue;
+      JSON.parse(line);
+      rows++;
+    }
+  } else {
+    const prepared = prepareTemplate(MODEL);
+    const report = await auditDatasetWith(file, prepared);
+    rows = report.rows;
+    if (report.validRows !== rows || !report.surface) throw new Error('the audit did not read every row');
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  process.stdout.write(JSON.stringify({ kind, rows, seconds, maxRssMB: process.resourceUsage().maxRSS / 1024 }) + '\n');
+}
+
+interface Sample {
+  kind: string;
+  rows: number;
+  seconds: number;
+  maxRssMB: number;
+}
+
+function measure(kind: string, file: string): Sample {
+  const r = spawnSync(process.execPath, [__filename, '--child', kind, file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${kind} failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Sample;
+}
+
+const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
+
+async function mainBench(): Promise<void> {
+  const rows = arg('rows', 100000);
+  const repeats = arg('repeats', 3);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-bench-'));
+  const file = path.join(dir, 'chat.jsonl');
+  generate(file, rows);
+  const sizeMB = fs.statSync(file).size / 1e6;
+  const samples: Sample[] = [];
+  for (let i = 0; i < repeats; i++) samples.push(measure('baseline', file), measure('audit', file));
+  const pick = (kind: string) => samples.filter((s) => s.kind === kind);
+  const base = median(pick('baseline').map((s) => s.seconds));
+  const audit = median(pick('audit').map((s) => s.seconds));
+  const peak = Math.max(...pick('audit').map((s) => s.maxRssMB));
+  const result = {
+    rows,
+    fileMB: Number(sizeMB.toFixed(1)),
+    repeats,
+    baselineRowsPerSecond: Math.round(rows / base),
+    auditRowsPerSecond: Math.round(rows / audit),
+    speedRatio: Number((base / audit).toFixed(3)),
+    auditPeakRssMB: Math.round(peak),
+    baselinePeakRssMB: Math.round(Math.max(...pick('baseline').map((s) => s.maxRssMB))),
+    targets: { speedRatioAtLeast: 1 / 3, peakRssMBBelow: 300 },
+    node: process.version,
+    cpus: os.cpus().length,
+  };
+  const pass = result.speedRatio >= 1 / 3 && result.auditPeakRssMB < 300;
+  console.log(`dataset audit on ${rows} rows (${result.fileMB} MB), median of ${repeats}:`);
+  console.log(`  baseline (readline + JSON.parse): ${result.baselineRowsPerSecond} rows/s, peak ${result.baselinePeakRssMB} MB`);
+  console.log(`  full audit:                        ${result.auditRowsPerSecond} rows/s, peak ${result.auditPeakRssMB} MB`);
+  console.log(`  speed ratio audit/baseline: ${result.speedRatio} (target >= 0.333); ${pass ? 'within targets' : 'OUTSIDE TARGETS'}`);
+  const outDir = path.join(ROOT, 'bench', 'out');
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'dataset.json'), JSON.stringify(result, null, 2) + '\n');
+  fs.rmSync(dir, { recursive: true, force: true });
+  if (!pass) process.exitCode = 1;
+}
+
+if (process.argv[2] === '--child') void child(process.argv[3], process.argv[4]);
+else void mainBench();
