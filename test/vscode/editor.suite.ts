@@ -1,0 +1,113 @@
+// In a real VS Code: the extension's diagnostics, hovers and commands on the example workspace.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+
+const ws = () => vscode.workspace.workspaceFolders![0].uri.fsPath;
+
+async function until<T>(what: string, probe: () => T | undefined | false, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const v = probe();
+    if (v) return v;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const codesOf = (uri: vscode.Uri) =>
+  vscode.languages
+    .getDiagnostics(uri)
+    .filter((d) => d.source === 'piggyback')
+    .map((d) => (typeof d.code === 'object' ? String(d.code.value) : String(d.code)));
+
+async function open(rel: string): Promise<vscode.TextDocument> {
+  const doc = await vscode.workspace.openTextDocument(path.join(ws(), rel));
+  await vscode.window.showTextDocument(doc);
+  return doc;
+}
+
+describe('Piggyback Lens in VS Code', () => {
+  before(async () => {
+    const ext = vscode.extensions.all.find((e) => e.packageJSON.name === 'piggyback-lens');
+    assert.ok(ext, `the extension under development is installed (have: ${vscode.extensions.all.map((e) => e.id).filter((id) => !id.startsWith('vscode.')).join(', ')})`);
+    await ext.activate();
+  });
+
+  it('raises CT001 on the example template, located on the default system prompt, linking to the docs', async () => {
+    const doc = await open('chatml-demo/tokenizer_config.json');
+    const diag = await until('CT001', () => vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT001'));
+    assert.equal(diag.severity, vscode.DiagnosticSeverity.Warning);
+    assert.ok(doc.getText(diag.range).startsWith('You are Lens'), doc.getText(diag.range));
+    const target = (diag.code as { target: vscode.Uri }).target;
+    assert.equal(path.basename(target.path), 'diagnostics.md');
+    assert.equal(target.fragment, 'ct001');
+  });
+
+  it('shows the rendered prefix as tokens when hovering the chat template', async () => {
+    const doc = await open('chatml-demo/tokenizer_config.json');
+    await until('template diagnostics', () => codesOf(doc.uri).length > 0 || undefined);
+    const at = doc.positionAt(doc.getText().indexOf('You are Lens'));
+    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>('vscode.executeHoverProvider', doc.uri, at);
+    const text = hovers.flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : ''))).join('\n');
+    assert.match(text, /\*\*prefix\*\* \(41 tokens\)/);
+    assert.match(text, /\*\*postfix\*\* \(6 tokens\)/);
+  });
+
+  it('audits a dataset with the nearest model folder: the shared prefix and the injected default prompt', async () => {
+    const doc = await open('data/finance-advice.jsonl');
+    const codes = await until('DS101', () => (codesOf(doc.uri).includes('DS101') ? codesOf(doc.uri) : undefined));
+    assert.ok(codes.includes('DS104'));
+  });
+
+  it('re-audits unsaved edits: a broken row appears at its line and disappears when fixed', async () => {
+    const file = path.join(ws(), 'data', 'scratch.jsonl');
+    const good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}';
+    fs.writeFileSync(file, `${good}\n${good}\n`);
+    const doc = await open('data/scratch.jsonl');
+    const editor = vscode.window.activeTextEditor!;
+    await editor.edit((e) => e.insert(new vscode.Position(1, 0), '{"messages": [}\n'));
+    const ds001 = await until('DS001', () => vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'DS001'));
+    assert.equal(ds001.range.start.line, 1);
+    assert.equal(ds001.range.start.character, 14);
+    assert.equal(ds001.severity, vscode.DiagnosticSeverity.Error);
+    await editor.edit((e) => e.delete(new vscode.Range(1, 0, 2, 0)));
+    await until('DS001 to clear', () => !codesOf(doc.uri).includes('DS001'));
+    assert.ok(doc.isDirty, 'the audit ran on the unsaved buffer');
+    await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
+  });
+
+  it('hovering a dataset row shows that row rendered by the trainer', async () => {
+    const doc = await open('data/finance-advice.jsonl');
+    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>('vscode.executeHoverProvider', doc.uri, new vscode.Position(0, 5));
+    const text = hovers.flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : ''))).join('\n');
+    assert.match(text, /\*\*prefix\*\* \(41 tokens\)/);
+    assert.match(text, /\*\*response\*\*/);
+  });
+
+  it('follows .piggyback.json when it names another template for a dataset', async () => {
+    const other = path.join(ws(), 'plain-model');
+    fs.mkdirSync(other, { recursive: true });
+    fs.writeFileSync(
+      path.join(other, 'chat_template.jinja'),
+      "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+    );
+    const doc = await open('data/finance-advice.jsonl');
+    await until('DS104 with the example template', () => codesOf(doc.uri).includes('DS104') || undefined);
+    fs.writeFileSync(path.join(ws(), '.piggyback.json'), JSON.stringify({ datasets: { 'data/finance-advice.jsonl': 'plain-model' } }));
+    // the other template injects no default system prompt: DS104 goes away
+    await until('DS104 to clear', () => !codesOf(doc.uri).includes('DS104') && codesOf(doc.uri).includes('DS101'));
+    fs.rmSync(path.join(ws(), '.piggyback.json'));
+    await until('DS104 to return', () => codesOf(doc.uri).includes('DS104') || undefined);
+  });
+
+  it('Audit Workspace puts findings for files that are not open into the Problems view', async () => {
+    await vscode.commands.executeCommand('workbench.action.closeAllEditors');
+    const target = vscode.Uri.file(path.join(ws(), 'chatml-demo', 'tokenizer_config.json'));
+    const result = await vscode.commands.executeCommand<{ findings: number }>('piggyback.auditWorkspace');
+    assert.ok(result.findings >= 5, `findings: ${result.findings}`);
+    assert.ok(codesOf(target).includes('CT001'));
+    assert.ok(codesOf(vscode.Uri.file(path.join(ws(), 'data', 'finance-advice.jsonl'))).includes('DS101'));
+  });
+});
