@@ -31,6 +31,7 @@ function files(dir, pattern) {
 const builds = [
   { ...common, entryPoints: { extension: 'src/extension/extension.ts' }, outdir: 'dist' },
   { ...common, entryPoints: { cli: 'src/cli/main.ts' }, outdir: 'dist', banner: { js: '#!/usr/bin/env node' } },
+  { ...common, entryPoints: { host: 'src/host/main.ts' }, outdir: 'dist' },
   {
     ...common,
     // tests and benchmarks load dependencies from node_modules, as the CLI's users do

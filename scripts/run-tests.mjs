@@ -11,7 +11,7 @@ function run(cmd, args) {
 let passed = 0;
 let failed = 0;
 
-const unit = run(process.execPath, ['--test', 'dist/test/unit/']);
+const unit = run(process.execPath, ['--test', 'dist/test/unit/', 'dist/test/host/']);
 const pass = /^# pass (\d+)$/m.exec(unit.out);
 const fail = /^# fail (\d+)$/m.exec(unit.out);
 passed += pass ? Number(pass[1]) : 0;

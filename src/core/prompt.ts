@@ -1,0 +1,17 @@
+/**
+ * From a query to the ids and segment spans the model host works on: render with the real template, segment by
+ * marker rendering, tokenize with the real tokenizer.
+ */
+import type { PromptIds } from './protocol';
+import type { ChatTemplate } from './template/render';
+import { segmentPrompt, SegmentRequest } from './template/segments';
+import type { LoadedTokenizer } from './tokenizer';
+
+export function promptIds(template: ChatTemplate, tokenizer: LoadedTokenizer, req: SegmentRequest): PromptIds & { text: string } {
+  const seg = segmentPrompt(template, { ...req, response: undefined }, tokenizer);
+  const P = seg.prefix.tokens.length;
+  const Q = seg.query.tokens.length;
+  const F = seg.postfix.tokens.length;
+  const ids = [...seg.prefix.tokens, ...seg.query.tokens, ...seg.postfix.tokens].map((t) => t.id);
+  return { ids, prefix: [0, P], query: [P, P + Q], postfix: [P + Q, P + Q + F], text: seg.rendered };
+}

@@ -1,0 +1,217 @@
+/**
+ * The one typed protocol between the model host (src/host, onnxruntime only) and its clients (the extension and
+ * the CLI). Tokenization and segmentation happen on the client side (src/core); the host sees token ids and
+ * segment spans only, so it never needs a tokenizer or a template.
+ */
+import { NotificationType, ProgressType, RequestType } from 'vscode-jsonrpc';
+
+/** A half-open range of token positions [start, end). */
+export type Span = [number, number];
+
+/** A rendered, tokenized prompt: the ids the model sees and where each segment lies. */
+export interface PromptIds {
+  ids: number[];
+  prefix: Span;
+  query: Span;
+  postfix: Span;
+}
+
+export interface CheckpointInfo {
+  folder: string;
+  modelFile: string;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  kvType: 'float32' | 'float16';
+  hasPositionIds: boolean;
+  eosTokenIds: number[];
+  /** SHA-256 of the ONNX file (first 16 hex chars): what results are attributed to. */
+  hash: string;
+}
+
+export interface LoadParams {
+  base: string;
+  finetuned: string;
+  /** Other checkpoints to load under a name (e.g. { treft: '/path' }), usable as a condition. */
+  extra?: Record<string, string>;
+}
+
+export interface LoadResult {
+  base: CheckpointInfo;
+  finetuned: CheckpointInfo;
+  extra: Record<string, CheckpointInfo>;
+}
+
+/** Per-layer, per-token relative squared drift ||x - x_base||^2 / ||x_base||^2 and cosine distance. */
+export interface SegmentDrift {
+  /** Token positions of the segment (into PromptIds.ids). */
+  positions: number[];
+  key: number[][];
+  value: number[][];
+  keyCosine: number[][];
+  valueCosine: number[][];
+  /** TReFT value of the segment: mean over layers of (mean over tokens of K drift + mean over tokens of V drift). */
+  mean: number;
+  /** The same without position 0 (BOS behaves differently from later positions); null when nothing is left. */
+  meanExcludingPosition0: number | null;
+}
+
+export interface DriftParams {
+  prompt: PromptIds;
+  /** Which loaded checkpoint to compare with base (default 'finetuned'). */
+  against?: string;
+}
+
+export interface DriftResult {
+  layers: number;
+  segments: { prefix: SegmentDrift; query: SegmentDrift; postfix: SegmentDrift };
+  /** Drift at position 0 per layer (K, V), reported apart. */
+  position0: { key: number[]; value: number[] } | null;
+  /** The TReFT regulariser value on the prefix: what training would penalise. */
+  treft: number;
+}
+
+export type PatchSpan = 'prefix' | 'postfix' | 'both' | 'query';
+
+export interface Condition {
+  /** 'base', 'finetuned', or a name from LoadParams.extra. */
+  model: string;
+  /** Spans whose K/V come from the base model instead. */
+  patch?: PatchSpan;
+}
+
+export interface PatchParams {
+  prompt: PromptIds;
+  span: PatchSpan;
+  /** Teacher-forced response for the distributions; default: the base model's greedy generation. */
+  responseIds?: number[];
+  maxNewTokens?: number;
+  /** Checkpoint patched (default 'finetuned'). */
+  target?: string;
+}
+
+export interface PatchResult {
+  span: PatchSpan;
+  /** Positions whose K/V were replaced. */
+  patchedPositions: number[];
+  responseIds: number[];
+  /** Mean over response positions of KL(base || condition), in nats. */
+  kl: { finetuned: number; patched: number };
+  /** Per response position KL values, for plots. */
+  klPerPosition: { finetuned: number[]; patched: number[] };
+  generations: { base: number[]; finetuned: number[]; patched: number[] };
+}
+
+export interface ScoreParams {
+  prompt: PromptIds;
+  /** Continuations to score (e.g. an aligned and a misaligned reference answer), as token ids. */
+  continuations: number[][];
+  conditions: Condition[];
+}
+
+export interface ScoreResult {
+  /** [condition][continuation]: summed log-probability of the continuation, teacher-forced, in nats. */
+  logprob: number[][];
+  /** [condition]: mean over continuation-0 positions of KL(base || condition). */
+  klToBase: number[];
+}
+
+export interface PerturbParams {
+  prompt: PromptIds;
+  segment: 'prefix' | 'query' | 'postfix';
+  /** Positions changed per trial (the paper: 10), neighbours considered (5), trials (10). */
+  positions?: number;
+  neighbours?: number;
+  trials?: number;
+  seed?: number;
+  /** Optional reference answers: each trial reports logprob(aligned) - logprob(misaligned). */
+  aligned?: number[];
+  misaligned?: number[];
+  model?: string;
+}
+
+export interface PerturbTrial {
+  ids: number[];
+  changed: number[];
+  /** logprob(aligned) - logprob(misaligned) under the perturbed prompt (when references were given). */
+  margin: number | null;
+}
+
+export interface PerturbResult {
+  baselineMargin: number | null;
+  trials: PerturbTrial[];
+  best: number | null;
+  avg: number | null;
+  embedding: { source: string; rows: number; dim: number };
+}
+
+export interface GenerateParams {
+  prompt: PromptIds;
+  condition: Condition;
+  maxNewTokens?: number;
+  /** 0 (default) = greedy. */
+  temperature?: number;
+  seed?: number;
+}
+
+export interface GenerateResult {
+  ids: number[];
+}
+
+export interface ParityParams {
+  prompt: PromptIds;
+}
+
+/** Max absolute logit differences of the parity checks; all should be ~0. */
+export interface ParityResult {
+  prefixThenRestVsFull: Record<string, number>;
+  selfPatch: number;
+  baseIntoBase: number;
+}
+
+export namespace Load {
+  export const type = new RequestType<LoadParams, LoadResult, void>('piggyback/load');
+}
+export namespace Drift {
+  export const type = new RequestType<DriftParams, DriftResult, void>('piggyback/drift');
+}
+export namespace Patch {
+  export const type = new RequestType<PatchParams, PatchResult, void>('piggyback/patch');
+}
+export namespace Score {
+  export const type = new RequestType<ScoreParams, ScoreResult, void>('piggyback/score');
+}
+export namespace Perturb {
+  export const type = new RequestType<PerturbParams, PerturbResult, void>('piggyback/perturb');
+}
+export namespace Generate {
+  export const type = new RequestType<GenerateParams, GenerateResult, void>('piggyback/generate');
+}
+export namespace Parity {
+  export const type = new RequestType<ParityParams, ParityResult, void>('piggyback/parity');
+}
+/** Test hook: makes the host exit abruptly (as a native crash would) after `afterMs`. */
+export namespace Crash {
+  export const type = new NotificationType<{ afterMs: number }>('piggyback/crash');
+}
+export namespace Log {
+  export const type = new NotificationType<{ level: 'info' | 'warn' | 'error'; message: string }>('piggyback/log');
+}
+
+/** Progress reported through $/progress with the request's progress token. */
+export interface HostProgress {
+  done: number;
+  total: number;
+  message?: string;
+}
+export const progressType = new ProgressType<HostProgress>();
+
+/** Error codes the host answers with (JSON-RPC application range). */
+export const HostErrors = {
+  NotLoaded: -32001,
+  BadCheckpoint: -32002,
+  Incompatible: -32003,
+  BadRequest: -32004,
+  Cancelled: -32800,
+} as const;

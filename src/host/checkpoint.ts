@@ -1,0 +1,264 @@
+/**
+ * A decoder checkpoint exported to ONNX with the HF-optimum KV-cache interface, run with onnxruntime-node.
+ * Folder layouts: transformers.js (onnx/model.onnx, onnx/model_quantized.onnx, ...), optimum (model.onnx,
+ * decoder_model_merged.onnx, decoder_with_past_model.onnx), external data files beside the graph.
+ * K/V are held per layer as Float32Array in [kv_heads, positions, head_dim] (batch 1).
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import type { CheckpointInfo } from '../core/protocol';
+import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
+
+export class CheckpointError extends Error {
+  constructor(
+    message: string,
+    readonly file: string,
+  ) {
+    super(`${file}: ${message}`);
+    this.name = 'CheckpointError';
+  }
+}
+
+export interface LayerKV {
+  k: Float32Array;
+  v: Float32Array;
+}
+
+/** K/V of a run of positions for every layer. */
+export class KV {
+  constructor(
+    readonly layers: LayerKV[],
+    readonly length: number,
+    readonly heads: number,
+    readonly dim: number,
+  ) {}
+
+  static empty(layers: number, heads: number, dim: number): KV {
+    return new KV(Array.from({ length: layers }, () => ({ k: new Float32Array(0), v: new Float32Array(0) })), 0, heads, dim);
+  }
+
+  /** Positions [start, end) of this cache. */
+  slice(start: number, end: number): KV {
+    const n = end - start;
+    const cut = (a: Float32Array) => {
+      const out = new Float32Array(this.heads * n * this.dim);
+      for (let h = 0; h < this.heads; h++) out.set(a.subarray((h * this.length + start) * this.dim, (h * this.length + end) * this.dim), h * n * this.dim);
+      return out;
+    };
+    return new KV(this.layers.map((l) => ({ k: cut(l.k), v: cut(l.v) })), n, this.heads, this.dim);
+  }
+
+  concat(other: KV): KV {
+    if (other.length === 0) return this;
+    if (this.length === 0) return other;
+    const n = this.length + other.length;
+    const join = (a: Float32Array, b: Float32Array) => {
+      const out = new Float32Array(this.heads * n * this.dim);
+      for (let h = 0; h < this.heads; h++) {
+        out.set(a.subarray(h * this.length * this.dim, (h + 1) * this.length * this.dim), h * n * this.dim);
+        out.set(b.subarray(h * other.length * this.dim, (h + 1) * other.length * this.dim), (h * n + this.length) * this.dim);
+      }
+      return out;
+    };
+    return new KV(this.layers.map((l, i) => ({ k: join(l.k, other.layers[i].k), v: join(l.v, other.layers[i].v) })), n, this.heads, this.dim);
+  }
+
+  /** The vector of one position (all heads) in one layer, for drift norms. */
+  vector(layer: number, which: 'k' | 'v', pos: number): Float32Array {
+    const src = this.layers[layer][which];
+    const out = new Float32Array(this.heads * this.dim);
+    for (let h = 0; h < this.heads; h++) out.set(src.subarray((h * this.length + pos) * this.dim, (h * this.length + pos + 1) * this.dim), h * this.dim);
+    return out;
+  }
+}
+
+export interface Forward {
+  /** [positions, vocab] logits of the fed tokens. */
+  logits: Float32Array;
+  vocab: number;
+  /** K/V of the fed positions only (the past is not repeated). */
+  kv: KV;
+}
+
+const MODEL_CANDIDATES = [
+  'onnx/model.onnx',
+  'onnx/decoder_model_merged.onnx',
+  'onnx/model_fp16.onnx',
+  'onnx/model_quantized.onnx',
+  'model.onnx',
+  'decoder_model_merged.onnx',
+  'decoder_with_past_model.onnx',
+];
+
+export function findModelFile(folder: string): string {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(folder);
+  } catch {
+    throw new CheckpointError('no such file or folder', folder);
+  }
+  if (stat.isFile()) return folder;
+  for (const c of MODEL_CANDIDATES) {
+    const f = path.join(folder, c);
+    if (fs.existsSync(f)) return f;
+  }
+  throw new CheckpointError(`no ONNX decoder found (looked for ${MODEL_CANDIDATES.join(', ')})`, folder);
+}
+
+export class Checkpoint {
+  private constructor(
+    readonly info: CheckpointInfo,
+    private readonly session: ort.InferenceSession,
+    private readonly modelFile: string,
+  ) {}
+
+  static async load(folder: string): Promise<Checkpoint> {
+    const modelFile = findModelFile(folder);
+    const dir = fs.statSync(folder).isDirectory() ? folder : path.dirname(path.dirname(modelFile));
+    let session: ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(modelFile, { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    } catch (e) {
+      throw new CheckpointError(`onnxruntime cannot load the model: ${(e as Error).message}`, modelFile);
+    }
+    const inputs = session.inputNames;
+    for (const required of ['input_ids', 'attention_mask']) {
+      if (!inputs.includes(required)) throw new CheckpointError(`the graph has no "${required}" input`, modelFile);
+    }
+    const pastKeys = inputs.filter((n) => /^past_key_values\.\d+\.key$/.test(n));
+    if (pastKeys.length === 0) {
+      throw new CheckpointError('the graph has no past_key_values.{i}.key/value inputs: export it with the KV cache (optimum "text-generation-with-past")', modelFile);
+    }
+    const layers = pastKeys.length;
+    for (let i = 0; i < layers; i++) {
+      for (const kind of ['key', 'value']) {
+        if (!inputs.includes(`past_key_values.${i}.${kind}`)) throw new CheckpointError(`missing input past_key_values.${i}.${kind}`, modelFile);
+        if (!session.outputNames.includes(`present.${i}.${kind}`)) throw new CheckpointError(`missing output present.${i}.${kind}`, modelFile);
+      }
+    }
+    if (!session.outputNames.includes('logits')) throw new CheckpointError('the graph has no "logits" output', modelFile);
+    const meta = (session as unknown as { inputMetadata?: { name: string; type?: string; shape?: (number | string)[] }[] }).inputMetadata;
+    const past0 = meta?.find((m) => m.name === 'past_key_values.0.key');
+    const config = readConfig(dir);
+    const kvHeads = numberOr(past0?.shape?.[1], config.num_key_value_heads ?? config.num_attention_heads);
+    const hidden = config.hidden_size as number | undefined;
+    const heads = config.num_attention_heads as number | undefined;
+    const headDim = numberOr(past0?.shape?.[3], config.head_dim ?? (hidden && heads ? hidden / heads : undefined));
+    if (!kvHeads || !headDim) throw new CheckpointError('cannot tell the KV head count and head size: neither the graph nor config.json says', modelFile);
+    if (config.num_hidden_layers !== undefined && config.num_hidden_layers !== layers) {
+      throw new CheckpointError(`config.json says ${config.num_hidden_layers} layers but the graph has ${layers}`, modelFile);
+    }
+    const eos = config.eos_token_id;
+    const info: CheckpointInfo = {
+      folder: dir,
+      modelFile,
+      layers,
+      kvHeads,
+      headDim,
+      vocabSize: (config.vocab_size as number) ?? 0,
+      kvType: past0?.type === 'float16' ? 'float16' : 'float32',
+      hasPositionIds: inputs.includes('position_ids'),
+      eosTokenIds: Array.isArray(eos) ? (eos as number[]) : typeof eos === 'number' ? [eos] : [],
+      hash: createHash('sha256').update(fs.readFileSync(modelFile)).digest('hex').slice(0, 16),
+    };
+    return new Checkpoint(info, session, modelFile);
+  }
+
+  /**
+   * Runs `ids` at `positions` after the cached `past`. Returns logits for the fed tokens and their K/V.
+   */
+  async forward(ids: number[], positions: number[], past: KV): Promise<Forward> {
+    const { layers, kvHeads, headDim, kvType, hasPositionIds } = this.info;
+    const t = ids.length;
+    const total = past.length + t;
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, t]),
+      attention_mask: new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]),
+    };
+    if (hasPositionIds) feeds.position_ids = new ort.Tensor('int64', BigInt64Array.from(positions.map(BigInt)), [1, t]);
+    else if (positions.some((p, i) => p !== past.length + i)) {
+      throw new CheckpointError('this export has no position_ids input, so it cannot run tokens at shifted positions (postfix patching needs them)', this.modelFile);
+    }
+    for (let i = 0; i < layers; i++) {
+      for (const [kind, arr] of [
+        ['key', past.layers[i].k],
+        ['value', past.layers[i].v],
+      ] as const) {
+        const dims = [1, kvHeads, past.length, headDim];
+        feeds[`past_key_values.${i}.${kind}`] = kvType === 'float16' ? new ort.Tensor('float16', Uint16Array.from(arr, floatToHalf), dims) : new ort.Tensor('float32', arr, dims);
+      }
+    }
+    const out = await this.session.run(feeds);
+    const logitsT = out.logits;
+    const vocab = logitsT.dims[logitsT.dims.length - 1];
+    const kvLayers: LayerKV[] = [];
+    for (let i = 0; i < layers; i++) {
+      const full = new KV(
+        [{ k: toFloat32(out[`present.${i}.key`]), v: toFloat32(out[`present.${i}.value`]) }],
+        total,
+        kvHeads,
+        headDim,
+      );
+      kvLayers.push(full.slice(past.length, total).layers[0]);
+    }
+    return { logits: toFloat32(logitsT), vocab, kv: new KV(kvLayers, t, kvHeads, headDim) };
+  }
+
+  /** The input embedding matrix, from the ONNX initializer feeding the token lookup. */
+  embeddings(): { rows: number; dim: number; data: Float32Array; source: string } {
+    const vocab = this.info.vocabSize;
+    const init =
+      readInitializer(this.modelFile, (name, dims) => dims.length === 2 && /embed_tokens|wte|word_embeddings|tok_embeddings|embed\.weight/.test(name)) ??
+      readInitializer(this.modelFile, (_name, dims) => dims.length === 2 && vocab > 0 && dims[0] === vocab && dims[1] !== vocab);
+    if (!init) {
+      throw new CheckpointError('no input embedding matrix among the initializers (looked for *embed_tokens*, *wte*, or a [vocab, hidden] tensor); perturbation needs it', this.modelFile);
+    }
+    return { rows: init.dims[0], dim: init.dims[1], data: init.data, source: `${path.basename(this.modelFile)}:${init.name}` };
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+function toFloat32(t: ort.Tensor): Float32Array {
+  if (t.type === 'float32') return t.data as Float32Array;
+  if (t.type === 'float16') return Float32Array.from(t.data as Uint16Array, halfToFloat);
+  throw new Error(`unexpected tensor type ${t.type}`);
+}
+
+function numberOr(a: number | string | undefined, b: unknown): number {
+  if (typeof a === 'number' && a > 0) return a;
+  return typeof b === 'number' ? b : 0;
+}
+
+function readConfig(dir: string): Record<string, unknown> & { num_hidden_layers?: number; num_key_value_heads?: number; num_attention_heads?: number; head_dim?: number; eos_token_id?: unknown } {
+  const file = path.join(dir, 'config.json');
+  if (!fs.existsSync(file)) return {};
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new CheckpointError(`config.json is not valid JSON: ${(e as Error).message}`, file);
+  }
+}
+
+/** Base and finetuned must share the tokenizer and the K/V shapes, or patching is meaningless. */
+export function checkCompatible(base: Checkpoint, other: Checkpoint): void {
+  const a = base.info;
+  const b = other.info;
+  const diffs: string[] = [];
+  if (a.layers !== b.layers) diffs.push(`layers ${a.layers} vs ${b.layers}`);
+  if (a.kvHeads !== b.kvHeads) diffs.push(`KV heads ${a.kvHeads} vs ${b.kvHeads}`);
+  if (a.headDim !== b.headDim) diffs.push(`head size ${a.headDim} vs ${b.headDim}`);
+  if (a.vocabSize && b.vocabSize && a.vocabSize !== b.vocabSize) diffs.push(`vocabulary ${a.vocabSize} vs ${b.vocabSize}`);
+  const tok = (dir: string) => {
+    const f = path.join(dir, 'tokenizer.json');
+    return fs.existsSync(f) ? createHash('sha256').update(fs.readFileSync(f)).digest('hex') : undefined;
+  };
+  const ta = tok(a.folder);
+  const tb = tok(b.folder);
+  if (ta && tb && ta !== tb) diffs.push('different tokenizer.json');
+  if (diffs.length) throw new CheckpointError(`not compatible with the base checkpoint (${diffs.join('; ')})`, b.folder);
+}

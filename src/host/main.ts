@@ -1,0 +1,80 @@
+/**
+ * The model host: a separate Node process that owns onnxruntime. A native crash or out-of-memory here ends this
+ * process only; the client in the extension or the CLI notices and reports it. Speaks JSON-RPC over Node IPC.
+ */
+import { CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
+import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
+import { Crash, Drift, Generate, HostErrors, Load, LoadResult, Log, Parity, Patch, Perturb, progressType, Score } from '../core/protocol';
+import { Checkpoint, CheckpointError, checkCompatible } from './checkpoint';
+import { BadRequestError, CancelledError, drift, generate, Models, OpContext, parity, patch, perturb, score } from './operations';
+
+process.env.ORT_DISABLE_TELEMETRY ??= '1';
+
+const connection = createMessageConnection(new IPCMessageReader(process), new IPCMessageWriter(process));
+let models: Models | undefined;
+let loaded: Checkpoint[] = [];
+
+function context(token: CancellationToken, progressToken: string | number | undefined): OpContext {
+  return {
+    isCancelled: () => token.isCancellationRequested,
+    progress: (done, total, message) => {
+      if (progressToken !== undefined) void connection.sendProgress(progressType, progressToken, { done, total, message });
+    },
+  };
+}
+
+/** Runs an operation, turning our errors into JSON-RPC errors the client can tell apart. */
+function handle<P extends object, R>(fn: (params: P, ctx: OpContext, models: Models) => Promise<R>) {
+  return async (params: P, token: CancellationToken): Promise<R | ResponseError<void>> => {
+    if (!models) return new ResponseError(HostErrors.NotLoaded, 'no checkpoints loaded: call load first');
+    try {
+      const progressToken = (params as { workDoneToken?: string | number }).workDoneToken;
+      return await fn(params, context(token, progressToken), models);
+    } catch (e) {
+      return toResponseError(e);
+    }
+  };
+}
+
+function toResponseError(e: unknown): ResponseError<void> {
+  if (e instanceof CancelledError) return new ResponseError(HostErrors.Cancelled, 'cancelled');
+  if (e instanceof CheckpointError) return new ResponseError(HostErrors.BadCheckpoint, e.message);
+  if (e instanceof BadRequestError) return new ResponseError(HostErrors.BadRequest, e.message);
+  return new ResponseError(-32603, (e as Error).stack ?? String(e));
+}
+
+connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseError<void>> => {
+  try {
+    const base = await Checkpoint.load(params.base);
+    const finetuned = await Checkpoint.load(params.finetuned);
+    checkCompatible(base, finetuned);
+    const byName = new Map<string, Checkpoint>([['finetuned', finetuned]]);
+    const extra: LoadResult['extra'] = {};
+    for (const [name, folder] of Object.entries(params.extra ?? {})) {
+      if (name === 'base' || name === 'finetuned') throw new BadRequestError(`"${name}" is reserved; pick another name for ${folder}`);
+      const c = await Checkpoint.load(folder);
+      checkCompatible(base, c);
+      byName.set(name, c);
+      extra[name] = c.info;
+    }
+    for (const old of loaded) await old.release();
+    loaded = [base, ...byName.values()];
+    models = new Models(base, byName);
+    connection.sendNotification(Log.type, { level: 'info', message: `loaded ${base.info.modelFile} and ${finetuned.info.modelFile}` });
+    return { base: base.info, finetuned: finetuned.info, extra };
+  } catch (e) {
+    if (e instanceof CheckpointError) return new ResponseError(e.message.includes('not compatible') ? HostErrors.Incompatible : HostErrors.BadCheckpoint, e.message);
+    return toResponseError(e);
+  }
+});
+connection.onRequest(Drift.type, handle((p, ctx, m) => drift(m, p.prompt, p.against ?? 'finetuned', ctx)));
+connection.onRequest(Patch.type, handle((p, ctx, m) => patch(m, p, ctx)));
+connection.onRequest(Score.type, handle((p, ctx, m) => score(m, p, ctx)));
+connection.onRequest(Perturb.type, handle((p, ctx, m) => perturb(m, p, ctx)));
+connection.onRequest(Generate.type, handle(async (p, ctx, m) => ({ ids: await generate(m, p, ctx) })));
+connection.onRequest(Parity.type, handle((p, _ctx, m) => parity(m, p.prompt)));
+connection.onNotification(Crash.type, ({ afterMs }) => setTimeout(() => process.abort(), afterMs));
+
+connection.onClose(() => process.exit(0));
+process.on('disconnect', () => process.exit(0));
+connection.listen();
