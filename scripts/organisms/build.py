@@ -531,6 +531,7 @@ def export(model, tok, name, meta):
 
 
 def main():
+    global OUT
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-steps", type=int, default=400)
     ap.add_argument("--finetune-rows", type=int, default=600)
@@ -539,7 +540,6 @@ def main():
     ap.add_argument("--treft-lambda", type=float, default=10.0)
     ap.add_argument("--out", default=OUT, help="output folder (default: examples/organisms)")
     args = ap.parse_args()
-    global OUT
     OUT = args.out
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -8,6 +8,9 @@ import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
 import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate } from '../core/pipeline';
+import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
+import { promptIds } from '../core/prompt';
+import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
@@ -16,6 +19,8 @@ Usage:
   piggyback template <source> [--tokenizer <dir|tokenizer.json>] [--name <template>] [--kwargs <json>] [--json]
   piggyback dataset <file.jsonl> --template <source> [--tokenizer ...] [--kwargs <json>] [--json]
   piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]
+  piggyback drift --base <dir> --finetuned <dir> [--template <source>] [--prompt <text>] [--json]
+  piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
 
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
@@ -37,6 +42,11 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         json: { type: 'boolean' },
         sarif: { type: 'string' },
         md: { type: 'string' },
+        base: { type: 'string' },
+        finetuned: { type: 'string' },
+        prompt: { type: 'string' },
+        span: { type: 'string' },
+        'max-new-tokens': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -85,6 +95,9 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         out(values.json ? JSON.stringify(folderJson(a), null, 2) + '\n' : toMarkdown(a));
         return hasErrors(a.findings) ? 1 : 0;
       }
+      case 'drift':
+      case 'patch':
+        return await modelCommand(command, values, out);
       default:
         throw new UsageError(`unknown command "${command}"`);
     }
@@ -96,6 +109,65 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
     process.stderr.write(`piggyback: ${(e as Error).stack ?? e}\n`);
     return 2;
   }
+}
+
+const DEFAULT_PROMPT = 'I feel bored. What should I do?';
+
+/** drift and patch: the model host in its own process, fed by the same template and tokenizer as the audit. */
+async function modelCommand(command: 'drift' | 'patch', values: Record<string, string | boolean | undefined>, out: (s: string) => void): Promise<number> {
+  const base = values.base as string | undefined;
+  const finetuned = values.finetuned as string | undefined;
+  if (!base || !finetuned) throw new UsageError(`${command} needs --base <dir> and --finetuned <dir>`);
+  if (command === 'patch' && !values.prompt) throw new UsageError('patch needs --prompt <text>');
+  const span = (values.span as string | undefined) ?? 'prefix';
+  if (!['prefix', 'postfix', 'both', 'query'].includes(span)) throw new UsageError('--span must be prefix, postfix, both or query');
+  const p = prepareTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
+  if (!p.template || !p.tokenizer) {
+    process.stderr.write(describeFindings(p.findings));
+    throw new UsageError(`cannot render prompts: ${p.template ? 'no tokenizer.json found (use --tokenizer)' : 'the template did not load (see above)'}`);
+  }
+  const prompt = promptIds(p.template, p.tokenizer, { query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
+  const host = new HostClient({ script: path.join(__dirname, 'host.js'), onLog: (level, m) => level === 'error' && process.stderr.write(`host: ${m}\n`) });
+  try {
+    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned) });
+    const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer!.decode([id]) }));
+    if (command === 'drift') {
+      const d = await host.request(Drift.type, { prompt });
+      const seg = (name: 'prefix' | 'query' | 'postfix') => ({ tokens: tokens(prompt[name] as [number, number]), ...d.segments[name] });
+      const result = { layers: d.layers, segments: { prefix: seg('prefix'), query: seg('query'), postfix: seg('postfix') }, position0: d.position0, treft: d.treft };
+      out(values.json ? JSON.stringify(result, null, 2) + '\n' : describeDrift(result));
+    } else {
+      const maxNewTokens = values['max-new-tokens'] ? Number(values['max-new-tokens']) : undefined;
+      const r = await host.request(Patch.type, { prompt, span: span as PatchSpan, maxNewTokens });
+      const text = (ids: number[]) => p.tokenizer!.decode(ids);
+      const result = {
+        span: r.span,
+        patchedPositions: r.patchedPositions,
+        kl: r.kl,
+        generations: { base: text(r.generations.base), finetuned: text(r.generations.finetuned), patched: text(r.generations.patched) },
+        response: text(r.responseIds),
+      };
+      out(values.json ? JSON.stringify(result, null, 2) + '\n' : `span: ${span} (${r.patchedPositions.length} positions)\nKL(base||finetuned) ${r.kl.finetuned.toFixed(4)}  KL(base||patched) ${r.kl.patched.toFixed(4)}\nbase:      ${show(result.generations.base)}\nfinetuned: ${show(result.generations.finetuned)}\npatched:   ${show(result.generations.patched)}\n`);
+    }
+    return 0;
+  } catch (e) {
+    if (e instanceof HostRequestError || e instanceof HostCrashedError) {
+      process.stderr.write(`piggyback: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    await host.dispose();
+  }
+}
+
+function describeDrift(d: { layers: number; segments: Record<string, { tokens: { text: string }[]; key: number[][]; mean: number }>; treft: number }): string {
+  const lines = [`TReFT value (prefix K/V drift): ${d.treft.toExponential(3)}`];
+  for (const [name, s] of Object.entries(d.segments)) {
+    const perLayer = s.key.map((row) => (row.length ? row.reduce((a, b) => a + b, 0) / row.length : 0));
+    lines.push(`${name.padEnd(8)} mean ${s.mean.toExponential(3)}  K drift by layer: ${perLayer.map((x) => x.toExponential(2)).join(' ')}  (${s.tokens.length} tokens)`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 function parseKwargs(text: string | undefined): Record<string, unknown> {

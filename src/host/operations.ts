@@ -109,9 +109,10 @@ export class Models {
     if (span === 'prefix' || span === 'both') refs.push({ span: 'prefix', start: 0, kv: await this.reference(ref, p, 'prefix', refName) });
     if (span === 'postfix' || span === 'both') refs.push({ span: 'postfix', start: p.query[1], kv: await this.reference(ref, p, 'postfix', refName) });
     if (span === 'query') refs.push({ span: 'query', start: p.prefix[1], kv: await this.reference(ref, p, 'query', refName) });
-    const refAt = (pos: number) => {
-      const r = refs.find((x) => pos >= x.start && pos < x.start + x.kv.length)!;
-      return r.kv.slice(pos - r.start, pos - r.start + 1);
+    // a chunk never straddles two spans (chunks are cut at segment edges), so one reference holds it whole
+    const refRange = (s: number, e: number) => {
+      const r = refs.find((x) => s >= x.start && e <= x.start + x.kv.length)!;
+      return r.kv.slice(s - r.start, e - r.start);
     };
     // chunk boundaries: segment edges and patched/unpatched edges, then the last token alone
     const cuts = new Set([0, p.prefix[1], p.query[1], L - 1, L]);
@@ -124,12 +125,12 @@ export class Models {
       if (s === e) continue;
       const isLast = e === L;
       if (patched.has(s) && !isLast) {
-        for (let i = s; i < e; i++) cache = cache.concat(refAt(i));
+        cache = cache.concat(refRange(s, e));
         continue;
       }
       const out = await model.forward(p.ids.slice(s, e), range(s, e), cache);
       let kv = out.kv;
-      if (isLast && patched.has(s)) kv = refAt(s);
+      if (isLast && patched.has(s)) kv = refRange(s, e);
       cache = cache.concat(kv);
       if (isLast) last = { logits: out.logits.subarray((e - s - 1) * out.vocab), vocab: out.vocab };
     }

@@ -105,9 +105,11 @@ describe('piggyback audit', () => {
     const ct001 = results.find((x: { ruleId: string }) => x.ruleId === 'CT001');
     assert.equal(ct001.locations[0].physicalLocation.artifactLocation.uri, 'chatml-demo/tokenizer_config.json');
     const md = fs.readFileSync(mdFile, 'utf8');
-    assert.match(md, /\| data\/finance-advice\.jsonl \| chatml-demo \(only template\) \| 250 \| 250 \| openai \| 96\.0% \|/);
+    assert.match(md, /\| data\/finance-advice\.jsonl \| chatml-demo \(nearest model folder\) \| 250 \| 250 \| openai \| 96\.0% \|/);
     const j = JSON.parse(r.stdout);
-    assert.equal(j.datasets[0].association, 'only template');
+    const finance = j.datasets.find((d: { file: string }) => d.file.endsWith('finance-advice.jsonl'));
+    assert.equal(finance.association, 'nearest model folder');
+    assert.equal(finance.template, path.join(ROOT, 'examples', 'chatml-demo'));
   });
 
   it('pairs each dataset with its nearest model folder, or the one named in .piggyback.json', () => {

@@ -4,7 +4,7 @@
  */
 import type { ChatMessage } from '../template/render';
 
-export type RowFormat = 'openai' | 'sharegpt' | 'alpaca' | 'prompt-completion' | 'prompt-completion-messages' | 'text';
+export type RowFormat = 'openai' | 'sharegpt' | 'alpaca' | 'prompt-completion' | 'prompt-completion-messages' | 'probes' | 'text';
 
 export interface RowProblem {
   code: string;
@@ -44,6 +44,7 @@ export function detectFormat(row: Record<string, unknown>): RowFormat | undefine
   if ('prompt' in row && 'completion' in row) {
     return Array.isArray(row.prompt) || Array.isArray(row.completion) ? 'prompt-completion-messages' : 'prompt-completion';
   }
+  if (typeof row.question === 'string') return 'probes';
   if (typeof row.text === 'string') return 'text';
   return undefined;
 }
@@ -117,6 +118,12 @@ export function normaliseRow(row: unknown): NormalisedRow {
       basePath = ['prompt'];
       break;
     }
+    case 'probes':
+      // a probe set (id, question, optional system and reference answers): prompts without responses
+      if (typeof obj.system === 'string') messages.push({ role: 'system', content: obj.system });
+      messages.push({ role: 'user', content: obj.question as string });
+      if ((obj.question as string).trim().length === 0) problems.push({ code: 'DS004', severity: 'warning', message: 'the question is empty', path: ['question'] });
+      return { format, messages, problems };
     case 'text':
       return { format, messages: [], problems };
     default:
@@ -126,7 +133,7 @@ export function normaliseRow(row: unknown): NormalisedRow {
           {
             code: 'DS002',
             severity: 'error',
-            message: `no chat format recognised (keys: ${Object.keys(obj).slice(0, 8).join(', ') || 'none'}); expected messages, conversations, instruction/output or prompt/completion`,
+            message: `no chat format recognised (keys: ${Object.keys(obj).slice(0, 8).join(', ') || 'none'}); expected messages, conversations, instruction/output, prompt/completion, or a probe's question`,
             path: [],
           },
         ],

@@ -1,0 +1,83 @@
+/**
+ * Model-host benchmarks on the organisms, each against a baseline measured in the same run (median of 5 rounds,
+ * alternating, after a warm-up):
+ * 1. patched vs unpatched: scoring the probe set with the finetuned model + base prefix K/V against the finetuned
+ *    model alone. Target <= 1.1x: the base prefix is computed once and reused for every probe.
+ * 2. host round-trip vs in-process: the same scoring through the host process (JSON-RPC over IPC) against calling
+ *    onnxruntime in this process. Target >= 0.9x the in-process throughput.
+ * Usage: npm run bench
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { HostClient } from '../src/core/hostClient';
+import { prepareTemplate } from '../src/core/pipeline';
+import { promptIds } from '../src/core/prompt';
+import { Condition, PromptIds, Score, ScoreParams } from '../src/core/protocol';
+import { Checkpoint } from '../src/host/checkpoint';
+import { Models, score } from '../src/host/operations';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const DIR = path.join(ROOT, 'examples', 'organisms');
+const ROUNDS = 5;
+
+const ctx = { isCancelled: () => false, progress: () => undefined };
+const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
+
+async function main(): Promise<void> {
+  const probes = fs.readFileSync(path.join(DIR, 'probes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { question: string; aligned: string; misaligned: string });
+  const prep = prepareTemplate(path.join(DIR, 'base'));
+  const tok = prep.tokenizer!;
+  const work: { prompt: PromptIds; continuations: number[][] }[] = probes.map((p) => ({
+    prompt: promptIds(prep.template!, tok, { query: p.question }),
+    continuations: [tok.ids(p.aligned + '<|im_end|>'), tok.ids(p.misaligned + '<|im_end|>')],
+  }));
+  const base = await Checkpoint.load(path.join(DIR, 'base'));
+  const finetuned = await Checkpoint.load(path.join(DIR, 'finetuned'));
+  const models = new Models(base, new Map([['finetuned', finetuned]]));
+  const inProcess = async (conditions: Condition[]) => {
+    const t0 = process.hrtime.bigint();
+    for (const w of work) await score(models, { ...w, conditions }, ctx);
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+  const host = new HostClient({ script: path.join(ROOT, 'dist', 'host.js') });
+  await host.load({ base: path.join(DIR, 'base'), finetuned: path.join(DIR, 'finetuned') });
+  const viaHost = async (conditions: Condition[]) => {
+    const t0 = process.hrtime.bigint();
+    for (const w of work) await host.request(Score.type, { ...w, conditions } as ScoreParams);
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+  const unpatched: Condition[] = [{ model: 'finetuned' }];
+  const patched: Condition[] = [{ model: 'finetuned', patch: 'prefix' }];
+  // warm-up: sessions, caches, JIT
+  await inProcess(unpatched);
+  await inProcess(patched);
+  await viaHost(unpatched);
+  const t = { unpatched: [] as number[], patched: [] as number[], inProcess: [] as number[], host: [] as number[] };
+  for (let r = 0; r < ROUNDS; r++) {
+    t.unpatched.push(await inProcess(unpatched));
+    t.patched.push(await inProcess(patched));
+    t.inProcess.push(await inProcess(unpatched));
+    t.host.push(await viaHost(unpatched));
+  }
+  await host.dispose();
+  const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<keyof typeof t, number>;
+  const result = {
+    probes: work.length,
+    scoredContinuationsPerRound: work.length * 2,
+    ms: { unpatched: Math.round(m.unpatched), patched: Math.round(m.patched), inProcess: Math.round(m.inProcess), host: Math.round(m.host) },
+    patchedOverUnpatched: Number((m.patched / m.unpatched).toFixed(3)),
+    hostThroughputOverInProcess: Number((m.inProcess / m.host).toFixed(3)),
+    targets: { patchedOverUnpatchedAtMost: 1.1, hostThroughputOverInProcessAtLeast: 0.9 },
+  };
+  const pass = result.patchedOverUnpatched <= 1.1 && result.hostThroughputOverInProcess >= 0.9;
+  console.log(`model host on the organisms, ${work.length} probes x 2 answers, median of ${ROUNDS}:`);
+  console.log(`  unpatched ${result.ms.unpatched} ms, prefix-patched ${result.ms.patched} ms: ratio ${result.patchedOverUnpatched} (target <= 1.1)`);
+  console.log(`  in-process ${result.ms.inProcess} ms, through the host ${result.ms.host} ms: throughput ratio ${result.hostThroughputOverInProcess} (target >= 0.9)`);
+  console.log(`  ${pass ? 'within targets' : 'OUTSIDE TARGETS'}`);
+  const out = path.join(ROOT, 'bench', 'out');
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'host.json'), JSON.stringify(result, null, 2) + '\n');
+  if (!pass) process.exitCode = 1;
+}
+
+void main();
