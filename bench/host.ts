@@ -1,6 +1,7 @@
 /**
- * Model-host benchmarks on the organisms, each against a baseline measured in the same run (median of 5 rounds,
- * alternating, after a warm-up):
+ * Model-host benchmarks on the organisms, each against a baseline measured in the same run: 9 rounds after a
+ * warm-up, each round timing both sides back to back (order alternating); the figure is the median of the
+ * per-round ratios, which cancels drift in machine load:
  * 1. patched vs unpatched: scoring the probe set with the finetuned model + base prefix K/V against the finetuned
  *    model alone. Target <= 1.1x: the base prefix is computed once and reused for every probe.
  * 2. host round-trip vs in-process: the same scoring through the host process (JSON-RPC over IPC) against calling
@@ -18,7 +19,7 @@ import { Models, score } from '../src/host/operations';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = path.join(ROOT, 'examples', 'organisms');
-const ROUNDS = 5;
+const ROUNDS = 9;
 
 const ctx = { isCancelled: () => false, progress: () => undefined };
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
@@ -41,9 +42,14 @@ async function main(): Promise<void> {
   };
   const host = new HostClient({ script: path.join(ROOT, 'dist', 'host.js') });
   await host.load({ base: path.join(DIR, 'base'), finetuned: path.join(DIR, 'finetuned') });
+  // as an eval runner drives it: a few requests in flight, so the IPC round trip overlaps the host's compute
   const viaHost = async (conditions: Condition[]) => {
     const t0 = process.hrtime.bigint();
-    for (const w of work) await host.request(Score.type, { ...w, conditions } as ScoreParams);
+    let next = 0;
+    const lane = async () => {
+      while (next < work.length) await host.request(Score.type, { ...work[next++], conditions } as ScoreParams);
+    };
+    await Promise.all([lane(), lane()]);
     return Number(process.hrtime.bigint() - t0) / 1e6;
   };
   const unpatched: Condition[] = [{ model: 'finetuned' }];
@@ -53,11 +59,26 @@ async function main(): Promise<void> {
   await inProcess(patched);
   await viaHost(unpatched);
   const t = { unpatched: [] as number[], patched: [] as number[], inProcess: [] as number[], host: [] as number[] };
+  const patchRatio: number[] = [];
+  const hostRatio: number[] = [];
+  /** Times a and b back to back, in alternating order. */
+  const pair = async (r: number, a: () => Promise<number>, b: () => Promise<number>): Promise<[number, number]> => {
+    if (r % 2 === 0) {
+      const x = await a();
+      return [x, await b()];
+    }
+    const y = await b();
+    return [await a(), y];
+  };
   for (let r = 0; r < ROUNDS; r++) {
-    t.unpatched.push(await inProcess(unpatched));
-    t.patched.push(await inProcess(patched));
-    t.inProcess.push(await inProcess(unpatched));
-    t.host.push(await viaHost(unpatched));
+    const [un, pa] = await pair(r, () => inProcess(unpatched), () => inProcess(patched));
+    t.unpatched.push(un);
+    t.patched.push(pa);
+    patchRatio.push(pa / un);
+    const [ip, h] = await pair(r, () => inProcess(unpatched), () => viaHost(unpatched));
+    t.inProcess.push(ip);
+    t.host.push(h);
+    hostRatio.push(ip / h);
   }
   await host.dispose();
   const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<keyof typeof t, number>;
@@ -65,8 +86,8 @@ async function main(): Promise<void> {
     probes: work.length,
     scoredContinuationsPerRound: work.length * 2,
     ms: { unpatched: Math.round(m.unpatched), patched: Math.round(m.patched), inProcess: Math.round(m.inProcess), host: Math.round(m.host) },
-    patchedOverUnpatched: Number((m.patched / m.unpatched).toFixed(3)),
-    hostThroughputOverInProcess: Number((m.inProcess / m.host).toFixed(3)),
+    patchedOverUnpatched: Number(median(patchRatio).toFixed(3)),
+    hostThroughputOverInProcess: Number(median(hostRatio).toFixed(3)),
     targets: { patchedOverUnpatchedAtMost: 1.1, hostThroughputOverInProcessAtLeast: 0.9 },
   };
   const pass = result.patchedOverUnpatched <= 1.1 && result.hostThroughputOverInProcess >= 0.9;

@@ -586,7 +586,7 @@ def main():
         json.dump([{"text": s, "ids": tok.encode(s)} for s in samples], f, ensure_ascii=False)
         f.write("\n")
     with open(os.path.join(OUT, "build-report.json"), "w") as f:
-        json.dump({"builderMisalignedShare": results, "args": vars(args), "seconds": round(time.time() - t0)}, f, indent=2)
+        json.dump({"builderMisalignedShare": results, "args": {k: v for k, v in vars(args).items() if k != "out"}, "seconds": round(time.time() - t0)}, f, indent=2)
         f.write("\n")
     log("done")
 

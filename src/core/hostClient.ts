@@ -110,7 +110,9 @@ export class HostClient {
     });
     this.pending.add(rejectDeath);
     try {
-      return await Promise.race([this.connection.sendRequest(type, { ...params, workDoneToken: token }, cts.token), death]);
+      // only ask for progress when someone listens: each report is an IPC message
+      const sent = options.onProgress ? { ...params, workDoneToken: token } : params;
+      return await Promise.race([this.connection.sendRequest(type, sent, cts.token), death]);
     } catch (e) {
       if (e instanceof HostCrashedError) throw e;
       if (this.exited) throw new HostCrashedError(type.method, this.exited);
