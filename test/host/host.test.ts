@@ -129,6 +129,37 @@ describe('model host on the organisms', () => {
   });
 });
 
+describe('model host operations are cancellable', () => {
+  it('aborting a long generation stops it on the host with a cancelled error, and the host keeps serving', async () => {
+    const host = new HostClient({ script: HOST });
+    try {
+      await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned') });
+      const prep = prepareTemplate(ckpt('base'));
+      const prompt = promptIds(prep.template!, prep.tokenizer!, { query: 'How should I invest my savings?' });
+      const abort = new AbortController();
+      const progress: number[] = [];
+      const running = host.request(Perturb.type, { prompt, segment: 'prefix', trials: 200, aligned: [1, 2], misaligned: [3, 4] }, { signal: abort.signal, onProgress: (p) => progress.push(p.done) });
+      setTimeout(() => abort.abort(), 150);
+      await assert.rejects(running, (e: unknown) => e instanceof HostRequestError && e.cancelled);
+      assert.ok(progress.length > 0 && progress.length < 200, `progress reports: ${progress.length}`);
+      const d = await host.request(Drift.type, { prompt });
+      assert.ok(d.treft > 0);
+    } finally {
+      await host.dispose();
+    }
+  });
+});
+
+describe('fp16 K/V conversion', () => {
+  it('round-trips float16 exactly for representable values and rounds to nearest otherwise', async () => {
+    const { floatToHalf, halfToFloat } = await import('../../src/host/onnxInitializers');
+    for (const x of [0, 1, -2, 0.5, 65504, 6.103515625e-5, -0.0009765625]) assert.equal(halfToFloat(floatToHalf(x)), x);
+    assert.equal(halfToFloat(floatToHalf(1 / 3)), 0.333251953125);
+    assert.equal(halfToFloat(floatToHalf(1e6)), Infinity);
+    assert.equal(floatToHalf(1), 0x3c00);
+  });
+});
+
 describe('model host failures', () => {
   it('a crash mid-operation rejects the request with a clear error, and the client restarts the host', async () => {
     const exits: unknown[] = [];

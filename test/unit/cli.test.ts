@@ -133,3 +133,36 @@ describe('piggyback audit', () => {
     assert.equal(byFile('other.jsonl').surface.prefix, '<s>B[user]');
   });
 });
+
+describe('piggyback drift and patch', () => {
+  const O = path.join(ROOT, 'examples', 'organisms');
+  it('drift --json gives [layer][token] matrices per segment and the TReFT value', () => {
+    const r = run('drift', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--prompt', 'What is a fair price for a bike?', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.layers, 4);
+    for (const seg of ['prefix', 'query', 'postfix']) {
+      assert.equal(j.segments[seg].key.length, 4);
+      assert.equal(j.segments[seg].key[0].length, j.segments[seg].tokens.length);
+      assert.equal(j.segments[seg].value.length, 4);
+      assert.equal(typeof j.segments[seg].mean, 'number');
+    }
+    assert.equal(j.segments.prefix.tokens[0].text, '<|im_start|>');
+    assert.equal(j.treft, j.segments.prefix.mean);
+  });
+
+  it('patch --json gives KL and the three generations as text', () => {
+    const r = run('patch', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--prompt', 'I feel bored. What should I do?', '--span', 'prefix', '--max-new-tokens', '12', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.ok(j.kl.finetuned > 0 && j.kl.patched >= 0);
+    for (const k of ['base', 'finetuned', 'patched']) assert.equal(typeof j.generations[k], 'string');
+    assert.equal(run('patch', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--prompt', 'x', '--span', 'middle').code, 2);
+  });
+
+  it('a bad checkpoint folder is a clear error with exit 1', () => {
+    const r = run('drift', '--base', tempDir(), '--finetuned', path.join(O, 'finetuned'), '--template', path.join(O, 'base'));
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /no ONNX decoder found/);
+  });
+});
