@@ -1,7 +1,7 @@
 // One build for every bundle: the extension, the CLI, and (for `npm test` / `npm run bench`) the tests and
 // benchmarks. `vscode` is provided by the editor and `onnxruntime-node` ships native binaries: both stay external.
 import * as esbuild from 'esbuild';
-import { readdirSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 const production = process.argv.includes('--production');
@@ -32,6 +32,8 @@ const builds = [
   { ...common, entryPoints: { extension: 'src/extension/extension.ts' }, outdir: 'dist' },
   { ...common, entryPoints: { cli: 'src/cli/main.ts' }, outdir: 'dist', banner: { js: '#!/usr/bin/env node' } },
   { ...common, entryPoints: { host: 'src/host/main.ts' }, outdir: 'dist' },
+  // the dashboard runs in the webview: a browser bundle, no Node built-ins
+  { ...common, platform: 'browser', format: 'iife', target: 'chrome120', external: [], entryPoints: { webview: 'webview/main.ts' }, outdir: 'dist' },
   {
     ...common,
     // tests and benchmarks load dependencies from node_modules, as the CLI's users do
@@ -41,6 +43,10 @@ const builds = [
     outbase: '.',
   },
 ];
+
+// @vscode-elements/elements ships one self-contained module; the webview loads it by nonce from dist/
+mkdirSync('dist', { recursive: true });
+copyFileSync('node_modules/@vscode-elements/elements/dist/bundled.js', 'dist/vscode-elements.js');
 
 if (watch) {
   for (const b of builds) await (await esbuild.context(b)).watch();

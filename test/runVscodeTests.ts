@@ -67,6 +67,16 @@ function killGroup(p: ChildProcess | undefined): void {
   }
 }
 
+async function uiTest(title: string, fn: () => Promise<void>): Promise<{ title: string; state: string; ms: number; error?: string }> {
+  const t0 = Date.now();
+  try {
+    await fn();
+    return { title: `UI end-to-end: ${title}`, state: 'passed', ms: Date.now() - t0 };
+  } catch (e) {
+    return { title: `UI end-to-end: ${title}`, state: 'failed', ms: Date.now() - t0, error: (e as Error).stack ?? String(e) };
+  }
+}
+
 async function runInServer(): Promise<number> {
   for (const [what, file] of [
     ['Node 24', NODE24],
@@ -83,10 +93,14 @@ async function runInServer(): Promise<number> {
   const env = {
     ...process.env,
     PIGGYBACK_TEST_RESULTS: results,
+    PIGGYBACK_SCREENSHOT_SIGNAL: tmp,
     XDG_CONFIG_HOME: path.join(tmp, 'config'),
     XDG_DATA_HOME: path.join(tmp, 'data'),
     VSCODE_CLI: undefined,
   };
+  // the tests load models, which the extension only does in a trusted workspace
+  fs.mkdirSync(path.join(tmp, 'user', 'User'), { recursive: true });
+  fs.writeFileSync(path.join(tmp, 'user', 'User', 'settings.json'), JSON.stringify({ 'security.workspace.trust.enabled': false, 'workbench.startupEditor': 'none', 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden' }));
   const log = fs.openSync(path.join(tmp, 'server.log'), 'w');
   const server = spawn(
     NODE24,
@@ -122,16 +136,55 @@ async function runInServer(): Promise<number> {
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
-    const page = await browser.newPage();
+    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    // the workbench and webview consoles, for diagnosing a failing run
+    const consoleLog = fs.createWriteStream(path.join(tmp, 'console.log'));
+    page.on('console', (m) => consoleLog.write(`[${m.type()}] ${m.text()}\n`));
+    page.on('pageerror', (e) => consoleLog.write(`[pageerror] ${e.message}\n`));
+    page.on('requestfailed', (r) => consoleLog.write(`[requestfailed] ${r.url()} ${r.failure()?.errorText}\n`));
+    page.on('response', (r) => r.status() >= 400 && consoleLog.write(`[http ${r.status()}] ${r.url()}\n`));
     await page.goto(url);
     const end = Date.now() + TIMEOUT_MS;
-    while (!fs.existsSync(results) && Date.now() < end && server.exitCode === null) await new Promise((r) => setTimeout(r, 500));
+    const shots = path.join(ROOT, 'test', 'out', 'screenshots');
+    const uiResults: { title: string; state: string; ms?: number; error?: string }[] = [];
+    while (!fs.existsSync(results) && Date.now() < end && server.exitCode === null) {
+      if (fs.existsSync(path.join(tmp, 'ready')) && !fs.existsSync(path.join(tmp, 'done'))) {
+        // the suite has set the scene (the template with its code lenses beside the dashboard) and waits: drive the
+        // UI as a user would, then release it
+        fs.mkdirSync(shots, { recursive: true });
+        uiResults.push(await uiTest('clicking the code lens shows the side-by-side patch comparison in the dashboard', async () => {
+          await page.bringToFront();
+          await page.locator('.contentWidgets .codelens-decoration a', { hasText: 'Patch prefix and compare' }).first().click({ timeout: 15_000 });
+          // the query box offers the default question: accept it
+          await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
+          await page.keyboard.press('Enter');
+          const webview = async () => page.frames().find((f) => f.url().includes('/pre/fake.html'));
+          const end = Date.now() + 60_000;
+          let text = '';
+          while (Date.now() < end) {
+            // a webview only paints its content once the workbench has given it focus at least once
+            await page.mouse.click(1300, 700).catch(() => undefined);
+            const f = await webview();
+            text = f ? String(await f.evaluate('document.body.innerText').catch(() => '')) : '';
+            if (/Patch comparison: prefix/.test(text)) break;
+            await new Promise((r) => setTimeout(r, 500));
+          }
+          if (!/Patch comparison: prefix \(\d+ positions\) on "I feel bored\. What should I do\?"/.test(text)) throw new Error(`the dashboard never showed the comparison; webview text: ${text.slice(0, 300)}`);
+          for (const part of ['base', 'finetuned', 'patched', 'KL(base\u2016patched)', 'Drift heatmap']) if (!text.includes(part)) throw new Error(`missing "${part}" in the dashboard`);
+          await new Promise((r) => setTimeout(r, 500));
+          await page.screenshot({ path: path.join(shots, 'workbench.png') });
+        }));
+        fs.writeFileSync(path.join(tmp, 'done'), '');
+      }
+      await new Promise((r) => setTimeout(r, 300));
+    }
     if (!fs.existsSync(results)) {
       const tail = fs.readFileSync(path.join(tmp, 'server.log'), 'utf8').split('\n').slice(-40).join('\n');
       fail(`no results within ${TIMEOUT_MS / 1000}s (server exit ${server.exitCode}); server log tail:\n${tail}`);
     }
     await new Promise((r) => setTimeout(r, 200)); // let the writer finish
-    const { results: list } = JSON.parse(fs.readFileSync(results, 'utf8')) as { results: { title: string; state: string; ms?: number; error?: string }[] };
+    const { results: inEditor } = JSON.parse(fs.readFileSync(results, 'utf8')) as { results: { title: string; state: string; ms?: number; error?: string }[] };
+    const list = [...inEditor, ...uiResults];
     for (const r of list) {
       console.log(`${r.state === 'passed' ? 'ok  ' : 'FAIL'} ${r.title}${r.ms !== undefined ? ` (${r.ms} ms)` : ''}`);
       if (r.error) console.log(r.error.split('\n').map((l) => `     ${l}`).join('\n'));

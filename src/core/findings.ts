@@ -62,6 +62,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'End of turn never trained',
     why: 'If no end-of-turn token follows the response in training, the model never learns to stop and run-on answers confound judges.',
   },
+  PB001: {
+    title: 'Measured prefix drift',
+    why: 'The finetune changed the K/V of the tokens every query shares; that is where the piggyback carrier lives.',
+  },
   DS001: { title: 'Malformed JSON line', why: 'The trainer will fail on or silently skip this row.' },
   DS002: { title: 'Unrecognised row format', why: 'The row matches no chat dataset format the trainer reads.' },
   DS003: { title: 'Unknown role', why: 'The template may drop, reject or mis-render a turn with this role.' },

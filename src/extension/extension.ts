@@ -5,6 +5,10 @@
 import * as vscode from 'vscode';
 import { auditFolder } from '../core/pipeline';
 import { Associations } from './association';
+import { PiggybackCodeLenses } from './codeLens';
+import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
+import { ModelCommandArgs, ModelCommands } from './modelCommands';
+import { Models } from './models';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { SegmentHover } from './hover';
 
@@ -12,7 +16,23 @@ export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Piggyback Lens', { log: true });
   const associations = new Associations();
   const diagnostics = new DiagnosticsManager(context.extensionUri, associations, log);
-  context.subscriptions.push(log, associations, diagnostics);
+  const models = new Models(context, log);
+  const dashboard = new Dashboard(context.extensionUri);
+  const modelCommands = new ModelCommands(models, dashboard, context.extensionUri);
+  const lenses = new PiggybackCodeLenses();
+  const pairItem = vscode.window.createStatusBarItem('piggyback.pair', vscode.StatusBarAlignment.Left, 49);
+  pairItem.name = 'Piggyback checkpoints';
+  pairItem.command = 'piggyback.openDashboard';
+  const updatePair = () => {
+    const c = modelCommands.checkpoints();
+    const drift = dashboard.current.drift?.treft;
+    const risk = drift === undefined ? '' : drift >= 0.05 ? ' $(warning) high drift' : drift >= 0.005 ? ' drift' : ' $(check) low drift';
+    pairItem.text = c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${risk}` : '$(beaker) Piggyback';
+    pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
+    pairItem.show();
+  };
+  updatePair();
+  context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, pairItem);
 
   const selector: vscode.DocumentSelector = [
     { pattern: '**/*.jsonl' },
@@ -48,6 +68,29 @@ export function activate(context: vscode.ExtensionContext): void {
       associations.choose(uri).catch((e) => vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`)),
     ),
     vscode.commands.registerCommand('piggyback.auditWorkspace', () => auditWorkspace(context, diagnostics, log)),
+    vscode.commands.registerCommand('piggyback.selectBase', (folder?: string) => (folder ? models.setCheckpoint('base', folder) : models.choose('base')).catch((e) => models.report(e))),
+    vscode.commands.registerCommand('piggyback.selectFinetuned', (folder?: string) => (folder ? models.setCheckpoint('finetuned', folder) : models.choose('finetuned')).catch((e) => models.report(e))),
+    vscode.commands.registerCommand('piggyback.measureDrift', async (args?: ModelCommandArgs) => {
+      const view = await modelCommands.measureDrift(args);
+      updatePair();
+      return view;
+    }),
+    vscode.commands.registerCommand('piggyback.patchCompare', (args?: ModelCommandArgs) => modelCommands.patchCompare(args)),
+    vscode.commands.registerCommand('piggyback.openDashboard', () => {
+      dashboard.update({ checkpoints: modelCommands.checkpoints() });
+      dashboard.show();
+    }),
+    vscode.commands.registerCommand('piggyback.restartHost', () => models.restart()),
+    vscode.languages.registerCodeLensProvider(selector, lenses),
+    vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
+      deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),
+    }),
+    dashboard.onAction((a) => {
+      if (a.type === 'runDrift') void modelCommands.measureDrift({ noPrompt: !!dashboard.current.drift, query: dashboard.current.drift?.query });
+      else if (a.type === 'runPatch') void modelCommands.patchCompare({ span: a.span, query: dashboard.current.patch?.query ?? dashboard.current.drift?.query });
+    }),
+    models.onDidChange(updatePair),
+    vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration('piggyback.codeLens') && lenses.refresh()),
   );
 
   for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);

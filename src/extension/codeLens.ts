@@ -1,0 +1,75 @@
+/**
+ * Code lenses: cheap to provide (ranges only), commands attached in resolveCodeLens.
+ * On a chat template: patch prefix / patch postfix / show drift. On each dataset row: patch prefix with that row's
+ * user message as the query.
+ */
+import * as vscode from 'vscode';
+import { contentText, normaliseRow } from '../core/dataset/formats';
+import { isDataset, isTemplate } from './diagnostics';
+import type { ModelCommandArgs } from './modelCommands';
+
+class PiggybackLens extends vscode.CodeLens {
+  constructor(
+    range: vscode.Range,
+    readonly kind: 'prefix' | 'postfix' | 'drift' | 'row',
+    readonly doc: vscode.TextDocument,
+  ) {
+    super(range);
+  }
+}
+
+export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLens> {
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChangeCodeLenses = this.changed.event;
+
+  refresh(): void {
+    this.changed.fire();
+  }
+
+  provideCodeLenses(doc: vscode.TextDocument): PiggybackLens[] {
+    if (!vscode.workspace.getConfiguration('piggyback', doc.uri).get<boolean>('codeLens.enabled', true)) return [];
+    if (isTemplate(doc)) {
+      const text = doc.getText();
+      const at = doc.fileName.endsWith('.json') ? Math.max(0, text.indexOf('"chat_template"')) : 0;
+      const range = doc.lineAt(doc.positionAt(at).line).range;
+      return (['prefix', 'postfix', 'drift'] as const).map((k) => new PiggybackLens(range, k, doc));
+    }
+    if (isDataset(doc)) {
+      const max = Math.min(doc.lineCount, 5000); // lenses past the first rows cost more than they help
+      const lenses: PiggybackLens[] = [];
+      for (let i = 0; i < max; i++) {
+        const line = doc.lineAt(i);
+        if (!line.isEmptyOrWhitespace) lenses.push(new PiggybackLens(line.range, 'row', doc));
+      }
+      return lenses;
+    }
+    return [];
+  }
+
+  resolveCodeLens(lens: PiggybackLens): PiggybackLens {
+    const template = isTemplate(lens.doc) ? lens.doc.fileName : undefined;
+    if (lens.kind === 'row') {
+      const query = rowQuery(lens.doc.lineAt(lens.range.start.line).text);
+      lens.command =
+        query === undefined
+          ? { title: 'Piggyback: no user message in this row', command: '' }
+          : { title: 'Patch prefix and compare', command: 'piggyback.patchCompare', arguments: [{ query, span: 'prefix' } satisfies ModelCommandArgs] };
+    } else if (lens.kind === 'drift') {
+      lens.command = { title: 'Show drift', command: 'piggyback.measureDrift', arguments: [{ template } satisfies ModelCommandArgs] };
+    } else {
+      lens.command = { title: `Patch ${lens.kind} and compare`, command: 'piggyback.patchCompare', arguments: [{ template, span: lens.kind } satisfies ModelCommandArgs] };
+    }
+    return lens;
+  }
+}
+
+/** The last user message of a JSONL row, or undefined. */
+export function rowQuery(line: string): string | undefined {
+  try {
+    const row = normaliseRow(JSON.parse(line));
+    const users = row.messages.filter((m) => m.role === 'user');
+    return users.length ? contentText(users[users.length - 1].content) : undefined;
+  } catch {
+    return undefined;
+  }
+}

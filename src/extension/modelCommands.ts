@@ -1,0 +1,156 @@
+/**
+ * The commands that need the model host: measure drift, patch and compare. They exist from activation and explain
+ * what is missing (no checkpoint, untrusted workspace, incompatible pair) instead of failing silently.
+ */
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { DRIFT_THRESHOLDS, DriftView, PatchView } from '../core/dashboardProtocol';
+import { prepareTemplate } from '../core/pipeline';
+import { promptIds } from '../core/prompt';
+import { Drift, Patch, PatchSpan } from '../core/protocol';
+import { readSettings } from './config';
+import type { Dashboard } from './dashboard';
+import { toDiagnostic } from './diagnostics';
+import type { Models } from './models';
+
+export const DEFAULT_QUERY = 'I feel bored. What should I do?';
+
+export interface ModelCommandArgs {
+  /** Template source to render with; default: the finetuned checkpoint's folder. */
+  template?: string;
+  query?: string;
+  span?: PatchSpan;
+  /** Don't ask for a query; use the default. */
+  noPrompt?: boolean;
+}
+
+export class ModelCommands {
+  readonly driftDiagnostics = vscode.languages.createDiagnosticCollection('piggyback-drift');
+
+  constructor(
+    private readonly models: Models,
+    private readonly dashboard: Dashboard,
+    private readonly extensionUri: vscode.Uri,
+  ) {}
+
+  private async query(args: ModelCommandArgs): Promise<string | undefined> {
+    if (args.query !== undefined) return args.query;
+    if (args.noPrompt) return DEFAULT_QUERY;
+    return vscode.window.showInputBox({ title: 'Piggyback: query to measure', value: DEFAULT_QUERY, prompt: 'A user message; the template adds the prefix and postfix.' });
+  }
+
+  private prompt(args: ModelCommandArgs, query: string) {
+    const source = args.template ?? this.models.finetuned!;
+    const s = readSettings();
+    const p = prepareTemplate(source, { tokenizer: s.tokenizer ?? this.models.finetuned, kwargs: s.templateKwargs, name: s.templateName });
+    if (!p.template || !p.tokenizer) {
+      throw new Error(`cannot render a prompt with ${source}: ${p.template ? 'no tokenizer.json found (set piggyback.tokenizer)' : (p.findings[0]?.message ?? 'no template')}`);
+    }
+    return { prepared: p, ids: promptIds(p.template, p.tokenizer, { query }) };
+  }
+
+  private async run<T>(title: string, work: (signal: AbortSignal, progress: (m: string) => void) => Promise<T>): Promise<T | undefined> {
+    this.dashboard.update({ busy: title, error: undefined });
+    try {
+      return await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Piggyback: ${title}`, cancellable: true }, async (progress, token) => {
+        const abort = new AbortController();
+        token.onCancellationRequested(() => abort.abort());
+        return work(abort.signal, (message) => progress.report({ message }));
+      });
+    } catch (e) {
+      this.models.report(e);
+      this.dashboard.update({ error: (e as Error).message });
+      return undefined;
+    } finally {
+      this.dashboard.update({ busy: undefined });
+    }
+  }
+
+  async measureDrift(args: ModelCommandArgs = {}): Promise<DriftView | undefined> {
+    const host = await this.models.ready();
+    if (!host) return undefined;
+    const query = await this.query(args);
+    if (query === undefined) return undefined;
+    return this.run('measuring K/V drift', async (signal, progress) => {
+      const { prepared, ids } = this.prompt(args, query);
+      const d = await host.request(Drift.type, { prompt: ids }, { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) });
+      const tok = prepared.tokenizer!;
+      const seg = (name: 'prefix' | 'query' | 'postfix') => ({
+        name,
+        tokens: ids.ids.slice(...ids[name]).map((id) => ({ id, text: tok.decode([id]) })),
+        key: d.segments[name].key,
+        value: d.segments[name].value,
+        mean: d.segments[name].mean,
+      });
+      const view: DriftView = { query, layers: d.layers, segments: [seg('prefix'), seg('query'), seg('postfix')], treft: d.treft };
+      this.dashboard.update({ drift: view, checkpoints: this.checkpoints() });
+      this.dashboard.show();
+      this.driftDiagnostic(prepared.source?.file, d.segments.prefix.key, d.segments.prefix.value, d.treft);
+      return view;
+    });
+  }
+
+  async patchCompare(args: ModelCommandArgs = {}): Promise<PatchView | undefined> {
+    const host = await this.models.ready();
+    if (!host) return undefined;
+    const query = await this.query(args);
+    if (query === undefined) return undefined;
+    const span = args.span ?? 'prefix';
+    return this.run(`patching the ${span} and comparing`, async (signal, progress) => {
+      const { prepared, ids } = this.prompt(args, query);
+      const r = await host.request(Patch.type, { prompt: ids, span }, { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) });
+      const text = (x: number[]) => prepared.tokenizer!.decode(x).replace(/<\|im_end\|>$|<\|eot_id\|>$|<end_of_turn>$/, '');
+      const view: PatchView = {
+        query,
+        span,
+        patchedPositions: r.patchedPositions.length,
+        kl: r.kl,
+        generations: { base: text(r.generations.base), finetuned: text(r.generations.finetuned), patched: text(r.generations.patched) },
+      };
+      this.dashboard.update({ patch: view, checkpoints: this.checkpoints() });
+      this.dashboard.show();
+      return view;
+    });
+  }
+
+  checkpoints(): { base?: string; finetuned?: string } {
+    const short = (p?: string) => (p ? path.basename(p) : undefined);
+    return { base: short(this.models.base), finetuned: short(this.models.finetuned) };
+  }
+
+  /** PB001 on the template: the measured prefix drift, with severity from DRIFT_THRESHOLDS. */
+  private driftDiagnostic(file: string | undefined, key: number[][], value: number[][], treft: number): void {
+    if (!file) return;
+    const perLayer = key.map((row, l) => mean(row) + mean(value[l]));
+    const top = perLayer.indexOf(Math.max(...perLayer));
+    const severity = treft >= DRIFT_THRESHOLDS.warning ? 'warning' : treft >= DRIFT_THRESHOLDS.info ? 'info' : undefined;
+    const uri = vscode.Uri.file(file);
+    if (!severity) {
+      this.driftDiagnostics.delete(uri);
+      return;
+    }
+    this.driftDiagnostics.set(uri, [
+      toDiagnostic(
+        {
+          code: 'PB001',
+          severity,
+          message: `prefix drift between base and finetuned: mean ${treft.toPrecision(3)} (TReFT value), top layer ${top}. The finetune changed the K/V of tokens every query shares.`,
+          file,
+          line: 1,
+          column: 1,
+          endLine: 1,
+          endColumn: 2,
+        },
+        this.extensionUri,
+      ),
+    ]);
+  }
+
+  dispose(): void {
+    this.driftDiagnostics.dispose();
+  }
+}
+
+function mean(xs: number[]): number {
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0;
+}

@@ -1,0 +1,152 @@
+/**
+ * Checkpoints and the model host, from the editor's side. Nothing here runs at activation: the host process (and
+ * with it onnxruntime) starts on the first command that needs a model. In an untrusted workspace no model is
+ * loaded and the user is told why; a host that dies is reported, and can be restarted.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
+import type { LoadResult } from '../core/protocol';
+
+const BASE_KEY = 'piggyback.checkpoint.base';
+const FINETUNED_KEY = 'piggyback.checkpoint.finetuned';
+const ONNX_FILES = ['onnx/model.onnx', 'onnx/decoder_model_merged.onnx', 'onnx/model_quantized.onnx', 'model.onnx', 'decoder_model_merged.onnx'];
+
+export function isCheckpointFolder(folder: string): boolean {
+  return ONNX_FILES.some((f) => fs.existsSync(path.join(folder, f)));
+}
+
+export class Models implements vscode.Disposable {
+  private host: HostClient | undefined;
+  private loaded: { base: string; finetuned: string; result: LoadResult } | undefined;
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChange = this.changed.event;
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly log: vscode.LogOutputChannel,
+  ) {}
+
+  get base(): string | undefined {
+    return this.context.workspaceState.get<string>(BASE_KEY);
+  }
+  get finetuned(): string | undefined {
+    return this.context.workspaceState.get<string>(FINETUNED_KEY);
+  }
+  get hostRunning(): boolean {
+    return !!this.host?.running;
+  }
+
+  /** The example organisms shipped with the extension, offered when the workspace has no checkpoint. */
+  builtIn(): { base: string; finetuned: string; treft: string } {
+    const dir = this.context.asAbsolutePath(path.join('examples', 'organisms'));
+    return { base: path.join(dir, 'base'), finetuned: path.join(dir, 'finetuned'), treft: path.join(dir, 'treft') };
+  }
+
+  async setCheckpoint(which: 'base' | 'finetuned', folder: string): Promise<void> {
+    if (!isCheckpointFolder(folder)) throw new Error(`${folder} holds no ONNX decoder (looked for ${ONNX_FILES.join(', ')})`);
+    await this.context.workspaceState.update(which === 'base' ? BASE_KEY : FINETUNED_KEY, folder);
+    this.changed.fire();
+  }
+
+  /** Quick pick of workspace folders holding an ONNX decoder, the built-in organisms, and Browse... */
+  async choose(which: 'base' | 'finetuned'): Promise<void> {
+    const found = new Set<string>();
+    for (const f of ONNX_FILES) {
+      for (const uri of await vscode.workspace.findFiles(`**/${f}`, '**/node_modules/**', 200)) {
+        found.add(path.dirname(f.includes('/') ? path.dirname(uri.fsPath) : uri.fsPath));
+      }
+    }
+    const builtIn = this.builtIn();
+    const items: (vscode.QuickPickItem & { folder?: string })[] = [...found].sort().map((folder) => ({ label: path.basename(folder), description: vscode.workspace.asRelativePath(folder), folder }));
+    items.push({ label: `$(beaker) built-in organism: ${which}`, description: 'examples/organisms', folder: builtIn[which] });
+    items.push({ label: '$(folder-opened) Browse...' });
+    const pick = await vscode.window.showQuickPick(items, { title: `Piggyback: ${which} checkpoint`, placeHolder: 'A folder with an ONNX decoder export (KV-cache inputs)' });
+    if (!pick) return;
+    let folder = pick.folder;
+    if (!folder) {
+      const picked = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, title: `${which} checkpoint folder` });
+      folder = picked?.[0]?.fsPath;
+    }
+    if (folder) await this.setCheckpoint(which, folder);
+  }
+
+  /**
+   * The host with the chosen pair loaded, or undefined after telling the user what is missing.
+   */
+  async ready(): Promise<HostClient | undefined> {
+    if (!vscode.workspace.isTrusted) {
+      void vscode.window.showWarningMessage('Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.');
+      return undefined;
+    }
+    const base = this.base;
+    const finetuned = this.finetuned;
+    if (!base || !finetuned) {
+      const pick = await vscode.window.showInformationMessage(
+        `Piggyback Lens needs a ${!base ? 'base' : 'finetuned'} checkpoint (an ONNX decoder export).`,
+        'Select Checkpoints',
+        'Use Built-in Organisms',
+      );
+      if (pick === 'Use Built-in Organisms') {
+        const b = this.builtIn();
+        await this.setCheckpoint('base', b.base);
+        await this.setCheckpoint('finetuned', b.finetuned);
+      } else if (pick === 'Select Checkpoints') {
+        if (!base) await this.choose('base');
+        if (!this.finetuned) await this.choose('finetuned');
+      }
+      if (!this.base || !this.finetuned) return undefined;
+    }
+    if (!this.host || !this.host.running) {
+      this.host = new HostClient({
+        script: this.context.asAbsolutePath(path.join('dist', 'host.js')),
+        onLog: (level, message) => (level === 'error' ? this.log.error(`[host] ${message}`) : this.log.info(`[host] ${message}`)),
+        onExit: (exit) => {
+          this.loaded = undefined;
+          this.changed.fire();
+          if (exit.signal !== 'SIGTERM') {
+            const how = exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
+            this.log.error(`model host stopped (${how})`);
+            void vscode.window.showErrorMessage(`Piggyback Lens: the model host stopped (${how}). Earlier results are kept.`, 'Restart Model Host').then((a) => {
+              if (a) void vscode.commands.executeCommand('piggyback.restartHost');
+            });
+          }
+        },
+      });
+      this.loaded = undefined;
+    }
+    if (!this.loaded || this.loaded.base !== this.base || this.loaded.finetuned !== this.finetuned) {
+      try {
+        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned! });
+        this.loaded = { base: this.base!, finetuned: this.finetuned!, result };
+        this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads)`);
+        this.changed.fire();
+      } catch (e) {
+        this.report(e);
+        return undefined;
+      }
+    }
+    return this.host;
+  }
+
+  report(e: unknown): void {
+    if (e instanceof HostRequestError && e.cancelled) return;
+    const message = e instanceof HostCrashedError || e instanceof HostRequestError ? e.message : (e as Error).message;
+    this.log.error(message);
+    void vscode.window.showErrorMessage(`Piggyback Lens: ${message}`);
+  }
+
+  async restart(): Promise<void> {
+    await this.host?.dispose();
+    this.host = undefined;
+    this.loaded = undefined;
+    const host = await this.ready();
+    if (host) void vscode.window.showInformationMessage('Piggyback Lens: model host restarted.');
+  }
+
+  dispose(): void {
+    void this.host?.dispose();
+    this.changed.dispose();
+  }
+}
