@@ -24,10 +24,12 @@ describe('dashboard HTML', () => {
   });
 
   it('gives every script and style element the nonce, and loads nothing by URL', () => {
-    const tags = [...html.matchAll(/<(script|style)\b[^>]*>/g)].map((m) => m[0]);
+    // the contents of script and style elements are raw text for the HTML parser: look at the elements only
+    const elements = html.replace(/(<(script|style)\b[^>]*>)[\s\S]*?(<\/\2>)/g, '$1$3');
+    const tags = [...elements.matchAll(/<(script|style)\b[^>]*>/g)].map((m) => m[0]);
     assert.equal(tags.length, 3, tags.join(' '));
     for (const t of tags) assert.match(t, new RegExp(`nonce="${input.nonce}"`));
-    assert.ok(!/\b(src|href)=/.test(html));
+    assert.ok(!/\b(src|href)=/.test(elements));
   });
 
   it('inlined code cannot close its element and smuggle markup in', () => {

@@ -50,6 +50,11 @@ describe('Piggyback Lens models in VS Code', () => {
     assert.equal(view.patchedPositions, 28);
   });
 
+  it('the extension host never loads onnxruntime: models run only in the host process', () => {
+    const loaded = Object.keys(require.cache).filter((m) => /onnxruntime/.test(m));
+    assert.deepEqual(loaded, []);
+  });
+
   it('a missing checkpoint is explained, not a silent failure', async () => {
     // a folder without an ONNX decoder is refused (with an error message), so the pair is unchanged and still works
     await vscode.commands.executeCommand('piggyback.selectBase', path.join(ws(), 'data'));
