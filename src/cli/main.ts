@@ -9,6 +9,9 @@ import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
 import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate } from '../core/pipeline';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe, ProbeFileError } from '../core/eval/probes';
+import { evalHtml, evalMarkdown } from '../core/eval/report';
+import { defaultConditions, runEval, summarise } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
@@ -21,6 +24,7 @@ Usage:
   piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]
   piggyback drift --base <dir> --finetuned <dir> [--template <source>] [--prompt <text>] [--json]
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
+  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl>] [--dataset <train.jsonl>] [--extra name=<dir>] [--max-new-tokens N]
 
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
@@ -47,6 +51,10 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         prompt: { type: 'string' },
         span: { type: 'string' },
         'max-new-tokens': { type: 'string' },
+        out: { type: 'string' },
+        probes: { type: 'string' },
+        dataset: { type: 'string' },
+        extra: { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -95,6 +103,8 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         out(values.json ? JSON.stringify(folderJson(a), null, 2) + '\n' : toMarkdown(a));
         return hasErrors(a.findings) ? 1 : 0;
       }
+      case 'eval':
+        return await evalCommand(values, out);
       case 'drift':
       case 'patch':
         return await modelCommand(command, values, out);
@@ -111,10 +121,59 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
   }
 }
 
+/** eval: a run as files (manifest, results.jsonl, summary, Markdown and HTML reports); re-running resumes it. */
+async function evalCommand(values: Record<string, string | boolean | (string | boolean)[] | undefined>, out: (s: string) => void): Promise<number> {
+  const base = values.base as string | undefined;
+  const finetuned = values.finetuned as string | undefined;
+  const dir = values.out as string | undefined;
+  if (!base || !finetuned || !dir) throw new UsageError('eval needs --base <dir>, --finetuned <dir> and --out <dir>');
+  const extra: Record<string, string> = {};
+  for (const e of (values.extra as string[] | undefined) ?? []) {
+    const [name, folder] = e.split('=');
+    if (!name || !folder) throw new UsageError(`--extra wants name=<dir>, got "${e}"`);
+    extra[name] = path.resolve(folder);
+  }
+  let probes: Probe[];
+  try {
+    probes = values.probes ? loadProbeFile(values.probes as string) : [...GENERAL_PROBES];
+    if (values.dataset) probes.push(...heldOutProbes(values.dataset as string));
+  } catch (e) {
+    if (e instanceof ProbeFileError) {
+      process.stderr.write(`piggyback: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+  const p = prepareTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
+  if (!p.template || !p.tokenizer) throw new UsageError('cannot render prompts with the finetuned folder\'s template and tokenizer (use --template / --tokenizer)');
+  const host = new HostClient({ script: path.join(__dirname, 'host.js') });
+  try {
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra });
+    const conditions = defaultConditions(Object.keys(extra));
+    const maxNewTokens = values['max-new-tokens'] ? Number(values['max-new-tokens']) : undefined;
+    const run = await runEval({ host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, probes, conditions, out: dir, maxNewTokens, onProbe: (i, n) => process.stderr.write(`\rprobe ${i + 1}/${n}`) });
+    process.stderr.write('\n');
+    const summary = summarise(run.results, conditions);
+    fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
+    fs.writeFileSync(path.join(dir, 'report.md'), evalMarkdown(run.manifest, summary));
+    fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, summary, run.results));
+    out(evalMarkdown(run.manifest, summary));
+    return 0;
+  } catch (e) {
+    if (e instanceof HostRequestError || e instanceof HostCrashedError) {
+      process.stderr.write(`piggyback: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    await host.dispose();
+  }
+}
+
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';
 
 /** drift and patch: the model host in its own process, fed by the same template and tokenizer as the audit. */
-async function modelCommand(command: 'drift' | 'patch', values: Record<string, string | boolean | undefined>, out: (s: string) => void): Promise<number> {
+async function modelCommand(command: 'drift' | 'patch', values: Record<string, string | boolean | (string | boolean)[] | undefined>, out: (s: string) => void): Promise<number> {
   const base = values.base as string | undefined;
   const finetuned = values.finetuned as string | undefined;
   if (!base || !finetuned) throw new UsageError(`${command} needs --base <dir> and --finetuned <dir>`);
