@@ -68,11 +68,14 @@ export function loadProbeFile(file: string): Probe[] {
     const id = typeof v.id === 'string' || typeof v.id === 'number' ? String(v.id) : `line-${i + 1}`;
     if (ids.has(id)) throw new ProbeFileError(`duplicate probe id "${id}"`, file, i + 1, col('id'));
     ids.add(id);
-    for (const k of ['system', 'aligned', 'misaligned', 'category']) {
+    for (const k of ['system', 'aligned', 'misaligned', 'category', 'domain']) {
       if (v[k] !== undefined && typeof v[k] !== 'string') throw new ProbeFileError(`"${k}" must be a string`, file, i + 1, col(k));
     }
     if ((v.aligned === undefined) !== (v.misaligned === undefined)) throw new ProbeFileError('give both "aligned" and "misaligned" reference answers, or neither', file, i + 1, col(v.aligned === undefined ? 'misaligned' : 'aligned'));
-    probes.push({ id, question: v.question, system: v.system as string | undefined, aligned: v.aligned as string | undefined, misaligned: v.misaligned as string | undefined, category: v.category as string | undefined });
+    if (v.inDomain !== undefined && typeof v.inDomain !== 'boolean') throw new ProbeFileError('"inDomain" must be true or false', file, i + 1, col('inDomain'));
+    // inDomain: true marks a probe from the finetuning domain (kept out of the piggyback share, like --dataset probes)
+    const category = v.inDomain === true ? 'in-domain' : ((v.category ?? v.domain) as string | undefined);
+    probes.push({ id, question: v.question, system: v.system as string | undefined, aligned: v.aligned as string | undefined, misaligned: v.misaligned as string | undefined, category });
   });
   if (probes.length === 0) throw new ProbeFileError('no probes in the file', file, 1, 1);
   return probes;
