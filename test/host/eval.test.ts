@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { GENERAL_PROBES, loadProbeFile, ProbeFileError } from '../../src/core/eval/probes';
+import { defaultConditions, summarise } from '../../src/core/eval/run';
 import { ROOT, makeTree, tempDir } from '../helpers';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -15,7 +16,7 @@ function probeSubset(n: number): string {
   const lines = fs.readFileSync(path.join(O, 'probes.jsonl'), 'utf8').trim().split('\n');
   const dir = tempDir();
   const file = path.join(dir, 'probes.jsonl');
-  fs.writeFileSync(file, lines.slice(0, n).join('\n') + '\n');
+  fs.writeFileSync(file, lines.slice(-n).join('\n') + '\n'); // the last probes: out of the finetuning domain
   return file;
 }
 
@@ -72,6 +73,25 @@ describe('eval runs', () => {
     const other = spawnSync(process.execPath, [CLI, 'eval', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'treft'), '--probes', probes, '--out', out], { encoding: 'utf8' });
     assert.notEqual(other.status, 0);
     assert.match(other.stderr, /holds a run of different checkpoints/);
+  });
+});
+
+describe('piggyback share', () => {
+  it('is the summed KL a patch removes over the finetuned shift, on probes outside the finetuning domain', () => {
+    const r = (probe: string, condition: string, klToBase: number, category: string | null = null) => ({ key: `${probe}|${condition}`, probe, category, condition, klToBase, logprobAligned: null, logprobMisaligned: null, margin: null, generation: '' });
+    const results = [
+      r('a', 'finetuned', 1.0),
+      r('a', 'finetuned+prefix', 0.2),
+      r('b', 'finetuned', 3.0),
+      r('b', 'finetuned+prefix', 1.8),
+      r('c', 'finetuned', 5.0, 'in-domain'),
+      r('c', 'finetuned+prefix', 5.0, 'in-domain'),
+    ];
+    const s = summarise(results, defaultConditions());
+    // (0.8 + 1.2) / (1 + 3) = 0.5; the in-domain probe is left out
+    assert.equal(s.piggybackShare.prefix!.share, 0.5);
+    assert.equal(s.piggybackShare.prefix!.probes, 2);
+    assert.equal(s.piggybackShare.postfix, null);
   });
 });
 
