@@ -61,9 +61,7 @@ export function prepareTemplate(templatePath: string, options: PrepareOptions = 
     findings.push({ code: 'CT009', severity: 'warning', message: `no tokenizer.json at ${options.tokenizer}; token counts are unavailable`, file: source.file, line: 1, column: 1, endLine: 1, endColumn: 2 });
   }
   const audit = auditTemplate(source, { tokenizer, kwargs });
-  let template: ChatTemplate | undefined;
-  if (audit.segments) template = new ChatTemplate(source.text);
-  return { source, template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
+  return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
 }
 
 export async function auditDatasetWith(file: string, prepared: PreparedTemplate, text?: string): Promise<DatasetReport> {

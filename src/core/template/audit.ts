@@ -22,6 +22,8 @@ export interface TemplateAuditOptions {
 
 export interface TemplateAudit {
   source: TemplateSource;
+  /** The parsed template, when it parses and renders (reused by callers instead of parsing again). */
+  template?: ChatTemplate;
   /** The prompt as the trainer renders it for a row with no system message, split into segments. */
   segments?: Segmentation;
   /** The template's default system prompt, when it injects one. */
@@ -64,6 +66,7 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
     return audit;
   }
   audit.segments = seg;
+  audit.template = template;
   const noSystem = frame(template, base);
 
   // CT007: what happens to a system message.
