@@ -1,8 +1,10 @@
 /**
- * VS Code glue only: wires the core audit to diagnostics, hovers, the status bar and commands.
- * Activation is cheap: nothing is rendered or tokenized until a template or dataset is opened.
+ * VS Code glue only: wires the core audit, the model host client and the dashboard to diagnostics, hovers, code
+ * lenses, the status bar and commands. Activation is cheap: nothing is rendered or tokenized until a template or
+ * dataset is opened, and the model host starts on the first command that needs a model.
  */
 import * as vscode from 'vscode';
+import { DRIFT_THRESHOLDS } from '../core/dashboardProtocol';
 import { auditFolder } from '../core/pipeline';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
@@ -26,7 +28,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const updatePair = () => {
     const c = modelCommands.checkpoints();
     const drift = dashboard.current.drift?.treft;
-    const risk = drift === undefined ? '' : drift >= 0.05 ? ' $(warning) high drift' : drift >= 0.005 ? ' drift' : ' $(check) low drift';
+    const risk = drift === undefined ? '' : drift >= DRIFT_THRESHOLDS.warning ? ' $(warning) high drift' : drift >= DRIFT_THRESHOLDS.info ? ' drift' : ' $(check) low drift';
     pairItem.text = c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${risk}` : '$(beaker) Piggyback';
     pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
     pairItem.show();
