@@ -201,10 +201,10 @@ async function runInServer(): Promise<number> {
 
 async function runInElectron(): Promise<number> {
   // The standard launcher where VS Code can be downloaded; not reachable on this project's CI machines.
-  const moduleName = '@vscode/test-electron';
-  const { runTests } = (await import(moduleName)) as { runTests: (o: object) => Promise<number> };
+  const { runTests } = await import('@vscode/test-electron');
   const workspace = makeWorkspace();
   return runTests({
+    version: process.env.VSCODE_VERSION ?? 'stable',
     extensionDevelopmentPath: ROOT,
     extensionTestsPath: path.join(ROOT, 'dist', 'test', 'vscode', 'index.js'),
     launchArgs: [workspace, '--disable-extensions'],
