@@ -36,9 +36,12 @@ export class Associations implements vscode.Disposable {
   resolve(dataset: vscode.Uri): Association {
     const folder = vscode.workspace.getWorkspaceFolder(dataset);
     const root = folder?.uri.fsPath ?? path.dirname(dataset.fsPath);
+    // a per-dataset choice in .piggyback.json wins over the workspace-wide setting, which wins over the guess
+    const guess = associate(dataset.fsPath, root, this.templatesIn(root));
+    if (guess.source === 'workspace file') return guess;
     const setting = readSettings(dataset).template;
     if (setting) return { template: path.resolve(root, setting), source: 'setting' };
-    return associate(dataset.fsPath, root, this.templatesIn(root));
+    return guess;
   }
 
   update(editor: vscode.TextEditor | undefined): void {
