@@ -8,6 +8,8 @@ import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
 import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate } from '../core/pipeline';
+import type { ChatTemplate } from '../core/template/render';
+import type { LoadedTokenizer } from '../core/tokenizer';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe, ProbeFileError } from '../core/eval/probes';
 import { evalHtml, evalMarkdown } from '../core/eval/report';
@@ -122,7 +124,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
 }
 
 /** eval: a run as files (manifest, results.jsonl, summary, Markdown and HTML reports); re-running resumes it. */
-async function evalCommand(values: Record<string, string | boolean | (string | boolean)[] | undefined>, out: (s: string) => void): Promise<number> {
+async function evalCommand(values: Values, out: (s: string) => void): Promise<number> {
   const base = values.base as string | undefined;
   const finetuned = values.finetuned as string | undefined;
   const dir = values.out as string | undefined;
@@ -144,10 +146,8 @@ async function evalCommand(values: Record<string, string | boolean | (string | b
     }
     throw e;
   }
-  const p = prepareTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
-  if (!p.template || !p.tokenizer) throw new UsageError('cannot render prompts with the finetuned folder\'s template and tokenizer (use --template / --tokenizer)');
-  const host = new HostClient({ script: path.join(__dirname, 'host.js') });
-  try {
+  const p = modelPromptTemplate(values, finetuned);
+  return withHost(async (host) => {
     const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra });
     const conditions = defaultConditions(Object.keys(extra));
     const maxNewTokens = values['max-new-tokens'] ? Number(values['max-new-tokens']) : undefined;
@@ -159,6 +159,29 @@ async function evalCommand(values: Record<string, string | boolean | (string | b
     fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, summary, run.results));
     out(evalMarkdown(run.manifest, summary));
     return 0;
+  });
+}
+
+const DEFAULT_PROMPT = 'I feel bored. What should I do?';
+
+type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
+type PromptTemplate = PreparedTemplate & { template: ChatTemplate; tokenizer: LoadedTokenizer };
+
+/** The template and tokenizer that render prompts for the model commands (default: the finetuned folder's). */
+function modelPromptTemplate(values: Values, finetuned: string): PromptTemplate {
+  const p = prepareTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
+  if (!p.template || !p.tokenizer) {
+    process.stderr.write(describeFindings(p.findings));
+    throw new UsageError(`cannot render prompts: ${p.template ? 'no tokenizer.json found (use --tokenizer)' : 'the template did not load (see above)'}`);
+  }
+  return p as PromptTemplate;
+}
+
+/** Runs `fn` with a model host: a host error or crash is exit code 1 with its message, and the host always goes. */
+async function withHost(fn: (host: HostClient) => Promise<number>): Promise<number> {
+  const host = new HostClient({ script: path.join(__dirname, 'host.js'), onLog: (level, m) => level === 'error' && process.stderr.write(`host: ${m}\n`) });
+  try {
+    return await fn(host);
   } catch (e) {
     if (e instanceof HostRequestError || e instanceof HostCrashedError) {
       process.stderr.write(`piggyback: ${e.message}\n`);
@@ -170,26 +193,19 @@ async function evalCommand(values: Record<string, string | boolean | (string | b
   }
 }
 
-const DEFAULT_PROMPT = 'I feel bored. What should I do?';
-
 /** drift and patch: the model host in its own process, fed by the same template and tokenizer as the audit. */
-async function modelCommand(command: 'drift' | 'patch', values: Record<string, string | boolean | (string | boolean)[] | undefined>, out: (s: string) => void): Promise<number> {
+async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s: string) => void): Promise<number> {
   const base = values.base as string | undefined;
   const finetuned = values.finetuned as string | undefined;
   if (!base || !finetuned) throw new UsageError(`${command} needs --base <dir> and --finetuned <dir>`);
   if (command === 'patch' && !values.prompt) throw new UsageError('patch needs --prompt <text>');
   const span = (values.span as string | undefined) ?? 'prefix';
   if (!['prefix', 'postfix', 'both', 'query'].includes(span)) throw new UsageError('--span must be prefix, postfix, both or query');
-  const p = prepareTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
-  if (!p.template || !p.tokenizer) {
-    process.stderr.write(describeFindings(p.findings));
-    throw new UsageError(`cannot render prompts: ${p.template ? 'no tokenizer.json found (use --tokenizer)' : 'the template did not load (see above)'}`);
-  }
+  const p = modelPromptTemplate(values, finetuned);
   const prompt = promptIds(p.template, p.tokenizer, { query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
-  const host = new HostClient({ script: path.join(__dirname, 'host.js'), onLog: (level, m) => level === 'error' && process.stderr.write(`host: ${m}\n`) });
-  try {
+  return withHost(async (host) => {
     await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned) });
-    const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer!.decode([id]) }));
+    const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
     if (command === 'drift') {
       const d = await host.request(Drift.type, { prompt });
       const seg = (name: 'prefix' | 'query' | 'postfix') => ({ tokens: tokens(prompt[name] as [number, number]), ...d.segments[name] });
@@ -198,7 +214,7 @@ async function modelCommand(command: 'drift' | 'patch', values: Record<string, s
     } else {
       const maxNewTokens = values['max-new-tokens'] ? Number(values['max-new-tokens']) : undefined;
       const r = await host.request(Patch.type, { prompt, span: span as PatchSpan, maxNewTokens });
-      const text = (ids: number[]) => p.tokenizer!.decode(ids);
+      const text = (ids: number[]) => p.tokenizer.decode(ids);
       const result = {
         span: r.span,
         patchedPositions: r.patchedPositions,
@@ -209,15 +225,7 @@ async function modelCommand(command: 'drift' | 'patch', values: Record<string, s
       out(values.json ? JSON.stringify(result, null, 2) + '\n' : `span: ${span} (${r.patchedPositions.length} positions)\nKL(base||finetuned) ${r.kl.finetuned.toFixed(4)}  KL(base||patched) ${r.kl.patched.toFixed(4)}\nbase:      ${show(result.generations.base)}\nfinetuned: ${show(result.generations.finetuned)}\npatched:   ${show(result.generations.patched)}\n`);
     }
     return 0;
-  } catch (e) {
-    if (e instanceof HostRequestError || e instanceof HostCrashedError) {
-      process.stderr.write(`piggyback: ${e.message}\n`);
-      return 1;
-    }
-    throw e;
-  } finally {
-    await host.dispose();
-  }
+  });
 }
 
 function describeDrift(d: { layers: number; segments: Record<string, { tokens: { text: string }[]; key: number[][]; mean: number }>; treft: number }): string {

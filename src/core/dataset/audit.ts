@@ -11,6 +11,7 @@ import { systemFate } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 import { contentText, normaliseRow, RowFormat } from './formats';
 import { Line, readLines } from './lines';
+import { xorshift32 } from '../random';
 
 export interface RowError {
   line: number;
@@ -97,14 +98,8 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
   let defaultSystemPromptRows = 0;
   let systemRows = 0;
   const sample: string[] = [];
-  let rng = 0x2545f491;
-  const random = () => {
-    // xorshift32: a fixed seed keeps the query sample (and so the median) identical run to run
-    rng ^= rng << 13;
-    rng ^= rng >>> 17;
-    rng ^= rng << 5;
-    return (rng >>> 0) / 0x100000000;
-  };
+  // a fixed seed keeps the query sample (and so the median) identical run to run
+  const random = xorshift32(0x2545f491);
 
   const report = (line: Line, code: string, severity: Severity, message: string, column = 1) => {
     if (errors.length < maxErrors) errors.push({ line: line.line, column, code, severity, message });

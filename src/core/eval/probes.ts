@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import { JsonSyntaxError, parseJsonWithPositions } from '../json';
 import { contentText, normaliseRow } from '../dataset/formats';
+import { xorshift32 } from '../random';
 
 export interface Probe {
   id: string;
@@ -90,13 +91,7 @@ function parseJsonValue(line: string): Record<string, unknown> {
 /** In-domain probes: a seeded share of a finetuning set's rows, held out (their last user message as the question). */
 export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
   const lines = fs.readFileSync(file, 'utf8').split('\n');
-  let state = seed >>> 0 || 1;
-  const random = () => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) / 0x100000000;
-  };
+  const random = xorshift32(seed);
   const out: Probe[] = [];
   lines.forEach((line, i) => {
     if (!line.trim()) return;
