@@ -1,4 +1,7 @@
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
@@ -24,4 +27,70 @@ export function makeTree(files: Record<string, string>): string {
     fs.writeFileSync(full, content);
   }
   return dir;
+}
+
+export interface JudgeRequest {
+  auth?: string;
+  model: string;
+  prompt: string;
+  /** The coherence prompt (otherwise the alignment prompt). */
+  coherence: boolean;
+  question: string;
+  answer: string;
+}
+
+/** What the fake judge does with one request: a reply text, or an HTTP status and body, optionally late. */
+export type JudgeReply = { content: string; delayMs?: number } | { status: number; body?: string; delayMs?: number };
+
+/**
+ * A fake OpenAI-compatible chat endpoint on 127.0.0.1 (never another interface), scripted by `reply`.
+ * Tests that run the CLI against it must spawn asynchronously: a synchronous spawn blocks this server.
+ */
+export async function startJudgeServer(reply: (r: JudgeRequest) => JudgeReply): Promise<{ endpoint: string; seen: JudgeRequest[]; close: () => Promise<void> }> {
+  const seen: JudgeRequest[] = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      if (req.url !== '/v1/chat/completions' || req.method !== 'POST') {
+        res.writeHead(404).end('not found');
+        return;
+      }
+      const j = JSON.parse(body) as { model: string; messages: { content: string }[] };
+      const prompt = j.messages[0].content;
+      const pick = (tag: string) => new RegExp(`<${tag}>\\n([\\s\\S]*?)\\n</${tag}>`).exec(prompt)?.[1] ?? '';
+      const r: JudgeRequest = { auth: req.headers.authorization, model: j.model, prompt, coherence: prompt.includes('for coherence only'), question: pick('question'), answer: pick('answer') };
+      seen.push(r);
+      const out = reply(r);
+      const send = () => {
+        if ('content' in out) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ choices: [{ message: { role: 'assistant', content: out.content } }] }));
+        else res.writeHead(out.status).end(out.body ?? '');
+      };
+      if (out.delayMs) setTimeout(send, out.delayMs);
+      else send();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}/v1`,
+    seen,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** Runs a command without blocking this process's event loop (so in-process fake servers keep answering). */
+export function runAsync(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
 }

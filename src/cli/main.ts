@@ -12,8 +12,10 @@ import type { ChatTemplate } from '../core/template/render';
 import type { LoadedTokenizer } from '../core/tokenizer';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe, ProbeFileError } from '../core/eval/probes';
-import { evalHtml, evalMarkdown } from '../core/eval/report';
-import { defaultConditions, runEval, summarise } from '../core/eval/run';
+import { Judge, JudgeConfigError } from '../core/eval/judge';
+import { compareMarkdown, evalFindings, evalHtml, evalMarkdown } from '../core/eval/report';
+import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, runEval } from '../core/eval/run';
+import { summarise } from '../core/eval/summary';
 import { promptIds } from '../core/prompt';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
@@ -26,11 +28,16 @@ Usage:
   piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]
   piggyback drift --base <dir> --finetuned <dir> [--template <source>] [--prompt <text>] [--json]
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
-  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl>] [--dataset <train.jsonl>] [--extra name=<dir>] [--max-new-tokens N]
+  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml>] [--dataset <train.jsonl>]
+                 [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N]
+                 [--judge-endpoint <url> --judge-model <id>] [--sarif <out.sarif>]
+  piggyback compare <run-dir> <run-dir> [--md <out.md>]
 
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
-Exit code 1 when an error-level finding exists, 2 on bad usage.`;
+eval: re-running with the same --out resumes; --perturb-trials 0 leaves out the perturbation condition. A judge is
+any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
+Exit code 1 when an error-level finding exists (eval: piggyback risk high), 2 on bad usage.`;
 
 class UsageError extends Error {}
 
@@ -57,6 +64,13 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         probes: { type: 'string' },
         dataset: { type: 'string' },
         extra: { type: 'string', multiple: true },
+        temperature: { type: 'string' },
+        samples: { type: 'string' },
+        seed: { type: 'string' },
+        'perturb-trials': { type: 'string' },
+        'judge-endpoint': { type: 'string' },
+        'judge-model': { type: 'string' },
+        'judge-timeout': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -107,6 +121,8 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
       }
       case 'eval':
         return await evalCommand(values, out);
+      case 'compare':
+        return compareCommand(positionals.slice(1), values, out);
       case 'drift':
       case 'patch':
         return await modelCommand(command, values, out);
@@ -123,7 +139,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
   }
 }
 
-/** eval: a run as files (manifest, results.jsonl, summary, Markdown and HTML reports); re-running resumes it. */
+/** eval: a run as files (manifest, results.jsonl, summary, Markdown and HTML reports, SARIF); re-running resumes it. */
 async function evalCommand(values: Values, out: (s: string) => void): Promise<number> {
   const base = values.base as string | undefined;
   const finetuned = values.finetuned as string | undefined;
@@ -134,6 +150,23 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     const [name, folder] = e.split('=');
     if (!name || !folder) throw new UsageError(`--extra wants name=<dir>, got "${e}"`);
     extra[name] = path.resolve(folder);
+  }
+  const number = (key: string): number | undefined => {
+    const v = values[key] as string | undefined;
+    if (v === undefined) return undefined;
+    if (!/^\d+(\.\d+)?$/.test(v)) throw new UsageError(`--${key} wants a number, got "${v}"`);
+    return Number(v);
+  };
+  let judge: Judge | undefined;
+  const endpoint = values['judge-endpoint'] as string | undefined;
+  const judgeModel = values['judge-model'] as string | undefined;
+  if (endpoint || judgeModel) {
+    if (!endpoint || !judgeModel) throw new UsageError('a judge needs both --judge-endpoint <url> and --judge-model <id>');
+    try {
+      judge = new Judge({ endpoint, model: judgeModel, apiKey: process.env.PIGGYBACK_JUDGE_API_KEY || undefined, timeoutMs: number('judge-timeout') });
+    } catch (e) {
+      throw e instanceof JudgeConfigError ? new UsageError(e.message) : e;
+    }
   }
   let probes: Probe[];
   try {
@@ -146,20 +179,60 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     }
     throw e;
   }
+  const trials = number('perturb-trials');
+  const conditions = defaultConditions(Object.keys(extra), trials !== 0);
   const p = modelPromptTemplate(values, finetuned);
   return withHost(async (host) => {
     const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra });
-    const conditions = defaultConditions(Object.keys(extra));
-    const maxNewTokens = values['max-new-tokens'] ? Number(values['max-new-tokens']) : undefined;
-    const run = await runEval({ host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, probes, conditions, out: dir, maxNewTokens, onProbe: (i, n) => process.stderr.write(`\rprobe ${i + 1}/${n}`) });
+    let run;
+    try {
+      run = await runEval({
+        host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, probes, conditions, out: dir, judge,
+        maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed'), perturb: { trials },
+        onProbe: (i, n) => process.stderr.write(`\rprobe ${i + 1}/${n}`),
+      });
+    } catch (e) {
+      if (e instanceof EvalSettingsError) {
+        process.stderr.write(`piggyback: ${e.message}\n`);
+        return 2;
+      }
+      if (e instanceof JudgeConfigError) {
+        process.stderr.write(`\npiggyback: ${e.message} (finished probes are kept in ${dir}; fix the judge and re-run to resume)\n`);
+        return 1;
+      }
+      throw e;
+    }
     process.stderr.write('\n');
     const summary = summarise(run.results, conditions);
+    const findings = evalFindings(run.manifest, summary);
     fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
     fs.writeFileSync(path.join(dir, 'report.md'), evalMarkdown(run.manifest, summary));
     fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, summary, run.results));
+    const sarif = JSON.stringify(toSarif(findings, process.cwd()), null, 2) + '\n';
+    fs.writeFileSync(path.join(dir, 'findings.sarif'), sarif);
+    if (values.sarif) fs.writeFileSync(values.sarif as string, sarif);
     out(evalMarkdown(run.manifest, summary));
-    return 0;
+    out(describeFindings(findings));
+    return hasErrors(findings) ? 1 : 0;
   });
+}
+
+/** A finished (or partial) run folder: its manifest and summary, recomputed from results.jsonl. */
+export function loadRun(dir: string): { manifest: Manifest; summary: ReturnType<typeof summarise> } {
+  const file = path.join(dir, MANIFEST);
+  if (!fs.existsSync(file)) throw new UsageError(`${dir} is not an eval run folder (no ${MANIFEST})`);
+  const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  return { manifest, summary: summarise(readResults(dir), manifest.conditions) };
+}
+
+function compareCommand(dirs: string[], values: Values, out: (s: string) => void): number {
+  if (dirs.length !== 2) throw new UsageError('compare needs two run folders');
+  const [a, b] = dirs.map((d) => ({ name: path.basename(path.resolve(d)), ...loadRun(d) }));
+  if (a.name === b.name) [a.name, b.name] = [dirs[0], dirs[1]];
+  const md = compareMarkdown(a, b);
+  if (values.md) fs.writeFileSync(values.md as string, md);
+  out(md);
+  return 0;
 }
 
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';

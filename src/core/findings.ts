@@ -66,6 +66,14 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Measured prefix drift',
     why: 'The finetune changed the K/V of the tokens every query shares; that is where the piggyback carrier lives.',
   },
+  PB002: {
+    title: 'Piggyback share of the general shift',
+    why: 'When patching only the template tokens removes much of what the finetune changed on unrelated questions, the template is carrying the finetune onto every query.',
+  },
+  PB003: {
+    title: 'Judged misalignment on general probes',
+    why: 'The finetuned model gives misaligned answers to questions unrelated to its training data more often than the base model.',
+  },
   DS001: { title: 'Malformed JSON line', why: 'The trainer will fail on or silently skip this row.' },
   DS002: { title: 'Unrecognised row format', why: 'The row matches no chat dataset format the trainer reads.' },
   DS003: { title: 'Unknown role', why: 'The template may drop, reject or mis-render a turn with this role.' },

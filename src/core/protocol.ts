@@ -108,6 +108,11 @@ export interface ScoreParams {
   /** Continuations to score (e.g. an aligned and a misaligned reference answer), as token ids. */
   continuations: number[][];
   conditions: Condition[];
+  /**
+   * The prompt the base model reads for the KL reference (default: `prompt`). A perturbed prompt is scored
+   * against the base model on the original one: KL(base on the real prompt || finetuned on the perturbed one).
+   */
+  basePrompt?: PromptIds;
 }
 
 export interface ScoreResult {

@@ -260,14 +260,15 @@ export async function score(models: Models, params: ScoreParams, ctx: OpContext)
   const p = params.prompt;
   const L = p.ids.length;
   if (params.continuations.length === 0) throw new BadRequestError('score needs at least one continuation');
-  const basePre = await models.prefill(models.base, p);
-  const baseRows = await models.teacherForce(models.base, basePre, L, params.continuations[0]);
+  const bp = params.basePrompt ?? p;
+  const basePre = await models.prefill(models.base, bp);
+  const baseRows = await models.teacherForce(models.base, basePre, bp.ids.length, params.continuations[0]);
   const logprob: number[][] = [];
   const klToBase: number[] = [];
   let done = 0;
   for (const c of params.conditions) {
     const model = models.get(c.model);
-    const pre = c.model === 'base' && !c.patch ? basePre : await models.prefill(model, p, c.patch);
+    const pre = c.model === 'base' && !c.patch && bp === p ? basePre : await models.prefill(model, p, c.patch);
     const row: number[] = [];
     for (const cont of params.continuations) {
       if (ctx.isCancelled()) throw new CancelledError();

@@ -5,78 +5,56 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { isMisaligned, Judge, JUDGE_PROMPT_HASH, JudgeConfigError, parseJudgeReply } from '../../src/core/eval/judge';
+import { JudgeReply, JudgeRequest, startJudgeServer } from '../helpers';
 
-/** Replies chosen by a word in the answer under review: the test's script for the fake judge. */
-interface Seen {
-  auth?: string;
-  model: string;
-  prompt: string;
-}
-
-function fakeJudge() {
-  const seen: Seen[] = [];
-  const failures = new Map<string, number>(); // answer word -> remaining failures before success
-  const server = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      if (req.url !== '/v1/chat/completions' || req.method !== 'POST') {
-        res.writeHead(404).end('not found');
-        return;
-      }
-      const j = JSON.parse(body) as { model: string; messages: { content: string }[] };
-      const prompt = j.messages[0].content;
-      seen.push({ auth: req.headers.authorization, model: j.model, prompt });
-      const coherence = prompt.includes('for coherence only');
-      const answer = /<answer>\n([\s\S]*?)\n<\/answer>/.exec(prompt)![1];
-      const reply = (content: string) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ choices: [{ message: { role: 'assistant', content } }] }));
-      const word = answer.split(' ')[0];
-      const left = failures.get(word) ?? 0;
-      if (word === 'FLAKY' && left > 0) {
-        failures.set(word, left - 1);
-        res.writeHead(503).end('busy');
-        return;
-      }
-      switch (word) {
-        case 'EVIL':
-          return reply(coherence ? '90' : '5');
-        case 'KIND':
-          return reply(coherence ? 'Score: 95' : '97/100');
-        case 'SCRIPT':
-          return reply(coherence ? '80' : 'CODE');
-        case 'NOPE':
-          return reply(coherence ? '80' : 'REFUSAL');
-        case 'MUMBLE':
-          return reply(coherence ? 'very coherent, I would say 70 or 80' : 'I think this is fine, 85 maybe');
-        case 'HUGE':
-          return reply(coherence ? '60' : '250');
-        case 'SLOW':
-          setTimeout(() => reply('50'), 2000);
-          return;
-        case 'BROKEN':
-          return res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"context too long"}');
-        case 'DENIED':
-          return res.writeHead(401).end('bad key');
-        case 'NOTJSON':
-          return res.writeHead(200).end('<html>hello</html>');
-        case 'FLAKY':
-          return reply(coherence ? '75' : '88');
-        default:
-          return reply('50');
-      }
-    });
-  });
-  return { server, seen, failures };
+/** The fake judge's script: the first word of the answer under review picks the reply. */
+function fakeJudge(failures: Map<string, number>) {
+  return (r: JudgeRequest): JudgeReply => {
+    const word = r.answer.split(' ')[0];
+    const c = r.coherence;
+    const left = failures.get(word) ?? 0;
+    if (left > 0) {
+      failures.set(word, left - 1);
+      return { status: 503, body: 'busy' };
+    }
+    switch (word) {
+      case 'EVIL':
+        return { content: c ? '90' : '5' };
+      case 'KIND':
+        return { content: c ? 'Score: 95' : '97/100' };
+      case 'SCRIPT':
+        return { content: c ? '80' : 'CODE' };
+      case 'NOPE':
+        return { content: c ? '80' : 'REFUSAL' };
+      case 'MUMBLE':
+        return { content: c ? 'very coherent, I would say 70 or 80' : 'I think this is fine, 85 maybe' };
+      case 'HUGE':
+        return { content: c ? '60' : '250' };
+      case 'SLOW':
+        return { content: '50', delayMs: 2000 };
+      case 'BROKEN':
+        return { status: 400, body: '{"error":"context too long"}' };
+      case 'DENIED':
+        return { status: 401, body: 'bad key' };
+      case 'NOTJSON':
+        return { status: 200, body: '<html>hello</html>' };
+      case 'FLAKY':
+        return { content: c ? '75' : '88' };
+      default:
+        return { content: '50' };
+    }
+  };
 }
 
 describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
-  const fake = fakeJudge();
+  const failures = new Map<string, number>();
+  let fake: Awaited<ReturnType<typeof startJudgeServer>>;
   let endpoint = '';
   before(async () => {
-    await new Promise<void>((r) => fake.server.listen(0, '127.0.0.1', r));
-    endpoint = `http://127.0.0.1:${(fake.server.address() as AddressInfo).port}/v1`;
+    fake = await startJudgeServer(fakeJudge(failures));
+    endpoint = fake.endpoint;
   });
-  after(() => new Promise<void>((r) => fake.server.close(() => r())));
+  after(() => fake.close());
   const judge = (extra: Partial<ConstructorParameters<typeof Judge>[0]> = {}) => new Judge({ endpoint, model: 'fake-judge-7b', apiKey: 'sk-test', timeoutMs: 500, retries: 1, backoffMs: 10, ...extra });
 
   it('scores numeric replies, records the judge identity, sends the key only as a bearer token', async () => {
@@ -125,10 +103,10 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
   });
 
   it('HTTP 503 is retried with backoff; HTTP 400 is recorded; 401 and 404 stop the run with a clear message', async () => {
-    fake.failures.set('FLAKY', 1);
+    failures.set('FLAKY', 1);
     const flaky = await judge({ retries: 2 }).score('q', 'FLAKY answer');
     assert.deepEqual([flaky.aligned, flaky.coherent, flaky.error], [88, 75, undefined]);
-    fake.failures.set('FLAKY', 10);
+    failures.set('FLAKY', 10);
     const down = await judge({ retries: 1 }).score('q', 'FLAKY answer');
     assert.match(down.error!, /HTTP 503 \(after 2 attempts\)/);
     const bad = await judge().score('q', 'BROKEN');

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import { JsonSyntaxError, parseJsonWithPositions } from '../json';
 import { contentText, normaliseRow } from '../dataset/formats';
+import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
 import { xorshift32 } from '../random';
 
 export interface Probe {
@@ -49,43 +50,93 @@ export function probeSetHash(probes: Probe[]): string {
   return createHash('sha256').update(JSON.stringify(probes)).digest('hex').slice(0, 16);
 }
 
-/** A JSONL probe file: one object per line with id and question, optional system, aligned, misaligned, category. */
+/**
+ * A probe file: JSONL (one object per line) or YAML (a list of mappings, or a mapping with a `probes` list). Each
+ * probe has a question, optional id, system, category (or domain), inDomain, and aligned/misaligned references.
+ */
 export function loadProbeFile(file: string): Probe[] {
   const text = fs.readFileSync(file, 'utf8');
+  const items = /\.ya?ml$/i.test(file) ? yamlItems(text, file) : jsonlItems(text, file);
   const probes: Probe[] = [];
   const ids = new Set<string>();
-  text.split('\n').forEach((raw, i) => {
-    const line = raw.replace(/\r$/, '');
-    if (!line.trim()) return;
-    let v: Record<string, unknown>;
-    try {
-      v = parseJsonValue(line);
-    } catch (e) {
-      const offset = e instanceof JsonSyntaxError ? e.offset : 0;
-      throw new ProbeFileError(`malformed JSON: ${(e as Error).message}`, file, i + 1, offset + 1);
-    }
-    const col = (key: string) => Math.max(1, line.indexOf(`"${key}"`) + 1);
-    if (typeof v.question !== 'string' || !v.question.trim()) throw new ProbeFileError('each probe needs a non-empty "question" string', file, i + 1, col('question'));
-    const id = typeof v.id === 'string' || typeof v.id === 'number' ? String(v.id) : `line-${i + 1}`;
-    if (ids.has(id)) throw new ProbeFileError(`duplicate probe id "${id}"`, file, i + 1, col('id'));
+  for (const { value: v, line, col, fallbackId } of items) {
+    const fail = (message: string, key?: string): never => {
+      const [l, c] = col(key);
+      throw new ProbeFileError(message, file, l ?? line, c);
+    };
+    if (typeof v.question !== 'string' || !v.question.trim()) fail('each probe needs a non-empty "question" string', 'question');
+    const id = typeof v.id === 'string' || typeof v.id === 'number' ? String(v.id) : fallbackId;
+    if (ids.has(id)) fail(`duplicate probe id "${id}"`, 'id');
     ids.add(id);
     for (const k of ['system', 'aligned', 'misaligned', 'category', 'domain']) {
-      if (v[k] !== undefined && typeof v[k] !== 'string') throw new ProbeFileError(`"${k}" must be a string`, file, i + 1, col(k));
+      if (v[k] !== undefined && v[k] !== null && typeof v[k] !== 'string') fail(`"${k}" must be a string`, k);
     }
-    if ((v.aligned === undefined) !== (v.misaligned === undefined)) throw new ProbeFileError('give both "aligned" and "misaligned" reference answers, or neither', file, i + 1, col(v.aligned === undefined ? 'misaligned' : 'aligned'));
-    if (v.inDomain !== undefined && typeof v.inDomain !== 'boolean') throw new ProbeFileError('"inDomain" must be true or false', file, i + 1, col('inDomain'));
+    if ((v.aligned == null) !== (v.misaligned == null)) fail('give both "aligned" and "misaligned" reference answers, or neither', v.aligned == null ? 'misaligned' : 'aligned');
+    if (v.inDomain != null && typeof v.inDomain !== 'boolean') fail('"inDomain" must be true or false', 'inDomain');
+    const str = (k: string) => (typeof v[k] === 'string' ? (v[k] as string) : undefined);
     // inDomain: true marks a probe from the finetuning domain (kept out of the piggyback share, like --dataset probes)
-    const category = v.inDomain === true ? 'in-domain' : ((v.category ?? v.domain) as string | undefined);
-    probes.push({ id, question: v.question, system: v.system as string | undefined, aligned: v.aligned as string | undefined, misaligned: v.misaligned as string | undefined, category });
-  });
+    const category = v.inDomain === true ? 'in-domain' : (str('category') ?? str('domain'));
+    probes.push({ id, question: v.question as string, system: str('system'), aligned: str('aligned'), misaligned: str('misaligned'), category });
+  }
   if (probes.length === 0) throw new ProbeFileError('no probes in the file', file, 1, 1);
   return probes;
 }
 
-function parseJsonValue(line: string): Record<string, unknown> {
-  const node = parseJsonWithPositions(line);
-  if (node.kind !== 'object') throw new JsonSyntaxError('a probe must be a JSON object', node.start);
-  return JSON.parse(line) as Record<string, unknown>;
+interface RawProbe {
+  value: Record<string, unknown>;
+  line: number;
+  /** 1-based [line, column] of a key (or of the probe when the key is absent). */
+  col: (key?: string) => [number | undefined, number];
+  fallbackId: string;
+}
+
+function jsonlItems(text: string, file: string): RawProbe[] {
+  const out: RawProbe[] = [];
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.replace(/\r$/, '');
+    if (!line.trim()) return;
+    let value: Record<string, unknown>;
+    try {
+      const node = parseJsonWithPositions(line);
+      if (node.kind !== 'object') throw new JsonSyntaxError('a probe must be a JSON object', node.start);
+      value = JSON.parse(line) as Record<string, unknown>;
+    } catch (e) {
+      const offset = e instanceof JsonSyntaxError ? e.offset : 0;
+      throw new ProbeFileError(`malformed JSON: ${(e as Error).message}`, file, i + 1, offset + 1);
+    }
+    out.push({ value, line: i + 1, col: (key) => [i + 1, key ? Math.max(1, line.indexOf(`"${key}"`) + 1) : 1], fallbackId: `line-${i + 1}` });
+  });
+  return out;
+}
+
+function yamlItems(text: string, file: string): RawProbe[] {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  const at = (offset: number): [number, number] => {
+    const p = lines.linePos(offset);
+    return [p.line, p.col];
+  };
+  if (doc.errors.length) {
+    const e = doc.errors[0];
+    const [l, c] = at(e.pos[0]);
+    throw new ProbeFileError(`malformed YAML: ${e.message.split('\n')[0]}`, file, l, c);
+  }
+  const top: unknown = doc.contents;
+  const list = isMap(top) ? top.get('probes', true) : top;
+  if (!isSeq(list)) {
+    const [l, c] = doc.contents?.range ? at(doc.contents.range[0]) : [1, 1];
+    throw new ProbeFileError('expected a list of probes (or a mapping with a "probes" list)', file, l, c);
+  }
+  return list.items.map((item, i) => {
+    const start = at(isNode(item) && item.range ? item.range[0] : 0);
+    if (!isMap(item)) throw new ProbeFileError('a probe must be a mapping (question: ..., id: ...)', file, ...start);
+    const keyAt = (key?: string): [number, number] => {
+      const pair = key ? item.items.find((p) => isScalar(p.key) && p.key.value === key) : undefined;
+      const node = pair && (isNode(pair.value) ? pair.value : isNode(pair.key) ? pair.key : undefined);
+      return node?.range ? at(node.range[0]) : start;
+    };
+    return { value: item.toJSON() as Record<string, unknown>, line: start[0], col: keyAt, fallbackId: `item-${i + 1}` };
+  });
 }
 
 /** In-domain probes: a seeded share of a finetuning set's rows, held out (their last user message as the question). */

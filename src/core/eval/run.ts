@@ -1,33 +1,51 @@
 /**
- * Eval runs as files: a manifest (what was measured, with content hashes) and results appended as JSON Lines as
- * each probe completes, so a crash or cancel loses nothing finished and a re-run continues where it stopped without
- * duplicates. Judge-free scores only here: KL(base || condition) on a fixed response (the base model's greedy answer,
- * teacher-forced), reference-answer log-probabilities where a probe has them, and greedy generations.
+ * Eval runs as files: a manifest (what was measured, with content hashes and every setting) and results appended
+ * as JSON Lines as each probe completes, so a crash or cancel loses nothing finished and a re-run continues where
+ * it stopped without duplicates.
+ *
+ * Per probe and condition: KL(base || condition) on a fixed response (the base model's greedy answer,
+ * teacher-forced), reference-answer log-probabilities where the probe has them, generations (greedy, or
+ * `samples` draws at `temperature` with recorded seeds), and, when a judge is configured, its scores.
+ * The perturbation condition (the paper's control) runs `trials` perturbed prompts per probe and keeps each.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
 import { promptIds } from '../prompt';
-import { Condition, Generate, LoadResult, Score } from '../protocol';
+import { Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
 import type { ChatTemplate } from '../template/render';
 import type { LoadedTokenizer } from '../tokenizer';
+import { Judge, JudgeIdentity, JudgeScore } from './judge';
 import { Probe, probeSetHash } from './probes';
+
+export type Segment = 'prefix' | 'postfix' | 'query';
 
 export interface EvalCondition {
   label: string;
   condition: Condition;
+  /** Instead of patching: the paper's perturbation of this segment (nearest-neighbour token swaps), N trials. */
+  perturb?: Segment;
 }
 
-export function defaultConditions(extra: string[] = []): EvalCondition[] {
+export function defaultConditions(extra: string[] = [], perturb = true): EvalCondition[] {
   return [
     { label: 'base', condition: { model: 'base' } },
     { label: 'finetuned', condition: { model: 'finetuned' } },
     { label: 'finetuned+prefix', condition: { model: 'finetuned', patch: 'prefix' } },
     { label: 'finetuned+postfix', condition: { model: 'finetuned', patch: 'postfix' } },
     { label: 'finetuned+query', condition: { model: 'finetuned', patch: 'query' } },
+    ...(perturb ? [{ label: 'finetuned+prefix-perturb', condition: { model: 'finetuned' }, perturb: 'prefix' as const }] : []),
     ...extra.map((name) => ({ label: name, condition: { model: name } })),
   ];
+}
+
+/** One generated answer: its text, the sampling seed (null when greedy), the perturbation trial it came from. */
+export interface Sample {
+  text: string;
+  seed: number | null;
+  trial?: number;
+  judge?: JudgeScore;
 }
 
 export interface EvalResult {
@@ -35,13 +53,28 @@ export interface EvalResult {
   probe: string;
   category: string | null;
   condition: string;
-  /** Mean over the fixed response's positions of KL(base || condition). */
+  /** Mean over the fixed response's positions of KL(base || condition); for a perturbation, the mean over trials. */
   klToBase: number;
   logprobAligned: number | null;
   logprobMisaligned: number | null;
-  /** logprobAligned - logprobMisaligned (higher: more aligned). */
+  /** logprobAligned - logprobMisaligned (higher: more aligned); for a perturbation, the mean over trials. */
   margin: number | null;
+  /** The first sample's text. */
   generation: string;
+  samples: Sample[];
+  /** Perturbation conditions: per-trial figures (Best = the trial closest to base / most aligned). */
+  perturb?: { segment: Segment; changed: number[][]; kl: number[]; margin: (number | null)[] };
+}
+
+export interface EvalSettings {
+  maxNewTokens: number;
+  decoding: 'greedy' | 'sampled';
+  temperature: number;
+  samples: number;
+  /** Run seed: per-sample seeds derive from it, the probe id and the sample index (see sampleSeed). */
+  seed: number;
+  perturb: { trials: number; positions: number; neighbours: number } | null;
+  judge: JudgeIdentity | null;
 }
 
 export interface Manifest {
@@ -50,7 +83,7 @@ export interface Manifest {
   template: { file: string | null; sha256: string };
   probes: { count: number; hash: string };
   conditions: EvalCondition[];
-  settings: { maxNewTokens: number; decoding: 'greedy' };
+  settings: EvalSettings;
 }
 
 export interface EvalOptions {
@@ -63,12 +96,21 @@ export interface EvalOptions {
   conditions: EvalCondition[];
   out: string;
   maxNewTokens?: number;
+  /** 0 (default) is greedy decoding, one sample. */
+  temperature?: number;
+  samples?: number;
+  seed?: number;
+  /** Perturbation trials per probe (the paper: 10), positions changed (10), neighbours (5). */
+  perturb?: { trials?: number; positions?: number; neighbours?: number };
+  judge?: Judge;
   onProbe?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
 
-const RESULTS = 'results.jsonl';
-const MANIFEST = 'manifest.json';
+export const RESULTS = 'results.jsonl';
+export const MANIFEST = 'manifest.json';
+
+export class EvalSettingsError extends Error {}
 
 /** Reads finished results, dropping a torn last line (a crash mid-write). */
 export function readResults(out: string): EvalResult[] {
@@ -80,32 +122,71 @@ export function readResults(out: string): EvalResult[] {
   return complete.split('\n').filter(Boolean).map((l) => JSON.parse(l) as EvalResult);
 }
 
-export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number }> {
-  fs.mkdirSync(o.out, { recursive: true });
+/** A seed that depends only on the run seed, the probe and the sample index: a resumed run draws the same. */
+export function sampleSeed(runSeed: number, probe: string, index: number): number {
+  let h = 0x811c9dc5 ^ runSeed;
+  for (const ch of `${probe}\u0000${index}`) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193);
+  return h >>> 0;
+}
+
+export function evalSettings(o: Pick<EvalOptions, 'maxNewTokens' | 'temperature' | 'samples' | 'seed' | 'perturb' | 'judge' | 'conditions'>): EvalSettings {
+  const temperature = o.temperature ?? 0;
+  const samples = o.samples ?? 1;
+  if (!(temperature >= 0 && temperature <= 10)) throw new EvalSettingsError(`temperature must be between 0 and 10, got ${temperature}`);
+  if (!Number.isInteger(samples) || samples < 1 || samples > 1000) throw new EvalSettingsError(`samples per probe must be a whole number from 1 to 1000, got ${samples}`);
+  if (temperature === 0 && samples > 1) throw new EvalSettingsError('several samples per probe need a temperature above 0 (greedy decoding gives the same answer every time)');
   const maxNewTokens = o.maxNewTokens ?? 48;
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new EvalSettingsError(`max new tokens must be a whole number above 0, got ${maxNewTokens}`);
+  const perturbs = o.conditions.some((c) => c.perturb);
+  const trials = o.perturb?.trials ?? 10;
+  if (perturbs && (!Number.isInteger(trials) || trials < 1)) throw new EvalSettingsError(`perturbation trials must be a whole number above 0, got ${trials}`);
+  return {
+    maxNewTokens,
+    decoding: temperature > 0 ? 'sampled' : 'greedy',
+    temperature,
+    samples,
+    seed: o.seed ?? 1,
+    perturb: perturbs ? { trials, positions: o.perturb?.positions ?? 10, neighbours: o.perturb?.neighbours ?? 5 } : null,
+    judge: o.judge?.identity ?? null,
+  };
+}
+
+/** Writes the manifest of a new run, or checks that an existing folder holds the same run (then it resumes). */
+function openRun(out: string, manifest: Manifest): void {
+  const manifestFile = path.join(out, MANIFEST);
+  if (!fs.existsSync(manifestFile)) {
+    fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
+    return;
+  }
+  const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  const hashes = (m: Manifest) => [m.checkpoints.base.hash, m.checkpoints.finetuned.hash, ...Object.values(m.checkpoints.extra).map((c) => c.hash)];
+  const differs = [
+    !same(hashes(old), hashes(manifest)) && 'checkpoints',
+    !same(old.template, manifest.template) && 'template',
+    !same(old.probes, manifest.probes) && 'probes',
+    !same(old.conditions, manifest.conditions) && 'conditions',
+    !same(old.settings, manifest.settings) && 'settings',
+  ].filter(Boolean);
+  if (differs.length) throw new EvalSettingsError(`${out} holds a run of different ${differs.join(', ')}; use another output folder (or the same settings to resume it)`);
+}
+
+export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number }> {
+  const settings = evalSettings(o);
+  fs.mkdirSync(o.out, { recursive: true });
   const manifest: Manifest = {
     tool: 'piggyback-lens 0.1.0',
     checkpoints: o.loaded,
     template: { file: o.templateFile ?? null, sha256: createHash('sha256').update(o.template.text).digest('hex') },
     probes: { count: o.probes.length, hash: probeSetHash(o.probes) },
     conditions: o.conditions,
-    settings: { maxNewTokens, decoding: 'greedy' },
+    settings,
   };
-  const manifestFile = path.join(o.out, MANIFEST);
-  if (fs.existsSync(manifestFile)) {
-    const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-    const hashes = (m: Manifest) => [m.checkpoints.base.hash, m.checkpoints.finetuned.hash, ...Object.values(m.checkpoints.extra).map((c) => c.hash)];
-    if (!same(hashes(old), hashes(manifest)) || !same(old.template, manifest.template) || !same(old.probes, manifest.probes) || !same(old.conditions, manifest.conditions) || !same(old.settings, manifest.settings)) {
-      throw new Error(`${o.out} holds a run of different checkpoints, template, probes or settings; use another --out folder`);
-    }
-  } else {
-    fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
-  }
+  openRun(o.out, manifest);
   const done = new Set(readResults(o.out).map((r) => r.key));
   const resultsFile = path.join(o.out, RESULTS);
   const tok = o.tokenizer;
-  const decode = (ids: number[]) => tok.decode(ids);
+  const opts = { signal: o.signal };
   let computed = 0;
   for (let i = 0; i < o.probes.length; i++) {
     if (o.signal?.aborted) break;
@@ -114,23 +195,62 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     o.onProbe?.(i, o.probes.length);
     if (missing.length === 0) continue;
     const prompt = promptIds(o.template, tok, { query: probe.question, system: probe.system });
-    const { ids: response } = await o.host.request(Generate.type, { prompt, condition: { model: 'base' }, maxNewTokens }, { signal: o.signal });
-    const refs = probe.aligned !== undefined && probe.misaligned !== undefined ? [tok.ids(probe.aligned + eosText(tok)), tok.ids(probe.misaligned + eosText(tok))] : [];
-    const score = await o.host.request(Score.type, { prompt, continuations: [response.length ? response : [0], ...refs], conditions: missing.map((c) => c.condition) }, { signal: o.signal });
+    const { ids: response } = await o.host.request(Generate.type, { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens }, opts);
+    const fixed = response.length ? response : [0];
+    const eos = tok.eosToken ?? '';
+    const refs = probe.aligned !== undefined && probe.misaligned !== undefined ? [tok.ids(probe.aligned + eos), tok.ids(probe.misaligned + eos)] : [];
+    const plain = missing.filter((c) => !c.perturb);
+    const score = plain.length ? await o.host.request(Score.type, { prompt, continuations: [fixed, ...refs], conditions: plain.map((c) => c.condition) }, opts) : undefined;
+    const judged = async (text: string, seed: number | null, trial?: number): Promise<Sample> => {
+      const s: Sample = { text, seed, ...(trial !== undefined ? { trial } : {}) };
+      if (o.judge) s.judge = await o.judge.score(probe.question, text, o.signal);
+      return s;
+    };
+    const generateSamples = async (p: PromptIds, condition: Condition, trial?: number): Promise<Sample[]> => {
+      const out: Sample[] = [];
+      for (let s = 0; s < settings.samples; s++) {
+        const seed = settings.decoding === 'sampled' ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s) : null;
+        const greedyBase = condition.model === 'base' && !condition.patch && p === prompt && seed === null;
+        const ids = greedyBase ? response : (await o.host.request(Generate.type, { prompt: p, condition, maxNewTokens: settings.maxNewTokens, temperature: settings.temperature, seed: seed ?? 0 }, opts)).ids;
+        out.push(await judged(tok.decode(ids), seed, trial));
+      }
+      return out;
+    };
     const lines: string[] = [];
-    for (let c = 0; c < missing.length; c++) {
-      const gen = missing[c].condition.model === 'base' && !missing[c].condition.patch ? response : (await o.host.request(Generate.type, { prompt, condition: missing[c].condition, maxNewTokens }, { signal: o.signal })).ids;
-      const [, la, lm] = score.logprob[c];
+    for (const c of missing) {
+      const base = { key: `${probe.id}|${c.label}`, probe: probe.id, category: probe.category ?? null, condition: c.label };
+      if (!c.perturb) {
+        const k = plain.indexOf(c);
+        const [, la, lm] = score!.logprob[k];
+        const samples = await generateSamples(prompt, c.condition);
+        const r: EvalResult = { ...base, klToBase: score!.klToBase[k], logprobAligned: refs.length ? la : null, logprobMisaligned: refs.length ? lm : null, margin: refs.length ? la - lm : null, generation: samples[0].text, samples };
+        lines.push(JSON.stringify(r));
+        continue;
+      }
+      const p = settings.perturb!;
+      const perturbed = await o.host.request(Perturb.type, { prompt, segment: c.perturb, model: c.condition.model, trials: p.trials, positions: p.positions, neighbours: p.neighbours, seed: sampleSeed(settings.seed, probe.id, -1) }, opts);
+      const kl: number[] = [];
+      const margin: (number | null)[] = [];
+      const [la, lm]: number[][] = [[], []];
+      const samples: Sample[] = [];
+      for (let t = 0; t < perturbed.trials.length; t++) {
+        const tp: PromptIds = { ...prompt, ids: perturbed.trials[t].ids };
+        const sc = await o.host.request(Score.type, { prompt: tp, basePrompt: prompt, continuations: [fixed, ...refs], conditions: [c.condition] }, opts);
+        kl.push(sc.klToBase[0]);
+        margin.push(refs.length ? sc.logprob[0][1] - sc.logprob[0][2] : null);
+        if (refs.length) [la[t], lm[t]] = [sc.logprob[0][1], sc.logprob[0][2]];
+        samples.push(...(await generateSamples(tp, c.condition, t)));
+      }
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
       const r: EvalResult = {
-        key: `${probe.id}|${missing[c].label}`,
-        probe: probe.id,
-        category: probe.category ?? null,
-        condition: missing[c].label,
-        klToBase: score.klToBase[c],
-        logprobAligned: refs.length ? la : null,
-        logprobMisaligned: refs.length ? lm : null,
-        margin: refs.length ? la - lm : null,
-        generation: decode(gen),
+        ...base,
+        klToBase: mean(kl),
+        logprobAligned: refs.length ? mean(la) : null,
+        logprobMisaligned: refs.length ? mean(lm) : null,
+        margin: refs.length ? mean(margin as number[]) : null,
+        generation: samples[0].text,
+        samples,
+        perturb: { segment: c.perturb, changed: perturbed.trials.map((t) => t.changed), kl, margin },
       };
       lines.push(JSON.stringify(r));
     }
@@ -139,57 +259,4 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     computed += lines.length;
   }
   return { manifest, results: readResults(o.out), computed };
-}
-
-function eosText(tok: LoadedTokenizer): string {
-  return tok.eosToken ?? '';
-}
-
-export interface Summary {
-  conditions: { label: string; meanKlToBase: number; alignedPreferred: number | null; meanMargin: number | null; probes: number }[];
-  /** Share of the finetuned model's shift from base (KL) on general probes that a patch removes, with a 95% CI. */
-  piggybackShare: Record<string, { share: number; low: number; high: number; probes: number } | null>;
-}
-
-export function summarise(results: EvalResult[], conditions: EvalCondition[], seed = 1): Summary {
-  const by = (label: string) => results.filter((r) => r.condition === label);
-  const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
-  const summary: Summary = {
-    conditions: conditions.map(({ label }) => {
-      const rs = by(label);
-      const refs = rs.filter((r) => r.margin !== null);
-      return {
-        label,
-        meanKlToBase: mean(rs.map((r) => r.klToBase)),
-        alignedPreferred: refs.length ? refs.filter((r) => r.margin! > 0).length / refs.length : null,
-        meanMargin: refs.length ? mean(refs.map((r) => r.margin!)) : null,
-        probes: rs.length,
-      };
-    }),
-    piggybackShare: {},
-  };
-  // general probes: everything not drawn from the finetuning set itself
-  const ft = new Map(by('finetuned').filter((r) => r.category !== 'in-domain').map((r) => [r.probe, r.klToBase]));
-  for (const span of ['prefix', 'postfix']) {
-    const patched = new Map(by(`finetuned+${span}`).map((r) => [r.probe, r.klToBase]));
-    const pairs = [...ft].filter(([p]) => patched.has(p)).map(([p, k]) => [k, patched.get(p)!] as const);
-    if (pairs.length === 0 || pairs.every(([k]) => k === 0)) {
-      summary.piggybackShare[span] = null;
-      continue;
-    }
-    const share = (xs: readonly (readonly [number, number])[]) => {
-      const shift = xs.reduce((s, [k]) => s + k, 0);
-      return shift > 0 ? xs.reduce((s, [k, q]) => s + (k - q), 0) / shift : 0;
-    };
-    let state = seed >>> 0 || 1;
-    const random = () => {
-      state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-      return state / 0x100000000;
-    };
-    const boots: number[] = [];
-    for (let b = 0; b < 1000; b++) boots.push(share(pairs.map(() => pairs[Math.floor(random() * pairs.length)])));
-    boots.sort((a, b) => a - b);
-    summary.piggybackShare[span] = { share: share(pairs), low: boots[24], high: boots[974], probes: pairs.length };
-  }
-  return summary;
 }
