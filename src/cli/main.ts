@@ -17,6 +17,8 @@ import { compareMarkdown, evalFindings, evalHtml, evalMarkdown } from '../core/e
 import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, runEval } from '../core/eval/run';
 import { summarise } from '../core/eval/summary';
 import { promptIds } from '../core/prompt';
+import { AUDIT_CLOCK } from '../core/template/audit';
+import { TreftExportResult, writeTreftExport } from '../core/treft';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
 
@@ -32,6 +34,7 @@ Usage:
                  [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N]
                  [--judge-endpoint <url> --judge-model <id>] [--sarif <out.sarif>]
   piggyback compare <run-dir> <run-dir> [--md <out.md>]
+  piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]
 
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
@@ -123,6 +126,8 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         return await evalCommand(values, out);
       case 'compare':
         return compareCommand(positionals.slice(1), values, out);
+      case 'treft-export':
+        return await treftExportCommand(target, values, out);
       case 'drift':
       case 'patch':
         return await modelCommand(command, values, out);
@@ -233,6 +238,29 @@ function compareCommand(dirs: string[], values: Values, out: (s: string) => void
   if (values.md) fs.writeFileSync(values.md as string, md);
   out(md);
   return 0;
+}
+
+/** treft-export: per-row positions, the base model's prefix K/V and the recipe for a trainer. */
+async function treftExportCommand(dataset: string | undefined, values: Values, out: (s: string) => void): Promise<number> {
+  const dir = values.out as string | undefined;
+  const base = values.base as string | undefined;
+  if (!dataset || !dir) throw new UsageError('treft-export needs <train.jsonl> and --out <dir>');
+  if (!fs.existsSync(dataset)) throw new UsageError(`no such file: ${dataset}`);
+  if (!values.template && !base) throw new UsageError('treft-export needs --template <source> or --base <dir> (whose template the trainer uses)');
+  const p = modelPromptTemplate(values, (values.template as string | undefined) ?? base!);
+  const render = { specialTokens: p.source?.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
+  const common = { dataset: path.resolve(dataset), template: p.template, templateFile: p.source?.file ?? '', tokenizer: p.tokenizer, render, out: dir };
+  const report = (r: TreftExportResult): number => {
+    const groups = r.positions.prefixes.map((g, i) => `  prefix ${i}: ${g.ids.length} tokens, ${g.rows} rows`).join('\n');
+    out(`${r.positions.rows.length - r.skipped} rows with positions, ${r.skipped} skipped\n${groups}\nwrote ${r.files.join(', ')}\n`);
+    for (const row of r.positions.rows.filter((x) => x.error).slice(0, 10)) process.stderr.write(`${dataset}:${row.line}: ${row.error}\n`);
+    return r.skipped === r.positions.rows.length ? 1 : 0;
+  };
+  if (!base) return report(await writeTreftExport(common));
+  return withHost(async (host) => {
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base) });
+    return report(await writeTreftExport({ ...common, host, base: loaded.base }));
+  });
 }
 
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';

@@ -164,6 +164,24 @@ export interface GenerateResult {
   ids: number[];
 }
 
+export interface ExportKVParams {
+  /** Token ids of each prefix (from position 0); one tensor group per entry. */
+  prefixes: number[][];
+  /** The safetensors file the host writes (see src/core/treft.ts for the layout). */
+  file: string;
+  /** Checkpoint whose K/V are exported (default 'base'). */
+  model?: string;
+  metadata?: Record<string, string>;
+}
+
+export interface ExportKVResult {
+  file: string;
+  bytes: number;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+}
+
 export interface ParityParams {
   prompt: PromptIds;
 }
@@ -192,6 +210,9 @@ export namespace Perturb {
 }
 export namespace Generate {
   export const type = new RequestType<GenerateParams, GenerateResult, void>('piggyback/generate');
+}
+export namespace ExportKV {
+  export const type = new RequestType<ExportKVParams, ExportKVResult, void>('piggyback/exportKV');
 }
 export namespace Parity {
   export const type = new RequestType<ParityParams, ParityResult, void>('piggyback/parity');

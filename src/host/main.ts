@@ -4,9 +4,9 @@
  */
 import { CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
-import { Crash, Drift, Generate, HostErrors, Load, LoadResult, Log, Parity, Patch, Perturb, progressType, Score } from '../core/protocol';
+import { Crash, Drift, ExportKV, Generate, HostErrors, Load, LoadResult, Log, Parity, Patch, Perturb, progressType, Score } from '../core/protocol';
 import { Checkpoint, CheckpointError, checkCompatible } from './checkpoint';
-import { BadRequestError, CancelledError, drift, generate, Models, OpContext, parity, patch, perturb, score } from './operations';
+import { BadRequestError, CancelledError, drift, exportKV, generate, Models, OpContext, parity, patch, perturb, score } from './operations';
 
 process.env.ORT_DISABLE_TELEMETRY ??= '1';
 
@@ -72,6 +72,7 @@ connection.onRequest(Patch.type, handle((p, ctx, m) => patch(m, p, ctx)));
 connection.onRequest(Score.type, handle((p, ctx, m) => score(m, p, ctx)));
 connection.onRequest(Perturb.type, handle((p, ctx, m) => perturb(m, p, ctx)));
 connection.onRequest(Generate.type, handle(async (p, ctx, m) => ({ ids: await generate(m, p, ctx) })));
+connection.onRequest(ExportKV.type, handle((p, ctx, m) => exportKV(m, p, ctx)));
 connection.onRequest(Parity.type, handle((p, _ctx, m) => parity(m, p.prompt)));
 connection.onNotification(Crash.type, ({ afterMs }) => setTimeout(() => process.abort(), afterMs));
 

@@ -5,6 +5,8 @@
 import type {
   Condition,
   DriftResult,
+  ExportKVParams,
+  ExportKVResult,
   GenerateParams,
   ParityResult,
   PatchParams,
@@ -18,6 +20,7 @@ import type {
   SegmentDrift,
   Span,
 } from '../core/protocol';
+import { Tensor, writeSafetensors } from '../core/safetensors';
 import { Checkpoint, KV } from './checkpoint';
 
 export interface OpContext {
@@ -365,6 +368,28 @@ export async function generate(models: Models, params: GenerateParams, ctx: OpCo
   const model = models.get(c.model);
   const pre = await models.prefill(model, params.prompt, c.patch);
   return models.generate(model, pre, params.prompt.ids.length, params.maxNewTokens ?? 48, ctx, params.temperature ?? 0, params.seed ?? 0);
+}
+
+/** The K/V of each prefix, run alone from position 0 (what patching uses), written as safetensors. */
+export async function exportKV(models: Models, params: ExportKVParams, ctx: OpContext): Promise<ExportKVResult> {
+  const model = models.get(params.model ?? 'base');
+  const { layers, kvHeads, headDim } = model.info;
+  const tensors: Record<string, Tensor> = {};
+  const metadata: Record<string, string> = { ...params.metadata, layout: 'prefix.{g}.layers.{l}.{key|value}: float32 [kv_heads, P, head_dim]', checkpoint: model.info.hash };
+  for (let g = 0; g < params.prefixes.length; g++) {
+    if (ctx.isCancelled()) throw new CancelledError();
+    const ids = params.prefixes[g];
+    if (ids.length === 0) throw new BadRequestError(`prefix ${g} is empty`);
+    const kv = (await model.forward(ids, range(0, ids.length), empty(model))).kv;
+    kv.layers.forEach((l, i) => {
+      tensors[`prefix.${g}.layers.${i}.key`] = { shape: [kvHeads, ids.length, headDim], data: l.k };
+      tensors[`prefix.${g}.layers.${i}.value`] = { shape: [kvHeads, ids.length, headDim], data: l.v };
+    });
+    metadata[`prefix.${g}.ids`] = JSON.stringify(ids);
+    ctx.progress(g + 1, params.prefixes.length);
+  }
+  const bytes = writeSafetensors(params.file, tensors, metadata);
+  return { file: params.file, bytes, layers, kvHeads, headDim };
 }
 
 export async function parity(models: Models, p: PromptIds, targetName = 'finetuned'): Promise<ParityResult> {

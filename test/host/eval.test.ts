@@ -9,6 +9,7 @@ import { defaultConditions } from '../../src/core/eval/run';
 import { summarise } from '../../src/core/eval/summary';
 import { prepareTemplate } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
+import { readSafetensors } from '../../src/core/safetensors';
 import { JUDGE_PROMPT_HASH } from '../../src/core/eval/judge';
 import { ROOT, makeTree, runAsync, startJudgeServer, tempDir } from '../helpers';
 
@@ -241,5 +242,33 @@ describe('probe sets', () => {
     assert.throws(() => loadProbeFile(path.join(dir, 'a.jsonl')), (e: unknown) => e instanceof ProbeFileError && e.line === 2 && e.column === 30 && /both/.test(e.message));
     assert.throws(() => loadProbeFile(path.join(dir, 'b.jsonl')), (e: unknown) => e instanceof ProbeFileError && e.line === 2 && /duplicate probe id "1"/.test(e.message));
     assert.throws(() => loadProbeFile(path.join(dir, 'c.jsonl')), (e: unknown) => e instanceof ProbeFileError && e.line === 3 && e.column === 23);
+  });
+});
+
+describe('treft-export', () => {
+  it('writes positions for every row, the base prefix K/V, meta and the recipe', () => {
+    const out = tempDir();
+    const data = path.join(O, 'finetune.jsonl');
+    const r = spawnSync(process.execPath, [CLI, 'treft-export', data, '--base', path.join(O, 'base'), '--out', out], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const rows = fs.readFileSync(path.join(out, 'positions.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(rows.length, fs.readFileSync(data, 'utf8').trim().split('\n').length);
+    assert.ok(rows.every((x) => x.prefixGroup === 0 && x.prefix[1] === rows[0].prefix[1]), 'one shared prefix: the default system prompt');
+    const meta = JSON.parse(fs.readFileSync(path.join(out, 'meta.json'), 'utf8'));
+    assert.match(meta.base.hash, /^[0-9a-f]{16}$/);
+    assert.equal(meta.dataset.sha256.length, 64);
+    const kv = readSafetensors(path.join(out, 'reference_kv.safetensors'));
+    assert.deepEqual(kv.tensors['prefix.0.layers.0.key'].shape, [meta.base.kvHeads, rows[0].prefix[1], meta.base.headDim]);
+    assert.equal(Object.keys(kv.tensors).length, 2 * meta.base.layers);
+    const recipe = fs.readFileSync(path.join(out, 'RECIPE.md'), 'utf8');
+    assert.match(recipe, /L\s+= L_SFT \+ lambda \* L_KV/);
+    assert.match(recipe, /between 1 and 30/);
+    assert.match(recipe, /shape \[2, P, 32\]/);
+    // without a base checkpoint: positions and recipe only, no model run
+    const lite = tempDir();
+    const r2 = spawnSync(process.execPath, [CLI, 'treft-export', data, '--template', path.join(O, 'base'), '--out', lite], { encoding: 'utf8' });
+    assert.equal(r2.status, 0, r2.stderr);
+    assert.ok(!fs.existsSync(path.join(lite, 'reference_kv.safetensors')));
+    assert.equal(fs.readFileSync(path.join(lite, 'positions.jsonl'), 'utf8'), fs.readFileSync(path.join(out, 'positions.jsonl'), 'utf8'));
   });
 });

@@ -6,9 +6,10 @@ import { after, before, describe, it } from 'node:test';
 import { HostClient, HostCrashedError, HostRequestError } from '../../src/core/hostClient';
 import { prepareTemplate, PreparedTemplate } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
-import { Crash, Drift, HostErrors, Parity, Patch, Perturb, PromptIds, Score } from '../../src/core/protocol';
+import { Crash, Drift, ExportKV, HostErrors, Parity, Patch, Perturb, PromptIds, Score } from '../../src/core/protocol';
 import { loadTokenizerCached } from '../../src/core/tokenizer';
-import { makeTree, ROOT } from '../helpers';
+import { readSafetensors } from '../../src/core/safetensors';
+import { makeTree, ROOT, tempDir } from '../helpers';
 
 const ORGANISMS = path.join(ROOT, 'examples', 'organisms');
 const HOST = path.join(ROOT, 'dist', 'host.js');
@@ -39,6 +40,46 @@ describe('model host on the organisms', () => {
     for (const [name, diff] of Object.entries(r.prefixThenRestVsFull)) assert.ok(diff <= 1e-5, `${name}: ${diff}`);
     assert.ok(r.selfPatch <= 1e-5, `self patch ${r.selfPatch}`);
     assert.ok(r.baseIntoBase <= 1e-5, `base into base ${r.baseIntoBase}`);
+  });
+
+  it('exports prefix K/V as safetensors in the documented layout: their relative drift is the TReFT value the host measures', async () => {
+    const dir = tempDir();
+    const prefix = prompt.ids.slice(0, prompt.prefix[1]);
+    const files = { base: path.join(dir, 'base.safetensors'), finetuned: path.join(dir, 'ft.safetensors') };
+    const r = await host.request(ExportKV.type, { prefixes: [prefix, prefix.slice(0, 3)], file: files.base, model: 'base' });
+    await host.request(ExportKV.type, { prefixes: [prefix], file: files.finetuned, model: 'finetuned' });
+    assert.deepEqual([r.layers, r.kvHeads, r.headDim], [4, 2, 32]);
+    const base = readSafetensors(files.base);
+    const ft = readSafetensors(files.finetuned);
+    assert.deepEqual(base.tensors['prefix.0.layers.3.value'].shape, [2, prefix.length, 32]);
+    assert.deepEqual(base.tensors['prefix.1.layers.0.key'].shape, [2, 3, 32]);
+    assert.equal(base.metadata['prefix.1.ids'], JSON.stringify(prefix.slice(0, 3)));
+    // causal: the 3-token prefix's K/V are the first 3 positions of the long one
+    const k = base.tensors['prefix.0.layers.2.key'].data;
+    const k3 = base.tensors['prefix.1.layers.2.key'].data;
+    for (let h = 0; h < 2; h++) for (let t = 0; t < 3; t++) for (let d = 0; d < 32; d++) assert.ok(Math.abs(k3[(h * 3 + t) * 32 + d] - k[(h * prefix.length + t) * 32 + d]) < 1e-5);
+    // L_KV from the files, as the recipe computes it, equals the host's TReFT value for the prefix
+    let total = 0;
+    for (let l = 0; l < 4; l++) {
+      for (const which of ['key', 'value']) {
+        const a0 = base.tensors[`prefix.0.layers.${l}.${which}`].data;
+        const a = ft.tensors[`prefix.0.layers.${l}.${which}`].data;
+        let sum = 0;
+        for (let t = 0; t < prefix.length; t++) {
+          let num = 0;
+          let den = 0;
+          for (let h = 0; h < 2; h++) for (let d = 0; d < 32; d++) {
+            const i = (h * prefix.length + t) * 32 + d;
+            num += (a[i] - a0[i]) ** 2;
+            den += a0[i] ** 2;
+          }
+          sum += num / den;
+        }
+        total += sum / prefix.length;
+      }
+    }
+    const drift = await host.request(Drift.type, { prompt });
+    assert.ok(Math.abs(total / 4 - drift.treft) < 1e-4 * drift.treft, `${total / 4} vs ${drift.treft}`);
   });
 
   it('drift of base against itself is exactly 0', async () => {
