@@ -13,9 +13,8 @@ import type { LoadedTokenizer } from '../core/tokenizer';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe, ProbeFileError } from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { compareMarkdown, evalFindings, evalHtml, evalMarkdown } from '../core/eval/report';
-import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, runEval } from '../core/eval/run';
-import { summarise } from '../core/eval/summary';
+import { compareMarkdown, evalMarkdown, loadRun, writeRunReports } from '../core/eval/report';
+import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
 import { AUDIT_CLOCK } from '../core/template/audit';
 import { TreftExportResult, writeTreftExport } from '../core/treft';
@@ -189,9 +188,8 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   const p = modelPromptTemplate(values, finetuned);
   return withHost(async (host) => {
     const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra });
-    let run;
     try {
-      run = await runEval({
+      await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, probes, conditions, out: dir, judge,
         maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed'), perturb: { trials },
         onProbe: (i, n) => process.stderr.write(`\rprobe ${i + 1}/${n}`),
@@ -208,31 +206,23 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
       throw e;
     }
     process.stderr.write('\n');
-    const summary = summarise(run.results, conditions);
-    const findings = evalFindings(run.manifest, summary);
-    fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
-    fs.writeFileSync(path.join(dir, 'report.md'), evalMarkdown(run.manifest, summary));
-    fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, summary, run.results));
-    const sarif = JSON.stringify(toSarif(findings, process.cwd()), null, 2) + '\n';
-    fs.writeFileSync(path.join(dir, 'findings.sarif'), sarif);
-    if (values.sarif) fs.writeFileSync(values.sarif as string, sarif);
-    out(evalMarkdown(run.manifest, summary));
+    const { manifest, summary, findings } = writeRunReports(dir, process.cwd());
+    if (values.sarif) fs.copyFileSync(path.join(dir, 'findings.sarif'), values.sarif as string);
+    out(evalMarkdown(manifest, summary));
     out(describeFindings(findings));
     return hasErrors(findings) ? 1 : 0;
   });
 }
 
-/** A finished (or partial) run folder: its manifest and summary, recomputed from results.jsonl. */
-export function loadRun(dir: string): { manifest: Manifest; summary: ReturnType<typeof summarise> } {
-  const file = path.join(dir, MANIFEST);
-  if (!fs.existsSync(file)) throw new UsageError(`${dir} is not an eval run folder (no ${MANIFEST})`);
-  const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
-  return { manifest, summary: summarise(readResults(dir), manifest.conditions) };
-}
-
 function compareCommand(dirs: string[], values: Values, out: (s: string) => void): number {
   if (dirs.length !== 2) throw new UsageError('compare needs two run folders');
-  const [a, b] = dirs.map((d) => ({ name: path.basename(path.resolve(d)), ...loadRun(d) }));
+  const [a, b] = dirs.map((d) => {
+    try {
+      return { name: path.basename(path.resolve(d)), ...loadRun(d) };
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  });
   if (a.name === b.name) [a.name, b.name] = [dirs[0], dirs[1]];
   const md = compareMarkdown(a, b);
   if (values.md) fs.writeFileSync(values.md as string, md);

@@ -2,9 +2,39 @@
  * Eval reports: Markdown for CI logs and pull requests, one self-contained HTML file (no scripts, no network)
  * that opens in any browser, findings for SARIF, and the side-by-side comparison of two runs.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Finding, Severity } from '../findings';
-import type { EvalResult, Manifest } from './run';
-import type { ConditionSummary, JudgedStats, Summary } from './summary';
+import { toSarif } from '../report';
+import { EvalResult, Manifest, MANIFEST, readResults } from './run';
+import { ConditionSummary, JudgedStats, summarise, Summary } from './summary';
+
+export interface RunFiles {
+  manifest: Manifest;
+  results: EvalResult[];
+  summary: Summary;
+  findings: Finding[];
+}
+
+/** A run folder (finished or not): its manifest and results, summarised again from results.jsonl. */
+export function loadRun(dir: string): RunFiles {
+  const file = path.join(dir, MANIFEST);
+  if (!fs.existsSync(file)) throw new Error(`${dir} is not an eval run folder (no ${MANIFEST})`);
+  const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  const results = readResults(dir);
+  const summary = summarise(results, manifest.conditions);
+  return { manifest, results, summary, findings: evalFindings(manifest, summary) };
+}
+
+/** Writes summary.json, report.md, report.html and findings.sarif into a run folder; returns what it wrote from. */
+export function writeRunReports(dir: string, sarifRoot: string): RunFiles {
+  const run = loadRun(dir);
+  fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(run.summary, null, 2) + '\n');
+  fs.writeFileSync(path.join(dir, 'report.md'), evalMarkdown(run.manifest, run.summary));
+  fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, run.summary, run.results));
+  fs.writeFileSync(path.join(dir, 'findings.sarif'), JSON.stringify(toSarif(run.findings, sarifRoot), null, 2) + '\n');
+  return run;
+}
 
 const pct = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${(100 * x).toFixed(0)}%`);
 const num = (x: number | null | undefined, d = 3) => (x === null || x === undefined ? 'n/a' : x.toFixed(d));

@@ -109,6 +109,7 @@ export interface EvalOptions {
 
 export const RESULTS = 'results.jsonl';
 export const MANIFEST = 'manifest.json';
+export const PROBES = 'probes.jsonl';
 
 export class EvalSettingsError extends Error {}
 
@@ -183,6 +184,9 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     settings,
   };
   openRun(o.out, manifest);
+  // the probes themselves, for reports and the dashboard (the manifest holds their hash)
+  const probesFile = path.join(o.out, PROBES);
+  if (!fs.existsSync(probesFile)) fs.writeFileSync(probesFile, o.probes.map((p) => JSON.stringify(p)).join('\n') + '\n');
   const done = new Set(readResults(o.out).map((r) => r.key));
   const resultsFile = path.join(o.out, RESULTS);
   const tok = o.tokenizer;
