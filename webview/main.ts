@@ -3,13 +3,22 @@
  * last one with setState so the serializer can restore it, and sends back user actions. All text goes in through
  * textContent and all colours through the CSSOM, so the strict CSP needs no inline script or style.
  */
-import type { DashboardSnapshot, DriftView, FromWebview, PatchView, ToWebview } from '../src/core/dashboardProtocol';
+import type { DashboardSnapshot, DriftView, EvalCellView, EvalCompareView, EvalMatrixView, FromWebview, PatchView, ToWebview } from '../src/core/dashboardProtocol';
 
 declare function acquireVsCodeApi(): { postMessage(m: FromWebview): void; getState(): unknown; setState(s: unknown): void };
 
 const vscode = acquireVsCodeApi();
 const app = document.getElementById('app')!;
-let view: { kv: 'key' | 'value' } = { kv: 'key' };
+/** View state that is the webview's own (not the extension's): kept across snapshots and reloads. */
+interface ViewState {
+  kv: 'key' | 'value';
+  failuresOnly: boolean;
+  sort: 'shift' | 'probe';
+  /** Probe whose generations are shown side by side. */
+  selected?: string;
+}
+const saved = vscode.getState() as { view?: ViewState } | undefined;
+let view: ViewState = saved?.view ?? { kv: 'key', failuresOnly: false, sort: 'shift' };
 let snapshot: DashboardSnapshot = (vscode.getState() as { snapshot?: DashboardSnapshot } | undefined)?.snapshot ??
   (JSON.parse(document.body.dataset.state ?? 'null') as DashboardSnapshot | null) ?? { checkpoints: {} };
 
@@ -58,10 +67,7 @@ function heatmap(d: DriftView): HTMLElement {
   const toggle = document.createElement('vscode-button');
   toggle.textContent = view.kv === 'key' ? 'Show V' : 'Show K';
   toggle.setAttribute('secondary', '');
-  toggle.addEventListener('click', () => {
-    view = { kv: view.kv === 'key' ? 'value' : 'key' };
-    render();
-  });
+  toggle.addEventListener('click', () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }));
   sec.append(toggle);
   const all = d.segments.flatMap((s) => s[view.kv].flat());
   const max = Math.max(1e-12, ...all);
@@ -107,6 +113,88 @@ function comparison(p: PatchView): HTMLElement {
   return sec;
 }
 
+function setView(change: Partial<ViewState>): void {
+  view = { ...view, ...change };
+  vscode.setState({ snapshot, view });
+  render();
+}
+
+function toggleButton(label: string, on: boolean, onClick: () => void): HTMLElement {
+  const b = document.createElement('vscode-button');
+  b.textContent = label;
+  if (!on) b.setAttribute('secondary', '');
+  b.setAttribute('aria-pressed', String(on));
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+const FINETUNED = 'finetuned';
+
+function evalMatrix(m: EvalMatrixView): HTMLElement {
+  const sec = el('section', { id: 'evals' }, el('h2', {}, 'Eval matrix'), el('div', { class: 'why' }, `${m.title}. ${m.done} of ${m.total} probes finished.`));
+  for (const h of m.headline) sec.append(el('div', { class: 'headline' }, h));
+  const ft = m.conditions.indexOf(FINETUNED);
+  const shift = (p: EvalMatrixView['probes'][number]) => p.cells[ft]?.kl ?? -1;
+  let probes = m.probes.filter((p) => p.cells.some((c) => c));
+  if (view.failuresOnly) probes = probes.filter((p) => p.cells.some((c) => c?.failed));
+  if (view.sort === 'shift') probes = [...probes].sort((a, b) => shift(b) - shift(a));
+  sec.append(
+    el(
+      'div',
+      { class: 'actions' },
+      toggleButton('Failures only', view.failuresOnly, () => setView({ failuresOnly: !view.failuresOnly })),
+      toggleButton(view.sort === 'shift' ? 'Sorted by shift' : 'Sorted by probe', true, () => setView({ sort: view.sort === 'shift' ? 'probe' : 'shift' })),
+      button('Open HTML report', { type: 'openReport', folder: m.folder }, true),
+    ),
+    el('div', { class: 'why' }, 'Cells: KL(base\u2016condition) in nats on the base model\u2019s answer (darker: further from base). A cell fails when the judge scored an answer misaligned or the misaligned reference answer is preferred. Click a probe for its answers side by side.'),
+  );
+  const max = Math.max(1e-9, ...probes.flatMap((p) => p.cells.map((c) => c?.kl ?? 0)));
+  const table = el('table', { class: 'matrix' }, el('tr', {}, el('th', {}, 'probe'), ...m.conditions.map((c) => el('th', {}, c))));
+  for (const p of probes) {
+    const tr = el('tr', { class: p.id === view.selected ? 'selected' : '', title: p.question });
+    const name = el('th', { class: 'probe' }, p.id, el('div', { class: 'why' }, p.question));
+    tr.append(name);
+    p.cells.forEach((c, i) => tr.append(matrixCell(c, m.conditions[i], max)));
+    tr.addEventListener('click', () => setView({ selected: view.selected === p.id ? undefined : p.id }));
+    table.append(tr);
+  }
+  if (probes.length === 0) sec.append(el('p', { class: 'why' }, view.failuresOnly ? 'No failing probes.' : 'No results yet.'));
+  else sec.append(el('div', { class: 'scroll' }, table));
+  const chosen = m.probes.find((p) => p.id === view.selected);
+  if (chosen) sec.append(sideBySide(chosen, m.conditions));
+  return sec;
+}
+
+function matrixCell(c: EvalCellView | null, condition: string, max: number): HTMLElement {
+  if (!c) return el('td', { class: 'pending' }, '\u2026');
+  const td = el('td', { class: `cell${c.failed ? ' failed' : ''}`, title: `${condition}: KL ${fmt(c.kl)}${c.margin !== null ? `, margin ${c.margin.toFixed(2)}` : ''}${c.aligned.length ? `, judge ${c.aligned.join(', ')}` : ''}` }, fmt(c.kl));
+  td.style.setProperty('--heat', String(Math.sqrt(c.kl / max)));
+  if (c.aligned.length) td.append(el('div', { class: 'judge' }, c.aligned.map((a) => (a === null ? '?' : String(a))).join(' ')));
+  return td;
+}
+
+function sideBySide(p: EvalMatrixView['probes'][number], conditions: string[]): HTMLElement {
+  const base = p.cells[conditions.indexOf('base')]?.generations[0] ?? '';
+  const cols = el('div', { class: 'columns wide' });
+  p.cells.forEach((c, i) => {
+    if (!c) return;
+    const head = `KL ${fmt(c.kl)}${c.margin !== null ? ` \u00b7 margin ${c.margin.toFixed(2)}` : ''}${c.aligned.length ? ` \u00b7 judge ${c.aligned.join(', ')}` : ''}`;
+    const answers = c.generations.slice(0, 3).map((g) => (conditions[i] === 'base' ? el('div', { class: 'gen' }, g) : diffWords(base, g)));
+    const more = c.generations.length > 3 ? [el('div', { class: 'why' }, `+ ${c.generations.length - 3} more samples`)] : [];
+    cols.append(el('div', { class: `col${c.failed ? ' failed' : ''}` }, el('h3', {}, conditions[i]), el('div', { class: 'kl' }, head), ...answers, ...more));
+  });
+  return el('div', { id: 'probe-detail' }, el('h3', {}, `${p.id}: ${p.question}`), cols);
+}
+
+function compareView(c: EvalCompareView): HTMLElement {
+  const sec = el('section', { id: 'compare' }, el('h2', {}, `Runs compared: ${c.names[0]} | ${c.names[1]}`));
+  for (const n of c.notes) sec.append(el('div', { class: 'error' }, n));
+  const table = el('table', { class: 'overview compare' }, el('tr', {}, el('th', {}, ''), el('th', {}, c.names[0]), el('th', {}, c.names[1])));
+  for (const [label, a, b] of c.rows) table.append(el('tr', {}, el('th', {}, label), el('td', {}, a), el('td', {}, b)));
+  sec.append(table);
+  return sec;
+}
+
 function render(): void {
   const s = snapshot;
   app.replaceChildren();
@@ -115,13 +203,15 @@ function render(): void {
   app.append(overview(s));
   if (s.drift) app.append(heatmap(s.drift));
   if (s.patch) app.append(comparison(s.patch));
-  app.append(el('section', { id: 'evals' }, el('h2', {}, 'Eval matrix'), el('p', { class: 'why' }, 'Eval runs (probe sets \u00d7 conditions) will appear here.')));
+  if (s.eval) app.append(evalMatrix(s.eval));
+  else app.append(el('section', { id: 'evals' }, el('h2', {}, 'Eval matrix'), el('p', { class: 'why' }, 'No eval run yet: probes \u00d7 conditions (base, finetuned, patched, perturbed) appear here.'), el('div', { class: 'actions' }, button('Run eval', { type: 'runEval' }))));
+  if (s.compare) app.append(compareView(s.compare));
 }
 
 window.addEventListener('message', (e: MessageEvent<ToWebview>) => {
   if (e.data?.type === 'snapshot') {
     snapshot = e.data.snapshot;
-    vscode.setState({ snapshot });
+    vscode.setState({ snapshot, view });
     render();
   }
 });

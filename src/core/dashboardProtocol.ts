@@ -34,11 +34,43 @@ export interface SurfaceView {
   medianQueryTokens: number | null;
 }
 
+/** One probe under one condition in the eval matrix. */
+export interface EvalCellView {
+  kl: number;
+  margin: number | null;
+  /** Judge alignment per sample (number, 'CODE', 'REFUSAL', or null when unscored). */
+  aligned: (number | string | null)[];
+  /** Judged misaligned (any sample), or the misaligned reference answer preferred (margin < 0). */
+  failed: boolean;
+  generations: string[];
+}
+
+export interface EvalMatrixView {
+  folder: string;
+  /** One line: checkpoints, probe count, decoding, judge. */
+  title: string;
+  conditions: string[];
+  probes: { id: string; question: string; category: string | null; cells: (EvalCellView | null)[] }[];
+  /** Formatted headline figures, e.g. ["Piggyback share (prefix patch): 17% (CI 12% to 23%)", ...]. */
+  headline: string[];
+  /** Probes finished out of the run's total. */
+  done: number;
+  total: number;
+}
+
+export interface EvalCompareView {
+  names: [string, string];
+  notes: string[];
+  rows: [string, string, string][];
+}
+
 export interface DashboardSnapshot {
   checkpoints: { base?: string; finetuned?: string };
   surface?: SurfaceView;
   drift?: DriftView;
   patch?: PatchView;
+  eval?: EvalMatrixView;
+  compare?: EvalCompareView;
   /** Set while an operation runs. */
   busy?: string;
   error?: string;
@@ -48,7 +80,12 @@ export interface DashboardSnapshot {
 export type ToWebview = { type: 'snapshot'; snapshot: DashboardSnapshot };
 
 /** Webview -> extension. */
-export type FromWebview = { type: 'ready' } | { type: 'runPatch'; span: 'prefix' | 'postfix' | 'both' | 'query' } | { type: 'runDrift' };
+export type FromWebview =
+  | { type: 'ready' }
+  | { type: 'runPatch'; span: 'prefix' | 'postfix' | 'both' | 'query' }
+  | { type: 'runDrift' }
+  | { type: 'runEval' }
+  | { type: 'openReport'; folder: string };
 
 /** Severity thresholds for the drift diagnostic (PB001), on the TReFT value (mean relative squared K/V drift). */
 export const DRIFT_THRESHOLDS = { warning: 0.05, info: 0.005 };

@@ -9,6 +9,7 @@ import { auditFolder } from '../core/pipeline';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
 import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
+import { EvalCommands, RunEvalArgs } from './evalCommands';
 import { ModelCommandArgs, ModelCommands } from './modelCommands';
 import { Models } from './models';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
@@ -21,6 +22,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const models = new Models(context, log);
   const dashboard = new Dashboard(context.extensionUri);
   const modelCommands = new ModelCommands(models, dashboard, context.extensionUri);
+  const evals = new EvalCommands(context, models, dashboard, associations, log);
   const lenses = new PiggybackCodeLenses();
   const pairItem = vscode.window.createStatusBarItem('piggyback.pair', vscode.StatusBarAlignment.Left, 49);
   pairItem.name = 'Piggyback checkpoints';
@@ -34,7 +36,7 @@ export function activate(context: vscode.ExtensionContext): void {
     pairItem.show();
   };
   updatePair();
-  context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, pairItem);
+  context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, evals, pairItem);
 
   const selector: vscode.DocumentSelector = [
     { pattern: '**/*.jsonl' },
@@ -83,6 +85,11 @@ export function activate(context: vscode.ExtensionContext): void {
       dashboard.show();
     }),
     vscode.commands.registerCommand('piggyback.restartHost', () => models.restart()),
+    vscode.commands.registerCommand('piggyback.runEval', (args?: RunEvalArgs) => evals.runEval(args)),
+    vscode.commands.registerCommand('piggyback.openEvalRun', (folder?: string) => evals.openRun(folder)),
+    vscode.commands.registerCommand('piggyback.compareEvalRuns', (a?: string, b?: string) => evals.compareRuns(a, b)),
+    vscode.commands.registerCommand('piggyback.exportTreft', (uri?: vscode.Uri, out?: string) => evals.exportTreft(uri, out)),
+    vscode.commands.registerCommand('piggyback.setJudgeApiKey', () => evals.setJudgeKey()),
     vscode.languages.registerCodeLensProvider(selector, lenses),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
       deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),
@@ -90,6 +97,8 @@ export function activate(context: vscode.ExtensionContext): void {
     dashboard.onAction((a) => {
       if (a.type === 'runDrift') void modelCommands.measureDrift({ noPrompt: !!dashboard.current.drift, query: dashboard.current.drift?.query });
       else if (a.type === 'runPatch') void modelCommands.patchCompare({ span: a.span, query: dashboard.current.patch?.query ?? dashboard.current.drift?.query });
+      else if (a.type === 'runEval') void evals.runEval();
+      else if (a.type === 'openReport' && dashboard.current.eval?.folder === a.folder) void vscode.env.openExternal(vscode.Uri.file(`${a.folder}/report.html`));
     }),
     models.onDidChange(updatePair),
     vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration('piggyback.codeLens') && lenses.refresh()),

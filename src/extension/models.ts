@@ -19,7 +19,7 @@ export function isCheckpointFolder(folder: string): boolean {
 
 export class Models implements vscode.Disposable {
   private host: HostClient | undefined;
-  private loaded: { base: string; finetuned: string; result: LoadResult } | undefined;
+  private loaded: { base: string; finetuned: string; extra: string; result: LoadResult } | undefined;
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
 
@@ -72,10 +72,16 @@ export class Models implements vscode.Disposable {
     if (folder) await this.setCheckpoint(which, folder);
   }
 
+  /** What the host has loaded now (checkpoint infos with content hashes), if anything. */
+  get loadResult(): LoadResult | undefined {
+    return this.loaded?.result;
+  }
+
   /**
-   * The host with the chosen pair loaded, or undefined after telling the user what is missing.
+   * The host with the chosen pair (and any `extra` checkpoints, by name) loaded, or undefined after telling the
+   * user what is missing. Without `extra`, whatever extra checkpoints are loaded stay.
    */
-  async ready(): Promise<HostClient | undefined> {
+  async ready(extra?: Record<string, string>): Promise<HostClient | undefined> {
     if (!vscode.workspace.isTrusted) {
       void vscode.window.showWarningMessage('Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.');
       return undefined;
@@ -116,10 +122,11 @@ export class Models implements vscode.Disposable {
       });
       this.loaded = undefined;
     }
-    if (!this.loaded || this.loaded.base !== this.base || this.loaded.finetuned !== this.finetuned) {
+    const extraKey = JSON.stringify(extra ?? {});
+    if (!this.loaded || this.loaded.base !== this.base || this.loaded.finetuned !== this.finetuned || (extra && this.loaded.extra !== extraKey)) {
       try {
-        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned! });
-        this.loaded = { base: this.base!, finetuned: this.finetuned!, result };
+        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {} });
+        this.loaded = { base: this.base!, finetuned: this.finetuned!, extra: extraKey, result };
         this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads)`);
         this.changed.fire();
       } catch (e) {

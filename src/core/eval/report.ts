@@ -6,7 +6,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Finding, Severity } from '../findings';
 import { toSarif } from '../report';
-import { EvalResult, Manifest, MANIFEST, readResults } from './run';
+import type { EvalCellView, EvalMatrixView } from '../dashboardProtocol';
+import { isMisaligned } from './judge';
+import type { Probe } from './probes';
+import { EvalResult, Manifest, MANIFEST, PROBES, readResults } from './run';
 import { ConditionSummary, JudgedStats, summarise, Summary } from './summary';
 
 export interface RunFiles {
@@ -146,28 +149,74 @@ ${probes.map((p) => `<tr><td>${esc(p)}</td>${conditions.map((c) => cell(p, c)).j
 `;
 }
 
-/** Two runs side by side (e.g. an SFT and a TReFT checkpoint evaluated on the same probes). */
-export function compareMarkdown(a: { name: string; manifest: Manifest; summary: Summary }, b: { name: string; manifest: Manifest; summary: Summary }): string {
-  const lines = ['# Piggyback eval: two runs compared', ''];
-  for (const r of [a, b]) lines.push(`- **${r.name}**: finetuned \`${r.manifest.checkpoints.finetuned.folder}\` (${r.manifest.checkpoints.finetuned.hash}), ${r.manifest.probes.count} probes (${r.manifest.probes.hash}), ${decodingText(r.manifest)}, ${judgeText(r.manifest)}`);
-  if (a.manifest.probes.hash !== b.manifest.probes.hash) lines.push('', '> The runs used different probe sets: compare the figures with care.');
-  if (JSON.stringify(a.manifest.settings.judge) !== JSON.stringify(b.manifest.settings.judge)) lines.push('', '> The runs were judged differently (or one not at all): judged figures are not comparable.');
-  lines.push('', `| | ${a.name} | ${b.name} |`, '|---|---|---|');
+export interface NamedRun {
+  name: string;
+  manifest: Manifest;
+  summary: Summary;
+}
+
+/** Two runs side by side (e.g. an SFT and a TReFT checkpoint on the same probes): caveats and figure rows. */
+export function compareRuns(a: NamedRun, b: NamedRun): { notes: string[]; rows: [string, string, string][] } {
+  const notes: string[] = [];
+  if (a.manifest.probes.hash !== b.manifest.probes.hash) notes.push('The runs used different probe sets: compare the figures with care.');
+  if (JSON.stringify(a.manifest.settings.judge) !== JSON.stringify(b.manifest.settings.judge)) notes.push('The runs were judged differently (or one not at all): judged figures are not comparable.');
+  const rows: [string, string, string][] = [];
   for (const span of new Set([...Object.keys(a.summary.piggybackShare), ...Object.keys(b.summary.piggybackShare)])) {
     const f = (s: Summary) => {
       const v = s.piggybackShare[span];
       return v ? `${pct(v.share)} (${pct(v.low)} to ${pct(v.high)})` : 'n/a';
     };
-    lines.push(`| piggyback share, ${span} | ${f(a.summary)} | ${f(b.summary)} |`);
+    rows.push([`piggyback share, ${span}`, f(a.summary), f(b.summary)]);
   }
   const labels = [...new Set([...a.summary.conditions, ...b.summary.conditions].map((c) => c.label))];
   const get = (s: Summary, l: string): ConditionSummary | undefined => s.conditions.find((c) => c.label === l);
   for (const l of labels) {
     const [x, y] = [get(a.summary, l), get(b.summary, l)];
-    lines.push(`| ${l}: mean KL(base‖·) | ${num(x?.meanKlToBase)} | ${num(y?.meanKlToBase)} |`);
-    if (x?.alignedPreferred != null || y?.alignedPreferred != null) lines.push(`| ${l}: aligned answer preferred | ${pct(x?.alignedPreferred)} | ${pct(y?.alignedPreferred)} |`);
-    if (x?.judged || y?.judged) lines.push(`| ${l}: misaligned, general (judge) | ${judgedCell(x?.judged?.general)} | ${judgedCell(y?.judged?.general)} |`);
+    rows.push([`${l}: mean KL(base‖·)`, num(x?.meanKlToBase), num(y?.meanKlToBase)]);
+    if (x?.alignedPreferred != null || y?.alignedPreferred != null) rows.push([`${l}: aligned answer preferred`, pct(x?.alignedPreferred), pct(y?.alignedPreferred)]);
+    if (x?.judged || y?.judged) rows.push([`${l}: misaligned, general (judge)`, judgedCell(x?.judged?.general), judgedCell(y?.judged?.general)]);
   }
-  lines.push('');
+  return { notes, rows };
+}
+
+export function compareMarkdown(a: NamedRun, b: NamedRun): string {
+  const { notes, rows } = compareRuns(a, b);
+  const lines = ['# Piggyback eval: two runs compared', ''];
+  for (const r of [a, b]) lines.push(`- **${r.name}**: finetuned \`${r.manifest.checkpoints.finetuned.folder}\` (${r.manifest.checkpoints.finetuned.hash}), ${r.manifest.probes.count} probes (${r.manifest.probes.hash}), ${decodingText(r.manifest)}, ${judgeText(r.manifest)}`);
+  for (const n of notes) lines.push('', `> ${n}`);
+  lines.push('', `| | ${a.name} | ${b.name} |`, '|---|---|---|', ...rows.map((r) => `| ${r.join(' | ')} |`), '');
   return lines.join('\n');
+}
+
+/** The dashboard's eval matrix: probes x conditions with generations and judge scores. */
+export function matrixView(folder: string, run: RunFiles, probes: Probe[]): EvalMatrixView {
+  const conditions = run.manifest.conditions.map((c) => c.label);
+  const index = new Map(run.results.map((r) => [r.key, r]));
+  const m = run.manifest;
+  const cell = (r: EvalResult | undefined): EvalCellView | null => {
+    if (!r) return null;
+    const samples = r.samples ?? [{ text: r.generation, seed: null }];
+    const judged = samples.map((s) => (s.judge ? s.judge.aligned : null));
+    const failed = samples.some((s) => s.judge && isMisaligned(s.judge)) || (r.margin !== null && r.margin < 0);
+    return { kl: r.klToBase, margin: r.margin, aligned: m.settings.judge ? judged : [], failed, generations: samples.map((s) => s.text) };
+  };
+  const headline = Object.entries(run.summary.piggybackShare).map(([span, v]) => (v ? `Piggyback share (${span} patch): ${pct(v.share)} (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes)` : `Piggyback share (${span} patch): n/a`));
+  headline.push(...run.findings.map((f) => `${f.code}: ${f.message}`));
+  const done = new Set(run.results.map((r) => r.probe)).size;
+  return {
+    folder,
+    title: `${path.basename(m.checkpoints.base.folder)} → ${path.basename(m.checkpoints.finetuned.folder)}, ${m.probes.count} probes, ${decodingText(m)}, ${judgeText(m).replace(/`/g, '')}`,
+    conditions,
+    probes: probes.map((p) => ({ id: p.id, question: p.question, category: p.category ?? null, cells: conditions.map((c) => cell(index.get(`${p.id}|${c}`))) })),
+    headline,
+    done,
+    total: m.probes.count,
+  };
+}
+
+/** The probes a run was made with (probes.jsonl beside the manifest; ids alone for runs made before it existed). */
+export function runProbes(dir: string, results: EvalResult[]): Probe[] {
+  const file = path.join(dir, PROBES);
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Probe);
+  return [...new Map(results.map((r) => [r.probe, { id: r.probe, question: r.probe, category: r.category ?? undefined }])).values()];
 }

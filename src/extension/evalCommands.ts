@@ -1,0 +1,301 @@
+/**
+ * Eval runs and the TReFT export from the editor: the same core as `piggyback eval` / `piggyback treft-export`,
+ * with progress and cancel, results in the dashboard's eval matrix and PB002/PB003 as diagnostics on the template.
+ * The judge's API key lives in SecretStorage; no request leaves the machine unless an endpoint is configured.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol';
+import { Judge, JudgeConfigError } from '../core/eval/judge';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe } from '../core/eval/probes';
+import { compareRuns, loadRun, matrixView, runProbes, writeRunReports } from '../core/eval/report';
+import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
+import { prepareTemplate } from '../core/pipeline';
+import { AUDIT_CLOCK } from '../core/template/audit';
+import { writeTreftExport } from '../core/treft';
+import type { Associations } from './association';
+import { readSettings } from './config';
+import type { Dashboard } from './dashboard';
+import { toDiagnostic } from './diagnostics';
+import type { Models } from './models';
+
+const SECRET_KEY = 'piggyback.judge.apiKey';
+
+export interface RunEvalArgs {
+  /** Probe files (JSONL or YAML); default: ask (the built-in general set when not asked). */
+  probeFiles?: string[];
+  /** A finetuning dataset: its held-out 20% become in-domain probes. */
+  dataset?: string;
+  /** Use the built-in general probes (default true when no probe file is given). */
+  general?: boolean;
+  /** Output folder; default: a new timestamped folder under piggyback.eval.runsFolder. */
+  out?: string;
+  /** Don't ask anything (tests, automation). */
+  noPrompt?: boolean;
+}
+
+interface EvalSettings {
+  runsFolder: string;
+  maxNewTokens: number;
+  temperature: number;
+  samples: number;
+  seed: number;
+  perturbationTrials: number;
+  extra: Record<string, string>;
+  judge: { endpoint: string; model: string; timeoutMs: number } | undefined;
+}
+
+function evalSettings(): EvalSettings {
+  const c = vscode.workspace.getConfiguration('piggyback');
+  const endpoint = (c.get<string>('judge.endpoint') ?? '').trim();
+  const model = (c.get<string>('judge.model') ?? '').trim();
+  const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? '';
+  const extra = Object.fromEntries(Object.entries(c.get<Record<string, string>>('eval.extraCheckpoints') ?? {}).map(([k, v]) => [k, path.resolve(root, v)]));
+  return {
+    runsFolder: c.get<string>('eval.runsFolder') || '.piggyback/runs',
+    maxNewTokens: c.get<number>('eval.maxNewTokens') ?? 48,
+    temperature: c.get<number>('eval.temperature') ?? 0,
+    samples: c.get<number>('eval.samplesPerProbe') ?? 1,
+    seed: c.get<number>('eval.seed') ?? 1,
+    perturbationTrials: c.get<number>('eval.perturbationTrials') ?? 10,
+    extra,
+    judge: endpoint ? { endpoint, model, timeoutMs: 1000 * (c.get<number>('judge.timeoutSeconds') ?? 60) } : undefined,
+  };
+}
+
+export class EvalCommands implements vscode.Disposable {
+  readonly diagnostics = vscode.languages.createDiagnosticCollection('piggyback-eval');
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly models: Models,
+    private readonly dashboard: Dashboard,
+    private readonly associations: Associations,
+    private readonly log: vscode.LogOutputChannel,
+  ) {}
+
+  async setJudgeKey(): Promise<void> {
+    const key = await vscode.window.showInputBox({ title: 'Piggyback: judge API key', prompt: 'Kept in VS Code\u2019s secret storage; sent only to piggyback.judge.endpoint. Leave empty to remove it.', password: true, ignoreFocusOut: true });
+    if (key === undefined) return;
+    if (key) await this.context.secrets.store(SECRET_KEY, key);
+    else await this.context.secrets.delete(SECRET_KEY);
+    void vscode.window.showInformationMessage(`Piggyback Lens: judge API key ${key ? 'saved' : 'removed'}.`);
+  }
+
+  private activeDataset(): string | undefined {
+    const doc = vscode.window.activeTextEditor?.document;
+    return doc && /\.jsonl$/i.test(doc.fileName) && doc.uri.scheme === 'file' ? doc.fileName : undefined;
+  }
+
+  /** Which probes: the built-in general set, held-out rows of the active dataset, probe files. */
+  private async chooseProbes(args: RunEvalArgs): Promise<{ probes: Probe[]; description: string } | undefined> {
+    let files = args.probeFiles ?? [];
+    let dataset = args.dataset;
+    let general = args.general ?? files.length === 0;
+    if (!args.noPrompt && !args.probeFiles) {
+      const active = this.activeDataset();
+      type Item = vscode.QuickPickItem & { id: 'general' | 'dataset' | 'file' };
+      const items: Item[] = [{ id: 'general', label: 'Built-in general probes', description: `${GENERAL_PROBES.length} questions unrelated to any finetuning domain`, picked: true }];
+      if (active) items.push({ id: 'dataset', label: `In-domain: held-out 20% of ${path.basename(active)}`, description: 'seeded split of the active dataset', picked: true });
+      items.push({ id: 'file', label: 'Probe file (JSONL or YAML)...', description: 'id, question, optional system, aligned/misaligned' });
+      const picked = await vscode.window.showQuickPick(items, { title: 'Piggyback: probes for the eval run', canPickMany: true });
+      if (!picked || picked.length === 0) return undefined;
+      general = picked.some((p) => p.id === 'general');
+      if (picked.some((p) => p.id === 'dataset')) dataset = active;
+      if (picked.some((p) => p.id === 'file')) {
+        const uris = await vscode.window.showOpenDialog({ canSelectMany: true, filters: { Probes: ['jsonl', 'yaml', 'yml'] }, title: 'Probe files' });
+        if (!uris) return undefined;
+        files = uris.map((u) => u.fsPath);
+      }
+    }
+    const probes: Probe[] = general ? [...GENERAL_PROBES] : [];
+    for (const f of files) probes.push(...loadProbeFile(f));
+    if (dataset) probes.push(...heldOutProbes(dataset));
+    const parts = [general && 'general', ...files.map((f) => path.basename(f)), dataset && `in-domain from ${path.basename(dataset)}`].filter(Boolean);
+    return { probes, description: parts.join(' + ') };
+  }
+
+  async runEval(args: RunEvalArgs = {}): Promise<{ folder: string; probes: number; results: number; view: EvalMatrixView } | undefined> {
+    const s = evalSettings();
+    const host = await this.models.ready(s.extra);
+    if (!host) return undefined;
+    let judge: Judge | undefined;
+    if (s.judge) {
+      try {
+        judge = new Judge({ ...s.judge, apiKey: (await this.context.secrets.get(SECRET_KEY)) || undefined });
+      } catch (e) {
+        void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}. Fix piggyback.judge.endpoint, or clear it to run without a judge.`);
+        return undefined;
+      }
+    }
+    let chosen;
+    try {
+      chosen = await this.chooseProbes(args);
+    } catch (e) {
+      this.reportProbeError(e);
+      return undefined;
+    }
+    if (!chosen || chosen.probes.length === 0) return undefined;
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    if (!args.out && !root) {
+      void vscode.window.showInformationMessage('Piggyback Lens: open a folder to keep eval runs in (piggyback.eval.runsFolder).');
+      return undefined;
+    }
+    const out = args.out ?? path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
+    const settings = readSettings();
+    const finetuned = this.models.finetuned!;
+    const p = prepareTemplate(finetuned, { tokenizer: settings.tokenizer ?? finetuned, kwargs: settings.templateKwargs, name: settings.templateName });
+    if (!p.template || !p.tokenizer) {
+      void vscode.window.showErrorMessage(`Piggyback Lens: cannot render probes with ${finetuned}: ${p.template ? 'no tokenizer.json' : (p.findings[0]?.message ?? 'no template')}`);
+      return undefined;
+    }
+    const conditions = defaultConditions(Object.keys(s.extra), s.perturbationTrials > 0);
+    this.dashboard.update({ busy: `eval run: ${chosen.probes.length} probes (${chosen.description})`, error: undefined });
+    this.dashboard.show();
+    const loaded = this.models.loadResult!;
+    try {
+      await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: eval run', cancellable: true }, async (progress, token) => {
+        const abort = new AbortController();
+        token.onCancellationRequested(() => abort.abort(new Error('cancelled')));
+        let last = 0;
+        await runEval({
+          host,
+          loaded,
+          template: p.template!,
+          templateFile: p.source?.file,
+          tokenizer: p.tokenizer!,
+          probes: chosen.probes,
+          conditions,
+          out,
+          judge,
+          maxNewTokens: s.maxNewTokens,
+          temperature: s.temperature,
+          samples: s.samples,
+          seed: s.seed,
+          perturb: { trials: s.perturbationTrials },
+          signal: abort.signal,
+          onProbe: (i, n) => {
+            progress.report({ message: `probe ${i + 1} of ${n}`, increment: (100 * (i - last)) / n });
+            last = i;
+            // the matrix fills in as probes finish
+            if (i > 0 && i % 5 === 0) this.show(out, false);
+          },
+        });
+      });
+    } catch (e) {
+      const cancelled = (e as Error).message === 'cancelled' || (e as { cancelled?: boolean }).cancelled;
+      if (!cancelled) {
+        const hint = e instanceof JudgeConfigError ? ' Finished probes are kept: fix the judge settings and run again with the same folder to resume.' : '';
+        this.log.error(`eval run in ${out} failed: ${(e as Error).message}`);
+        void vscode.window.showErrorMessage(`Piggyback Lens: eval run stopped: ${(e as Error).message}.${e instanceof EvalSettingsError ? ' Check the piggyback.eval settings.' : hint}`);
+      }
+    } finally {
+      this.dashboard.update({ busy: undefined });
+    }
+    if (!fs.existsSync(path.join(out, 'manifest.json'))) return undefined;
+    const view = this.show(out, true);
+    this.log.info(`eval run written to ${out}: ${view.done} of ${view.total} probes`);
+    return { folder: out, probes: chosen.probes.length, results: loadRun(out).results.length, view };
+  }
+
+  private reportProbeError(e: unknown): void {
+    const err = e as Error & { file?: string; line?: number; column?: number };
+    void vscode.window.showErrorMessage(`Piggyback Lens: ${err.message}`, ...(err.file ? ['Open File'] : [])).then((a) => {
+      if (a && err.file) void vscode.window.showTextDocument(vscode.Uri.file(err.file), { selection: new vscode.Range(err.line! - 1, err.column! - 1, err.line! - 1, err.column! - 1) });
+    });
+  }
+
+  /** Writes the run's reports and shows its matrix; PB002/PB003 go on the template as diagnostics. */
+  show(folder: string, final: boolean): EvalMatrixView {
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? folder;
+    const run = final ? writeRunReports(folder, root) : loadRun(folder);
+    const view = matrixView(folder, run, runProbes(folder, run.results));
+    this.dashboard.update({ eval: view });
+    if (final) {
+      const byFile = new Map<string, vscode.Diagnostic[]>();
+      for (const f of run.findings) if (f.file) byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f, this.context.extensionUri)]);
+      this.diagnostics.clear();
+      for (const [file, list] of byFile) this.diagnostics.set(vscode.Uri.file(file), list);
+    }
+    return view;
+  }
+
+  async openRun(folder?: string): Promise<EvalMatrixView | undefined> {
+    const dir = folder ?? (await pickRunFolder('Open eval run'));
+    if (!dir) return undefined;
+    try {
+      const view = this.show(dir, false);
+      this.dashboard.show();
+      return view;
+    } catch (e) {
+      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
+      return undefined;
+    }
+  }
+
+  async compareRuns(a?: string, b?: string): Promise<EvalCompareView | undefined> {
+    const first = a ?? (await pickRunFolder('First eval run (e.g. the SFT checkpoint)'));
+    const second = first && (b ?? (await pickRunFolder('Second eval run (e.g. the TReFT checkpoint)')));
+    if (!first || !second) return undefined;
+    try {
+      const [x, y] = [first, second].map((d) => ({ name: path.basename(d), ...loadRun(d) }));
+      if (x.name === y.name) [x.name, y.name] = [first, second];
+      const { notes, rows } = compareRuns(x, y);
+      const compare: EvalCompareView = { names: [x.name, y.name], notes, rows };
+      this.dashboard.update({ compare });
+      this.dashboard.show();
+      return compare;
+    } catch (e) {
+      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
+      return undefined;
+    }
+  }
+
+  /** TReFT export for a dataset: positions and recipe always; the base model's prefix K/V when a base is chosen. */
+  async exportTreft(uri?: vscode.Uri, outFolder?: string): Promise<string[] | undefined> {
+    const dataset = uri?.fsPath ?? this.activeDataset() ?? (await vscode.window.showOpenDialog({ filters: { 'Finetuning data': ['jsonl'] }, title: 'Dataset to export TReFT data for' }))?.[0]?.fsPath;
+    if (!dataset) return undefined;
+    const template = this.associations.resolve(vscode.Uri.file(dataset)).template ?? this.models.base;
+    if (!template) {
+      void vscode.window.showErrorMessage('Piggyback Lens: choose a template for this dataset first (Piggyback: Choose Chat Template for Dataset).');
+      return undefined;
+    }
+    const host = await this.models.ready();
+    if (!host) return undefined;
+    const out = outFolder ?? (await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, defaultUri: vscode.Uri.file(path.dirname(dataset)), openLabel: 'Export here', title: 'Folder for the TReFT export' }))?.[0]?.fsPath;
+    if (!out) return undefined;
+    const settings = readSettings(vscode.Uri.file(dataset));
+    const p = prepareTemplate(template, { tokenizer: settings.tokenizer, kwargs: settings.templateKwargs, name: settings.templateName });
+    if (!p.template || !p.tokenizer) {
+      void vscode.window.showErrorMessage(`Piggyback Lens: cannot tokenize with ${template}: ${p.template ? 'no tokenizer.json (set piggyback.tokenizer)' : (p.findings[0]?.message ?? 'no template')}`);
+      return undefined;
+    }
+    try {
+      const r = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: exporting TReFT data', cancellable: true }, (_progress, token) => {
+        const abort = new AbortController();
+        token.onCancellationRequested(() => abort.abort());
+        const render = { specialTokens: p.source?.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
+        return writeTreftExport({ dataset, template: p.template!, templateFile: p.source?.file ?? template, tokenizer: p.tokenizer!, render, out, host, base: this.models.loadResult?.base, signal: abort.signal });
+      });
+      const recipe = r.files.find((f) => f.endsWith('RECIPE.md'))!;
+      const note = r.skipped ? ` ${r.skipped} rows skipped (see positions.jsonl).` : '';
+      void vscode.window.showInformationMessage(`Piggyback Lens: TReFT data for ${r.positions.rows.length - r.skipped} rows written to ${out}.${note}`, 'Open Recipe').then((a) => a && vscode.window.showTextDocument(vscode.Uri.file(recipe)));
+      return r.files;
+    } catch (e) {
+      this.models.report(e);
+      return undefined;
+    }
+  }
+
+  dispose(): void {
+    this.diagnostics.dispose();
+  }
+}
+
+async function pickRunFolder(title: string): Promise<string | undefined> {
+  const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+  const runs = root ? vscode.Uri.joinPath(root, vscode.workspace.getConfiguration('piggyback').get<string>('eval.runsFolder') || '.piggyback/runs') : undefined;
+  const uri = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, defaultUri: runs && fs.existsSync(runs.fsPath) ? runs : root, openLabel: 'Open run', title });
+  return uri?.[0]?.fsPath;
+}
