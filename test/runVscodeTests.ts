@@ -77,7 +77,14 @@ async function uiTest(title: string, fn: () => Promise<void>): Promise<{ title: 
   }
 }
 
-async function runInServer(): Promise<number> {
+type Outcome = { title: string; state: string; ms?: number; error?: string };
+
+/**
+ * One VS Code server session running the in-editor suites. Trusted: every *.suite.js plus the UI end-to-end test.
+ * Restricted: a fresh server with workspace trust on and the folder not trusted (Restricted Mode), running
+ * *.restricted.js: what the extension still does there, and what it refuses to do.
+ */
+async function runInServer(restricted: boolean): Promise<Outcome[]> {
   for (const [what, file] of [
     ['Node 24', NODE24],
     ['the VS Code server (code-server)', SERVER_MAIN],
@@ -93,14 +100,21 @@ async function runInServer(): Promise<number> {
   const env = {
     ...process.env,
     PIGGYBACK_TEST_RESULTS: results,
+    PIGGYBACK_RESTRICTED: restricted ? '1' : '',
     PIGGYBACK_SCREENSHOT_SIGNAL: tmp,
     XDG_CONFIG_HOME: path.join(tmp, 'config'),
     XDG_DATA_HOME: path.join(tmp, 'data'),
     VSCODE_CLI: undefined,
   };
-  // the tests load models, which the extension only does in a trusted workspace
+  // the trusted run loads models, which the extension only does in a trusted workspace; the restricted run opens
+  // the folder untrusted without asking (Restricted Mode), with a workspace setting that must then be ignored
   fs.mkdirSync(path.join(tmp, 'user', 'User'), { recursive: true });
-  fs.writeFileSync(path.join(tmp, 'user', 'User', 'settings.json'), JSON.stringify({ 'security.workspace.trust.enabled': false, 'workbench.startupEditor': 'none', 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden' }));
+  const trust = restricted ? { 'security.workspace.trust.enabled': true, 'security.workspace.trust.startupPrompt': 'never', 'security.workspace.trust.banner': 'never' } : { 'security.workspace.trust.enabled': false };
+  fs.writeFileSync(path.join(tmp, 'user', 'User', 'settings.json'), JSON.stringify({ ...trust, 'workbench.startupEditor': 'none', 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden' }));
+  if (restricted) {
+    fs.mkdirSync(path.join(workspace, '.vscode'), { recursive: true });
+    fs.writeFileSync(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ 'piggyback.judge.endpoint': 'http://127.0.0.1:9/v1', 'piggyback.judge.model': 'from-the-workspace' }));
+  }
   const log = fs.openSync(path.join(tmp, 'server.log'), 'w');
   const server = spawn(
     NODE24,
@@ -184,15 +198,8 @@ async function runInServer(): Promise<number> {
     }
     await new Promise((r) => setTimeout(r, 200)); // let the writer finish
     const { results: inEditor } = JSON.parse(fs.readFileSync(results, 'utf8')) as { results: { title: string; state: string; ms?: number; error?: string }[] };
-    const list = [...inEditor, ...uiResults];
-    for (const r of list) {
-      console.log(`${r.state === 'passed' ? 'ok  ' : 'FAIL'} ${r.title}${r.ms !== undefined ? ` (${r.ms} ms)` : ''}`);
-      if (r.error) console.log(r.error.split('\n').map((l) => `     ${l}`).join('\n'));
-    }
-    const passed = list.filter((r) => r.state === 'passed').length;
-    const failed = list.length - passed;
-    console.log(`${passed} passed, ${failed} failed`);
-    return failed > 0 || list.length === 0 ? 1 : 0;
+    if (inEditor.length === 0) fail(`no in-editor tests ran (${restricted ? 'restricted' : 'trusted'} session)`);
+    return [...inEditor, ...uiResults];
   } finally {
     await cleanup();
     fs.rmSync(workspace, { recursive: true, force: true });
@@ -211,7 +218,19 @@ async function runInElectron(): Promise<number> {
   });
 }
 
-(process.argv.includes('--electron') ? runInElectron() : runInServer()).then(
+async function runBoth(): Promise<number> {
+  const list = [...(await runInServer(false)), ...(await runInServer(true))];
+  for (const r of list) {
+    console.log(`${r.state === 'passed' ? 'ok  ' : 'FAIL'} ${r.title}${r.ms !== undefined ? ` (${r.ms} ms)` : ''}`);
+    if (r.error) console.log(r.error.split('\n').map((l) => `     ${l}`).join('\n'));
+  }
+  const passed = list.filter((r) => r.state === 'passed').length;
+  const failed = list.length - passed;
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed > 0 ? 1 : 0;
+}
+
+(process.argv.includes('--electron') ? runInElectron() : runBoth()).then(
   (code) => process.exit(code),
   (e) => fail((e as Error).stack ?? String(e)),
 );

@@ -16,7 +16,9 @@ interface Result {
 
 export function run(): Promise<void> {
   const mocha = new Mocha({ ui: 'bdd', timeout: 60_000, color: false });
-  for (const f of fs.readdirSync(__dirname).filter((n) => n.endsWith('.suite.js')).sort()) mocha.addFile(path.join(__dirname, f));
+  // a Restricted Mode session (workspace not trusted) runs its own suite; a trusted one runs all the others
+  const suffix = process.env.PIGGYBACK_RESTRICTED ? '.restricted.js' : '.suite.js';
+  for (const f of fs.readdirSync(__dirname).filter((n) => n.endsWith(suffix)).sort()) mocha.addFile(path.join(__dirname, f));
   const results: Result[] = [];
   const out = process.env.PIGGYBACK_TEST_RESULTS;
   return new Promise((resolve, reject) => {
