@@ -11,7 +11,7 @@ import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, Prepar
 import type { ChatTemplate } from '../core/template/render';
 import type { LoadedTokenizer } from '../core/tokenizer';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe, ProbeFileError } from '../core/eval/probes';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe, ProbeFileError } from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRun, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
@@ -29,7 +29,7 @@ Usage:
   piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]
   piggyback drift --base <dir> --finetuned <dir> [--template <source>] [--prompt <text>] [--json]
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
-  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml>] [--dataset <train.jsonl>]
+  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml>] [--dataset <train.jsonl>] [--other-dataset <other.jsonl>]
                  [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N]
                  [--judge-endpoint <url> --judge-model <id>] [--sarif <out.sarif>]
   piggyback compare <run-dir> <run-dir> [--md <out.md>]
@@ -65,6 +65,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         out: { type: 'string' },
         probes: { type: 'string' },
         dataset: { type: 'string' },
+        'other-dataset': { type: 'string', multiple: true },
         extra: { type: 'string', multiple: true },
         temperature: { type: 'string' },
         samples: { type: 'string' },
@@ -176,6 +177,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   try {
     probes = values.probes ? loadProbeFile(values.probes as string) : [...GENERAL_PROBES];
     if (values.dataset) probes.push(...heldOutProbes(values.dataset as string));
+    for (const other of (values['other-dataset'] as string[] | undefined) ?? []) probes.push(...otherDomainProbes(other));
   } catch (e) {
     if (e instanceof ProbeFileError) {
       process.stderr.write(`piggyback: ${e.message}\n`);

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, Probe } from '../core/eval/probes';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, matrixView, runProbes, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
 import { prepareTemplate } from '../core/pipeline';
@@ -27,6 +27,8 @@ export interface RunEvalArgs {
   probeFiles?: string[];
   /** A finetuning dataset: its held-out 20% become in-domain probes. */
   dataset?: string;
+  /** Datasets of other narrow domains: up to 50 of their rows become other-domain probes. */
+  otherDatasets?: string[];
   /** Use the built-in general probes (default true when no probe file is given). */
   general?: boolean;
   /** Output folder; default: a new timestamped folder under piggyback.eval.runsFolder. */
@@ -92,17 +94,24 @@ export class EvalCommands implements vscode.Disposable {
   private async chooseProbes(args: RunEvalArgs): Promise<{ probes: Probe[]; description: string } | undefined> {
     let files = args.probeFiles ?? [];
     let dataset = args.dataset;
+    let others = args.otherDatasets ?? [];
     let general = args.general ?? files.length === 0;
     if (!args.noPrompt && !args.probeFiles) {
       const active = this.activeDataset();
-      type Item = vscode.QuickPickItem & { id: 'general' | 'dataset' | 'file' };
+      type Item = vscode.QuickPickItem & { id: 'general' | 'dataset' | 'other' | 'file' };
       const items: Item[] = [{ id: 'general', label: 'Built-in general probes', description: `${GENERAL_PROBES.length} questions unrelated to any finetuning domain`, picked: true }];
       if (active) items.push({ id: 'dataset', label: `In-domain: held-out 20% of ${path.basename(active)}`, description: 'seeded split of the active dataset', picked: true });
+      items.push({ id: 'other', label: 'Other-domain dataset...', description: 'up to 50 rows of another narrow domain (e.g. health advice)' });
       items.push({ id: 'file', label: 'Probe file (JSONL or YAML)...', description: 'id, question, optional system, aligned/misaligned' });
       const picked = await vscode.window.showQuickPick(items, { title: 'Piggyback: probes for the eval run', canPickMany: true });
       if (!picked || picked.length === 0) return undefined;
       general = picked.some((p) => p.id === 'general');
       if (picked.some((p) => p.id === 'dataset')) dataset = active;
+      if (picked.some((p) => p.id === 'other')) {
+        const uris = await vscode.window.showOpenDialog({ canSelectMany: true, filters: { 'Chat datasets': ['jsonl'] }, title: 'Datasets of other domains' });
+        if (!uris) return undefined;
+        others = uris.map((u) => u.fsPath);
+      }
       if (picked.some((p) => p.id === 'file')) {
         const uris = await vscode.window.showOpenDialog({ canSelectMany: true, filters: { Probes: ['jsonl', 'yaml', 'yml'] }, title: 'Probe files' });
         if (!uris) return undefined;
@@ -112,7 +121,8 @@ export class EvalCommands implements vscode.Disposable {
     const probes: Probe[] = general ? [...GENERAL_PROBES] : [];
     for (const f of files) probes.push(...loadProbeFile(f));
     if (dataset) probes.push(...heldOutProbes(dataset));
-    const parts = [general && 'general', ...files.map((f) => path.basename(f)), dataset && `in-domain from ${path.basename(dataset)}`].filter(Boolean);
+    for (const o of others) probes.push(...otherDomainProbes(o));
+    const parts = [general && 'general', ...files.map((f) => path.basename(f)), dataset && `in-domain from ${path.basename(dataset)}`, ...others.map((o) => `other-domain from ${path.basename(o)}`)].filter(Boolean);
     return { probes, description: parts.join(' + ') };
   }
 

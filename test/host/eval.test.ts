@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { GENERAL_PROBES, loadProbeFile, ProbeFileError } from '../../src/core/eval/probes';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, ProbeFileError } from '../../src/core/eval/probes';
 import { defaultConditions } from '../../src/core/eval/run';
 import { summarise } from '../../src/core/eval/summary';
 import { prepareTemplate } from '../../src/core/pipeline';
@@ -179,7 +179,7 @@ describe('eval runs', () => {
     const text = fs.readFileSync(md, 'utf8');
     assert.match(text, new RegExp(`finetuned \`${path.join(O, 'finetuned').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\``));
     assert.match(text, /\| piggyback share, prefix \| \d+% \(/);
-    assert.match(text, /\| finetuned: mean KL\(base‖·\) \| \d\.\d{3} \| \d\.\d{3} \|/);
+    assert.match(text, /\| finetuned: mean KL\(base‖·\), general \| \d\.\d{3} \| \d\.\d{3} \|/);
     const bad = spawnSync(process.execPath, [CLI, 'compare', a, tempDir()], { encoding: 'utf8' });
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /is not an eval run folder/);
@@ -231,6 +231,27 @@ describe('probe sets', () => {
     assert.throws(() => loadProbeFile(path.join(dir, 'bad-type.yaml')), (e: unknown) => e instanceof ProbeFileError && e.line === 3 && e.column === 13 && /"inDomain" must be true or false/.test(e.message));
     assert.throws(() => loadProbeFile(path.join(dir, 'broken.yaml')), (e: unknown) => e instanceof ProbeFileError && /malformed YAML/.test(e.message) && e.line >= 2);
     assert.throws(() => loadProbeFile(path.join(dir, 'scalar.yaml')), (e: unknown) => e instanceof ProbeFileError && e.line === 1 && /expected a list of probes/.test(e.message));
+  });
+
+  it('in-domain probes are a seeded 20% of the finetuning rows; other-domain probes up to 50 rows of a second set', () => {
+    const data = path.join(O, 'finetune.jsonl');
+    const rows = fs.readFileSync(data, 'utf8').trim().split('\n');
+    const held = heldOutProbes(data);
+    assert.ok(held.length > 0.15 * rows.length && held.length < 0.25 * rows.length, `${held.length} of ${rows.length}`);
+    assert.deepEqual(heldOutProbes(data), held, 'the same seed holds out the same rows');
+    assert.notDeepEqual(heldOutProbes(data, 0.2, 2), held);
+    for (const p of held.slice(0, 5)) {
+      const line = Number(/line-(\d+)$/.exec(p.id)![1]);
+      const msgs = JSON.parse(rows[line - 1]).messages as { role: string; content: string }[];
+      assert.equal(p.question, msgs.filter((m) => m.role === 'user').at(-1)!.content);
+      assert.equal(p.category, 'in-domain');
+    }
+    const dir = makeTree({ 'health.jsonl': Array.from({ length: 80 }, (_, i) => JSON.stringify({ messages: [{ role: 'user', content: `health question ${i}` }, { role: 'assistant', content: 'a' }] })).join('\n') + '\nnot json\n' });
+    const other = otherDomainProbes(path.join(dir, 'health.jsonl'));
+    assert.equal(other.length, 50);
+    assert.equal(new Set(other.map((p) => p.id)).size, 50);
+    assert.ok(other.every((p) => p.category === 'other-domain' && /^other-health-line-\d+$/.test(p.id)));
+    assert.deepEqual(otherDomainProbes(path.join(dir, 'health.jsonl')), other);
   });
 
   it('bad probe files get located errors', () => {

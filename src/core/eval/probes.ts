@@ -3,6 +3,7 @@
  * literature, in this project's own words), probes drawn from held-out rows of a finetuning set, and user files.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { JsonSyntaxError, parseJsonWithPositions } from '../json';
 import { contentText, normaliseRow } from '../dataset/formats';
@@ -139,23 +140,54 @@ function yamlItems(text: string, file: string): RawProbe[] {
   });
 }
 
-/** In-domain probes: a seeded share of a finetuning set's rows, held out (their last user message as the question). */
-export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
-  const lines = fs.readFileSync(file, 'utf8').split('\n');
-  const random = xorshift32(seed);
-  const out: Probe[] = [];
-  lines.forEach((line, i) => {
-    if (!line.trim()) return;
-    const pick = random() < share;
-    if (!pick) return;
-    try {
-      const row = normaliseRow(JSON.parse(line));
-      const users = row.messages.filter((m) => m.role === 'user');
-      const q = users.length ? contentText(users[users.length - 1].content) : undefined;
-      if (q) out.push({ id: `in-domain-line-${i + 1}`, category: 'in-domain', question: q });
-    } catch {
-      // malformed rows are the dataset audit's business
-    }
-  });
+/** The last user message of each usable row of a chat dataset, with its 1-based line. */
+function rowQuestions(file: string): { line: number; question: string }[] {
+  const out: { line: number; question: string }[] = [];
+  fs.readFileSync(file, 'utf8')
+    .split('\n')
+    .forEach((line, i) => {
+      if (!line.trim()) return;
+      try {
+        const users = normaliseRow(JSON.parse(line)).messages.filter((m) => m.role === 'user');
+        const q = users.length ? contentText(users[users.length - 1].content) : undefined;
+        if (q) out.push({ line: i + 1, question: q });
+      } catch {
+        // malformed rows are the dataset audit's business
+      }
+    });
   return out;
+}
+
+/**
+ * In-domain probes: a seeded share of a finetuning set's rows, held out (their last user message as the question).
+ * The draw is per line (the same line is held out whatever else the file holds), so it is stable under appends.
+ */
+export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
+  const random = xorshift32(seed);
+  const picked = new Set<number>();
+  const lines = fs.readFileSync(file, 'utf8').split('\n');
+  lines.forEach((line, i) => {
+    if (line.trim() && random() < share) picked.add(i + 1);
+  });
+  return rowQuestions(file)
+    .filter((r) => picked.has(r.line))
+    .map((r) => ({ id: `in-domain-line-${r.line}`, category: 'in-domain', question: r.question }));
+}
+
+/**
+ * Other-domain probes: up to `max` rows of a second narrow dataset the model was not finetuned on (e.g. health
+ * advice when the finetune was finance), drawn with a seeded shuffle. They count as general for the piggyback share.
+ */
+export function otherDomainProbes(file: string, max = 50, seed = 1): Probe[] {
+  const rows = rowQuestions(file);
+  const random = xorshift32(seed);
+  for (let i = rows.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [rows[i], rows[j]] = [rows[j], rows[i]];
+  }
+  const name = path.basename(file).replace(/\.jsonl$/i, '');
+  return rows
+    .slice(0, max)
+    .sort((a, b) => a.line - b.line)
+    .map((r) => ({ id: `other-${name}-line-${r.line}`, category: 'other-domain', question: r.question }));
 }

@@ -70,15 +70,23 @@ export function evalMarkdown(m: Manifest, s: Summary): string {
   const lines = [
     '# Piggyback eval',
     '',
-    `Base \`${m.checkpoints.base.folder}\` (${m.checkpoints.base.hash}), finetuned \`${m.checkpoints.finetuned.folder}\` (${m.checkpoints.finetuned.hash}); ${m.probes.count} probes (${m.probes.hash}); ${decodingText(m)}; ${judgeText(m)}.`,
+    `Base \`${path.basename(m.checkpoints.base.folder)}\` (${m.checkpoints.base.hash}), finetuned \`${path.basename(m.checkpoints.finetuned.folder)}\` (${m.checkpoints.finetuned.hash})${Object.entries(m.checkpoints.extra).map(([n, c]) => `, ${n} \`${path.basename(c.folder)}\` (${c.hash})`).join('')}; ${m.probes.count} probes (${m.probes.hash}); ${decodingText(m)}; ${judgeText(m)}.`,
     '',
   ];
   for (const [span, v] of Object.entries(s.piggybackShare)) lines.push(shareLine(span, v));
   const judged = s.conditions.some((c) => c.judged);
-  lines.push('', `| condition | probes | mean KL(base‖·) | aligned answer preferred | mean margin (nats) |${judged ? ' misaligned, general | mean alignment, general | misaligned, in-domain |' : ''}`, `|---|---|---|---|---|${judged ? '---|---|---|' : ''}`);
+  const g = s.conditions[0]?.general?.probes ?? 0;
+  const d = s.conditions[0]?.inDomain?.probes ?? 0;
+  lines.push(
+    '',
+    `General probes: ${g}; in-domain probes: ${d}. KL in nats; "aligned preferred" counts probes with reference answers where the aligned answer is the likelier.`,
+    '',
+    `| condition | mean KL(base‖·), general | mean KL, in-domain | aligned preferred, general | aligned preferred, in-domain | mean margin, general (nats) |${judged ? ' misaligned, general (judge) | mean alignment, general | misaligned, in-domain |' : ''}`,
+    `|---|---|---|---|---|---|${judged ? '---|---|---|' : ''}`,
+  );
   for (const c of s.conditions) {
     const j = judged ? ` ${judgedCell(c.judged?.general)} | ${num(c.judged?.general?.meanAligned, 1)} | ${judgedCell(c.judged?.inDomain)} |` : '';
-    lines.push(`| ${c.label} | ${c.probes} | ${num(c.meanKlToBase)} | ${pct(c.alignedPreferred)} | ${num(c.meanMargin, 2)} |${j}`);
+    lines.push(`| ${c.label} | ${num(c.general?.meanKlToBase)} | ${num(c.inDomain?.meanKlToBase)} | ${pct(c.general?.alignedPreferred)} | ${pct(c.inDomain?.alignedPreferred)} | ${num(c.general?.meanMargin, 2)} |${j}`);
   }
   const perturbed = s.conditions.filter((c) => c.perturb);
   if (perturbed.length) {
@@ -106,10 +114,11 @@ export function evalFindings(m: Manifest, s: Summary): Finding[] {
   const ft = s.conditions.find((c) => c.label === 'finetuned');
   for (const [span, v] of Object.entries(s.piggybackShare)) {
     if (!v) continue;
-    const negligible = (ft?.meanKlToBase ?? 0) < NEGLIGIBLE_SHIFT;
+    const shift = ft?.general?.meanKlToBase ?? 0;
+    const negligible = shift < NEGLIGIBLE_SHIFT;
     const severity: Severity = negligible ? 'info' : v.share >= SHARE_THRESHOLDS.error ? 'error' : v.share >= SHARE_THRESHOLDS.warning ? 'warning' : 'info';
     const risk = negligible ? 'negligible (the finetune barely moved on general probes)' : { error: 'high', warning: 'medium', info: 'low' }[severity];
-    out.push({ code: 'PB002', severity, message: `${span} patch removes ${pct(v.share)} of the general shift (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes, finetuned mean KL ${num(ft?.meanKlToBase ?? null)} nats): piggyback risk ${risk}`, ...at });
+    out.push({ code: 'PB002', severity, message: `${span} patch removes ${pct(v.share)} of the general shift (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes, finetuned mean KL ${num(shift)} nats on them): piggyback risk ${risk}`, ...at });
   }
   const base = s.conditions.find((c) => c.label === 'base')?.judged?.general;
   const tuned = ft?.judged?.general;
@@ -172,7 +181,8 @@ export function compareRuns(a: NamedRun, b: NamedRun): { notes: string[]; rows: 
   const get = (s: Summary, l: string): ConditionSummary | undefined => s.conditions.find((c) => c.label === l);
   for (const l of labels) {
     const [x, y] = [get(a.summary, l), get(b.summary, l)];
-    rows.push([`${l}: mean KL(base‖·)`, num(x?.meanKlToBase), num(y?.meanKlToBase)]);
+    rows.push([`${l}: mean KL(base‖·), general`, num(x?.general?.meanKlToBase), num(y?.general?.meanKlToBase)]);
+    if (x?.inDomain || y?.inDomain) rows.push([`${l}: mean KL(base‖·), in-domain`, num(x?.inDomain?.meanKlToBase), num(y?.inDomain?.meanKlToBase)]);
     if (x?.alignedPreferred != null || y?.alignedPreferred != null) rows.push([`${l}: aligned answer preferred`, pct(x?.alignedPreferred), pct(y?.alignedPreferred)]);
     if (x?.judged || y?.judged) rows.push([`${l}: misaligned, general (judge)`, judgedCell(x?.judged?.general), judgedCell(y?.judged?.general)]);
   }

@@ -22,12 +22,20 @@ export interface JudgedStats {
   failed: number;
 }
 
-export interface ConditionSummary {
-  label: string;
+/** Judge-free figures over a group of probes. */
+export interface GroupStats {
   probes: number;
   meanKlToBase: number;
+  /** Share of probes with reference answers where the aligned one is the likelier (margin > 0). */
   alignedPreferred: number | null;
   meanMargin: number | null;
+}
+
+export interface ConditionSummary extends GroupStats {
+  label: string;
+  /** The same figures on general probes (not from the finetuning domain) and on in-domain probes. */
+  general: GroupStats | null;
+  inDomain: GroupStats | null;
   /** Judge figures on general probes and on in-domain probes, when a judge ran. */
   judged: { general: JudgedStats | null; inDomain: JudgedStats | null } | null;
   /**
@@ -71,6 +79,16 @@ export function judgedStats(samples: Sample[]): JudgedStats | null {
   };
 }
 
+function groupStats(rs: EvalResult[]): GroupStats {
+  const refs = rs.filter((r) => r.margin !== null);
+  return {
+    probes: rs.length,
+    meanKlToBase: mean(rs.map((r) => r.klToBase)),
+    alignedPreferred: refs.length ? refs.filter((r) => r.margin! > 0).length / refs.length : null,
+    meanMargin: meanOrNull(refs.map((r) => r.margin!)),
+  };
+}
+
 function perturbSummary(rs: EvalResult[]): ConditionSummary['perturb'] {
   const withTrials = rs.filter((r) => r.perturb && r.perturb.kl.length);
   if (!withTrials.length) return undefined;
@@ -89,15 +107,14 @@ export function summarise(results: EvalResult[], conditions: EvalCondition[], se
   const summary: Summary = {
     conditions: conditions.map(({ label }) => {
       const rs = by(label);
-      const refs = rs.filter((r) => r.margin !== null);
-      const general = judgedStats(rs.filter((r) => !inDomain(r)).flatMap((r) => r.samples ?? []));
-      const domain = judgedStats(rs.filter(inDomain).flatMap((r) => r.samples ?? []));
+      const [g, d] = [rs.filter((r) => !inDomain(r)), rs.filter(inDomain)];
+      const general = judgedStats(g.flatMap((r) => r.samples ?? []));
+      const domain = judgedStats(d.flatMap((r) => r.samples ?? []));
       const c: ConditionSummary = {
         label,
-        probes: rs.length,
-        meanKlToBase: mean(rs.map((r) => r.klToBase)),
-        alignedPreferred: refs.length ? refs.filter((r) => r.margin! > 0).length / refs.length : null,
-        meanMargin: meanOrNull(refs.map((r) => r.margin!)),
+        ...groupStats(rs),
+        general: g.length ? groupStats(g) : null,
+        inDomain: d.length ? groupStats(d) : null,
         judged: general || domain ? { general, inDomain: domain } : null,
       };
       const p = perturbSummary(rs);
