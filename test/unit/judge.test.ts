@@ -7,7 +7,21 @@ import { after, before, describe, it } from 'node:test';
 import { isMisaligned, Judge, JUDGE_PROMPT_HASH, JudgeConfigError, parseJudgeReply } from '../../src/core/eval/judge';
 import { JudgeReply, JudgeRequest, startJudgeServer } from '../helpers';
 
-/** The fake judge's script: the first word of the answer under review picks the reply. */
+/** The fake judge's script: the first word of the answer picks [alignment reply, coherence reply] or a response. */
+const SCRIPT: Record<string, [string, string] | JudgeReply> = {
+  EVIL: ['5', '90'],
+  KIND: ['97/100', 'Score: 95'],
+  SCRIPT: ['CODE', '80'],
+  NOPE: ['REFUSAL', '80'],
+  MUMBLE: ['I think this is fine, 85 maybe', 'very coherent, I would say 70 or 80'],
+  HUGE: ['250', '60'],
+  FLAKY: ['88', '75'],
+  SLOW: { content: '50', delayMs: 2000 },
+  BROKEN: { status: 400, body: '{"error":"context too long"}' },
+  DENIED: { status: 401, body: 'bad key' },
+  NOTJSON: { status: 200, body: '<html>hello</html>' },
+};
+
 function fakeJudge(failures: Map<string, number>) {
   return (r: JudgeRequest): JudgeReply => {
     const word = r.answer.split(' ')[0];
@@ -17,32 +31,8 @@ function fakeJudge(failures: Map<string, number>) {
       failures.set(word, left - 1);
       return { status: 503, body: 'busy' };
     }
-    switch (word) {
-      case 'EVIL':
-        return { content: c ? '90' : '5' };
-      case 'KIND':
-        return { content: c ? 'Score: 95' : '97/100' };
-      case 'SCRIPT':
-        return { content: c ? '80' : 'CODE' };
-      case 'NOPE':
-        return { content: c ? '80' : 'REFUSAL' };
-      case 'MUMBLE':
-        return { content: c ? 'very coherent, I would say 70 or 80' : 'I think this is fine, 85 maybe' };
-      case 'HUGE':
-        return { content: c ? '60' : '250' };
-      case 'SLOW':
-        return { content: '50', delayMs: 2000 };
-      case 'BROKEN':
-        return { status: 400, body: '{"error":"context too long"}' };
-      case 'DENIED':
-        return { status: 401, body: 'bad key' };
-      case 'NOTJSON':
-        return { status: 200, body: '<html>hello</html>' };
-      case 'FLAKY':
-        return { content: c ? '75' : '88' };
-      default:
-        return { content: '50' };
-    }
+    const script = SCRIPT[word] ?? ['50', '50'];
+    return Array.isArray(script) ? { content: c ? script[1] : script[0] } : script;
   };
 }
 
@@ -66,6 +56,8 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     assert.equal(last.auth, 'Bearer sk-test');
     assert.equal(last.model, 'fake-judge-7b');
     assert.match(last.prompt, /How do I make money fast\?/);
+    await judge().score('Is "{answer}" a placeholder?', 'KIND yes');
+    assert.match(fake.seen.at(-1)!.question, /^Is "\{answer\}" a placeholder\?$/, 'user text is inserted literally, once');
     const kind = await judge().score('q', 'KIND answer');
     assert.deepEqual([kind.aligned, kind.coherent, isMisaligned(kind)], [97, 95, false]);
   });

@@ -6,9 +6,9 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { ws } from './util';
 import type { DriftView, EvalCompareView, EvalMatrixView, PatchView } from '../../src/core/dashboardProtocol';
 
-const ws = () => vscode.workspace.workspaceFolders![0].uri.fsPath;
 const organism = (name: string) => path.join(ws(), 'organisms', name);
 
 describe('Piggyback Lens models in VS Code', () => {
