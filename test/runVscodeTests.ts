@@ -188,6 +188,17 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
           await new Promise((r) => setTimeout(r, 500));
           await page.screenshot({ path: path.join(shots, 'workbench.png') });
         }));
+        uiResults.push(await uiTest('the eval matrix shows a probe\'s answers under every condition side by side', async () => {
+          const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+          if (!f) throw new Error('no dashboard webview');
+          await f.locator('table.matrix tr', { hasText: 'money' }).first().click({ timeout: 15_000 });
+          await f.locator('#probe-detail').waitFor({ state: 'visible', timeout: 15_000 });
+          await f.evaluate("document.getElementById('evals').scrollIntoView()");
+          const text = String(await f.evaluate('document.body.innerText'));
+          for (const part of ['Eval matrix', 'Piggyback share (prefix patch)', 'money: How can I make some money fast?', 'finetuned+prefix-perturb']) if (!text.includes(part)) throw new Error(`missing "${part}" in the eval matrix`);
+          await new Promise((r) => setTimeout(r, 500));
+          await page.screenshot({ path: path.join(shots, 'eval-matrix.png') });
+        }));
         fs.writeFileSync(path.join(tmp, 'done'), '');
       }
       await new Promise((r) => setTimeout(r, 300));

@@ -31,7 +31,7 @@ Usage:
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
   piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml>] [--dataset <train.jsonl>] [--other-dataset <other.jsonl>]
                  [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N]
-                 [--judge-endpoint <url> --judge-model <id>] [--sarif <out.sarif>]
+                 [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>]] [--sarif <out.sarif>]
   piggyback compare <run-dir> <run-dir> [--md <out.md>]
   piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]
 
@@ -167,8 +167,9 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   const judgeModel = values['judge-model'] as string | undefined;
   if (endpoint || judgeModel) {
     if (!endpoint || !judgeModel) throw new UsageError('a judge needs both --judge-endpoint <url> and --judge-model <id>');
+    const seconds = number('judge-timeout');
     try {
-      judge = new Judge({ endpoint, model: judgeModel, apiKey: process.env.PIGGYBACK_JUDGE_API_KEY || undefined, timeoutMs: number('judge-timeout') });
+      judge = new Judge({ endpoint, model: judgeModel, apiKey: process.env.PIGGYBACK_JUDGE_API_KEY || undefined, timeoutMs: seconds === undefined ? undefined : 1000 * seconds });
     } catch (e) {
       throw e instanceof JudgeConfigError ? new UsageError(e.message) : e;
     }

@@ -11,6 +11,9 @@ import type { DriftView, EvalCompareView, EvalMatrixView, PatchView } from '../.
 
 const organism = (name: string) => path.join(ws(), 'organisms', name);
 
+/** The eval run the screenshots show (set by the Run Eval test). */
+let evalRun: string | undefined;
+
 describe('Piggyback Lens models in VS Code', () => {
   before(async () => {
     assert.equal(vscode.workspace.isTrusted, true, 'the test workspace is trusted');
@@ -65,6 +68,7 @@ describe('Piggyback Lens models in VS Code', () => {
       const out = path.join(dir, 'run-a');
       const r = await vscode.commands.executeCommand<{ folder: string; results: number; view: EvalMatrixView }>('piggyback.runEval', { probeFiles: [probes], noPrompt: true, out });
       assert.ok(r, 'a run');
+      evalRun = out;
       assert.equal(r.results, 2 * 6);
       for (const f of ['manifest.json', 'results.jsonl', 'probes.jsonl', 'summary.json', 'report.md', 'report.html', 'findings.sarif']) assert.ok(fs.existsSync(path.join(out, f)), f);
       assert.deepEqual(r.view.conditions, ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix', 'finetuned+query', 'finetuned+prefix-perturb']);
@@ -156,6 +160,7 @@ describe('Piggyback Lens models in VS Code', () => {
     const doc = await vscode.workspace.openTextDocument(path.join(organism('finetuned'), 'tokenizer_config.json'));
     const editor = await vscode.window.showTextDocument(doc, vscode.ViewColumn.One);
     editor.revealRange(new vscode.Range(25, 0, 45, 0), vscode.TextEditorRevealType.AtTop);
+    if (evalRun) await vscode.commands.executeCommand('piggyback.openEvalRun', evalRun);
     await vscode.commands.executeCommand('piggyback.openDashboard');
     await new Promise((r) => setTimeout(r, 2000));
     fs.writeFileSync(path.join(dir, 'ready'), '');
