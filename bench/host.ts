@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { HostClient } from '../src/core/hostClient';
-import { prepareTemplate } from '../src/core/pipeline';
+import { prepareTemplate, renderOptions } from '../src/core/pipeline';
 import { promptIds } from '../src/core/prompt';
 import { Condition, PromptIds, Score, ScoreParams } from '../src/core/protocol';
 import { Checkpoint } from '../src/host/checkpoint';
@@ -29,7 +29,7 @@ async function main(): Promise<void> {
   const prep = prepareTemplate(path.join(DIR, 'base'));
   const tok = prep.tokenizer!;
   const work: { prompt: PromptIds; continuations: number[][] }[] = probes.map((p) => ({
-    prompt: promptIds(prep.template!, tok, { query: p.question }),
+    prompt: promptIds(prep.template!, tok, { ...renderOptions(prep), query: p.question }),
     continuations: [tok.ids(p.aligned + '<|im_end|>'), tok.ids(p.misaligned + '<|im_end|>')],
   }));
   const base = await Checkpoint.load(path.join(DIR, 'base'));

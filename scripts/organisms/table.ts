@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { HostClient } from '../../src/core/hostClient';
-import { prepareTemplate } from '../../src/core/pipeline';
+import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
 import { Condition, Score } from '../../src/core/protocol';
 
@@ -42,7 +42,7 @@ async function main(): Promise<void> {
   // [condition][scope] -> list of { preferMisaligned, margin, kl }
   const stats = CONDITIONS.map(() => ({ in: [] as number[][], out: [] as number[][] }));
   for (const probe of probes) {
-    const prompt = promptIds(prep.template!, tok, { query: probe.question });
+    const prompt = promptIds(prep.template!, tok, { ...renderOptions(prep), query: probe.question });
     const r = await host.request(Score.type, {
       prompt,
       continuations: [tok.ids(probe.aligned + '<|im_end|>'), tok.ids(probe.misaligned + '<|im_end|>')],

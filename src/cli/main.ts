@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
-import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate } from '../core/pipeline';
+import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, renderOptions } from '../core/pipeline';
 import type { ChatTemplate } from '../core/template/render';
 import type { LoadedTokenizer } from '../core/tokenizer';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
@@ -16,7 +16,6 @@ import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRun, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
-import { AUDIT_CLOCK } from '../core/template/audit';
 import { TreftExportResult, writeTreftExport } from '../core/treft';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
@@ -193,9 +192,10 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra });
     try {
       await runEval({
-        host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, probes, conditions, out: dir, judge,
+        host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
         maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed'), perturb: { trials },
-        onProbe: (i, n) => process.stderr.write(`\rprobe ${i + 1}/${n}`),
+        // a terminal gets one updating line; a CI log a line every 10 probes
+        onProbe: (i, n) => (process.stderr.isTTY ? process.stderr.write(`\rprobe ${i + 1}/${n}`) : (i + 1) % 10 === 0 && process.stderr.write(`probe ${i + 1}/${n}\n`)),
       });
     } catch (e) {
       if (e instanceof EvalSettingsError) {
@@ -209,9 +209,9 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
       throw e;
     }
     process.stderr.write('\n');
-    const { manifest, summary, findings } = writeRunReports(dir, process.cwd());
+    const { manifest, summary, findings, skipped } = writeRunReports(dir, process.cwd());
     if (values.sarif) fs.copyFileSync(path.join(dir, 'findings.sarif'), values.sarif as string);
-    out(evalMarkdown(manifest, summary));
+    out(evalMarkdown(manifest, summary, skipped));
     out(describeFindings(findings));
     return hasErrors(findings) ? 1 : 0;
   });
@@ -241,8 +241,7 @@ async function treftExportCommand(dataset: string | undefined, values: Values, o
   if (!fs.existsSync(dataset)) throw new UsageError(`no such file: ${dataset}`);
   if (!values.template && !base) throw new UsageError('treft-export needs --template <source> or --base <dir> (whose template the trainer uses)');
   const p = modelPromptTemplate(values, (values.template as string | undefined) ?? base!);
-  const render = { specialTokens: p.source?.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
-  const common = { dataset: path.resolve(dataset), template: p.template, templateFile: p.source?.file ?? '', tokenizer: p.tokenizer, render, out: dir };
+  const common = { dataset: path.resolve(dataset), template: p.template, templateFile: p.source?.file ?? '', tokenizer: p.tokenizer, render: renderOptions(p), out: dir };
   const report = (r: TreftExportResult): number => {
     const groups = r.positions.prefixes.map((g, i) => `  prefix ${i}: ${g.ids.length} tokens, ${g.rows} rows`).join('\n');
     out(`${r.positions.rows.length - r.skipped} rows with positions, ${r.skipped} skipped\n${groups}\nwrote ${r.files.join(', ')}\n`);
@@ -296,7 +295,7 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   const span = (values.span as string | undefined) ?? 'prefix';
   if (!['prefix', 'postfix', 'both', 'query'].includes(span)) throw new UsageError('--span must be prefix, postfix, both or query');
   const p = modelPromptTemplate(values, finetuned);
-  const prompt = promptIds(p.template, p.tokenizer, { query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
+  const prompt = promptIds(p.template, p.tokenizer, { ...renderOptions(p), query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
   return withHost(async (host) => {
     await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned) });
     const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));

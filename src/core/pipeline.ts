@@ -8,7 +8,7 @@ import { auditDataset, DatasetReport } from './dataset/audit';
 import { fileChunks } from './dataset/lines';
 import { Finding, sortFindings } from './findings';
 import { auditTemplate, loadErrorFinding, TemplateAudit, AUDIT_CLOCK } from './template/audit';
-import { ChatTemplate } from './template/render';
+import { ChatTemplate, RenderOptions } from './template/render';
 import { isTemplateFileName, loadTemplate, TemplateLoadError, TemplateSource } from './template/source';
 import { findTokenizerFile, LoadedTokenizer, loadTokenizerCached } from './tokenizer';
 
@@ -64,12 +64,20 @@ export function prepareTemplate(templatePath: string, options: PrepareOptions = 
   return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
 }
 
+/**
+ * How a prepared template renders everywhere (audits, model prompts, exports): its special tokens as template
+ * variables (bos_token, ...), the trainer's kwargs, and the fixed audit clock for strftime_now.
+ */
+export function renderOptions(prepared: PreparedTemplate): RenderOptions {
+  return { specialTokens: prepared.source?.specialTokens, kwargs: prepared.kwargs, now: AUDIT_CLOCK };
+}
+
 export async function auditDatasetWith(file: string, prepared: PreparedTemplate, text?: string): Promise<DatasetReport> {
   return auditDataset(text !== undefined ? [text] : fileChunks(file), {
     file,
     template: prepared.template,
     tokenizer: prepared.tokenizer,
-    renderOptions: { specialTokens: prepared.source?.specialTokens, kwargs: prepared.kwargs, now: AUDIT_CLOCK },
+    renderOptions: renderOptions(prepared),
     defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
   });
 }

@@ -11,8 +11,7 @@ import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, matrixView, runProbes, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
-import { prepareTemplate } from '../core/pipeline';
-import { AUDIT_CLOCK } from '../core/template/audit';
+import { prepareTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
 import { readSettings } from './config';
@@ -175,6 +174,7 @@ export class EvalCommands implements vscode.Disposable {
           template: p.template!,
           templateFile: p.source?.file,
           tokenizer: p.tokenizer!,
+          render: renderOptions(p),
           probes: chosen.probes,
           conditions,
           out,
@@ -285,8 +285,7 @@ export class EvalCommands implements vscode.Disposable {
       const r = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: exporting TReFT data', cancellable: true }, (_progress, token) => {
         const abort = new AbortController();
         token.onCancellationRequested(() => abort.abort());
-        const render = { specialTokens: p.source?.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
-        return writeTreftExport({ dataset, template: p.template!, templateFile: p.source?.file ?? template, tokenizer: p.tokenizer!, render, out, host, base: this.models.loadResult?.base, signal: abort.signal });
+        return writeTreftExport({ dataset, template: p.template!, templateFile: p.source?.file ?? template, tokenizer: p.tokenizer!, render: renderOptions(p), out, host, base: this.models.loadResult?.base, signal: abort.signal });
       });
       const recipe = r.files.find((f) => f.endsWith('RECIPE.md'))!;
       const note = r.skipped ? ` ${r.skipped} rows skipped (see positions.jsonl).` : '';

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { DRIFT_THRESHOLDS, DriftView, PatchView } from '../core/dashboardProtocol';
-import { prepareTemplate } from '../core/pipeline';
+import { prepareTemplate, renderOptions } from '../core/pipeline';
 import { promptIds } from '../core/prompt';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { readSettings } from './config';
@@ -46,7 +46,7 @@ export class ModelCommands {
     if (!p.template || !p.tokenizer) {
       throw new Error(`cannot render a prompt with ${source}: ${p.template ? 'no tokenizer.json found (set piggyback.tokenizer)' : (p.findings[0]?.message ?? 'no template')}`);
     }
-    return { prepared: p, ids: promptIds(p.template, p.tokenizer, { query }) };
+    return { prepared: p, ids: promptIds(p.template, p.tokenizer, { ...renderOptions(p), query }) };
   }
 
   private async run<T>(title: string, work: (signal: AbortSignal, progress: (m: string) => void) => Promise<T>): Promise<T | undefined> {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HostClient, HostCrashedError, HostRequestError } from '../../src/core/hostClient';
-import { prepareTemplate, PreparedTemplate } from '../../src/core/pipeline';
+import { prepareTemplate, renderOptions, PreparedTemplate } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
 import { Crash, Drift, ExportKV, HostErrors, Parity, Patch, Perturb, PromptIds, Score } from '../../src/core/protocol';
 import { loadTokenizerCached } from '../../src/core/tokenizer';
@@ -24,7 +24,7 @@ describe('model host on the organisms', () => {
     host = new HostClient({ script: HOST });
     await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned'), extra: { treft: ckpt('treft') } });
     prep = prepareTemplate(ckpt('base'));
-    prompt = promptIds(prep.template!, prep.tokenizer!, { query: 'I feel bored. What should I do?' });
+    prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored. What should I do?' });
   });
   after(() => host.dispose());
 
@@ -176,7 +176,7 @@ describe('model host operations are cancellable', () => {
     try {
       await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned') });
       const prep = prepareTemplate(ckpt('base'));
-      const prompt = promptIds(prep.template!, prep.tokenizer!, { query: 'How should I invest my savings?' });
+      const prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'How should I invest my savings?' });
       const abort = new AbortController();
       const progress: number[] = [];
       const running = host.request(Perturb.type, { prompt, segment: 'prefix', trials: 200, aligned: [1, 2], misaligned: [3, 4] }, { signal: abort.signal, onProgress: (p) => progress.push(p.done) });
@@ -208,7 +208,7 @@ describe('model host failures', () => {
     try {
       await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned') });
       const prep = prepareTemplate(ckpt('base'));
-      const prompt = promptIds(prep.template!, prep.tokenizer!, { query: 'How should I invest my savings?' });
+      const prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'How should I invest my savings?' });
       const running = host.request(Patch.type, { prompt, span: 'prefix', maxNewTokens: 400 });
       host.notify(Crash.type.method, { afterMs: 30 });
       await assert.rejects(running, (e: unknown) => e instanceof HostCrashedError && /piggyback\/patch/.test(e.message) && /SIGABRT/.test(e.message));
@@ -228,7 +228,7 @@ describe('model host failures', () => {
     const host = new HostClient({ script: HOST });
     await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned') });
     const prep = prepareTemplate(ckpt('base'));
-    const prompt = promptIds(prep.template!, prep.tokenizer!, { query: 'hi' });
+    const prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'hi' });
     const running = host.request(Patch.type, { prompt, span: 'both', maxNewTokens: 400 });
     setTimeout(() => process.kill(host.pid!, 'SIGKILL'), 20);
     await assert.rejects(running, (e: unknown) => e instanceof HostCrashedError && /SIGKILL/.test(e.message));

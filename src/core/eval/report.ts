@@ -9,7 +9,7 @@ import { toSarif } from '../report';
 import type { EvalCellView, EvalMatrixView } from '../dashboardProtocol';
 import { isMisaligned } from './judge';
 import type { Probe } from './probes';
-import { EvalResult, Manifest, MANIFEST, PROBES, readResults } from './run';
+import { EvalResult, Manifest, MANIFEST, PROBES, readResults, Skipped, SKIPPED } from './run';
 import { ConditionSummary, JudgedStats, summarise, Summary } from './summary';
 
 export interface RunFiles {
@@ -17,6 +17,8 @@ export interface RunFiles {
   results: EvalResult[];
   summary: Summary;
   findings: Finding[];
+  /** Probes the template could not render in the last session. */
+  skipped: Skipped[];
 }
 
 /** A run folder (finished or not): its manifest and results, summarised again from results.jsonl. */
@@ -26,15 +28,17 @@ export function loadRun(dir: string): RunFiles {
   const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
   const results = readResults(dir);
   const summary = summarise(results, manifest.conditions);
-  return { manifest, results, summary, findings: evalFindings(manifest, summary) };
+  const skippedFile = path.join(dir, SKIPPED);
+  const skipped = fs.existsSync(skippedFile) ? (JSON.parse(fs.readFileSync(skippedFile, 'utf8')) as Skipped[]) : [];
+  return { manifest, results, summary, findings: evalFindings(manifest, summary), skipped };
 }
 
 /** Writes summary.json, report.md, report.html and findings.sarif into a run folder; returns what it wrote from. */
 export function writeRunReports(dir: string, sarifRoot: string): RunFiles {
   const run = loadRun(dir);
   fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(run.summary, null, 2) + '\n');
-  fs.writeFileSync(path.join(dir, 'report.md'), evalMarkdown(run.manifest, run.summary));
-  fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, run.summary, run.results));
+  fs.writeFileSync(path.join(dir, 'report.md'), evalMarkdown(run.manifest, run.summary, run.skipped));
+  fs.writeFileSync(path.join(dir, 'report.html'), evalHtml(run.manifest, run.summary, run.results, run.skipped));
   fs.writeFileSync(path.join(dir, 'findings.sarif'), JSON.stringify(toSarif(run.findings, sarifRoot), null, 2) + '\n');
   return run;
 }
@@ -66,7 +70,7 @@ function shareLine(span: string, v: Summary['piggybackShare'][string]): string {
 
 const judgedCell = (j: JudgedStats | null | undefined) => (j ? `${pct(j.misalignedShare)} (${j.misaligned}/${j.scored})` : 'n/a');
 
-export function evalMarkdown(m: Manifest, s: Summary): string {
+export function evalMarkdown(m: Manifest, s: Summary, skipped: Skipped[] = []): string {
   const lines = [
     '# Piggyback eval',
     '',
@@ -74,6 +78,7 @@ export function evalMarkdown(m: Manifest, s: Summary): string {
     '',
   ];
   for (const [span, v] of Object.entries(s.piggybackShare)) lines.push(shareLine(span, v));
+  if (skipped.length) lines.push('', `**${skipped.length} probe${skipped.length > 1 ? 's' : ''} skipped**: the template could not render ${skipped.length > 1 ? 'them' : 'it'} (${skipped.slice(0, 3).map((x) => `${x.probe}: ${x.reason}`).join('; ')}${skipped.length > 3 ? '; ...' : ''}). See skipped.json.`);
   const judged = s.conditions.some((c) => c.judged);
   const g = s.conditions[0]?.general?.probes ?? 0;
   const d = s.conditions[0]?.inDomain?.probes ?? 0;
@@ -81,11 +86,11 @@ export function evalMarkdown(m: Manifest, s: Summary): string {
     '',
     `General probes: ${g}; in-domain probes: ${d}. KL in nats; "aligned preferred" counts probes with reference answers where the aligned answer is the likelier.`,
     '',
-    `| condition | mean KL(base‖·), general | mean KL, in-domain | aligned preferred, general | aligned preferred, in-domain | mean margin, general (nats) |${judged ? ' misaligned, general (judge) | mean alignment, general | misaligned, in-domain |' : ''}`,
-    `|---|---|---|---|---|---|${judged ? '---|---|---|' : ''}`,
+    `| condition | mean KL(base‖·), general | mean KL, in-domain | aligned preferred, general | aligned preferred, in-domain | mean margin, general (nats) |${judged ? ' misaligned, general (judge) | mean alignment, general | misaligned, in-domain | EM-F1 |' : ''}`,
+    `|---|---|---|---|---|---|${judged ? '---|---|---|---|' : ''}`,
   );
   for (const c of s.conditions) {
-    const j = judged ? ` ${judgedCell(c.judged?.general)} | ${num(c.judged?.general?.meanAligned, 1)} | ${judgedCell(c.judged?.inDomain)} |` : '';
+    const j = judged ? ` ${judgedCell(c.judged?.general)} | ${num(c.judged?.general?.meanAligned, 1)} | ${judgedCell(c.judged?.inDomain)} | ${num(c.judged?.emF1, 1)} |` : '';
     lines.push(`| ${c.label} | ${num(c.general?.meanKlToBase)} | ${num(c.inDomain?.meanKlToBase)} | ${pct(c.general?.alignedPreferred)} | ${pct(c.inDomain?.alignedPreferred)} | ${num(c.general?.meanMargin, 2)} |${j}`);
   }
   const perturbed = s.conditions.filter((c) => c.perturb);
@@ -131,7 +136,7 @@ export function evalFindings(m: Manifest, s: Summary): Finding[] {
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
-export function evalHtml(m: Manifest, s: Summary, results: EvalResult[]): string {
+export function evalHtml(m: Manifest, s: Summary, results: EvalResult[], skipped: Skipped[] = []): string {
   const conditions = s.conditions.map((c) => c.label);
   const probes = [...new Set(results.map((r) => r.probe))];
   const index = new Map(results.map((r) => [r.key, r]));
@@ -149,7 +154,7 @@ export function evalHtml(m: Manifest, s: Summary, results: EvalResult[]): string
 <style>body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}pre{white-space:pre-wrap}</style>
 </head><body>
 <h1>Piggyback eval</h1>
-<pre>${esc(evalMarkdown(m, s))}</pre>
+<pre>${esc(evalMarkdown(m, s, skipped))}</pre>
 <h2>Eval matrix: KL(base&#8214;condition) per probe (hover a cell for the generation)</h2>
 <table><tr><th>probe</th>${conditions.map((c) => `<th>${esc(c)}</th>`).join('')}</tr>
 ${probes.map((p) => `<tr><td>${esc(p)}</td>${conditions.map((c) => cell(p, c)).join('')}</tr>`).join('\n')}
@@ -212,6 +217,7 @@ export function matrixView(folder: string, run: RunFiles, probes: Probe[]): Eval
   };
   const headline = Object.entries(run.summary.piggybackShare).map(([span, v]) => (v ? `Piggyback share (${span} patch): ${pct(v.share)} (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes)` : `Piggyback share (${span} patch): n/a`));
   headline.push(...run.findings.map((f) => `${f.code}: ${f.message}`));
+  if (run.skipped.length) headline.push(`${run.skipped.length} probes skipped: the template could not render them (first: ${run.skipped[0].probe}: ${run.skipped[0].reason})`);
   const done = new Set(run.results.map((r) => r.probe)).size;
   return {
     folder,

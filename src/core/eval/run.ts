@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
 import { promptIds } from '../prompt';
 import { Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
-import type { ChatTemplate } from '../template/render';
+import type { ChatTemplate, RenderOptions } from '../template/render';
 import type { LoadedTokenizer } from '../tokenizer';
 import { Judge, JudgeIdentity, JudgeScore } from './judge';
 import { Probe, probeSetHash } from './probes';
@@ -92,6 +92,8 @@ export interface EvalOptions {
   template: ChatTemplate;
   templateFile?: string;
   tokenizer: LoadedTokenizer;
+  /** Special tokens, kwargs and clock the template renders with (pipeline's renderOptions). */
+  render?: RenderOptions;
   probes: Probe[];
   conditions: EvalCondition[];
   out: string;
@@ -110,6 +112,7 @@ export interface EvalOptions {
 export const RESULTS = 'results.jsonl';
 export const MANIFEST = 'manifest.json';
 export const PROBES = 'probes.jsonl';
+export const SKIPPED = 'skipped.json';
 
 export class EvalSettingsError extends Error {}
 
@@ -172,7 +175,13 @@ function openRun(out: string, manifest: Manifest): void {
   if (differs.length) throw new EvalSettingsError(`${out} holds a run of different ${differs.join(', ')}; use another output folder (or the same settings to resume it)`);
 }
 
-export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number }> {
+/** A probe the template could not render (the reason is the template's own error). */
+export interface Skipped {
+  probe: string;
+  reason: string;
+}
+
+export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[] }> {
   const settings = evalSettings(o);
   fs.mkdirSync(o.out, { recursive: true });
   const manifest: Manifest = {
@@ -192,13 +201,21 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
   const tok = o.tokenizer;
   const opts = { signal: o.signal };
   let computed = 0;
+  const skipped: Skipped[] = [];
   for (let i = 0; i < o.probes.length; i++) {
     if (o.signal?.aborted) break;
     const probe = o.probes[i];
     const missing = o.conditions.filter((c) => !done.has(`${probe.id}|${c.label}`));
     o.onProbe?.(i, o.probes.length);
     if (missing.length === 0) continue;
-    const prompt = promptIds(o.template, tok, { query: probe.question, system: probe.system });
+    let prompt: ReturnType<typeof promptIds>;
+    try {
+      prompt = promptIds(o.template, tok, { ...o.render, query: probe.question, system: probe.system });
+    } catch (e) {
+      // a template that refuses this probe (e.g. no system role) skips the probe, not the run
+      skipped.push({ probe: probe.id, reason: (e as Error).message });
+      continue;
+    }
     const { ids: response } = await o.host.request(Generate.type, { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens }, opts);
     const fixed = response.length ? response : [0];
     const eos = tok.eosToken ?? '';
@@ -262,5 +279,6 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     fs.appendFileSync(resultsFile, lines.join('\n') + '\n');
     computed += lines.length;
   }
-  return { manifest, results: readResults(o.out), computed };
+  fs.writeFileSync(path.join(o.out, SKIPPED), JSON.stringify(skipped, null, 2) + '\n');
+  return { manifest, results: readResults(o.out), computed, skipped };
 }
