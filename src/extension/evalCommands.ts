@@ -10,7 +10,8 @@ import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol'
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, matrixView, runProbes, writeRunReports } from '../core/eval/report';
-import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
+import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, runEval, SKIPPED } from '../core/eval/run';
+import type { LoadResult } from '../core/protocol';
 import { prepareTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
@@ -32,6 +33,8 @@ export interface RunEvalArgs {
   general?: boolean;
   /** Output folder; default: a new timestamped folder under piggyback.eval.runsFolder. */
   out?: string;
+  /** Continue this run folder with its own probes (what finished stays; the rest is computed). */
+  resume?: string;
   /** Don't ask anything (tests, automation). */
   noPrompt?: boolean;
 }
@@ -138,20 +141,30 @@ export class EvalCommands implements vscode.Disposable {
         return undefined;
       }
     }
-    let chosen;
+    const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    let resume = args.resume;
+    if (!resume && !args.out && !args.noPrompt && root) {
+      // re-running the command continues an interrupted run of the same checkpoints
+      const open = unfinishedRun(path.resolve(root, s.runsFolder), this.models.loadResult!);
+      if (open) {
+        const answer = await vscode.window.showInformationMessage(`Piggyback Lens: the eval run ${path.basename(open.folder)} stopped after ${open.done} of ${open.total} probes. Continue it?`, 'Continue Run', 'New Run');
+        if (answer === undefined) return undefined;
+        if (answer === 'Continue Run') resume = open.folder;
+      }
+    }
+    let chosen: { probes: Probe[]; description: string } | undefined;
     try {
-      chosen = await this.chooseProbes(args);
+      chosen = resume ? { probes: runProbes(resume, []), description: `continuing ${path.basename(resume)}` } : await this.chooseProbes(args);
     } catch (e) {
       this.reportProbeError(e);
       return undefined;
     }
     if (!chosen || chosen.probes.length === 0) return undefined;
-    const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
-    if (!args.out && !root) {
+    if (!args.out && !resume && !root) {
       void vscode.window.showInformationMessage('Piggyback Lens: open a folder to keep eval runs in (piggyback.eval.runsFolder).');
       return undefined;
     }
-    const out = args.out ?? path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
+    const out = resume ?? args.out ?? path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
     const settings = readSettings();
     const finetuned = this.models.finetuned!;
     const p = prepareTemplate(finetuned, { tokenizer: settings.tokenizer ?? finetuned, kwargs: settings.templateKwargs, name: settings.templateName });
@@ -300,6 +313,31 @@ export class EvalCommands implements vscode.Disposable {
   dispose(): void {
     this.diagnostics.dispose();
   }
+}
+
+/** The newest run folder under `runs` of the loaded checkpoints with probes left to do. */
+function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done: number; total: number } | undefined {
+  if (!fs.existsSync(runs)) return undefined;
+  const folders = fs
+    .readdirSync(runs, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && fs.existsSync(path.join(runs, d.name, MANIFEST)))
+    .map((d) => path.join(runs, d.name))
+    .sort()
+    .reverse();
+  for (const folder of folders.slice(0, 20)) {
+    try {
+      const m = JSON.parse(fs.readFileSync(path.join(folder, MANIFEST), 'utf8')) as Manifest;
+      if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash) continue;
+      const results = readResults(folder);
+      const done = new Set(results.map((r) => r.probe)).size;
+      const skippedFile = path.join(folder, SKIPPED);
+      const skipped = fs.existsSync(skippedFile) ? (JSON.parse(fs.readFileSync(skippedFile, 'utf8')) as unknown[]).length : 0;
+      if (results.length < (m.probes.count - skipped) * m.conditions.length) return { folder, done, total: m.probes.count };
+    } catch {
+      // not a readable run: ignore it
+    }
+  }
+  return undefined;
 }
 
 async function pickRunFolder(title: string): Promise<string | undefined> {

@@ -81,7 +81,14 @@ describe('Piggyback Lens models in VS Code', () => {
       const pb002 = vscode.languages.getDiagnostics(template).filter((d) => typeof d.code === 'object' && d.code.value === 'PB002');
       assert.equal(pb002.length, 2, 'prefix and postfix share');
       assert.match(pb002[0].message, /patch removes \d+% of the general shift/);
-      // a second run, then both side by side
+      // an interrupted run (the last probe's lines lost) continues from the editor to the same results
+      const resultsFile = path.join(out, 'results.jsonl');
+      const full = fs.readFileSync(resultsFile, 'utf8').trim().split('\n');
+      fs.writeFileSync(resultsFile, full.slice(0, 6).join('\n') + '\n');
+      assert.equal((await vscode.commands.executeCommand<EvalMatrixView>('piggyback.openEvalRun', out)).done, 1);
+      const resumed = await vscode.commands.executeCommand<{ results: number }>('piggyback.runEval', { resume: out, noPrompt: true });
+      assert.equal(resumed.results, 12);
+      assert.deepEqual(fs.readFileSync(resultsFile, 'utf8').trim().split('\n').sort(), full.slice().sort());
       const again = await vscode.commands.executeCommand<EvalMatrixView>('piggyback.openEvalRun', out);
       assert.equal(again.done, 2);
       const compare = await vscode.commands.executeCommand<EvalCompareView>('piggyback.compareEvalRuns', out, out);
