@@ -46,6 +46,7 @@ describe('eval runs', () => {
     for (const b of results.filter((x) => x.condition === 'base')) assert.equal(b.klToBase, 0);
     assert.ok(results.filter((x) => x.condition === 'finetuned').every((x) => x.klToBase > 0 && typeof x.margin === 'number' && x.samples.length === 1 && x.samples[0].seed === null));
     assert.equal(results.filter((x) => x.category === 'in-domain').length, 21);
+    assert.ok(results.every((x) => x.samples.every((s: { text: string }) => s.text.length > 0 && !s.text.includes('<|im_end|>'))), 'answers without the end-of-turn token');
     // the perturbation: 3 trials, each changing prefix positions only, averaged
     const t = prepareTemplate(path.join(O, 'finetuned'));
     const prefixLength = promptIds(t.template!, t.tokenizer!, { ...renderOptions(t), query: 'q' }).prefix[1];

@@ -200,6 +200,13 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
   const resultsFile = path.join(o.out, RESULTS);
   const tok = o.tokenizer;
   const opts = { signal: o.signal };
+  // answers as a reader (and the judge) sees them: without the end-of-turn token that stopped generation
+  const eosIds = new Set([o.loaded.base, o.loaded.finetuned, ...Object.values(o.loaded.extra)].flatMap((c) => c.eosTokenIds));
+  const answer = (ids: number[]) => {
+    let end = ids.length;
+    while (end > 0 && eosIds.has(ids[end - 1])) end--;
+    return tok.decode(ids.slice(0, end));
+  };
   let computed = 0;
   const skipped: Skipped[] = [];
   for (let i = 0; i < o.probes.length; i++) {
@@ -233,7 +240,7 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
         const seed = settings.decoding === 'sampled' ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s) : null;
         const greedyBase = condition.model === 'base' && !condition.patch && p === prompt && seed === null;
         const ids = greedyBase ? response : (await o.host.request(Generate.type, { prompt: p, condition, maxNewTokens: settings.maxNewTokens, temperature: settings.temperature, seed: seed ?? 0 }, opts)).ids;
-        out.push(await judged(tok.decode(ids), seed, trial));
+        out.push(await judged(answer(ids), seed, trial));
       }
       return out;
     };
