@@ -116,6 +116,10 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     assert.match(s.error!, /cannot reach/);
     assert.throws(() => new Judge({ endpoint: 'localhost:11434', model: 'm' }), JudgeConfigError);
     assert.throws(() => new Judge({ endpoint: 'file:///etc/passwd', model: 'm' }), JudgeConfigError);
+    // a key never travels in clear text off this machine
+    assert.throws(() => new Judge({ endpoint: 'http://judge.example.com/v1', model: 'm', apiKey: 'sk' }), /refusing to send the judge API key in clear text to judge\.example\.com/);
+    assert.doesNotThrow(() => new Judge({ endpoint: 'https://judge.example.com/v1', model: 'm', apiKey: 'sk' }));
+    assert.doesNotThrow(() => new Judge({ endpoint: 'http://192.168.1.20:8000/v1', model: 'm' }), 'no key: a LAN server is fine');
   });
 
   it('cancelling stops waiting at once', async () => {

@@ -111,6 +111,10 @@ export class Judge {
     }
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new JudgeConfigError(`judge endpoint must be http(s), got ${parsed.protocol}`);
     if (!config.model) throw new JudgeConfigError('a judge needs a model id');
+    const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(parsed.hostname);
+    if (config.apiKey && parsed.protocol === 'http:' && !loopback) {
+      throw new JudgeConfigError(`refusing to send the judge API key in clear text to ${parsed.host}: use an https endpoint (plain http is for servers on this machine)`);
+    }
     this.url = config.endpoint.replace(/\/+$/, '') + '/chat/completions';
     this.identity = { model: config.model, endpoint: config.endpoint, promptHash: JUDGE_PROMPT_HASH };
   }
