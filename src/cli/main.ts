@@ -30,7 +30,7 @@ Usage:
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
   piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml>] [--dataset <train.jsonl>] [--other-dataset <other.jsonl>]
                  [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N]
-                 [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>]] [--sarif <out.sarif>]
+                 [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>] [--judge-concurrency 4]] [--sarif <out.sarif>]
   piggyback compare <run-dir> <run-dir> [--md <out.md>]
   piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]
 
@@ -73,6 +73,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         'judge-endpoint': { type: 'string' },
         'judge-model': { type: 'string' },
         'judge-timeout': { type: 'string' },
+        'judge-concurrency': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -193,7 +194,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     try {
       await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
-        maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed'), perturb: { trials },
+        judgeConcurrency: number('judge-concurrency'), maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed'), perturb: { trials },
         // a terminal gets one updating line; a CI log a line every 10 probes
         onProbe: (i, n) => (process.stderr.isTTY ? process.stderr.write(`\rprobe ${i + 1}/${n}`) : (i + 1) % 10 === 0 && process.stderr.write(`probe ${i + 1}/${n}\n`)),
       });

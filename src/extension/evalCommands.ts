@@ -48,6 +48,7 @@ interface EvalSettings {
   perturbationTrials: number;
   extra: Record<string, string>;
   judge: { endpoint: string; model: string; timeoutMs: number } | undefined;
+  judgeConcurrency: number;
 }
 
 function evalSettings(): EvalSettings {
@@ -65,6 +66,7 @@ function evalSettings(): EvalSettings {
     perturbationTrials: c.get<number>('eval.perturbationTrials') ?? 10,
     extra,
     judge: endpoint ? { endpoint, model, timeoutMs: 1000 * (c.get<number>('judge.timeoutSeconds') ?? 60) } : undefined,
+    judgeConcurrency: c.get<number>('judge.concurrency') ?? 4,
   };
 }
 
@@ -192,6 +194,7 @@ export class EvalCommands implements vscode.Disposable {
           conditions,
           out,
           judge,
+          judgeConcurrency: s.judgeConcurrency,
           maxNewTokens: s.maxNewTokens,
           temperature: s.temperature,
           samples: s.samples,

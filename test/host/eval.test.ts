@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, ProbeFileError } from '../../src/core/eval/probes';
-import { defaultConditions } from '../../src/core/eval/run';
+import { defaultConditions, inParallel } from '../../src/core/eval/run';
 import { emF1, summarise } from '../../src/core/eval/summary';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
@@ -216,6 +216,33 @@ describe('piggyback share', () => {
     assert.equal(s.piggybackShare.prefix!.share, 0.5);
     assert.equal(s.piggybackShare.prefix!.probes, 2);
     assert.equal(s.piggybackShare.postfix, null);
+  });
+});
+
+describe('inParallel (judge requests)', () => {
+  it('keeps at most `limit` calls in flight, covers every item once, and stops new work after a failure', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const seen: number[] = [];
+    await inParallel([...Array(20).keys()], 3, async (i) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      await new Promise((r) => setTimeout(r, 1 + (i % 4)));
+      seen.push(i);
+      inFlight--;
+    });
+    assert.equal(most, 3);
+    assert.deepEqual(seen.sort((a, b) => a - b), [...Array(20).keys()]);
+    const started: number[] = [];
+    await assert.rejects(
+      inParallel([...Array(20).keys()], 2, async (i) => {
+        started.push(i);
+        await new Promise((r) => setTimeout(r, 2));
+        if (i === 3) throw new Error('refused');
+      }),
+      /refused/,
+    );
+    assert.ok(started.length <= 5, `stopped early: ${started.length} started`);
   });
 });
 

@@ -105,6 +105,8 @@ export interface EvalOptions {
   /** Perturbation trials per probe (the paper: 10), positions changed (10), neighbours (5). */
   perturb?: { trials?: number; positions?: number; neighbours?: number };
   judge?: Judge;
+  /** Judge requests in flight at once (default 4). */
+  judgeConcurrency?: number;
   onProbe?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -124,6 +126,26 @@ export function readResults(out: string): EvalResult[] {
   const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1);
   if (complete.length !== text.length) fs.writeFileSync(file, complete);
   return complete.split('\n').filter(Boolean).map((l) => JSON.parse(l) as EvalResult);
+}
+
+/**
+ * Runs `fn` over `items` with at most `limit` in flight. The first failure stops new work; once the calls in
+ * flight have settled, it is rethrown.
+ */
+export async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const lane = async () => {
+    while (next < items.length && !failure) {
+      try {
+        await fn(items[next++]);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+  if (failure) throw failure.error;
 }
 
 /** A seed that depends only on the run seed, the probe and the sample index: a resumed run draws the same. */
@@ -229,30 +251,24 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     const refs = probe.aligned !== undefined && probe.misaligned !== undefined ? [tok.ids(probe.aligned + eos), tok.ids(probe.misaligned + eos)] : [];
     const plain = missing.filter((c) => !c.perturb);
     const score = plain.length ? await o.host.request(Score.type, { prompt, continuations: [fixed, ...refs], conditions: plain.map((c) => c.condition) }, opts) : undefined;
-    const judged = async (text: string, seed: number | null, trial?: number): Promise<Sample> => {
-      const s: Sample = { text, seed, ...(trial !== undefined ? { trial } : {}) };
-      if (o.judge) s.judge = await o.judge.score(probe.question, text, o.signal);
-      return s;
-    };
     const generateSamples = async (p: PromptIds, condition: Condition, trial?: number): Promise<Sample[]> => {
       const out: Sample[] = [];
       for (let s = 0; s < settings.samples; s++) {
         const seed = settings.decoding === 'sampled' ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s) : null;
         const greedyBase = condition.model === 'base' && !condition.patch && p === prompt && seed === null;
         const ids = greedyBase ? response : (await o.host.request(Generate.type, { prompt: p, condition, maxNewTokens: settings.maxNewTokens, temperature: settings.temperature, seed: seed ?? 0 }, opts)).ids;
-        out.push(await judged(answer(ids), seed, trial));
+        out.push({ text: answer(ids), seed, ...(trial !== undefined ? { trial } : {}) });
       }
       return out;
     };
-    const lines: string[] = [];
+    const records: EvalResult[] = [];
     for (const c of missing) {
       const base = { key: `${probe.id}|${c.label}`, probe: probe.id, category: probe.category ?? null, condition: c.label };
       if (!c.perturb) {
         const k = plain.indexOf(c);
         const [, la, lm] = score!.logprob[k];
         const samples = await generateSamples(prompt, c.condition);
-        const r: EvalResult = { ...base, klToBase: score!.klToBase[k], logprobAligned: refs.length ? la : null, logprobMisaligned: refs.length ? lm : null, margin: refs.length ? la - lm : null, generation: samples[0].text, samples };
-        lines.push(JSON.stringify(r));
+        records.push({ ...base, klToBase: score!.klToBase[k], logprobAligned: refs.length ? la : null, logprobMisaligned: refs.length ? lm : null, margin: refs.length ? la - lm : null, generation: samples[0].text, samples });
         continue;
       }
       const p = settings.perturb!;
@@ -270,7 +286,7 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
         samples.push(...(await generateSamples(tp, c.condition, t)));
       }
       const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-      const r: EvalResult = {
+      records.push({
         ...base,
         klToBase: mean(kl),
         logprobAligned: refs.length ? mean(la) : null,
@@ -279,9 +295,17 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
         generation: samples[0].text,
         samples,
         perturb: { segment: c.perturb, changed: perturbed.trials.map((t) => t.changed), kl, margin },
-      };
-      lines.push(JSON.stringify(r));
+      });
     }
+    // the judge sees every answer of the probe, a few requests at a time (the host's work is done by now)
+    if (o.judge) {
+      const judge = o.judge;
+      const all = records.flatMap((r) => r.samples);
+      await inParallel(all, o.judgeConcurrency ?? 4, async (s) => {
+        s.judge = await judge.score(probe.question, s.text, o.signal);
+      });
+    }
+    const lines = records.map((r) => JSON.stringify(r));
     // one append per probe: a crash leaves whole probes or a torn last line, which readResults drops
     fs.appendFileSync(resultsFile, lines.join('\n') + '\n');
     computed += lines.length;
