@@ -161,9 +161,11 @@ from safetensors.torch import load_file
 ref = load_file("reference_kv.safetensors")          # {name: tensor}
 
 def treft_loss(past_key_values, prefix_groups, prefix_lens):
-    """past_key_values: the model's K/V for the batch (outputs.past_key_values with use_cache=True, or captured
-    from the attention modules), [batch, kv_heads, seq, head_dim] per layer. Rows are left-aligned (padding on
-    the right), so prefix positions are 0..P-1."""
+    """past_key_values: the model's K/V for the batch, one (key, value) pair per layer, each
+    [batch, kv_heads, seq, head_dim]: outputs.past_key_values with use_cache=True (a DynamicCache in recent
+    transformers: use its .to_legacy_cache(), or cache.layers[l].keys / .values), or captured from the attention
+    modules. They carry gradients. Rows are right-padded, so prefix positions are 0..P-1; with left padding,
+    shift them by each row's pad count."""
     total = 0.0
     for l, (k, v) in enumerate(past_key_values):
         for a, which in ((k, "key"), (v, "value")):
