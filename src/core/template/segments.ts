@@ -112,9 +112,10 @@ export function segmentPrompt(template: ChatTemplate, req: SegmentRequest, token
   const buckets: Record<SegmentName | 'tail', Token[]> = { prefix: [], query: [], postfix: [], response: [], tail: [] };
   for (const t of tokens) {
     // a token lies in the segment that holds it whole; one straddling a boundary holds user or response text
+    // (a postfix token glued to the response's first word counts with the response, so buckets stay in order)
     if (t.end <= prefixEnd) buckets.prefix.push(t);
-    else if (t.start >= queryEnd && t.end <= postfixEnd) buckets.postfix.push(t);
-    else if (t.start < postfixEnd) buckets.query.push(t);
+    else if (t.start < queryEnd) buckets.query.push(t);
+    else if (t.end <= postfixEnd) buckets.postfix.push(t);
     else if (t.start < responseEnd) buckets.response.push(t);
     else buckets.tail.push(t);
   }
