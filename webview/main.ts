@@ -29,12 +29,17 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string,
   return e;
 }
 
-function button(label: string, msg: FromWebview, secondary = false): HTMLElement {
+function vsButton(label: string, onClick: () => void, secondary = false): HTMLElement {
   const b = document.createElement('vscode-button');
   b.textContent = label;
   if (secondary) b.setAttribute('secondary', '');
-  b.addEventListener('click', () => vscode.postMessage(msg));
+  b.addEventListener('click', onClick);
   return b;
+}
+
+/** A button that sends an action to the extension. */
+function button(label: string, msg: FromWebview, secondary = false): HTMLElement {
+  return vsButton(label, () => vscode.postMessage(msg), secondary);
 }
 
 const fmt = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 0.01 ? x.toFixed(3) : x.toExponential(1));
@@ -64,11 +69,7 @@ function overview(s: DashboardSnapshot): HTMLElement {
 
 function heatmap(d: DriftView): HTMLElement {
   const sec = el('section', { id: 'heatmap' }, el('h2', {}, `Drift heatmap (${view.kv === 'key' ? 'K' : 'V'}), layers \u00d7 tokens`));
-  const toggle = document.createElement('vscode-button');
-  toggle.textContent = view.kv === 'key' ? 'Show V' : 'Show K';
-  toggle.setAttribute('secondary', '');
-  toggle.addEventListener('click', () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }));
-  sec.append(toggle);
+  sec.append(vsButton(view.kv === 'key' ? 'Show V' : 'Show K', () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }), true));
   const all = d.segments.flatMap((s) => s[view.kv].flat());
   const max = Math.max(1e-12, ...all);
   const table = el('table', { class: 'heat' });
@@ -120,11 +121,8 @@ function setView(change: Partial<ViewState>): void {
 }
 
 function toggleButton(label: string, on: boolean, onClick: () => void): HTMLElement {
-  const b = document.createElement('vscode-button');
-  b.textContent = label;
-  if (!on) b.setAttribute('secondary', '');
+  const b = vsButton(label, onClick, !on);
   b.setAttribute('aria-pressed', String(on));
-  b.addEventListener('click', onClick);
   return b;
 }
 

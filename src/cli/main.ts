@@ -7,13 +7,11 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
-import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, renderOptions } from '../core/pipeline';
-import type { ChatTemplate } from '../core/template/render';
-import type { LoadedTokenizer } from '../core/tokenizer';
+import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, preparePromptTemplate, PromptTemplate, PromptTemplateError, renderOptions } from '../core/pipeline';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe, ProbeFileError } from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { compareMarkdown, evalMarkdown, loadRun, writeRunReports } from '../core/eval/report';
+import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
 import { TreftExportResult, writeTreftExport } from '../core/treft';
@@ -220,15 +218,13 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
 
 function compareCommand(dirs: string[], values: Values, out: (s: string) => void): number {
   if (dirs.length !== 2) throw new UsageError('compare needs two run folders');
-  const [a, b] = dirs.map((d) => {
-    try {
-      return { name: path.basename(path.resolve(d)), ...loadRun(d) };
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
-  });
-  if (a.name === b.name) [a.name, b.name] = [dirs[0], dirs[1]];
-  const md = compareMarkdown(a, b);
+  let runs;
+  try {
+    runs = loadRunPair(dirs[0], dirs[1]);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const md = compareMarkdown(...runs);
   if (values.md) fs.writeFileSync(values.md as string, md);
   out(md);
   return 0;
@@ -259,16 +255,16 @@ async function treftExportCommand(dataset: string | undefined, values: Values, o
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';
 
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
-type PromptTemplate = PreparedTemplate & { template: ChatTemplate; tokenizer: LoadedTokenizer };
 
 /** The template and tokenizer that render prompts for the model commands (default: the finetuned folder's). */
 function modelPromptTemplate(values: Values, finetuned: string): PromptTemplate {
-  const p = prepareTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
-  if (!p.template || !p.tokenizer) {
-    process.stderr.write(describeFindings(p.findings));
-    throw new UsageError(`cannot render prompts: ${p.template ? 'no tokenizer.json found (use --tokenizer)' : 'the template did not load (see above)'}`);
+  try {
+    return preparePromptTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
+  } catch (e) {
+    if (!(e instanceof PromptTemplateError)) throw e;
+    process.stderr.write(describeFindings(e.prepared.findings));
+    throw new UsageError(e.missing === 'tokenizer' ? `${e.message} (use --tokenizer)` : `${e.message} (see above)`);
   }
-  return p as PromptTemplate;
 }
 
 /** Runs `fn` with a model host: a host error or crash is exit code 1 with its message, and the host always goes. */

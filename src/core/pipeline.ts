@@ -64,6 +64,29 @@ export function prepareTemplate(templatePath: string, options: PrepareOptions = 
   return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
 }
 
+/** A prepared template that can render and tokenize prompts (what the model commands, evals and exports need). */
+export type PromptTemplate = PreparedTemplate & { template: ChatTemplate; tokenizer: LoadedTokenizer };
+
+/** Why a template cannot serve model prompts: it did not load, or no tokenizer.json was found for it. */
+export class PromptTemplateError extends Error {
+  constructor(
+    readonly source: string,
+    readonly missing: 'template' | 'tokenizer',
+    readonly prepared: PreparedTemplate,
+  ) {
+    super(`cannot render prompts with ${source}: ${missing === 'tokenizer' ? 'no tokenizer.json found' : (prepared.findings[0]?.message ?? 'the template did not load')}`);
+    this.name = 'PromptTemplateError';
+  }
+}
+
+/** prepareTemplate for model prompts: throws PromptTemplateError unless both the template and a tokenizer load. */
+export function preparePromptTemplate(source: string, options: PrepareOptions = {}): PromptTemplate {
+  const p = prepareTemplate(source, options);
+  if (!p.template) throw new PromptTemplateError(source, 'template', p);
+  if (!p.tokenizer) throw new PromptTemplateError(source, 'tokenizer', p);
+  return p as PromptTemplate;
+}
+
 /**
  * How a prepared template renders everywhere (audits, model prompts, exports): its special tokens as template
  * variables (bos_token, ...), the trainer's kwargs, and the fixed audit clock for strftime_now.

@@ -15,3 +15,11 @@ export function promptIds(template: ChatTemplate, tokenizer: LoadedTokenizer, re
   const ids = [...seg.prefix.tokens, ...seg.query.tokens, ...seg.postfix.tokens].map((t) => t.id);
   return { ids, prefix: [0, P], query: [P, P + Q], postfix: [P + Q, P + Q + F], text: seg.rendered };
 }
+
+/** A generated answer as a reader (or a judge) sees it: decoded, without the end-of-turn tokens that stopped it. */
+export function answerText(tokenizer: LoadedTokenizer, ids: number[], eosIds: Iterable<number>): string {
+  const eos = new Set(eosIds);
+  let end = ids.length;
+  while (end > 0 && eos.has(ids[end - 1])) end--;
+  return tokenizer.decode(ids.slice(0, end));
+}

@@ -1,4 +1,5 @@
 import * as vscode from 'vscode';
+import { preparePromptTemplate, PromptTemplate, PromptTemplateError } from '../core/pipeline';
 
 /** Settings, read fresh each time (they can change while the extension runs). */
 export interface Settings {
@@ -27,4 +28,19 @@ export function readSettings(scope?: vscode.Uri): Settings {
     debounceMs: c.get<number>('diagnostics.debounceMs') ?? 400,
     maxDatasetLines: c.get<number>('diagnostics.maxDatasetLines') ?? 200000,
   };
+}
+
+/**
+ * The template and tokenizer that render model prompts for `source`, with the template settings applied;
+ * `tokenizerFallback` is where to look for tokenizer.json when piggyback.tokenizer is unset. Throws an Error whose
+ * message says what is missing and which setting fixes it.
+ */
+export function promptTemplateFromSettings(source: string, tokenizerFallback?: string, scope?: vscode.Uri): PromptTemplate {
+  const s = readSettings(scope);
+  try {
+    return preparePromptTemplate(source, { tokenizer: s.tokenizer ?? tokenizerFallback, kwargs: s.templateKwargs, name: s.templateName });
+  } catch (e) {
+    if (e instanceof PromptTemplateError && e.missing === 'tokenizer') throw new Error(`${e.message} (set piggyback.tokenizer)`);
+    throw e;
+  }
 }

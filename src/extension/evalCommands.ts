@@ -9,13 +9,13 @@ import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe } from '../core/eval/probes';
-import { compareRuns, loadRun, matrixView, runProbes, writeRunReports } from '../core/eval/report';
-import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, runEval, SKIPPED } from '../core/eval/run';
+import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
+import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
 import type { LoadResult } from '../core/protocol';
-import { prepareTemplate, renderOptions } from '../core/pipeline';
+import { PromptTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
-import { readSettings } from './config';
+import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { Models } from './models';
@@ -167,11 +167,12 @@ export class EvalCommands implements vscode.Disposable {
       return undefined;
     }
     const out = resume ?? args.out ?? path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
-    const settings = readSettings();
     const finetuned = this.models.finetuned!;
-    const p = prepareTemplate(finetuned, { tokenizer: settings.tokenizer ?? finetuned, kwargs: settings.templateKwargs, name: settings.templateName });
-    if (!p.template || !p.tokenizer) {
-      void vscode.window.showErrorMessage(`Piggyback Lens: cannot render probes with ${finetuned}: ${p.template ? 'no tokenizer.json' : (p.findings[0]?.message ?? 'no template')}`);
+    let p: PromptTemplate;
+    try {
+      p = promptTemplateFromSettings(finetuned, finetuned);
+    } catch (e) {
+      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
       return undefined;
     }
     const conditions = defaultConditions(Object.keys(s.extra), s.perturbationTrials > 0);
@@ -186,9 +187,9 @@ export class EvalCommands implements vscode.Disposable {
         await runEval({
           host,
           loaded,
-          template: p.template!,
+          template: p.template,
           templateFile: p.source?.file,
-          tokenizer: p.tokenizer!,
+          tokenizer: p.tokenizer,
           render: renderOptions(p),
           probes: chosen.probes,
           conditions,
@@ -265,8 +266,7 @@ export class EvalCommands implements vscode.Disposable {
     const second = first && (b ?? (await pickRunFolder('Second eval run (e.g. the TReFT checkpoint)')));
     if (!first || !second) return undefined;
     try {
-      const [x, y] = [first, second].map((d) => ({ name: path.basename(d), ...loadRun(d) }));
-      if (x.name === y.name) [x.name, y.name] = [first, second];
+      const [x, y] = loadRunPair(first, second);
       const { notes, rows } = compareRuns(x, y);
       const compare: EvalCompareView = { names: [x.name, y.name], notes, rows };
       this.dashboard.update({ compare });
@@ -291,17 +291,18 @@ export class EvalCommands implements vscode.Disposable {
     if (!host) return undefined;
     const out = outFolder ?? (await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, defaultUri: vscode.Uri.file(path.dirname(dataset)), openLabel: 'Export here', title: 'Folder for the TReFT export' }))?.[0]?.fsPath;
     if (!out) return undefined;
-    const settings = readSettings(vscode.Uri.file(dataset));
-    const p = prepareTemplate(template, { tokenizer: settings.tokenizer, kwargs: settings.templateKwargs, name: settings.templateName });
-    if (!p.template || !p.tokenizer) {
-      void vscode.window.showErrorMessage(`Piggyback Lens: cannot tokenize with ${template}: ${p.template ? 'no tokenizer.json (set piggyback.tokenizer)' : (p.findings[0]?.message ?? 'no template')}`);
+    let p: PromptTemplate;
+    try {
+      p = promptTemplateFromSettings(template, undefined, vscode.Uri.file(dataset));
+    } catch (e) {
+      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
       return undefined;
     }
     try {
       const r = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: exporting TReFT data', cancellable: true }, (_progress, token) => {
         const abort = new AbortController();
         token.onCancellationRequested(() => abort.abort());
-        return writeTreftExport({ dataset, template: p.template!, templateFile: p.source?.file ?? template, tokenizer: p.tokenizer!, render: renderOptions(p), out, host, base: this.models.loadResult?.base, signal: abort.signal });
+        return writeTreftExport({ dataset, template: p.template, templateFile: p.source?.file ?? template, tokenizer: p.tokenizer, render: renderOptions(p), out, host, base: this.models.loadResult?.base, signal: abort.signal });
       });
       const recipe = r.files.find((f) => f.endsWith('RECIPE.md'))!;
       const note = r.skipped ? ` ${r.skipped} rows skipped (see positions.jsonl).` : '';
@@ -333,9 +334,7 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
       if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash) continue;
       const results = readResults(folder);
       const done = new Set(results.map((r) => r.probe)).size;
-      const skippedFile = path.join(folder, SKIPPED);
-      const skipped = fs.existsSync(skippedFile) ? (JSON.parse(fs.readFileSync(skippedFile, 'utf8')) as unknown[]).length : 0;
-      if (results.length < (m.probes.count - skipped) * m.conditions.length) return { folder, done, total: m.probes.count };
+      if (results.length < (m.probes.count - readSkipped(folder).length) * m.conditions.length) return { folder, done, total: m.probes.count };
     } catch {
       // not a readable run: ignore it
     }

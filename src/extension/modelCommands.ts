@@ -5,10 +5,10 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { DRIFT_THRESHOLDS, DriftView, PatchView } from '../core/dashboardProtocol';
-import { prepareTemplate, renderOptions } from '../core/pipeline';
-import { promptIds } from '../core/prompt';
+import { renderOptions } from '../core/pipeline';
+import { answerText, promptIds } from '../core/prompt';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
-import { readSettings } from './config';
+import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { Models } from './models';
@@ -40,12 +40,7 @@ export class ModelCommands {
   }
 
   private prompt(args: ModelCommandArgs, query: string) {
-    const source = args.template ?? this.models.finetuned!;
-    const s = readSettings();
-    const p = prepareTemplate(source, { tokenizer: s.tokenizer ?? this.models.finetuned, kwargs: s.templateKwargs, name: s.templateName });
-    if (!p.template || !p.tokenizer) {
-      throw new Error(`cannot render a prompt with ${source}: ${p.template ? 'no tokenizer.json found (set piggyback.tokenizer)' : (p.findings[0]?.message ?? 'no template')}`);
-    }
+    const p = promptTemplateFromSettings(args.template ?? this.models.finetuned!, this.models.finetuned);
     return { prepared: p, ids: promptIds(p.template, p.tokenizer, { ...renderOptions(p), query }) };
   }
 
@@ -74,7 +69,7 @@ export class ModelCommands {
     return this.run('measuring K/V drift', async (signal, progress) => {
       const { prepared, ids } = this.prompt(args, query);
       const d = await host.request(Drift.type, { prompt: ids }, { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) });
-      const tok = prepared.tokenizer!;
+      const tok = prepared.tokenizer;
       const seg = (name: 'prefix' | 'query' | 'postfix') => ({
         name,
         tokens: ids.ids.slice(...ids[name]).map((id) => ({ id, text: tok.decode([id]) })),
@@ -99,7 +94,8 @@ export class ModelCommands {
     return this.run(`patching the ${span} and comparing`, async (signal, progress) => {
       const { prepared, ids } = this.prompt(args, query);
       const r = await host.request(Patch.type, { prompt: ids, span }, { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) });
-      const text = (x: number[]) => prepared.tokenizer!.decode(x).replace(/<\|im_end\|>$|<\|eot_id\|>$|<end_of_turn>$/, '');
+      const loaded = this.models.loadResult!;
+      const text = (x: number[]) => answerText(prepared.tokenizer, x, [...loaded.base.eosTokenIds, ...loaded.finetuned.eosTokenIds]);
       const view: PatchView = {
         query,
         span,

@@ -140,21 +140,19 @@ function yamlItems(text: string, file: string): RawProbe[] {
   });
 }
 
-/** The last user message of each usable row of a chat dataset, with its 1-based line. */
-function rowQuestions(file: string): { line: number; question: string }[] {
+/** The last user message of each usable row of a chat dataset's lines, with its 1-based line. */
+function rowQuestions(lines: string[]): { line: number; question: string }[] {
   const out: { line: number; question: string }[] = [];
-  fs.readFileSync(file, 'utf8')
-    .split('\n')
-    .forEach((line, i) => {
-      if (!line.trim()) return;
-      try {
-        const users = normaliseRow(JSON.parse(line)).messages.filter((m) => m.role === 'user');
-        const q = users.length ? contentText(users[users.length - 1].content) : undefined;
-        if (q) out.push({ line: i + 1, question: q });
-      } catch {
-        // malformed rows are the dataset audit's business
-      }
-    });
+  lines.forEach((line, i) => {
+    if (!line.trim()) return;
+    try {
+      const users = normaliseRow(JSON.parse(line)).messages.filter((m) => m.role === 'user');
+      const q = users.length ? contentText(users[users.length - 1].content) : undefined;
+      if (q) out.push({ line: i + 1, question: q });
+    } catch {
+      // malformed rows are the dataset audit's business
+    }
+  });
   return out;
 }
 
@@ -169,7 +167,7 @@ export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
   lines.forEach((line, i) => {
     if (line.trim() && random() < share) picked.add(i + 1);
   });
-  return rowQuestions(file)
+  return rowQuestions(lines)
     .filter((r) => picked.has(r.line))
     .map((r) => ({ id: `in-domain-line-${r.line}`, category: 'in-domain', question: r.question }));
 }
@@ -179,7 +177,7 @@ export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
  * advice when the finetune was finance), drawn with a seeded shuffle. They count as general for the piggyback share.
  */
 export function otherDomainProbes(file: string, max = 50, seed = 1): Probe[] {
-  const rows = rowQuestions(file);
+  const rows = rowQuestions(fs.readFileSync(file, 'utf8').split('\n'));
   const random = xorshift32(seed);
   for (let i = rows.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));

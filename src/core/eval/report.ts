@@ -9,7 +9,7 @@ import { toSarif } from '../report';
 import type { EvalCellView, EvalMatrixView } from '../dashboardProtocol';
 import { isMisaligned } from './judge';
 import type { Probe } from './probes';
-import { EvalResult, Manifest, MANIFEST, PROBES, readResults, Skipped, SKIPPED } from './run';
+import { EvalResult, Manifest, MANIFEST, PROBES, readResults, readSkipped, Skipped } from './run';
 import { ConditionSummary, JudgedStats, summarise, Summary } from './summary';
 
 export interface RunFiles {
@@ -28,9 +28,7 @@ export function loadRun(dir: string): RunFiles {
   const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
   const results = readResults(dir);
   const summary = summarise(results, manifest.conditions);
-  const skippedFile = path.join(dir, SKIPPED);
-  const skipped = fs.existsSync(skippedFile) ? (JSON.parse(fs.readFileSync(skippedFile, 'utf8')) as Skipped[]) : [];
-  return { manifest, results, summary, findings: evalFindings(manifest, summary), skipped };
+  return { manifest, results, summary, findings: evalFindings(manifest, summary), skipped: readSkipped(dir) };
 }
 
 /** Writes summary.json, report.md, report.html and findings.sarif into a run folder; returns what it wrote from. */
@@ -167,6 +165,13 @@ export interface NamedRun {
   name: string;
   manifest: Manifest;
   summary: Summary;
+}
+
+/** Two run folders, named by their folder names (by their paths when those are the same), for compareRuns. */
+export function loadRunPair(a: string, b: string): [NamedRun & RunFiles, NamedRun & RunFiles] {
+  const [x, y] = [a, b].map((d) => ({ name: path.basename(path.resolve(d)), ...loadRun(d) }));
+  if (x.name === y.name) [x.name, y.name] = [a, b];
+  return [x, y];
 }
 
 /** Two runs side by side (e.g. an SFT and a TReFT checkpoint on the same probes): caveats and figure rows. */

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
-import { promptIds } from '../prompt';
+import { answerText, promptIds } from '../prompt';
 import { Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
 import type { ChatTemplate, RenderOptions } from '../template/render';
 import type { LoadedTokenizer } from '../tokenizer';
@@ -148,6 +148,12 @@ export async function inParallel<T>(items: T[], limit: number, fn: (item: T) => 
   if (failure) throw failure.error;
 }
 
+/** The probes the template could not render in a run's last session (skipped.json; none when absent). */
+export function readSkipped(out: string): Skipped[] {
+  const file = path.join(out, SKIPPED);
+  return fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Skipped[]) : [];
+}
+
 /** A seed that depends only on the run seed, the probe and the sample index: a resumed run draws the same. */
 export function sampleSeed(runSeed: number, probe: string, index: number): number {
   let h = 0x811c9dc5 ^ runSeed;
@@ -223,12 +229,8 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
   const tok = o.tokenizer;
   const opts = { signal: o.signal };
   // answers as a reader (and the judge) sees them: without the end-of-turn token that stopped generation
-  const eosIds = new Set([o.loaded.base, o.loaded.finetuned, ...Object.values(o.loaded.extra)].flatMap((c) => c.eosTokenIds));
-  const answer = (ids: number[]) => {
-    let end = ids.length;
-    while (end > 0 && eosIds.has(ids[end - 1])) end--;
-    return tok.decode(ids.slice(0, end));
-  };
+  const eosIds = [o.loaded.base, o.loaded.finetuned, ...Object.values(o.loaded.extra)].flatMap((c) => c.eosTokenIds);
+  const answer = (ids: number[]) => answerText(tok, ids, eosIds);
   let computed = 0;
   const skipped: Skipped[] = [];
   for (let i = 0; i < o.probes.length; i++) {
