@@ -19,6 +19,12 @@ export interface PromptIds {
 export interface CheckpointInfo {
   folder: string;
   modelFile: string;
+  /** onnx: a decoder export; hf: a Hugging Face folder (config.json + safetensors); adapter: PEFT LoRA over the base. */
+  kind: 'onnx' | 'hf' | 'adapter';
+  /** What was built, in words (architecture, dtype, adapter rank), for HF folders and adapters. */
+  description?: string;
+  /** An adapter's `base_model_name_or_path` (often a Hub id), shown beside the base actually used. */
+  baseModelNameOrPath?: string;
   layers: number;
   kvHeads: number;
   headDim: number;
@@ -26,15 +32,20 @@ export interface CheckpointInfo {
   kvType: 'float32' | 'float16';
   hasPositionIds: boolean;
   eosTokenIds: number[];
-  /** SHA-256 of the ONNX file (first 16 hex chars): what results are attributed to. */
+  /** SHA-256 (first 16 hex chars) of what the numbers come from: the ONNX file; for HF folders config.json and
+   * every weight file; for an adapter, its base's identity and the adapter's files. */
   hash: string;
 }
 
 export interface LoadParams {
   base: string;
+  /** A checkpoint, or a PEFT LoRA adapter over `base`. */
   finetuned: string;
   /** Other checkpoints to load under a name (e.g. { treft: '/path' }), usable as a condition. */
   extra?: Record<string, string>;
+  /** Where converted (float16/bfloat16 -> float32) weights are cached; default: PIGGYBACK_CACHE_DIR, else the
+   * user's cache folder (~/.cache/piggyback-lens). */
+  cacheDir?: string;
 }
 
 export interface LoadResult {

@@ -11,15 +11,9 @@ import * as ort from 'onnxruntime-node';
 import type { CheckpointInfo } from '../core/protocol';
 import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
-export class CheckpointError extends Error {
-  constructor(
-    message: string,
-    readonly file: string,
-  ) {
-    super(`${file}: ${message}`);
-    this.name = 'CheckpointError';
-  }
-}
+import { CheckpointError } from './checkpointError';
+
+export { CheckpointError };
 
 export interface LayerKV {
   k: Float32Array;
@@ -107,13 +101,34 @@ export function findModelFile(folder: string): string {
   throw new CheckpointError(`no ONNX decoder found (looked for ${MODEL_CANDIDATES.join(', ')})`, folder);
 }
 
+/** What a checkpoint is built from, beyond its graph: extra feeds (adapter switches) and where its embeddings live. */
+export interface CheckpointSource {
+  /** Fed on every run, e.g. `adapter_scale.{j}` = 0 or 1 for a graph shared by a base and its adapters. */
+  feeds?: Record<string, ort.Tensor>;
+  /** The input embedding matrix (perturbation), when the graph file is not where it lives. */
+  embeddings?: () => Embeddings;
+  /** Overrides of what config.json and the graph say (HF checkpoints know these from config.json). */
+  info?: Partial<CheckpointInfo>;
+}
+
+export interface Embeddings {
+  rows: number;
+  dim: number;
+  data: Float32Array;
+  source: string;
+}
+
+const released = new WeakSet<ort.InferenceSession>();
+
 export class Checkpoint {
   private constructor(
     readonly info: CheckpointInfo,
     private readonly session: ort.InferenceSession,
     private readonly modelFile: string,
+    private readonly source: CheckpointSource,
   ) {}
 
+  /** An ONNX decoder export: a folder in one of the known layouts, or the graph file itself. */
   static async load(folder: string): Promise<Checkpoint> {
     const modelFile = findModelFile(folder);
     const dir = fs.statSync(folder).isDirectory() ? folder : path.dirname(path.dirname(modelFile));
@@ -123,6 +138,11 @@ export class Checkpoint {
     } catch (e) {
       throw new CheckpointError(`onnxruntime cannot load the model: ${(e as Error).message}`, modelFile);
     }
+    return Checkpoint.fromSession(session, modelFile, dir, { info: { hash: createHash('sha256').update(fs.readFileSync(modelFile)).digest('hex').slice(0, 16) } });
+  }
+
+  /** Checks that a session speaks the KV-cache interface and reads its shapes; `dir` holds config.json. */
+  static fromSession(session: ort.InferenceSession, modelFile: string, dir: string, source: CheckpointSource): Checkpoint {
     const inputs = session.inputNames;
     for (const required of ['input_ids', 'attention_mask']) {
       if (!inputs.includes(required)) throw new CheckpointError(`the graph has no "${required}" input`, modelFile);
@@ -154,6 +174,7 @@ export class Checkpoint {
     const info: CheckpointInfo = {
       folder: dir,
       modelFile,
+      kind: 'onnx',
       layers,
       kvHeads,
       headDim,
@@ -161,9 +182,10 @@ export class Checkpoint {
       kvType: past0?.type === 'float16' ? 'float16' : 'float32',
       hasPositionIds: inputs.includes('position_ids'),
       eosTokenIds: Array.isArray(eos) ? (eos as number[]) : typeof eos === 'number' ? [eos] : [],
-      hash: createHash('sha256').update(fs.readFileSync(modelFile)).digest('hex').slice(0, 16),
+      hash: '',
+      ...source.info,
     };
-    return new Checkpoint(info, session, modelFile);
+    return new Checkpoint(info, session, modelFile, source);
   }
 
   /**
@@ -190,6 +212,7 @@ export class Checkpoint {
         feeds[`past_key_values.${i}.${kind}`] = kvType === 'float16' ? new ort.Tensor('float16', Uint16Array.from(arr, floatToHalf), dims) : new ort.Tensor('float32', arr, dims);
       }
     }
+    if (this.source.feeds) Object.assign(feeds, this.source.feeds);
     const out = await this.session.run(feeds);
     const logitsT = out.logits;
     const vocab = logitsT.dims[logitsT.dims.length - 1];
@@ -206,8 +229,9 @@ export class Checkpoint {
     return { logits: toFloat32(logitsT), vocab, kv: new KV(kvLayers, t, kvHeads, headDim) };
   }
 
-  /** The input embedding matrix, from the ONNX initializer feeding the token lookup. */
-  embeddings(): { rows: number; dim: number; data: Float32Array; source: string } {
+  /** The input embedding matrix, from the ONNX initializer feeding the token lookup (or where the source says). */
+  embeddings(): Embeddings {
+    if (this.source.embeddings) return this.source.embeddings();
     const vocab = this.info.vocabSize;
     const init =
       readInitializer(this.modelFile, (name, dims) => dims.length === 2 && /embed_tokens|wte|word_embeddings|tok_embeddings|embed\.weight/.test(name)) ??
@@ -218,7 +242,10 @@ export class Checkpoint {
     return { rows: init.dims[0], dim: init.dims[1], data: init.data, source: `${path.basename(this.modelFile)}:${init.name}` };
   }
 
+  /** Releases the session (once, though a base and its adapters share it). */
   async release(): Promise<void> {
+    if (released.has(this.session)) return;
+    released.add(this.session);
     await this.session.release();
   }
 }

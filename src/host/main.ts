@@ -6,6 +6,8 @@ import { CancellationToken, createMessageConnection, ResponseError } from 'vscod
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
 import { Crash, Drift, ExportKV, Generate, HostErrors, Load, LoadResult, Log, Parity, Patch, Perturb, progressType, Score } from '../core/protocol';
 import { Checkpoint, CheckpointError, checkCompatible } from './checkpoint';
+import { loadCheckpoints } from './hf/load';
+import { defaultCacheDir } from './hf/weights';
 import { BadRequestError, CancelledError, drift, exportKV, generate, Models, OpContext, parity, patch, perturb, score } from './operations';
 
 process.env.ORT_DISABLE_TELEMETRY ??= '1';
@@ -45,22 +47,25 @@ function toResponseError(e: unknown): ResponseError<void> {
 
 connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseError<void>> => {
   try {
-    const base = await Checkpoint.load(params.base);
-    const finetuned = await Checkpoint.load(params.finetuned);
-    checkCompatible(base, finetuned);
-    const byName = new Map<string, Checkpoint>([['finetuned', finetuned]]);
-    const extra: LoadResult['extra'] = {};
-    for (const [name, folder] of Object.entries(params.extra ?? {})) {
-      if (name === 'base' || name === 'finetuned') throw new BadRequestError(`"${name}" is reserved; pick another name for ${folder}`);
-      const c = await Checkpoint.load(folder);
-      checkCompatible(base, c);
-      byName.set(name, c);
-      extra[name] = c.info;
+    for (const name of Object.keys(params.extra ?? {})) {
+      if (name === 'base' || name === 'finetuned') throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
+    }
+    const others: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
+    const log = (message: string) => connection.sendNotification(Log.type, { level: 'info', message });
+    const { base, others: byName } = await loadCheckpoints(params.base, others, { cacheDir: params.cacheDir || defaultCacheDir(), log });
+    const finetuned = byName.get('finetuned')!;
+    try {
+      for (const [, c] of byName) checkCompatible(base, c);
+    } catch (e) {
+      for (const c of [base, ...byName.values()]) await c.release();
+      throw e;
     }
     for (const old of loaded) await old.release();
     loaded = [base, ...byName.values()];
     models = new Models(base, byName);
-    connection.sendNotification(Log.type, { level: 'info', message: `loaded ${base.info.modelFile} and ${finetuned.info.modelFile}` });
+    const extra: LoadResult['extra'] = {};
+    for (const [name, c] of byName) if (name !== 'finetuned') extra[name] = c.info;
+    log(`loaded ${base.info.modelFile} and ${finetuned.info.modelFile}`);
     return { base: base.info, finetuned: finetuned.info, extra };
   } catch (e) {
     if (e instanceof CheckpointError) return new ResponseError(e.message.includes('not compatible') ? HostErrors.Incompatible : HostErrors.BadCheckpoint, e.message);

@@ -1,0 +1,220 @@
+/**
+ * An ONNX decoder for a Llama-family checkpoint, written from its config and weight locations: the approach of
+ * onnxruntime-genai's model builder, in plain ONNX ops (opset 17) so that every step can be read against
+ * transformers' modeling files. The graph speaks the KV-cache interface the host already uses for exports
+ * (input_ids, attention_mask, position_ids, past_key_values.{i}.key|value -> logits, present.{i}.key|value; batch 1).
+ *
+ * LoRA adapters are separate low-rank products beside the base projection, each switched by a scalar input
+ * `adapter_scale.{j}` (0 or 1): one graph, one copy of the base weights, serves the base and every adapter.
+ * With the scale at 0 the branch adds exactly 0, so the base's numbers are those of the graph without adapters.
+ */
+import type { DecoderSpec } from './config';
+import { attribute, AttributeValue, DataType, encodeModel, NodeMessage, TensorMessage, ValueInfo } from './onnxProto';
+import type { ExternalLocation } from './weights';
+
+/** A LoRA update of one Linear module: y += (x·Aᵀ)·Bᵀ · scaling. A is [r, in], B is [out, r]. */
+export interface LoraModule {
+  a: Float32Array;
+  b: Float32Array;
+  rank: number;
+  scaling: number;
+}
+
+/** One adapter: LoRA updates by module path (e.g. `model.layers.0.self_attn.q_proj`). */
+export type AdapterModules = Map<string, LoraModule>;
+
+export const adapterScaleInput = (j: number) => `adapter_scale.${j}`;
+
+class Builder {
+  readonly nodes: NodeMessage[] = [];
+  readonly initializers: TensorMessage[] = [];
+  private readonly constants = new Map<string, string>();
+  private count = 0;
+
+  op(type: string, inputs: string[], attrs: Record<string, AttributeValue> = {}, outputs = 1): string[] {
+    const id = this.count++;
+    const out = Array.from({ length: outputs }, (_, i) => `${type.toLowerCase()}_${id}${outputs > 1 ? `_${i}` : ''}`);
+    this.nodes.push({ input: inputs, output: out, name: `${type}_${id}`, op_type: type, attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)) });
+    return out;
+  }
+
+  one(type: string, inputs: string[], attrs: Record<string, AttributeValue> = {}): string {
+    return this.op(type, inputs, attrs)[0];
+  }
+
+  /** An int64 constant (a scalar when `scalar`), shared by value. */
+  ints(values: number[], scalar = false): string {
+    const key = `i${scalar ? 's' : ''}:${values.join(',')}`;
+    let name = this.constants.get(key);
+    if (!name) {
+      name = `const_${this.constants.size}`;
+      const raw = new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer);
+      this.initializers.push({ name, dims: scalar ? [] : [values.length], data_type: DataType.INT64, raw_data: raw });
+      this.constants.set(key, name);
+    }
+    return name;
+  }
+
+  floats(values: number[] | Float32Array, dims: number[]): string {
+    const data = Float32Array.from(values);
+    const key = `f:${dims.join('x')}:${Buffer.from(data.buffer).toString('base64')}`;
+    let name = this.constants.get(key);
+    if (!name) {
+      name = `const_${this.constants.size}`;
+      this.initializers.push({ name, dims, data_type: DataType.FLOAT, raw_data: new Uint8Array(data.buffer) });
+      this.constants.set(key, name);
+    }
+    return name;
+  }
+
+  inline(name: string, dims: number[], data: Float32Array): string {
+    this.initializers.push({ name, dims, data_type: DataType.FLOAT, raw_data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+    return name;
+  }
+
+  external(name: string, dims: number[], loc: ExternalLocation): string {
+    this.initializers.push({
+      name,
+      dims,
+      data_type: DataType.FLOAT,
+      data_location: 1,
+      external_data: [
+        { key: 'location', value: loc.location },
+        { key: 'offset', value: String(loc.offset) },
+        { key: 'length', value: String(loc.length) },
+      ],
+    });
+    return name;
+  }
+}
+
+export interface DecoderGraph {
+  model: Uint8Array;
+  /** One scalar float input per adapter, in the order given. */
+  adapterInputs: string[];
+}
+
+/**
+ * The decoder graph. `locate` gives the float32 bytes of a checkpoint tensor by its transformers name; adapters
+ * are embedded in the graph (they are small).
+ */
+export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder'): DecoderGraph {
+  const g = new Builder();
+  const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V, layers } = spec;
+  const rep = heads / kvHeads;
+  const weights = new Map<string, string>();
+  const weight = (tensor: string, dims: number[]): string => {
+    let n = weights.get(tensor);
+    if (!n) {
+      n = g.external(tensor, dims, locate(tensor));
+      weights.set(tensor, n);
+    }
+    return n;
+  };
+  const adapterInputs = adapters.map((_, j) => adapterScaleInput(j));
+
+  const rmsNorm = (x: string, w: string): string => {
+    const sq = g.one('Pow', [x, g.floats([2], [])]);
+    const mean = g.one('ReduceMean', [sq], { axes: [-1], keepdims: 1 });
+    const denom = g.one('Sqrt', [g.one('Add', [mean, g.floats([spec.rmsNormEps], [])])]);
+    return g.one('Mul', [g.one('Div', [x, denom]), w]);
+  };
+
+  /** y = x·Wᵀ (+ b), plus each adapter's low-rank update of this module. x is [T, in]. */
+  const linear = (x: string, module: string, out: number, inDim: number, bias: boolean, tensor = `${module}.weight`): string => {
+    const inputs = [x, weight(tensor, [out, inDim])];
+    if (bias) inputs.push(weight(`${module}.bias`, [out]));
+    let y = g.one('Gemm', inputs, { transB: 1 });
+    adapters.forEach((modules, j) => {
+      const lora = modules.get(module);
+      if (!lora) return;
+      const a = g.inline(`adapter.${j}.${module}.lora_A.weight`, [lora.rank, inDim], lora.a);
+      const b = g.inline(`adapter.${j}.${module}.lora_B.weight`, [out, lora.rank], lora.b);
+      const low = g.one('Gemm', [g.one('Gemm', [x, a], { transB: 1 }), b], { transB: 1 });
+      const scale = g.one('Mul', [adapterInputs[j], g.floats([lora.scaling], [1])]);
+      y = g.one('Add', [y, g.one('Mul', [low, scale])]);
+    });
+    return y;
+  };
+
+  // ---- positions: RoPE tables from position_ids, causal (and sliding-window) mask from cache positions
+  const pos = g.one('Cast', [g.one('Reshape', ['position_ids', g.ints([-1, 1])])], { to: DataType.FLOAT });
+  const freqs = g.one('Mul', [pos, g.floats(spec.invFreq, [1, hd / 2])]);
+  const angles = g.one('Concat', [freqs, freqs], { axis: 1 });
+  const cos = g.one('Cos', [angles]);
+  const sin = g.one('Sin', [angles]);
+  const rope = (x: string): string => {
+    const x1 = g.one('Slice', [x, g.ints([0]), g.ints([hd / 2]), g.ints([-1])]);
+    const x2 = g.one('Slice', [x, g.ints([hd / 2]), g.ints([hd]), g.ints([-1])]);
+    const rotated = g.one('Concat', [g.one('Neg', [x2]), x1], { axis: -1 });
+    return g.one('Add', [g.one('Mul', [x, cos]), g.one('Mul', [rotated, sin])]);
+  };
+  const T = g.one('Gather', [g.one('Shape', ['input_ids']), g.ints([1], true)], { axis: 0 });
+  const P = g.one('Gather', [g.one('Shape', ['past_key_values.0.key']), g.ints([2], true)], { axis: 0 });
+  const S = g.one('Add', [P, T]);
+  const qPos = g.one('Unsqueeze', [g.one('Range', [P, S, g.ints([1], true)]), g.ints([1])]);
+  const kPos = g.one('Unsqueeze', [g.one('Range', [g.ints([0], true), S, g.ints([1], true)]), g.ints([0])]);
+  let allowed = g.one('LessOrEqual', [kPos, qPos]);
+  if (spec.slidingWindow) allowed = g.one('And', [allowed, g.one('Greater', [kPos, g.one('Sub', [qPos, g.ints([spec.slidingWindow])])])]);
+  const padding = g.one('Cast', [g.one('Reshape', ['attention_mask', g.ints([1, -1])])], { to: DataType.BOOL });
+  allowed = g.one('And', [allowed, padding]);
+  const mask = g.one('Where', [allowed, g.floats([0], []), g.floats([-3.4028234663852886e38], [])]);
+
+  // ---- the decoder
+  const embed = weight('model.embed_tokens.weight', [V, H]);
+  let x = g.one('Gather', [embed, g.one('Reshape', ['input_ids', g.ints([-1])])], { axis: 0 });
+  const presents: string[] = [];
+  const scale = g.floats([1 / Math.sqrt(hd)], []);
+  for (let l = 0; l < layers; l++) {
+    const p = `model.layers.${l}`;
+    const h = rmsNorm(x, weight(`${p}.input_layernorm.weight`, [H]));
+    let q = g.one('Reshape', [linear(h, `${p}.self_attn.q_proj`, heads * hd, H, spec.bias.q), g.ints([-1, heads, hd])]);
+    let k = g.one('Reshape', [linear(h, `${p}.self_attn.k_proj`, kvHeads * hd, H, spec.bias.k), g.ints([-1, kvHeads, hd])]);
+    const v = g.one('Reshape', [linear(h, `${p}.self_attn.v_proj`, kvHeads * hd, H, spec.bias.v), g.ints([-1, kvHeads, hd])]);
+    if (spec.qkNorm) {
+      q = rmsNorm(q, weight(`${p}.self_attn.q_norm.weight`, [hd]));
+      k = rmsNorm(k, weight(`${p}.self_attn.k_norm.weight`, [hd]));
+    }
+    const qr = rope(g.one('Transpose', [q], { perm: [1, 0, 2] }));
+    const kr = rope(g.one('Transpose', [k], { perm: [1, 0, 2] }));
+    const vt = g.one('Transpose', [v], { perm: [1, 0, 2] });
+    const presentK = `present.${l}.key`;
+    const presentV = `present.${l}.value`;
+    g.nodes.push({ input: [`past_key_values.${l}.key`, g.one('Unsqueeze', [kr, g.ints([0])])], output: [presentK], name: `concat_present_${l}_key`, op_type: 'Concat', attribute: [attribute('axis', 2)] });
+    g.nodes.push({ input: [`past_key_values.${l}.value`, g.one('Unsqueeze', [vt, g.ints([0])])], output: [presentV], name: `concat_present_${l}_value`, op_type: 'Concat', attribute: [attribute('axis', 2)] });
+    presents.push(presentK, presentV);
+    // grouped-query attention: query head h reads KV head h / rep, so [heads] splits as [kvHeads, rep]
+    const K = g.one('Reshape', [presentK, g.ints([kvHeads, 1, -1, hd])]);
+    const Vv = g.one('Reshape', [presentV, g.ints([kvHeads, 1, -1, hd])]);
+    const Q = g.one('Reshape', [qr, g.ints([kvHeads, rep, -1, hd])]);
+    const scores = g.one('Add', [g.one('Mul', [g.one('MatMul', [Q, g.one('Transpose', [K], { perm: [0, 1, 3, 2] })]), scale]), mask]);
+    const ctx = g.one('MatMul', [g.one('Softmax', [scores], { axis: -1 }), Vv]);
+    const merged = g.one('Reshape', [g.one('Transpose', [g.one('Reshape', [ctx, g.ints([heads, -1, hd])])], { perm: [1, 0, 2] }), g.ints([-1, heads * hd])]);
+    x = g.one('Add', [x, linear(merged, `${p}.self_attn.o_proj`, H, heads * hd, spec.bias.o)]);
+    const h2 = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`, [H]));
+    const gate = linear(h2, `${p}.mlp.gate_proj`, I, H, spec.bias.mlp);
+    const up = linear(h2, `${p}.mlp.up_proj`, I, H, spec.bias.mlp);
+    const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), up]);
+    x = g.one('Add', [x, linear(act, `${p}.mlp.down_proj`, H, I, spec.bias.mlp)]);
+  }
+  const final = rmsNorm(x, weight('model.norm.weight', [H]));
+  const logits2d = linear(final, 'lm_head', V, H, false, spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+  g.nodes.push({ input: [logits2d, g.ints([0])], output: ['logits'], name: 'unsqueeze_logits', op_type: 'Unsqueeze', attribute: [] });
+
+  const kvShape = (len: string) => [1, kvHeads, len, hd];
+  const inputs: ValueInfo[] = [
+    { name: 'input_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
+    { name: 'attention_mask', elemType: DataType.INT64, shape: [1, 'total_sequence_length'] },
+    { name: 'position_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
+  ];
+  const outputs: ValueInfo[] = [{ name: 'logits', elemType: DataType.FLOAT, shape: [1, 'sequence_length', V] }];
+  for (let l = 0; l < layers; l++) {
+    for (const kind of ['key', 'value']) {
+      inputs.push({ name: `past_key_values.${l}.${kind}`, elemType: DataType.FLOAT, shape: kvShape('past_sequence_length') });
+      outputs.push({ name: `present.${l}.${kind}`, elemType: DataType.FLOAT, shape: kvShape('total_sequence_length') });
+    }
+  }
+  for (const a of adapterInputs) inputs.push({ name: a, elemType: DataType.FLOAT, shape: [1] });
+  const model = encodeModel({ nodes: g.nodes, initializers: g.initializers, inputs, outputs, opset: 17, metadata: { model_type: spec.modelType, rope: spec.rope }, name });
+  return { model, adapterInputs };
+}

@@ -1,0 +1,348 @@
+/**
+ * The weight files of a Hugging Face checkpoint (safetensors, one file or shards listed in
+ * model.safetensors.index.json) as byte ranges the ONNX graph can point at. onnxruntime reads float32 external data
+ * straight out of a safetensors file; float16 and bfloat16 weights are converted once into a float32 cache keyed by
+ * the content hash of their source files (written under a temporary name, then renamed, its size announced first).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { readSafetensorsHeader, SafetensorsError } from '../../core/safetensors';
+import { CheckpointError } from '../checkpointError';
+import { halfToFloat } from '../onnxInitializers';
+import { readJson } from './config';
+
+export interface WeightRef {
+  name: string;
+  /** Real path (symlinks resolved: a Hugging Face cache snapshot links every file into blobs/). */
+  file: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/** The dtypes the host converts or reads as they are. Everything else (F8, integers, packed 4-bit) is refused. */
+const FLOAT_DTYPES = new Set(['F32', 'F16', 'BF16']);
+
+export function defaultCacheDir(): string {
+  const fromEnv = process.env.PIGGYBACK_CACHE_DIR;
+  if (fromEnv) return fromEnv;
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'piggyback-lens');
+}
+
+export class WeightIndex {
+  private constructor(
+    readonly folder: string,
+    readonly files: string[],
+    private readonly byName: Map<string, WeightRef>,
+  ) {}
+
+  /** The safetensors weights of `folder`: `model.safetensors`, or the shards its index names. */
+  static open(folder: string, single = 'model.safetensors', indexName = 'model.safetensors.index.json'): WeightIndex {
+    const indexFile = path.join(folder, indexName);
+    const singleFile = path.join(folder, single);
+    let files: string[];
+    let expected: Map<string, string> | undefined;
+    if (fs.existsSync(indexFile)) {
+      const index = readJson(indexFile);
+      const map = index.weight_map as Record<string, unknown> | undefined;
+      if (!map || typeof map !== 'object') throw new CheckpointError('no "weight_map" object', indexFile);
+      expected = new Map();
+      for (const [tensor, f] of Object.entries(map)) {
+        if (typeof f !== 'string' || f.includes('/') || f.includes('\\') || f.startsWith('.')) throw new CheckpointError(`tensor "${tensor}" maps to "${String(f)}", not a file name in this folder`, indexFile);
+        expected.set(tensor, f);
+      }
+      files = [...new Set(expected.values())].sort();
+      for (const f of files) {
+        if (!fs.existsSync(path.join(folder, f))) {
+          const n = [...expected.values()].filter((x) => x === f).length;
+          throw new CheckpointError(`names ${f} (${n} tensors), but that file is missing from ${folder}`, indexFile);
+        }
+      }
+    } else if (fs.existsSync(singleFile)) {
+      files = [single];
+    } else {
+      const bin = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'adapter_model.bin'].find((f) => fs.existsSync(path.join(folder, f)));
+      if (bin) throw new CheckpointError(`only ${bin} here: that is a Python pickle, which is never unpickled. Re-save with safetensors (save_pretrained(..., safe_serialization=True), the default since transformers 4.35)`, path.join(folder, bin));
+      const shards = fs.readdirSync(folder).filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f));
+      if (shards.length) throw new CheckpointError(`sharded weights (${shards[0]}, ...) without ${indexName}, which lists them`, folder);
+      throw new CheckpointError(`no ${single} or ${indexName}`, folder);
+    }
+    const byName = new Map<string, WeightRef>();
+    const real: string[] = [];
+    for (const f of files) {
+      const file = fs.realpathSync(path.join(folder, f));
+      real.push(file);
+      let header;
+      try {
+        header = readSafetensorsHeader(file);
+      } catch (e) {
+        if (e instanceof SafetensorsError) throw new CheckpointError(e.reason, path.join(folder, f));
+        throw e;
+      }
+      for (const [name, t] of header.tensors) byName.set(name, { name, file, dtype: t.dtype, shape: t.shape, begin: t.begin, end: t.end });
+    }
+    if (expected) {
+      for (const [tensor, f] of expected) {
+        const ref = byName.get(tensor);
+        if (!ref) throw new CheckpointError(`the index places "${tensor}" in ${f}, but that file's header has no such tensor`, indexFile);
+      }
+    }
+    return new WeightIndex(folder, real, byName);
+  }
+
+  get(name: string): WeightRef | undefined {
+    return this.byName.get(name);
+  }
+
+  names(): IterableIterator<string> {
+    return this.byName.keys();
+  }
+
+  /** A tensor that must exist, with the shape it must have, in a dtype the host can use. */
+  require(name: string, shape: number[], what = 'the model'): WeightRef {
+    const ref = this.byName.get(name);
+    if (!ref) throw new CheckpointError(`${what} needs tensor "${name}", which is not in the weights`, this.files.length === 1 ? this.files[0] : this.folder);
+    checkRef(ref, shape);
+    return ref;
+  }
+}
+
+export function checkRef(ref: WeightRef, shape: number[]): void {
+  if (!FLOAT_DTYPES.has(ref.dtype)) {
+    throw new CheckpointError(`tensor "${ref.name}" is ${ref.dtype}; only F32, F16 and BF16 weights are supported (quantized or 8-bit weights are not: use the unquantized checkpoint or an ONNX export)`, ref.file);
+  }
+  if (ref.shape.length !== shape.length || ref.shape.some((d, i) => d !== shape[i])) {
+    throw new CheckpointError(`tensor "${ref.name}" has shape [${ref.shape}], config.json implies [${shape}]`, ref.file);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ hashing
+
+type HashCache = Record<string, { size: number; mtimeMs: number; sha256: string }>;
+
+/**
+ * SHA-256 of a file's content, remembered by real path, size and mtime in the cache folder so that a large
+ * checkpoint is read once, not at every load.
+ */
+export function fileHash(file: string, cacheDir: string): string {
+  const real = fs.realpathSync(file);
+  const st = fs.statSync(real);
+  const store = path.join(cacheDir, 'hashes.json');
+  let cache: HashCache = {};
+  try {
+    cache = JSON.parse(fs.readFileSync(store, 'utf8')) as HashCache;
+  } catch {
+    // absent or unreadable: start afresh
+  }
+  const hit = cache[real];
+  if (hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs) return hit.sha256;
+  const h = createHash('sha256');
+  const fd = fs.openSync(real, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(8 << 20);
+    let n: number;
+    while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) h.update(buf.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  const sha256 = h.digest('hex');
+  if (st.size >= 1 << 20) {
+    cache[real] = { size: st.size, mtimeMs: st.mtimeMs, sha256 };
+    try {
+      fs.mkdirSync(cacheDir, { recursive: true });
+      writeAtomically(store, Buffer.from(JSON.stringify(cache)));
+    } catch {
+      // a read-only cache only costs re-hashing next time
+    }
+  }
+  return sha256;
+}
+
+function writeAtomically(file: string, data: Buffer): void {
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    fs.writeFileSync(tmp, data);
+    fs.renameSync(tmp, file);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ float32 data
+
+/** Where the graph finds a tensor's float32 bytes: a file name inside `dir`, and the byte range. */
+export interface ExternalLocation {
+  location: string;
+  offset: number;
+  length: number;
+}
+
+export interface Float32Weights {
+  /** The one folder all locations are relative to (onnxruntime's external-initializer folder). */
+  dir: string;
+  locate(name: string): ExternalLocation;
+  /** Bytes converted into the cache by this load (0 when reused or when the weights are float32 already). */
+  convertedBytes: number;
+  /** The cache file, when one is used. */
+  cacheFile?: string;
+}
+
+const CONVERTER_VERSION = 'f32-v1';
+
+/**
+ * Float32 bytes for every tensor in `refs`. Where all are F32 and live in one folder, the source files serve as
+ * they are; otherwise all are written, as float32, into one safetensors file in `cacheDir/weights/`, named by the
+ * content hash of what it was converted from, and reused by later loads.
+ */
+export function float32Weights(refs: WeightRef[], cacheDir: string, log: (message: string) => void): Float32Weights {
+  const dirs = new Set(refs.map((r) => path.dirname(r.file)));
+  if (refs.every((r) => r.dtype === 'F32') && dirs.size === 1) {
+    const byName = new Map(refs.map((r) => [r.name, r]));
+    return {
+      dir: [...dirs][0],
+      convertedBytes: 0,
+      locate: (name) => {
+        const r = byName.get(name)!;
+        return { location: path.basename(r.file), offset: r.begin, length: r.end - r.begin };
+      },
+    };
+  }
+  const sorted = [...refs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const sourceHashes = new Map<string, string>();
+  for (const f of new Set(sorted.map((r) => r.file))) sourceHashes.set(f, fileHash(f, cacheDir));
+  const key = createHash('sha256')
+    .update(CONVERTER_VERSION)
+    .update(JSON.stringify(sorted.map((r) => [r.name, sourceHashes.get(r.file), r.dtype, r.shape, r.begin, r.end])))
+    .digest('hex')
+    .slice(0, 32);
+  const dir = path.join(cacheDir, 'weights');
+  const file = path.join(dir, `${key}.safetensors`);
+  const layout = new Map<string, { begin: number; end: number }>();
+  const header: Record<string, unknown> = { __metadata__: { format: 'pt', converted_by: `piggyback-lens ${CONVERTER_VERSION}` } };
+  let offset = 0;
+  for (const r of sorted) {
+    const n = r.shape.reduce((a, b) => a * b, 1) * 4;
+    header[r.name] = { dtype: 'F32', shape: r.shape, data_offsets: [offset, offset + n] };
+    layout.set(r.name, { begin: offset, end: offset + n });
+    offset += n;
+  }
+  let json = Buffer.from(JSON.stringify(header), 'utf8');
+  const pad = (8 - (json.length % 8)) % 8;
+  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const dataStart = 8 + json.length;
+  const total = dataStart + offset;
+  let convertedBytes = 0;
+  if (!isComplete(file, total)) {
+    fs.mkdirSync(dir, { recursive: true });
+    const dtypes = [...new Set(sorted.map((r) => r.dtype))].join('/');
+    const free = freeBytes(dir);
+    if (free !== undefined && free < total) throw new CheckpointError(`converting the ${dtypes} weights to float32 needs ${gb(total)} in the cache, but only ${gb(free)} is free (set PIGGYBACK_CACHE_DIR or --cache-dir to another disk)`, dir);
+    log(`converting ${sorted.length} ${dtypes} tensors to float32 once: writing ${gb(total)} to ${file}`);
+    writeConverted(file, json, sorted);
+    convertedBytes = total;
+  }
+  return {
+    dir,
+    cacheFile: file,
+    convertedBytes,
+    locate: (name) => {
+      const l = layout.get(name)!;
+      return { location: path.basename(file), offset: dataStart + l.begin, length: l.end - l.begin };
+    },
+  };
+}
+
+function isComplete(file: string, size: number): boolean {
+  try {
+    return fs.statSync(file).size === size;
+  } catch {
+    return false;
+  }
+}
+
+function freeBytes(dir: string): number | undefined {
+  try {
+    const s = fs.statfsSync(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return undefined;
+  }
+}
+
+export function gb(bytes: number): string {
+  return bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB` : `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+const CHUNK = 1 << 22; // elements per conversion step
+
+/** Writes the cache file under a temporary name, then renames it: a crash or a full disk leaves nothing half-written. */
+function writeConverted(file: string, header: Buffer, refs: WeightRef[]): void {
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const out = fs.openSync(tmp, 'w');
+  try {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    fs.writeSync(out, len);
+    fs.writeSync(out, header);
+    for (const r of refs) forEachFloat32Chunk(r, (chunk) => fs.writeSync(out, chunk));
+    fs.closeSync(out);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    try {
+      fs.closeSync(out);
+    } catch {
+      // already closed
+    }
+    throw e;
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+let halfTable: Float32Array | undefined;
+
+/** Streams a tensor as float32 bytes, converting F16/BF16 chunk by chunk. */
+function forEachFloat32Chunk(r: WeightRef, sink: (bytes: Uint8Array) => void): void {
+  const size = r.dtype === 'F32' ? 4 : 2;
+  const count = (r.end - r.begin) / size;
+  const fd = fs.openSync(r.file, 'r');
+  try {
+    const src = new Uint8Array(CHUNK * size);
+    const dst = new Float32Array(CHUNK);
+    for (let done = 0; done < count; ) {
+      const n = Math.min(CHUNK, count - done);
+      const got = fs.readSync(fd, src, 0, n * size, r.begin + done * size);
+      if (got !== n * size) throw new CheckpointError(`tensor "${r.name}": the file ended early`, r.file);
+      if (r.dtype === 'F32') sink(src.subarray(0, n * 4));
+      else {
+        const u16 = new Uint16Array(src.buffer, 0, n);
+        if (r.dtype === 'BF16') {
+          const u32 = new Uint32Array(dst.buffer, 0, n);
+          for (let i = 0; i < n; i++) u32[i] = u16[i] << 16;
+        } else {
+          halfTable ??= Float32Array.from({ length: 65536 }, (_, i) => halfToFloat(i));
+          for (let i = 0; i < n; i++) dst[i] = halfTable[u16[i]];
+        }
+        sink(new Uint8Array(dst.buffer, 0, n * 4));
+      }
+      done += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A whole tensor as float32 in memory (small tensors: adapters, the embedding matrix for perturbation). */
+export function readFloat32(r: WeightRef): Float32Array {
+  const out = new Float32Array((r.end - r.begin) / (r.dtype === 'F32' ? 4 : 2));
+  let at = 0;
+  forEachFloat32Chunk(r, (bytes) => {
+    out.set(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)), at);
+    at += bytes.byteLength / 4;
+  });
+  return out;
+}
