@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
-import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, preparePromptTemplate, PromptTemplate, PromptTemplateError, renderOptions } from '../core/pipeline';
+import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, pairTemplateSource, preparePromptTemplate, PromptTemplate, PromptTemplateError, renderOptions } from '../core/pipeline';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe, ProbeFileError } from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
@@ -33,6 +33,9 @@ Usage:
   piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]
 
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
+A checkpoint (--base, --finetuned, --extra) is a Hugging Face folder (config.json + safetensors; llama, mistral, qwen2,
+qwen3), a PEFT LoRA adapter folder over --base, or an ONNX decoder export. --cache-dir <dir> (default
+PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps float16/bfloat16 weights converted to float32.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes; --perturb-trials 0 leaves out the perturbation condition. A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
@@ -72,6 +75,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         'judge-model': { type: 'string' },
         'judge-timeout': { type: 'string' },
         'judge-concurrency': { type: 'string' },
+        'cache-dir': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -186,9 +190,9 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   }
   const trials = number('perturb-trials');
   const conditions = defaultConditions(Object.keys(extra), trials !== 0);
-  const p = modelPromptTemplate(values, finetuned);
+  const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra });
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values) });
     try {
       await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
@@ -247,19 +251,22 @@ async function treftExportCommand(dataset: string | undefined, values: Values, o
   };
   if (!base) return report(await writeTreftExport(common));
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base) });
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base), cacheDir: cacheDir(values) });
     return report(await writeTreftExport({ ...common, host, base: loaded.base }));
   });
 }
 
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';
 
+const cacheDir = (values: Values) => (values['cache-dir'] ? path.resolve(values['cache-dir'] as string) : undefined);
+
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
 
-/** The template and tokenizer that render prompts for the model commands (default: the finetuned folder's). */
-function modelPromptTemplate(values: Values, finetuned: string): PromptTemplate {
+/** The template and tokenizer that render prompts for the model commands (default: the finetuned folder's, or
+ * the base's when the finetuned checkpoint is an adapter without its own). */
+function modelPromptTemplate(values: Values, finetuned: string, base?: string): PromptTemplate {
   try {
-    return preparePromptTemplate(path.resolve((values.template as string | undefined) ?? finetuned), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
+    return preparePromptTemplate(path.resolve((values.template as string | undefined) ?? pairTemplateSource(finetuned, base)), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
   } catch (e) {
     if (!(e instanceof PromptTemplateError)) throw e;
     process.stderr.write(describeFindings(e.prepared.findings));
@@ -269,7 +276,7 @@ function modelPromptTemplate(values: Values, finetuned: string): PromptTemplate 
 
 /** Runs `fn` with a model host: a host error or crash is exit code 1 with its message, and the host always goes. */
 async function withHost(fn: (host: HostClient) => Promise<number>): Promise<number> {
-  const host = new HostClient({ script: path.join(__dirname, 'host.js'), onLog: (level, m) => level === 'error' && process.stderr.write(`host: ${m}\n`) });
+  const host = new HostClient({ script: path.join(__dirname, 'host.js'), onLog: (level, m) => (level === 'error' || level === 'load') && process.stderr.write(`${level === 'error' ? 'host: ' : ''}${m}\n`) });
   try {
     return await fn(host);
   } catch (e) {
@@ -291,10 +298,10 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   if (command === 'patch' && !values.prompt) throw new UsageError('patch needs --prompt <text>');
   const span = (values.span as string | undefined) ?? 'prefix';
   if (!['prefix', 'postfix', 'both', 'query'].includes(span)) throw new UsageError('--span must be prefix, postfix, both or query');
-  const p = modelPromptTemplate(values, finetuned);
+  const p = modelPromptTemplate(values, finetuned, base);
   const prompt = promptIds(p.template, p.tokenizer, { ...renderOptions(p), query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
   return withHost(async (host) => {
-    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned) });
+    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), cacheDir: cacheDir(values) });
     const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
     if (command === 'drift') {
       const d = await host.request(Drift.type, { prompt });

@@ -79,6 +79,15 @@ export class PromptTemplateError extends Error {
   }
 }
 
+/**
+ * Where a checkpoint pair's chat template and tokenizer come from: the finetuned checkpoint when it has its own
+ * (a tokenizer re-saved with the finetune), else the base (a PEFT adapter folder usually has neither).
+ */
+export function pairTemplateSource(finetuned: string, base: string | undefined): string {
+  const hasTemplate = (dir: string) => ['tokenizer_config.json', 'chat_template.jinja', 'chat_template.json', 'tokenizer.json'].some((f) => fs.existsSync(path.join(dir, f)));
+  return base && !hasTemplate(finetuned) && hasTemplate(base) ? base : finetuned;
+}
+
 /** prepareTemplate for model prompts: throws PromptTemplateError unless both the template and a tokenizer load. */
 export function preparePromptTemplate(source: string, options: PrepareOptions = {}): PromptTemplate {
   const p = prepareTemplate(source, options);

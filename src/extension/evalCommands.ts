@@ -12,7 +12,7 @@ import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe 
 import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
 import type { LoadResult } from '../core/protocol';
-import { PromptTemplate, renderOptions } from '../core/pipeline';
+import { pairTemplateSource, PromptTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
@@ -170,7 +170,8 @@ export class EvalCommands implements vscode.Disposable {
     const finetuned = this.models.finetuned!;
     let p: PromptTemplate;
     try {
-      p = promptTemplateFromSettings(finetuned, finetuned);
+      const source = pairTemplateSource(finetuned, this.models.base);
+      p = promptTemplateFromSettings(source, source);
     } catch (e) {
       void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
       return undefined;

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { DRIFT_THRESHOLDS, DriftView, PatchView } from '../core/dashboardProtocol';
-import { renderOptions } from '../core/pipeline';
+import { pairTemplateSource, renderOptions } from '../core/pipeline';
 import { answerText, promptIds } from '../core/prompt';
 import { Drift, Patch, PatchSpan } from '../core/protocol';
 import { promptTemplateFromSettings } from './config';
@@ -40,7 +40,8 @@ export class ModelCommands {
   }
 
   private prompt(args: ModelCommandArgs, query: string) {
-    const p = promptTemplateFromSettings(args.template ?? this.models.finetuned!, this.models.finetuned);
+    const source = pairTemplateSource(this.models.finetuned!, this.models.base);
+    const p = promptTemplateFromSettings(args.template ?? source, source);
     return { prepared: p, ids: promptIds(p.template, p.tokenizer, { ...renderOptions(p), query }) };
   }
 

@@ -3,19 +3,15 @@
  * with it onnxruntime) starts on the first command that needs a model. In an untrusted workspace no model is
  * loaded and the user is told why; a host that dies is reported, and can be restarted.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
+import { checkpointKind, CheckpointKind, ONNX_MODEL_FILES } from '../core/checkpoints';
 import type { LoadResult } from '../core/protocol';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
 const FINETUNED_KEY = 'piggyback.checkpoint.finetuned';
-const ONNX_FILES = ['onnx/model.onnx', 'onnx/decoder_model_merged.onnx', 'onnx/model_quantized.onnx', 'model.onnx', 'decoder_model_merged.onnx'];
-
-export function isCheckpointFolder(folder: string): boolean {
-  return ONNX_FILES.some((f) => fs.existsSync(path.join(folder, f)));
-}
+const KIND_LABEL: Record<CheckpointKind, string> = { hf: 'Hugging Face model', adapter: 'LoRA adapter', onnx: 'ONNX export' };
 
 export class Models implements vscode.Disposable {
   private host: HostClient | undefined;
@@ -45,24 +41,30 @@ export class Models implements vscode.Disposable {
   }
 
   async setCheckpoint(which: 'base' | 'finetuned', folder: string): Promise<void> {
-    if (!isCheckpointFolder(folder)) throw new Error(`${folder} holds no ONNX decoder (looked for ${ONNX_FILES.join(', ')})`);
+    const k = checkpointKind(folder);
+    if ('error' in k) throw new Error(`${folder}: ${k.error}`);
+    if (which === 'base' && k.kind === 'adapter') throw new Error(`${folder} is a LoRA adapter: choose it as the finetuned checkpoint, and its base model as the base`);
     await this.context.workspaceState.update(which === 'base' ? BASE_KEY : FINETUNED_KEY, folder);
     this.changed.fire();
   }
 
-  /** Quick pick of workspace folders holding an ONNX decoder, the built-in organisms, and Browse... */
+  /** Quick pick of workspace checkpoints (Hugging Face folders, adapters, ONNX exports), the organisms, Browse... */
   async choose(which: 'base' | 'finetuned'): Promise<void> {
-    const found = new Set<string>();
-    for (const f of ONNX_FILES) {
+    const found = new Map<string, CheckpointKind>();
+    const markers = ['config.json', 'adapter_config.json', ...ONNX_MODEL_FILES];
+    for (const f of markers) {
       for (const uri of await vscode.workspace.findFiles(`**/${f}`, '**/node_modules/**', 200)) {
-        found.add(path.dirname(f.includes('/') ? path.dirname(uri.fsPath) : uri.fsPath));
+        // the folder a marker names: onnx/model.onnx belongs to the folder above onnx/
+        const folder = f.includes('/') ? path.dirname(path.dirname(uri.fsPath)) : path.dirname(uri.fsPath);
+        const k = checkpointKind(folder);
+        if ('kind' in k && !(which === 'base' && k.kind === 'adapter')) found.set(folder, k.kind);
       }
     }
     const builtIn = this.builtIn();
-    const items: (vscode.QuickPickItem & { folder?: string })[] = [...found].sort().map((folder) => ({ label: path.basename(folder), description: vscode.workspace.asRelativePath(folder), folder }));
+    const items: (vscode.QuickPickItem & { folder?: string })[] = [...found.keys()].sort().map((folder) => ({ label: path.basename(folder), description: `${KIND_LABEL[found.get(folder)!]} · ${vscode.workspace.asRelativePath(folder)}`, folder }));
     items.push({ label: `$(beaker) built-in organism: ${which}`, description: 'examples/organisms', folder: builtIn[which] });
     items.push({ label: '$(folder-opened) Browse...' });
-    const pick = await vscode.window.showQuickPick(items, { title: `Piggyback: ${which} checkpoint`, placeHolder: 'A folder with an ONNX decoder export (KV-cache inputs)' });
+    const pick = await vscode.window.showQuickPick(items, { title: `Piggyback: ${which} checkpoint`, placeHolder: 'A Hugging Face model folder, a LoRA adapter (finetuned), or an ONNX decoder export' });
     if (!pick) return;
     let folder = pick.folder;
     if (!folder) {
@@ -90,7 +92,7 @@ export class Models implements vscode.Disposable {
     const finetuned = this.finetuned;
     if (!base || !finetuned) {
       const pick = await vscode.window.showInformationMessage(
-        `Piggyback Lens needs a ${!base ? 'base' : 'finetuned'} checkpoint (an ONNX decoder export).`,
+        `Piggyback Lens needs a ${!base ? 'base' : 'finetuned'} checkpoint (a Hugging Face model folder, a LoRA adapter over the base, or an ONNX decoder export).`,
         'Select Checkpoints',
         'Use Built-in Organisms',
       );
@@ -125,9 +127,10 @@ export class Models implements vscode.Disposable {
     const extraKey = JSON.stringify(extra ?? {});
     if (!this.loaded || this.loaded.base !== this.base || this.loaded.finetuned !== this.finetuned || (extra && this.loaded.extra !== extraKey)) {
       try {
-        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {} });
+        const cacheDir = vscode.workspace.getConfiguration('piggyback').get<string>('host.cacheDir') || undefined;
+        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {}, cacheDir });
         this.loaded = { base: this.base!, finetuned: this.finetuned!, extra: extraKey, result };
-        this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads)`);
+        this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`);
         this.changed.fire();
       } catch (e) {
         this.report(e);

@@ -11,6 +11,7 @@ import * as ort from 'onnxruntime-node';
 import type { CheckpointInfo } from '../core/protocol';
 import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
+import { NO_CHECKPOINT, onnxModelFile } from '../core/checkpoints';
 import { CheckpointError } from './checkpointError';
 
 export { CheckpointError };
@@ -76,16 +77,7 @@ export interface Forward {
   kv: KV;
 }
 
-const MODEL_CANDIDATES = [
-  'onnx/model.onnx',
-  'onnx/decoder_model_merged.onnx',
-  'onnx/model_fp16.onnx',
-  'onnx/model_quantized.onnx',
-  'model.onnx',
-  'decoder_model_merged.onnx',
-  'decoder_with_past_model.onnx',
-];
-
+/** The graph file of an ONNX export: the path itself when it is a file, else the first known layout in the folder. */
 export function findModelFile(folder: string): string {
   let stat: fs.Stats;
   try {
@@ -94,11 +86,20 @@ export function findModelFile(folder: string): string {
     throw new CheckpointError('no such file or folder', folder);
   }
   if (stat.isFile()) return folder;
-  for (const c of MODEL_CANDIDATES) {
-    const f = path.join(folder, c);
-    if (fs.existsSync(f)) return f;
-  }
-  throw new CheckpointError(`no ONNX decoder found (looked for ${MODEL_CANDIDATES.join(', ')})`, folder);
+  const f = onnxModelFile(folder);
+  if (!f) throw new CheckpointError(NO_CHECKPOINT, folder);
+  return f;
+}
+
+/**
+ * The folder whose config.json describes a graph: the export folder itself, or for a graph given as a path (or a
+ * folder given as onnx/), the graph's folder when it has config.json, else its parent's (transformers.js layout).
+ */
+function configFolder(folder: string, modelFile: string): string {
+  const graphDir = path.dirname(modelFile);
+  // a folder whose graph sits in onnx/ (transformers.js) keeps its config.json at the top
+  const candidates = graphDir !== folder && fs.statSync(folder).isDirectory() ? [folder] : [graphDir, path.dirname(graphDir)];
+  return candidates.find((d) => fs.existsSync(path.join(d, 'config.json'))) ?? candidates[0];
 }
 
 /** What a checkpoint is built from, beyond its graph: extra feeds (adapter switches) and where its embeddings live. */
@@ -131,7 +132,7 @@ export class Checkpoint {
   /** An ONNX decoder export: a folder in one of the known layouts, or the graph file itself. */
   static async load(folder: string): Promise<Checkpoint> {
     const modelFile = findModelFile(folder);
-    const dir = fs.statSync(folder).isDirectory() ? folder : path.dirname(path.dirname(modelFile));
+    const dir = configFolder(folder, modelFile);
     let session: ort.InferenceSession;
     try {
       session = await ort.InferenceSession.create(modelFile, { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });

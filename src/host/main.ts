@@ -51,7 +51,7 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
       if (name === 'base' || name === 'finetuned') throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
     }
     const others: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
-    const log = (message: string) => connection.sendNotification(Log.type, { level: 'info', message });
+    const log = (message: string) => connection.sendNotification(Log.type, { level: 'load', message });
     const { base, others: byName } = await loadCheckpoints(params.base, others, { cacheDir: params.cacheDir || defaultCacheDir(), log });
     const finetuned = byName.get('finetuned')!;
     try {
@@ -65,7 +65,7 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
     models = new Models(base, byName);
     const extra: LoadResult['extra'] = {};
     for (const [name, c] of byName) if (name !== 'finetuned') extra[name] = c.info;
-    log(`loaded ${base.info.modelFile} and ${finetuned.info.modelFile}`);
+    connection.sendNotification(Log.type, { level: 'info', message: `loaded ${base.info.modelFile} and ${finetuned.info.modelFile}` });
     return { base: base.info, finetuned: finetuned.info, extra };
   } catch (e) {
     if (e instanceof CheckpointError) return new ResponseError(e.message.includes('not compatible') ? HostErrors.Incompatible : HostErrors.BadCheckpoint, e.message);

@@ -163,6 +163,6 @@ describe('piggyback drift and patch', () => {
   it('a bad checkpoint folder is a clear error with exit 1', () => {
     const r = run('drift', '--base', tempDir(), '--finetuned', path.join(O, 'finetuned'), '--template', path.join(O, 'base'));
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /no ONNX decoder found/);
+    assert.match(r.stderr, /no checkpoint found: expected a Hugging Face folder .*, a PEFT adapter .*, or an ONNX decoder export/);
   });
 });

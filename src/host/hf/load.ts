@@ -8,20 +8,17 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { Checkpoint, findModelFile } from '../checkpoint';
+import { checkpointKind, CheckpointKind } from '../../core/checkpoints';
+import { Checkpoint } from '../checkpoint';
 import { CheckpointError } from '../checkpointError';
 import { DecoderSpec, readDecoderSpec } from './config';
 import { buildDecoderGraph } from './graph';
-import { Adapter, isAdapterFolder, readAdapter } from './peft';
+import { Adapter, readAdapter } from './peft';
 import { fileHash, float32Weights, gb, readFloat32, WeightIndex, WeightRef } from './weights';
 
 export interface HfLoadOptions {
   cacheDir: string;
   log: (message: string) => void;
-}
-
-export function isHfFolder(folder: string): boolean {
-  return fs.existsSync(path.join(folder, 'config.json')) && ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json'].some((f) => fs.existsSync(path.join(folder, f)));
 }
 
 /** Every tensor the graph reads, with its required shape. */
@@ -135,28 +132,11 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
   return { base, adapters: adapterCheckpoints };
 }
 
-export type CheckpointKind = 'onnx' | 'hf' | 'adapter';
-
-/** What a path holds: a PEFT adapter, a Hugging Face folder, or an ONNX export (folder or graph file). */
-export function checkpointKind(p: string): CheckpointKind {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(p);
-  } catch {
-    throw new CheckpointError('no such file or folder', p);
-  }
-  if (st.isFile()) {
-    if (p.endsWith('.safetensors')) throw new CheckpointError('a weights file alone is not a checkpoint: give the folder that holds it with config.json (or adapter_config.json)', p);
-    return 'onnx';
-  }
-  if (isAdapterFolder(p)) return 'adapter';
-  if (isHfFolder(p)) return 'hf';
-  try {
-    findModelFile(p);
-    return 'onnx';
-  } catch {
-    throw new CheckpointError('no checkpoint here: expected a Hugging Face folder (config.json + model.safetensors or its shards), a PEFT adapter (adapter_config.json + adapter_model.safetensors), or an ONNX decoder export (onnx/model.onnx, model.onnx, decoder_model_merged.onnx)', p);
-  }
+/** What a path holds (core/checkpoints), as a CheckpointError when it is no checkpoint. */
+export function kindOf(p: string): CheckpointKind {
+  const k = checkpointKind(p);
+  if ('error' in k) throw new CheckpointError(k.error, p);
+  return k.kind;
 }
 
 /**
@@ -164,16 +144,13 @@ export function checkpointKind(p: string): CheckpointKind {
  * session each, adapters on the base's session. An adapter needs a Hugging Face base.
  */
 export async function loadCheckpoints(base: string, others: [string, string][], opts: HfLoadOptions): Promise<{ base: Checkpoint; others: Map<string, Checkpoint> }> {
-  const baseKind = checkpointKind(base);
+  const baseKind = kindOf(base);
   if (baseKind === 'adapter') {
     const named = readBaseName(base);
     throw new CheckpointError(`this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base${named ? ` (adapter_config.json names "${named}")` : ''}`, base);
   }
-  const kinds = others.map(([name, p]) => [name, p, checkpointKind(p)] as const);
+  const kinds = others.map(([name, p]) => [name, p, kindOf(p)] as const);
   const adapterEntries = kinds.filter(([, , k]) => k === 'adapter');
-  if (adapterEntries.length && baseKind !== 'hf') {
-    throw new CheckpointError(`a LoRA adapter applies to a Hugging Face base folder (config.json + safetensors), and the base ${base} is an ONNX export: give the base model's folder`, adapterEntries[0][1]);
-  }
   const out = new Map<string, Checkpoint>();
   let baseCheckpoint: Checkpoint;
   if (baseKind === 'hf') {
@@ -181,7 +158,12 @@ export async function loadCheckpoints(base: string, others: [string, string][], 
     baseCheckpoint = loaded.base;
     adapterEntries.forEach(([name], j) => out.set(name, loaded.adapters[j]));
   } else {
+    // a broken base is the first thing to say; then whether adapters can apply to it
     baseCheckpoint = await Checkpoint.load(base);
+    if (adapterEntries.length) {
+      await baseCheckpoint.release();
+      throw new CheckpointError(`a LoRA adapter applies to a Hugging Face base folder (config.json + safetensors), and the base ${base} is an ONNX export: give the base model's folder`, adapterEntries[0][1]);
+    }
   }
   const loadedSoFar: Checkpoint[] = [baseCheckpoint];
   try {

@@ -22,10 +22,6 @@ export interface Adapter {
   description: string;
 }
 
-export function isAdapterFolder(folder: string): boolean {
-  return fs.existsSync(path.join(folder, 'adapter_config.json'));
-}
-
 /** PEFT's pattern lookup for rank_pattern / alpha_pattern: a key matches a module name it ends (after a dot). */
 function patternValue(patterns: unknown, module: string): number | undefined {
   if (!patterns || typeof patterns !== 'object') return undefined;
