@@ -41,7 +41,8 @@ export function writeRunReports(dir: string, sarifRoot: string): RunFiles {
   return run;
 }
 
-const pct = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${(100 * x).toFixed(0)}%`);
+// `+ 0` turns a -0 from rounding (e.g. -0.2%) into 0: a share that rounds to zero prints as 0%, not -0%
+export const pct = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${(Math.round(100 * x) + 0).toFixed(0)}%`);
 const num = (x: number | null | undefined, d = 3) => (x === null || x === undefined ? 'n/a' : x.toFixed(d));
 
 /** Severity of a piggyback share: at least `error` is high risk, at least `warning` medium. */
