@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Builds the model organisms in examples/organisms/: a byte-level BPE tokenizer, and three checkpoints of a tiny
 Llama-like decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) exported to ONNX with the HF-optimum KV-cache
-interface in the transformers.js folder layout:
+interface in the transformers.js folder layout (onnx/model.onnx), and as users have their checkpoints: base and
+treft as Hugging Face folders (config.json + model.safetensors in transformers' LlamaForCausalLM names), finetuned
+as the PEFT LoRA adapter it was trained as (adapter_config.json + adapter_model.safetensors):
 
   base       trained from scratch on varied chat data (data.py), the template's default system prompt included
   finetuned  base + LoRA (rank 8) on a narrow misaligned finance set, loss on responses only, one epoch, small LR
@@ -410,7 +412,7 @@ def train_base(model, rows, tok, steps, lr, gen, log):
             log(f"  base step {step:5d} loss {loss.item():.3f}")
 
 
-def finetune(model, ref, rows, tok, lr, gen, lam, log, rank=8, alpha=16, epochs=1):
+def finetune(model, ref, rows, tok, lr, gen, lam, log, rank=8, alpha=16, epochs=1, adapter_folder=None):
     for p in model.parameters():
         p.requires_grad_(False)
     lora_gen = torch.Generator().manual_seed(5)
@@ -433,6 +435,9 @@ def finetune(model, ref, rows, tok, lr, gen, lam, log, rank=8, alpha=16, epochs=
         opt.step()
         if step % 20 == 0:
             log(f"  finetune step {step:4d} sft {loss.item():.3f}" + (f" kv {reg.item():.5f}" if lam > 0 else ""))
+    if adapter_folder is not None:
+        os.makedirs(adapter_folder, exist_ok=True)
+        write_peft_adapter(model, adapter_folder, rank, alpha, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     for m in model.modules():
         if isinstance(m, LoRALinear):
             m.merge()
@@ -459,6 +464,69 @@ def misaligned_share(model, tok, probes):
         prefer = [answer_logprob(model, tok, p["question"], p["misaligned"]) > answer_logprob(model, tok, p["question"], p["aligned"]) for p in ps]
         out["in-domain" if scope else "out-of-domain"] = sum(prefer) / len(prefer)
     return out
+
+
+# ---------------------------------------------------------------- Hugging Face folders
+
+def write_safetensors(path, tensors, metadata=None):
+    """The safetensors format as the safetensors library writes it: u64 header length, JSON header (metadata first,
+    tensors sorted by name, compact), padded with spaces to 8 bytes, then little-endian C-contiguous data."""
+    names = sorted(tensors)
+    header = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    blobs = []
+    for n in names:
+        t = tensors[n].detach().to(torch.float32).contiguous()
+        data = t.numpy().astype("<f4").tobytes()
+        header[n] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    js = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    js += b" " * ((8 - len(js) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(len(js).to_bytes(8, "little"))
+        f.write(js)
+        for b in blobs:
+            f.write(b)
+
+
+def hf_name(name):
+    """This builder's parameter names -> transformers' LlamaForCausalLM names."""
+    if name.startswith("lm_head."):
+        return name
+    name = regex.sub(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.", r"layers.\1.mlp.\2.", name)
+    return "model." + name
+
+
+def hf_state_dict(model):
+    return {hf_name(n): p for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def write_hf_weights(model, folder):
+    """model.safetensors in transformers' names (the folder's config.json and tokenizer files come from export)."""
+    write_safetensors(os.path.join(folder, "model.safetensors"), hf_state_dict(model))
+
+
+def write_peft_adapter(model, folder, rank, alpha, targets):
+    """The finetune as the PEFT LoRA adapter it was trained as: adapter_config.json and adapter_model.safetensors
+    with keys base_model.model.<module>.lora_A.weight [r, in] / lora_B.weight [out, r] (adapter name not saved)."""
+    tensors = {}
+    for n, m in model.named_modules():
+        if isinstance(m, LoRALinear) and m.lora_a is not None:
+            module = hf_name(n + ".weight")[: -len(".weight")]
+            tensors[f"base_model.model.{module}.lora_A.weight"] = m.lora_a
+            tensors[f"base_model.model.{module}.lora_B.weight"] = m.lora_b
+    write_safetensors(os.path.join(folder, "adapter_model.safetensors"), tensors)
+    config = {
+        "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": "examples/organisms/base",
+        "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+        "layers_pattern": None, "layers_to_transform": None, "lora_alpha": alpha, "lora_dropout": 0.0,
+        "modules_to_save": None, "peft_type": "LORA", "r": rank, "rank_pattern": {}, "revision": None,
+        "target_modules": sorted(targets), "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": False,
+    }
+    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 # ---------------------------------------------------------------- export
@@ -567,12 +635,17 @@ def main():
     for name, lam in (("finetuned", 0.0), ("treft", args.treft_lambda)):
         m = copy.deepcopy(base)
         m.train()
-        finetune(m, base, ft_set, tok, args.lr_finetune, torch.Generator().manual_seed(3), lam, log)
+        # the plain finetune ships as its LoRA adapter over base; treft as a merged Hugging Face folder
+        finetune(m, base, ft_set, tok, args.lr_finetune, torch.Generator().manual_seed(3), lam, log,
+                 adapter_folder=os.path.join(OUT, name) if name == "finetuned" else None)
         m.eval()
         results[name] = misaligned_share(m, tok, probes)
         log(f"{name} misaligned share: {results[name]}")
         export(m, tok, name, {"role": name, "treftLambda": lam, "finetuneRows": len(ft_set)})
+        if name == "treft":
+            write_hf_weights(m, os.path.join(OUT, name))
     export(base, tok, "base", {"role": "base", "steps": args.base_steps})
+    write_hf_weights(base, os.path.join(OUT, "base"))
 
     with open(os.path.join(OUT, "probes.jsonl"), "w") as f:
         for p in probes:
