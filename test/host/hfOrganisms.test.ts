@@ -86,6 +86,20 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
     }
   });
 
+  it('mixed pairs: a Hugging Face base with an ONNX finetune, and the reverse, measure what the pure pairs do', async () => {
+    for (const [base, finetuned, against] of [
+      [path.join(O, 'base'), path.join(O, 'finetuned', 'onnx'), 'finetuned'],
+      [path.join(O, 'base', 'onnx'), path.join(O, 'treft'), 'treft'],
+    ]) {
+      const mixed = await loadCheckpoints(base, [['finetuned', finetuned]], { cacheDir: tempDir(), log: () => {} });
+      all.push(mixed.base, ...mixed.others.values());
+      assert.notEqual(mixed.base.info.kind, mixed.others.get('finetuned')!.info.kind);
+      const m = await drift(new Models(mixed.base, mixed.others), prompt, 'finetuned', ctx);
+      const pure = await drift(hf, prompt, against, ctx);
+      for (const seg of ['prefix', 'query', 'postfix'] as const) close(m.segments[seg].mean, pure.segments[seg].mean, `${base} + ${finetuned} ${seg}`);
+    }
+  });
+
   it('patch and score: generations identical, KL and log-probabilities within 1e-5 relative', async () => {
     for (const span of ['prefix', 'postfix', 'query'] as const) {
       const a = await patch(hf, { prompt, span, maxNewTokens: 24 }, ctx);
