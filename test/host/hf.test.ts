@@ -93,6 +93,20 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     assert.ok(maxDiff(rs.logits, cases['llama-rslora'].expected.logits) <= 1e-4);
   });
 
+  it("PEFT's target_modules forms: a list, a regex, and the all-linear shorthand select the same adapted modules", async () => {
+    const dir = path.join(tempDir(), 'all-linear');
+    fs.cpSync(path.join(HF, 'llama-lora'), dir, { recursive: true });
+    const cfgFile = path.join(dir, 'adapter_config.json');
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), target_modules: 'all-linear' }));
+    const logs: string[] = [];
+    const loaded = await loadCheckpoints(path.join(HF, 'llama'), [['finetuned', dir]], { cacheDir, log: (m) => logs.push(m) });
+    opened.push(loaded.base, ...loaded.others.values());
+    const e = cases['llama-lora'].expected;
+    const out = await loaded.others.get('finetuned')!.forward(e.ids, range(e.ids.length), KV.empty(2, 2, 8));
+    assert.ok(maxDiff(out.logits, e.logits) <= 1e-4);
+    assert.ok(logs.some((m) => m.includes('LoRA r4 alpha 8 on 5 modules (down_proj, q_proj, v_proj) (trained over "tiny/base"; applied to')), logs.join('\n'));
+  });
+
   it('identity: the hash covers config.json and the weights, and the adapter hash covers its base', async () => {
     const a = await open('llama');
     const b = await open('mistral-sliding-window');

@@ -84,6 +84,7 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
     `${folder}: ${spec.modelType}, ${count(params)} parameters (${dtypes}), about ${gb(4 * params)} as float32 in memory` +
       (adapters.length ? `; ${adapters.length} adapter(s) share these weights and add ${gb(adapterBytes.reduce((a, b) => a + b, 0))}` : ''),
   );
+  for (const a of adapters) opts.log(`${a.folder}: ${a.description}${a.baseModelNameOrPath ? ` (trained over "${a.baseModelNameOrPath}"; applied to ${folder})` : ''}`);
   const weights = float32Weights(refs, opts.cacheDir, opts.log);
   const graph = buildDecoderGraph(
     spec,
@@ -167,8 +168,14 @@ export async function loadCheckpoints(base: string, others: [string, string][], 
   }
   const loadedSoFar: Checkpoint[] = [baseCheckpoint];
   try {
+    const sameAsBase = (p: string) => fs.realpathSync(p) === fs.realpathSync(base);
     for (const [name, p, kind] of kinds) {
       if (kind === 'adapter') continue;
+      // the base named again (a TReFT export runs the base alone): one session, not two copies of the weights
+      if (sameAsBase(p)) {
+        out.set(name, baseCheckpoint);
+        continue;
+      }
       const c = kind === 'hf' ? (await loadHf(p, [], opts)).base : await Checkpoint.load(p);
       loadedSoFar.push(c);
       out.set(name, c);

@@ -41,6 +41,8 @@ function patternValue(patterns: unknown, module: string): number | undefined {
 
 /** PEFT's check_target_module_exists: a regex string must match the whole name; a list entry must equal or end it. */
 export function matchesTarget(targets: unknown, module: string): boolean {
+  // PEFT's shorthand (normally expanded into module names before saving): every Linear but the output head
+  if (targets === 'all-linear') return module !== 'lm_head';
   if (typeof targets === 'string') {
     try {
       return new RegExp(`^(?:${targets})$`).test(module);
@@ -70,6 +72,7 @@ export function readAdapter(folder: string, baseWeight: (module: string) => [num
   if (config.lora_bias === true) refuse('lora_bias');
   if (Array.isArray(config.target_parameters) && config.target_parameters.length) refuse('target_parameters');
   if (config.layer_replication) refuse('layer_replication');
+  if (config.trainable_token_indices) refuse('trainable_token_indices (trained embedding rows)');
   const targets = config.target_modules;
   if (typeof targets !== 'string' && !Array.isArray(targets)) throw new CheckpointError('"target_modules" must be a list of module names or a regex string', configFile);
   const baseMatches = baseModules.filter((m) => matchesTarget(targets, m));
