@@ -15,7 +15,7 @@ import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
 import { TreftExportResult, writeTreftExport } from '../core/treft';
-import { Drift, Patch, PatchSpan } from '../core/protocol';
+import { Drift, HostSettings, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
@@ -35,7 +35,9 @@ Usage:
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 A checkpoint (--base, --finetuned, --extra) is a Hugging Face folder (config.json + safetensors; llama, mistral, qwen2,
 qwen3), a PEFT LoRA adapter folder over --base, or an ONNX decoder export. --cache-dir <dir> (default
-PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps float16/bfloat16 weights converted to float32.
+PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps float16/bfloat16 weights converted to float32. Model commands
+run with --threads N (default: every core) and --execution-provider auto|cpu|cuda; --model-file picks one graph of
+an ONNX folder with several (onnx/model_q4.onnx, or just q4); --no-memory-check loads even when memory looks short.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes; --perturb-trials 0 leaves out the perturbation condition. A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
@@ -76,6 +78,10 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         'judge-timeout': { type: 'string' },
         'judge-concurrency': { type: 'string' },
         'cache-dir': { type: 'string' },
+        threads: { type: 'string' },
+        'execution-provider': { type: 'string' },
+        'model-file': { type: 'string' },
+        'no-memory-check': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -192,7 +198,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   const conditions = defaultConditions(Object.keys(extra), trials !== 0);
   const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values) });
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values), settings: hostSettings(values) });
     try {
       await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
@@ -251,7 +257,7 @@ async function treftExportCommand(dataset: string | undefined, values: Values, o
   };
   if (!base) return report(await writeTreftExport(common));
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base), cacheDir: cacheDir(values) });
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base), cacheDir: cacheDir(values), settings: hostSettings(values) });
     return report(await writeTreftExport({ ...common, host, base: loaded.base }));
   });
 }
@@ -259,6 +265,24 @@ async function treftExportCommand(dataset: string | undefined, values: Values, o
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';
 
 const cacheDir = (values: Values) => (values['cache-dir'] ? path.resolve(values['cache-dir'] as string) : undefined);
+
+/** --threads, --execution-provider, --model-file, --no-memory-check: how the host runs the models. */
+function hostSettings(values: Values): HostSettings {
+  const s: HostSettings = {};
+  if (values.threads !== undefined) {
+    const t = values.threads as string;
+    if (!/^[1-9]\d*$/.test(t)) throw new UsageError(`--threads wants a whole number of at least 1, got "${t}"`);
+    s.threads = Number(t);
+  }
+  const ep = values['execution-provider'] as string | undefined;
+  if (ep !== undefined) {
+    if (ep !== 'auto' && ep !== 'cpu' && ep !== 'cuda') throw new UsageError(`--execution-provider must be auto, cpu or cuda, got "${ep}"`);
+    s.executionProvider = ep;
+  }
+  if (values['model-file']) s.modelFile = values['model-file'] as string;
+  if (values['no-memory-check']) s.memoryCheck = false;
+  return s;
+}
 
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
 
@@ -301,7 +325,7 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   const p = modelPromptTemplate(values, finetuned, base);
   const prompt = promptIds(p.template, p.tokenizer, { ...renderOptions(p), query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
   return withHost(async (host) => {
-    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), cacheDir: cacheDir(values) });
+    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), cacheDir: cacheDir(values), settings: hostSettings(values) });
     const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
     if (command === 'drift') {
       const d = await host.request(Drift.type, { prompt });

@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { checkpointFolder } from './checkpoints';
 import { auditDataset, DatasetReport } from './dataset/audit';
 import { fileChunks } from './dataset/lines';
 import { Finding, sortFindings } from './findings';
@@ -85,7 +86,10 @@ export class PromptTemplateError extends Error {
  */
 export function pairTemplateSource(finetuned: string, base: string | undefined): string {
   const hasTemplate = (dir: string) => ['tokenizer_config.json', 'chat_template.jinja', 'chat_template.json', 'tokenizer.json'].some((f) => fs.existsSync(path.join(dir, f)));
-  return base && !hasTemplate(finetuned) && hasTemplate(base) ? base : finetuned;
+  // a checkpoint given as an .onnx file or an onnx/ folder keeps its tokenizer files with its config.json
+  const ft = checkpointFolder(finetuned);
+  const b = base === undefined ? undefined : checkpointFolder(base);
+  return b && !hasTemplate(ft) && hasTemplate(b) ? b : ft;
 }
 
 /** prepareTemplate for model prompts: throws PromptTemplateError unless both the template and a tokenizer load. */

@@ -25,6 +25,13 @@ export interface CheckpointInfo {
   description?: string;
   /** An adapter's `base_model_name_or_path` (often a Hub id), shown beside the base actually used. */
   baseModelNameOrPath?: string;
+  /** Content hashes (first 16 hex chars) of each file the identity covers, by path relative to `folder`. */
+  files?: Record<string, string>;
+  /** Where the K/V head count and size came from (then checked against a forward pass). */
+  headDimFrom?: 'graph' | 'config.json';
+  /** Where it runs: the execution provider and the CPU threads onnxruntime uses. */
+  device: 'cpu' | 'cuda';
+  threads: number;
   layers: number;
   kvHeads: number;
   headDim: number;
@@ -37,6 +44,18 @@ export interface CheckpointInfo {
   hash: string;
 }
 
+/** How the host runs models (CLI flags, piggyback.host.* settings). */
+export interface HostSettings {
+  /** onnxruntime intra-op threads; default: every core. */
+  threads?: number;
+  /** auto: CUDA when onnxruntime-node's CUDA provider is installed, else the CPU (and the load says why). */
+  executionProvider?: 'auto' | 'cpu' | 'cuda';
+  /** Which graph of an ONNX export folder with several variants (e.g. onnx/model_q4.onnx, or "q4"). */
+  modelFile?: string;
+  /** false: load even when the estimated memory exceeds what is free. */
+  memoryCheck?: boolean;
+}
+
 export interface LoadParams {
   base: string;
   /** A checkpoint, or a PEFT LoRA adapter over `base`. */
@@ -46,6 +65,7 @@ export interface LoadParams {
   /** Where converted (float16/bfloat16 -> float32) weights are cached; default: PIGGYBACK_CACHE_DIR, else the
    * user's cache folder (~/.cache/piggyback-lens). */
   cacheDir?: string;
+  settings?: HostSettings;
 }
 
 export interface LoadResult {

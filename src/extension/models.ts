@@ -127,10 +127,12 @@ export class Models implements vscode.Disposable {
     const extraKey = JSON.stringify(extra ?? {});
     if (!this.loaded || this.loaded.base !== this.base || this.loaded.finetuned !== this.finetuned || (extra && this.loaded.extra !== extraKey)) {
       try {
-        const cacheDir = vscode.workspace.getConfiguration('piggyback').get<string>('host.cacheDir') || undefined;
-        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {}, cacheDir });
+        const c = vscode.workspace.getConfiguration('piggyback');
+        const threads = c.get<number>('host.threads') || undefined;
+        const settings = { threads, executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'), modelFile: c.get<string>('host.onnxVariant') || undefined, memoryCheck: c.get<boolean>('host.memoryCheck') };
+        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {}, cacheDir: c.get<string>('host.cacheDir') || undefined, settings });
         this.loaded = { base: this.base!, finetuned: this.finetuned!, extra: extraKey, result };
-        this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`);
+        this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`);
         this.changed.fire();
       } catch (e) {
         this.report(e);

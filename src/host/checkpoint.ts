@@ -4,15 +4,17 @@
  * decoder_model_merged.onnx, decoder_with_past_model.onnx), external data files beside the graph.
  * K/V are held per layer as Float32Array in [kv_heads, positions, head_dim] (batch 1).
  */
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { CheckpointInfo } from '../core/protocol';
 import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
-import { NO_CHECKPOINT, onnxModelFile } from '../core/checkpoints';
+import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../core/checkpoints';
 import { CheckpointError } from './checkpointError';
+import { tokenizerDifference } from '../core/tokenizerCompat';
+import { onnxIdentity } from './identity';
+import { Device, ResolvedSettings, resolveSettings, sessionOptions } from './session';
 
 export { CheckpointError };
 
@@ -70,15 +72,19 @@ export class KV {
 }
 
 export interface Forward {
-  /** [positions, vocab] logits of the fed tokens. */
+  /** [rows, vocab] logits of the last `rows` fed tokens (all of them unless fewer were asked for). */
   logits: Float32Array;
+  rows: number;
   vocab: number;
   /** K/V of the fed positions only (the past is not repeated). */
   kv: KV;
 }
 
-/** The graph file of an ONNX export: the path itself when it is a file, else the first known layout in the folder. */
-export function findModelFile(folder: string): string {
+/**
+ * The graph file of an ONNX export: the path itself when it is a file, else the variant `choice` names, else the
+ * first known layout in the folder.
+ */
+export function findModelFile(folder: string, choice?: string): string {
   let stat: fs.Stats;
   try {
     stat = fs.statSync(folder);
@@ -86,20 +92,39 @@ export function findModelFile(folder: string): string {
     throw new CheckpointError('no such file or folder', folder);
   }
   if (stat.isFile()) return folder;
-  const f = onnxModelFile(folder);
+  let f: string | undefined;
+  try {
+    f = onnxModelFile(folder, choice);
+  } catch (e) {
+    throw new CheckpointError((e as Error).message, folder);
+  }
   if (!f) throw new CheckpointError(NO_CHECKPOINT, folder);
   return f;
 }
 
+/** Inputs the host knows how to feed; any other input of a graph is named at load instead of failing later. */
+const KNOWN_INPUT = /^(input_ids|attention_mask|position_ids|use_cache_branch|num_logits_to_keep|logits_to_keep|past_key_values\.\d+\.(key|value)|adapter_scale\.\d+)$/;
+
 /**
- * The folder whose config.json describes a graph: the export folder itself, or for a graph given as a path (or a
- * folder given as onnx/), the graph's folder when it has config.json, else its parent's (transformers.js layout).
+ * An onnxruntime session for a graph file or bytes, and the device it runs on. Failures name `file` and keep
+ * onnxruntime's first line; under `auto`, a CUDA session that cannot start (no GPU, no driver) runs on the CPU.
  */
-function configFolder(folder: string, modelFile: string): string {
-  const graphDir = path.dirname(modelFile);
-  // a folder whose graph sits in onnx/ (transformers.js) keeps its config.json at the top
-  const candidates = graphDir !== folder && fs.statSync(folder).isDirectory() ? [folder] : [graphDir, path.dirname(graphDir)];
-  return candidates.find((d) => fs.existsSync(path.join(d, 'config.json'))) ?? candidates[0];
+export async function createSession(model: string | Uint8Array, settings: ResolvedSettings, config: Record<string, string>, file: string, log?: (m: string) => void): Promise<{ session: ort.InferenceSession; device: Device }> {
+  const create = (s: ResolvedSettings) => (typeof model === 'string' ? ort.InferenceSession.create(model, sessionOptions(s, config)) : ort.InferenceSession.create(model, sessionOptions(s, config)));
+  const first = (e: unknown) => String((e as Error).message).split('\n')[0];
+  try {
+    return { session: await create(settings), device: settings.device };
+  } catch (e) {
+    if (settings.device === 'cuda' && settings.auto) {
+      log?.(`CUDA could not start (${first(e)}); running on the CPU with ${settings.threads} threads`);
+      try {
+        return { session: await create({ ...settings, device: 'cpu' }), device: 'cpu' };
+      } catch (e2) {
+        e = e2;
+      }
+    }
+    throw new CheckpointError(`onnxruntime cannot ${typeof model === 'string' ? 'load the model' : 'build the decoder'}${settings.device === 'cuda' ? ' on CUDA' : ''}: ${first(e)}`, file);
+  }
 }
 
 /** What a checkpoint is built from, beyond its graph: extra feeds (adapter switches) and where its embeddings live. */
@@ -130,21 +155,23 @@ export class Checkpoint {
   ) {}
 
   /** An ONNX decoder export: a folder in one of the known layouts, or the graph file itself. */
-  static async load(folder: string): Promise<Checkpoint> {
-    const modelFile = findModelFile(folder);
-    const dir = configFolder(folder, modelFile);
-    let session: ort.InferenceSession;
-    try {
-      session = await ort.InferenceSession.create(modelFile, { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
-    } catch (e) {
-      throw new CheckpointError(`onnxruntime cannot load the model: ${(e as Error).message}`, modelFile);
-    }
-    return Checkpoint.fromSession(session, modelFile, dir, { info: { hash: createHash('sha256').update(fs.readFileSync(modelFile)).digest('hex').slice(0, 16) } });
+  static async load(folder: string, settings: ResolvedSettings = resolveSettings(), opts: { modelFile?: string; cacheDir?: string; log?: (m: string) => void } = {}): Promise<Checkpoint> {
+    const modelFile = findModelFile(folder, opts.modelFile);
+    const dir = checkpointFolder(modelFile);
+    const others = fs.statSync(folder).isDirectory() ? onnxVariants(folder).map((v) => path.join(folder, v)).filter((v) => v !== modelFile) : [];
+    if (others.length && !opts.modelFile) opts.log?.(`${folder}: using ${path.relative(folder, modelFile)}; also here: ${others.map((v) => path.relative(folder, v)).join(', ')} (choose with --model-file or piggyback.host.onnxVariant)`);
+    const identity = onnxIdentity(modelFile, dir, opts.cacheDir);
+    const { session, device } = await createSession(modelFile, settings, {}, modelFile, opts.log);
+    const c = Checkpoint.fromSession(session, modelFile, dir, { info: { ...identity, device, threads: settings.threads } });
+    await c.checkShapes();
+    return c;
   }
 
   /** Checks that a session speaks the KV-cache interface and reads its shapes; `dir` holds config.json. */
   static fromSession(session: ort.InferenceSession, modelFile: string, dir: string, source: CheckpointSource): Checkpoint {
     const inputs = session.inputNames;
+    const unknown = inputs.filter((n) => !KNOWN_INPUT.test(n));
+    if (unknown.length) throw new CheckpointError(`the graph needs inputs the host does not know how to feed: ${unknown.join(', ')}`, modelFile);
     for (const required of ['input_ids', 'attention_mask']) {
       if (!inputs.includes(required)) throw new CheckpointError(`the graph has no "${required}" input`, modelFile);
     }
@@ -182,18 +209,39 @@ export class Checkpoint {
       vocabSize: (config.vocab_size as number) ?? 0,
       kvType: past0?.type === 'float16' ? 'float16' : 'float32',
       hasPositionIds: inputs.includes('position_ids'),
+      headDimFrom: typeof past0?.shape?.[3] === 'number' && typeof past0?.shape?.[1] === 'number' ? 'graph' : 'config.json',
       eosTokenIds: Array.isArray(eos) ? (eos as number[]) : typeof eos === 'number' ? [eos] : [],
       hash: '',
+      device: 'cpu',
+      threads: 1,
       ...source.info,
     };
     return new Checkpoint(info, session, modelFile, source);
   }
 
   /**
-   * Runs `ids` at `positions` after the cached `past`. Returns logits for the fed tokens and their K/V.
+   * Runs `ids` at `positions` after the cached `past`. Returns the logits of the last `keep` fed tokens (all by
+   * default; a graph without logits_to_keep returns all anyway, see `rows`) and the fed tokens' K/V.
    */
-  async forward(ids: number[], positions: number[], past: KV): Promise<Forward> {
+  async forward(ids: number[], positions: number[], past: KV, keep = ids.length): Promise<Forward> {
+    const { layers, kvHeads, headDim } = this.info;
+    const t = ids.length;
+    const total = past.length + t;
+    const out = await this.session.run(this.feeds(ids, positions, past, keep));
+    const logitsT = out.logits;
+    const vocab = logitsT.dims[logitsT.dims.length - 1];
+    const rows = logitsT.dims.length === 3 ? logitsT.dims[1] : 1;
+    const kvLayers: LayerKV[] = [];
+    for (let i = 0; i < layers; i++) {
+      const full = new KV([{ k: toFloat32(out[`present.${i}.key`]), v: toFloat32(out[`present.${i}.value`]) }], total, kvHeads, headDim);
+      kvLayers.push(full.slice(past.length, total).layers[0]);
+    }
+    return { logits: toFloat32(logitsT), rows, vocab, kv: new KV(kvLayers, t, kvHeads, headDim) };
+  }
+
+  private feeds(ids: number[], positions: number[], past: KV, keep: number): Record<string, ort.Tensor> {
     const { layers, kvHeads, headDim, kvType, hasPositionIds } = this.info;
+    const inputs = this.session.inputNames;
     const t = ids.length;
     const total = past.length + t;
     const feeds: Record<string, ort.Tensor> = {
@@ -213,21 +261,32 @@ export class Checkpoint {
         feeds[`past_key_values.${i}.${kind}`] = kvType === 'float16' ? new ort.Tensor('float16', Uint16Array.from(arr, floatToHalf), dims) : new ort.Tensor('float32', arr, dims);
       }
     }
+    // optimum's merged decoder picks its branch by this flag; graphs with logits_to_keep materialise only the
+    // logits asked for (a 1,000-token prompt over a 150k vocabulary is 600 MB of logits otherwise)
+    if (inputs.includes('use_cache_branch')) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(past.length > 0 ? 1 : 0), [1]);
+    for (const name of ['num_logits_to_keep', 'logits_to_keep']) if (inputs.includes(name)) feeds[name] = new ort.Tensor('int64', BigInt64Array.of(BigInt(keep)), []);
     if (this.source.feeds) Object.assign(feeds, this.source.feeds);
-    const out = await this.session.run(feeds);
-    const logitsT = out.logits;
-    const vocab = logitsT.dims[logitsT.dims.length - 1];
-    const kvLayers: LayerKV[] = [];
-    for (let i = 0; i < layers; i++) {
-      const full = new KV(
-        [{ k: toFloat32(out[`present.${i}.key`]), v: toFloat32(out[`present.${i}.value`]) }],
-        total,
-        kvHeads,
-        headDim,
-      );
-      kvLayers.push(full.slice(past.length, total).layers[0]);
+    return feeds;
+  }
+
+  /**
+   * Runs one token and compares the K/V the graph returns with the head count and size the host took from the
+   * graph's declared shapes or config.json: a disagreement is an error naming both, never a wrong number.
+   */
+  async checkShapes(): Promise<void> {
+    const { layers, kvHeads, headDim } = this.info;
+    const from = this.info.headDimFrom === 'graph' ? 'its declared inputs' : 'config.json';
+    let out: ort.InferenceSession.OnnxValueMapType;
+    try {
+      out = await this.session.run(this.feeds([0], [0], KV.empty(layers, kvHeads, headDim), 1));
+    } catch (e) {
+      const first = String((e as Error).message).split('\n')[0];
+      throw new CheckpointError(`the graph does not run with ${kvHeads} KV heads of size ${headDim} (from ${from}): ${first}`, this.modelFile);
     }
-    return { logits: toFloat32(logitsT), vocab, kv: new KV(kvLayers, t, kvHeads, headDim) };
+    const dims = out['present.0.key'].dims;
+    if (dims[1] !== kvHeads || dims[3] !== headDim) {
+      throw new CheckpointError(`the graph returns K/V of ${dims[1]} heads x ${dims[3]}, but ${from} says ${kvHeads} x ${headDim}: fix num_key_value_heads / head_dim in config.json`, this.modelFile);
+    }
   }
 
   /** The input embedding matrix, from the ONNX initializer feeding the token lookup (or where the source says). */
@@ -272,8 +331,12 @@ function readConfig(dir: string): Record<string, unknown> & { num_hidden_layers?
   }
 }
 
-/** Base and finetuned must share the tokenizer and the K/V shapes, or patching is meaningless. */
-export function checkCompatible(base: Checkpoint, other: Checkpoint): void {
+/**
+ * Base and finetuned must share the tokenizer and the K/V shapes, or patching is meaningless. Tokenizers are
+ * compared by content (core/tokenizerCompat): a re-saved tokenizer.json with a truncation block is the same one.
+ * Returns a note when the files differ in a way no tried text shows.
+ */
+export function checkCompatible(base: Checkpoint, other: Checkpoint): string | undefined {
   const a = base.info;
   const b = other.info;
   const diffs: string[] = [];
@@ -281,12 +344,14 @@ export function checkCompatible(base: Checkpoint, other: Checkpoint): void {
   if (a.kvHeads !== b.kvHeads) diffs.push(`KV heads ${a.kvHeads} vs ${b.kvHeads}`);
   if (a.headDim !== b.headDim) diffs.push(`head size ${a.headDim} vs ${b.headDim}`);
   if (a.vocabSize && b.vocabSize && a.vocabSize !== b.vocabSize) diffs.push(`vocabulary ${a.vocabSize} vs ${b.vocabSize}`);
-  const tok = (dir: string) => {
-    const f = path.join(dir, 'tokenizer.json');
-    return fs.existsSync(f) ? createHash('sha256').update(fs.readFileSync(f)).digest('hex') : undefined;
-  };
-  const ta = tok(a.folder);
-  const tb = tok(b.folder);
-  if (ta && tb && ta !== tb) diffs.push('different tokenizer.json');
+  const fa = path.join(a.folder, 'tokenizer.json');
+  const fb = path.join(b.folder, 'tokenizer.json');
+  let note: string | undefined;
+  if (fs.existsSync(fa) && fs.existsSync(fb)) {
+    const d = tokenizerDifference(fa, fb);
+    if (d?.example) diffs.push(`different tokenizer.json (${d.parts.join(', ')}): ${JSON.stringify(d.example.text)} is [${d.example.a.join(', ')}] for the base and [${d.example.b.join(', ')}] here`);
+    else if (d) note = `${fb}: tokenizer.json differs from the base's in ${d.parts.join(', ')}, but no tried text tokenizes differently`;
+  }
   if (diffs.length) throw new CheckpointError(`not compatible with the base checkpoint (${diffs.join('; ')})`, b.folder);
+  return note;
 }

@@ -5,9 +5,10 @@
 import { CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
 import { Crash, Drift, ExportKV, Generate, HostErrors, Load, LoadResult, Log, Parity, Patch, Perturb, progressType, Score } from '../core/protocol';
-import { Checkpoint, CheckpointError, checkCompatible } from './checkpoint';
+import { Checkpoint, CheckpointError } from './checkpoint';
 import { loadCheckpoints } from './hf/load';
 import { defaultCacheDir } from './hf/weights';
+import { resolveSettings, SettingsError } from './session';
 import { BadRequestError, CancelledError, drift, exportKV, generate, Models, OpContext, parity, patch, perturb, score } from './operations';
 
 process.env.ORT_DISABLE_TELEMETRY ??= '1';
@@ -41,7 +42,7 @@ function handle<P extends object, R>(fn: (params: P, ctx: OpContext, models: Mod
 function toResponseError(e: unknown): ResponseError<void> {
   if (e instanceof CancelledError) return new ResponseError(HostErrors.Cancelled, 'cancelled');
   if (e instanceof CheckpointError) return new ResponseError(HostErrors.BadCheckpoint, e.message);
-  if (e instanceof BadRequestError) return new ResponseError(HostErrors.BadRequest, e.message);
+  if (e instanceof BadRequestError || e instanceof SettingsError) return new ResponseError(HostErrors.BadRequest, e.message);
   return new ResponseError(-32603, (e as Error).stack ?? String(e));
 }
 
@@ -51,15 +52,10 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
       if (name === 'base' || name === 'finetuned') throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
     }
     const others: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
-    const log = (message: string) => connection.sendNotification(Log.type, { level: 'load', message });
-    const { base, others: byName } = await loadCheckpoints(params.base, others, { cacheDir: params.cacheDir || defaultCacheDir(), log });
+    const log = (message: string, level: 'load' | 'info' = 'load') => connection.sendNotification(Log.type, { level, message });
+    const settings = resolveSettings(params.settings);
+    const { base, others: byName } = await loadCheckpoints(params.base, others, { cacheDir: params.cacheDir || defaultCacheDir(), log, settings, modelFile: params.settings?.modelFile, memoryCheck: params.settings?.memoryCheck });
     const finetuned = byName.get('finetuned')!;
-    try {
-      for (const [, c] of byName) checkCompatible(base, c);
-    } catch (e) {
-      for (const c of [base, ...byName.values()]) await c.release();
-      throw e;
-    }
     for (const old of loaded) await old.release();
     loaded = [base, ...byName.values()];
     models = new Models(base, byName);

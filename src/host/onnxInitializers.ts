@@ -107,9 +107,8 @@ function readTensor(buf: Uint8Array, wantName?: (name: string, dims: number[]) =
   return t;
 }
 
-/** Finds the first initializer for which `match(name, dims)` holds. */
-export function readInitializer(modelFile: string, match: (name: string, dims: number[]) => boolean): Initializer | undefined {
-  const buf = new Uint8Array(fs.readFileSync(modelFile));
+/** Initializers of the main graph, one at a time (raw bytes are views into `buf`, not copies). */
+function* initializers(buf: Uint8Array): Generator<RawTensor> {
   const model = new Reader(buf);
   let tag: [number, number] | undefined;
   while ((tag = model.tag())) {
@@ -117,17 +116,32 @@ export function readInitializer(modelFile: string, match: (name: string, dims: n
       model.skip(tag[1]);
       continue;
     }
-    const graphBytes = model.bytes();
-    const graph = new Reader(graphBytes);
+    const graph = new Reader(model.bytes());
     let g: [number, number] | undefined;
     while ((g = graph.tag())) {
       if (g[0] !== 5 || g[1] !== 2) {
         graph.skip(g[1]);
         continue;
       }
-      const t = readTensor(graph.bytes(), match);
-      if (t) return { name: t.name, dims: t.dims, data: tensorData(t, modelFile) };
+      const t = readTensor(graph.bytes());
+      if (t) yield t;
     }
+  }
+}
+
+/** The external data files a graph's initializers name (absolute paths, each once, in first-use order). */
+export function externalDataFiles(modelFile: string): string[] {
+  const files = new Set<string>();
+  for (const t of initializers(new Uint8Array(fs.readFileSync(modelFile)))) {
+    if (t.external?.location) files.add(path.resolve(path.dirname(modelFile), t.external.location));
+  }
+  return [...files];
+}
+
+/** Finds the first initializer for which `match(name, dims)` holds. */
+export function readInitializer(modelFile: string, match: (name: string, dims: number[]) => boolean): Initializer | undefined {
+  for (const t of initializers(new Uint8Array(fs.readFileSync(modelFile)))) {
+    if (match(t.name, t.dims)) return { name: t.name, dims: t.dims, data: tensorData(t, modelFile) };
   }
   return undefined;
 }

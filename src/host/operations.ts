@@ -81,7 +81,7 @@ export class Models {
       const key = `${refName}|${p.ids.slice(0, P).join(',')}`;
       let kv = this.prefixCache.get(key);
       if (!kv) {
-        kv = (await ref.forward(p.ids.slice(0, P), range(0, P), empty(ref))).kv;
+        kv = (await ref.forward(p.ids.slice(0, P), range(0, P), empty(ref), 1)).kv;
         if (this.prefixCache.size > 64) this.prefixCache.clear();
         this.prefixCache.set(key, kv);
       }
@@ -89,10 +89,10 @@ export class Models {
     }
     if (span === 'postfix') {
       const prefix = await this.reference(ref, p, 'prefix', refName);
-      return (await ref.forward(p.ids.slice(Q, L), range(Q, L), prefix)).kv;
+      return (await ref.forward(p.ids.slice(Q, L), range(Q, L), prefix, 1)).kv;
     }
     const n = Math.min(P, Q - P);
-    const out = await ref.forward(p.ids.slice(0, P + n), range(0, P + n), empty(ref));
+    const out = await ref.forward(p.ids.slice(0, P + n), range(0, P + n), empty(ref), 1);
     return out.kv.slice(P, P + n);
   }
 
@@ -131,11 +131,12 @@ export class Models {
         cache = cache.concat(refRange(s, e));
         continue;
       }
-      const out = await model.forward(p.ids.slice(s, e), range(s, e), cache);
+      // only the prompt's last token's logits are read: the others are not materialised where the graph allows
+      const out = await model.forward(p.ids.slice(s, e), range(s, e), cache, 1);
       let kv = out.kv;
       if (isLast && patched.has(s)) kv = refRange(s, e);
       cache = cache.concat(kv);
-      if (isLast) last = { logits: out.logits.subarray((e - s - 1) * out.vocab), vocab: out.vocab };
+      if (isLast) last = { logits: out.logits.subarray((out.rows - 1) * out.vocab), vocab: out.vocab };
     }
     return { cache, logits: last!.logits, vocab: last!.vocab, patched: [...patched].sort((a, b) => a - b) };
   }
@@ -180,10 +181,10 @@ export async function drift(models: Models, prompt: PromptIds, against: string, 
   const other = models.get(against);
   const L = prompt.ids.length;
   ctx.progress(0, 2, 'base');
-  const a = await models.base.forward(prompt.ids, range(0, L), empty(models.base));
+  const a = await models.base.forward(prompt.ids, range(0, L), empty(models.base), 1);
   if (ctx.isCancelled()) throw new CancelledError();
   ctx.progress(1, 2, against);
-  const b = await other.forward(prompt.ids, range(0, L), empty(other));
+  const b = await other.forward(prompt.ids, range(0, L), empty(other), 1);
   ctx.progress(2, 2);
   const layers = models.base.info.layers;
   const perToken = (which: 'k' | 'v', pos: number) =>
@@ -380,7 +381,7 @@ export async function exportKV(models: Models, params: ExportKVParams, ctx: OpCo
     if (ctx.isCancelled()) throw new CancelledError();
     const ids = params.prefixes[g];
     if (ids.length === 0) throw new BadRequestError(`prefix ${g} is empty`);
-    const kv = (await model.forward(ids, range(0, ids.length), empty(model))).kv;
+    const kv = (await model.forward(ids, range(0, ids.length), empty(model), 1)).kv;
     kv.layers.forEach((l, i) => {
       tensors[`prefix.${g}.layers.${i}.key`] = { shape: [kvHeads, ids.length, headDim], data: l.k };
       tensors[`prefix.${g}.layers.${i}.value`] = { shape: [kvHeads, ids.length, headDim], data: l.v };

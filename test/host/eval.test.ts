@@ -12,6 +12,7 @@ import { promptIds } from '../../src/core/prompt';
 import { readSafetensors } from '../../src/core/safetensors';
 import { JUDGE_PROMPT_HASH } from '../../src/core/eval/judge';
 import { ROOT, makeTree, runAsync, startJudgeServer, tempDir } from '../helpers';
+import { organismExport } from '../layouts';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const O = path.join(ROOT, 'examples', 'organisms');
@@ -104,13 +105,28 @@ describe('eval runs', () => {
     assert.equal(results.find((x) => x.condition === 'finetuned+prefix-perturb').samples.length, 4, '2 trials x 2 samples');
   });
 
+  it('identity: new weights exported into the same folder are refused, naming the file, never resumed', () => {
+    const out = tempDir();
+    const probes = probeSubset(1);
+    const ft = organismExport('treft', { graph: 'onnx/model.onnx' });
+    const run = () => spawnSync(process.execPath, [CLI, 'eval', '--base', path.join(O, 'base'), '--finetuned', ft, '--probes', probes, '--out', out, '--max-new-tokens', '4', '--perturb-trials', '0'], { encoding: 'utf8' });
+    assert.ok((run().status ?? 2) < 2);
+    const before = fs.readFileSync(path.join(out, 'results.jsonl'), 'utf8');
+    // re-export: the same graph file, other weights in its external data (the base's)
+    fs.copyFileSync(path.join(O, 'base', 'model.safetensors'), path.join(ft, 'onnx', 'model.onnx_data'));
+    const again = run();
+    assert.equal(again.status, 2);
+    assert.match(again.stderr, /holds results of other weights, so it is not resumed: finetuned changed under the same path .*\(onnx\/model\.onnx_data: [0-9a-f]{16} -> [0-9a-f]{16}\)/);
+    assert.equal(fs.readFileSync(path.join(out, 'results.jsonl'), 'utf8'), before, 'earlier results untouched');
+  });
+
   it('refuses to resume into a folder that holds a run of other checkpoints or settings', () => {
     const out = tempDir();
     const probes = probeSubset(1);
     assert.ok((spawnSync(process.execPath, args(out, probes)).status ?? 2) < 2);
     const other = spawnSync(process.execPath, [CLI, 'eval', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'treft'), '--probes', probes, '--out', out], { encoding: 'utf8' });
     assert.equal(other.status, 2);
-    assert.match(other.stderr, /holds a run of different checkpoints, template, conditions, settings; use another output folder/);
+    assert.match(other.stderr, /holds results of other weights, so it is not resumed: finetuned is another checkpoint \(.*finetuned then, .*treft now\)/);
     const settings = spawnSync(process.execPath, args(out, probes, '--max-new-tokens', '8'), { encoding: 'utf8' });
     assert.match(settings.stderr, /holds a run of different settings/);
     const greedySamples = spawnSync(process.execPath, args(tempDir(), probes, '--samples', '3'), { encoding: 'utf8' });

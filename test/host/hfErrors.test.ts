@@ -182,4 +182,13 @@ describe('bad Hugging Face checkpoints', () => {
     assert.throws(() => float32Weights(refs, cacheDir, () => {}), /the file ended early/);
     assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'weights')), []);
   });
+
+  it('memory guard: a load that will not fit is refused with the numbers, unless the check is turned off', async () => {
+    const base = path.join(ROOT, 'examples', 'organisms', 'base');
+    const adapter = path.join(ROOT, 'examples', 'organisms', 'finetuned');
+    const opts = { cacheDir: tempDir(), log: () => {}, availableMemory: 5e6 };
+    await assert.rejects(loadCheckpoints(base, [['finetuned', adapter]], opts), (e: unknown) => e instanceof CheckpointError && /^.*: loading needs about \d+\.\d MB \(base \d+\.\d MB \+ finetuned \d+\.\d MB: weights as float32, K\/V for 4096 tokens, logits, activations\), but only 5\.0 MB of memory is available; .*--no-memory-check/.test(e.message));
+    const r = await loadCheckpoints(base, [['finetuned', adapter]], { ...opts, memoryCheck: false });
+    for (const c of [r.base, ...r.others.values()]) await c.release();
+  });
 });

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
 import { answerText, promptIds } from '../prompt';
-import { Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
+import { CheckpointInfo, Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
 import type { ChatTemplate, RenderOptions } from '../template/render';
 import type { LoadedTokenizer } from '../tokenizer';
 import { Judge, JudgeIdentity, JudgeScore } from './judge';
@@ -183,6 +183,29 @@ export function evalSettings(o: Pick<EvalOptions, 'maxNewTokens' | 'temperature'
   };
 }
 
+/**
+ * Which checkpoints of a run folder are not the ones loaded now, in words: a checkpoint whose files changed under
+ * the same path names the files (re-exported weights must never be resumed under the old results).
+ */
+export function changedCheckpoints(old: LoadResult, now: LoadResult): string[] {
+  const roles = (r: LoadResult): [string, CheckpointInfo][] => [['base', r.base], ['finetuned', r.finetuned], ...Object.entries(r.extra ?? {})];
+  const current = new Map(roles(now));
+  const out: string[] = [];
+  for (const [role, was] of roles(old)) {
+    const is = current.get(role);
+    if (!is) out.push(`${role} (${was.folder}) is not loaded now`);
+    else if (is.hash !== was.hash) {
+      if (path.resolve(is.folder) !== path.resolve(was.folder)) out.push(`${role} is another checkpoint (${was.folder} then, ${is.folder} now)`);
+      else {
+        const files = [...new Set([...Object.keys(was.files ?? {}), ...Object.keys(is.files ?? {})])].filter((f) => was.files?.[f] !== is.files?.[f]);
+        out.push(`${role} changed under the same path ${is.folder}${files.length ? ` (${files.map((f) => `${f}: ${was.files?.[f] ?? 'absent'} -> ${is.files?.[f] ?? 'absent'}`).join(', ')})` : ''}`);
+      }
+    }
+  }
+  for (const [role, is] of current) if (!roles(old).some(([r]) => r === role)) out.push(`${role} (${is.folder}) was not in the run`);
+  return out;
+}
+
 /** Writes the manifest of a new run, or checks that an existing folder holds the same run (then it resumes). */
 function openRun(out: string, manifest: Manifest): void {
   const manifestFile = path.join(out, MANIFEST);
@@ -192,9 +215,11 @@ function openRun(out: string, manifest: Manifest): void {
   }
   const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  const hashes = (m: Manifest) => [m.checkpoints.base.hash, m.checkpoints.finetuned.hash, ...Object.values(m.checkpoints.extra).map((c) => c.hash)];
+  const changed = changedCheckpoints(old.checkpoints, manifest.checkpoints);
+  if (changed.length) {
+    throw new EvalSettingsError(`${out} holds results of other weights, so it is not resumed: ${changed.join('; ')}. Use another output folder (or move this one aside) to measure the checkpoints as they are now`);
+  }
   const differs = [
-    !same(hashes(old), hashes(manifest)) && 'checkpoints',
     !same(old.template, manifest.template) && 'template',
     !same(old.probes, manifest.probes) && 'probes',
     !same(old.conditions, manifest.conditions) && 'conditions',

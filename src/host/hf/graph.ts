@@ -88,6 +88,15 @@ class Builder {
   }
 }
 
+/** The graph before encoding: what buildDecoderGraph encodes, and what a test can rearrange into other layouts. */
+export interface DecoderGraphParts {
+  nodes: NodeMessage[];
+  initializers: TensorMessage[];
+  inputs: ValueInfo[];
+  outputs: ValueInfo[];
+  metadata: Record<string, string>;
+}
+
 export interface DecoderGraph {
   model: Uint8Array;
   /** One scalar float input per adapter, in the order given. */
@@ -99,6 +108,13 @@ export interface DecoderGraph {
  * are embedded in the graph (they are small).
  */
 export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder'): DecoderGraph {
+  const parts = decoderGraphParts(spec, locate, adapters);
+  return { model: encodeModel({ ...parts, opset: OPSET, name }), adapterInputs: adapters.map((_, j) => adapterScaleInput(j)) };
+}
+
+export const OPSET = 17;
+
+export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string) => ExternalLocation, adapters: AdapterModules[] = []): DecoderGraphParts {
   const g = new Builder();
   const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V, layers } = spec;
   const rep = heads / kvHeads;
@@ -163,7 +179,6 @@ export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) =>
   // ---- the decoder
   const embed = weight('model.embed_tokens.weight', [V, H]);
   let x = g.one('Gather', [embed, g.one('Reshape', ['input_ids', g.ints([-1])])], { axis: 0 });
-  const presents: string[] = [];
   const scale = g.floats([1 / Math.sqrt(hd)], []);
   for (let l = 0; l < layers; l++) {
     const p = `model.layers.${l}`;
@@ -182,7 +197,6 @@ export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) =>
     const presentV = `present.${l}.value`;
     g.nodes.push({ input: [`past_key_values.${l}.key`, g.one('Unsqueeze', [kr, g.ints([0])])], output: [presentK], name: `concat_present_${l}_key`, op_type: 'Concat', attribute: [attribute('axis', 2)] });
     g.nodes.push({ input: [`past_key_values.${l}.value`, g.one('Unsqueeze', [vt, g.ints([0])])], output: [presentV], name: `concat_present_${l}_value`, op_type: 'Concat', attribute: [attribute('axis', 2)] });
-    presents.push(presentK, presentV);
     // grouped-query attention: query head h reads KV head h / rep, so [heads] splits as [kvHeads, rep]
     const K = g.one('Reshape', [presentK, g.ints([kvHeads, 1, -1, hd])]);
     const Vv = g.one('Reshape', [presentV, g.ints([kvHeads, 1, -1, hd])]);
@@ -197,7 +211,10 @@ export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) =>
     const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), up]);
     x = g.one('Add', [x, linear(act, `${p}.mlp.down_proj`, H, I, spec.bias.mlp)]);
   }
-  const final = rmsNorm(x, weight('model.norm.weight', [H]));
+  // only the last logits_to_keep rows reach the output head (0 keeps all, as in transformers): prefill needs one
+  const keepFrom = g.one('Neg', [g.one('Reshape', ['logits_to_keep', g.ints([1])])]);
+  const kept = g.one('Slice', [x, keepFrom, g.ints([Number.MAX_SAFE_INTEGER]), g.ints([0])]);
+  const final = rmsNorm(kept, weight('model.norm.weight', [H]));
   const logits2d = linear(final, 'lm_head', V, H, false, spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
   g.nodes.push({ input: [logits2d, g.ints([0])], output: ['logits'], name: 'unsqueeze_logits', op_type: 'Unsqueeze', attribute: [] });
 
@@ -206,8 +223,9 @@ export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) =>
     { name: 'input_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
     { name: 'attention_mask', elemType: DataType.INT64, shape: [1, 'total_sequence_length'] },
     { name: 'position_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
+    { name: 'logits_to_keep', elemType: DataType.INT64, shape: [] },
   ];
-  const outputs: ValueInfo[] = [{ name: 'logits', elemType: DataType.FLOAT, shape: [1, 'sequence_length', V] }];
+  const outputs: ValueInfo[] = [{ name: 'logits', elemType: DataType.FLOAT, shape: [1, 'kept_sequence_length', V] }];
   for (let l = 0; l < layers; l++) {
     for (const kind of ['key', 'value']) {
       inputs.push({ name: `past_key_values.${l}.${kind}`, elemType: DataType.FLOAT, shape: kvShape('past_sequence_length') });
@@ -215,6 +233,5 @@ export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) =>
     }
   }
   for (const a of adapterInputs) inputs.push({ name: a, elemType: DataType.FLOAT, shape: [1] });
-  const model = encodeModel({ nodes: g.nodes, initializers: g.initializers, inputs, outputs, opset: 17, metadata: { model_type: spec.modelType, rope: spec.rope }, name });
-  return { model, adapterInputs };
+  return { nodes: g.nodes, initializers: g.initializers, inputs, outputs, metadata: { model_type: spec.modelType, rope: spec.rope } };
 }

@@ -4,21 +4,33 @@
  * onnxruntime session created. A base and all adapters over it share that one session (and one copy of the
  * weights): each adapter checkpoint differs from the base only in the `adapter_scale.{j}` it feeds.
  */
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { checkpointKind, CheckpointKind } from '../../core/checkpoints';
-import { Checkpoint } from '../checkpoint';
+import { Checkpoint, checkCompatible, createSession, findModelFile } from '../checkpoint';
+import { ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
 import { DecoderSpec, readDecoderSpec } from './config';
 import { buildDecoderGraph } from './graph';
 import { Adapter, readAdapter } from './peft';
-import { fileHash, float32Weights, gb, readFloat32, WeightIndex, WeightRef } from './weights';
+import { combine, identityOf } from '../identity';
+import { externalDataFiles } from '../onnxInitializers';
+import { float32Weights, gb, readFloat32, WeightIndex, WeightRef } from './weights';
 
 export interface HfLoadOptions {
   cacheDir: string;
-  log: (message: string) => void;
+  /** 'load': what a load costs and does, printed by the CLI; 'info': the editor's log only. */
+  log: (message: string, level?: 'load' | 'info') => void;
+  /** Threads and device; default: resolveSettings() (every core, CUDA when installed). */
+  settings?: ResolvedSettings;
+  /** Which graph of an ONNX export folder with several variants. */
+  modelFile?: string;
+  /** false: load even when the estimate exceeds the available memory. */
+  memoryCheck?: boolean;
+  /** Bytes of memory available (default: what the OS reports as available). */
+  availableMemory?: number;
 }
 
 /** Every tensor the graph reads, with its required shape. */
@@ -60,17 +72,17 @@ function linearModules(spec: DecoderSpec, tensors: [string, number[]][]): Map<st
 
 const count = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}k`);
 
-const shortHash = (...parts: string[]) => {
-  const h = createHash('sha256');
-  for (const p of parts) h.update(p).update('\0');
-  return h.digest('hex').slice(0, 16);
-};
+/** An adapter's identity: its own files, and the base it is applied to (the same adapter over another base differs). */
+function adapterIdentity(a: Adapter, baseHash: string, cacheDir: string): { hash: string; files: Record<string, string> } {
+  const own = identityOf('adapter', a.folder, [a.configFile, a.weightsFile], cacheDir);
+  return { hash: combine(own.hash, baseHash), files: own.files };
+}
 
 /**
  * Loads a Hugging Face base folder and the adapters over it (in order). Returns the base checkpoint and one
  * checkpoint per adapter, all on one session.
  */
-export async function loadHf(folder: string, adapterFolders: string[], opts: HfLoadOptions): Promise<{ base: Checkpoint; adapters: Checkpoint[] }> {
+export async function loadHf(folder: string, adapterFolders: string[], opts: HfLoadOptions & { settings: ResolvedSettings }): Promise<{ base: Checkpoint; adapters: Checkpoint[] }> {
   const spec = readDecoderSpec(folder);
   const index = WeightIndex.open(folder);
   const tensors = graphTensors(spec);
@@ -92,29 +104,18 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
     adapters.map((a) => a.modules),
     spec.modelType,
   );
-  let session: ort.InferenceSession;
-  try {
-    session = await ort.InferenceSession.create(graph.model, {
-      intraOpNumThreads: 1,
-      interOpNumThreads: 1,
-      graphOptimizationLevel: 'all',
-      // weights stay shared file mappings (no pre-packed private copy): the memory a pair needs is one copy
-      extra: { session: { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' } },
-    });
-  } catch (e) {
-    throw new CheckpointError(`onnxruntime cannot build the decoder: ${(e as Error).message}`, folder);
-  }
-  const configHash = fileHash(path.join(folder, 'config.json'), opts.cacheDir);
-  const baseHash = shortHash('hf', configHash, ...index.files.map((f) => fileHash(f, opts.cacheDir)));
+  // weights stay shared file mappings (no pre-packed private copy): the memory a pair needs is one copy
+  const { session, device } = await createSession(graph.model, opts.settings, { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' }, folder, opts.log);
+  const baseId = identityOf('hf', folder, [path.join(folder, 'config.json'), ...index.files], opts.cacheDir);
   const embedRef = refs[0];
   const embeddings = () => ({ rows: spec.vocab, dim: spec.hidden, data: readFloat32(embedRef), source: `${path.basename(embedRef.file)}:${embedRef.name}` });
   const scales = (active: number) => Object.fromEntries(graph.adapterInputs.map((n, j) => [n, new ort.Tensor('float32', Float32Array.of(j === active ? 1 : 0), [1])]));
-  const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds };
+  const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds, device, threads: opts.settings.threads };
   const where = weights.cacheFile ? ` (float32 cache ${weights.cacheFile})` : '';
   const base = Checkpoint.fromSession(session, index.files[0], folder, {
     feeds: scales(-1),
     embeddings,
-    info: { ...common, hash: baseHash, description: `${spec.modelType} ${spec.layers} layers, hidden ${spec.hidden}, ${dtypes} weights${where}, RoPE ${spec.rope}` },
+    info: { ...common, hash: baseId.hash, files: baseId.files, description: `${spec.modelType} ${spec.layers} layers, hidden ${spec.hidden}, ${dtypes} weights${where}, RoPE ${spec.rope}` },
   });
   const adapterCheckpoints = adapters.map((a, j) =>
     Checkpoint.fromSession(session, a.weightsFile, a.folder, {
@@ -124,7 +125,7 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
         ...common,
         kind: 'adapter',
         folder: a.folder,
-        hash: shortHash('adapter', baseHash, fileHash(a.configFile, opts.cacheDir), fileHash(a.weightsFile, opts.cacheDir)),
+        ...adapterIdentity(a, baseId.hash, opts.cacheDir),
         description: `${a.description} over ${folder}`,
         baseModelNameOrPath: a.baseModelNameOrPath,
       },
@@ -140,11 +141,52 @@ export function kindOf(p: string): CheckpointKind {
   return k.kind;
 }
 
+/** Tokens of K/V and rows of logits the memory estimate allows for (a long prompt, a few caches alive at once). */
+const ESTIMATE_TOKENS = 4096;
+const ESTIMATE_LOGIT_ROWS = 64;
+
+/**
+ * What loading will hold in memory, before anything is loaded: each distinct model's weights in the compute dtype
+ * (float32 for Hugging Face folders; an export's files as they are), its K/V for ESTIMATE_TOKENS tokens in a few
+ * caches, logits, and a tenth for activations. Adapters add their own size only.
+ */
+export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: string): { total: number; parts: string[] } {
+  const parts: string[] = [];
+  let total = 0;
+  const seen = new Set<string>();
+  for (const [p, kind] of paths) {
+    const real = fs.realpathSync(p);
+    if (seen.has(real)) continue;
+    seen.add(real);
+    let weights = 0;
+    let kv = 0;
+    let logits = 0;
+    if (kind === 'adapter') {
+      const f = path.join(p, 'adapter_model.safetensors');
+      weights = fs.existsSync(f) ? 2 * fs.statSync(f).size : 0;
+    } else if (kind === 'hf') {
+      const spec = readDecoderSpec(p);
+      weights = 4 * graphTensors(spec).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
+      kv = 3 * 2 * spec.layers * spec.kvHeads * spec.headDim * 4 * ESTIMATE_TOKENS;
+      logits = spec.vocab * 4 * ESTIMATE_LOGIT_ROWS;
+    } else {
+      const graph = findModelFile(p, modelFile);
+      weights = [graph, ...externalDataFiles(graph)].reduce((s, f) => s + (fs.existsSync(f) ? fs.statSync(f).size : 0), 0);
+    }
+    const bytes = weights * 1.1 + kv + logits;
+    total += bytes;
+    parts.push(`${path.basename(p)} ${gb(bytes)}`);
+  }
+  return { total, parts };
+}
+
 /**
  * The base and the named others (finetuned, extras): ONNX exports one session each, Hugging Face folders one
  * session each, adapters on the base's session. An adapter needs a Hugging Face base.
  */
-export async function loadCheckpoints(base: string, others: [string, string][], opts: HfLoadOptions): Promise<{ base: Checkpoint; others: Map<string, Checkpoint> }> {
+export async function loadCheckpoints(base: string, others: [string, string][], options: HfLoadOptions): Promise<{ base: Checkpoint; others: Map<string, Checkpoint> }> {
+  const opts = { ...options, settings: options.settings ?? resolveSettings() };
+  if (opts.settings.note) opts.log(opts.settings.note, 'info');
   const baseKind = kindOf(base);
   if (baseKind === 'adapter') {
     const named = readBaseName(base);
@@ -152,6 +194,13 @@ export async function loadCheckpoints(base: string, others: [string, string][], 
   }
   const kinds = others.map(([name, p]) => [name, p, kindOf(p)] as const);
   const adapterEntries = kinds.filter(([, , k]) => k === 'adapter');
+  if (opts.memoryCheck !== false && opts.settings.device === 'cpu') {
+    const need = estimateMemory([[base, baseKind], ...kinds.map(([, p, k]) => [p, k] as [string, CheckpointKind])], opts.modelFile);
+    const available = opts.availableMemory ?? os.freemem();
+    if (need.total > available) {
+      throw new CheckpointError(`loading needs about ${gb(need.total)} (${need.parts.join(' + ')}: weights as float32, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations), but only ${gb(available)} of memory is available; close other programs, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`, base);
+    }
+  }
   const out = new Map<string, Checkpoint>();
   let baseCheckpoint: Checkpoint;
   if (baseKind === 'hf') {
@@ -160,7 +209,7 @@ export async function loadCheckpoints(base: string, others: [string, string][], 
     adapterEntries.forEach(([name], j) => out.set(name, loaded.adapters[j]));
   } else {
     // a broken base is the first thing to say; then whether adapters can apply to it
-    baseCheckpoint = await Checkpoint.load(base);
+    baseCheckpoint = await Checkpoint.load(base, opts.settings, opts);
     if (adapterEntries.length) {
       await baseCheckpoint.release();
       throw new CheckpointError(`a LoRA adapter applies to a Hugging Face base folder (config.json + safetensors), and the base ${base} is an ONNX export: give the base model's folder`, adapterEntries[0][1]);
@@ -176,12 +225,17 @@ export async function loadCheckpoints(base: string, others: [string, string][], 
         out.set(name, baseCheckpoint);
         continue;
       }
-      const c = kind === 'hf' ? (await loadHf(p, [], opts)).base : await Checkpoint.load(p);
+      const c = kind === 'hf' ? (await loadHf(p, [], opts)).base : await Checkpoint.load(p, opts.settings, opts);
       loadedSoFar.push(c);
       out.set(name, c);
     }
+    // every other checkpoint must share the base's K/V shapes and tokenizer, or patching means nothing
+    for (const c of out.values()) {
+      const note = checkCompatible(baseCheckpoint, c);
+      if (note) opts.log(note, 'info');
+    }
   } catch (e) {
-    for (const c of loadedSoFar) await c.release();
+    for (const c of new Set([...loadedSoFar, ...out.values()])) await c.release();
     throw e;
   }
   return { base: baseCheckpoint, others: new Map(others.map(([name]) => [name, out.get(name)!])) };

@@ -23,6 +23,7 @@ message AttributeProto {
   optional int64 i = 3;
   optional bytes s = 4;
   optional TensorProto t = 5;
+  optional GraphProto g = 6;
   repeated float floats = 7;
   repeated int64 ints = 8;
   optional int32 type = 20;
@@ -64,9 +65,9 @@ message ModelProto {
 /** onnx.TensorProto.DataType values used here. */
 export const DataType = { FLOAT: 1, INT64: 7, BOOL: 9 } as const;
 /** onnx.AttributeProto.AttributeType values used here. */
-const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, FLOATS: 6, INTS: 7 } as const;
+const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, GRAPH: 5, FLOATS: 6, INTS: 7 } as const;
 
-export type AttributeValue = number | string | number[] | { float: number } | { floats: number[] };
+export type AttributeValue = number | string | number[] | { float: number } | { floats: number[] } | { graph: GraphMessage };
 
 export interface TensorMessage {
   name: string;
@@ -86,6 +87,13 @@ export interface NodeMessage {
   attribute: object[];
 }
 
+/** A subgraph (an If node's branch): its nodes and outputs; it reads the outer graph's names. */
+export interface GraphMessage {
+  name: string;
+  node: NodeMessage[];
+  output: object[];
+}
+
 export interface ValueInfo {
   name: string;
   elemType: number;
@@ -95,12 +103,18 @@ export interface ValueInfo {
 
 let modelType: protobuf.Type | undefined;
 
+export const valueInfo = (v: ValueInfo) => ({
+  name: v.name,
+  type: { tensor_type: { elem_type: v.elemType, shape: { dim: v.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } },
+});
+
 /** Integers are INT / INTS attributes; use `{ float }` / `{ floats }` for floating-point ones. */
 export function attribute(name: string, value: AttributeValue): object {
   if (typeof value === 'string') return { name, type: AttributeType.STRING, s: Buffer.from(value, 'utf8') };
   if (typeof value === 'number') return { name, type: AttributeType.INT, i: value };
   if (Array.isArray(value)) return { name, type: AttributeType.INTS, ints: value };
   if ('float' in value) return { name, type: AttributeType.FLOAT, f: value.float };
+  if ('graph' in value) return { name, type: AttributeType.GRAPH, g: value.graph };
   return { name, type: AttributeType.FLOATS, floats: value.floats };
 }
 
@@ -114,10 +128,6 @@ export function encodeModel(model: {
   name: string;
 }): Uint8Array {
   modelType ??= protobuf.parse(SCHEMA, { keepCase: true }).root.lookupType('onnx.ModelProto');
-  const valueInfo = (v: ValueInfo) => ({
-    name: v.name,
-    type: { tensor_type: { elem_type: v.elemType, shape: { dim: v.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } },
-  });
   const message = {
     ir_version: 8,
     producer_name: 'piggyback-lens',

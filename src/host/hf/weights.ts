@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { readSafetensorsHeader, SafetensorsError } from '../../core/safetensors';
 import { CheckpointError } from '../checkpointError';
+import { fileHash } from '../identity';
 import { halfToFloat } from '../onnxInitializers';
 import { readJson } from './config';
 
@@ -117,58 +118,6 @@ export function checkRef(ref: WeightRef, shape: number[]): void {
   }
   if (ref.shape.length !== shape.length || ref.shape.some((d, i) => d !== shape[i])) {
     throw new CheckpointError(`tensor "${ref.name}" has shape [${ref.shape}], config.json implies [${shape}]`, ref.file);
-  }
-}
-
-// ------------------------------------------------------------------------------------------------ hashing
-
-type HashCache = Record<string, { size: number; mtimeMs: number; sha256: string }>;
-
-/**
- * SHA-256 of a file's content, remembered by real path, size and mtime in the cache folder so that a large
- * checkpoint is read once, not at every load.
- */
-export function fileHash(file: string, cacheDir: string): string {
-  const real = fs.realpathSync(file);
-  const st = fs.statSync(real);
-  const store = path.join(cacheDir, 'hashes.json');
-  let cache: HashCache = {};
-  try {
-    cache = JSON.parse(fs.readFileSync(store, 'utf8')) as HashCache;
-  } catch {
-    // absent or unreadable: start afresh
-  }
-  const hit = cache[real];
-  if (hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs) return hit.sha256;
-  const h = createHash('sha256');
-  const fd = fs.openSync(real, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(8 << 20);
-    let n: number;
-    while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
-  const sha256 = h.digest('hex');
-  if (st.size >= 1 << 20) {
-    cache[real] = { size: st.size, mtimeMs: st.mtimeMs, sha256 };
-    try {
-      fs.mkdirSync(cacheDir, { recursive: true });
-      writeAtomically(store, Buffer.from(JSON.stringify(cache)));
-    } catch {
-      // a read-only cache only costs re-hashing next time
-    }
-  }
-  return sha256;
-}
-
-function writeAtomically(file: string, data: Buffer): void {
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    fs.writeFileSync(tmp, data);
-    fs.renameSync(tmp, file);
-  } finally {
-    fs.rmSync(tmp, { force: true });
   }
 }
 

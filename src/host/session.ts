@@ -1,0 +1,78 @@
+/**
+ * How the host creates onnxruntime sessions: threads (default: every core) and the execution provider (auto, cpu,
+ * cuda). CUDA runs through onnxruntime-node's CUDA provider, whose libraries are not in the npm package: they are
+ * fetched by its install script when asked (`npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12`), and
+ * need CUDA 12 and cuDNN 9 on the machine. Without them, `auto` runs on the CPU and says why; `cuda` refuses.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import type { HostSettings } from '../core/protocol';
+
+export type Device = 'cpu' | 'cuda';
+
+export const CUDA_INSTALL_HINT = 'npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12 (needs CUDA 12 and cuDNN 9)';
+
+export function defaultThreads(): number {
+  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+}
+
+/** Where onnxruntime-node keeps its native libraries for this platform, if it can be found. */
+function bindingDir(): string | undefined {
+  try {
+    const root = path.resolve(path.dirname(require.resolve('onnxruntime-node')), '..', 'bin');
+    for (const napi of fs.readdirSync(root)) {
+      const dir = path.join(root, napi, process.platform, process.arch);
+      if (fs.existsSync(dir)) return dir;
+    }
+  } catch {
+    // not resolvable: treat as no CUDA libraries
+  }
+  return undefined;
+}
+
+/** Why CUDA cannot run here, or undefined when its provider library is installed. */
+export function cudaUnavailable(): string | undefined {
+  if (process.platform !== 'linux' && process.platform !== 'win32') return `onnxruntime-node has no CUDA provider on ${process.platform}`;
+  const dir = bindingDir();
+  const lib = process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so';
+  if (!dir || !fs.existsSync(path.join(dir, lib))) return `onnxruntime-node's CUDA provider is not installed (${lib} is missing; install it with ${CUDA_INSTALL_HINT})`;
+  return undefined;
+}
+
+export interface ResolvedSettings {
+  threads: number;
+  device: Device;
+  /** Chosen by `auto`: a CUDA session that fails to start falls back to the CPU. */
+  auto?: boolean;
+  /** Why `auto` chose the CPU (shown once per load). */
+  note?: string;
+}
+
+export class SettingsError extends Error {}
+
+export function resolveSettings(s: HostSettings = {}): ResolvedSettings {
+  const threads = s.threads ?? defaultThreads();
+  if (!Number.isInteger(threads) || threads < 1) throw new SettingsError(`threads must be a whole number of at least 1, got ${threads}`);
+  const ep = s.executionProvider ?? 'auto';
+  if (ep === 'cpu') return { threads, device: 'cpu' };
+  const why = cudaUnavailable();
+  if (ep === 'cuda') {
+    if (why) throw new SettingsError(`executionProvider is cuda, but ${why}`);
+    return { threads, device: 'cuda' };
+  }
+  if (ep !== 'auto') throw new SettingsError(`executionProvider must be auto, cpu or cuda, got "${String(ep)}"`);
+  return why ? { threads, device: 'cpu', auto: true, note: `running on the CPU with ${threads} threads: ${why}` } : { threads, device: 'cuda', auto: true };
+}
+
+/** Session options for a resolved setting, plus any session config entries (external data folder, prepacking). */
+export function sessionOptions(s: ResolvedSettings, session: Record<string, string> = {}): ort.InferenceSession.SessionOptions {
+  return {
+    intraOpNumThreads: s.threads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    executionProviders: s.device === 'cuda' ? ['cuda', 'cpu'] : ['cpu'],
+    ...(Object.keys(session).length ? { extra: { session } } : {}),
+  };
+}
