@@ -107,14 +107,24 @@ export interface DecoderGraph {
  * The decoder graph. `locate` gives the float32 bytes of a checkpoint tensor by its transformers name; adapters
  * are embedded in the graph (they are small).
  */
-export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder'): DecoderGraph {
+export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder'): DecoderGraph {
   const parts = decoderGraphParts(spec, locate, adapters);
   return { model: encodeModel({ ...parts, opset: OPSET, name }), adapterInputs: adapters.map((_, j) => adapterScaleInput(j)) };
 }
 
 export const OPSET = 17;
 
-export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string) => ExternalLocation, adapters: AdapterModules[] = []): DecoderGraphParts {
+/** Every checkpoint tensor the decoder reads, with the shape config.json implies, in the order the graph reads them. */
+export function decoderTensors(spec: DecoderSpec): [string, number[]][] {
+  const out: [string, number[]][] = [];
+  decoderGraphParts(spec, (tensor, dims) => {
+    out.push([tensor, dims]);
+    return { location: '', offset: 0, length: 0 };
+  });
+  return out;
+}
+
+export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = []): DecoderGraphParts {
   const g = new Builder();
   const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V, layers } = spec;
   const rep = heads / kvHeads;
@@ -122,7 +132,7 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string) =>
   const weight = (tensor: string, dims: number[]): string => {
     let n = weights.get(tensor);
     if (!n) {
-      n = g.external(tensor, dims, locate(tensor));
+      n = g.external(tensor, dims, locate(tensor, dims));
       weights.set(tensor, n);
     }
     return n;

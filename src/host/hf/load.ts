@@ -13,7 +13,7 @@ import { Checkpoint, checkCompatible, createSession, findModelFile } from '../ch
 import { ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
 import { DecoderSpec, readDecoderSpec } from './config';
-import { buildDecoderGraph } from './graph';
+import { buildDecoderGraph, decoderTensors } from './graph';
 import { Adapter, readAdapter } from './peft';
 import { combine, identityOf } from '../identity';
 import { externalDataFiles } from '../onnxInitializers';
@@ -31,32 +31,6 @@ export interface HfLoadOptions {
   memoryCheck?: boolean;
   /** Bytes of memory available (default: what the OS reports as available). */
   availableMemory?: number;
-}
-
-/** Every tensor the graph reads, with its required shape. */
-function graphTensors(spec: DecoderSpec): [string, number[]][] {
-  const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V } = spec;
-  const out: [string, number[]][] = [['model.embed_tokens.weight', [V, H]], ['model.norm.weight', [H]]];
-  if (!spec.tieWordEmbeddings) out.push(['lm_head.weight', [V, H]]);
-  for (let l = 0; l < spec.layers; l++) {
-    const p = `model.layers.${l}`;
-    out.push([`${p}.input_layernorm.weight`, [H]], [`${p}.post_attention_layernorm.weight`, [H]]);
-    const proj: [string, number, number, boolean][] = [
-      ['self_attn.q_proj', heads * hd, H, spec.bias.q],
-      ['self_attn.k_proj', kvHeads * hd, H, spec.bias.k],
-      ['self_attn.v_proj', kvHeads * hd, H, spec.bias.v],
-      ['self_attn.o_proj', H, heads * hd, spec.bias.o],
-      ['mlp.gate_proj', I, H, spec.bias.mlp],
-      ['mlp.up_proj', I, H, spec.bias.mlp],
-      ['mlp.down_proj', H, I, spec.bias.mlp],
-    ];
-    for (const [m, o, i, bias] of proj) {
-      out.push([`${p}.${m}.weight`, [o, i]]);
-      if (bias) out.push([`${p}.${m}.bias`, [o]]);
-    }
-    if (spec.qkNorm) out.push([`${p}.self_attn.q_norm.weight`, [hd]], [`${p}.self_attn.k_norm.weight`, [hd]]);
-  }
-  return out;
 }
 
 /** Linear modules of the base, as PEFT names them, with their [out, in]. */
@@ -85,7 +59,7 @@ function adapterIdentity(a: Adapter, baseHash: string, cacheDir: string): { hash
 export async function loadHf(folder: string, adapterFolders: string[], opts: HfLoadOptions & { settings: ResolvedSettings }): Promise<{ base: Checkpoint; adapters: Checkpoint[] }> {
   const spec = readDecoderSpec(folder);
   const index = WeightIndex.open(folder);
-  const tensors = graphTensors(spec);
+  const tensors = decoderTensors(spec);
   const refs: WeightRef[] = tensors.map(([name, shape]) => index.require(name, shape, `${spec.modelType} with this config.json`));
   const modules = linearModules(spec, tensors);
   const adapters: Adapter[] = adapterFolders.map((a) => readAdapter(a, (m) => modules.get(m), [...modules.keys()]));
@@ -107,7 +81,7 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
   // weights stay shared file mappings (no pre-packed private copy): the memory a pair needs is one copy
   const { session, device } = await createSession(graph.model, opts.settings, { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' }, folder, opts.log);
   const baseId = identityOf('hf', folder, [path.join(folder, 'config.json'), ...index.files], opts.cacheDir);
-  const embedRef = refs[0];
+  const embedRef = refs.find((r) => r.name === 'model.embed_tokens.weight')!;
   const embeddings = () => ({ rows: spec.vocab, dim: spec.hidden, data: readFloat32(embedRef), source: `${path.basename(embedRef.file)}:${embedRef.name}` });
   const scales = (active: number) => Object.fromEntries(graph.adapterInputs.map((n, j) => [n, new ort.Tensor('float32', Float32Array.of(j === active ? 1 : 0), [1])]));
   const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds, device, threads: opts.settings.threads };
@@ -166,7 +140,7 @@ export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: st
       weights = fs.existsSync(f) ? 2 * fs.statSync(f).size : 0;
     } else if (kind === 'hf') {
       const spec = readDecoderSpec(p);
-      weights = 4 * graphTensors(spec).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
+      weights = 4 * decoderTensors(spec).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
       kv = 3 * 2 * spec.layers * spec.kvHeads * spec.headDim * 4 * ESTIMATE_TOKENS;
       logits = spec.vocab * 4 * ESTIMATE_LOGIT_ROWS;
     } else {
