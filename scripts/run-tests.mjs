@@ -1,6 +1,13 @@
 // The whole suite behind `npm test`: unit and CLI tests (node's runner), then the in-editor tests in a real VS Code
 // (set up on first use by scripts/setup-vscode-tests.sh). Prints one closing "total: N passed, N failed" line.
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+// the model host's weight cache and hash memo go to a temporary folder, not the user's ~/.cache
+const cacheDir = mkdtempSync(join(tmpdir(), 'piggyback-test-cache-'));
+process.env.PIGGYBACK_CACHE_DIR = cacheDir;
 
 function run(cmd, args) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
@@ -32,5 +39,6 @@ if (setup.status !== 0) {
   if (!m || (editor.code !== 0 && Number(m[2]) === 0)) failed++;
 }
 
+rmSync(cacheDir, { recursive: true, force: true });
 console.log(`total: ${passed} passed, ${failed} failed`);
 process.exit(failed > 0 ? 1 : 0);

@@ -41,7 +41,8 @@ an ONNX folder with several (onnx/model_q4.onnx, or just q4); --no-memory-check 
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes; --perturb-trials 0 leaves out the perturbation condition. A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
-Exit code 1 when an error-level finding exists (eval: piggyback risk high), 2 on bad usage.`;
+Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a command fails, 2 on bad usage;
+--debug adds the stack trace to an unexpected error.`;
 
 class UsageError extends Error {}
 
@@ -82,6 +83,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         'execution-provider': { type: 'string' },
         'model-file': { type: 'string' },
         'no-memory-check': { type: 'boolean' },
+        debug: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -147,9 +149,16 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
       process.stderr.write(`piggyback: ${e.message}\n\n${USAGE}\n`);
       return 2;
     }
-    process.stderr.write(`piggyback: ${(e as Error).stack ?? e}\n`);
-    return 2;
+    process.stderr.write(unexpected(e, values.debug === true));
+    return 1;
   }
+}
+
+/** An error nobody anticipated: one line for the user; the trace only with --debug. */
+function unexpected(e: unknown, debug: boolean): string {
+  const message = e instanceof Error ? e.message : String(e);
+  const first = message.split('\n')[0] || (e instanceof Error ? e.name : 'error');
+  return `piggyback: ${first}${debug ? `\n${(e as Error).stack ?? ''}` : ' (run with --debug for the trace)'}\n`;
 }
 
 /** eval: a run as files (manifest, results.jsonl, summary, Markdown and HTML reports, SARIF); re-running resumes it. */
@@ -164,12 +173,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     if (!name || !folder) throw new UsageError(`--extra wants name=<dir>, got "${e}"`);
     extra[name] = path.resolve(folder);
   }
-  const number = (key: string): number | undefined => {
-    const v = values[key] as string | undefined;
-    if (v === undefined) return undefined;
-    if (!/^\d+(\.\d+)?$/.test(v)) throw new UsageError(`--${key} wants a number, got "${v}"`);
-    return Number(v);
-  };
+  const number = (key: keyof typeof NUMBER_OPTIONS) => numberOption(values, key);
   let judge: Judge | undefined;
   const endpoint = values['judge-endpoint'] as string | undefined;
   const judgeModel = values['judge-model'] as string | undefined;
@@ -195,14 +199,16 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     throw e;
   }
   const trials = number('perturb-trials');
+  const numbers = { judgeConcurrency: number('judge-concurrency'), maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed') };
+  const settings = hostSettings(values);
   const conditions = defaultConditions(Object.keys(extra), trials !== 0);
   const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values), settings: hostSettings(values) });
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values), settings });
     try {
       await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
-        judgeConcurrency: number('judge-concurrency'), maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed'), perturb: { trials },
+        ...numbers, perturb: { trials },
         // a terminal gets one updating line; a CI log a line every 10 probes
         onProbe: (i, n) => (process.stderr.isTTY ? process.stderr.write(`\rprobe ${i + 1}/${n}`) : (i + 1) % 10 === 0 && process.stderr.write(`probe ${i + 1}/${n}\n`)),
       });
@@ -256,13 +262,36 @@ async function treftExportCommand(dataset: string | undefined, values: Values, o
     return r.skipped === r.positions.rows.length ? 1 : 0;
   };
   if (!base) return report(await writeTreftExport(common));
+  const settings = hostSettings(values);
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base), cacheDir: cacheDir(values), settings: hostSettings(values) });
+    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base), cacheDir: cacheDir(values), settings });
     return report(await writeTreftExport({ ...common, host, base: loaded.base }));
   });
 }
 
 const DEFAULT_PROMPT = 'I feel bored. What should I do?';
+
+/** The numeric options and their ranges: anything else is a usage error (exit 2) before any work starts. */
+const NUMBER_OPTIONS = {
+  'max-new-tokens': { integer: true, min: 1, max: 100_000 },
+  temperature: { integer: false, min: 0, max: 10 },
+  samples: { integer: true, min: 1, max: 1000 },
+  seed: { integer: true, min: 0, max: 2 ** 32 - 1 },
+  'perturb-trials': { integer: true, min: 0, max: 10_000 },
+  'judge-timeout': { integer: false, min: 0.001, max: 86_400 },
+  'judge-concurrency': { integer: true, min: 1, max: 64 },
+} as const;
+
+function numberOption(values: Values, key: keyof typeof NUMBER_OPTIONS): number | undefined {
+  const v = values[key] as string | undefined;
+  if (v === undefined) return undefined;
+  const r = NUMBER_OPTIONS[key];
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || (r.integer && !Number.isInteger(n)) || n < r.min || n > r.max) {
+    throw new UsageError(`--${key} wants ${r.integer ? 'a whole number' : 'a number'} from ${r.min} to ${r.max}, got "${v}"`);
+  }
+  return n;
+}
 
 const cacheDir = (values: Values) => (values['cache-dir'] ? path.resolve(values['cache-dir'] as string) : undefined);
 
@@ -322,10 +351,12 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   if (command === 'patch' && !values.prompt) throw new UsageError('patch needs --prompt <text>');
   const span = (values.span as string | undefined) ?? 'prefix';
   if (!['prefix', 'postfix', 'both', 'query'].includes(span)) throw new UsageError('--span must be prefix, postfix, both or query');
+  const maxNewTokens = numberOption(values, 'max-new-tokens');
+  const settings = hostSettings(values);
   const p = modelPromptTemplate(values, finetuned, base);
   const prompt = promptIds(p.template, p.tokenizer, { ...renderOptions(p), query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
   return withHost(async (host) => {
-    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), cacheDir: cacheDir(values), settings: hostSettings(values) });
+    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), cacheDir: cacheDir(values), settings });
     const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
     if (command === 'drift') {
       const d = await host.request(Drift.type, { prompt });
@@ -333,7 +364,6 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
       const result = { layers: d.layers, segments: { prefix: seg('prefix'), query: seg('query'), postfix: seg('postfix') }, position0: d.position0, treft: d.treft };
       out(values.json ? JSON.stringify(result, null, 2) + '\n' : describeDrift(result));
     } else {
-      const maxNewTokens = values['max-new-tokens'] ? Number(values['max-new-tokens']) : undefined;
       const r = await host.request(Patch.type, { prompt, span: span as PatchSpan, maxNewTokens });
       const text = (ids: number[]) => p.tokenizer.decode(ids);
       const result = {
@@ -408,8 +438,8 @@ if (require.main === module) {
   main(process.argv.slice(2)).then(
     (code) => (process.exitCode = code),
     (e) => {
-      process.stderr.write(`piggyback: ${(e as Error).stack ?? e}\n`);
-      process.exitCode = 2;
+      process.stderr.write(unexpected(e, process.argv.includes('--debug')));
+      process.exitCode = 1;
     },
   );
 }

@@ -29,6 +29,8 @@ export interface CheckpointInfo {
   files?: Record<string, string>;
   /** Where the K/V head count and size came from (then checked against a forward pass). */
   headDimFrom?: 'graph' | 'config.json';
+  /** The context length (config.json's max_position_embeddings), when known: generation stops there. */
+  maxPositions?: number;
   /** Where it runs: the execution provider and the CPU threads onnxruntime uses. */
   device: 'cpu' | 'cuda';
   threads: number;

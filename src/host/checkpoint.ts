@@ -209,6 +209,7 @@ export class Checkpoint {
       vocabSize: (config.vocab_size as number) ?? 0,
       kvType: past0?.type === 'float16' ? 'float16' : 'float32',
       hasPositionIds: inputs.includes('position_ids'),
+      maxPositions: typeof config.max_position_embeddings === 'number' ? config.max_position_embeddings : undefined,
       headDimFrom: typeof past0?.shape?.[3] === 'number' && typeof past0?.shape?.[1] === 'number' ? 'graph' : 'config.json',
       eosTokenIds: Array.isArray(eos) ? (eos as number[]) : typeof eos === 'number' ? [eos] : [],
       hash: '',

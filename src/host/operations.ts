@@ -153,6 +153,8 @@ export class Models {
 
   async generate(model: Checkpoint, pre: { cache: KV; logits: Float32Array; vocab: number }, start: number, maxNew: number, ctx: OpContext, temperature = 0, seed = 0): Promise<number[]> {
     const eos = new Set(model.info.eosTokenIds);
+    // never past the model's context: positions beyond it were never trained (and RoPE tables may end there)
+    if (model.info.maxPositions !== undefined) maxNew = Math.max(0, Math.min(maxNew, model.info.maxPositions - start));
     const rng = mulberry32(seed);
     let logits = pre.logits;
     let cache = pre.cache;

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { Checkpoint, KV } from '../../src/host/checkpoint';
 import { loadCheckpoints } from '../../src/host/hf/load';
+import { Models } from '../../src/host/operations';
 import { FIXTURES, tempDir } from '../helpers';
 
 const HF = path.join(FIXTURES, 'hf');
@@ -105,6 +106,17 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     const out = await loaded.others.get('finetuned')!.forward(e.ids, range(e.ids.length), KV.empty(2, 2, 8));
     assert.ok(maxDiff(out.logits, e.logits) <= 1e-4);
     assert.ok(logs.some((m) => m.includes('LoRA r4 alpha 8 on 5 modules (down_proj, q_proj, v_proj) (trained over "tiny/base"; applied to')), logs.join('\n'));
+  });
+
+  it("generation stops at the model's context length (max_position_embeddings)", async () => {
+    const model = await open('llama');
+    assert.equal(model.info.maxPositions, 128);
+    const models = new Models(model, new Map());
+    const ids = Array.from({ length: 125 }, (_, i) => (i * 7) % 60);
+    const prompt = { ids, prefix: [0, 5] as [number, number], query: [5, 120] as [number, number], postfix: [120, 125] as [number, number] };
+    const out = await models.generate(model, await models.prefill(model, prompt), ids.length, 48, { isCancelled: () => false, progress: () => undefined });
+    // 3 positions are left (125, 126, 127); fewer only when the model ended its answer (EOS, id 2) earlier
+    assert.ok(out.length === 3 || (out.length < 3 && out[out.length - 1] === 2), `${out.length} tokens after a 125-token prompt in a 128-token context: ${out}`);
   });
 
   it('identity: the hash covers config.json and the weights, and the adapter hash covers its base', async () => {

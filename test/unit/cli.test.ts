@@ -166,3 +166,40 @@ describe('piggyback drift and patch', () => {
     assert.match(r.stderr, /no checkpoint found: expected a Hugging Face folder .*, a PEFT adapter .*, or an ONNX decoder export/);
   });
 });
+
+describe('piggyback arguments', () => {
+  const O = path.join(ROOT, 'examples', 'organisms');
+  it('out-of-range numbers are usage errors (exit 2) naming the option and its range, before any model loads', () => {
+    for (const [cmd, key, value] of [
+      ['patch', '--max-new-tokens', '0'],
+      ['patch', '--max-new-tokens', '2.5'],
+      ['patch', '--max-new-tokens', '-3'],
+      ['eval', '--samples', '0'],
+      ['eval', '--seed', '1.5'],
+      ['eval', '--temperature', '11'],
+      ['eval', '--judge-concurrency', '65'],
+      ['eval', '--perturb-trials', 'many'],
+    ]) {
+      const args = cmd === 'patch' ? ['--prompt', 'x'] : ['--out', tempDir()];
+      const r = run(cmd, '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), ...args, `${key}=${value}`);
+      assert.equal(r.code, 2, `${cmd} ${key} ${value}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`^piggyback: ${key} wants a (whole )?number from [\\d.]+ to [\\d.]+, got "${value.replace('.', '\\.')}"`));
+    }
+    for (const [key, value] of [['--threads', '0'], ['--execution-provider', 'tpu']]) {
+      const r = run('drift', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), key, value);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`^piggyback: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda)`));
+    }
+  });
+
+  it('an unexpected error is one line without a trace; --debug adds the trace', () => {
+    // a probe file that is a folder: reading it fails in a way no check anticipates
+    const args = ['eval', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--out', tempDir(), '--probes', tempDir()];
+    const r = run(...args);
+    assert.notEqual(r.code, 0);
+    assert.equal(r.stderr.trim().split('\n').filter((l) => /^\s+at /.test(l)).length, 0, r.stderr);
+    assert.match(r.stderr, /^piggyback: /);
+    const d = run(...args, '--debug');
+    if (/\(run with --debug for the trace\)/.test(r.stderr)) assert.match(d.stderr, /\n\s+at /);
+  });
+});
