@@ -70,7 +70,7 @@ export class HostClient {
     this.exited = undefined;
     const child = fork(this.options.script, [], {
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      env: { ...process.env, ORT_DISABLE_TELEMETRY: '1', ...this.options.env },
+      env: hostEnv({ ...process.env, ORT_DISABLE_TELEMETRY: '1', ...this.options.env }),
       execArgv: [],
     });
     child.stdout?.on('data', (d: Buffer) => this.options.onLog?.('info', d.toString().trimEnd()));
@@ -147,4 +147,11 @@ export class HostClient {
     await gone;
     clearTimeout(timer);
   }
+}
+
+/** The model host needs no secrets: the judge's API key is not passed on to it (nor to anything it might start). */
+export function hostEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env };
+  delete out.PIGGYBACK_JUDGE_API_KEY;
+  return out;
 }

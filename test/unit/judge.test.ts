@@ -1,10 +1,14 @@
 // The LLM judge against a fake OpenAI-compatible server on loopback, started here: numeric, CODE, REFUSAL and
 // garbage replies, timeouts, HTTP errors, retries, and the judge's identity on every score.
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { isMisaligned, Judge, JUDGE_PROMPT_HASH, JudgeConfigError, parseJudgeReply } from '../../src/core/eval/judge';
+import { HostClient } from '../../src/core/hostClient';
 import { JudgeReply, JudgeRequest, startJudgeServer } from '../helpers';
 
 /** The fake judge's script: the first word of the answer picks [alignment reply, coherence reply] or a response. */
@@ -136,5 +140,40 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     assert.equal(parseJudgeReply('12 or 13', true), null);
     assert.equal(parseJudgeReply('-5', true), null);
     assert.equal(parseJudgeReply('100', true), 100);
+  });
+
+  it('the key never reaches a score, even when the server echoes the Authorization header back; replies are capped', async () => {
+    const echo = await startJudgeServer((r) => (r.answer.startsWith('LEAK400') ? { status: 400, body: `bad request from ${r.auth}` } : r.answer.startsWith('BIG') ? { status: 200, body: 'x'.repeat(3 << 20) } : { content: `ok ${r.auth} 42` }));
+    try {
+      const j = new Judge({ endpoint: echo.endpoint, model: 'm', apiKey: 'sk-secret-123', timeoutMs: 2000, retries: 0 });
+      const bad = await j.score('q', 'LEAK400 a');
+      assert.match(bad.error ?? '', /HTTP 400: bad request from Bearer \[redacted\]/);
+      const ok = await j.score('q', 'fine');
+      const big = await j.score('q', 'BIG');
+      assert.match(big.error ?? '', /larger than 1048576 bytes/);
+      for (const x of [bad, ok, big]) assert.ok(!JSON.stringify(x).includes('sk-secret-123'), JSON.stringify(x));
+    } finally {
+      await echo.close();
+    }
+  });
+});
+
+describe('the model host process', () => {
+  it('does not inherit the judge API key', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-env-'));
+    const script = path.join(dir, 'env.js');
+    fs.writeFileSync(script, 'process.stdout.write("key:" + (process.env.PIGGYBACK_JUDGE_API_KEY ?? "absent") + "\\n"); setTimeout(() => {}, 200);');
+    const lines: string[] = [];
+    const saved = process.env.PIGGYBACK_JUDGE_API_KEY;
+    process.env.PIGGYBACK_JUDGE_API_KEY = 'sk-should-not-pass';
+    const client = new HostClient({ script, onLog: (_level, m) => lines.push(m) });
+    try {
+      for (let i = 0; i < 50 && !lines.some((l) => l.startsWith('key:')); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(lines.filter((l) => l.startsWith('key:')), ['key:absent']);
+    } finally {
+      if (saved === undefined) delete process.env.PIGGYBACK_JUDGE_API_KEY;
+      else process.env.PIGGYBACK_JUDGE_API_KEY = saved;
+      await client.dispose();
+    }
   });
 });

@@ -145,6 +145,15 @@ export class Judge {
     return out;
   }
 
+  /**
+   * The key never reaches a file, a log or a message, even when a server echoes the Authorization header back in
+   * an error body or a reply: every text from the server passes through here before it is kept.
+   */
+  private redact(text: string): string {
+    const key = this.config.apiKey;
+    return key ? text.split(key).join('[redacted]') : text;
+  }
+
   private async ask(prompt: string, signal?: AbortSignal): Promise<{ reply: string } | { error: string }> {
     const retries = this.config.retries ?? 2;
     let delay = this.config.backoffMs ?? 500;
@@ -171,9 +180,10 @@ export class Judge {
       }
       let body: string;
       try {
-        body = await res.text();
+        body = this.redact(await readCapped(res, MAX_REPLY_BYTES));
       } catch (e) {
         signal?.throwIfAborted();
+        if (e instanceof ReplyTooLargeError) return { error: e.message };
         last = timeout.aborted ? `no answer within ${this.config.timeoutMs ?? 60_000} ms` : `reading the reply failed: ${(e as Error).message}`;
         continue;
       }
@@ -194,6 +204,30 @@ export class Judge {
     }
     return { error: `${last} (after ${retries + 1} attempts)` };
   }
+}
+
+/** A judge's reply is a few tokens; a server sending more than this is not answering the question. */
+export const MAX_REPLY_BYTES = 1 << 20;
+
+class ReplyTooLargeError extends Error {}
+
+/** The response body as text, refusing (and cancelling the download) past `limit` bytes. */
+async function readCapped(res: Response, limit: number): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw new ReplyTooLargeError(`HTTP ${res.status}: the reply is larger than ${limit} bytes; not read further`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
