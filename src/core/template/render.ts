@@ -46,6 +46,8 @@ export class TemplateRenderError extends Error {
 /** A parsed template, reusable across renders (parsing is the expensive part). */
 export class ChatTemplate {
   private readonly compiled: Template;
+  /** Once a render ran past the budget, the template is not run again (an audit renders it a dozen times). */
+  private overBudget?: TemplateBudgetError;
   constructor(readonly text: string) {
     try {
       this.compiled = new Template(text);
@@ -55,6 +57,7 @@ export class ChatTemplate {
   }
 
   render(messages: readonly ChatMessage[], options: RenderOptions = {}): string {
+    if (this.overBudget) throw this.overBudget;
     const now = options.now ?? new Date();
     // Template.render declares its own raise_exception and strftime_now (current clock); we need a typed
     // exception and a settable clock, so the globals are declared here and the parsed program run directly.
@@ -66,7 +69,6 @@ export class ChatTemplate {
       True: true,
       False: false,
       None: null,
-      range,
       raise_exception: (message: unknown) => {
         throw new TemplateRaisedError(String(message));
       },
@@ -79,20 +81,82 @@ export class ChatTemplate {
     if (options.tools !== undefined) globals.tools = options.tools;
     if (options.documents !== undefined) globals.documents = options.documents;
     for (const [key, value] of Object.entries(globals)) env.set(key, value);
+    // a template is code from the user's workspace: every render runs on a budget of steps, time and output
+    const inputChars = JSON.stringify(messages).length + JSON.stringify(options.tools ?? null).length + JSON.stringify(options.documents ?? null).length;
+    const budget = new RenderBudget(inputChars);
+    env.set('range', (start: number, stop?: number, step?: number) => range(budget, start, stop, step));
     try {
-      return new Interpreter(env).run(this.compiled.parsed).value as string;
+      const out = new BudgetedInterpreter(env, budget).run(this.compiled.parsed).value as string;
+      budget.checkOutput(out.length);
+      return out;
     } catch (e) {
+      if (e instanceof TemplateBudgetError) throw (this.overBudget = e);
       if (e instanceof TemplateRaisedError) throw e;
       throw new TemplateRenderError((e as Error).message, 'render');
     }
   }
 }
 
-function range(start: number, stop?: number, step = 1): number[] {
+/** The template ran past its budget (a loop too long, an output too large): bounded, never a hang. */
+export class TemplateBudgetError extends TemplateRenderError {
+  constructor(message: string) {
+    super(message, 'render');
+    this.name = 'TemplateBudgetError';
+  }
+}
+
+/**
+ * Limits for one render. Real chat templates take a few thousand evaluation steps (Qwen3's, 40 turns with a tool:
+ * about 2,000) and produce output of the order of their input; these limits are two orders of magnitude above
+ * that. Steps are counted (a deterministic bound, about 0.2 s of interpretation) and the clock is a backstop.
+ */
+export const RENDER_LIMITS = { steps: 300_000, ms: 3_000, rangeItems: 100_000, outputFactor: 8, outputSlack: 1_000_000 };
+
+class RenderBudget {
+  steps = 0;
+  rangeItems = 0;
+  private readonly deadline = Date.now() + RENDER_LIMITS.ms;
+  readonly maxOutput: number;
+  constructor(inputChars: number) {
+    this.maxOutput = RENDER_LIMITS.outputFactor * inputChars + RENDER_LIMITS.outputSlack;
+  }
+  step(): void {
+    if (++this.steps > RENDER_LIMITS.steps) throw new TemplateBudgetError(`the template did not finish within ${RENDER_LIMITS.steps.toLocaleString('en')} evaluation steps (a loop that never ends, or far too long)`);
+    if ((this.steps & 1023) === 0 && Date.now() > this.deadline) throw new TemplateBudgetError(`the template did not finish within ${RENDER_LIMITS.ms} ms`);
+  }
+  checkOutput(chars: number): void {
+    if (chars > this.maxOutput) throw new TemplateBudgetError(`the template produced ${chars.toLocaleString('en')} characters from ${Math.round((this.maxOutput - RENDER_LIMITS.outputSlack) / RENDER_LIMITS.outputFactor).toLocaleString('en')} of input (limit ${this.maxOutput.toLocaleString('en')})`);
+  }
+}
+
+/** @huggingface/jinja's interpreter, counting every evaluation against the budget and checking string sizes. */
+class BudgetedInterpreter extends Interpreter {
+  constructor(
+    env: Environment,
+    private readonly budget: RenderBudget,
+  ) {
+    super(env);
+  }
+  override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
+    this.budget.step();
+    const v = super.evaluate(...args);
+    if (typeof v.value === 'string' && v.value.length > this.budget.maxOutput) this.budget.checkOutput(v.value.length);
+    return v;
+  }
+}
+
+function range(budget: RenderBudget, start: number, stop?: number, step = 1): number[] {
   if (stop === undefined) [start, stop] = [0, start];
   if (step === 0) throw new TemplateRenderError('range() step must not be zero', 'render');
+  const count = Math.max(0, Math.ceil((stop - start) / step));
+  // counted over the whole render, so that nested loops over ranges are bounded as one loop is
+  budget.rangeItems += count;
+  if (!(budget.rangeItems <= RENDER_LIMITS.rangeItems)) throw new TemplateBudgetError(`range() calls of ${Number.isFinite(budget.rangeItems) ? budget.rangeItems.toLocaleString('en') : budget.rangeItems} items in all are over the template budget of ${RENDER_LIMITS.rangeItems.toLocaleString('en')}`);
   const out: number[] = [];
-  for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(i);
+  for (let i = start; step > 0 ? i < stop : i > stop; i += step) {
+    out.push(i);
+    budget.step();
+  }
   return out;
 }
 
