@@ -15,6 +15,7 @@ import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
 import { TreftExportResult, writeTreftExport } from '../core/treft';
+import { assertRegularFile } from '../core/files';
 import { Drift, HostSettings, Patch, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
 
@@ -116,6 +117,11 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         if (!target) throw new UsageError('dataset needs a <file.jsonl>');
         if (!values.template) throw new UsageError('dataset needs --template <source>');
         if (!fs.existsSync(target)) throw new UsageError(`no such file: ${target}`);
+        try {
+          assertRegularFile(target);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
         const p = prepareTemplate(path.resolve(values.template), common);
         const report = await auditDatasetWith(path.resolve(target), p);
         const findings = [...p.findings.filter((f) => f.severity === 'error'), ...datasetFindings(report)];

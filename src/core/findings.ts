@@ -99,6 +99,10 @@ export const CODES: Record<string, CodeInfo> = {
     why: 'Rows without a system turn get the template default, an invisible prefix shared by all of them.',
   },
   DS105: { title: 'Mixed row formats', why: 'Rows in several formats are likely read differently (or not at all) by the trainer.' },
+  WS001: {
+    title: 'Path outside the workspace',
+    why: 'A workspace file or setting may only point inside the workspace; a path that leaves it (.., absolute, a symlink out) is not read.',
+  },
 };
 
 /** The docs page for a code, relative to the package root (the extension resolves it against its install folder). */

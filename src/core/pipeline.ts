@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkpointFolder } from './checkpoints';
+import { FILE_LIMITS, insideRoot, readTextChecked } from './files';
 import { auditDataset, DatasetReport } from './dataset/audit';
 import { fileChunks } from './dataset/lines';
 import { Finding, sortFindings } from './findings';
@@ -177,7 +178,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
 function hasTemplate(file: string): boolean {
   if (!file.endsWith('.json')) return true;
   try {
-    const v = JSON.parse(fs.readFileSync(file, 'utf8')) as { chat_template?: unknown };
+    const v = JSON.parse(readTextChecked(file, FILE_LIMITS.config)) as { chat_template?: unknown };
     return v.chat_template !== undefined && v.chat_template !== null;
   } catch {
     return file.endsWith('tokenizer_config.json'); // broken JSON: still report it, as CT009
@@ -189,19 +190,42 @@ export const ASSOCIATION_FILE = '.piggyback.json';
 
 export type AssociationSource = 'explicit' | 'workspace file' | 'nearest model folder' | 'only template' | 'none';
 
-/** Which template a dataset is rendered with, and why (shown to the user, who can change it). */
-export function associate(dataset: string, root: string, templates: string[], explicit?: string): { template?: string; source: AssociationSource } {
+/**
+ * Which template a dataset is rendered with, and why (shown to the user, who can change it). An entry of
+ * .piggyback.json that leaves the workspace is not used: `refused` says so (a WS001 finding).
+ */
+export function associate(dataset: string, root: string, templates: string[], explicit?: string): { template?: string; source: AssociationSource; refused?: Finding } {
   if (explicit) return { template: path.resolve(root, explicit), source: 'explicit' };
   const assocFile = path.join(root, ASSOCIATION_FILE);
+  let refused: Finding | undefined;
   if (fs.existsSync(assocFile)) {
     try {
-      const map = (JSON.parse(fs.readFileSync(assocFile, 'utf8')) as { datasets?: Record<string, string> }).datasets ?? {};
+      const text = readTextChecked(assocFile, FILE_LIMITS.association);
+      const map = (JSON.parse(text) as { datasets?: Record<string, string> }).datasets ?? {};
       const rel = path.relative(root, dataset).split(path.sep).join('/');
-      if (map[rel]) return { template: path.resolve(root, map[rel]), source: 'workspace file' };
+      const entry = map[rel];
+      if (typeof entry === 'string' && entry) {
+        if (insideRoot(root, entry)) return { template: path.resolve(root, entry), source: 'workspace file' };
+        refused = outsideWorkspace(assocFile, text, entry, `${ASSOCIATION_FILE} pairs ${rel} with ${entry}, which is outside the workspace folder ${root}: ignored`);
+      }
     } catch {
-      // a broken association file falls through to the guess
+      // a broken or refused association file falls through to the guess
     }
   }
+  const guess = nearestTemplate(dataset, templates);
+  return refused ? { ...guess, refused } : guess;
+}
+
+/** A WS001 finding at the first place `value` appears (JSON-quoted) in a workspace file. */
+export function outsideWorkspace(file: string, text: string, value: string, message: string): Finding {
+  const at = Math.max(0, text.indexOf(JSON.stringify(value)));
+  const before = text.slice(0, at).split('\n');
+  const line = before.length;
+  const column = before[before.length - 1].length + 1;
+  return { code: 'WS001', severity: 'error', message, file, line, column, endLine: line, endColumn: column + JSON.stringify(value).length };
+}
+
+function nearestTemplate(dataset: string, templates: string[]): { template?: string; source: AssociationSource } {
   // nearest: a template in the dataset's folder or an ancestor, else the closest by shared path
   let best: string | undefined;
   let bestScore = -1;
@@ -247,6 +271,7 @@ export async function auditFolder(root: string, options: PrepareOptions & { temp
     const report = await auditDatasetWith(d, p ?? { findings: [], kwargs: {} });
     result.datasets.push({ file: d, template: a.template, association: a.source, report });
     result.findings.push(...datasetFindings(report));
+    if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message)) result.findings.push(a.refused);
   }
   sortFindings(result.findings);
   return result;

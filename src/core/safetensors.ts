@@ -4,6 +4,7 @@
  * TReFT export writes; loadable with safetensors.torch.load_file / safetensors.numpy.load_file.
  */
 import * as fs from 'node:fs';
+import { FileRefusedError, openRegularFile } from './files';
 
 export interface Tensor {
   shape: number[];
@@ -78,14 +79,16 @@ const MAX_HEADER = 100_000_000;
  */
 export function readSafetensorsHeader(file: string): SafetensorsHeader {
   let fd: number;
+  let st: { size: number };
   try {
-    fd = fs.openSync(file, 'r');
+    const opened = openRegularFile(file);
+    fd = opened.fd;
+    st = opened;
   } catch (e) {
+    if (e instanceof FileRefusedError) throw new SafetensorsError(file, e.reason);
     throw new SafetensorsError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `cannot open (${(e as Error).message})`);
   }
   try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new SafetensorsError(file, 'not a regular file');
     if (st.size < 8) throw new SafetensorsError(file, `truncated: ${st.size} bytes, shorter than the 8-byte header length`);
     const lenBuf = Buffer.alloc(8);
     fs.readSync(fd, lenBuf, 0, 8, 0);

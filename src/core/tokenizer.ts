@@ -3,6 +3,7 @@
  * character offsets for every token, and the answer to "does encoding add a BOS token?".
  */
 import * as fs from 'node:fs';
+import { FILE_LIMITS, readTextChecked } from './files';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { specialTokensOf } from './template/source';
@@ -57,9 +58,9 @@ export class LoadedTokenizer {
   }
 
   static fromFiles(tokenizerJson: string, tokenizerConfig?: string): LoadedTokenizer {
-    const json = JSON.parse(fs.readFileSync(tokenizerJson, 'utf8')) as TokenizerJson;
+    const json = JSON.parse(readTextChecked(tokenizerJson, FILE_LIMITS.tokenizer)) as TokenizerJson;
     const configFile = tokenizerConfig ?? path.join(path.dirname(tokenizerJson), 'tokenizer_config.json');
-    const config = fs.existsSync(configFile) ? (JSON.parse(fs.readFileSync(configFile, 'utf8')) as Record<string, unknown>) : {};
+    const config = fs.existsSync(configFile) ? (JSON.parse(readTextChecked(configFile, FILE_LIMITS.config)) as Record<string, unknown>) : {};
     return new LoadedTokenizer(json, config, tokenizerJson);
   }
 

@@ -4,7 +4,7 @@
  * tokenizer. What decides ids is compared (model: vocabulary and merges; added tokens; normalizer; pre-tokenizer;
  * post-processor); where they differ, an example string whose ids differ is found and reported.
  */
-import * as fs from 'node:fs';
+import { FILE_LIMITS, readTextChecked } from './files';
 import { LoadedTokenizer } from './tokenizer';
 
 type Json = Record<string, unknown>;
@@ -62,8 +62,8 @@ export interface TokenizerDifference {
 
 /** undefined when the two files tokenize alike (by content); else what differs and an example. */
 export function tokenizerDifference(fileA: string, fileB: string): TokenizerDifference | undefined {
-  const a = JSON.parse(fs.readFileSync(fileA, 'utf8')) as Json;
-  const b = JSON.parse(fs.readFileSync(fileB, 'utf8')) as Json;
+  const a = JSON.parse(readTextChecked(fileA, FILE_LIMITS.tokenizer)) as Json;
+  const b = JSON.parse(readTextChecked(fileB, FILE_LIMITS.tokenizer)) as Json;
   const pa = idParts(a);
   const pb = idParts(b);
   const parts = Object.keys(pa).filter((k) => JSON.stringify(pa[k]) !== JSON.stringify(pb[k]));

@@ -38,10 +38,18 @@ export class Associations implements vscode.Disposable {
     const root = folder?.uri.fsPath ?? path.dirname(dataset.fsPath);
     // a per-dataset choice in .piggyback.json wins over the workspace-wide setting, which wins over the guess
     const guess = associate(dataset.fsPath, root, this.templatesIn(root));
+    if (guess.refused) this.warnOnce(guess.refused.message);
     if (guess.source === 'workspace file') return guess;
     const setting = readSettings(dataset).template;
     if (setting) return { template: path.resolve(root, setting), source: 'setting' };
     return guess;
+  }
+
+  private readonly warned = new Set<string>();
+  private warnOnce(message: string): void {
+    if (this.warned.has(message)) return;
+    this.warned.add(message);
+    void vscode.window.showWarningMessage(`Piggyback Lens: WS001 ${message}`);
   }
 
   update(editor: vscode.TextEditor | undefined): void {

@@ -1,4 +1,5 @@
 import * as vscode from 'vscode';
+import { insideRoot } from '../core/files';
 import { preparePromptTemplate, PromptTemplate, PromptTemplateError } from '../core/pipeline';
 
 /** Settings, read fresh each time (they can change while the extension runs). */
@@ -13,6 +14,27 @@ export interface Settings {
   maxDatasetLines: number;
 }
 
+const warned = new Set<string>();
+
+/**
+ * A path setting, unless a workspace set it to a place outside the workspace folder (.., absolute, a symlink out):
+ * a workspace is not trusted to make the product read files elsewhere (WS001). The user's own settings are.
+ */
+function containedPath(c: vscode.WorkspaceConfiguration, key: string, scope?: vscode.Uri): string | undefined {
+  const v = c.get<string>(key)?.trim();
+  if (!v) return undefined;
+  const i = c.inspect<string>(key);
+  const fromWorkspace = (i?.workspaceFolderValue ?? i?.workspaceValue)?.trim() === v;
+  const folder = scope ? vscode.workspace.getWorkspaceFolder(scope) : vscode.workspace.workspaceFolders?.[0];
+  if (!fromWorkspace || !folder || insideRoot(folder.uri.fsPath, v)) return v;
+  const message = `Piggyback Lens: WS001 the workspace setting piggyback.${key} (${v}) points outside the workspace folder; it is ignored. Set it in your user settings to use a path elsewhere.`;
+  if (!warned.has(message)) {
+    warned.add(message);
+    void vscode.window.showWarningMessage(message);
+  }
+  return undefined;
+}
+
 export function readSettings(scope?: vscode.Uri): Settings {
   const c = vscode.workspace.getConfiguration('piggyback', scope);
   const str = (k: string) => {
@@ -20,8 +42,8 @@ export function readSettings(scope?: vscode.Uri): Settings {
     return v && v.trim() ? v.trim() : undefined;
   };
   return {
-    template: str('template'),
-    tokenizer: str('tokenizer'),
+    template: containedPath(c, 'template', scope),
+    tokenizer: containedPath(c, 'tokenizer', scope),
     templateName: str('templateName'),
     templateKwargs: c.get<Record<string, unknown>>('templateKwargs') ?? {},
     specialTokens: c.get<Record<string, string>>('specialTokens') ?? {},

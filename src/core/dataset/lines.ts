@@ -3,6 +3,7 @@
  * never by the file. Works on any async source of chunks (a file stream, or one string for an editor buffer).
  */
 import * as fs from 'node:fs';
+import { openRegularFile } from '../files';
 import { StringDecoder } from 'node:string_decoder';
 
 export interface Line {
@@ -64,6 +65,8 @@ export async function* readLines(source: AsyncIterable<Buffer | string> | Iterab
   if (pendingLength > 0 || pending.length > 0) yield finish('');
 }
 
+/** A file's bytes in chunks; a FIFO, a device or a folder is refused (FileRefusedError) instead of read forever. */
 export function fileChunks(file: string, highWaterMark = 1 << 20): AsyncIterable<Buffer> {
-  return fs.createReadStream(file, { highWaterMark });
+  const { fd } = openRegularFile(file);
+  return fs.createReadStream(file, { fd, highWaterMark });
 }

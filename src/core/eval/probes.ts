@@ -2,7 +2,7 @@
  * Probe sets: the built-in "general" set (free-form questions in the categories of the emergent-misalignment
  * literature, in this project's own words), probes drawn from held-out rows of a finetuning set, and user files.
  */
-import * as fs from 'node:fs';
+import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../files';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { JsonSyntaxError, parseJsonWithPositions } from '../json';
@@ -17,6 +17,16 @@ export interface Probe {
   system?: string;
   aligned?: string;
   misaligned?: string;
+}
+
+/** A probe or dataset file read whole: a regular file under the cap, or a ProbeFileError saying why not. */
+function readProbeSource(file: string): string {
+  try {
+    return readTextChecked(file, FILE_LIMITS.probes);
+  } catch (e) {
+    if (e instanceof FileRefusedError) throw new ProbeFileError(e.reason, file, 1, 1);
+    throw new ProbeFileError(`cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, file, 1, 1);
+  }
 }
 
 export class ProbeFileError extends Error {
@@ -56,7 +66,7 @@ export function probeSetHash(probes: Probe[]): string {
  * probe has a question, optional id, system, category (or domain), inDomain, and aligned/misaligned references.
  */
 export function loadProbeFile(file: string): Probe[] {
-  const text = fs.readFileSync(file, 'utf8');
+  const text = readProbeSource(file);
   const items = /\.ya?ml$/i.test(file) ? yamlItems(text, file) : jsonlItems(text, file);
   const probes: Probe[] = [];
   const ids = new Set<string>();
@@ -163,7 +173,7 @@ function rowQuestions(lines: string[]): { line: number; question: string }[] {
 export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
   const random = xorshift32(seed);
   const picked = new Set<number>();
-  const lines = fs.readFileSync(file, 'utf8').split('\n');
+  const lines = readProbeSource(file).split('\n');
   lines.forEach((line, i) => {
     if (line.trim() && random() < share) picked.add(i + 1);
   });
@@ -177,7 +187,7 @@ export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
  * advice when the finetune was finance), drawn with a seeded shuffle. They count as general for the piggyback share.
  */
 export function otherDomainProbes(file: string, max = 50, seed = 1): Probe[] {
-  const rows = rowQuestions(fs.readFileSync(file, 'utf8').split('\n'));
+  const rows = rowQuestions(readProbeSource(file).split('\n'));
   const random = xorshift32(seed);
   for (let i = rows.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));

@@ -4,6 +4,7 @@
  * Pure parsing is separate from disk access so the editor can audit unsaved text.
  */
 import * as fs from 'node:fs';
+import { FILE_LIMITS, readTextChecked } from '../files';
 import * as path from 'node:path';
 import { jsonStringOffsets, JsonNode, JsonSyntaxError, nodeAt, parseJsonWithPositions } from '../json';
 
@@ -212,7 +213,7 @@ function alternatesIn(folder: string, chosen: TemplateSource): { file: string; t
 
 function readText(file: string): string {
   try {
-    return fs.readFileSync(file, 'utf8');
+    return readTextChecked(file, FILE_LIMITS.config);
   } catch (e) {
     throw new TemplateLoadError(`cannot read ${file}: ${(e as Error).message}`, file, 0);
   }
@@ -220,7 +221,7 @@ function readText(file: string): string {
 
 function readJsonQuiet(file: string): Record<string, unknown> | undefined {
   try {
-    const v = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
+    const v = JSON.parse(readTextChecked(file, FILE_LIMITS.config)) as unknown;
     return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
   } catch {
     return undefined;

@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../../core/files';
 import { CheckpointError } from '../checkpointError';
 
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
@@ -62,8 +63,9 @@ function ids(v: unknown): number[] {
 export function readJson(file: string): Json {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readTextChecked(file, FILE_LIMITS.config);
   } catch (e) {
+    if (e instanceof FileRefusedError) throw new CheckpointError(e.reason, file);
     throw new CheckpointError(`cannot read (${(e as Error).message})`, file);
   }
   try {
