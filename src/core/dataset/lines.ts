@@ -18,8 +18,17 @@ export interface Line {
 /** 64 MiB of text on one line is far past any chat row; past it we skip rather than buffer. */
 export const DEFAULT_MAX_LINE = 64 * 1024 * 1024;
 
-export async function* readLines(source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, maxLine = DEFAULT_MAX_LINE): AsyncGenerator<Line> {
+/** What the first bytes say about the encoding: a UTF-8 byte order mark (stripped), or UTF-16 (not read). */
+export type EncodingNote = 'utf8-bom' | 'utf16le' | 'utf16be';
+
+/**
+ * The lines of a UTF-8 source. A leading UTF-8 byte order mark is dropped (so row 1 parses) and reported through
+ * `onEncoding`; a UTF-16 file (its byte order mark, or NULs between ASCII bytes) is reported and not read, rather
+ * than turned into a line of garbage per row.
+ */
+export async function* readLines(source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, maxLine = DEFAULT_MAX_LINE, onEncoding?: (e: EncodingNote) => void): AsyncGenerator<Line> {
   const decoder = new StringDecoder('utf8');
+  let first = true;
   let pending: string[] = [];
   let pendingLength = 0;
   let overflow = false;
@@ -36,7 +45,19 @@ export async function* readLines(source: AsyncIterable<Buffer | string> | Iterab
     return out;
   };
   for await (const chunk of source) {
-    const s = typeof chunk === 'string' ? chunk : decoder.write(chunk);
+    if (first && (typeof chunk === 'string' ? chunk.length : chunk.byteLength) > 0) {
+      first = false;
+      const utf16 = typeof chunk === 'string' ? undefined : utf16Of(chunk);
+      if (utf16) {
+        onEncoding?.(utf16);
+        return;
+      }
+    }
+    let s = typeof chunk === 'string' ? chunk : decoder.write(chunk);
+    if (lineNo === 0 && pendingLength === 0 && s.charCodeAt(0) === 0xfeff) {
+      s = s.slice(1);
+      onEncoding?.('utf8-bom');
+    }
     let from = 0;
     while (true) {
       const nl = s.indexOf('\n', from);
@@ -69,4 +90,13 @@ export async function* readLines(source: AsyncIterable<Buffer | string> | Iterab
 export function fileChunks(file: string, highWaterMark = 1 << 20): AsyncIterable<Buffer> {
   const { fd } = openRegularFile(file);
   return fs.createReadStream(file, { fd, highWaterMark });
+}
+
+function utf16Of(b: Uint8Array): 'utf16le' | 'utf16be' | undefined {
+  if (b[0] === 0xff && b[1] === 0xfe) return 'utf16le';
+  if (b[0] === 0xfe && b[1] === 0xff) return 'utf16be';
+  // no byte order mark: ASCII text in UTF-16 has a NUL in every other byte
+  if (b.length >= 4 && b[1] === 0 && b[3] === 0 && b[0] !== 0) return 'utf16le';
+  if (b.length >= 4 && b[0] === 0 && b[2] === 0 && b[1] !== 0) return 'utf16be';
+  return undefined;
 }
