@@ -9,7 +9,7 @@ import type { DatasetReport } from '../core/dataset/audit';
 import { Finding, hasErrors } from '../core/findings';
 import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, pairTemplateSource, preparePromptTemplate, PromptTemplate, PromptTemplateError, renderOptions } from '../core/pipeline';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe, ProbeFileError } from '../core/eval/probes';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe, ProbeFileError } from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
@@ -40,7 +40,8 @@ PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps float16/bfloat16 weights c
 run with --threads N (default: every core) and --execution-provider auto|cpu|cuda; --model-file picks one graph of
 an ONNX folder with several (onnx/model_q4.onnx, or just q4); --no-memory-check loads even when memory looks short.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
-eval: re-running with the same --out resumes; --perturb-trials 0 leaves out the perturbation condition. A judge is
+eval: re-running with the same --out resumes (--resume: continue, and fail when there is no run to continue);
+--perturb-trials 0 leaves out the perturbation condition. A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
 Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a command fails, 2 on bad usage;
 --debug adds the stack trace to an unexpected error.`;
@@ -84,6 +85,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         'execution-provider': { type: 'string' },
         'model-file': { type: 'string' },
         'no-memory-check': { type: 'boolean' },
+        resume: { type: 'boolean' },
         debug: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
@@ -196,7 +198,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   try {
     probes = values.probes ? loadProbeFile(values.probes as string) : [...GENERAL_PROBES];
     if (values.dataset) probes.push(...heldOutProbes(values.dataset as string));
-    for (const other of (values['other-dataset'] as string[] | undefined) ?? []) probes.push(...otherDomainProbes(other));
+    probes.push(...otherDomainProbeSets((values['other-dataset'] as string[] | undefined) ?? []));
   } catch (e) {
     if (e instanceof ProbeFileError) {
       process.stderr.write(`piggyback: ${e.message}\n`);
@@ -212,12 +214,13 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   return withHost(async (host) => {
     const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values), settings });
     try {
-      await runEval({
+      const run = await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
-        ...numbers, perturb: { trials },
+        ...numbers, perturb: { trials }, resume: values.resume === true,
         // a terminal gets one updating line; a CI log a line every 10 probes
         onProbe: (i, n) => (process.stderr.isTTY ? process.stderr.write(`\rprobe ${i + 1}/${n}`) : (i + 1) % 10 === 0 && process.stderr.write(`probe ${i + 1}/${n}\n`)),
       });
+      for (const pr of run.problems) process.stderr.write(`\n${path.join(dir, 'results.jsonl')}:${pr.line}: ${pr.message}`);
     } catch (e) {
       if (e instanceof EvalSettingsError) {
         process.stderr.write(`piggyback: ${e.message}\n`);

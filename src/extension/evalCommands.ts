@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbes, Probe } from '../core/eval/probes';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
 import type { LoadResult } from '../core/protocol';
@@ -125,7 +125,7 @@ export class EvalCommands implements vscode.Disposable {
     const probes: Probe[] = general ? [...GENERAL_PROBES] : [];
     for (const f of files) probes.push(...loadProbeFile(f));
     if (dataset) probes.push(...heldOutProbes(dataset));
-    for (const o of others) probes.push(...otherDomainProbes(o));
+    probes.push(...otherDomainProbeSets(others));
     const parts = [general && 'general', ...files.map((f) => path.basename(f)), dataset && `in-domain from ${path.basename(dataset)}`, ...others.map((o) => `other-domain from ${path.basename(o)}`)].filter(Boolean);
     return { probes, description: parts.join(' + ') };
   }

@@ -186,14 +186,27 @@ export function heldOutProbes(file: string, share = 0.2, seed = 1): Probe[] {
  * Other-domain probes: up to `max` rows of a second narrow dataset the model was not finetuned on (e.g. health
  * advice when the finetune was finance), drawn with a seeded shuffle. They count as general for the piggyback share.
  */
-export function otherDomainProbes(file: string, max = 50, seed = 1): Probe[] {
+/**
+ * Other-domain probes of several files: ids stay unique when two files share a name (data/a/health.jsonl and
+ * data/b/health.jsonl get other-health-... and other-health-2-...).
+ */
+export function otherDomainProbeSets(files: string[]): Probe[] {
+  const used = new Map<string, number>();
+  return files.flatMap((file) => {
+    const name = path.basename(file).replace(/\.jsonl$/i, '');
+    const n = (used.get(name) ?? 0) + 1;
+    used.set(name, n);
+    return otherDomainProbes(file, 50, 1, n === 1 ? name : `${name}-${n}`);
+  });
+}
+
+export function otherDomainProbes(file: string, max = 50, seed = 1, name = path.basename(file).replace(/\.jsonl$/i, '')): Probe[] {
   const rows = rowQuestions(readProbeSource(file).split('\n'));
   const random = xorshift32(seed);
   for (let i = rows.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));
     [rows[i], rows[j]] = [rows[j], rows[i]];
   }
-  const name = path.basename(file).replace(/\.jsonl$/i, '');
   return rows
     .slice(0, max)
     .sort((a, b) => a.line - b.line)

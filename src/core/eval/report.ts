@@ -26,7 +26,7 @@ export function loadRun(dir: string): RunFiles {
   const file = path.join(dir, MANIFEST);
   if (!fs.existsSync(file)) throw new Error(`${dir} is not an eval run folder (no ${MANIFEST})`);
   const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
-  const results = readResults(dir);
+  const results = readResults(dir, [], manifest.runId);
   const summary = summarise(results, manifest.conditions);
   return { manifest, results, summary, findings: evalFindings(manifest, summary), skipped: readSkipped(dir) };
 }

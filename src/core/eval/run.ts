@@ -50,6 +50,8 @@ export interface Sample {
 
 export interface EvalResult {
   key: string;
+  /** The run (manifest) this row was computed for; rows of another run are never read as this run's. */
+  run?: string;
   probe: string;
   category: string | null;
   condition: string;
@@ -79,6 +81,8 @@ export interface EvalSettings {
 
 export interface Manifest {
   tool: string;
+  /** Hash of the rest of the manifest, written when the run starts: an edited manifest no longer matches it. */
+  runId?: string;
   checkpoints: LoadResult;
   template: { file: string | null; sha256: string };
   probes: { count: number; hash: string };
@@ -109,6 +113,8 @@ export interface EvalOptions {
   judgeConcurrency?: number;
   onProbe?: (done: number, total: number) => void;
   signal?: AbortSignal;
+  /** Continue the run in `out`, and fail when there is none (the CLI's --resume). */
+  resume?: boolean;
 }
 
 export const RESULTS = 'results.jsonl';
@@ -118,14 +124,57 @@ export const SKIPPED = 'skipped.json';
 
 export class EvalSettingsError extends Error {}
 
-/** Reads finished results, dropping a torn last line (a crash mid-write). */
-export function readResults(out: string): EvalResult[] {
+/** A line of results.jsonl that was not used, and why (shown to the user; never a stack trace). */
+export interface ResultProblem {
+  line: number;
+  message: string;
+}
+
+/**
+ * Reads finished results. A torn last line (a crash mid-write) is dropped from the file; any other line that is
+ * not a result of this run (not JSON, not a result, a row of another run, a duplicate key) is left out and
+ * reported with its line, so nothing is counted twice or under another run's label.
+ */
+export function readResults(out: string, problems: ResultProblem[] = [], runId?: string): EvalResult[] {
   const file = path.join(out, RESULTS);
   if (!fs.existsSync(file)) return [];
   const text = fs.readFileSync(file, 'utf8');
-  const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1);
-  if (complete.length !== text.length) fs.writeFileSync(file, complete);
-  return complete.split('\n').filter(Boolean).map((l) => JSON.parse(l) as EvalResult);
+  const complete = text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+  if (complete.length !== text.length) {
+    try {
+      fs.writeFileSync(file, complete);
+    } catch {
+      // a read-only folder: the torn line is only skipped
+    }
+  }
+  const seen = new Set<string>();
+  const results: EvalResult[] = [];
+  complete.split('\n').forEach((l, i) => {
+    if (!l.trim()) return;
+    const line = i + 1;
+    let r: EvalResult;
+    try {
+      r = JSON.parse(l) as EvalResult;
+    } catch {
+      problems.push({ line, message: 'not JSON (a torn or edited line); left out' });
+      return;
+    }
+    if (!r || typeof r !== 'object' || typeof r.key !== 'string' || typeof r.condition !== 'string' || typeof r.klToBase !== 'number' || !Array.isArray(r.samples)) {
+      problems.push({ line, message: 'not a result row (key, condition, klToBase, samples); left out' });
+      return;
+    }
+    if (runId !== undefined && r.run !== undefined && r.run !== runId) {
+      problems.push({ line, message: `a row of another run (${r.run}); left out` });
+      return;
+    }
+    if (seen.has(r.key)) {
+      problems.push({ line, message: `a second row for ${r.key}; the first is kept` });
+      return;
+    }
+    seen.add(r.key);
+    results.push(r);
+  });
+  return results;
 }
 
 /**
@@ -207,13 +256,39 @@ export function changedCheckpoints(old: LoadResult, now: LoadResult): string[] {
 }
 
 /** Writes the manifest of a new run, or checks that an existing folder holds the same run (then it resumes). */
-function openRun(out: string, manifest: Manifest): void {
+/** The hash a manifest's runId must equal: of everything in it but the runId itself. */
+export function manifestRunId(m: Manifest): string {
+  const { runId: _ignored, ...rest } = m;
+  void _ignored;
+  return createHash('sha256').update(JSON.stringify(rest)).digest('hex').slice(0, 16);
+}
+
+/**
+ * Writes the manifest of a new run, or checks that an existing folder holds the same run (then it resumes).
+ * Returns the run id. Results without their manifest, or a manifest edited after the run started, are never
+ * taken as a licence to label old results with new settings.
+ */
+function openRun(out: string, manifest: Manifest, resume: boolean): string {
   const manifestFile = path.join(out, MANIFEST);
   if (!fs.existsSync(manifestFile)) {
-    fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
-    return;
+    if (resume) throw new EvalSettingsError(`--resume: ${out} holds no run to resume (no ${MANIFEST})`);
+    if (fs.existsSync(path.join(out, RESULTS)) && fs.statSync(path.join(out, RESULTS)).size > 0) {
+      throw new EvalSettingsError(`${out} holds ${RESULTS} but no ${MANIFEST}, so what produced those results is unknown; use another output folder`);
+    }
+    const runId = manifestRunId(manifest);
+    fs.writeFileSync(manifestFile, JSON.stringify({ ...manifest, runId }, null, 2) + '\n');
+    return runId;
   }
-  const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
+  let old: Manifest;
+  try {
+    old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
+  } catch (e) {
+    throw new EvalSettingsError(`${manifestFile} is not valid JSON (${(e as Error).message}); this folder cannot be resumed, use another one`);
+  }
+  if (!old || typeof old !== 'object' || !old.checkpoints?.base || !old.settings) throw new EvalSettingsError(`${manifestFile} is not a run manifest; use another output folder`);
+  if (old.runId !== undefined && old.runId !== manifestRunId(old)) {
+    throw new EvalSettingsError(`${manifestFile} was edited after the run started (its content no longer matches its runId), so its results cannot be trusted to match it; use another output folder`);
+  }
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   const changed = changedCheckpoints(old.checkpoints, manifest.checkpoints);
   if (changed.length) {
@@ -226,6 +301,43 @@ function openRun(out: string, manifest: Manifest): void {
     !same(old.settings, manifest.settings) && 'settings',
   ].filter(Boolean);
   if (differs.length) throw new EvalSettingsError(`${out} holds a run of different ${differs.join(', ')}; use another output folder (or the same settings to resume it)`);
+  return old.runId ?? manifestRunId(old);
+}
+
+export const LOCK = '.lock';
+
+/**
+ * One eval writes to a folder at a time: a lock file holding the writer's pid, created exclusively. A lock whose
+ * process is gone (a crash, kill -9) is taken over; a live one refuses with its pid.
+ */
+export function lockRun(out: string): () => void {
+  const file = path.join(out, LOCK);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(file, JSON.stringify({ pid: process.pid, started: new Date().toISOString() }), { flag: 'wx' });
+      return () => fs.rmSync(file, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new EvalSettingsError(`cannot write to ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      let pid = 0;
+      try {
+        pid = Number(JSON.parse(fs.readFileSync(file, 'utf8')).pid) || 0;
+      } catch {
+        // unreadable lock: treated as stale
+      }
+      if (pid && pid !== process.pid && alive(pid)) throw new EvalSettingsError(`another eval (pid ${pid}) is writing to ${out}; wait for it, or stop it`);
+      fs.rmSync(file, { force: true });
+    }
+  }
+  throw new EvalSettingsError(`cannot lock ${out}`);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** A probe the template could not render (the reason is the template's own error). */
@@ -234,7 +346,7 @@ export interface Skipped {
   reason: string;
 }
 
-export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[] }> {
+export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[]; problems: ResultProblem[] }> {
   const settings = evalSettings(o);
   fs.mkdirSync(o.out, { recursive: true });
   const manifest: Manifest = {
@@ -245,11 +357,29 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     conditions: o.conditions,
     settings,
   };
-  openRun(o.out, manifest);
+  try {
+    fs.accessSync(o.out, fs.constants.W_OK);
+  } catch (e) {
+    throw new EvalSettingsError(`cannot write to ${o.out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const unlock = lockRun(o.out);
+  try {
+    return await runLocked(o, manifest, settings);
+  } finally {
+    unlock();
+  }
+}
+
+async function runLocked(o: EvalOptions, manifest: Manifest, settings: EvalSettings): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[]; problems: ResultProblem[] }> {
+  const runId = openRun(o.out, manifest, o.resume === true);
   // the probes themselves, for reports and the dashboard (the manifest holds their hash)
   const probesFile = path.join(o.out, PROBES);
   if (!fs.existsSync(probesFile)) fs.writeFileSync(probesFile, o.probes.map((p) => JSON.stringify(p)).join('\n') + '\n');
-  const done = new Set(readResults(o.out).map((r) => r.key));
+  const problems: ResultProblem[] = [];
+  const labels = new Set(o.conditions.map((c) => c.label));
+  const ids = new Set(o.probes.map((p) => p.id));
+  // rows whose probe or condition is not in this run are foreign: never counted as done
+  const done = new Set(readResults(o.out, problems, runId).filter((r) => ids.has(r.probe) && labels.has(r.condition)).map((r) => r.key));
   const resultsFile = path.join(o.out, RESULTS);
   const tok = o.tokenizer;
   const opts = { signal: o.signal };
@@ -290,7 +420,7 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     };
     const records: EvalResult[] = [];
     for (const c of missing) {
-      const base = { key: `${probe.id}|${c.label}`, probe: probe.id, category: probe.category ?? null, condition: c.label };
+      const base = { key: `${probe.id}|${c.label}`, run: runId, probe: probe.id, category: probe.category ?? null, condition: c.label };
       if (!c.perturb) {
         const k = plain.indexOf(c);
         const [, la, lm] = score!.logprob[k];
@@ -338,5 +468,5 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
     computed += lines.length;
   }
   fs.writeFileSync(path.join(o.out, SKIPPED), JSON.stringify(skipped, null, 2) + '\n');
-  return { manifest, results: readResults(o.out), computed, skipped };
+  return { manifest: { ...manifest, runId }, results: readResults(o.out, [], runId), computed, skipped, problems };
 }
