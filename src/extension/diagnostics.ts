@@ -11,6 +11,7 @@ import { prepareTemplate, PreparedTemplate, datasetFindings } from '../core/pipe
 import { AUDIT_CLOCK } from '../core/template/audit';
 import { isTemplateFileName } from '../core/template/source';
 import type { Associations } from './association';
+import { TemplateAudits, TemplateAuditView } from './templateAudits';
 import { readSettings } from './config';
 
 export function isDataset(doc: vscode.TextDocument): boolean {
@@ -40,8 +41,9 @@ export class DiagnosticsManager implements vscode.Disposable {
   readonly collection = vscode.languages.createDiagnosticCollection('piggyback');
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private readonly generation = new Map<string, number>();
-  /** The last audit of each open template file (the hover reads it). */
-  readonly templateDocs = new Map<string, PreparedTemplate>();
+  /** The last audit of each open template file (the hover reads it), made in the template-audit worker. */
+  readonly templateDocs = new Map<string, TemplateAuditView>();
+  private readonly audits: TemplateAudits;
   /** Templates datasets are rendered with, by association path; cleared when a template changes. */
   private readonly forDatasets = new Map<string, PreparedTemplate>();
 
@@ -49,7 +51,9 @@ export class DiagnosticsManager implements vscode.Disposable {
     private readonly extensionUri: vscode.Uri,
     private readonly associations: Associations,
     private readonly log: vscode.LogOutputChannel,
-  ) {}
+  ) {
+    this.audits = new TemplateAudits(vscode.Uri.joinPath(extensionUri, 'dist', 'templateAuditWorker.js').fsPath);
+  }
 
   schedule(doc: vscode.TextDocument, immediate = false): void {
     if (!isDataset(doc) && !isTemplate(doc)) return;
@@ -79,9 +83,11 @@ export class DiagnosticsManager implements vscode.Disposable {
     let findings: Finding[];
     if (isTemplate(doc)) {
       const s = readSettings(doc.uri);
-      const p = prepareTemplate(doc.fileName, { text: doc.getText(), tokenizer: s.tokenizer, name: s.templateName, kwargs: s.templateKwargs, specialTokens: s.specialTokens });
-      this.templateDocs.set(doc.fileName, p);
-      findings = p.findings.filter((f) => !f.file || path.resolve(f.file) === path.resolve(doc.fileName));
+      // rendered off the extension host's thread, with a time and memory limit: a template is workspace code
+      const view = await this.audits.audit(doc.fileName, doc.getText(), { tokenizer: s.tokenizer, name: s.templateName, kwargs: s.templateKwargs, specialTokens: s.specialTokens });
+      if (stale()) return;
+      this.templateDocs.set(doc.fileName, view);
+      findings = view.findings.filter((f) => !f.file || path.resolve(f.file) === path.resolve(doc.fileName));
     } else {
       const p = this.templateFor(doc.uri);
       const text = doc.getText();
@@ -132,6 +138,7 @@ export class DiagnosticsManager implements vscode.Disposable {
   dispose(): void {
     for (const t of this.timers.values()) clearTimeout(t);
     this.collection.dispose();
+    this.audits.dispose();
   }
 }
 

@@ -22,10 +22,10 @@ export class SegmentHover implements vscode.HoverProvider {
 
   private templateHover(doc: vscode.TextDocument, pos: vscode.Position): vscode.Hover | undefined {
     const p = this.diagnostics.templateDocs.get(doc.fileName);
-    const seg = p?.audit?.segments;
-    if (!p?.source || !seg) return undefined;
+    const seg = p?.segments;
+    if (!p || !seg) return undefined;
     // in a JSON file, only over the chat_template string itself
-    const offsets = p.source.offsets;
+    const offsets = p.offsets;
     if (offsets) {
       const at = doc.offsetAt(pos);
       if (at < offsets[0] || at > offsets[offsets.length - 1]) return undefined;
