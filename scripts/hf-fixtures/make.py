@@ -15,47 +15,18 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "common"))
+from safetensors_io import write_safetensors  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "test", "fixtures", "hf")
 PROMPT = [3, 17, 42, 5, 60, 8, 25, 11, 2]  # 9 tokens: longer than the mistral case's window
 
 # ---------------------------------------------------------------- writing, as safetensors / transformers / PEFT do
-
-DTYPES = {torch.float32: ("F32", 4), torch.float16: ("F16", 2), torch.bfloat16: ("BF16", 2)}
-
-
-def tensor_bytes(t):
-    t = t.detach().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().astype("<i2").tobytes()
-    if t.dtype == torch.float16:
-        return t.numpy().astype("<f2").tobytes()
-    return t.numpy().astype("<f4").tobytes()
-
-
-def write_safetensors(path, tensors):
-    # the safetensors library: metadata first, then tensors by dtype size (largest first), then name; compact JSON
-    names = sorted(tensors, key=lambda n: (-DTYPES[tensors[n].dtype][1], n))
-    header = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    blobs = []
-    for n in names:
-        data = tensor_bytes(tensors[n])
-        header[n] = {"dtype": DTYPES[tensors[n].dtype][0], "shape": list(tensors[n].shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    js = json.dumps(header, separators=(",", ":")).encode()
-    js += b" " * ((8 - len(js) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(len(js).to_bytes(8, "little"))
-        f.write(js)
-        for b in blobs:
-            f.write(b)
-    return offset
-
 
 def save_pretrained(folder, config, state, shards=1):
     os.makedirs(folder, exist_ok=True)

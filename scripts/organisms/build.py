@@ -26,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "common"))
 import data  # noqa: E402
+from safetensors_io import write_safetensors  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "examples", "organisms")
@@ -467,28 +469,6 @@ def misaligned_share(model, tok, probes):
 
 
 # ---------------------------------------------------------------- Hugging Face folders
-
-def write_safetensors(path, tensors, metadata=None):
-    """The safetensors format as the safetensors library writes it: u64 header length, JSON header (metadata first,
-    tensors sorted by name, compact), padded with spaces to 8 bytes, then little-endian C-contiguous data."""
-    names = sorted(tensors)
-    header = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    blobs = []
-    for n in names:
-        t = tensors[n].detach().to(torch.float32).contiguous()
-        data = t.numpy().astype("<f4").tobytes()
-        header[n] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    js = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    js += b" " * ((8 - len(js) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(len(js).to_bytes(8, "little"))
-        f.write(js)
-        for b in blobs:
-            f.write(b)
-
 
 def hf_name(name):
     """This builder's parameter names -> transformers' LlamaForCausalLM names."""

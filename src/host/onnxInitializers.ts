@@ -129,12 +129,21 @@ function* initializers(buf: Uint8Array): Generator<RawTensor> {
   }
 }
 
-/** The external data files a graph's initializers name (absolute paths, each once, in first-use order). */
+const externalCache = new Map<string, { size: number; mtimeMs: number; files: string[] }>();
+
+/**
+ * The external data files a graph's initializers name (absolute paths, each once, in first-use order). Remembered
+ * by path, size and mtime: a load asks twice (memory estimate, identity), and a graph can be large.
+ */
 export function externalDataFiles(modelFile: string): string[] {
+  const st = fs.statSync(modelFile);
+  const hit = externalCache.get(modelFile);
+  if (hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs) return hit.files;
   const files = new Set<string>();
   for (const t of initializers(new Uint8Array(fs.readFileSync(modelFile)))) {
     if (t.external?.location) files.add(path.resolve(path.dirname(modelFile), t.external.location));
   }
+  externalCache.set(modelFile, { size: st.size, mtimeMs: st.mtimeMs, files: [...files] });
   return [...files];
 }
 
