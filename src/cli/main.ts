@@ -38,7 +38,8 @@ A checkpoint (--base, --finetuned, --extra) is a Hugging Face folder (config.jso
 qwen3), a PEFT LoRA adapter folder over --base, or an ONNX decoder export. --cache-dir <dir> (default
 PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps float16/bfloat16 weights converted to float32. Model commands
 run with --threads N (default: every core) and --execution-provider auto|cpu|cuda; --model-file picks one graph of
-an ONNX folder with several (onnx/model_q4.onnx, or just q4); --no-memory-check loads even when memory looks short.
+an ONNX folder with several (onnx/model_q4.onnx, or just q4); --weights-dtype auto|float32|float16 sets the dtype
+of a Hugging Face model's matrices (auto: float16 on CUDA); --no-memory-check loads even when memory looks short.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes (--resume: continue, and fail when there is no run to continue);
 --perturb-trials 0 leaves out the perturbation condition. A judge is
@@ -84,6 +85,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         threads: { type: 'string' },
         'execution-provider': { type: 'string' },
         'model-file': { type: 'string' },
+        'weights-dtype': { type: 'string' },
         'no-memory-check': { type: 'boolean' },
         resume: { type: 'boolean' },
         debug: { type: 'boolean' },
@@ -318,6 +320,11 @@ function hostSettings(values: Values): HostSettings {
     s.executionProvider = ep;
   }
   if (values['model-file']) s.modelFile = values['model-file'] as string;
+  const wd = values['weights-dtype'] as string | undefined;
+  if (wd !== undefined) {
+    if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16') throw new UsageError(`--weights-dtype must be auto, float32 or float16, got "${wd}"`);
+    s.weightsDtype = wd;
+  }
   if (values['no-memory-check']) s.memoryCheck = false;
   return s;
 }

@@ -52,6 +52,9 @@ export interface HostSettings {
   threads?: number;
   /** auto: CUDA when onnxruntime-node's CUDA provider is installed, else the CPU (and the load says why). */
   executionProvider?: 'auto' | 'cpu' | 'cuda';
+  /** Hugging Face folders: the dtype of the weight matrices in the graph the host builds. auto: float16 on CUDA
+   * (half the memory), float32 on the CPU. */
+  weightsDtype?: 'auto' | 'float32' | 'float16';
   /** Which graph of an ONNX export folder with several variants (e.g. onnx/model_q4.onnx, or "q4"). */
   modelFile?: string;
   /** false: load even when the estimated memory exceeds what is free. */

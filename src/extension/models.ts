@@ -129,7 +129,7 @@ export class Models implements vscode.Disposable {
       try {
         const c = vscode.workspace.getConfiguration('piggyback');
         const threads = c.get<number>('host.threads') || undefined;
-        const settings = { threads, executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'), modelFile: c.get<string>('host.onnxVariant') || undefined, memoryCheck: c.get<boolean>('host.memoryCheck') };
+        const settings = { threads, executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'), weightsDtype: c.get<'auto' | 'float32' | 'float16'>('host.weightsDtype'), modelFile: c.get<string>('host.onnxVariant') || undefined, memoryCheck: c.get<boolean>('host.memoryCheck') };
         const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {}, cacheDir: c.get<string>('host.cacheDir') || undefined, settings });
         this.loaded = { base: this.base!, finetuned: this.finetuned!, extra: extraKey, result };
         this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`);

@@ -44,6 +44,8 @@ export function cudaUnavailable(): string | undefined {
 export interface ResolvedSettings {
   threads: number;
   device: Device;
+  /** The dtype of the weight matrices in graphs built from Hugging Face folders (F32 when absent). */
+  weightDtype?: 'F32' | 'F16';
   /** Chosen by `auto`: a CUDA session that fails to start falls back to the CPU. */
   auto?: boolean;
   /** Why `auto` chose the CPU (shown once per load). */
@@ -53,6 +55,13 @@ export interface ResolvedSettings {
 export class SettingsError extends Error {}
 
 export function resolveSettings(s: HostSettings = {}): ResolvedSettings {
+  const r = resolveDevice(s);
+  const wd = s.weightsDtype ?? 'auto';
+  if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16') throw new SettingsError(`weightsDtype must be auto, float32 or float16, got "${String(wd)}"`);
+  return { ...r, weightDtype: wd === 'float16' || (wd === 'auto' && r.device === 'cuda') ? 'F16' : 'F32' };
+}
+
+function resolveDevice(s: HostSettings): ResolvedSettings {
   const threads = s.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1) throw new SettingsError(`threads must be a whole number of at least 1, got ${threads}`);
   const ep = s.executionProvider ?? 'auto';

@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { Checkpoint, KV } from '../../src/host/checkpoint';
 import { loadCheckpoints } from '../../src/host/hf/load';
+import { f32BitsToF16 } from '../../src/host/hf/weights';
+import { readSafetensorsHeader } from '../../src/core/safetensors';
 import { Models } from '../../src/host/operations';
 import { FIXTURES, tempDir } from '../helpers';
 
@@ -65,11 +67,51 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     });
   }
 
+  it('float16 matrices (the GPU graph, run here on the CPU): every case close to the reference, matrices at half the bytes', async () => {
+    const half = { threads: 1, device: 'cpu' as const, weightDtype: 'F16' as const };
+    for (const name of Object.keys(cases)) {
+      const c = cases[name];
+      const logs: string[] = [];
+      const loaded = c.base
+        ? await loadCheckpoints(path.join(HF, cases[c.base].folder), [['finetuned', path.join(HF, c.folder)]], { cacheDir, log: (m) => logs.push(m), settings: half })
+        : await loadCheckpoints(path.join(HF, c.folder), [], { cacheDir, log: (m) => logs.push(m), settings: half });
+      opened.push(loaded.base, ...loaded.others.values());
+      const model = c.base ? loaded.others.get('finetuned')! : loaded.base;
+      const e = c.expected;
+      const out = await model.forward(e.ids, range(e.ids.length), KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim));
+      // float16 and bfloat16 checkpoints convert to float16 exactly (measured: ~3e-7 of the largest logit); float32
+      // ones are rounded to float16's 11 significant bits (measured: under 1e-3)
+      const scale = Math.max(...e.logits.map(Math.abs));
+      const d = maxDiff(out.logits, e.logits);
+      const exact = /bf16|f16/.test(name);
+      assert.ok(d <= (exact ? 1e-5 : 2e-3) * scale, `${name}: logits differ by ${d} (largest ${scale})`);
+      assert.match(loaded.base.info.description ?? '', /run as float16 matrices/);
+      assert.ok(logs.some((m) => / with float16 matrices in memory/.test(m)), logs.join('\n'));
+    }
+    // the converted cache holds the matrices as F16 (2 bytes each)
+    const f16 = fs.readdirSync(path.join(cacheDir, 'weights')).map((f) => readSafetensorsHeader(path.join(cacheDir, 'weights', f)));
+    const withHalf = f16.find((h) => h.tensors.get('model.layers.0.self_attn.q_proj.weight')?.dtype === 'F16');
+    assert.ok(withHalf, 'a cache file with float16 matrices');
+    assert.equal(withHalf.tensors.get('model.norm.weight')?.dtype, 'F32', 'norms stay float32');
+  });
+
+  it('float32 to float16 rounds to nearest even, as torch does', () => {
+    const bits = (x: number) => new Uint32Array(Float32Array.of(x).buffer)[0];
+    assert.equal(f32BitsToF16(bits(1)), 0x3c00);
+    assert.equal(f32BitsToF16(bits(-2)), 0xc000);
+    assert.equal(f32BitsToF16(bits(65504)), 0x7bff);
+    assert.equal(f32BitsToF16(bits(1e6)), 0x7c00);
+    assert.equal(f32BitsToF16(bits(2 ** -24)), 0x0001);
+    // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties go to the even mantissa (1); 1 + 3*2^-11 goes up
+    assert.equal(f32BitsToF16(bits(1 + 2 ** -11)), 0x3c00);
+    assert.equal(f32BitsToF16(bits(1 + 3 * 2 ** -11)), 0x3c02);
+  });
+
   it('reads what each config form says: eos from generation_config.json, kinds, descriptions', async () => {
     const qwen2 = await open('qwen2-f16-bias-newer-config');
     assert.deepEqual(qwen2.info.eosTokenIds, [2, 63]);
     assert.equal(qwen2.info.kind, 'hf');
-    assert.match(qwen2.info.description ?? '', /qwen2 2 layers.*F16 weights \(float32 cache .*\), RoPE default, theta 1000000/);
+    assert.match(qwen2.info.description ?? '', /qwen2 2 layers.*F16 weights \(cache .*\), RoPE default, theta 1000000/);
     const llama3 = await open('llama3-bf16-sharded-tied');
     assert.match(llama3.info.description ?? '', /BF16 weights .*RoPE llama3 x8/);
     const adapter = await open('llama-rslora');

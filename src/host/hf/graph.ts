@@ -72,11 +72,11 @@ class Builder {
     return name;
   }
 
-  external(name: string, dims: number[], loc: ExternalLocation): string {
+  external(name: string, dims: number[], loc: ExternalLocation, dataType: number = DataType.FLOAT): string {
     this.initializers.push({
       name,
       dims,
-      data_type: DataType.FLOAT,
+      data_type: dataType,
       data_location: 1,
       external_data: [
         { key: 'location', value: loc.location },
@@ -107,8 +107,8 @@ export interface DecoderGraph {
  * The decoder graph. `locate` gives the float32 bytes of a checkpoint tensor by its transformers name; adapters
  * are embedded in the graph (they are small).
  */
-export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder'): DecoderGraph {
-  const parts = decoderGraphParts(spec, locate, adapters);
+export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder', options: GraphOptions = {}): DecoderGraph {
+  const parts = decoderGraphParts(spec, locate, adapters, options);
   return { model: encodeModel({ ...parts, opset: OPSET, name }), adapterInputs: adapters.map((_, j) => adapterScaleInput(j)) };
 }
 
@@ -124,15 +124,27 @@ export function decoderTensors(spec: DecoderSpec): [string, number[]][] {
   return out;
 }
 
-export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = []): DecoderGraphParts {
+export interface GraphOptions {
+  /** F16: the matrices (projections, embeddings, output head) in float16, for a GPU; norms, biases, adapters,
+   * activations and K/V stay float32. Default F32. */
+  weightDtype?: 'F32' | 'F16';
+}
+
+/** The dtype a weight of these dimensions takes in the graph: only matrices go to float16. */
+export function weightDtype(dims: number[], options: GraphOptions = {}): 'F32' | 'F16' {
+  return options.weightDtype === 'F16' && dims.length === 2 ? 'F16' : 'F32';
+}
+
+export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = [], options: GraphOptions = {}): DecoderGraphParts {
   const g = new Builder();
   const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V, layers } = spec;
   const rep = heads / kvHeads;
   const weights = new Map<string, string>();
+  const half = options.weightDtype === 'F16';
   const weight = (tensor: string, dims: number[]): string => {
     let n = weights.get(tensor);
     if (!n) {
-      n = g.external(tensor, dims, locate(tensor, dims));
+      n = g.external(tensor, dims, locate(tensor, dims), weightDtype(dims, options) === 'F16' ? DataType.FLOAT16 : DataType.FLOAT);
       weights.set(tensor, n);
     }
     return n;
@@ -148,9 +160,16 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
 
   /** y = x·Wᵀ (+ b), plus each adapter's low-rank update of this module. x is [T, in]. */
   const linear = (x: string, module: string, out: number, inDim: number, bias: boolean, tensor = `${module}.weight`): string => {
-    const inputs = [x, weight(tensor, [out, inDim])];
-    if (bias) inputs.push(weight(`${module}.bias`, [out]));
-    let y = g.one('Gemm', inputs, { transB: 1 });
+    let y: string;
+    if (half) {
+      // float16 matrix, float32 activations: the product runs in float16 and comes back as float32, bias added after
+      y = g.one('Cast', [g.one('Gemm', [g.one('Cast', [x], { to: DataType.FLOAT16 }), weight(tensor, [out, inDim])], { transB: 1 })], { to: DataType.FLOAT });
+      if (bias) y = g.one('Add', [y, weight(`${module}.bias`, [out])]);
+    } else {
+      const inputs = [x, weight(tensor, [out, inDim])];
+      if (bias) inputs.push(weight(`${module}.bias`, [out]));
+      y = g.one('Gemm', inputs, { transB: 1 });
+    }
     adapters.forEach((modules, j) => {
       const lora = modules.get(module);
       if (!lora) return;
@@ -189,6 +208,7 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
   // ---- the decoder
   const embed = weight('model.embed_tokens.weight', [V, H]);
   let x = g.one('Gather', [embed, g.one('Reshape', ['input_ids', g.ints([-1])])], { axis: 0 });
+  if (half) x = g.one('Cast', [x], { to: DataType.FLOAT });
   const scale = g.floats([1 / Math.sqrt(hd)], []);
   for (let l = 0; l < layers; l++) {
     const p = `model.layers.${l}`;

@@ -13,11 +13,11 @@ import { Checkpoint, checkCompatible, createSession, findModelFile } from '../ch
 import { ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
 import { DecoderSpec, readDecoderSpec } from './config';
-import { buildDecoderGraph, decoderTensors } from './graph';
+import { buildDecoderGraph, decoderTensors, GraphOptions, weightDtype } from './graph';
 import { Adapter, readAdapter } from './peft';
 import { combine, identityOf } from '../identity';
 import { externalDataFiles } from '../onnxInitializers';
-import { float32Weights, gb, readFloat32, WeightIndex, WeightRef } from './weights';
+import { castWeights, gb, readFloat32, WeightIndex, WeightRef } from './weights';
 
 export interface HfLoadOptions {
   cacheDir: string;
@@ -44,6 +44,11 @@ function linearModules(spec: DecoderSpec, tensors: [string, number[]][]): Map<st
   return out;
 }
 
+/** Bytes of the weights in the graph: 2 per parameter for float16 matrices, 4 otherwise. */
+function weightBytes(tensors: [string, number[]][], options: GraphOptions): number {
+  return tensors.reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1) * (weightDtype(shape, options) === 'F16' ? 2 : 4), 0);
+}
+
 const count = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}k`);
 
 /** An adapter's identity: its own files, and the base it is applied to (the same adapter over another base differs). */
@@ -64,19 +69,23 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
   const modules = linearModules(spec, tensors);
   const adapters: Adapter[] = adapterFolders.map((a) => readAdapter(a, (m) => modules.get(m), [...modules.keys()]));
   const params = refs.reduce((s, r) => s + r.shape.reduce((a, b) => a * b, 1), 0);
+  const graphOptions = { weightDtype: opts.settings.weightDtype ?? 'F32' } as const;
+  const bytes = weightBytes(tensors, graphOptions);
+  const inMemory = graphOptions.weightDtype === 'F16' ? 'with float16 matrices' : 'as float32';
   const adapterBytes = adapters.map((a) => [...a.modules.values()].reduce((s, m) => s + 4 * (m.a.length + m.b.length), 0));
   const dtypes = [...new Set(refs.map((r) => r.dtype))].join('/');
   opts.log(
-    `${folder}: ${spec.modelType}, ${count(params)} parameters (${dtypes}), about ${gb(4 * params)} as float32 in memory` +
+    `${folder}: ${spec.modelType}, ${count(params)} parameters (${dtypes}), about ${gb(bytes)} ${inMemory} in memory` +
       (adapters.length ? `; ${adapters.length} adapter(s) share these weights and add ${gb(adapterBytes.reduce((a, b) => a + b, 0))}` : ''),
   );
   for (const a of adapters) opts.log(`${a.folder}: ${a.description}${a.baseModelNameOrPath ? ` (trained over "${a.baseModelNameOrPath}"; applied to ${folder})` : ''}`);
-  const weights = float32Weights(refs, opts.cacheDir, opts.log);
+  const weights = castWeights(refs, (r) => weightDtype(r.shape, graphOptions), opts.cacheDir, opts.log);
   const graph = buildDecoderGraph(
     spec,
     (name) => weights.locate(name),
     adapters.map((a) => a.modules),
     spec.modelType,
+    graphOptions,
   );
   // weights stay shared file mappings (no pre-packed private copy): the memory a pair needs is one copy
   const { session, device } = await createSession(graph.model, opts.settings, { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' }, folder, opts.log);
@@ -85,11 +94,11 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
   const embeddings = () => ({ rows: spec.vocab, dim: spec.hidden, data: readFloat32(embedRef), source: `${path.basename(embedRef.file)}:${embedRef.name}` });
   const scales = (active: number) => Object.fromEntries(graph.adapterInputs.map((n, j) => [n, new ort.Tensor('float32', Float32Array.of(j === active ? 1 : 0), [1])]));
   const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds, maxPositions: spec.maxPositions, device, threads: opts.settings.threads };
-  const where = weights.cacheFile ? ` (float32 cache ${weights.cacheFile})` : '';
+  const where = weights.cacheFile ? ` (cache ${weights.cacheFile})` : '';
   const base = Checkpoint.fromSession(session, index.files[0], folder, {
     feeds: scales(-1),
     embeddings,
-    info: { ...common, hash: baseId.hash, files: baseId.files, description: `${spec.modelType} ${spec.layers} layers, hidden ${spec.hidden}, ${dtypes} weights${where}, RoPE ${spec.rope}` },
+    info: { ...common, hash: baseId.hash, files: baseId.files, description: `${spec.modelType} ${spec.layers} layers, hidden ${spec.hidden}, ${dtypes} weights${graphOptions.weightDtype === 'F16' ? ' run as float16 matrices' : ''}${where}, RoPE ${spec.rope}` },
   });
   const adapterCheckpoints = adapters.map((a, j) =>
     Checkpoint.fromSession(session, a.weightsFile, a.folder, {
@@ -124,7 +133,7 @@ const ESTIMATE_LOGIT_ROWS = 64;
  * (float32 for Hugging Face folders; an export's files as they are), its K/V for ESTIMATE_TOKENS tokens in a few
  * caches, logits, and a tenth for activations. Adapters add their own size only.
  */
-export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: string): { total: number; parts: string[] } {
+export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: string, options: GraphOptions = {}): { total: number; parts: string[] } {
   const parts: string[] = [];
   let total = 0;
   const seen = new Set<string>();
@@ -140,7 +149,7 @@ export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: st
       weights = fs.existsSync(f) ? 2 * fs.statSync(f).size : 0;
     } else if (kind === 'hf') {
       const spec = readDecoderSpec(p);
-      weights = 4 * decoderTensors(spec).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
+      weights = weightBytes(decoderTensors(spec), options);
       kv = 3 * 2 * spec.layers * spec.kvHeads * spec.headDim * 4 * ESTIMATE_TOKENS;
       logits = spec.vocab * 4 * ESTIMATE_LOGIT_ROWS;
     } else {
@@ -169,7 +178,7 @@ export async function loadCheckpoints(base: string, others: [string, string][], 
   const kinds = others.map(([name, p]) => [name, p, kindOf(p)] as const);
   const adapterEntries = kinds.filter(([, , k]) => k === 'adapter');
   if (opts.memoryCheck !== false && opts.settings.device === 'cpu') {
-    const need = estimateMemory([[base, baseKind], ...kinds.map(([, p, k]) => [p, k] as [string, CheckpointKind])], opts.modelFile);
+    const need = estimateMemory([[base, baseKind], ...kinds.map(([, p, k]) => [p, k] as [string, CheckpointKind])], opts.modelFile, { weightDtype: opts.settings.weightDtype });
     const available = opts.availableMemory ?? os.freemem();
     if (need.total > available) {
       throw new CheckpointError(`loading needs about ${gb(need.total)} (${need.parts.join(' + ')}: weights as float32, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations), but only ${gb(available)} of memory is available; close other programs, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`, base);

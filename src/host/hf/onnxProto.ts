@@ -63,7 +63,7 @@ message ModelProto {
 `;
 
 /** onnx.TensorProto.DataType values used here. */
-export const DataType = { FLOAT: 1, INT64: 7, BOOL: 9 } as const;
+export const DataType = { FLOAT: 1, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 /** onnx.AttributeProto.AttributeType values used here. */
 const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, GRAPH: 5, FLOATS: 6, INTS: 7 } as const;
 

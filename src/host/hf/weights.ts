@@ -123,33 +123,37 @@ export function checkRef(ref: WeightRef, shape: number[]): void {
 
 // ------------------------------------------------------------------------------------------------ float32 data
 
-/** Where the graph finds a tensor's float32 bytes: a file name inside `dir`, and the byte range. */
+/** Where the graph finds a tensor's bytes: a file name inside `dir`, and the byte range. */
 export interface ExternalLocation {
   location: string;
   offset: number;
   length: number;
 }
 
-export interface Float32Weights {
+/** The dtypes the graph takes weights in. */
+export type WeightDtype = 'F32' | 'F16';
+
+export interface CastWeights {
   /** The one folder all locations are relative to (onnxruntime's external-initializer folder). */
   dir: string;
   locate(name: string): ExternalLocation;
-  /** Bytes converted into the cache by this load (0 when reused or when the weights are float32 already). */
+  /** Bytes converted into the cache by this load (0 when reused or when the weights are usable as they are). */
   convertedBytes: number;
   /** The cache file, when one is used. */
   cacheFile?: string;
 }
 
-const CONVERTER_VERSION = 'f32-v1';
+const CONVERTER_VERSION = 'cast-v2';
 
 /**
- * Float32 bytes for every tensor in `refs`. Where all are F32 and live in one folder, the source files serve as
- * they are; otherwise all are written, as float32, into one safetensors file in `cacheDir/weights/`, named by the
- * content hash of what it was converted from, and reused by later loads.
+ * The bytes of every tensor in `refs` in the dtype `target` gives it (float32, or float16 for the matrices of a
+ * GPU graph). Where every tensor already has its target dtype and all live in one folder, the source files serve as
+ * they are; otherwise all are written into one safetensors file in `cacheDir/weights/`, named by the content hash of
+ * what it was converted from and to, and reused by later loads.
  */
-export function float32Weights(refs: WeightRef[], cacheDir: string, log: (message: string) => void): Float32Weights {
+export function castWeights(refs: WeightRef[], target: (r: WeightRef) => WeightDtype, cacheDir: string, log: (message: string) => void): CastWeights {
   const dirs = new Set(refs.map((r) => path.dirname(r.file)));
-  if (refs.every((r) => r.dtype === 'F32') && dirs.size === 1) {
+  if (refs.every((r) => r.dtype === target(r)) && dirs.size === 1) {
     const byName = new Map(refs.map((r) => [r.name, r]));
     return {
       dir: [...dirs][0],
@@ -165,7 +169,7 @@ export function float32Weights(refs: WeightRef[], cacheDir: string, log: (messag
   for (const f of new Set(sorted.map((r) => r.file))) sourceHashes.set(f, fileHash(f, cacheDir));
   const key = createHash('sha256')
     .update(CONVERTER_VERSION)
-    .update(JSON.stringify(sorted.map((r) => [r.name, sourceHashes.get(r.file), r.dtype, r.shape, r.begin, r.end])))
+    .update(JSON.stringify(sorted.map((r) => [r.name, sourceHashes.get(r.file), r.dtype, target(r), r.shape, r.begin, r.end])))
     .digest('hex')
     .slice(0, 32);
   const dir = path.join(cacheDir, 'weights');
@@ -174,8 +178,8 @@ export function float32Weights(refs: WeightRef[], cacheDir: string, log: (messag
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', converted_by: `piggyback-lens ${CONVERTER_VERSION}` } };
   let offset = 0;
   for (const r of sorted) {
-    const n = r.shape.reduce((a, b) => a * b, 1) * 4;
-    header[r.name] = { dtype: 'F32', shape: r.shape, data_offsets: [offset, offset + n] };
+    const n = r.shape.reduce((a, b) => a * b, 1) * (target(r) === 'F32' ? 4 : 2);
+    header[r.name] = { dtype: target(r), shape: r.shape, data_offsets: [offset, offset + n] };
     layout.set(r.name, { begin: offset, end: offset + n });
     offset += n;
   }
@@ -187,11 +191,12 @@ export function float32Weights(refs: WeightRef[], cacheDir: string, log: (messag
   let convertedBytes = 0;
   if (!isComplete(file, total)) {
     fs.mkdirSync(dir, { recursive: true });
-    const dtypes = [...new Set(sorted.map((r) => r.dtype))].join('/');
+    const from = [...new Set(sorted.map((r) => r.dtype))].join('/');
+    const to = [...new Set(sorted.map(target))].map((d) => (d === 'F32' ? 'float32' : 'float16')).join(' and ');
     const free = freeBytes(dir);
-    if (free !== undefined && free < total) throw new CheckpointError(`converting the ${dtypes} weights to float32 needs ${gb(total)} in the cache, but only ${gb(free)} is free (set PIGGYBACK_CACHE_DIR or --cache-dir to another disk)`, dir);
-    log(`converting ${sorted.length} ${dtypes} tensors to float32 once: writing ${gb(total)} to ${file}`);
-    writeConverted(file, json, sorted);
+    if (free !== undefined && free < total) throw new CheckpointError(`converting the ${from} weights to ${to} needs ${gb(total)} in the cache, but only ${gb(free)} is free (set PIGGYBACK_CACHE_DIR or --cache-dir to another disk)`, dir);
+    log(`converting ${sorted.length} ${from} tensors to ${to} once: writing ${gb(total)} to ${file}`);
+    writeConverted(file, json, sorted, target);
     convertedBytes = total;
   }
   return {
@@ -203,6 +208,11 @@ export function float32Weights(refs: WeightRef[], cacheDir: string, log: (messag
       return { location: path.basename(file), offset: dataStart + l.begin, length: l.end - l.begin };
     },
   };
+}
+
+/** Every tensor as float32 (the CPU graph). */
+export function float32Weights(refs: WeightRef[], cacheDir: string, log: (message: string) => void): CastWeights {
+  return castWeights(refs, () => 'F32', cacheDir, log);
 }
 
 function isComplete(file: string, size: number): boolean {
@@ -229,7 +239,7 @@ export function gb(bytes: number): string {
 const CHUNK = 1 << 22; // elements per conversion step
 
 /** Writes the cache file under a temporary name, then renames it: a crash or a full disk leaves nothing half-written. */
-function writeConverted(file: string, header: Buffer, refs: WeightRef[]): void {
+function writeConverted(file: string, header: Buffer, refs: WeightRef[], target: (r: WeightRef) => WeightDtype): void {
   const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   const out = fs.openSync(tmp, 'w');
   try {
@@ -237,7 +247,17 @@ function writeConverted(file: string, header: Buffer, refs: WeightRef[]): void {
     len.writeBigUInt64LE(BigInt(header.length));
     fs.writeSync(out, len);
     fs.writeSync(out, header);
-    for (const r of refs) forEachFloat32Chunk(r, (chunk) => fs.writeSync(out, chunk));
+    const half = new Uint16Array(CHUNK);
+    for (const r of refs) {
+      if (target(r) === 'F16' && r.dtype === 'F16') forEachRawChunk(r, (chunk) => fs.writeSync(out, chunk));
+      else if (target(r) === 'F16') {
+        forEachFloat32Chunk(r, (bytes) => {
+          const f = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+          for (let i = 0; i < f.length; i++) half[i] = f32BitsToF16(f[i]);
+          fs.writeSync(out, new Uint8Array(half.buffer, 0, 2 * f.length));
+        });
+      } else forEachFloat32Chunk(r, (chunk) => fs.writeSync(out, chunk));
+    }
     fs.closeSync(out);
     fs.renameSync(tmp, file);
   } catch (e) {
@@ -249,6 +269,47 @@ function writeConverted(file: string, header: Buffer, refs: WeightRef[]): void {
     throw e;
   } finally {
     fs.rmSync(tmp, { force: true });
+  }
+}
+
+/** IEEE float32 bits to float16 bits, rounding to nearest even (as torch's .half() does). */
+export function f32BitsToF16(b: number): number {
+  const sign = (b >>> 16) & 0x8000;
+  const e8 = (b >>> 23) & 0xff;
+  const mant = b & 0x7fffff;
+  if (e8 === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const exp = e8 - 112;
+  if (exp >= 31) return sign | 0x7c00;
+  if (exp <= 0) {
+    if (exp < -10) return sign;
+    const m = mant | 0x800000;
+    const shift = 14 - exp;
+    let h = m >>> shift;
+    const rem = m & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && h & 1)) h++;
+    return sign | h;
+  }
+  let h = (exp << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
+  return sign | h;
+}
+
+/** A tensor's bytes as they are, chunk by chunk. */
+function forEachRawChunk(r: WeightRef, sink: (bytes: Uint8Array) => void): void {
+  const fd = fs.openSync(r.file, 'r');
+  try {
+    const buf = new Uint8Array(CHUNK * 4);
+    for (let at = r.begin; at < r.end; ) {
+      const n = Math.min(buf.length, r.end - at);
+      const got = fs.readSync(fd, buf, 0, n, at);
+      if (got !== n) throw new CheckpointError(`tensor "${r.name}": the file ended early`, r.file);
+      sink(buf.subarray(0, n));
+      at += n;
+    }
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
