@@ -162,9 +162,14 @@ export class Checkpoint {
     if (others.length && !opts.modelFile) opts.log?.(`${folder}: using ${path.relative(folder, modelFile)}; also here: ${others.map((v) => path.relative(folder, v)).join(', ')} (choose with --model-file or piggyback.host.onnxVariant)`);
     const identity = onnxIdentity(modelFile, dir, opts.cacheDir);
     const { session, device } = await createSession(modelFile, settings, {}, modelFile, opts.log);
-    const c = Checkpoint.fromSession(session, modelFile, dir, { info: { ...identity, device, threads: settings.threads } });
-    await c.checkShapes();
-    return c;
+    try {
+      const c = Checkpoint.fromSession(session, modelFile, dir, { info: { ...identity, device, threads: settings.threads } });
+      await c.checkShapes();
+      return c;
+    } catch (e) {
+      await session.release();
+      throw e;
+    }
   }
 
   /** Checks that a session speaks the KV-cache interface and reads its shapes; `dir` holds config.json. */

@@ -7,6 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CheckpointError } from './checkpointError';
 import { externalDataFiles } from './onnxInitializers';
 
 type HashCache = Record<string, { size: number; mtimeMs: number; sha256: string }>;
@@ -83,7 +84,10 @@ export function identityOf(kind: string, folder: string, files: string[], cacheD
 
 /** An ONNX export: the graph, every external data file it names, and config.json when there is one. */
 export function onnxIdentity(modelFile: string, configDir: string, cacheDir: string | undefined): Identity {
-  const files = [modelFile, ...externalDataFiles(modelFile)];
+  const external = externalDataFiles(modelFile);
+  const missing = external.filter((f) => !fs.existsSync(f));
+  if (missing.length) throw new CheckpointError(`the graph keeps its weights in ${missing.map((f) => path.relative(path.dirname(modelFile), f)).join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} missing`, modelFile);
+  const files = [modelFile, ...external];
   const config = path.join(configDir, 'config.json');
   if (fs.existsSync(config)) files.push(config);
   return identityOf('onnx', configDir, files, cacheDir);

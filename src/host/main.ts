@@ -43,7 +43,9 @@ function toResponseError(e: unknown): ResponseError<void> {
   if (e instanceof CancelledError) return new ResponseError(HostErrors.Cancelled, 'cancelled');
   if (e instanceof CheckpointError) return new ResponseError(HostErrors.BadCheckpoint, e.message);
   if (e instanceof BadRequestError || e instanceof SettingsError) return new ResponseError(HostErrors.BadRequest, e.message);
-  return new ResponseError(-32603, (e as Error).stack ?? String(e));
+  // an error nobody anticipated: one line for the user; the trace goes to the editor's log
+  connection.sendNotification(Log.type, { level: 'info', message: (e as Error).stack ?? String(e) });
+  return new ResponseError(-32603, String((e as Error).message ?? e).split('\n')[0]);
 }
 
 connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseError<void>> => {

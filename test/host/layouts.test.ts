@@ -93,6 +93,12 @@ describe('ONNX export layouts with the organisms own numbers', () => {
     await same(await load(path.join(root, 'model.onnx'), path.join(ORGANISMS, 'treft')));
   });
 
+  it('a missing external data file is named at load', async () => {
+    const dir = organismExport('base', { graph: 'model.onnx' });
+    fs.rmSync(path.join(dir, 'model.onnx_data'));
+    await assert.rejects(load(dir, path.join(ORGANISMS, 'treft')), (e: unknown) => e instanceof CheckpointError && e.file === path.join(dir, 'model.onnx') && /keeps its weights in model\.onnx_data, which is missing/.test(e.message));
+  });
+
   it('an input the host cannot feed is named at load', async () => {
     const dir = organismExport('base', { graph: 'onnx/model.onnx', extraInput: 'token_type_ids' });
     await assert.rejects(load(dir, path.join(ORGANISMS, 'treft')), (e: unknown) => e instanceof CheckpointError && /the graph needs inputs the host does not know how to feed: token_type_ids/.test(e.message));
