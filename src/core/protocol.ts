@@ -29,6 +29,9 @@ export interface CheckpointInfo {
   files?: Record<string, string>;
   /** Where the K/V head count and size came from (then checked against a forward pass). */
   headDimFrom?: 'graph' | 'config.json';
+  /** RoPE inverse frequencies [head_dim / 2] from config.json, when the host can read them: postfix patching
+   * rotates the base's keys to their real positions with them. */
+  ropeInvFreq?: number[];
   /** The context length (config.json's max_position_embeddings), when known: generation stops there. */
   maxPositions?: number;
   /** Where it runs: the execution provider and the CPU threads onnxruntime uses. */

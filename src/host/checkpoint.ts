@@ -13,6 +13,7 @@ import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../core/checkpoints';
 import { CheckpointError } from './checkpointError';
 import { tokenizerDifference } from '../core/tokenizerCompat';
+import { ropeInvFreqOf } from './hf/config';
 import { onnxIdentity } from './identity';
 import { Device, ResolvedSettings, resolveSettings, sessionOptions } from './session';
 
@@ -215,6 +216,7 @@ export class Checkpoint {
       kvType: past0?.type === 'float16' ? 'float16' : 'float32',
       hasPositionIds: inputs.includes('position_ids'),
       maxPositions: typeof config.max_position_embeddings === 'number' ? config.max_position_embeddings : undefined,
+      ropeInvFreq: ropeInvFreqOf(config, headDim, path.join(dir, 'config.json')),
       headDimFrom: typeof past0?.shape?.[3] === 'number' && typeof past0?.shape?.[1] === 'number' ? 'graph' : 'config.json',
       eosTokenIds: Array.isArray(eos) ? (eos as number[]) : typeof eos === 'number' ? [eos] : [],
       hash: '',

@@ -72,8 +72,8 @@ export class Models {
   /**
    * The reference K/V for patched positions, from `ref` (the base model unless a parity check says otherwise):
    * prefix: ref on the prefix alone (query-independent: computed once per prefix and reused for every probe);
-   * postfix: ref on prefix + postfix with an empty query, at the postfix's real positions (position ids skip the
-   * query, so RoPE rotations match); query control: ref on prefix + query.
+   * postfix: ref on prefix + postfix with an empty query (contiguous positions), keys rotated to the postfix's real
+   * positions (the paper's method); query control: ref on prefix + query.
    */
   async reference(ref: Checkpoint, p: PromptIds, span: 'prefix' | 'postfix' | 'query', refName: string): Promise<KV> {
     const [P, Q, L] = [p.prefix[1], p.query[1], p.ids.length];
@@ -88,8 +88,14 @@ export class Models {
       return kv;
     }
     if (span === 'postfix') {
+      // the paper's reference: the base with an empty query, where the postfix follows the prefix directly; its keys
+      // are then rotated to the postfix's real positions (values carry no position). Running the postfix at its real
+      // positions after a gap instead gives other hidden states: a different quantity.
       const prefix = await this.reference(ref, p, 'prefix', refName);
-      return (await ref.forward(p.ids.slice(Q, L), range(Q, L), prefix, 1)).kv;
+      const invFreq = ref.info.ropeInvFreq;
+      if (!invFreq) throw new BadRequestError(`postfix patching needs the checkpoint's RoPE settings (rope_theta / rope_scaling in config.json) to move the base postfix keys to their positions; ${ref.info.folder} has none the host can read`);
+      const contiguous = (await ref.forward(p.ids.slice(Q, L), range(P, P + (L - Q)), prefix, 1)).kv;
+      return rotateKeys(contiguous, invFreq, Q - P);
     }
     const n = Math.min(P, Q - P);
     const out = await ref.forward(p.ids.slice(0, P + n), range(0, P + n), empty(ref), 1);
@@ -170,6 +176,31 @@ export class Models {
     }
     return out;
   }
+}
+
+/**
+ * Moves cached keys `delta` positions on: RoPE (Hugging Face's rotate-half layout) composes, so a key computed at
+ * position p becomes the key at p + delta by one more rotation of each pair (j, j + d/2) by delta * inv_freq[j].
+ */
+export function rotateKeys(kv: KV, invFreq: number[], delta: number): KV {
+  const d = kv.dim;
+  const half = d / 2;
+  if (invFreq.length !== half) throw new BadRequestError(`RoPE has ${invFreq.length} frequencies, the keys have ${d} dimensions`);
+  const cos = invFreq.map((f) => Math.cos(delta * f));
+  const sin = invFreq.map((f) => Math.sin(delta * f));
+  const layers = kv.layers.map(({ k, v }) => {
+    const out = new Float32Array(k.length);
+    for (let base = 0; base < k.length; base += d) {
+      for (let j = 0; j < half; j++) {
+        const x1 = k[base + j];
+        const x2 = k[base + j + half];
+        out[base + j] = x1 * cos[j] - x2 * sin[j];
+        out[base + j + half] = x2 * cos[j] + x1 * sin[j];
+      }
+    }
+    return { k: out, v };
+  });
+  return new KV(layers, kv.length, kv.heads, kv.dim);
 }
 
 function empty(m: Checkpoint): KV {

@@ -133,6 +133,22 @@ export function ropeInvFreq(theta: number, headDim: number, scaling: Json | null
   throw new CheckpointError(`rope scaling type "${type}" is not supported (default, linear and llama3 are); ${ONNX_ROUTE}`, file);
 }
 
+/**
+ * RoPE frequencies from an export's config.json, when it says enough to be sure: a RoPE model type this host knows
+ * or an explicit rope_theta / rope_parameters, full rotary, and a supported scaling. Undefined otherwise.
+ */
+export function ropeInvFreqOf(config: Json, headDim: number, file: string): number[] | undefined {
+  const explicit = config.rope_theta !== undefined || (config.rope_parameters !== undefined && config.rope_parameters !== null);
+  const known = (SUPPORTED_MODEL_TYPES as readonly string[]).includes(String(config.model_type));
+  if (!(explicit || known) || (config.partial_rotary_factor !== undefined && config.partial_rotary_factor !== 1) || !(headDim > 0) || headDim % 2) return undefined;
+  try {
+    const { theta, scaling } = ropeSettings(config, file);
+    return Array.from(ropeInvFreq(theta, headDim, scaling, file).invFreq);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Reads config.json (and generation_config.json beside it) of a Hugging Face checkpoint folder. */
 export function readDecoderSpec(folder: string): DecoderSpec {
   const file = path.join(folder, 'config.json');

@@ -93,7 +93,7 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
   const embedRef = refs.find((r) => r.name === 'model.embed_tokens.weight')!;
   const embeddings = () => ({ rows: spec.vocab, dim: spec.hidden, data: readFloat32(embedRef), source: `${path.basename(embedRef.file)}:${embedRef.name}` });
   const scales = (active: number) => Object.fromEntries(graph.adapterInputs.map((n, j) => [n, new ort.Tensor('float32', Float32Array.of(j === active ? 1 : 0), [1])]));
-  const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds, maxPositions: spec.maxPositions, device, threads: opts.settings.threads };
+  const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds, maxPositions: spec.maxPositions, ropeInvFreq: Array.from(spec.invFreq), device, threads: opts.settings.threads };
   const where = weights.cacheFile ? ` (cache ${weights.cacheFile})` : '';
   const base = Checkpoint.fromSession(session, index.files[0], folder, {
     feeds: scales(-1),
