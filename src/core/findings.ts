@@ -64,7 +64,7 @@ export const CODES: Record<string, CodeInfo> = {
   },
   PB001: {
     title: 'Measured prefix drift',
-    why: 'The finetune changed the K/V of the tokens every query shares; that is where the piggyback carrier lives.',
+    why: 'The finetune changed the K/V of the tokens every query shares (what TReFT penalises); drift describes, patching grades (PB002).',
   },
   PB002: {
     title: 'Piggyback share of the general shift',

@@ -45,7 +45,8 @@ describe('Piggyback Lens models in VS Code', () => {
     assert.equal(view.segments[0].key.length, 4);
     const diag = vscode.languages.getDiagnostics(vscode.Uri.file(template)).find((d) => typeof d.code === 'object' && d.code.value === 'PB001');
     assert.ok(diag, 'PB001 diagnostic');
-    assert.match(diag.message, /prefix drift between base and finetuned: mean [\d.]+ \(TReFT value\), top layer \d/);
+    assert.match(diag.message, /prefix drift between base and finetuned: mean [\d.]+ \(TReFT value\), top layer \d.*measured by Patch Prefix and Compare and Run Eval \(PB002\)/);
+    assert.equal(diag.severity, vscode.DiagnosticSeverity.Information, 'drift is described, not graded');
   });
 
   it('patches the prefix and compares, side by side in the dashboard (the row code lens path)', async () => {
