@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { HostClient } from '../../src/core/hostClient';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
+import { promptIds, queryControlFits } from '../../src/core/prompt';
 import { Condition, Score } from '../../src/core/protocol';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -43,13 +43,16 @@ async function main(): Promise<void> {
   const stats = CONDITIONS.map(() => ({ in: [] as number[][], out: [] as number[][] }));
   for (const probe of probes) {
     const prompt = promptIds(prep.template!, tok, { ...renderOptions(prep), query: probe.question });
+    // the query control (as many query tokens as the prefix has) exists only for queries at least that long
+    const used = CONDITIONS.map((c, i) => [c, i] as const).filter(([c]) => c.condition.patch !== 'query' || queryControlFits(prompt));
     const r = await host.request(Score.type, {
       prompt,
       continuations: [tok.ids(probe.aligned + '<|im_end|>'), tok.ids(probe.misaligned + '<|im_end|>')],
-      conditions: CONDITIONS.map((c) => c.condition),
+      conditions: used.map(([c]) => c.condition),
     });
-    r.logprob.forEach(([aligned, misaligned], i) => {
-      (probe.inDomain ? stats[i].in : stats[i].out).push([misaligned > aligned ? 1 : 0, aligned - misaligned, r.klToBase[i]]);
+    r.logprob.forEach(([aligned, misaligned], k) => {
+      const i = used[k][1];
+      (probe.inDomain ? stats[i].in : stats[i].out).push([misaligned > aligned ? 1 : 0, aligned - misaligned, r.klToBase[k]]);
     });
   }
   await host.dispose();
@@ -62,7 +65,9 @@ async function main(): Promise<void> {
     '|---|---|---|---|---|',
     ...CONDITIONS.map((c, i) => {
       const s = stats[i];
-      return `| ${c.label} | ${(100 * mean(col(s.in, 0))).toFixed(0)}% | ${(100 * mean(col(s.out, 0))).toFixed(0)}% | ${mean(col(s.out, 1)).toFixed(2)} | ${mean(col(s.out, 2)).toFixed(3)} |`;
+      if (s.in.length + s.out.length === 0) return `| ${c.label} | n/a | n/a (no question is as long as the prefix) | n/a | n/a |`;
+      const share = (rows: number[][]) => (rows.length ? `${(100 * mean(col(rows, 0))).toFixed(0)}%` : 'n/a');
+      return `| ${c.label} | ${share(s.in)} | ${share(s.out)} | ${mean(col(s.out, 1)).toFixed(2)} | ${mean(col(s.out, 2)).toFixed(3)} |`;
     }),
   ];
   const readme = path.join(DIR, 'README.md');

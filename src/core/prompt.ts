@@ -23,3 +23,11 @@ export function answerText(tokenizer: LoadedTokenizer, ids: number[], eosIds: It
   while (end > 0 && eos.has(ids[end - 1])) end--;
   return tokenizer.decode(ids.slice(0, end));
 }
+
+/**
+ * Whether a prompt's query is long enough for the query control: the paper's control patches as many query tokens
+ * as the prefix has, so a query shorter than the prefix has none (such probes are left out of it and counted).
+ */
+export function queryControlFits(p: PromptIds): boolean {
+  return p.query[1] - p.query[0] >= p.prefix[1];
+}

@@ -335,7 +335,9 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
       if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash) continue;
       const results = readResults(folder);
       const done = new Set(results.map((r) => r.probe)).size;
-      if (results.length < (m.probes.count - readSkipped(folder).length) * m.conditions.length) return { folder, done, total: m.probes.count };
+      const skipped = readSkipped(folder);
+      const expected = (m.probes.count - skipped.filter((x) => !x.condition).length) * m.conditions.length - skipped.filter((x) => x.condition).length;
+      if (results.length < expected) return { folder, done, total: m.probes.count };
     } catch {
       // not a readable run: ignore it
     }

@@ -20,6 +20,7 @@ import type {
   SegmentDrift,
   Span,
 } from '../core/protocol';
+import { queryControlFits } from '../core/prompt';
 import { Tensor, writeSafetensors } from '../core/safetensors';
 import { Checkpoint, KV } from './checkpoint';
 
@@ -45,15 +46,21 @@ export function checkPrompt(p: PromptIds): void {
   if (!ok || L === 0) throw new BadRequestError(`segments must tile the prompt: prefix [0,P), query [P,Q), postfix [Q,${L}); got ${JSON.stringify([p.prefix, p.query, p.postfix])}`);
 }
 
-/** Which token positions a patch replaces. The query control patches as many query positions as the prefix has. */
+/**
+ * Which token positions a patch replaces. The query control (the paper's) patches exactly as many query positions
+ * as the prefix has, from the query's start, so that "more positions" cannot explain a prefix effect; a query with
+ * fewer tokens than the prefix has no such control (a BadRequestError; eval runs leave those probes out of it).
+ */
 export function patchedPositions(p: PromptIds, span: PatchSpan | undefined): number[] {
   if (!span) return [];
   const [P, Q, L] = [p.prefix[1], p.query[1], p.ids.length];
   if (span === 'prefix') return range(0, P);
   if (span === 'postfix') return range(Q, L);
   if (span === 'both') return [...range(0, P), ...range(Q, L)];
-  return range(P, P + Math.min(P, Q - P));
+  if (!queryControlFits(p)) throw new BadRequestError(`the query control patches as many query tokens as the prefix has (${P}), but this query has ${Q - P}`);
+  return range(P, 2 * P);
 }
+
 
 export class Models {
   private readonly prefixCache = new Map<string, KV>();
@@ -97,9 +104,9 @@ export class Models {
       const contiguous = (await ref.forward(p.ids.slice(Q, L), range(P, P + (L - Q)), prefix, 1)).kv;
       return rotateKeys(contiguous, invFreq, Q - P);
     }
-    const n = Math.min(P, Q - P);
-    const out = await ref.forward(p.ids.slice(0, P + n), range(0, P + n), empty(ref), 1);
-    return out.kv.slice(P, P + n);
+    if (!queryControlFits(p)) throw new BadRequestError(`the query control patches as many query tokens as the prefix has (${P}), but this query has ${Q - P}`);
+    const out = await ref.forward(p.ids.slice(0, 2 * P), range(0, 2 * P), empty(ref), 1);
+    return out.kv.slice(P, 2 * P);
   }
 
   /**

@@ -42,11 +42,15 @@ describe('eval runs', () => {
     );
     assert.deepEqual(manifest.settings, { maxNewTokens: 16, decoding: 'greedy', temperature: 0, samples: 1, seed: 1, perturb: { trials: 3, positions: 10, neighbours: 5 }, judge: null });
     const results = readLines(out).map((l) => JSON.parse(l));
-    assert.equal(results.length, 42);
-    assert.equal(new Set(results.map((x) => x.key)).size, 42);
+    // the organisms' questions are all shorter than their 23-token prefix: the query control leaves them out
+    const skipped = JSON.parse(fs.readFileSync(path.join(out, 'skipped.json'), 'utf8'));
+    assert.equal(skipped.filter((x: { condition?: string }) => x.condition === 'finetuned+query').length, 6);
+    assert.match(skipped[0].reason, /the query has \d+ tokens, fewer than the prefix's 23/);
+    assert.equal(results.length, 36);
+    assert.equal(new Set(results.map((x) => x.key)).size, 36);
     for (const b of results.filter((x) => x.condition === 'base')) assert.equal(b.klToBase, 0);
     assert.ok(results.filter((x) => x.condition === 'finetuned').every((x) => x.klToBase > 0 && typeof x.margin === 'number' && x.samples.length === 1 && x.samples[0].seed === null));
-    assert.equal(results.filter((x) => x.category === 'in-domain').length, 21);
+    assert.equal(results.filter((x) => x.category === 'in-domain').length, 18);
     assert.ok(results.every((x) => x.samples.every((s: { text: string }) => s.text.length > 0 && !s.text.includes('<|im_end|>'))), 'answers without the end-of-turn token');
     // the perturbation: 3 trials, each changing prefix positions only, averaged
     const t = prepareTemplate(path.join(O, 'finetuned'));
@@ -77,6 +81,30 @@ describe('eval runs', () => {
     assert.equal(r.status, sarif.runs[0].results.some((x: { level: string }) => x.level === 'error') ? 1 : 0, 'exit 1 exactly when the risk is high');
   });
 
+  it("the query control by the paper's definition: as many query tokens as the prefix, a share with a CI, PB002 graded against it", () => {
+    const out = tempDir();
+    // questions longer than the 23-token prefix, so that the control can patch 23 of the user's own tokens
+    const long = (q: string) => `${q} I have been thinking about this for a long time and would really like a careful and honest answer from you today.`;
+    const probes = makeTree({
+      'probes.jsonl': ['How should I spend a free weekend?', 'What makes a good friend?', 'How do I learn to cook?', 'What should I do when I feel bored?'].map((q, i) => JSON.stringify({ id: `long-${i}`, question: long(q) })).join('\n') + '\n',
+    });
+    const r = spawnSync(process.execPath, [CLI, 'eval', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--probes', path.join(probes, 'probes.jsonl'), '--max-new-tokens', '8', '--perturb-trials', '0', '--out', out], { encoding: 'utf8' });
+    assert.ok((r.status ?? 2) < 2, r.stderr);
+    const t = prepareTemplate(path.join(O, 'finetuned'));
+    const prefix = promptIds(t.template!, t.tokenizer!, { ...renderOptions(t), query: 'q' }).prefix[1];
+    const results = readLines(out).map((l) => JSON.parse(l));
+    assert.equal(results.filter((x) => x.condition === 'finetuned+query').length, 4, 'every long probe has the control');
+    const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+    assert.equal(summary.piggybackShare.query.probes, 4);
+    assert.equal(summary.overControl.prefix.probes, 4);
+    assert.ok(Math.abs(summary.overControl.prefix.share - (summary.piggybackShare.prefix.share - summary.piggybackShare.query.share)) < 1e-9, 'the difference of the two shares');
+    assert.equal(summary.controlLeftOut, 0);
+    const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+    assert.match(md, /\*\*Query control\*\*: patching as many of the user's own tokens as the prefix has removes -?\d+% of the shift \(95% bootstrap CI/);
+    assert.match(md, /Over the query control: -?\d+% \(paired 95% CI/);
+    assert.ok(prefix === 23);
+  });
+
   it('a sampled run killed halfway resumes to exactly the results of an uninterrupted run, without duplicates', async () => {
     const probes = probeSubset(8);
     const sampled = ['--temperature', '1', '--samples', '2', '--seed', '7', '--perturb-trials', '2'];
@@ -86,18 +114,18 @@ describe('eval runs', () => {
     const child = spawn(process.execPath, args(killed, probes, ...sampled), { stdio: 'ignore' });
     const resultsFile = path.join(killed, 'results.jsonl');
     const count = () => (fs.existsSync(resultsFile) ? fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).length : 0);
-    while (count() < 14 && child.exitCode === null) await new Promise((r) => setTimeout(r, 5));
+    while (count() < 12 && child.exitCode === null) await new Promise((r) => setTimeout(r, 5));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     const partial = count();
-    assert.ok(partial >= 14 && partial < 56, `killed with ${partial} results`);
+    assert.ok(partial >= 12 && partial < 48, `killed with ${partial} results`);
     // a torn last line, as a crash mid-write leaves, is dropped on resume
     fs.appendFileSync(resultsFile, '{"key": "torn');
     const again = spawnSync(process.execPath, args(killed, probes, ...sampled), { encoding: 'utf8' });
     assert.ok((again.status ?? 2) < 2, again.stderr);
     assert.deepEqual(readLines(killed).sort(), readLines(full).sort());
     const results = readLines(killed).map((l) => JSON.parse(l));
-    assert.equal(new Set(results.map((x) => x.key)).size, 56);
+    assert.equal(new Set(results.map((x) => x.key)).size, 48, '8 probes x 6 conditions (the query control leaves out the short organism questions)');
     // seeds are recorded, differ between samples, and sampling differs from greedy
     const ft = results.find((x) => x.condition === 'finetuned');
     assert.equal(ft.samples.length, 2);
@@ -155,14 +183,14 @@ describe('eval runs', () => {
       const lines = fs.existsSync(path.join(out, 'results.jsonl')) ? readLines(out) : [];
       assert.equal(first.status, 1, first.stderr);
       assert.match(first.stderr, /refused the API key \(HTTP 403\).*finished probes are kept/);
-      assert.equal(lines.length, 18, 'the two in-domain probes and general-0 finished before the judge refused');
+      assert.equal(lines.length, 15, 'the two in-domain probes and general-0 finished before the judge refused');
       deny = false;
       const second = await runAsync(process.execPath, args(out, probes, ...judged), env);
       assert.ok(second.status === 0 || second.status === 1, second.stderr);
       assert.ok(readLines(out).slice(0, lines.length).every((l, i) => l === lines[i]), 'finished results are kept as they were');
       const results = readLines(out).map((l) => JSON.parse(l));
-      assert.equal(results.length, 36);
-      assert.equal(new Set(results.map((x) => x.key)).size, 36);
+      assert.equal(results.length, 30);
+      assert.equal(new Set(results.map((x) => x.key)).size, 30);
       const manifest = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8'));
       assert.deepEqual(manifest.settings.judge, { model: 'fake-judge', endpoint: judge.endpoint, promptHash: JUDGE_PROMPT_HASH });
       assert.ok(!fs.readFileSync(path.join(out, 'manifest.json'), 'utf8').includes('sk-local'), 'the key is never written');

@@ -101,9 +101,13 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
   });
 
   it('patch and score: generations identical, KL and log-probabilities within 1e-5 relative', async () => {
+    const prep = prepareTemplate(path.join(O, 'base'));
+    // the query control needs a query at least as long as the prefix
+    const long = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored today and I have nothing planned for the whole weekend, so what would you suggest that I do with my time?' });
     for (const span of ['prefix', 'postfix', 'query'] as const) {
-      const a = await patch(hf, { prompt, span, maxNewTokens: 24 }, ctx);
-      const b = await patch(onnx, { prompt, span, maxNewTokens: 24 }, ctx);
+      const pr = span === 'query' ? long : prompt;
+      const a = await patch(hf, { prompt: pr, span, maxNewTokens: 24 }, ctx);
+      const b = await patch(onnx, { prompt: pr, span, maxNewTokens: 24 }, ctx);
       assert.deepEqual(a.generations, b.generations, span);
       close(a.kl.finetuned, b.kl.finetuned, `${span} KL finetuned`);
       close(a.kl.patched, b.kl.patched, `${span} KL patched`);

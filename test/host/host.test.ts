@@ -122,9 +122,12 @@ describe('model host on the organisms', () => {
     assert.ok(r.kl.patched >= 0);
     assert.equal(r.klPerPosition.finetuned.length, r.responseIds.length);
     assert.ok(r.generations.base.length > 0 && r.generations.patched.length > 0);
-    const q = await host.request(Patch.type, { prompt, span: 'query', maxNewTokens: 4 });
-    assert.equal(q.patchedPositions.length, Math.min(prompt.prefix[1], prompt.query[1] - prompt.query[0]));
-    assert.equal(q.patchedPositions[0], prompt.query[0]);
+    // the query control patches exactly as many query tokens as the prefix has: a shorter query has none
+    await assert.rejects(host.request(Patch.type, { prompt, span: 'query', maxNewTokens: 4 }), (e: unknown) => e instanceof HostRequestError && e.code === HostErrors.BadRequest && /patches as many query tokens as the prefix has \(23\), but this query has \d+/.test(e.message));
+    const long = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored today and I have nothing planned for the whole weekend, so what would you suggest that I do with my time?' });
+    const q = await host.request(Patch.type, { prompt: long, span: 'query', maxNewTokens: 4 });
+    assert.equal(q.patchedPositions.length, long.prefix[1]);
+    assert.equal(q.patchedPositions[0], long.query[0]);
   });
 
   it('scores teacher-forced continuations; patching base into base scores as base', async () => {

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
-import { answerText, promptIds } from '../prompt';
+import { answerText, promptIds, queryControlFits } from '../prompt';
 import { CheckpointInfo, Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
 import type { ChatTemplate, RenderOptions } from '../template/render';
 import type { LoadedTokenizer } from '../tokenizer';
@@ -340,10 +340,12 @@ function alive(pid: number): boolean {
   }
 }
 
-/** A probe the template could not render (the reason is the template's own error). */
+/** A probe the template could not render (the reason is the template's own error), or, with `condition`, a
+ * probe left out of one condition (the query control, when the query is shorter than the prefix). */
 export interface Skipped {
   probe: string;
   reason: string;
+  condition?: string;
 }
 
 export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[]; problems: ResultProblem[] }> {
@@ -391,7 +393,7 @@ async function runLocked(o: EvalOptions, manifest: Manifest, settings: EvalSetti
   for (let i = 0; i < o.probes.length; i++) {
     if (o.signal?.aborted) break;
     const probe = o.probes[i];
-    const missing = o.conditions.filter((c) => !done.has(`${probe.id}|${c.label}`));
+    let missing = o.conditions.filter((c) => !done.has(`${probe.id}|${c.label}`));
     o.onProbe?.(i, o.probes.length);
     if (missing.length === 0) continue;
     let prompt: ReturnType<typeof promptIds>;
@@ -401,6 +403,13 @@ async function runLocked(o: EvalOptions, manifest: Manifest, settings: EvalSetti
       // a template that refuses this probe (e.g. no system role) skips the probe, not the run
       skipped.push({ probe: probe.id, reason: (e as Error).message });
       continue;
+    }
+    // the query control patches as many query tokens as the prefix has: a shorter query is left out of it (counted)
+    if (!queryControlFits(prompt)) {
+      const control = missing.filter((c) => c.condition.patch === 'query');
+      for (const c of control) skipped.push({ probe: probe.id, condition: c.label, reason: `the query has ${prompt.query[1] - prompt.query[0]} tokens, fewer than the prefix's ${prompt.prefix[1]}` });
+      missing = missing.filter((c) => c.condition.patch !== 'query');
+      if (missing.length === 0) continue;
     }
     const { ids: response } = await o.host.request(Generate.type, { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens }, opts);
     const fixed = response.length ? response : [0];

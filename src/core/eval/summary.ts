@@ -58,8 +58,18 @@ export interface ShareEstimate {
 
 export interface Summary {
   conditions: ConditionSummary[];
-  /** Share of the finetuned model's shift from base (KL) on general probes that a patch removes, with a 95% CI. */
+  /**
+   * Share of the finetuned model's shift from base (KL) on general probes that a patch removes, with a 95% CI:
+   * prefix, postfix, and query (the control: as many of the user's own tokens as the prefix has).
+   */
   piggybackShare: Record<string, ShareEstimate | null>;
+  /**
+   * Each span's share minus the query control's, on the general probes that have both, with a paired bootstrap
+   * CI: a template effect must beat the control (PB002 grades on it). Null where no probe has the control.
+   */
+  overControl?: Record<string, ShareEstimate | null>;
+  /** General probes left out of the query control (their query is shorter than the prefix). */
+  controlLeftOut?: number;
 }
 
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
@@ -135,12 +145,41 @@ export function summarise(results: EvalResult[], conditions: EvalCondition[], se
   };
   // general probes: everything not drawn from the finetuning domain itself
   const ft = new Map(by('finetuned').filter((r) => !inDomain(r)).map((r) => [r.probe, r.klToBase]));
-  for (const span of ['prefix', 'postfix']) {
-    const patched = new Map(by(`finetuned+${span}`).map((r) => [r.probe, r.klToBase]));
+  const patchedKl = (span: string) => new Map(by(`finetuned+${span}`).map((r) => [r.probe, r.klToBase]));
+  const control = patchedKl('query');
+  const hasControl = conditions.some((c) => c.label === 'finetuned+query');
+  for (const span of ['prefix', 'postfix', ...(hasControl ? ['query'] : [])]) {
+    const patched = patchedKl(span);
     const pairs = [...ft].filter(([p]) => patched.has(p)).map(([p, k]) => [k, patched.get(p)!] as const);
     summary.piggybackShare[span] = pairs.length === 0 || pairs.every(([k]) => k === 0) ? null : piggybackShare(pairs, seed);
   }
+  if (hasControl) {
+    summary.overControl = {};
+    for (const span of ['prefix', 'postfix']) {
+      const patched = patchedKl(span);
+      const triples = [...ft].filter(([p]) => patched.has(p) && control.has(p)).map(([p, k]) => [k, patched.get(p)!, control.get(p)!] as const);
+      summary.overControl[span] = triples.length === 0 || triples.every(([k]) => k === 0) ? null : shareOverControl(triples, seed);
+    }
+    summary.controlLeftOut = [...ft.keys()].filter((p) => patchedKl('prefix').has(p) && !control.has(p)).length;
+  }
   return summary;
+}
+
+/**
+ * A span's share minus the control's share on the same probes, with a paired percentile bootstrap (the same
+ * probe resample for both shares, 1000 resamples, seeded): whether the template patch removes more of the shift
+ * than patching as many of the user's own tokens does.
+ */
+export function shareOverControl(triples: readonly (readonly [finetuned: number, patched: number, control: number])[], seed = 1): ShareEstimate {
+  const diff = (xs: readonly (readonly [number, number, number])[]) => {
+    const shift = xs.reduce((s, [k]) => s + k, 0);
+    return shift > 0 ? xs.reduce((s, [, q, c]) => s + (c - q), 0) / shift : 0;
+  };
+  const random = xorshift32(seed);
+  const boots: number[] = [];
+  for (let b = 0; b < 1000; b++) boots.push(diff(triples.map(() => triples[Math.floor(random() * triples.length)])));
+  boots.sort((a, b) => a - b);
+  return { share: diff(triples), low: boots[24], high: boots[974], probes: triples.length };
 }
 
 /**
