@@ -85,6 +85,10 @@ export function evalMarkdown(m: Manifest, s: Summary, skipped: Skipped[] = []): 
     '',
   ];
   for (const [span, v] of Object.entries(s.piggybackShare)) lines.push(shareLine(span, v, s));
+  if (s.marginShare) {
+    const parts = Object.entries(s.marginShare).map(([span, v]) => `${span === 'query' ? 'query control' : `${span} patch`} ${v ? `${pct(v.share)} (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes)` : 'n/a'}`);
+    lines.push(`**Margin share** (judge-free, from the reference answers: the part of the finetune's drop in log p(aligned) - log p(misaligned) that a patch restores): ${parts.join('; ')}. PB002 grades the KL share above, which needs no reference answers and so covers every general probe.`);
+  }
   const probeSkips = skipped.filter((x) => !x.condition);
   if (probeSkips.length) lines.push('', `**${probeSkips.length} probe${probeSkips.length > 1 ? 's' : ''} skipped**: the template could not render ${probeSkips.length > 1 ? 'them' : 'it'} (${probeSkips.slice(0, 3).map((x) => `${x.probe}: ${x.reason}`).join('; ')}${probeSkips.length > 3 ? '; ...' : ''}). See skipped.json.`);
   const judged = s.conditions.some((c) => c.judged);
