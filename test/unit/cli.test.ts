@@ -185,10 +185,10 @@ describe('piggyback arguments', () => {
       assert.equal(r.code, 2, `${cmd} ${key} ${value}: ${r.stderr}`);
       assert.match(r.stderr, new RegExp(`^piggyback: ${key} wants a (whole )?number from [\\d.]+ to [\\d.]+, got "${value.replace('.', '\\.')}"`));
     }
-    for (const [key, value] of [['--threads', '0'], ['--execution-provider', 'tpu']]) {
+    for (const [key, value] of [['--threads', '0'], ['--execution-provider', 'tpu'], ['--weights-dtype', 'float8']]) {
       const r = run('drift', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), key, value);
       assert.equal(r.code, 2, r.stderr);
-      assert.match(r.stderr, new RegExp(`^piggyback: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda)`));
+      assert.match(r.stderr, new RegExp(`^piggyback: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32 or float16)`));
     }
   });
 
