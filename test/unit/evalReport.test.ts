@@ -1,7 +1,11 @@
 // Percentages in eval reports (shares and their intervals).
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { it } from 'node:test';
 import { evalFindings, evalMarkdown, pct } from '../../src/core/eval/report';
+import { lockRun } from '../../src/core/eval/run';
 import { Summary, summarise } from '../../src/core/eval/summary';
 
 it('a share or an interval bound that rounds to zero prints as 0%, never -0%', () => {
@@ -42,4 +46,13 @@ it('the margin share: the part of the finetune\'s margin drop a patch restores, 
   assert.match(evalMarkdown({ checkpoints: { base: { folder: 'b', hash: 'h' }, finetuned: { folder: 'f', hash: 'h' }, extra: {} }, probes: { count: 2, hash: 'x' }, settings: { maxNewTokens: 1, decoding: 'greedy', judge: null } } as unknown as Parameters<typeof evalMarkdown>[0], s), /\*\*Margin share\*\* .*: prefix patch 50% \(95% CI/);
   // without reference answers there is no margin share
   assert.equal(summarise(results.map((r) => ({ ...r, margin: null })), conditions).marginShare, undefined);
+});
+
+it('a run folder lock refuses a second writer in the same process too, and is free again once released', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-lock-'));
+  const unlock = lockRun(dir);
+  assert.throws(() => lockRun(dir), new RegExp(`another eval \\(pid ${process.pid}\\) is writing to`));
+  unlock();
+  lockRun(dir)();
+  assert.ok(!fs.existsSync(path.join(dir, '.lock')));
 });

@@ -324,7 +324,8 @@ export function lockRun(out: string): () => void {
       } catch {
         // unreadable lock: treated as stale
       }
-      if (pid && pid !== process.pid && alive(pid)) throw new EvalSettingsError(`another eval (pid ${pid}) is writing to ${out}; wait for it, or stop it`);
+      // a live holder (this process included: the editor can start a second eval while one runs) keeps the folder
+      if (pid && alive(pid)) throw new EvalSettingsError(`another eval (pid ${pid}) is writing to ${out}; wait for it, or stop it`);
       fs.rmSync(file, { force: true });
     }
   }
