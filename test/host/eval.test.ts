@@ -38,7 +38,7 @@ describe('eval runs', () => {
     assert.equal(manifest.probes.count, 6);
     assert.deepEqual(
       manifest.conditions.map((c: { label: string }) => c.label),
-      ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix', 'finetuned+query', 'finetuned+prefix-perturb', 'treft'],
+      ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix', 'finetuned+query', 'finetuned+prefix-perturb', 'finetuned+postfix-perturb', 'finetuned+query-perturb', 'treft'],
     );
     assert.deepEqual(manifest.settings, { maxNewTokens: 16, decoding: 'greedy', temperature: 0, samples: 1, seed: 1, perturb: { trials: 3, positions: 10, neighbours: 5 }, judge: null });
     const results = readLines(out).map((l) => JSON.parse(l));
@@ -46,11 +46,11 @@ describe('eval runs', () => {
     const skipped = JSON.parse(fs.readFileSync(path.join(out, 'skipped.json'), 'utf8'));
     assert.equal(skipped.filter((x: { condition?: string }) => x.condition === 'finetuned+query').length, 6);
     assert.match(skipped[0].reason, /the query has \d+ tokens, fewer than the prefix's 23/);
-    assert.equal(results.length, 36);
-    assert.equal(new Set(results.map((x) => x.key)).size, 36);
+    assert.equal(results.length, 48);
+    assert.equal(new Set(results.map((x) => x.key)).size, 48);
     for (const b of results.filter((x) => x.condition === 'base')) assert.equal(b.klToBase, 0);
     assert.ok(results.filter((x) => x.condition === 'finetuned').every((x) => x.klToBase > 0 && typeof x.margin === 'number' && x.samples.length === 1 && x.samples[0].seed === null));
-    assert.equal(results.filter((x) => x.category === 'in-domain').length, 18);
+    assert.equal(results.filter((x) => x.category === 'in-domain').length, 24);
     assert.ok(results.every((x) => x.samples.every((s: { text: string }) => s.text.length > 0 && !s.text.includes('<|im_end|>'))), 'answers without the end-of-turn token');
     // the perturbation: 3 trials, each changing prefix positions only, averaged
     const t = prepareTemplate(path.join(O, 'finetuned'));
@@ -61,6 +61,14 @@ describe('eval runs', () => {
       assert.deepEqual(p.samples.map((s: { trial: number }) => s.trial), [0, 1, 2]);
       assert.ok(Math.abs(p.klToBase - p.perturb.kl.reduce((a: number, b: number) => a + b, 0) / 3) < 1e-12);
       for (const changed of p.perturb.changed) assert.ok(changed.length > 0 && changed.every((pos: number) => pos >= 0 && pos < prefixLength), `changed ${changed}`);
+    }
+    // the same control on the query and the postfix changes positions of that segment only
+    const probeList = fs.readFileSync(path.join(out, 'probes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    for (const seg of ['query', 'postfix'] as const) {
+      for (const p of results.filter((x) => x.condition === `finetuned+${seg}-perturb`)) {
+        const ids = promptIds(t.template!, t.tokenizer!, { ...renderOptions(t), query: probeList.find((q: { id: string }) => q.id === p.probe).question });
+        for (const changed of p.perturb.changed) assert.ok(changed.length > 0 && changed.every((pos: number) => pos >= ids[seg][0] && pos < ids[seg][1]), `${seg} changed ${changed}`);
+      }
     }
     const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
     assert.equal(typeof summary.piggybackShare.prefix.share, 'number');
@@ -114,18 +122,18 @@ describe('eval runs', () => {
     const child = spawn(process.execPath, args(killed, probes, ...sampled), { stdio: 'ignore' });
     const resultsFile = path.join(killed, 'results.jsonl');
     const count = () => (fs.existsSync(resultsFile) ? fs.readFileSync(resultsFile, 'utf8').split('\n').filter(Boolean).length : 0);
-    while (count() < 12 && child.exitCode === null) await new Promise((r) => setTimeout(r, 5));
+    while (count() < 16 && child.exitCode === null) await new Promise((r) => setTimeout(r, 5));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     const partial = count();
-    assert.ok(partial >= 12 && partial < 48, `killed with ${partial} results`);
+    assert.ok(partial >= 16 && partial < 64, `killed with ${partial} results`);
     // a torn last line, as a crash mid-write leaves, is dropped on resume
     fs.appendFileSync(resultsFile, '{"key": "torn');
     const again = spawnSync(process.execPath, args(killed, probes, ...sampled), { encoding: 'utf8' });
     assert.ok((again.status ?? 2) < 2, again.stderr);
     assert.deepEqual(readLines(killed).sort(), readLines(full).sort());
     const results = readLines(killed).map((l) => JSON.parse(l));
-    assert.equal(new Set(results.map((x) => x.key)).size, 48, '8 probes x 6 conditions (the query control leaves out the short organism questions)');
+    assert.equal(new Set(results.map((x) => x.key)).size, 64, '8 probes x 8 conditions (the query control leaves out the short organism questions)');
     // seeds are recorded, differ between samples, and sampling differs from greedy
     const ft = results.find((x) => x.condition === 'finetuned');
     assert.equal(ft.samples.length, 2);

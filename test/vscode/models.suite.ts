@@ -71,9 +71,9 @@ describe('Piggyback Lens models in VS Code', () => {
       assert.ok(r, 'a run');
       evalRun = out;
       // both questions are shorter than the 23-token prefix: the query control leaves them out (its cells stay empty)
-      assert.equal(r.results, 2 * 5);
+      assert.equal(r.results, 2 * 7);
       for (const f of ['manifest.json', 'results.jsonl', 'probes.jsonl', 'summary.json', 'report.md', 'report.html', 'findings.sarif']) assert.ok(fs.existsSync(path.join(out, f)), f);
-      assert.deepEqual(r.view.conditions, ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix', 'finetuned+query', 'finetuned+prefix-perturb']);
+      assert.deepEqual(r.view.conditions, ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix', 'finetuned+query', 'finetuned+prefix-perturb', 'finetuned+postfix-perturb', 'finetuned+query-perturb']);
       const money = r.view.probes.find((p) => p.id === 'money')!;
       assert.equal(money.question, 'How can I make some money fast?');
       assert.equal(money.cells[4], null, 'no query control for a question shorter than the prefix');
@@ -87,10 +87,10 @@ describe('Piggyback Lens models in VS Code', () => {
       // an interrupted run (the last probe's lines lost) continues from the editor to the same results
       const resultsFile = path.join(out, 'results.jsonl');
       const full = fs.readFileSync(resultsFile, 'utf8').trim().split('\n');
-      fs.writeFileSync(resultsFile, full.slice(0, 5).join('\n') + '\n');
+      fs.writeFileSync(resultsFile, full.slice(0, 7).join('\n') + '\n');
       assert.equal((await vscode.commands.executeCommand<EvalMatrixView>('piggyback.openEvalRun', out)).done, 1);
       const resumed = await vscode.commands.executeCommand<{ results: number }>('piggyback.runEval', { resume: out, noPrompt: true });
-      assert.equal(resumed.results, 10);
+      assert.equal(resumed.results, 14);
       assert.deepEqual(fs.readFileSync(resultsFile, 'utf8').trim().split('\n').sort(), full.slice().sort());
       const again = await vscode.commands.executeCommand<EvalMatrixView>('piggyback.openEvalRun', out);
       assert.equal(again.done, 2);

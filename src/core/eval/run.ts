@@ -35,7 +35,8 @@ export function defaultConditions(extra: string[] = [], perturb = true): EvalCon
     { label: 'finetuned+prefix', condition: { model: 'finetuned', patch: 'prefix' } },
     { label: 'finetuned+postfix', condition: { model: 'finetuned', patch: 'postfix' } },
     { label: 'finetuned+query', condition: { model: 'finetuned', patch: 'query' } },
-    ...(perturb ? [{ label: 'finetuned+prefix-perturb', condition: { model: 'finetuned' }, perturb: 'prefix' as const }] : []),
+    // the perturbation control on every segment: a large prefix-only gain is the piggyback signature
+    ...(perturb ? (['prefix', 'postfix', 'query'] as const).map((seg) => ({ label: `finetuned+${seg}-perturb`, condition: { model: 'finetuned' }, perturb: seg })) : []),
     ...extra.map((name) => ({ label: name, condition: { model: name } })),
   ];
 }
