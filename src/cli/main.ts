@@ -36,13 +36,13 @@ Usage:
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 A checkpoint (--base, --finetuned, --extra) is a Hugging Face folder (config.json + safetensors; llama, mistral, qwen2,
 qwen3), a PEFT LoRA adapter folder over --base, or an ONNX decoder export. --cache-dir <dir> (default
-PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps float16/bfloat16 weights converted to float32. Model commands
+PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps weights converted to the dtype the graph runs in. Model commands
 run with --threads N (default: every core) and --execution-provider auto|cpu|cuda; --model-file picks one graph of
 an ONNX folder with several (onnx/model_q4.onnx, or just q4); --weights-dtype auto|float32|float16 sets the dtype
 of a Hugging Face model's matrices (auto: float16 on CUDA); --no-memory-check loads even when memory looks short.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes (--resume: continue, and fail when there is no run to continue);
---perturb-trials 0 leaves out the perturbation condition. A judge is
+--perturb-trials 0 leaves out the perturbation conditions. A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
 Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a command fails, 2 on bad usage;
 --debug adds the stack trace to an unexpected error.`;
