@@ -67,7 +67,7 @@ class Reader {
 
 const text = new TextDecoder();
 
-function readTensor(buf: Uint8Array, wantName?: (name: string, dims: number[]) => boolean): RawTensor | undefined {
+function readTensor(buf: Uint8Array): RawTensor {
   const r = new Reader(buf);
   const t: RawTensor = { name: '', dims: [], dataType: 0 };
   let tag: [number, number] | undefined;
@@ -88,7 +88,6 @@ function readTensor(buf: Uint8Array, wantName?: (name: string, dims: number[]) =
     } else if (field === 13 && wire === 2) externals.push(r.bytes());
     else r.skip(wire);
   }
-  if (wantName && !wantName(t.name, t.dims)) return undefined;
   if (externals.length) {
     t.external = {};
     for (const e of externals) {
@@ -123,8 +122,7 @@ function* initializers(buf: Uint8Array): Generator<RawTensor> {
         graph.skip(g[1]);
         continue;
       }
-      const t = readTensor(graph.bytes());
-      if (t) yield t;
+      yield readTensor(graph.bytes());
     }
   }
 }

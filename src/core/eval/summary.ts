@@ -179,7 +179,8 @@ export function summarise(results: EvalResult[], conditions: EvalCondition[], se
       const triples = [...ft].filter(([p]) => patched.has(p) && control.has(p)).map(([p, k]) => [k, patched.get(p)!, control.get(p)!] as const);
       summary.overControl[span] = triples.length === 0 || triples.every(([k]) => k === 0) ? null : shareOverControl(triples, seed);
     }
-    summary.controlLeftOut = [...ft.keys()].filter((p) => patchedKl('prefix').has(p) && !control.has(p)).length;
+    const prefixPatched = patchedKl('prefix');
+    summary.controlLeftOut = [...ft.keys()].filter((p) => prefixPatched.has(p) && !control.has(p)).length;
   }
   return summary;
 }

@@ -296,11 +296,11 @@ export function f32BitsToF16(b: number): number {
   return sign | h;
 }
 
-/** A tensor's bytes as they are, chunk by chunk. */
-function forEachRawChunk(r: WeightRef, sink: (bytes: Uint8Array) => void): void {
+/** A tensor's bytes as they are, in chunks of at most `chunkBytes` (a whole number of elements). */
+function forEachRawChunk(r: WeightRef, sink: (bytes: Uint8Array) => void, chunkBytes = CHUNK * 4): void {
   const fd = fs.openSync(r.file, 'r');
   try {
-    const buf = new Uint8Array(CHUNK * 4);
+    const buf = new Uint8Array(chunkBytes);
     for (let at = r.begin; at < r.end; ) {
       const n = Math.min(buf.length, r.end - at);
       const got = fs.readSync(fd, buf, 0, n, at);
@@ -317,33 +317,24 @@ let halfTable: Float32Array | undefined;
 
 /** Streams a tensor as float32 bytes, converting F16/BF16 chunk by chunk. */
 function forEachFloat32Chunk(r: WeightRef, sink: (bytes: Uint8Array) => void): void {
-  const size = r.dtype === 'F32' ? 4 : 2;
-  const count = (r.end - r.begin) / size;
-  const fd = fs.openSync(r.file, 'r');
-  try {
-    const src = new Uint8Array(CHUNK * size);
-    const dst = new Float32Array(CHUNK);
-    for (let done = 0; done < count; ) {
-      const n = Math.min(CHUNK, count - done);
-      const got = fs.readSync(fd, src, 0, n * size, r.begin + done * size);
-      if (got !== n * size) throw new CheckpointError(`tensor "${r.name}": the file ended early`, r.file);
-      if (r.dtype === 'F32') sink(src.subarray(0, n * 4));
-      else {
-        const u16 = new Uint16Array(src.buffer, 0, n);
-        if (r.dtype === 'BF16') {
-          const u32 = new Uint32Array(dst.buffer, 0, n);
-          for (let i = 0; i < n; i++) u32[i] = u16[i] << 16;
-        } else {
-          halfTable ??= Float32Array.from({ length: 65536 }, (_, i) => halfToFloat(i));
-          for (let i = 0; i < n; i++) dst[i] = halfTable[u16[i]];
-        }
-        sink(new Uint8Array(dst.buffer, 0, n * 4));
+  if (r.dtype === 'F32') return forEachRawChunk(r, sink);
+  const dst = new Float32Array(CHUNK);
+  forEachRawChunk(
+    r,
+    (bytes) => {
+      const n = bytes.byteLength / 2;
+      const u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+      if (r.dtype === 'BF16') {
+        const u32 = new Uint32Array(dst.buffer, 0, n);
+        for (let i = 0; i < n; i++) u32[i] = u16[i] << 16;
+      } else {
+        halfTable ??= Float32Array.from({ length: 65536 }, (_, i) => halfToFloat(i));
+        for (let i = 0; i < n; i++) dst[i] = halfTable[u16[i]];
       }
-      done += n;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
+      sink(new Uint8Array(dst.buffer, 0, n * 4));
+    },
+    CHUNK * 2,
+  );
 }
 
 /** A whole tensor as float32 in memory (small tensors: adapters, the embedding matrix for perturbation). */
@@ -351,7 +342,7 @@ export function readFloat32(r: WeightRef): Float32Array {
   const out = new Float32Array((r.end - r.begin) / (r.dtype === 'F32' ? 4 : 2));
   let at = 0;
   forEachFloat32Chunk(r, (bytes) => {
-    out.set(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)), at);
+    out.set(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), at);
     at += bytes.byteLength / 4;
   });
   return out;
