@@ -131,6 +131,7 @@ const FINETUNED = 'finetuned';
 function evalMatrix(m: EvalMatrixView): HTMLElement {
   const sec = el('section', { id: 'evals' }, el('h2', {}, 'Eval matrix'), el('div', { class: 'why' }, `${m.title}. ${m.done} of ${m.total} probes finished.`));
   for (const h of m.headline) sec.append(el('div', { class: 'headline' }, h));
+  if (m.layers?.length) sec.append(layerChart(m.layers));
   const ft = m.conditions.indexOf(FINETUNED);
   const shift = (p: EvalMatrixView['probes'][number]) => p.cells[ft]?.kl ?? -1;
   let probes = m.probes.filter((p) => p.cells.some((c) => c));
@@ -161,6 +162,23 @@ function evalMatrix(m: EvalMatrixView): HTMLElement {
   const chosen = m.probes.find((p) => p.id === view.selected);
   if (chosen) sec.append(sideBySide(chosen, m.conditions));
   return sec;
+}
+
+/** The layer sweep as horizontal bars: the prefix share with only those layers' prefix K/V patched. */
+function layerChart(rows: NonNullable<EvalMatrixView['layers']>): HTMLElement {
+  const pctText = (x: number | null) => (x === null ? 'n/a' : `${Math.round(100 * x) || 0}%`);
+  const chart = el('div', { class: 'layers', role: 'table', 'aria-label': 'Layer sweep: piggyback share per layer' });
+  chart.append(el('h3', {}, 'Layer sweep: prefix share per layer'), el('div', { class: 'why' }, 'The prefix patch on one layer\u2019s K/V at a time, then on layer ranges (general probes). Bars run from 0% to 100%; the whisker is the 95% CI.'));
+  for (const r of rows) {
+    const bar = el('div', { class: 'bar' });
+    bar.style.setProperty('--share', String(Math.max(0, Math.min(1, r.share ?? 0))));
+    const ci = el('div', { class: 'ci' });
+    ci.style.setProperty('--low', String(Math.max(0, Math.min(1, r.low ?? 0))));
+    ci.style.setProperty('--high', String(Math.max(0, Math.min(1, r.high ?? 0))));
+    const track = el('div', { class: 'track' }, bar, ...(r.low !== null ? [ci] : []));
+    chart.append(el('div', { class: 'layer', role: 'row' }, el('span', { class: 'label', role: 'cell' }, r.label), track, el('span', { class: 'value', role: 'cell' }, r.share === null ? 'n/a' : `${pctText(r.share)} (${pctText(r.low)} to ${pctText(r.high)})`)));
+  }
+  return chart;
 }
 
 function matrixCell(c: EvalCellView | null, condition: string, max: number): HTMLElement {

@@ -118,6 +118,11 @@ export interface Condition {
   model: string;
   /** Spans whose K/V come from the base model instead. */
   patch?: PatchSpan;
+  /**
+   * With `patch`: only these layers' K/V are replaced (0-based; default all). The layer sweep: the other layers keep
+   * the model's own K/V at the patched positions, computed as usual from the (partly patched) cache before them.
+   */
+  layers?: number[];
 }
 
 export interface PatchParams {

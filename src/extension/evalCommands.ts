@@ -10,7 +10,7 @@ import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol'
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
-import { defaultConditions, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
+import { defaultConditions, layerSweepConditions, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
 import type { LoadResult } from '../core/protocol';
 import { pairTemplateSource, PromptTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
@@ -46,6 +46,7 @@ interface EvalSettings {
   samples: number;
   seed: number;
   perturbationTrials: number;
+  layerSweep: boolean;
   extra: Record<string, string>;
   judge: { endpoint: string; model: string; timeoutMs: number } | undefined;
   judgeConcurrency: number;
@@ -64,6 +65,7 @@ function evalSettings(): EvalSettings {
     samples: c.get<number>('eval.samplesPerProbe') ?? 1,
     seed: c.get<number>('eval.seed') ?? 1,
     perturbationTrials: c.get<number>('eval.perturbationTrials') ?? 10,
+    layerSweep: c.get<boolean>('eval.layerSweep') ?? false,
     extra,
     judge: endpoint ? { endpoint, model, timeoutMs: 1000 * (c.get<number>('judge.timeoutSeconds') ?? 60) } : undefined,
     judgeConcurrency: c.get<number>('judge.concurrency') ?? 4,
@@ -180,6 +182,7 @@ export class EvalCommands implements vscode.Disposable {
     this.dashboard.update({ busy: `eval run: ${chosen.probes.length} probes (${chosen.description})`, error: undefined });
     this.dashboard.show();
     const loaded = this.models.loadResult!;
+    if (s.layerSweep) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
       await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: eval run', cancellable: true }, async (progress, token) => {
         const abort = new AbortController();

@@ -63,6 +63,11 @@ export class KV {
     return new KV(this.layers.map((l, i) => ({ k: join(l.k, other.layers[i].k), v: join(l.v, other.layers[i].v) })), n, this.heads, this.dim);
   }
 
+  /** This cache with the layers in `from` taken from `other` (same positions): a patch of some layers only. */
+  withLayersOf(other: KV, from: ReadonlySet<number>): KV {
+    return new KV(this.layers.map((l, i) => (from.has(i) ? other.layers[i] : l)), this.length, this.heads, this.dim);
+  }
+
   /** The vector of one position (all heads) in one layer, for drift norms. */
   vector(layer: number, which: 'k' | 'v', pos: number): Float32Array {
     const src = this.layers[layer][which];

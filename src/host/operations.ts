@@ -116,9 +116,10 @@ export class Models {
    * decoding reads the patched cache at every patched position. Unpatched conditions use the same schedule, which
    * makes "patch a model with its own K/V" exactly equal to no patch.
    */
-  async prefill(model: Checkpoint, p: PromptIds, span?: PatchSpan, refModel?: Checkpoint, refName = 'base'): Promise<{ cache: KV; logits: Float32Array; vocab: number; patched: number[] }> {
+  async prefill(model: Checkpoint, p: PromptIds, span?: PatchSpan, refModel?: Checkpoint, refName = 'base', layers?: readonly number[]): Promise<{ cache: KV; logits: Float32Array; vocab: number; patched: number[] }> {
     checkPrompt(p);
     const ref = refModel ?? this.base;
+    const some = patchedLayers(model, span, layers);
     const L = p.ids.length;
     const patched = new Set(patchedPositions(p, span));
     const refs: { span: 'prefix' | 'postfix' | 'query'; start: number; kv: KV }[] = [];
@@ -140,14 +141,14 @@ export class Models {
       const [s, e] = [edges[c], edges[c + 1]];
       if (s === e) continue;
       const isLast = e === L;
-      if (patched.has(s) && !isLast) {
+      if (patched.has(s) && !isLast && !some) {
         cache = cache.concat(refRange(s, e));
         continue;
       }
       // only the prompt's last token's logits are read: the others are not materialised where the graph allows
       const out = await model.forward(p.ids.slice(s, e), range(s, e), cache, 1);
       let kv = out.kv;
-      if (isLast && patched.has(s)) kv = refRange(s, e);
+      if (patched.has(s)) kv = some ? kv.withLayersOf(refRange(s, e), some) : refRange(s, e);
       cache = cache.concat(kv);
       if (isLast) last = { logits: out.logits.subarray((out.rows - 1) * out.vocab), vocab: out.vocab };
     }
@@ -208,6 +209,16 @@ export function rotateKeys(kv: KV, invFreq: number[], delta: number): KV {
     return { k: out, v };
   });
   return new KV(layers, kv.length, kv.heads, kv.dim);
+}
+
+/** The layers a patch replaces when it names some (a set), or undefined for all; checked against the model. */
+function patchedLayers(model: Checkpoint, span: PatchSpan | undefined, layers: readonly number[] | undefined): ReadonlySet<number> | undefined {
+  if (layers === undefined) return undefined;
+  if (!span) throw new BadRequestError('layers needs a patch span');
+  const n = model.info.layers;
+  const bad = layers.filter((l) => !Number.isInteger(l) || l < 0 || l >= n);
+  if (!layers.length || bad.length) throw new BadRequestError(`layers must be 0-based layer numbers below ${n}, got ${JSON.stringify(layers)}`);
+  return layers.length === n ? undefined : new Set(layers);
 }
 
 function empty(m: Checkpoint): KV {
@@ -312,7 +323,7 @@ export async function score(models: Models, params: ScoreParams, ctx: OpContext)
   let done = 0;
   for (const c of params.conditions) {
     const model = models.get(c.model);
-    const pre = c.model === 'base' && !c.patch && bp === p ? basePre : await models.prefill(model, p, c.patch);
+    const pre = c.model === 'base' && !c.patch && bp === p ? basePre : await models.prefill(model, p, c.patch, undefined, 'base', c.layers);
     const row: number[] = [];
     for (const cont of params.continuations) {
       if (ctx.isCancelled()) throw new CancelledError();
@@ -407,7 +418,7 @@ export async function perturb(models: Models, params: PerturbParams, ctx: OpCont
 export async function generate(models: Models, params: GenerateParams, ctx: OpContext): Promise<number[]> {
   const c: Condition = params.condition;
   const model = models.get(c.model);
-  const pre = await models.prefill(model, params.prompt, c.patch);
+  const pre = await models.prefill(model, params.prompt, c.patch, undefined, 'base', c.layers);
   return models.generate(model, pre, params.prompt.ids.length, params.maxNewTokens ?? 48, ctx, params.temperature ?? 0, params.seed ?? 0);
 }
 

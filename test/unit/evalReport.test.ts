@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { it } from 'node:test';
 import { evalFindings, evalMarkdown, pct } from '../../src/core/eval/report';
-import { lockRun } from '../../src/core/eval/run';
+import { layerSweepConditions, lockRun } from '../../src/core/eval/run';
 import { Summary, summarise } from '../../src/core/eval/summary';
 
 it('a share or an interval bound that rounds to zero prints as 0%, never -0%', () => {
@@ -55,4 +55,23 @@ it('a run folder lock refuses a second writer in the same process too, and is fr
   unlock();
   lockRun(dir)();
   assert.ok(!fs.existsSync(path.join(dir, '.lock')));
+});
+
+it('the layer sweep: one condition per layer then contiguous ranges, a share per entry, a table, no matrix columns', () => {
+  assert.deepEqual(layerSweepConditions(4).map((c) => c.label), ['finetuned+prefix@L0', 'finetuned+prefix@L1', 'finetuned+prefix@L2', 'finetuned+prefix@L3', 'finetuned+prefix@L0-1', 'finetuned+prefix@L2-3']);
+  const big = layerSweepConditions(28);
+  assert.equal(big.length, 31);
+  assert.deepEqual(big.slice(28).map((c) => c.condition.layers), [[...Array(9).keys()], [...Array(10).keys()].map((i) => i + 9), [...Array(9).keys()].map((i) => i + 19)]);
+  assert.ok(big.every((c) => c.sweep && c.condition.patch === 'prefix'));
+  assert.equal(layerSweepConditions(1).length, 1, 'one layer: no ranges');
+  // shares: layer 0 removes 3/4 of the shift, layer 1 none
+  const row = (probe: string, condition: string, kl: number) => ({ key: `${probe}|${condition}`, probe, category: 'general', condition, klToBase: kl, logprobAligned: null, logprobMisaligned: null, margin: null, generation: '', samples: [] });
+  const sweep = layerSweepConditions(2);
+  const conditions = [{ label: 'base', condition: { model: 'base' } }, { label: 'finetuned', condition: { model: 'finetuned' } }, { label: 'finetuned+prefix', condition: { model: 'finetuned', patch: 'prefix' as const } }, ...sweep];
+  const results = ['p1', 'p2'].flatMap((p) => [row(p, 'base', 0), row(p, 'finetuned', 0.5), row(p, 'finetuned+prefix', 0.125), row(p, 'finetuned+prefix@L0', 0.125), row(p, 'finetuned+prefix@L1', 0.5)]);
+  const s = summarise(results, conditions);
+  assert.deepEqual(s.layerShares!.map((l) => [l.label, l.share?.share]), [['L0', 0.75], ['L1', 0]]);
+  assert.deepEqual(s.conditions.map((c) => c.label), ['base', 'finetuned', 'finetuned+prefix'], 'the sweep is not a condition row');
+  const md = evalMarkdown({ checkpoints: { base: { folder: 'b', hash: 'h' }, finetuned: { folder: 'f', hash: 'h' }, extra: {} }, probes: { count: 2, hash: 'x' }, settings: { maxNewTokens: 1, decoding: 'greedy', judge: null } } as unknown as Parameters<typeof evalMarkdown>[0], s);
+  assert.match(md, /\| L0 \| 75% \| 75% to 75% \| 2 \|\n\| L1 \| 0% \|/);
 });

@@ -75,6 +75,17 @@ function shareLine(span: string, v: Summary['piggybackShare'][string], s: Summar
     : `Piggyback share (${span}): n/a.`;
 }
 
+/** The layer sweep as a Markdown table: the prefix share when only some layers' prefix K/V are patched. */
+export function layerSweepTable(rows: NonNullable<Summary['layerShares']>): string[] {
+  return [
+    "**Layer sweep** (the prefix patch on one layer's K/V at a time, then on layer ranges; general probes; K/V patching, not the paper's residual-stream patching):",
+    '',
+    '| layers | piggyback share (prefix patch) | 95% CI | probes |',
+    '|---|---|---|---|',
+    ...rows.map((r) => (r.share ? `| ${r.label} | ${pct(r.share.share)} | ${pct(r.share.low)} to ${pct(r.share.high)} | ${r.share.probes} |` : `| ${r.label} | n/a | | |`)),
+  ];
+}
+
 const judgedCell = (j: JudgedStats | null | undefined) => (j ? `${pct(j.misalignedShare)} (${j.misaligned}/${j.scored})` : 'n/a');
 
 export function evalMarkdown(m: Manifest, s: Summary, skipped: Skipped[] = []): string {
@@ -89,6 +100,7 @@ export function evalMarkdown(m: Manifest, s: Summary, skipped: Skipped[] = []): 
     const parts = Object.entries(s.marginShare).map(([span, v]) => `${span === 'query' ? 'query control' : `${span} patch`} ${v ? `${pct(v.share)} (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes)` : 'n/a'}`);
     lines.push(`**Margin share** (judge-free, from the reference answers: the part of the finetune's drop in log p(aligned) - log p(misaligned) that a patch restores): ${parts.join('; ')}. PB002 grades the KL share above, which needs no reference answers and so covers every general probe.`);
   }
+  if (s.layerShares?.length) lines.push('', ...layerSweepTable(s.layerShares));
   const probeSkips = skipped.filter((x) => !x.condition);
   if (probeSkips.length) lines.push('', `**${probeSkips.length} probe${probeSkips.length > 1 ? 's' : ''} skipped**: the template could not render ${probeSkips.length > 1 ? 'them' : 'it'} (${probeSkips.slice(0, 3).map((x) => `${x.probe}: ${x.reason}`).join('; ')}${probeSkips.length > 3 ? '; ...' : ''}). See skipped.json.`);
   const judged = s.conditions.some((c) => c.judged);
@@ -234,7 +246,8 @@ export function compareMarkdown(a: NamedRun, b: NamedRun): string {
 
 /** The dashboard's eval matrix: probes x conditions with generations and judge scores. */
 export function matrixView(folder: string, run: RunFiles, probes: Probe[]): EvalMatrixView {
-  const conditions = run.manifest.conditions.map((c) => c.label);
+  // layer-sweep conditions are a chart of their own, not columns
+  const conditions = run.manifest.conditions.filter((c) => !c.sweep).map((c) => c.label);
   const index = new Map(run.results.map((r) => [r.key, r]));
   const m = run.manifest;
   const cell = (r: EvalResult | undefined): EvalCellView | null => {
@@ -256,6 +269,7 @@ export function matrixView(folder: string, run: RunFiles, probes: Probe[]): Eval
     conditions,
     probes: probes.map((p) => ({ id: p.id, question: p.question, category: p.category ?? null, cells: conditions.map((c) => cell(index.get(`${p.id}|${c}`))) })),
     headline,
+    ...(run.summary.layerShares?.length ? { layers: run.summary.layerShares.map((r) => ({ label: r.label, share: r.share?.share ?? null, low: r.share?.low ?? null, high: r.share?.high ?? null })) } : {}),
     done,
     total: m.probes.count,
   };

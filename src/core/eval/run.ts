@@ -26,6 +26,30 @@ export interface EvalCondition {
   condition: Condition;
   /** Instead of patching: the paper's perturbation of this segment (nearest-neighbour token swaps), N trials. */
   perturb?: Segment;
+  /** A layer-sweep condition: scored (KL, margins) but not generated or judged; shown as a chart, not a column. */
+  sweep?: true;
+}
+
+/**
+ * The layer sweep: the prefix patch on one layer at a time, then on contiguous ranges (early/late halves, or
+ * early/middle/late thirds from 6 layers on). What is patched is the prefix K/V of those layers, not the residual
+ * stream the paper's Fig. 4 patches, so a peak here need not sit where the paper's does.
+ */
+export function layerSweepConditions(layers: number): EvalCondition[] {
+  const groups = layers >= 6 ? 3 : 2;
+  const ranges: number[][] = [];
+  if (layers >= 2) {
+    for (let g = 0; g < groups; g++) {
+      const [a, b] = [Math.round((g * layers) / groups), Math.round(((g + 1) * layers) / groups)];
+      if (b - a > 1) ranges.push(Array.from({ length: b - a }, (_, i) => a + i));
+    }
+  }
+  const singles = Array.from({ length: layers }, (_, l) => [l]);
+  return [...singles, ...ranges].map((ls) => ({
+    label: `finetuned+prefix@${ls.length === 1 ? `L${ls[0]}` : `L${ls[0]}-${ls[ls.length - 1]}`}`,
+    condition: { model: 'finetuned', patch: 'prefix', layers: ls },
+    sweep: true,
+  }));
 }
 
 export function defaultConditions(extra: string[] = [], perturb = true): EvalCondition[] {
@@ -435,8 +459,8 @@ async function runLocked(o: EvalOptions, manifest: Manifest, settings: EvalSetti
       if (!c.perturb) {
         const k = plain.indexOf(c);
         const [, la, lm] = score!.logprob[k];
-        const samples = await generateSamples(prompt, c.condition);
-        records.push({ ...base, klToBase: score!.klToBase[k], logprobAligned: refs.length ? la : null, logprobMisaligned: refs.length ? lm : null, margin: refs.length ? la - lm : null, generation: samples[0].text, samples });
+        const samples = c.sweep ? [] : await generateSamples(prompt, c.condition);
+        records.push({ ...base, klToBase: score!.klToBase[k], logprobAligned: refs.length ? la : null, logprobMisaligned: refs.length ? lm : null, margin: refs.length ? la - lm : null, generation: samples[0]?.text ?? '', samples });
         continue;
       }
       const p = settings.perturb!;

@@ -76,6 +76,11 @@ export interface Summary {
    * patch restores. Null without reference answers. PB002 grades the KL share, which needs no references.
    */
   marginShare?: Record<string, ShareEstimate | null>;
+  /**
+   * The layer sweep (when the run had it): the KL share of the prefix patch restricted to each layer, then to
+   * layer ranges, on the general probes, with the same bootstrap as the headline share.
+   */
+  layerShares?: { label: string; layers: number[]; share: ShareEstimate | null }[];
 }
 
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
@@ -131,7 +136,7 @@ function perturbSummary(rs: EvalResult[]): ConditionSummary['perturb'] {
 export function summarise(results: EvalResult[], conditions: EvalCondition[], seed = 1): Summary {
   const by = (label: string) => results.filter((r) => r.condition === label);
   const summary: Summary = {
-    conditions: conditions.map(({ label }) => {
+    conditions: conditions.filter((c) => !c.sweep).map(({ label }) => {
       const rs = by(label);
       const [g, d] = [rs.filter((r) => !inDomain(r)), rs.filter(inDomain)];
       const general = judgedStats(g.flatMap((r) => r.samples ?? []));
@@ -171,6 +176,14 @@ export function summarise(results: EvalResult[], conditions: EvalCondition[], se
       const drop = pairs.reduce((a, [d]) => a + d, 0);
       summary.marginShare[span] = pairs.length === 0 || !(drop > 0) ? null : piggybackShare(pairs, seed);
     }
+  }
+  const sweep = conditions.filter((c) => c.sweep && c.condition.layers);
+  if (sweep.length) {
+    summary.layerShares = sweep.map((c) => {
+      const patched = new Map(by(c.label).map((r) => [r.probe, r.klToBase]));
+      const pairs = [...ft].filter(([p]) => patched.has(p)).map(([p, k]) => [k, patched.get(p)!] as const);
+      return { label: c.label.slice(c.label.indexOf('@') + 1), layers: c.condition.layers!, share: pairs.length === 0 || pairs.every(([k]) => k === 0) ? null : piggybackShare(pairs, seed) };
+    });
   }
   if (hasControl) {
     summary.overControl = {};
