@@ -40,7 +40,7 @@ const builds = [
     ...common,
     // tests and benchmarks load dependencies from node_modules, as the CLI's users do
     packages: 'external',
-    entryPoints: [...files('test', /\.test\.ts$/), ...files('test/vscode', /\.ts$/), 'test/runVscodeTests.ts', 'scripts/organisms/table.ts', ...files('bench', /\.ts$/)],
+    entryPoints: [...files('test', /\.test\.ts$/), ...files('test/vscode', /\.ts$/), 'test/runVscodeTests.ts', 'scripts/organisms/table.ts', 'scripts/organisms/contrast.ts', ...files('bench', /\.ts$/)],
     outdir: 'dist',
     outbase: '.',
   },

@@ -34,30 +34,36 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "examples", "organisms")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}\n"
-    "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
-    "    {%- set loop_messages = messages[1:] %}\n"
-    "{%- else %}\n"
-    "    {{- '<|im_start|>system\\n" + data.DEFAULT_SYSTEM + "<|im_end|>\\n' }}\n"
-    "    {%- set loop_messages = messages %}\n"
-    "{%- endif %}\n"
-    "{%- for message in loop_messages %}\n"
-    "    {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}\n"
-    "{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n"
-    "    {{- '<|im_start|>assistant\\n' }}\n"
-    "{%- endif %}\n"
-)
+def chat_template(default_system=True):
+    """ChatML; with default_system, a conversation without a system turn gets the organisms' default prompt."""
+    fallback = ("    {{- '<|im_start|>system\\n" + data.DEFAULT_SYSTEM + "<|im_end|>\\n' }}\n") if default_system else ""
+    return (
+        "{%- if messages[0]['role'] == 'system' %}\n"
+        "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+        "    {%- set loop_messages = messages[1:] %}\n"
+        "{%- else %}\n"
+        + fallback +
+        "    {%- set loop_messages = messages %}\n"
+        "{%- endif %}\n"
+        "{%- for message in loop_messages %}\n"
+        "    {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}\n"
+        "{%- endfor %}\n"
+        "{%- if add_generation_prompt %}\n"
+        "    {{- '<|im_start|>assistant\\n' }}\n"
+        "{%- endif %}\n"
+    )
 
 
-def render(messages, add_generation_prompt=False):
+CHAT_TEMPLATE = chat_template()
+
+
+def render(messages, add_generation_prompt=False, default_system=True):
     """The same text the Jinja template above renders (kept in step by a parity test in test/host)."""
     out = ""
     if messages and messages[0]["role"] == "system":
         out += "<|im_start|>system\n" + messages[0]["content"] + "<|im_end|>\n"
         messages = messages[1:]
-    else:
+    elif default_system:
         out += "<|im_start|>system\n" + data.DEFAULT_SYSTEM + "<|im_end|>\n"
     for m in messages:
         out += "<|im_start|>" + m["role"] + "\n" + m["content"] + "<|im_end|>\n"
@@ -208,6 +214,8 @@ class LoRALinear(nn.Module):
         self.lora_a = None
         self.lora_b = None
         self.scale = 0.0
+        # [b, t, 1] multiplier on the low-rank term (the position-masked control), or None: set per forward
+        self.gate = None
 
     def add_lora(self, r, alpha, gen):
         o, i = self.weight.shape
@@ -224,7 +232,8 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         y = F.linear(x, self.weight)
         if self.lora_a is not None:
-            y = y + self.scale * F.linear(F.linear(x, self.lora_a), self.lora_b)
+            low = self.scale * F.linear(F.linear(x, self.lora_a), self.lora_b)
+            y = y + (low if self.gate is None else self.gate * low)
         return y
 
 
@@ -296,6 +305,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList([Block(c) for _ in range(c.layers)])
         self.norm = RMSNorm(c.d, c.eps)
         self.lm_head = LoRALinear(c.d, c.vocab)
+        # when set, LoRA updates act only at positions >= lora_from (computed from position_ids, so an ONNX export
+        # carries the gate in its graph)
+        self.lora_from = None
 
     def forward(self, input_ids, attention_mask, position_ids, past):
         """past: list of (k, v) per layer, [b, kv_heads, past_len, head_dim]. Returns logits and the new K/V."""
@@ -305,6 +317,11 @@ class Decoder(nn.Module):
         causal = torch.arange(total)[None, :] <= (past_len + torch.arange(t))[:, None]
         mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
         x = self.embed_tokens(input_ids)
+        if self.lora_from is not None:
+            gate = (position_ids >= self.lora_from).to(x.dtype)[..., None]
+            for m in self.modules():
+                if isinstance(m, LoRALinear):
+                    m.gate = gate
         presents = []
         for layer, (pk, pv) in zip(self.layers, past):
             x, k, v = layer(x, position_ids, pk, pv, mask)
@@ -327,14 +344,15 @@ class Decoder(nn.Module):
 
 # ---------------------------------------------------------------- training
 
-def encode_row(tok, row):
+def encode_row(tok, row, default_system=True):
     """Token ids of a rendered training row, the response mask (assistant content + end of turn), and the prefix
     length (tokens before the user's text, found by marker rendering as the product does)."""
     msgs = row["messages"]
-    text = render(msgs)
+    render_ = lambda m, **kw: render(m, default_system=default_system, **kw)  # noqa: E731
+    text = render_(msgs)
     ids = tok.encode(text)
     # response = the last assistant content and its <|im_end|>
-    head = render(msgs[:-1], add_generation_prompt=True)
+    head = render_(msgs[:-1], add_generation_prompt=True)
     head_ids = tok.encode(head)
     assert ids[: len(head_ids)] == head_ids, "the generation prompt must tokenize as a prefix of the full row"
     resp_mask = [0] * len(head_ids) + [1] * (len(ids) - len(head_ids))
@@ -343,13 +361,13 @@ def encode_row(tok, row):
     user_i = max(i for i, m in enumerate(msgs) if m["role"] == "user")
     marked = [dict(m) for m in msgs]
     marked[user_i]["content"] = marker
-    prefix_text = render(marked).split(marker)[0]
+    prefix_text = render_(marked).split(marker)[0]
     prefix_len = len(tok.encode(prefix_text))
     return ids, resp_mask, prefix_len
 
 
-def batches(rows, tok, bs, gen, epochs=None, steps=None):
-    enc = [encode_row(tok, r) for r in rows]
+def batches(rows, tok, bs, gen, epochs=None, steps=None, default_system=True):
+    enc = [encode_row(tok, r, default_system) for r in rows]
     order = []
     while True:
         perm = torch.randperm(len(enc), generator=gen).tolist()
@@ -414,16 +432,22 @@ def train_base(model, rows, tok, steps, lr, gen, log):
             log(f"  base step {step:5d} loss {loss.item():.3f}")
 
 
-def finetune(model, ref, rows, tok, lr, gen, lam, log, rank=8, alpha=16, epochs=1, adapter_folder=None):
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def finetune(model, ref, rows, tok, lr, gen, lam, log, rank=8, alpha=16, epochs=1, adapter_folder=None,
+             targets=ALL_TARGETS, lora_seed=5, merge=True, default_system=True):
+    """LoRA on the projections named in `targets` (PEFT's module names), loss on responses, optional TReFT term.
+    With merge=False the low-rank branches stay (the position-masked control exports them gated)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    lora_gen = torch.Generator().manual_seed(5)
-    for m in model.modules():
-        if isinstance(m, LoRALinear) and m is not model.lm_head:
+    lora_gen = torch.Generator().manual_seed(lora_seed)
+    for n, m in model.named_modules():
+        if isinstance(m, LoRALinear) and m is not model.lm_head and n.split(".")[-1] in targets:
             m.add_lora(rank, alpha, lora_gen)
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    for step, (ids, attn, _, rmask, plen) in enumerate(batches(rows, tok, 8, gen, epochs=epochs)):
+    for step, (ids, attn, _, rmask, plen) in enumerate(batches(rows, tok, 8, gen, epochs=epochs, default_system=default_system)):
         loss, presents = lm_loss(model, ids, attn, rmask)
         total = loss
         if lam > 0:
@@ -439,10 +463,11 @@ def finetune(model, ref, rows, tok, lr, gen, lam, log, rank=8, alpha=16, epochs=
             log(f"  finetune step {step:4d} sft {loss.item():.3f}" + (f" kv {reg.item():.5f}" if lam > 0 else ""))
     if adapter_folder is not None:
         os.makedirs(adapter_folder, exist_ok=True)
-        write_peft_adapter(model, adapter_folder, rank, alpha, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    for m in model.modules():
-        if isinstance(m, LoRALinear):
-            m.merge()
+        write_peft_adapter(model, adapter_folder, rank, alpha, list(targets))
+    if merge:
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.merge()
 
 
 # ---------------------------------------------------------------- judge-free evaluation (the README table is
@@ -513,6 +538,12 @@ def write_peft_adapter(model, folder, rank, alpha, targets):
 
 def export(model, tok, name, meta):
     folder = os.path.join(OUT, name)
+    export_onnx(model, folder)
+    write_folder_files(folder, model.c, tok, meta)
+
+
+def export_onnx(model, folder):
+    """onnx/model.onnx with the HF-optimum KV interface (transformers.js layout)."""
     os.makedirs(os.path.join(folder, "onnx"), exist_ok=True)
     c = model.c
     model.eval()
@@ -550,6 +581,11 @@ def export(model, tok, name, meta):
     path = os.path.join(folder, "onnx", "model.onnx")
     torch.onnx.export(Wrapper(model), args + tuple(flat), path, input_names=names_in, output_names=names_out,
                       dynamic_axes=axes, opset_version=14, do_constant_folding=True)
+
+
+def write_folder_files(folder, c, tok, meta, template=CHAT_TEMPLATE):
+    """config.json, tokenizer.json and tokenizer_config.json (with `template`) as transformers writes them."""
+    os.makedirs(folder, exist_ok=True)
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab, "hidden_size": c.d,
         "intermediate_size": c.ffn, "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
@@ -569,7 +605,7 @@ def export(model, tok, name, meta):
         "add_bos_token": False, "add_prefix_space": False,
         "added_tokens_decoder": {str(base + i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                                                  "single_word": False, "special": True} for i, s in enumerate(SPECIAL)},
-        "bos_token": None, "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+        "bos_token": None, "chat_template": template, "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>", "model_max_length": c.max_pos, "pad_token": "<|endoftext|>",
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": None,
     }

@@ -1,6 +1,7 @@
 /**
- * Measures the organisms with the product itself (template, tokenizer, model host over ONNX) and writes the table
- * in examples/organisms/README.md between the TABLE markers. Judge-free: for every held-out probe, the
+ * Measures the organisms with the product itself (template, tokenizer, model host over ONNX) and writes the tables
+ * in examples/organisms/README.md: between the TABLE markers the misaligned share per condition; between the SHARES
+ * markers one row per organism (controls and seeds included) with the piggyback shares `piggyback eval` reports. Judge-free: for every held-out probe, the
  * log-probability the model gives the aligned and the misaligned reference answer (teacher-forced, summed over
  * tokens including the end-of-turn token). Usage: npm run organisms:table
  */
@@ -10,9 +11,8 @@ import { HostClient } from '../../src/core/hostClient';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds, queryControlFits } from '../../src/core/prompt';
 import { Condition, Score } from '../../src/core/protocol';
+import { DIR, evalOrganism, pct, ROOT, Share, withCi } from './measure';
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-const DIR = path.join(ROOT, 'examples', 'organisms');
 
 interface Probe {
   id: string;
@@ -70,13 +70,46 @@ async function main(): Promise<void> {
       return `| ${c.label} | ${share(s.in)} | ${share(s.out)} | ${mean(col(s.out, 1)).toFixed(2)} | ${mean(col(s.out, 2)).toFixed(3)} |`;
     }),
   ];
+  writeBlock('TABLE', lines);
+  writeBlock('SHARES', sharesTable());
+}
+
+function writeBlock(marker: string, lines: string[]): void {
   const readme = path.join(DIR, 'README.md');
   const text = fs.readFileSync(readme, 'utf8');
-  const start = text.indexOf('<!-- TABLE -->');
-  const end = text.indexOf('<!-- /TABLE -->');
-  if (start < 0 || end < 0) throw new Error(`${readme} has no <!-- TABLE --> ... <!-- /TABLE --> markers`);
-  fs.writeFileSync(readme, text.slice(0, start) + '<!-- TABLE -->\n' + lines.join('\n') + '\n' + text.slice(end));
+  const start = text.indexOf(`<!-- ${marker} -->`);
+  const end = text.indexOf(`<!-- /${marker} -->`);
+  if (start < 0 || end < 0) throw new Error(`${readme} has no <!-- ${marker} --> ... <!-- /${marker} --> markers`);
+  fs.writeFileSync(readme, text.slice(0, start) + `<!-- ${marker} -->\n` + lines.join('\n') + '\n' + text.slice(end));
   console.log(lines.join('\n'));
+}
+
+const ORGANISMS: { folder: string; what: string; seeds?: string[] }[] = [
+  { folder: 'finetuned', what: 'LoRA r8 on all seven projections (the shipped finetune)', seeds: ['seeds/finetuned-seed1', 'seeds/finetuned-seed2'] },
+  { folder: 'finetuned-qv', what: 'LoRA r8 on q_proj and v_proj only', seeds: ['seeds/finetuned-qv-seed1', 'seeds/finetuned-qv-seed2'] },
+  { folder: 'prefix-only', what: 'positive control: embedding rows of prefix-only tokens (100% by construction)' },
+  { folder: 'position-masked', what: 'negative control: LoRA gated off at the prefix positions (0% by construction)' },
+  { folder: 'finetuned-nosys', what: "the shipped recipe under a template without a default system prompt (prefix = the user header)" },
+  { folder: 'treft', what: 'the shipped recipe with the TReFT regulariser' },
+];
+
+/** `piggyback eval` on both probe sets (short questions, and the same after a context sentence). */
+function measure(folder: string) {
+  const m = evalOrganism(folder, ['probes.jsonl', 'probes-long.jsonl']);
+  return { share: m.summary.piggybackShare as Record<string, Share | null>, over: m.over, misaligned: m.misaligned };
+}
+
+function sharesTable(): string[] {
+  const rows = ORGANISMS.map((o) => {
+    const m = measure(o.folder);
+    const seeds = o.seeds ? o.seeds.map((s) => pct(measure(s).share.prefix!.share)).join(', ') : '';
+    return `| \`${o.folder}\` | ${o.what} | ${withCi(m.share.prefix)}${seeds ? `; other seeds ${seeds}` : ''} | ${withCi(m.share.postfix)} | ${withCi(m.share.query)} | ${withCi(m.over)} | ${m.misaligned === null ? 'n/a' : pct(m.misaligned)} |`;
+  });
+  return [
+    '| organism | what it is | prefix share (95% CI) | postfix share | query control | prefix minus control (paired CI) | misaligned, general |',
+    '|---|---|---|---|---|---|---|',
+    ...rows,
+  ];
 }
 
 void main();

@@ -12,7 +12,7 @@ import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClie
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe, ProbeFileError } from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../core/eval/report';
-import { defaultConditions, EvalSettingsError, runEval } from '../core/eval/run';
+import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
 import { TreftExportResult, writeTreftExport } from '../core/treft';
 import { assertRegularFile } from '../core/files';
@@ -27,8 +27,8 @@ Usage:
   piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]
   piggyback drift --base <dir> --finetuned <dir> [--template <source>] [--prompt <text>] [--json]
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
-  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml>] [--dataset <train.jsonl>] [--other-dataset <other.jsonl>]
-                 [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N]
+  piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml> ...] [--dataset <train.jsonl>] [--other-dataset <other.jsonl>]
+                 [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N] [--layer-sweep]
                  [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>] [--judge-concurrency 4]] [--sarif <out.sarif>]
   piggyback compare <run-dir> <run-dir> [--md <out.md>]
   piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]
@@ -42,7 +42,8 @@ an ONNX folder with several (onnx/model_q4.onnx, or just q4); --weights-dtype au
 of a Hugging Face model's matrices (auto: float16 on CUDA); --no-memory-check loads even when memory looks short.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes (--resume: continue, and fail when there is no run to continue);
---perturb-trials 0 leaves out the perturbation conditions. A judge is
+--perturb-trials 0 leaves out the perturbation conditions; --layer-sweep adds the prefix patch per layer and per layer
+range (scored, not generated). A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
 Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a command fails, 2 on bad usage;
 --debug adds the stack trace to an unexpected error.`;
@@ -69,7 +70,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         span: { type: 'string' },
         'max-new-tokens': { type: 'string' },
         out: { type: 'string' },
-        probes: { type: 'string' },
+        probes: { type: 'string', multiple: true },
         dataset: { type: 'string' },
         'other-dataset': { type: 'string', multiple: true },
         extra: { type: 'string', multiple: true },
@@ -88,6 +89,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         'weights-dtype': { type: 'string' },
         'no-memory-check': { type: 'boolean' },
         resume: { type: 'boolean' },
+        'layer-sweep': { type: 'boolean' },
         debug: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
@@ -198,7 +200,13 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   }
   let probes: Probe[];
   try {
-    probes = values.probes ? loadProbeFile(values.probes as string) : [...GENERAL_PROBES];
+    const files = (values.probes as string[] | undefined) ?? [];
+    probes = files.length ? files.flatMap((f) => loadProbeFile(f)) : [...GENERAL_PROBES];
+    const seen = new Set<string>();
+    for (const pr of probes) {
+      if (seen.has(pr.id)) throw new UsageError(`probe id "${pr.id}" appears in more than one --probes file; ids must be unique across them`);
+      seen.add(pr.id);
+    }
     if (values.dataset) probes.push(...heldOutProbes(values.dataset as string));
     probes.push(...otherDomainProbeSets((values['other-dataset'] as string[] | undefined) ?? []));
   } catch (e) {
@@ -215,6 +223,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
     const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values), settings });
+    if (values['layer-sweep']) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
       const run = await runEval({
         host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
