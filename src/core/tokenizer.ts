@@ -117,18 +117,25 @@ export class LoadedTokenizer {
    */
   private withOffsets(text: string, ids: number[]): Token[] {
     const textBytes = utf8.encode(text);
-    // byte offset -> UTF-16 offset
+    // byte offset -> UTF-16 offset of the character holding it (a token's start), and of the end of the character a
+    // token ending there cuts into (a token's end): a byte token holding part of a character spans that whole
+    // character, never an empty range at its start (which would count the user's first byte as template text)
     const charAt = new Int32Array(textBytes.length + 1);
+    const charEnd = new Int32Array(textBytes.length + 1);
     {
       let b = 0;
       let c = 0;
       for (const ch of text) {
         const n = utf8Length(ch.codePointAt(0)!);
-        for (let k = 0; k < n; k++) charAt[b + k] = c;
+        for (let k = 0; k < n; k++) {
+          charAt[b + k] = c;
+          charEnd[b + k] = k === 0 ? c : c + ch.length;
+        }
         b += n;
         c += ch.length;
       }
       charAt[b] = c;
+      charEnd[b] = c;
     }
     const tokens: Token[] = [];
     let cursor = 0;
@@ -150,7 +157,7 @@ export class LoadedTokenizer {
       if (j < bytes.length) return tokens.concat(this.decodeOffsets(text, ids, i, charAt[cursor]));
       if (start < 0) start = cursor;
       cursor = pos;
-      tokens.push({ id: ids[i], text: text.slice(charAt[start], charAt[pos]), start: charAt[start], end: charAt[pos] });
+      tokens.push({ id: ids[i], text: text.slice(charAt[start], charEnd[pos]), start: charAt[start], end: charEnd[pos] });
     }
     return tokens;
   }
