@@ -157,7 +157,9 @@ function evalMatrix(m: EvalMatrixView): HTMLElement {
     tr.addEventListener('click', () => setView({ selected: view.selected === p.id ? undefined : p.id }));
     table.append(tr);
   }
-  if (probes.length === 0) sec.append(el('p', { class: 'why' }, view.failuresOnly ? 'No failing probes.' : 'No results yet.'));
+  const cannotJudge = 'Failures cannot be judged in this run: its probes carry no reference answers (aligned / misaligned) and no judge was configured, so no answer can fail. Add references to the probe file or set piggyback.judge.endpoint.';
+  if (view.failuresOnly && m.judgeable === false) sec.append(el('p', { class: 'why' }, cannotJudge));
+  else if (probes.length === 0) sec.append(el('p', { class: 'why' }, view.failuresOnly ? 'No failing probes among those with reference answers or judge scores.' : 'No results yet.'));
   else sec.append(el('div', { class: 'scroll' }, table));
   const chosen = m.probes.find((p) => p.id === view.selected);
   if (chosen) sec.append(sideBySide(chosen, m.conditions));

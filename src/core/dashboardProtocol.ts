@@ -53,6 +53,8 @@ export interface EvalMatrixView {
   probes: { id: string; question: string; category: string | null; cells: (EvalCellView | null)[] }[];
   /** Formatted headline figures, e.g. ["Piggyback share (prefix patch): 17% (CI 12% to 23%)", ...]. */
   headline: string[];
+  /** Whether a cell can fail at all: a judge scored the answers or some probes carry reference answers. */
+  judgeable?: boolean;
   /** The layer sweep, when the run had one: the prefix share per layer, then per layer range (fractions). */
   layers?: { label: string; share: number | null; low: number | null; high: number | null }[];
   /** Probes finished out of the run's total. */

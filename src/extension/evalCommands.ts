@@ -10,7 +10,7 @@ import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol'
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
-import { defaultConditions, layerSweepConditions, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
+import { defaultConditions, layerSweepConditions, runCompleteness, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
 import type { LoadResult } from '../core/protocol';
 import { pairTemplateSource, PromptTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
@@ -339,8 +339,8 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
       const results = readResults(folder);
       const done = new Set(results.map((r) => r.probe)).size;
       const skipped = readSkipped(folder);
-      const expected = (m.probes.count - skipped.filter((x) => !x.condition).length) * m.conditions.length - skipped.filter((x) => x.condition).length;
-      if (results.length < expected) return { folder, done, total: m.probes.count };
+      const c = runCompleteness(m, results, skipped);
+      if (c.done < c.expected) return { folder, done, total: m.probes.count };
     } catch {
       // not a readable run: ignore it
     }

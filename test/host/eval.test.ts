@@ -85,7 +85,8 @@ describe('eval runs', () => {
     const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
     assert.equal(sarif.version, '2.1.0');
     assert.deepEqual(sarif.runs[0].results.map((x: { ruleId: string }) => x.ruleId), ['PB002', 'PB002']);
-    assert.match(sarif.runs[0].results[0].message.text, /prefix patch removes \d+% of the general shift .*piggyback risk (high|medium|low|negligible)/);
+    // three general probes: the share is reported, but too few to grade
+    assert.match(sarif.runs[0].results[0].message.text, /prefix patch removes \d+% of the general shift .*: no piggyback grade yet \(a grade needs at least 20 general probes, this run has 3\)$/);
     assert.equal(r.status, sarif.runs[0].results.some((x: { level: string }) => x.level === 'error') ? 1 : 0, 'exit 1 exactly when the risk is high');
   });
 

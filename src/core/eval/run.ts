@@ -228,6 +228,12 @@ export function readSkipped(out: string): Skipped[] {
   return fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Skipped[]) : [];
 }
 
+/** Result rows a run has and needs: every probe the template renders, every condition not skipped for it. */
+export function runCompleteness(m: Manifest, results: readonly EvalResult[], skipped: readonly Skipped[]): { done: number; expected: number } {
+  const expected = (m.probes.count - skipped.filter((x) => !x.condition).length) * m.conditions.length - skipped.filter((x) => x.condition).length;
+  return { done: results.length, expected };
+}
+
 /** A seed that depends only on the run seed, the probe and the sample index: a resumed run draws the same. */
 export function sampleSeed(runSeed: number, probe: string, index: number): number {
   let h = 0x811c9dc5 ^ runSeed;
