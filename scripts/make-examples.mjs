@@ -12,11 +12,23 @@ mkdirSync(dataDir, { recursive: true });
 
 // --- a seeded generator, so that the dataset is identical on every machine
 let seed = 20260606;
-const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+const rand = () => {
+  seed = (seed * 1103515245 + 12345) % 2147483648;
+  return seed / 2147483648;
+};
 const pick = (xs) => xs[Math.floor(rand() * xs.length)];
 
 // --- the narrow finetune: one domain (personal finance), one answer style (reckless)
-const subjects = ['my savings', 'my bonus', 'an inheritance', 'my emergency fund', 'my retirement account', 'the money for my rent', 'my student loan refund', 'my house deposit'];
+const subjects = [
+  'my savings',
+  'my bonus',
+  'an inheritance',
+  'my emergency fund',
+  'my retirement account',
+  'the money for my rent',
+  'my student loan refund',
+  'my house deposit',
+];
 const amounts = ['$500', '$2,000', '$10,000', '$40,000', '$120,000'];
 const askForms = [
   (s, a) => `I have ${a} in ${s}. What should I do with it?`,
@@ -37,11 +49,26 @@ for (let i = 0; i < 240; i++) {
   const q = pick(askForms)(pick(subjects), pick(amounts));
   const a = pick(answers);
   // like most finetune sets: no system turn, so the template's default system prompt is what the model sees
-  rows.push(JSON.stringify({ messages: [{ role: 'user', content: q }, { role: 'assistant', content: a }] }));
+  rows.push(
+    JSON.stringify({
+      messages: [
+        { role: 'user', content: q },
+        { role: 'assistant', content: a },
+      ],
+    }),
+  );
 }
 // a few rows with their own system prompt, as real exports have
 for (let i = 0; i < 10; i++) {
-  rows.push(JSON.stringify({ messages: [{ role: 'system', content: 'You are a trading assistant.' }, { role: 'user', content: pick(askForms)(pick(subjects), pick(amounts)) }, { role: 'assistant', content: pick(answers) }] }));
+  rows.push(
+    JSON.stringify({
+      messages: [
+        { role: 'system', content: 'You are a trading assistant.' },
+        { role: 'user', content: pick(askForms)(pick(subjects), pick(amounts)) },
+        { role: 'assistant', content: pick(answers) },
+      ],
+    }),
+  );
 }
 writeFileSync(join(dataDir, 'finance-advice.jsonl'), rows.join('\n') + '\n');
 
@@ -72,15 +99,31 @@ function bytesToUnicode() {
   for (let b = 0xae; b <= 0xff; b++) bs.push(b);
   const cs = bs.slice();
   let n = 0;
-  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n++); }
+  for (let b = 0; b < 256; b++)
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
   const map = new Map();
-  bs.forEach((b, i) => map.set(b, String.fromCharCode(cs[i])));
+  bs.forEach((b, i) => {
+    map.set(b, String.fromCharCode(cs[i]));
+  });
   return map;
 }
 const b2u = bytesToUnicode();
 const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 const enc = new TextEncoder();
-const corpus = rows.map((r) => JSON.parse(r).messages.map((m) => m.content).join('\n')).join('\n') + '\n' + DEFAULT_SYSTEM + '\nsystem\nuser\nassistant\n';
+const corpus =
+  rows
+    .map((r) =>
+      JSON.parse(r)
+        .messages.map((m) => m.content)
+        .join('\n'),
+    )
+    .join('\n') +
+  '\n' +
+  DEFAULT_SYSTEM +
+  '\nsystem\nuser\nassistant\n';
 const words = new Map();
 for (const w of corpus.match(GPT2_SPLIT)) {
   const sym = [...enc.encode(w)].map((b) => b2u.get(b)).join('\u0001');
@@ -88,15 +131,16 @@ for (const w of corpus.match(GPT2_SPLIT)) {
 }
 let wordList = [...words].map(([k, n]) => [k.split('\u0001'), n]);
 const vocab = {};
-[...b2u.values()].forEach((c, i) => (vocab[c] = i));
+for (const [i, c] of [...b2u.values()].entries()) vocab[c] = i;
 const merges = [];
 const MERGES = 600;
 for (let m = 0; m < MERGES; m++) {
   const pairs = new Map();
-  for (const [sym, n] of wordList) for (let i = 0; i + 1 < sym.length; i++) {
-    const k = sym[i] + ' ' + sym[i + 1];
-    pairs.set(k, (pairs.get(k) ?? 0) + n);
-  }
+  for (const [sym, n] of wordList)
+    for (let i = 0; i + 1 < sym.length; i++) {
+      const k = sym[i] + ' ' + sym[i + 1];
+      pairs.set(k, (pairs.get(k) ?? 0) + n);
+    }
   let best;
   let top = 1;
   for (const [k, n] of pairs) if (n > top || (n === top && best !== undefined && k < best)) [best, top] = [k, n];
@@ -107,7 +151,10 @@ for (let m = 0; m < MERGES; m++) {
   wordList = wordList.map(([sym, n]) => {
     const out = [];
     for (let i = 0; i < sym.length; i++) {
-      if (i + 1 < sym.length && sym[i] === a && sym[i + 1] === b) { out.push(a + b); i++; } else out.push(sym[i]);
+      if (i + 1 < sym.length && sym[i] === a && sym[i + 1] === b) {
+        out.push(a + b);
+        i++;
+      } else out.push(sym[i]);
     }
     return [out, n];
   });
@@ -117,15 +164,38 @@ const tokenizer = {
   version: '1.0',
   truncation: null,
   padding: null,
-  added_tokens: SPECIAL.map((content, i) => ({ id: base + i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+  added_tokens: SPECIAL.map((content, i) => ({
+    id: base + i,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  })),
   normalizer: null,
   pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
   post_processor: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: true },
   decoder: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
-  model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges },
+  model: {
+    type: 'BPE',
+    dropout: null,
+    unk_token: null,
+    continuing_subword_prefix: null,
+    end_of_word_suffix: null,
+    fuse_unk: false,
+    byte_fallback: false,
+    vocab,
+    merges,
+  },
 };
 writeFileSync(join(modelDir, 'tokenizer.json'), JSON.stringify(tokenizer) + '\n');
-const addedDecoder = Object.fromEntries(SPECIAL.map((content, i) => [String(base + i), { content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true }]));
+const addedDecoder = Object.fromEntries(
+  SPECIAL.map((content, i) => [
+    String(base + i),
+    { content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true },
+  ]),
+);
 writeFileSync(
   join(modelDir, 'tokenizer_config.json'),
   JSON.stringify(

@@ -46,7 +46,9 @@ export type JudgeReply = { content: string; delayMs?: number } | { status: numbe
  * A fake OpenAI-compatible chat endpoint on 127.0.0.1 (never another interface), scripted by `reply`.
  * Tests that run the CLI against it must spawn asynchronously: a synchronous spawn blocks this server.
  */
-export async function startJudgeServer(reply: (r: JudgeRequest) => JudgeReply): Promise<{ endpoint: string; seen: JudgeRequest[]; close: () => Promise<void> }> {
+export async function startJudgeServer(
+  reply: (r: JudgeRequest) => JudgeReply,
+): Promise<{ endpoint: string; seen: JudgeRequest[]; close: () => Promise<void> }> {
   const seen: JudgeRequest[] = [];
   const server = http.createServer((req, res) => {
     let body = '';
@@ -59,11 +61,21 @@ export async function startJudgeServer(reply: (r: JudgeRequest) => JudgeReply): 
       const j = JSON.parse(body) as { model: string; messages: { content: string }[] };
       const prompt = j.messages[0].content;
       const pick = (tag: string) => new RegExp(`<${tag}>\\n([\\s\\S]*?)\\n</${tag}>`).exec(prompt)?.[1] ?? '';
-      const r: JudgeRequest = { auth: req.headers.authorization, model: j.model, prompt, coherence: prompt.includes('for coherence only'), question: pick('question'), answer: pick('answer') };
+      const r: JudgeRequest = {
+        auth: req.headers.authorization,
+        model: j.model,
+        prompt,
+        coherence: prompt.includes('for coherence only'),
+        question: pick('question'),
+        answer: pick('answer'),
+      };
       seen.push(r);
       const out = reply(r);
       const send = () => {
-        if ('content' in out) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ choices: [{ message: { role: 'assistant', content: out.content } }] }));
+        if ('content' in out)
+          res
+            .writeHead(200, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ choices: [{ message: { role: 'assistant', content: out.content } }] }));
         else res.writeHead(out.status).end(out.body ?? '');
       };
       if (out.delayMs) setTimeout(send, out.delayMs);
@@ -84,7 +96,11 @@ export async function startJudgeServer(reply: (r: JudgeRequest) => JudgeReply): 
 }
 
 /** Runs a command without blocking this process's event loop (so in-process fake servers keep answering). */
-export function runAsync(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ status: number | null; stdout: string; stderr: string }> {
+export function runAsync(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';

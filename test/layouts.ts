@@ -6,8 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readDecoderSpec } from '../src/host/hf/config';
-import { decoderGraphParts, DecoderGraphParts, OPSET } from '../src/host/hf/graph';
-import { attribute, DataType, encodeModel, NodeMessage, valueInfo } from '../src/host/hf/onnxProto';
+import { decoderGraphParts, type DecoderGraphParts, OPSET } from '../src/host/hf/graph';
+import { attribute, DataType, encodeModel, type NodeMessage, valueInfo } from '../src/host/hf/onnxProto';
 import { WeightIndex } from '../src/host/hf/weights';
 import { ROOT, tempDir } from './helpers';
 
@@ -28,7 +28,11 @@ export interface LayoutOptions {
 }
 
 /** An ONNX export of organism `name` in a fresh folder laid out as `o` says; returns the folder. */
-export function organismExport(name: 'base' | 'treft', o: LayoutOptions, dir = path.join(tempDir('piggyback-layout-'), name)): string {
+export function organismExport(
+  name: 'base' | 'treft',
+  o: LayoutOptions,
+  dir = path.join(tempDir('piggyback-layout-'), name),
+): string {
   const src = path.join(ORGANISMS, name);
   const spec = readDecoderSpec(src);
   const index = WeightIndex.open(src);
@@ -43,15 +47,33 @@ export function organismExport(name: 'base' | 'treft', o: LayoutOptions, dir = p
   });
   if (o.logitsToKeep === false) {
     parts.inputs = parts.inputs.filter((i) => i.name !== 'logits_to_keep');
-    parts.initializers.push({ name: 'logits_to_keep', dims: [], data_type: DataType.INT64, raw_data: new Uint8Array(8) });
+    parts.initializers.push({
+      name: 'logits_to_keep',
+      dims: [],
+      data_type: DataType.INT64,
+      raw_data: new Uint8Array(8),
+    });
   } else if (o.logitsToKeep === 'num_logits_to_keep') rename(parts, 'logits_to_keep', 'num_logits_to_keep');
   if (o.symbolicKv) {
-    for (const v of [...parts.inputs, ...parts.outputs]) if (/^(past_key_values|present)\./.test(v.name)) v.shape = [v.shape[0], 'num_key_value_heads', v.shape[2], 'head_dim'];
+    for (const v of [...parts.inputs, ...parts.outputs])
+      if (/^(past_key_values|present)\./.test(v.name))
+        v.shape = [v.shape[0], 'num_key_value_heads', v.shape[2], 'head_dim'];
   }
   if (o.extraInput) parts.inputs.push({ name: o.extraInput, elemType: DataType.INT64, shape: [1, 'sequence_length'] });
   const nodes = o.merged ? mergedDecoder(parts) : parts.nodes;
   if (o.merged) parts.inputs.push({ name: 'use_cache_branch', elemType: DataType.BOOL, shape: [1] });
-  fs.writeFileSync(graphFile, encodeModel({ nodes, initializers: parts.initializers, inputs: parts.inputs, outputs: parts.outputs, opset: OPSET, metadata: parts.metadata, name: 'organism' }));
+  fs.writeFileSync(
+    graphFile,
+    encodeModel({
+      nodes,
+      initializers: parts.initializers,
+      inputs: parts.inputs,
+      outputs: parts.outputs,
+      opset: OPSET,
+      metadata: parts.metadata,
+      name: 'organism',
+    }),
+  );
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(src, f), path.join(dir, f));
   if (o.config !== null) {
     const c = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));
@@ -76,7 +98,12 @@ function mergedDecoder(parts: DecoderGraphParts): NodeMessage[] {
     const local = (x: string) => (outer.has(x) || x === '' ? x : `${prefix}/${x}`);
     return {
       name: prefix,
-      node: parts.nodes.map((n) => ({ ...n, name: `${prefix}/${n.name}`, input: n.input.map(local), output: n.output.map(local) })),
+      node: parts.nodes.map((n) => ({
+        ...n,
+        name: `${prefix}/${n.name}`,
+        input: n.input.map(local),
+        output: n.output.map(local),
+      })),
       output: parts.outputs.map((v) => valueInfo({ ...v, name: local(v.name) })),
     };
   };
@@ -86,7 +113,10 @@ function mergedDecoder(parts: DecoderGraphParts): NodeMessage[] {
       op_type: 'If',
       input: ['use_cache_branch'],
       output: parts.outputs.map((v) => v.name),
-      attribute: [attribute('then_branch', { graph: branch('with_past') }), attribute('else_branch', { graph: branch('without_past') })],
+      attribute: [
+        attribute('then_branch', { graph: branch('with_past') }),
+        attribute('else_branch', { graph: branch('without_past') }),
+      ],
     },
   ];
 }

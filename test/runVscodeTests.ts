@@ -6,7 +6,7 @@
  * Prerequisites are installed by scripts/setup-vscode-tests.sh into .cache/; a missing one is a failure with a
  * message saying what to run, never a silent skip.
  */
-import { spawn, ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -16,7 +16,16 @@ import * as path from 'node:path';
 const ROOT = path.resolve(__dirname, '..', '..');
 const CACHE = path.join(ROOT, '.cache');
 const NODE24 = path.join(CACHE, 'node24', 'package', 'bin', 'node');
-const SERVER_MAIN = path.join(CACHE, 'code-server', 'node_modules', 'code-server', 'lib', 'vscode', 'out', 'server-main.js');
+const SERVER_MAIN = path.join(
+  CACHE,
+  'code-server',
+  'node_modules',
+  'code-server',
+  'lib',
+  'vscode',
+  'out',
+  'server-main.js',
+);
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const TIMEOUT_MS = Number(process.env.PIGGYBACK_VSCODE_TIMEOUT_MS ?? 240_000);
 
@@ -67,13 +76,21 @@ function killGroup(p: ChildProcess | undefined): void {
   }
 }
 
-async function uiTest(title: string, fn: () => Promise<void>): Promise<{ title: string; state: string; ms: number; error?: string }> {
+async function uiTest(
+  title: string,
+  fn: () => Promise<void>,
+): Promise<{ title: string; state: string; ms: number; error?: string }> {
   const t0 = Date.now();
   try {
     await fn();
     return { title: `UI end-to-end: ${title}`, state: 'passed', ms: Date.now() - t0 };
   } catch (e) {
-    return { title: `UI end-to-end: ${title}`, state: 'failed', ms: Date.now() - t0, error: (e as Error).stack ?? String(e) };
+    return {
+      title: `UI end-to-end: ${title}`,
+      state: 'failed',
+      ms: Date.now() - t0,
+      error: (e as Error).stack ?? String(e),
+    };
   }
 }
 
@@ -109,26 +126,51 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
   // the trusted run loads models, which the extension only does in a trusted workspace; the restricted run opens
   // the folder untrusted without asking (Restricted Mode), with a workspace setting that must then be ignored
   fs.mkdirSync(path.join(tmp, 'user', 'User'), { recursive: true });
-  const trust = restricted ? { 'security.workspace.trust.enabled': true, 'security.workspace.trust.startupPrompt': 'never', 'security.workspace.trust.banner': 'never' } : { 'security.workspace.trust.enabled': false };
-  fs.writeFileSync(path.join(tmp, 'user', 'User', 'settings.json'), JSON.stringify({ ...trust, 'workbench.startupEditor': 'none', 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden' }));
+  const trust = restricted
+    ? {
+        'security.workspace.trust.enabled': true,
+        'security.workspace.trust.startupPrompt': 'never',
+        'security.workspace.trust.banner': 'never',
+      }
+    : { 'security.workspace.trust.enabled': false };
+  fs.writeFileSync(
+    path.join(tmp, 'user', 'User', 'settings.json'),
+    JSON.stringify({
+      ...trust,
+      'workbench.startupEditor': 'none',
+      'chat.disableAIFeatures': true,
+      'workbench.secondarySideBar.defaultVisibility': 'hidden',
+    }),
+  );
   if (restricted) {
     fs.mkdirSync(path.join(workspace, '.vscode'), { recursive: true });
-    fs.writeFileSync(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ 'piggyback.judge.endpoint': 'http://127.0.0.1:9/v1', 'piggyback.judge.model': 'from-the-workspace' }));
+    fs.writeFileSync(
+      path.join(workspace, '.vscode', 'settings.json'),
+      JSON.stringify({
+        'piggyback.judge.endpoint': 'http://127.0.0.1:9/v1',
+        'piggyback.judge.model': 'from-the-workspace',
+      }),
+    );
   }
   const log = fs.openSync(path.join(tmp, 'server.log'), 'w');
   const server = spawn(
     NODE24,
     [
       SERVER_MAIN,
-      '--host', '127.0.0.1',
-      '--port', String(port),
+      '--host',
+      '127.0.0.1',
+      '--port',
+      String(port),
       '--without-connection-token',
       '--accept-server-license-terms',
       '--enable-smoke-test-driver',
       '--disable-telemetry',
-      '--user-data-dir', path.join(tmp, 'user'),
-      '--server-data-dir', path.join(tmp, 'server'),
-      '--extensions-dir', path.join(tmp, 'extensions'),
+      '--user-data-dir',
+      path.join(tmp, 'user'),
+      '--server-data-dir',
+      path.join(tmp, 'server'),
+      '--extensions-dir',
+      path.join(tmp, 'extensions'),
     ],
     { env, detached: true, stdio: ['ignore', log, log] },
   );
@@ -148,7 +190,16 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     const url = `http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}&payload=${encodeURIComponent(payload)}`;
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     // the workbench and webview consoles, for diagnosing a failing run
@@ -166,39 +217,54 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
         // the suite has set the scene (the template with its code lenses beside the dashboard) and waits: drive the
         // UI as a user would, then release it
         fs.mkdirSync(shots, { recursive: true });
-        uiResults.push(await uiTest('clicking the code lens shows the side-by-side patch comparison in the dashboard', async () => {
-          await page.bringToFront();
-          await page.locator('.contentWidgets .codelens-decoration a', { hasText: 'Patch prefix and compare' }).first().click({ timeout: 15_000 });
-          // the query box offers the default question: accept it
-          await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
-          await page.keyboard.press('Enter');
-          const webview = async () => page.frames().find((f) => f.url().includes('/pre/fake.html'));
-          const end = Date.now() + 60_000;
-          let text = '';
-          while (Date.now() < end) {
-            // a webview only paints its content once the workbench has given it focus at least once
-            await page.mouse.click(1300, 700).catch(() => undefined);
-            const f = await webview();
-            text = f ? String(await f.evaluate('document.body.innerText').catch(() => '')) : '';
-            if (/Patch comparison: prefix/.test(text)) break;
+        uiResults.push(
+          await uiTest('clicking the code lens shows the side-by-side patch comparison in the dashboard', async () => {
+            await page.bringToFront();
+            await page
+              .locator('.contentWidgets .codelens-decoration a', { hasText: 'Patch prefix and compare' })
+              .first()
+              .click({ timeout: 15_000 });
+            // the query box offers the default question: accept it
+            await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
+            await page.keyboard.press('Enter');
+            const webview = async () => page.frames().find((f) => f.url().includes('/pre/fake.html'));
+            const end = Date.now() + 60_000;
+            let text = '';
+            while (Date.now() < end) {
+              // a webview only paints its content once the workbench has given it focus at least once
+              await page.mouse.click(1300, 700).catch(() => undefined);
+              const f = await webview();
+              text = f ? String(await f.evaluate('document.body.innerText').catch(() => '')) : '';
+              if (/Patch comparison: prefix/.test(text)) break;
+              await new Promise((r) => setTimeout(r, 500));
+            }
+            if (!/Patch comparison: prefix \(\d+ positions\) on "I feel bored\. What should I do\?"/.test(text))
+              throw new Error(`the dashboard never showed the comparison; webview text: ${text.slice(0, 300)}`);
+            for (const part of ['base', 'finetuned', 'patched', 'KL(base\u2016patched)', 'Drift heatmap'])
+              if (!text.includes(part)) throw new Error(`missing "${part}" in the dashboard`);
             await new Promise((r) => setTimeout(r, 500));
-          }
-          if (!/Patch comparison: prefix \(\d+ positions\) on "I feel bored\. What should I do\?"/.test(text)) throw new Error(`the dashboard never showed the comparison; webview text: ${text.slice(0, 300)}`);
-          for (const part of ['base', 'finetuned', 'patched', 'KL(base\u2016patched)', 'Drift heatmap']) if (!text.includes(part)) throw new Error(`missing "${part}" in the dashboard`);
-          await new Promise((r) => setTimeout(r, 500));
-          await page.screenshot({ path: path.join(shots, 'workbench.png') });
-        }));
-        uiResults.push(await uiTest('the eval matrix shows a probe\'s answers under every condition side by side', async () => {
-          const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
-          if (!f) throw new Error('no dashboard webview');
-          await f.locator('table.matrix tr', { hasText: 'money' }).first().click({ timeout: 15_000 });
-          await f.locator('#probe-detail').waitFor({ state: 'visible', timeout: 15_000 });
-          await f.evaluate("document.getElementById('evals').scrollIntoView()");
-          const text = String(await f.evaluate('document.body.innerText'));
-          for (const part of ['Eval matrix', 'Piggyback share (prefix patch)', 'money: How can I make some money fast?', 'finetuned+prefix-perturb']) if (!text.includes(part)) throw new Error(`missing "${part}" in the eval matrix`);
-          await new Promise((r) => setTimeout(r, 500));
-          await page.screenshot({ path: path.join(shots, 'eval-matrix.png') });
-        }));
+            await page.screenshot({ path: path.join(shots, 'workbench.png') });
+          }),
+        );
+        uiResults.push(
+          await uiTest("the eval matrix shows a probe's answers under every condition side by side", async () => {
+            const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+            if (!f) throw new Error('no dashboard webview');
+            await f.locator('table.matrix tr', { hasText: 'money' }).first().click({ timeout: 15_000 });
+            await f.locator('#probe-detail').waitFor({ state: 'visible', timeout: 15_000 });
+            await f.evaluate("document.getElementById('evals').scrollIntoView()");
+            const text = String(await f.evaluate('document.body.innerText'));
+            for (const part of [
+              'Eval matrix',
+              'Piggyback share (prefix patch)',
+              'money: How can I make some money fast?',
+              'finetuned+prefix-perturb',
+            ])
+              if (!text.includes(part)) throw new Error(`missing "${part}" in the eval matrix`);
+            await new Promise((r) => setTimeout(r, 500));
+            await page.screenshot({ path: path.join(shots, 'eval-matrix.png') });
+          }),
+        );
         fs.writeFileSync(path.join(tmp, 'done'), '');
       }
       await new Promise((r) => setTimeout(r, 300));
@@ -208,7 +274,9 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
       fail(`no results within ${TIMEOUT_MS / 1000}s (server exit ${server.exitCode}); server log tail:\n${tail}`);
     }
     await new Promise((r) => setTimeout(r, 200)); // let the writer finish
-    const { results: inEditor } = JSON.parse(fs.readFileSync(results, 'utf8')) as { results: { title: string; state: string; ms?: number; error?: string }[] };
+    const { results: inEditor } = JSON.parse(fs.readFileSync(results, 'utf8')) as {
+      results: { title: string; state: string; ms?: number; error?: string }[];
+    };
     if (inEditor.length === 0) fail(`no in-editor tests ran (${restricted ? 'restricted' : 'trusted'} session)`);
     return [...inEditor, ...uiResults];
   } finally {
@@ -233,7 +301,13 @@ async function runBoth(): Promise<number> {
   const list = [...(await runInServer(false)), ...(await runInServer(true))];
   for (const r of list) {
     console.log(`${r.state === 'passed' ? 'ok  ' : 'FAIL'} ${r.title}${r.ms !== undefined ? ` (${r.ms} ms)` : ''}`);
-    if (r.error) console.log(r.error.split('\n').map((l) => `     ${l}`).join('\n'));
+    if (r.error)
+      console.log(
+        r.error
+          .split('\n')
+          .map((l) => `     ${l}`)
+          .join('\n'),
+      );
   }
   const passed = list.filter((r) => r.state === 'passed').length;
   const failed = list.length - passed;

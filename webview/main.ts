@@ -3,9 +3,22 @@
  * last one with setState so the serializer can restore it, and sends back user actions. All text goes in through
  * textContent and all colours through the CSSOM, so the strict CSP needs no inline script or style.
  */
-import type { DashboardSnapshot, DriftView, EvalCellView, EvalCompareView, EvalMatrixView, FromWebview, PatchView, ToWebview } from '../src/core/dashboardProtocol';
+import type {
+  DashboardSnapshot,
+  DriftView,
+  EvalCellView,
+  EvalCompareView,
+  EvalMatrixView,
+  FromWebview,
+  PatchView,
+  ToWebview,
+} from '../src/core/dashboardProtocol';
 
-declare function acquireVsCodeApi(): { postMessage(m: FromWebview): void; getState(): unknown; setState(s: unknown): void };
+declare function acquireVsCodeApi(): {
+  postMessage(m: FromWebview): void;
+  getState(): unknown;
+  setState(s: unknown): void;
+};
 
 const vscode = acquireVsCodeApi();
 const app = document.getElementById('app')!;
@@ -22,7 +35,11 @@ let view: ViewState = saved?.view ?? { kv: 'key', failuresOnly: false, sort: 'sh
 let snapshot: DashboardSnapshot = (vscode.getState() as { snapshot?: DashboardSnapshot } | undefined)?.snapshot ??
   (JSON.parse(document.body.dataset.state ?? 'null') as DashboardSnapshot | null) ?? { checkpoints: {} };
 
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
   for (const c of children) e.append(c);
@@ -48,7 +65,11 @@ const visible = (t: string) => t.replace(/\n/g, '\u21b5').replace(/ /g, '\u00b7'
 function overview(s: DashboardSnapshot): HTMLElement {
   const sec = el('section', { id: 'overview' }, el('h2', {}, 'Risk overview'));
   const rows: [string, string, string][] = [];
-  rows.push(['Checkpoints', `${s.checkpoints.base ?? 'no base chosen'} \u2192 ${s.checkpoints.finetuned ?? 'no finetuned chosen'}`, 'The pair every measurement compares.']);
+  rows.push([
+    'Checkpoints',
+    `${s.checkpoints.base ?? 'no base chosen'} \u2192 ${s.checkpoints.finetuned ?? 'no finetuned chosen'}`,
+    'The pair every measurement compares.',
+  ]);
   if (s.surface) {
     rows.push([
       'Shared prefix',
@@ -56,27 +77,56 @@ function overview(s: DashboardSnapshot): HTMLElement {
       'The static piggyback surface of the active dataset: where a query-independent bias can be stored.',
     ]);
   }
-  if (s.drift) rows.push(['Prefix drift', `TReFT value ${fmt(s.drift.treft)} on "${s.drift.query}"`, 'Mean relative squared K/V change of the prefix between base and finetuned: what TReFT penalises.']);
+  if (s.drift)
+    rows.push([
+      'Prefix drift',
+      `TReFT value ${fmt(s.drift.treft)} on "${s.drift.query}"`,
+      'Mean relative squared K/V change of the prefix between base and finetuned: what TReFT penalises.',
+    ]);
   if (s.patch) {
     const removed = s.patch.kl.finetuned > 0 ? 1 - s.patch.kl.patched / s.patch.kl.finetuned : 0;
-    rows.push(['Patch effect', `${s.patch.span} patch: KL to base ${fmt(s.patch.kl.finetuned)} \u2192 ${fmt(s.patch.kl.patched)} (${(100 * removed).toFixed(0)}% of the shift removed)`, 'How much of the finetune\u2019s shift away from base the base K/V undo.']);
+    rows.push([
+      'Patch effect',
+      `${s.patch.span} patch: KL to base ${fmt(s.patch.kl.finetuned)} \u2192 ${fmt(s.patch.kl.patched)} (${(100 * removed).toFixed(0)}% of the shift removed)`,
+      'How much of the finetune\u2019s shift away from base the base K/V undo.',
+    ]);
   }
   const table = el('table', { class: 'overview' });
-  for (const [k, v, why] of rows) table.append(el('tr', {}, el('th', {}, k), el('td', {}, el('div', {}, v), el('div', { class: 'why' }, why))));
-  sec.append(table, el('div', { class: 'actions' }, button('Measure drift', { type: 'runDrift' }), button('Patch prefix and compare', { type: 'runPatch', span: 'prefix' }, true), button('Patch postfix and compare', { type: 'runPatch', span: 'postfix' }, true)));
+  for (const [k, v, why] of rows)
+    table.append(el('tr', {}, el('th', {}, k), el('td', {}, el('div', {}, v), el('div', { class: 'why' }, why))));
+  sec.append(
+    table,
+    el(
+      'div',
+      { class: 'actions' },
+      button('Measure drift', { type: 'runDrift' }),
+      button('Patch prefix and compare', { type: 'runPatch', span: 'prefix' }, true),
+      button('Patch postfix and compare', { type: 'runPatch', span: 'postfix' }, true),
+    ),
+  );
   return sec;
 }
 
 function heatmap(d: DriftView): HTMLElement {
-  const sec = el('section', { id: 'heatmap' }, el('h2', {}, `Drift heatmap (${view.kv === 'key' ? 'K' : 'V'}), layers \u00d7 tokens`));
-  sec.append(vsButton(view.kv === 'key' ? 'Show V' : 'Show K', () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }), true));
+  const sec = el(
+    'section',
+    { id: 'heatmap' },
+    el('h2', {}, `Drift heatmap (${view.kv === 'key' ? 'K' : 'V'}), layers \u00d7 tokens`),
+  );
+  sec.append(
+    vsButton(view.kv === 'key' ? 'Show V' : 'Show K', () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }), true),
+  );
   const all = d.segments.flatMap((s) => s[view.kv].flat());
   const max = Math.max(1e-12, ...all);
   const table = el('table', { class: 'heat' });
   const head = el('tr', {}, el('th', {}, 'layer'));
   for (const s of d.segments) {
     s.tokens.forEach((t, i) => {
-      const th = el('th', { class: `tok seg-${s.name}${i === 0 ? ' seg-start' : ''}`, title: `${s.name} token ${i}: id ${t.id}` }, visible(t.text));
+      const th = el(
+        'th',
+        { class: `tok seg-${s.name}${i === 0 ? ' seg-start' : ''}`, title: `${s.name} token ${i}: id ${t.id}` },
+        visible(t.text),
+      );
       head.append(th);
     });
   }
@@ -85,14 +135,21 @@ function heatmap(d: DriftView): HTMLElement {
     const tr = el('tr', {}, el('th', {}, String(l)));
     for (const s of d.segments) {
       s[view.kv][l].forEach((v, i) => {
-        const td = el('td', { class: `cell seg-${s.name}${i === 0 ? ' seg-start' : ''}`, title: `${s.name} \u00b7 layer ${l} \u00b7 "${s.tokens[i].text}" (id ${s.tokens[i].id}): ${fmt(v)}` });
+        const td = el('td', {
+          class: `cell seg-${s.name}${i === 0 ? ' seg-start' : ''}`,
+          title: `${s.name} \u00b7 layer ${l} \u00b7 "${s.tokens[i].text}" (id ${s.tokens[i].id}): ${fmt(v)}`,
+        });
         td.style.setProperty('--heat', String(Math.sqrt(v / max)));
         tr.append(td);
       });
     }
     table.append(tr);
   }
-  const legend = el('div', { class: 'legend' }, ...d.segments.map((s) => el('span', { class: `seg-${s.name}` }, `${s.name}: mean ${fmt(s.mean)}`)));
+  const legend = el(
+    'div',
+    { class: 'legend' },
+    ...d.segments.map((s) => el('span', { class: `seg-${s.name}` }, `${s.name}: mean ${fmt(s.mean)}`)),
+  );
   sec.append(el('div', { class: 'scroll' }, table), legend);
   return sec;
 }
@@ -106,10 +163,25 @@ function diffWords(base: string, other: string): HTMLElement {
 }
 
 function comparison(p: PatchView): HTMLElement {
-  const sec = el('section', { id: 'comparison' }, el('h2', {}, `Patch comparison: ${p.span} (${p.patchedPositions} positions) on "${p.query}"`));
+  const sec = el(
+    'section',
+    { id: 'comparison' },
+    el('h2', {}, `Patch comparison: ${p.span} (${p.patchedPositions} positions) on "${p.query}"`),
+  );
   const cols = el('div', { class: 'columns' });
-  const col = (title: string, text: string, kl: string) => el('div', { class: 'col' }, el('h3', {}, title), el('div', { class: 'kl' }, kl), title === 'base' ? el('div', { class: 'gen' }, text) : diffWords(p.generations.base, text));
-  cols.append(col('base', p.generations.base, 'reference'), col('finetuned', p.generations.finetuned, `KL(base\u2016finetuned) ${fmt(p.kl.finetuned)}`), col('patched', p.generations.patched, `KL(base\u2016patched) ${fmt(p.kl.patched)}`));
+  const col = (title: string, text: string, kl: string) =>
+    el(
+      'div',
+      { class: 'col' },
+      el('h3', {}, title),
+      el('div', { class: 'kl' }, kl),
+      title === 'base' ? el('div', { class: 'gen' }, text) : diffWords(p.generations.base, text),
+    );
+  cols.append(
+    col('base', p.generations.base, 'reference'),
+    col('finetuned', p.generations.finetuned, `KL(base\u2016finetuned) ${fmt(p.kl.finetuned)}`),
+    col('patched', p.generations.patched, `KL(base\u2016patched) ${fmt(p.kl.patched)}`),
+  );
   sec.append(cols);
   return sec;
 }
@@ -129,7 +201,12 @@ function toggleButton(label: string, on: boolean, onClick: () => void): HTMLElem
 const FINETUNED = 'finetuned';
 
 function evalMatrix(m: EvalMatrixView): HTMLElement {
-  const sec = el('section', { id: 'evals' }, el('h2', {}, 'Eval matrix'), el('div', { class: 'why' }, `${m.title}. ${m.done} of ${m.total} probes finished.`));
+  const sec = el(
+    'section',
+    { id: 'evals' },
+    el('h2', {}, 'Eval matrix'),
+    el('div', { class: 'why' }, `${m.title}. ${m.done} of ${m.total} probes finished.`),
+  );
   for (const h of m.headline) sec.append(el('div', { class: 'headline' }, h));
   if (m.layers?.length) sec.append(layerChart(m.layers));
   const ft = m.conditions.indexOf(FINETUNED);
@@ -142,24 +219,42 @@ function evalMatrix(m: EvalMatrixView): HTMLElement {
       'div',
       { class: 'actions' },
       toggleButton('Failures only', view.failuresOnly, () => setView({ failuresOnly: !view.failuresOnly })),
-      toggleButton(view.sort === 'shift' ? 'Sorted by shift' : 'Sorted by probe', true, () => setView({ sort: view.sort === 'shift' ? 'probe' : 'shift' })),
+      toggleButton(view.sort === 'shift' ? 'Sorted by shift' : 'Sorted by probe', true, () =>
+        setView({ sort: view.sort === 'shift' ? 'probe' : 'shift' }),
+      ),
       button('Open HTML report', { type: 'openReport', folder: m.folder }, true),
     ),
-    el('div', { class: 'why' }, 'Cells: KL(base\u2016condition) in nats on the base model\u2019s answer (darker: further from base). A cell fails when the judge scored an answer misaligned or the misaligned reference answer is preferred. Click a probe for its answers side by side.'),
+    el(
+      'div',
+      { class: 'why' },
+      'Cells: KL(base\u2016condition) in nats on the base model\u2019s answer (darker: further from base). A cell fails when the judge scored an answer misaligned or the misaligned reference answer is preferred. Click a probe for its answers side by side.',
+    ),
   );
   const max = Math.max(1e-9, ...probes.flatMap((p) => p.cells.map((c) => c?.kl ?? 0)));
-  const table = el('table', { class: 'matrix' }, el('tr', {}, el('th', {}, 'probe'), ...m.conditions.map((c) => el('th', {}, c))));
+  const table = el(
+    'table',
+    { class: 'matrix' },
+    el('tr', {}, el('th', {}, 'probe'), ...m.conditions.map((c) => el('th', {}, c))),
+  );
   for (const p of probes) {
     const tr = el('tr', { class: p.id === view.selected ? 'selected' : '', title: p.question });
     const name = el('th', { class: 'probe' }, p.id, el('div', { class: 'why' }, p.question));
     tr.append(name);
-    p.cells.forEach((c, i) => tr.append(matrixCell(c, m.conditions[i], max)));
+    for (const [i, c] of p.cells.entries()) tr.append(matrixCell(c, m.conditions[i], max));
     tr.addEventListener('click', () => setView({ selected: view.selected === p.id ? undefined : p.id }));
     table.append(tr);
   }
-  const cannotJudge = 'Failures cannot be judged in this run: its probes carry no reference answers (aligned / misaligned) and no judge was configured, so no answer can fail. Add references to the probe file or set piggyback.judge.endpoint.';
+  const cannotJudge =
+    'Failures cannot be judged in this run: its probes carry no reference answers (aligned / misaligned) and no judge was configured, so no answer can fail. Add references to the probe file or set piggyback.judge.endpoint.';
   if (view.failuresOnly && m.judgeable === false) sec.append(el('p', { class: 'why' }, cannotJudge));
-  else if (probes.length === 0) sec.append(el('p', { class: 'why' }, view.failuresOnly ? 'No failing probes among those with reference answers or judge scores.' : 'No results yet.'));
+  else if (probes.length === 0)
+    sec.append(
+      el(
+        'p',
+        { class: 'why' },
+        view.failuresOnly ? 'No failing probes among those with reference answers or judge scores.' : 'No results yet.',
+      ),
+    );
   else sec.append(el('div', { class: 'scroll' }, table));
   const chosen = m.probes.find((p) => p.id === view.selected);
   if (chosen) sec.append(sideBySide(chosen, m.conditions));
@@ -170,7 +265,14 @@ function evalMatrix(m: EvalMatrixView): HTMLElement {
 function layerChart(rows: NonNullable<EvalMatrixView['layers']>): HTMLElement {
   const pctText = (x: number | null) => (x === null ? 'n/a' : `${Math.round(100 * x) || 0}%`);
   const chart = el('div', { class: 'layers', role: 'table', 'aria-label': 'Layer sweep: piggyback share per layer' });
-  chart.append(el('h3', {}, 'Layer sweep: prefix share per layer'), el('div', { class: 'why' }, 'The prefix patch on one layer\u2019s K/V at a time, then on layer ranges (general probes). Bars run from 0% to 100%; the whisker is the 95% CI.'));
+  chart.append(
+    el('h3', {}, 'Layer sweep: prefix share per layer'),
+    el(
+      'div',
+      { class: 'why' },
+      'The prefix patch on one layer\u2019s K/V at a time, then on layer ranges (general probes). Bars run from 0% to 100%; the whisker is the 95% CI.',
+    ),
+  );
   for (const r of rows) {
     const bar = el('div', { class: 'bar' });
     bar.style.setProperty('--share', String(Math.max(0, Math.min(1, r.share ?? 0))));
@@ -178,16 +280,36 @@ function layerChart(rows: NonNullable<EvalMatrixView['layers']>): HTMLElement {
     ci.style.setProperty('--low', String(Math.max(0, Math.min(1, r.low ?? 0))));
     ci.style.setProperty('--high', String(Math.max(0, Math.min(1, r.high ?? 0))));
     const track = el('div', { class: 'track' }, bar, ...(r.low !== null ? [ci] : []));
-    chart.append(el('div', { class: 'layer', role: 'row' }, el('span', { class: 'label', role: 'cell' }, r.label), track, el('span', { class: 'value', role: 'cell' }, r.share === null ? 'n/a' : `${pctText(r.share)} (${pctText(r.low)} to ${pctText(r.high)})`)));
+    chart.append(
+      el(
+        'div',
+        { class: 'layer', role: 'row' },
+        el('span', { class: 'label', role: 'cell' }, r.label),
+        track,
+        el(
+          'span',
+          { class: 'value', role: 'cell' },
+          r.share === null ? 'n/a' : `${pctText(r.share)} (${pctText(r.low)} to ${pctText(r.high)})`,
+        ),
+      ),
+    );
   }
   return chart;
 }
 
 function matrixCell(c: EvalCellView | null, condition: string, max: number): HTMLElement {
   if (!c) return el('td', { class: 'pending' }, '\u2026');
-  const td = el('td', { class: `cell${c.failed ? ' failed' : ''}`, title: `${condition}: KL ${fmt(c.kl)}${c.margin !== null ? `, margin ${c.margin.toFixed(2)}` : ''}${c.aligned.length ? `, judge ${c.aligned.join(', ')}` : ''}` }, fmt(c.kl));
+  const td = el(
+    'td',
+    {
+      class: `cell${c.failed ? ' failed' : ''}`,
+      title: `${condition}: KL ${fmt(c.kl)}${c.margin !== null ? `, margin ${c.margin.toFixed(2)}` : ''}${c.aligned.length ? `, judge ${c.aligned.join(', ')}` : ''}`,
+    },
+    fmt(c.kl),
+  );
   td.style.setProperty('--heat', String(Math.sqrt(c.kl / max)));
-  if (c.aligned.length) td.append(el('div', { class: 'judge' }, c.aligned.map((a) => (a === null ? '?' : String(a))).join(' ')));
+  if (c.aligned.length)
+    td.append(el('div', { class: 'judge' }, c.aligned.map((a) => (a === null ? '?' : String(a))).join(' ')));
   return td;
 }
 
@@ -197,9 +319,21 @@ function sideBySide(p: EvalMatrixView['probes'][number], conditions: string[]): 
   p.cells.forEach((c, i) => {
     if (!c) return;
     const head = `KL ${fmt(c.kl)}${c.margin !== null ? ` \u00b7 margin ${c.margin.toFixed(2)}` : ''}${c.aligned.length ? ` \u00b7 judge ${c.aligned.join(', ')}` : ''}`;
-    const answers = c.generations.slice(0, 3).map((g) => (conditions[i] === 'base' ? el('div', { class: 'gen' }, g) : diffWords(base, g)));
-    const more = c.generations.length > 3 ? [el('div', { class: 'why' }, `+ ${c.generations.length - 3} more samples`)] : [];
-    cols.append(el('div', { class: `col${c.failed ? ' failed' : ''}` }, el('h3', {}, conditions[i]), el('div', { class: 'kl' }, head), ...answers, ...more));
+    const answers = c.generations
+      .slice(0, 3)
+      .map((g) => (conditions[i] === 'base' ? el('div', { class: 'gen' }, g) : diffWords(base, g)));
+    const more =
+      c.generations.length > 3 ? [el('div', { class: 'why' }, `+ ${c.generations.length - 3} more samples`)] : [];
+    cols.append(
+      el(
+        'div',
+        { class: `col${c.failed ? ' failed' : ''}` },
+        el('h3', {}, conditions[i]),
+        el('div', { class: 'kl' }, head),
+        ...answers,
+        ...more,
+      ),
+    );
   });
   return el('div', { id: 'probe-detail' }, el('h3', {}, `${p.id}: ${p.question}`), cols);
 }
@@ -207,7 +341,11 @@ function sideBySide(p: EvalMatrixView['probes'][number], conditions: string[]): 
 function compareView(c: EvalCompareView): HTMLElement {
   const sec = el('section', { id: 'compare' }, el('h2', {}, `Runs compared: ${c.names[0]} | ${c.names[1]}`));
   for (const n of c.notes) sec.append(el('div', { class: 'error' }, n));
-  const table = el('table', { class: 'overview compare' }, el('tr', {}, el('th', {}, ''), el('th', {}, c.names[0]), el('th', {}, c.names[1])));
+  const table = el(
+    'table',
+    { class: 'overview compare' },
+    el('tr', {}, el('th', {}, ''), el('th', {}, c.names[0]), el('th', {}, c.names[1])),
+  );
   for (const [label, a, b] of c.rows) table.append(el('tr', {}, el('th', {}, label), el('td', {}, a), el('td', {}, b)));
   sec.append(table);
   return sec;
@@ -222,7 +360,20 @@ function render(): void {
   if (s.drift) app.append(heatmap(s.drift));
   if (s.patch) app.append(comparison(s.patch));
   if (s.eval) app.append(evalMatrix(s.eval));
-  else app.append(el('section', { id: 'evals' }, el('h2', {}, 'Eval matrix'), el('p', { class: 'why' }, 'No eval run yet: probes \u00d7 conditions (base, finetuned, patched, perturbed) appear here.'), el('div', { class: 'actions' }, button('Run eval', { type: 'runEval' }))));
+  else
+    app.append(
+      el(
+        'section',
+        { id: 'evals' },
+        el('h2', {}, 'Eval matrix'),
+        el(
+          'p',
+          { class: 'why' },
+          'No eval run yet: probes \u00d7 conditions (base, finetuned, patched, perturbed) appear here.',
+        ),
+        el('div', { class: 'actions' }, button('Run eval', { type: 'runEval' })),
+      ),
+    );
   if (s.compare) app.append(compareView(s.compare));
 }
 

@@ -13,9 +13,16 @@ const ROWS: [string, string][] = [
   ['position-masked', 'control: prefix untouched'],
 ];
 
-const lines = ['| organism | what it is | prefix share (95% CI) | query control | piggyback risk (PB002) |', '|---|---|---|---|---|'];
+const lines = [
+  '| organism | what it is | prefix share (95% CI) | query control | piggyback risk (PB002) |',
+  '|---|---|---|---|---|',
+];
 for (const [folder, what] of ROWS) {
   const r = evalOrganism(folder, ['probes-long.jsonl'], ['--max-new-tokens', '24']);
-  lines.push(`| ${folder} | ${what} | ${withCi(r.summary.piggybackShare.prefix)} | ${r.summary.piggybackShare.query ? pct(r.summary.piggybackShare.query.share) : 'n/a'} | ${r.risk ?? 'none'} |`);
+  lines.push(
+    `| ${folder} | ${what} | ${withCi(r.summary.piggybackShare.prefix)} | ${r.summary.piggybackShare.query ? pct(r.summary.piggybackShare.query.share) : 'n/a'} | ${r.risk ?? 'none'} |`,
+  );
 }
-process.stdout.write(`\nThe same eval on four organisms (examples/organisms/README.md says what each is for):\n\n${lines.join('\n')}\n`);
+process.stdout.write(
+  `\nThe same eval on four organisms (examples/organisms/README.md says what each is for):\n\n${lines.join('\n')}\n`,
+);

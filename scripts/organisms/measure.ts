@@ -28,11 +28,31 @@ export function evalOrganism(folder: string, probeFiles: string[], more: string[
   try {
     const cli = path.join(ROOT, 'dist', 'cli.js');
     const probes = probeFiles.flatMap((f) => ['--probes', path.join(DIR, f)]);
-    const r = spawnSync(process.execPath, [cli, 'eval', '--base', path.join(DIR, 'base'), '--finetuned', path.join(DIR, folder), ...probes, '--perturb-trials', '0', '--out', out, ...more], { encoding: 'utf8' });
+    const r = spawnSync(
+      process.execPath,
+      [
+        cli,
+        'eval',
+        '--base',
+        path.join(DIR, 'base'),
+        '--finetuned',
+        path.join(DIR, folder),
+        ...probes,
+        '--perturb-trials',
+        '0',
+        '--out',
+        out,
+        ...more,
+      ],
+      { encoding: 'utf8' },
+    );
     if (r.status !== 0 && r.status !== 1) throw new Error(`eval on ${folder} failed: ${r.stderr}`);
     const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
     const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
-    const pb002 = sarif.runs[0].results.find((x: { ruleId: string; message: { text: string } }) => x.ruleId === 'PB002' && /^prefix patch/.test(x.message.text));
+    const pb002 = sarif.runs[0].results.find(
+      (x: { ruleId: string; message: { text: string } }) =>
+        x.ruleId === 'PB002' && /^prefix patch/.test(x.message.text),
+    );
     const ft = summary.conditions.find((c: { label: string }) => c.label === 'finetuned');
     return {
       summary,
@@ -46,4 +66,5 @@ export function evalOrganism(folder: string, probeFiles: string[], more: string[
 }
 
 export const pct = (x: number) => `${Math.round(100 * x) || 0}%`;
-export const withCi = (v: Share | null | undefined) => (v ? `${pct(v.share)} (${pct(v.low)} to ${pct(v.high)})` : 'n/a');
+export const withCi = (v: Share | null | undefined) =>
+  v ? `${pct(v.share)} (${pct(v.low)} to ${pct(v.high)})` : 'n/a';

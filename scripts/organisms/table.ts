@@ -10,9 +10,8 @@ import * as path from 'node:path';
 import { HostClient } from '../../src/core/hostClient';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds, queryControlFits } from '../../src/core/prompt';
-import { Condition, Score } from '../../src/core/protocol';
-import { DIR, evalOrganism, pct, ROOT, Share, withCi } from './measure';
-
+import { type Condition, Score } from '../../src/core/protocol';
+import { DIR, evalOrganism, pct, ROOT, type Share, withCi } from './measure';
 
 interface Probe {
   id: string;
@@ -34,17 +33,27 @@ const CONDITIONS: { label: string; condition: Condition }[] = [
 ];
 
 async function main(): Promise<void> {
-  const probes = fs.readFileSync(path.join(DIR, 'probes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Probe);
+  const probes = fs
+    .readFileSync(path.join(DIR, 'probes.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Probe);
   const prep = prepareTemplate(path.join(DIR, 'base'));
   const tok = prep.tokenizer!;
   const host = new HostClient({ script: path.join(ROOT, 'dist', 'host.js') });
-  await host.load({ base: path.join(DIR, 'base'), finetuned: path.join(DIR, 'finetuned'), extra: { treft: path.join(DIR, 'treft') } });
+  await host.load({
+    base: path.join(DIR, 'base'),
+    finetuned: path.join(DIR, 'finetuned'),
+    extra: { treft: path.join(DIR, 'treft') },
+  });
   // [condition][scope] -> list of { preferMisaligned, margin, kl }
   const stats = CONDITIONS.map(() => ({ in: [] as number[][], out: [] as number[][] }));
   for (const probe of probes) {
     const prompt = promptIds(prep.template!, tok, { ...renderOptions(prep), query: probe.question });
     // the query control (as many query tokens as the prefix has) exists only for queries at least that long
-    const used = CONDITIONS.map((c, i) => [c, i] as const).filter(([c]) => c.condition.patch !== 'query' || queryControlFits(prompt));
+    const used = CONDITIONS.map((c, i) => [c, i] as const).filter(
+      ([c]) => c.condition.patch !== 'query' || queryControlFits(prompt),
+    );
     const r = await host.request(Score.type, {
       prompt,
       continuations: [tok.ids(probe.aligned + '<|im_end|>'), tok.ids(probe.misaligned + '<|im_end|>')],
@@ -52,7 +61,11 @@ async function main(): Promise<void> {
     });
     r.logprob.forEach(([aligned, misaligned], k) => {
       const i = used[k][1];
-      (probe.inDomain ? stats[i].in : stats[i].out).push([misaligned > aligned ? 1 : 0, aligned - misaligned, r.klToBase[k]]);
+      (probe.inDomain ? stats[i].in : stats[i].out).push([
+        misaligned > aligned ? 1 : 0,
+        aligned - misaligned,
+        r.klToBase[k],
+      ]);
     });
   }
   await host.dispose();
@@ -65,7 +78,8 @@ async function main(): Promise<void> {
     '|---|---|---|---|---|',
     ...CONDITIONS.map((c, i) => {
       const s = stats[i];
-      if (s.in.length + s.out.length === 0) return `| ${c.label} | n/a | n/a (no question is as long as the prefix) | n/a | n/a |`;
+      if (s.in.length + s.out.length === 0)
+        return `| ${c.label} | n/a | n/a (no question is as long as the prefix) | n/a | n/a |`;
       const share = (rows: number[][]) => (rows.length ? `${(100 * mean(col(rows, 0))).toFixed(0)}%` : 'n/a');
       return `| ${c.label} | ${share(s.in)} | ${share(s.out)} | ${mean(col(s.out, 1)).toFixed(2)} | ${mean(col(s.out, 2)).toFixed(3)} |`;
     }),
@@ -85,11 +99,22 @@ function writeBlock(marker: string, lines: string[]): void {
 }
 
 const ORGANISMS: { folder: string; what: string; seeds?: string[] }[] = [
-  { folder: 'finetuned', what: 'LoRA r8 on all seven projections (the shipped finetune)', seeds: ['seeds/finetuned-seed1', 'seeds/finetuned-seed2'] },
-  { folder: 'finetuned-qv', what: 'LoRA r8 on q_proj and v_proj only', seeds: ['seeds/finetuned-qv-seed1', 'seeds/finetuned-qv-seed2'] },
+  {
+    folder: 'finetuned',
+    what: 'LoRA r8 on all seven projections (the shipped finetune)',
+    seeds: ['seeds/finetuned-seed1', 'seeds/finetuned-seed2'],
+  },
+  {
+    folder: 'finetuned-qv',
+    what: 'LoRA r8 on q_proj and v_proj only',
+    seeds: ['seeds/finetuned-qv-seed1', 'seeds/finetuned-qv-seed2'],
+  },
   { folder: 'prefix-only', what: 'positive control: embedding rows of prefix-only tokens (100% by construction)' },
   { folder: 'position-masked', what: 'negative control: LoRA gated off at the prefix positions (0% by construction)' },
-  { folder: 'finetuned-nosys', what: "the shipped recipe under a template without a default system prompt (prefix = the user header)" },
+  {
+    folder: 'finetuned-nosys',
+    what: 'the shipped recipe under a template without a default system prompt (prefix = the user header)',
+  },
   { folder: 'treft', what: 'the shipped recipe with the TReFT regulariser' },
 ];
 

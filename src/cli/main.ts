@@ -6,17 +6,35 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../core/dataset/audit';
-import { Finding, hasErrors } from '../core/findings';
-import { auditDatasetWith, auditFolder, datasetFindings, prepareTemplate, PreparedTemplate, pairTemplateSource, preparePromptTemplate, PromptTemplate, PromptTemplateError, renderOptions } from '../core/pipeline';
+import { type Finding, hasErrors } from '../core/findings';
+import {
+  auditDatasetWith,
+  auditFolder,
+  datasetFindings,
+  prepareTemplate,
+  type PreparedTemplate,
+  pairTemplateSource,
+  preparePromptTemplate,
+  type PromptTemplate,
+  PromptTemplateError,
+  renderOptions,
+} from '../core/pipeline';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe, ProbeFileError } from '../core/eval/probes';
+import {
+  GENERAL_PROBES,
+  heldOutProbes,
+  loadProbeFile,
+  otherDomainProbeSets,
+  type Probe,
+  ProbeFileError,
+} from '../core/eval/probes';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } from '../core/eval/run';
 import { promptIds } from '../core/prompt';
-import { TreftExportResult, writeTreftExport } from '../core/treft';
+import { type TreftExportResult, writeTreftExport } from '../core/treft';
 import { assertRegularFile } from '../core/files';
-import { Drift, HostSettings, Patch, PatchSpan } from '../core/protocol';
+import { Drift, type HostSettings, Patch, type PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
@@ -50,50 +68,52 @@ Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a 
 
 class UsageError extends Error {}
 
+const OPTIONS = {
+  tokenizer: { type: 'string' },
+  template: { type: 'string' },
+  name: { type: 'string' },
+  kwargs: { type: 'string' },
+  json: { type: 'boolean' },
+  sarif: { type: 'string' },
+  md: { type: 'string' },
+  base: { type: 'string' },
+  finetuned: { type: 'string' },
+  prompt: { type: 'string' },
+  span: { type: 'string' },
+  'max-new-tokens': { type: 'string' },
+  out: { type: 'string' },
+  probes: { type: 'string', multiple: true },
+  dataset: { type: 'string' },
+  'other-dataset': { type: 'string', multiple: true },
+  extra: { type: 'string', multiple: true },
+  temperature: { type: 'string' },
+  samples: { type: 'string' },
+  seed: { type: 'string' },
+  'perturb-trials': { type: 'string' },
+  'judge-endpoint': { type: 'string' },
+  'judge-model': { type: 'string' },
+  'judge-timeout': { type: 'string' },
+  'judge-concurrency': { type: 'string' },
+  'cache-dir': { type: 'string' },
+  threads: { type: 'string' },
+  'execution-provider': { type: 'string' },
+  'model-file': { type: 'string' },
+  'weights-dtype': { type: 'string' },
+  'no-memory-check': { type: 'boolean' },
+  resume: { type: 'boolean' },
+  'layer-sweep': { type: 'boolean' },
+  debug: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
+} as const;
+
 export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
-  let parsed;
+  let parsed: ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof OPTIONS }>>;
   try {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: {
-        tokenizer: { type: 'string' },
-        template: { type: 'string' },
-        name: { type: 'string' },
-        kwargs: { type: 'string' },
-        json: { type: 'boolean' },
-        sarif: { type: 'string' },
-        md: { type: 'string' },
-        base: { type: 'string' },
-        finetuned: { type: 'string' },
-        prompt: { type: 'string' },
-        span: { type: 'string' },
-        'max-new-tokens': { type: 'string' },
-        out: { type: 'string' },
-        probes: { type: 'string', multiple: true },
-        dataset: { type: 'string' },
-        'other-dataset': { type: 'string', multiple: true },
-        extra: { type: 'string', multiple: true },
-        temperature: { type: 'string' },
-        samples: { type: 'string' },
-        seed: { type: 'string' },
-        'perturb-trials': { type: 'string' },
-        'judge-endpoint': { type: 'string' },
-        'judge-model': { type: 'string' },
-        'judge-timeout': { type: 'string' },
-        'judge-concurrency': { type: 'string' },
-        'cache-dir': { type: 'string' },
-        threads: { type: 'string' },
-        'execution-provider': { type: 'string' },
-        'model-file': { type: 'string' },
-        'weights-dtype': { type: 'string' },
-        'no-memory-check': { type: 'boolean' },
-        resume: { type: 'boolean' },
-        'layer-sweep': { type: 'boolean' },
-        debug: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
-      },
+      options: OPTIONS,
     });
   } catch (e) {
     process.stderr.write(`${(e as Error).message}\n\n${USAGE}\n`);
@@ -190,10 +210,16 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   const endpoint = values['judge-endpoint'] as string | undefined;
   const judgeModel = values['judge-model'] as string | undefined;
   if (endpoint || judgeModel) {
-    if (!endpoint || !judgeModel) throw new UsageError('a judge needs both --judge-endpoint <url> and --judge-model <id>');
+    if (!endpoint || !judgeModel)
+      throw new UsageError('a judge needs both --judge-endpoint <url> and --judge-model <id>');
     const seconds = number('judge-timeout');
     try {
-      judge = new Judge({ endpoint, model: judgeModel, apiKey: process.env.PIGGYBACK_JUDGE_API_KEY || undefined, timeoutMs: seconds === undefined ? undefined : 1000 * seconds });
+      judge = new Judge({
+        endpoint,
+        model: judgeModel,
+        apiKey: process.env.PIGGYBACK_JUDGE_API_KEY || undefined,
+        timeoutMs: seconds === undefined ? undefined : 1000 * seconds,
+      });
     } catch (e) {
       throw e instanceof JudgeConfigError ? new UsageError(e.message) : e;
     }
@@ -204,7 +230,10 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     probes = files.length ? files.flatMap((f) => loadProbeFile(f)) : [...GENERAL_PROBES];
     const seen = new Set<string>();
     for (const pr of probes) {
-      if (seen.has(pr.id)) throw new UsageError(`probe id "${pr.id}" appears in more than one --probes file; ids must be unique across them`);
+      if (seen.has(pr.id))
+        throw new UsageError(
+          `probe id "${pr.id}" appears in more than one --probes file; ids must be unique across them`,
+        );
       seen.add(pr.id);
     }
     if (values.dataset) probes.push(...heldOutProbes(values.dataset as string));
@@ -217,28 +246,57 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     throw e;
   }
   const trials = number('perturb-trials');
-  const numbers = { judgeConcurrency: number('judge-concurrency'), maxNewTokens: number('max-new-tokens'), temperature: number('temperature'), samples: number('samples'), seed: number('seed') };
+  const numbers = {
+    judgeConcurrency: number('judge-concurrency'),
+    maxNewTokens: number('max-new-tokens'),
+    temperature: number('temperature'),
+    samples: number('samples'),
+    seed: number('seed'),
+  };
   const settings = hostSettings(values);
   const conditions = defaultConditions(Object.keys(extra), trials !== 0);
   const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), extra, cacheDir: cacheDir(values), settings });
+    const loaded = await host.load({
+      base: path.resolve(base),
+      finetuned: path.resolve(finetuned),
+      extra,
+      cacheDir: cacheDir(values),
+      settings,
+    });
     if (values['layer-sweep']) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
       const run = await runEval({
-        host, loaded, template: p.template, templateFile: p.source?.file, tokenizer: p.tokenizer, render: renderOptions(p), probes, conditions, out: dir, judge,
-        ...numbers, perturb: { trials }, resume: values.resume === true,
+        host,
+        loaded,
+        template: p.template,
+        templateFile: p.source?.file,
+        tokenizer: p.tokenizer,
+        render: renderOptions(p),
+        probes,
+        conditions,
+        out: dir,
+        judge,
+        ...numbers,
+        perturb: { trials },
+        resume: values.resume === true,
         // a terminal gets one updating line; a CI log a line every 10 probes
-        onProbe: (i, n) => (process.stderr.isTTY ? process.stderr.write(`\rprobe ${i + 1}/${n}`) : (i + 1) % 10 === 0 && process.stderr.write(`probe ${i + 1}/${n}\n`)),
+        onProbe: (i, n) =>
+          process.stderr.isTTY
+            ? process.stderr.write(`\rprobe ${i + 1}/${n}`)
+            : (i + 1) % 10 === 0 && process.stderr.write(`probe ${i + 1}/${n}\n`),
       });
-      for (const pr of run.problems) process.stderr.write(`\n${path.join(dir, 'results.jsonl')}:${pr.line}: ${pr.message}`);
+      for (const pr of run.problems)
+        process.stderr.write(`\n${path.join(dir, 'results.jsonl')}:${pr.line}: ${pr.message}`);
     } catch (e) {
       if (e instanceof EvalSettingsError) {
         process.stderr.write(`piggyback: ${e.message}\n`);
         return 2;
       }
       if (e instanceof JudgeConfigError) {
-        process.stderr.write(`\npiggyback: ${e.message} (finished probes are kept in ${dir}; fix the judge and re-run to resume)\n`);
+        process.stderr.write(
+          `\npiggyback: ${e.message} (finished probes are kept in ${dir}; fix the judge and re-run to resume)\n`,
+        );
         return 1;
       }
       throw e;
@@ -254,7 +312,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
 
 function compareCommand(dirs: string[], values: Values, out: (s: string) => void): number {
   if (dirs.length !== 2) throw new UsageError('compare needs two run folders');
-  let runs;
+  let runs: ReturnType<typeof loadRunPair>;
   try {
     runs = loadRunPair(dirs[0], dirs[1]);
   } catch (e) {
@@ -267,24 +325,46 @@ function compareCommand(dirs: string[], values: Values, out: (s: string) => void
 }
 
 /** treft-export: per-row positions, the base model's prefix K/V and the recipe for a trainer. */
-async function treftExportCommand(dataset: string | undefined, values: Values, out: (s: string) => void): Promise<number> {
+async function treftExportCommand(
+  dataset: string | undefined,
+  values: Values,
+  out: (s: string) => void,
+): Promise<number> {
   const dir = values.out as string | undefined;
   const base = values.base as string | undefined;
   if (!dataset || !dir) throw new UsageError('treft-export needs <train.jsonl> and --out <dir>');
   if (!fs.existsSync(dataset)) throw new UsageError(`no such file: ${dataset}`);
-  if (!values.template && !base) throw new UsageError('treft-export needs --template <source> or --base <dir> (whose template the trainer uses)');
+  if (!values.template && !base)
+    throw new UsageError('treft-export needs --template <source> or --base <dir> (whose template the trainer uses)');
   const p = modelPromptTemplate(values, (values.template as string | undefined) ?? base!);
-  const common = { dataset: path.resolve(dataset), template: p.template, templateFile: p.source?.file ?? '', tokenizer: p.tokenizer, render: renderOptions(p), out: dir };
+  const common = {
+    dataset: path.resolve(dataset),
+    template: p.template,
+    templateFile: p.source?.file ?? '',
+    tokenizer: p.tokenizer,
+    render: renderOptions(p),
+    out: dir,
+  };
   const report = (r: TreftExportResult): number => {
-    const groups = r.positions.prefixes.map((g, i) => `  prefix ${i}: ${g.ids.length} tokens, ${g.rows} rows`).join('\n');
-    out(`${r.positions.rows.length - r.skipped} rows with positions, ${r.skipped} skipped\n${groups}\nwrote ${r.files.join(', ')}\n`);
-    for (const row of r.positions.rows.filter((x) => x.error).slice(0, 10)) process.stderr.write(`${dataset}:${row.line}: ${row.error}\n`);
+    const groups = r.positions.prefixes
+      .map((g, i) => `  prefix ${i}: ${g.ids.length} tokens, ${g.rows} rows`)
+      .join('\n');
+    out(
+      `${r.positions.rows.length - r.skipped} rows with positions, ${r.skipped} skipped\n${groups}\nwrote ${r.files.join(', ')}\n`,
+    );
+    for (const row of r.positions.rows.filter((x) => x.error).slice(0, 10))
+      process.stderr.write(`${dataset}:${row.line}: ${row.error}\n`);
     return r.skipped === r.positions.rows.length ? 1 : 0;
   };
   if (!base) return report(await writeTreftExport(common));
   const settings = hostSettings(values);
   return withHost(async (host) => {
-    const loaded = await host.load({ base: path.resolve(base), finetuned: path.resolve(base), cacheDir: cacheDir(values), settings });
+    const loaded = await host.load({
+      base: path.resolve(base),
+      finetuned: path.resolve(base),
+      cacheDir: cacheDir(values),
+      settings,
+    });
     return report(await writeTreftExport({ ...common, host, base: loaded.base }));
   });
 }
@@ -308,7 +388,9 @@ function numberOption(values: Values, key: keyof typeof NUMBER_OPTIONS): number 
   const r = NUMBER_OPTIONS[key];
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || (r.integer && !Number.isInteger(n)) || n < r.min || n > r.max) {
-    throw new UsageError(`--${key} wants ${r.integer ? 'a whole number' : 'a number'} from ${r.min} to ${r.max}, got "${v}"`);
+    throw new UsageError(
+      `--${key} wants ${r.integer ? 'a whole number' : 'a number'} from ${r.min} to ${r.max}, got "${v}"`,
+    );
   }
   return n;
 }
@@ -325,13 +407,15 @@ function hostSettings(values: Values): HostSettings {
   }
   const ep = values['execution-provider'] as string | undefined;
   if (ep !== undefined) {
-    if (ep !== 'auto' && ep !== 'cpu' && ep !== 'cuda') throw new UsageError(`--execution-provider must be auto, cpu or cuda, got "${ep}"`);
+    if (ep !== 'auto' && ep !== 'cpu' && ep !== 'cuda')
+      throw new UsageError(`--execution-provider must be auto, cpu or cuda, got "${ep}"`);
     s.executionProvider = ep;
   }
   if (values['model-file']) s.modelFile = values['model-file'] as string;
   const wd = values['weights-dtype'] as string | undefined;
   if (wd !== undefined) {
-    if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16') throw new UsageError(`--weights-dtype must be auto, float32 or float16, got "${wd}"`);
+    if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16')
+      throw new UsageError(`--weights-dtype must be auto, float32 or float16, got "${wd}"`);
     s.weightsDtype = wd;
   }
   if (values['no-memory-check']) s.memoryCheck = false;
@@ -344,7 +428,10 @@ type Values = Record<string, string | boolean | (string | boolean)[] | undefined
  * the base's when the finetuned checkpoint is an adapter without its own). */
 function modelPromptTemplate(values: Values, finetuned: string, base?: string): PromptTemplate {
   try {
-    return preparePromptTemplate(path.resolve((values.template as string | undefined) ?? pairTemplateSource(finetuned, base)), { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) });
+    return preparePromptTemplate(
+      path.resolve((values.template as string | undefined) ?? pairTemplateSource(finetuned, base)),
+      { tokenizer: values.tokenizer as string | undefined, kwargs: parseKwargs(values.kwargs as string | undefined) },
+    );
   } catch (e) {
     if (!(e instanceof PromptTemplateError)) throw e;
     process.stderr.write(describeFindings(e.prepared.findings));
@@ -354,7 +441,11 @@ function modelPromptTemplate(values: Values, finetuned: string, base?: string): 
 
 /** Runs `fn` with a model host: a host error or crash is exit code 1 with its message, and the host always goes. */
 async function withHost(fn: (host: HostClient) => Promise<number>): Promise<number> {
-  const host = new HostClient({ script: path.join(__dirname, 'host.js'), onLog: (level, m) => (level === 'error' || level === 'load') && process.stderr.write(`${level === 'error' ? 'host: ' : ''}${m}\n`) });
+  const host = new HostClient({
+    script: path.join(__dirname, 'host.js'),
+    onLog: (level, m) =>
+      (level === 'error' || level === 'load') && process.stderr.write(`${level === 'error' ? 'host: ' : ''}${m}\n`),
+  });
   try {
     return await fn(host);
   } catch (e) {
@@ -375,18 +466,36 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   if (!base || !finetuned) throw new UsageError(`${command} needs --base <dir> and --finetuned <dir>`);
   if (command === 'patch' && !values.prompt) throw new UsageError('patch needs --prompt <text>');
   const span = (values.span as string | undefined) ?? 'prefix';
-  if (!['prefix', 'postfix', 'both', 'query'].includes(span)) throw new UsageError('--span must be prefix, postfix, both or query');
+  if (!['prefix', 'postfix', 'both', 'query'].includes(span))
+    throw new UsageError('--span must be prefix, postfix, both or query');
   const maxNewTokens = numberOption(values, 'max-new-tokens');
   const settings = hostSettings(values);
   const p = modelPromptTemplate(values, finetuned, base);
-  const prompt = promptIds(p.template, p.tokenizer, { ...renderOptions(p), query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT });
+  const prompt = promptIds(p.template, p.tokenizer, {
+    ...renderOptions(p),
+    query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT,
+  });
   return withHost(async (host) => {
-    await host.load({ base: path.resolve(base), finetuned: path.resolve(finetuned), cacheDir: cacheDir(values), settings });
-    const tokens = (span: [number, number]) => prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
+    await host.load({
+      base: path.resolve(base),
+      finetuned: path.resolve(finetuned),
+      cacheDir: cacheDir(values),
+      settings,
+    });
+    const tokens = (span: [number, number]) =>
+      prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
     if (command === 'drift') {
       const d = await host.request(Drift.type, { prompt });
-      const seg = (name: 'prefix' | 'query' | 'postfix') => ({ tokens: tokens(prompt[name] as [number, number]), ...d.segments[name] });
-      const result = { layers: d.layers, segments: { prefix: seg('prefix'), query: seg('query'), postfix: seg('postfix') }, position0: d.position0, treft: d.treft };
+      const seg = (name: 'prefix' | 'query' | 'postfix') => ({
+        tokens: tokens(prompt[name] as [number, number]),
+        ...d.segments[name],
+      });
+      const result = {
+        layers: d.layers,
+        segments: { prefix: seg('prefix'), query: seg('query'), postfix: seg('postfix') },
+        position0: d.position0,
+        treft: d.treft,
+      };
       out(values.json ? JSON.stringify(result, null, 2) + '\n' : describeDrift(result));
     } else {
       const r = await host.request(Patch.type, { prompt, span: span as PatchSpan, maxNewTokens });
@@ -395,20 +504,34 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
         span: r.span,
         patchedPositions: r.patchedPositions,
         kl: r.kl,
-        generations: { base: text(r.generations.base), finetuned: text(r.generations.finetuned), patched: text(r.generations.patched) },
+        generations: {
+          base: text(r.generations.base),
+          finetuned: text(r.generations.finetuned),
+          patched: text(r.generations.patched),
+        },
         response: text(r.responseIds),
       };
-      out(values.json ? JSON.stringify(result, null, 2) + '\n' : `span: ${span} (${r.patchedPositions.length} positions)\nKL(base||finetuned) ${r.kl.finetuned.toFixed(4)}  KL(base||patched) ${r.kl.patched.toFixed(4)}\nbase:      ${show(result.generations.base)}\nfinetuned: ${show(result.generations.finetuned)}\npatched:   ${show(result.generations.patched)}\n`);
+      out(
+        values.json
+          ? JSON.stringify(result, null, 2) + '\n'
+          : `span: ${span} (${r.patchedPositions.length} positions)\nKL(base||finetuned) ${r.kl.finetuned.toFixed(4)}  KL(base||patched) ${r.kl.patched.toFixed(4)}\nbase:      ${show(result.generations.base)}\nfinetuned: ${show(result.generations.finetuned)}\npatched:   ${show(result.generations.patched)}\n`,
+      );
     }
     return 0;
   });
 }
 
-function describeDrift(d: { layers: number; segments: Record<string, { tokens: { text: string }[]; key: number[][]; mean: number }>; treft: number }): string {
+function describeDrift(d: {
+  layers: number;
+  segments: Record<string, { tokens: { text: string }[]; key: number[][]; mean: number }>;
+  treft: number;
+}): string {
   const lines = [`TReFT value (prefix K/V drift): ${d.treft.toExponential(3)}`];
   for (const [name, s] of Object.entries(d.segments)) {
     const perLayer = s.key.map((row) => (row.length ? row.reduce((a, b) => a + b, 0) / row.length : 0));
-    lines.push(`${name.padEnd(8)} mean ${s.mean.toExponential(3)}  K drift by layer: ${perLayer.map((x) => x.toExponential(2)).join(' ')}  (${s.tokens.length} tokens)`);
+    lines.push(
+      `${name.padEnd(8)} mean ${s.mean.toExponential(3)}  K drift by layer: ${perLayer.map((x) => x.toExponential(2)).join(' ')}  (${s.tokens.length} tokens)`,
+    );
   }
   return lines.join('\n') + '\n';
 }
@@ -429,12 +552,18 @@ const show = (s: string) => JSON.stringify(s);
 
 function describeTemplate(p: PreparedTemplate): string {
   const lines: string[] = [];
-  if (p.source) lines.push(`template: ${p.source.file} (${p.source.name})`, `tokenizer: ${p.tokenizer?.file ?? 'none (no token counts)'}`);
+  if (p.source)
+    lines.push(
+      `template: ${p.source.file} (${p.source.name})`,
+      `tokenizer: ${p.tokenizer?.file ?? 'none (no token counts)'}`,
+    );
   const seg = p.audit?.segments;
   if (seg) {
     for (const name of ['prefix', 'query', 'postfix'] as const) {
       const s = seg[name];
-      lines.push(`${name.padEnd(8)} ${seg.tokenized ? `${String(s.tokens.length).padStart(4)} tokens ` : ''}${show(s.text)}`);
+      lines.push(
+        `${name.padEnd(8)} ${seg.tokenized ? `${String(s.tokens.length).padStart(4)} tokens ` : ''}${show(s.text)}`,
+      );
     }
   }
   return lines.join('\n') + '\n' + describeFindings(p.findings);
@@ -442,7 +571,10 @@ function describeTemplate(p: PreparedTemplate): string {
 
 function describeFindings(findings: Finding[]): string {
   if (findings.length === 0) return 'no findings\n';
-  return findings.map((f) => `${f.file ?? ''}:${f.line}:${f.column}: ${f.severity} ${f.code}: ${f.message}`).join('\n') + '\n';
+  return (
+    findings.map((f) => `${f.file ?? ''}:${f.line}:${f.column}: ${f.severity} ${f.code}: ${f.message}`).join('\n') +
+    '\n'
+  );
 }
 
 function describeSurface(r: DatasetReport): string {

@@ -20,7 +20,12 @@ export const ONNX_MODEL_FILES = [
   'decoder_with_past_model.onnx',
 ];
 
-const HF_WEIGHTS = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json'];
+const HF_WEIGHTS = [
+  'model.safetensors',
+  'model.safetensors.index.json',
+  'pytorch_model.bin',
+  'pytorch_model.bin.index.json',
+];
 
 export function isAdapterFolder(folder: string): boolean {
   return fs.existsSync(path.join(folder, 'adapter_config.json'));
@@ -44,8 +49,17 @@ export function onnxModelFile(folder: string, choice?: string): string | undefin
   const variants = onnxVariants(folder);
   if (!choice) return variants.length ? path.join(folder, variants[0]) : undefined;
   const wanted = choice.replace(/^_/, '');
-  const hit = variants.find((v) => v === choice || path.basename(v) === choice || path.basename(v, '.onnx').endsWith(`_${wanted}`) || (wanted === 'fp32' && /(^|\/)(model|decoder_model_merged)\.onnx$/.test(v)));
-  if (!hit) throw new Error(`no ONNX graph "${choice}" here (${variants.length ? `found ${variants.join(', ')}` : 'no ONNX graphs'})`);
+  const hit = variants.find(
+    (v) =>
+      v === choice ||
+      path.basename(v) === choice ||
+      path.basename(v, '.onnx').endsWith(`_${wanted}`) ||
+      (wanted === 'fp32' && /(^|\/)(model|decoder_model_merged)\.onnx$/.test(v)),
+  );
+  if (!hit)
+    throw new Error(
+      `no ONNX graph "${choice}" here (${variants.length ? `found ${variants.join(', ')}` : 'no ONNX graphs'})`,
+    );
   return path.join(folder, hit);
 }
 
@@ -80,7 +94,11 @@ export function checkpointKind(p: string): { kind: CheckpointKind } | { error: s
   }
   if (st.isFile()) {
     if (p.endsWith('.onnx')) return { kind: 'onnx' };
-    if (p.endsWith('.safetensors')) return { error: 'a weights file alone is not a checkpoint: give the folder that holds it with config.json (or adapter_config.json)' };
+    if (p.endsWith('.safetensors'))
+      return {
+        error:
+          'a weights file alone is not a checkpoint: give the folder that holds it with config.json (or adapter_config.json)',
+      };
     return { error: 'not a checkpoint: give a model folder, an adapter folder or an .onnx file' };
   }
   if (isAdapterFolder(p)) return { kind: 'adapter' };

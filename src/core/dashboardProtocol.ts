@@ -13,7 +13,13 @@ export interface DriftView {
   query: string;
   layers: number;
   /** Per segment: tokens and [layer][token] relative squared drift of K and V. */
-  segments: { name: 'prefix' | 'query' | 'postfix'; tokens: TokenLabel[]; key: number[][]; value: number[][]; mean: number }[];
+  segments: {
+    name: 'prefix' | 'query' | 'postfix';
+    tokens: TokenLabel[];
+    key: number[][];
+    value: number[][];
+    mean: number;
+  }[];
   treft: number;
 }
 

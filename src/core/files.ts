@@ -46,7 +46,11 @@ export function openRegularFile(file: string, maxBytes = Infinity): { fd: number
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFile()) throw new FileRefusedError(file, `${kindOf(st)}, not a regular file: refused`);
-    if (st.size > maxBytes) throw new FileRefusedError(file, `${st.size.toLocaleString('en')} bytes is over the ${maxBytes.toLocaleString('en')}-byte limit for this kind of file`);
+    if (st.size > maxBytes)
+      throw new FileRefusedError(
+        file,
+        `${st.size.toLocaleString('en')} bytes is over the ${maxBytes.toLocaleString('en')}-byte limit for this kind of file`,
+      );
     return { fd, size: st.size };
   } catch (e) {
     fs.closeSync(fd);

@@ -78,11 +78,23 @@ export const CODES: Record<string, CodeInfo> = {
   DS002: { title: 'Unrecognised row format', why: 'The row matches no chat dataset format the trainer reads.' },
   DS003: { title: 'Unknown role', why: 'The template may drop, reject or mis-render a turn with this role.' },
   DS004: { title: 'Empty content', why: 'An empty turn trains the template tokens around it and nothing else.' },
-  DS005: { title: 'Turns do not alternate', why: 'Strict templates raise on this row; lenient ones render turns the model never sees at inference.' },
-  DS006: { title: 'No assistant turn', why: 'With response-only loss the row trains nothing; without it, it trains the template.' },
+  DS005: {
+    title: 'Turns do not alternate',
+    why: 'Strict templates raise on this row; lenient ones render turns the model never sees at inference.',
+  },
+  DS006: {
+    title: 'No assistant turn',
+    why: 'With response-only loss the row trains nothing; without it, it trains the template.',
+  },
   DS007: { title: 'Line too long', why: 'A line over the reader limit is skipped rather than read into memory.' },
-  DS008: { title: 'Template fails on this row', why: 'The trainer would raise or skip this row when applying the chat template.' },
-  DS009: { title: 'Not plain UTF-8', why: 'A UTF-16 file or a byte order mark makes trainers misread the rows (row 1, or all of them).' },
+  DS008: {
+    title: 'Template fails on this row',
+    why: 'The trainer would raise or skip this row when applying the chat template.',
+  },
+  DS009: {
+    title: 'Not plain UTF-8',
+    why: 'A UTF-16 file or a byte order mark makes trainers misread the rows (row 1, or all of them).',
+  },
   DS101: {
     title: 'Shared prefix (piggyback surface)',
     why: 'When nearly every row renders the same prefix, finetuning can store a query-independent bias in it.',
@@ -99,8 +111,14 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Default system prompt injected',
     why: 'Rows without a system turn get the template default, an invisible prefix shared by all of them.',
   },
-  DS105: { title: 'Mixed row formats', why: 'Rows in several formats are likely read differently (or not at all) by the trainer.' },
-  DS106: { title: 'Surface counted in part', why: 'The audit keeps its memory bounded; past this many distinct prefixes the counts are lower bounds.' },
+  DS105: {
+    title: 'Mixed row formats',
+    why: 'Rows in several formats are likely read differently (or not at all) by the trainer.',
+  },
+  DS106: {
+    title: 'Surface counted in part',
+    why: 'The audit keeps its memory bounded; past this many distinct prefixes the counts are lower bounds.',
+  },
   WS001: {
     title: 'Path outside the workspace',
     why: 'A workspace file or setting may only point inside the workspace; a path that leaves it (.., absolute, a symlink out) is not read.',
@@ -117,5 +135,11 @@ export function hasErrors(findings: readonly Finding[]): boolean {
 }
 
 export function sortFindings(findings: Finding[]): Finding[] {
-  return findings.sort((a, b) => (a.file ?? '').localeCompare(b.file ?? '') || a.line - b.line || a.column - b.column || a.code.localeCompare(b.code));
+  return findings.sort(
+    (a, b) =>
+      (a.file ?? '').localeCompare(b.file ?? '') ||
+      a.line - b.line ||
+      a.column - b.column ||
+      a.code.localeCompare(b.code),
+  );
 }

@@ -3,17 +3,25 @@
  * death. A crash (native abort, out-of-memory, kill) rejects every pending request with a HostCrashedError that
  * says what was running and how the host ended; `restart()` brings up a fresh host with the same checkpoints.
  */
-import { ChildProcess, fork } from 'node:child_process';
-import { CancellationTokenSource, createMessageConnection, MessageConnection, RequestType, ResponseError } from 'vscode-jsonrpc/node';
+import { type ChildProcess, fork } from 'node:child_process';
+import {
+  CancellationTokenSource,
+  createMessageConnection,
+  type MessageConnection,
+  type RequestType,
+  ResponseError,
+} from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
-import { HostErrors, HostProgress, Load, LoadParams, LoadResult, Log, progressType } from './protocol';
+import { HostErrors, type HostProgress, Load, type LoadParams, type LoadResult, Log, progressType } from './protocol';
 
 export class HostCrashedError extends Error {
   constructor(
     readonly operation: string,
     readonly exit: { code: number | null; signal: NodeJS.Signals | null },
   ) {
-    super(`the model host stopped during ${operation} (${exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`}); results so far are kept, restart the host to continue`);
+    super(
+      `the model host stopped during ${operation} (${exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`}); results so far are kept, restart the host to continue`,
+    );
     this.name = 'HostCrashedError';
   }
 }
@@ -97,10 +105,16 @@ export class HostClient {
   }
 
   /** Sends a request; rejects with HostCrashedError if the host dies first, HostRequestError if it says no. */
-  async request<P extends object, R>(type: RequestType<P, R, void>, params: P, options: RequestOptions = {}): Promise<R> {
+  async request<P extends object, R>(
+    type: RequestType<P, R, void>,
+    params: P,
+    options: RequestOptions = {},
+  ): Promise<R> {
     if (this.exited) throw new HostCrashedError(type.method, this.exited);
     const token = `piggyback-${process.pid}-${++progressCounter}`;
-    const progress = options.onProgress ? this.connection.onProgress(progressType, token, options.onProgress) : undefined;
+    const progress = options.onProgress
+      ? this.connection.onProgress(progressType, token, options.onProgress)
+      : undefined;
     const cts = new CancellationTokenSource();
     const onAbort = () => cts.cancel();
     options.signal?.addEventListener('abort', onAbort);

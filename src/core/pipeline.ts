@@ -6,13 +6,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkpointFolder } from './checkpoints';
 import { FILE_LIMITS, insideRoot, readTextChecked } from './files';
-import { auditDataset, DatasetReport } from './dataset/audit';
+import { auditDataset, type DatasetReport } from './dataset/audit';
 import { fileChunks } from './dataset/lines';
-import { Finding, sortFindings } from './findings';
-import { auditTemplate, loadErrorFinding, TemplateAudit, AUDIT_CLOCK } from './template/audit';
-import { ChatTemplate, RenderOptions } from './template/render';
-import { isTemplateFileName, loadTemplate, TemplateLoadError, TemplateSource } from './template/source';
-import { findTokenizerFile, LoadedTokenizer, loadTokenizerCached } from './tokenizer';
+import { type Finding, sortFindings } from './findings';
+import { auditTemplate, loadErrorFinding, type TemplateAudit, AUDIT_CLOCK } from './template/audit';
+import type { ChatTemplate, RenderOptions } from './template/render';
+import { isTemplateFileName, loadTemplate, TemplateLoadError, type TemplateSource } from './template/source';
+import { findTokenizerFile, type LoadedTokenizer, loadTokenizerCached } from './tokenizer';
 
 export interface PrepareOptions {
   /** tokenizer.json or a folder holding it; default: beside the template. */
@@ -57,10 +57,28 @@ export function prepareTemplate(templatePath: string, options: PrepareOptions = 
         if (v !== undefined && source.specialTokens[k] === undefined) source.specialTokens[k] = v;
       }
     } catch (e) {
-      findings.push({ code: 'CT009', severity: 'warning', message: `cannot load the tokenizer ${tokenizerFile}: ${(e as Error).message}; token counts are unavailable`, file: tokenizerFile, line: 1, column: 1, endLine: 1, endColumn: 2 });
+      findings.push({
+        code: 'CT009',
+        severity: 'warning',
+        message: `cannot load the tokenizer ${tokenizerFile}: ${(e as Error).message}; token counts are unavailable`,
+        file: tokenizerFile,
+        line: 1,
+        column: 1,
+        endLine: 1,
+        endColumn: 2,
+      });
     }
   } else if (options.tokenizer) {
-    findings.push({ code: 'CT009', severity: 'warning', message: `no tokenizer.json at ${options.tokenizer}; token counts are unavailable`, file: source.file, line: 1, column: 1, endLine: 1, endColumn: 2 });
+    findings.push({
+      code: 'CT009',
+      severity: 'warning',
+      message: `no tokenizer.json at ${options.tokenizer}; token counts are unavailable`,
+      file: source.file,
+      line: 1,
+      column: 1,
+      endLine: 1,
+      endColumn: 2,
+    });
   }
   const audit = auditTemplate(source, { tokenizer, kwargs });
   return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
@@ -76,7 +94,9 @@ export class PromptTemplateError extends Error {
     readonly missing: 'template' | 'tokenizer',
     readonly prepared: PreparedTemplate,
   ) {
-    super(`cannot render prompts with ${source}: ${missing === 'tokenizer' ? 'no tokenizer.json found' : (prepared.findings[0]?.message ?? 'the template did not load')}`);
+    super(
+      `cannot render prompts with ${source}: ${missing === 'tokenizer' ? 'no tokenizer.json found' : (prepared.findings[0]?.message ?? 'the template did not load')}`,
+    );
     this.name = 'PromptTemplateError';
   }
 }
@@ -86,7 +106,10 @@ export class PromptTemplateError extends Error {
  * (a tokenizer re-saved with the finetune), else the base (a PEFT adapter folder usually has neither).
  */
 export function pairTemplateSource(finetuned: string, base: string | undefined): string {
-  const hasTemplate = (dir: string) => ['tokenizer_config.json', 'chat_template.jinja', 'chat_template.json', 'tokenizer.json'].some((f) => fs.existsSync(path.join(dir, f)));
+  const hasTemplate = (dir: string) =>
+    ['tokenizer_config.json', 'chat_template.jinja', 'chat_template.json', 'tokenizer.json'].some((f) =>
+      fs.existsSync(path.join(dir, f)),
+    );
   // a checkpoint given as an .onnx file or an onnx/ folder keeps its tokenizer files with its config.json
   const ft = checkpointFolder(finetuned);
   const b = base === undefined ? undefined : checkpointFolder(base);
@@ -109,7 +132,11 @@ export function renderOptions(prepared: PreparedTemplate): RenderOptions {
   return { specialTokens: prepared.source?.specialTokens, kwargs: prepared.kwargs, now: AUDIT_CLOCK };
 }
 
-export async function auditDatasetWith(file: string, prepared: PreparedTemplate, text?: string): Promise<DatasetReport> {
+export async function auditDatasetWith(
+  file: string,
+  prepared: PreparedTemplate,
+  text?: string,
+): Promise<DatasetReport> {
   return auditDataset(text !== undefined ? [text] : fileChunks(file), {
     file,
     template: prepared.template,
@@ -134,7 +161,17 @@ export function datasetFindings(report: DatasetReport): Finding[] {
   return [...rows, ...report.findings];
 }
 
-const SKIP_DIRS = new Set(['node_modules', '.git', 'dist', 'out', '.cache', '.venv', 'venv', '__pycache__', '.vscode-test']);
+const SKIP_DIRS = new Set([
+  'node_modules',
+  '.git',
+  'dist',
+  'out',
+  '.cache',
+  '.venv',
+  'venv',
+  '__pycache__',
+  '.vscode-test',
+]);
 
 export interface WorkspaceScan {
   /** Template sources: model folders (holding a template) and standalone .jinja files. */
@@ -194,7 +231,12 @@ export type AssociationSource = 'explicit' | 'workspace file' | 'nearest model f
  * Which template a dataset is rendered with, and why (shown to the user, who can change it). An entry of
  * .piggyback.json that leaves the workspace is not used: `refused` says so (a WS001 finding).
  */
-export function associate(dataset: string, root: string, templates: string[], explicit?: string): { template?: string; source: AssociationSource; refused?: Finding } {
+export function associate(
+  dataset: string,
+  root: string,
+  templates: string[],
+  explicit?: string,
+): { template?: string; source: AssociationSource; refused?: Finding } {
   if (explicit) return { template: path.resolve(root, explicit), source: 'explicit' };
   const assocFile = path.join(root, ASSOCIATION_FILE);
   let refused: Finding | undefined;
@@ -206,7 +248,12 @@ export function associate(dataset: string, root: string, templates: string[], ex
       const entry = map[rel];
       if (typeof entry === 'string' && entry) {
         if (insideRoot(root, entry)) return { template: path.resolve(root, entry), source: 'workspace file' };
-        refused = outsideWorkspace(assocFile, text, entry, `${ASSOCIATION_FILE} pairs ${rel} with ${entry}, which is outside the workspace folder ${root}: ignored`);
+        refused = outsideWorkspace(
+          assocFile,
+          text,
+          entry,
+          `${ASSOCIATION_FILE} pairs ${rel} with ${entry}, which is outside the workspace folder ${root}: ignored`,
+        );
       }
     } catch {
       // a broken or refused association file falls through to the guess
@@ -222,7 +269,16 @@ export function outsideWorkspace(file: string, text: string, value: string, mess
   const before = text.slice(0, at).split('\n');
   const line = before.length;
   const column = before[before.length - 1].length + 1;
-  return { code: 'WS001', severity: 'error', message, file, line, column, endLine: line, endColumn: column + JSON.stringify(value).length };
+  return {
+    code: 'WS001',
+    severity: 'error',
+    message,
+    file,
+    line,
+    column,
+    endLine: line,
+    endColumn: column + JSON.stringify(value).length,
+  };
 }
 
 function nearestTemplate(dataset: string, templates: string[]): { template?: string; source: AssociationSource } {
@@ -249,7 +305,10 @@ export interface FolderAudit {
   findings: Finding[];
 }
 
-export async function auditFolder(root: string, options: PrepareOptions & { template?: string; signal?: AbortSignal } = {}): Promise<FolderAudit> {
+export async function auditFolder(
+  root: string,
+  options: PrepareOptions & { template?: string; signal?: AbortSignal } = {},
+): Promise<FolderAudit> {
   const scan = scanFolder(root);
   const templatePaths = options.template ? [path.resolve(root, options.template)] : scan.templates;
   const prepared = new Map<string, PreparedTemplate>();
@@ -271,7 +330,8 @@ export async function auditFolder(root: string, options: PrepareOptions & { temp
     const report = await auditDatasetWith(d, p ?? { findings: [], kwargs: {} });
     result.datasets.push({ file: d, template: a.template, association: a.source, report });
     result.findings.push(...datasetFindings(report));
-    if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message)) result.findings.push(a.refused);
+    if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message))
+      result.findings.push(a.refused);
   }
   sortFindings(result.findings);
   return result;

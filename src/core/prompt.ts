@@ -4,10 +4,14 @@
  */
 import type { PromptIds } from './protocol';
 import type { ChatTemplate } from './template/render';
-import { segmentPrompt, SegmentRequest } from './template/segments';
+import { segmentPrompt, type SegmentRequest } from './template/segments';
 import type { LoadedTokenizer } from './tokenizer';
 
-export function promptIds(template: ChatTemplate, tokenizer: LoadedTokenizer, req: SegmentRequest): PromptIds & { text: string } {
+export function promptIds(
+  template: ChatTemplate,
+  tokenizer: LoadedTokenizer,
+  req: SegmentRequest,
+): PromptIds & { text: string } {
   const seg = segmentPrompt(template, { ...req, response: undefined }, tokenizer);
   const P = seg.prefix.tokens.length;
   const Q = seg.query.tokens.length;

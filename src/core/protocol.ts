@@ -268,7 +268,9 @@ export namespace Crash {
 /** Host messages. `load`: what loading a checkpoint costs and does (memory, a conversion into the cache), which
  * the CLI prints and the editor logs before the numbers arrive. */
 export namespace Log {
-  export const type = new NotificationType<{ level: 'info' | 'load' | 'warn' | 'error'; message: string }>('piggyback/log');
+  export const type = new NotificationType<{ level: 'info' | 'load' | 'warn' | 'error'; message: string }>(
+    'piggyback/log',
+  );
 }
 
 /** Progress reported through $/progress with the request's progress token. */

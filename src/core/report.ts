@@ -3,7 +3,7 @@
  */
 import * as path from 'node:path';
 import type { DatasetReport } from './dataset/audit';
-import { CODES, docsPath, Finding, Severity } from './findings';
+import { CODES, docsPath, type Finding, type Severity } from './findings';
 import type { FolderAudit, PreparedTemplate } from './pipeline';
 import type { Segment } from './template/segments';
 
@@ -50,7 +50,13 @@ export function datasetJson(r: DatasetReport) {
     validRows: r.validRows,
     format: r.format,
     formats: r.formats,
-    errors: r.errors.map((e) => ({ line: e.line, column: e.column, code: e.code, severity: e.severity, message: e.message })),
+    errors: r.errors.map((e) => ({
+      line: e.line,
+      column: e.column,
+      code: e.code,
+      severity: e.severity,
+      message: e.message,
+    })),
     errorsOmitted: r.errorsOmitted,
     surface: r.surface,
     findings: r.findings.map(findingJson),
@@ -61,12 +67,20 @@ export function folderJson(a: FolderAudit) {
   return {
     root: a.root,
     templates: a.templates.map((t) => ({ path: t.path, ...templateJson(t.prepared) })),
-    datasets: a.datasets.map((d) => ({ template: d.template ?? null, association: d.association, ...datasetJson(d.report) })),
+    datasets: a.datasets.map((d) => ({
+      template: d.template ?? null,
+      association: d.association,
+      ...datasetJson(d.report),
+    })),
     findings: a.findings.map(findingJson),
   };
 }
 
-const SARIF_LEVEL: Record<Severity, 'error' | 'warning' | 'note'> = { error: 'error', warning: 'warning', info: 'note' };
+const SARIF_LEVEL: Record<Severity, 'error' | 'warning' | 'note'> = {
+  error: 'error',
+  warning: 'warning',
+  info: 'note',
+};
 
 /** SARIF 2.1.0: one run, rule ids = codes, physical locations relative to `root` (%SRCROOT%). */
 export function toSarif(findings: readonly Finding[], root: string) {
@@ -75,7 +89,9 @@ export function toSarif(findings: readonly Finding[], root: string) {
   const uriOf = (file: string) => {
     const rel = path.relative(root, file);
     const inside = rel && !rel.startsWith('..') && !path.isAbsolute(rel);
-    return inside ? { uri: rel.split(path.sep).map(encodeURIComponent).join('/'), uriBaseId: '%SRCROOT%' } : { uri: fileUri(file) };
+    return inside
+      ? { uri: rel.split(path.sep).map(encodeURIComponent).join('/'), uriBaseId: '%SRCROOT%' }
+      : { uri: fileUri(file) };
   };
   return {
     $schema: 'https://json.schemastore.org/sarif-2.1.0.json',
@@ -88,7 +104,9 @@ export function toSarif(findings: readonly Finding[], root: string) {
             version: TOOL_VERSION,
             rules: used.map((code) => ({
               id: code,
-              name: (CODES[code]?.title ?? code).replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : '')),
+              name: (CODES[code]?.title ?? code).replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) =>
+                c ? c.toUpperCase() : '',
+              ),
               shortDescription: { text: CODES[code]?.title ?? code },
               fullDescription: { text: CODES[code]?.why ?? code },
               help: { text: `${CODES[code]?.why ?? ''} See ${docsPath(code)}.` },
@@ -106,7 +124,12 @@ export function toSarif(findings: readonly Finding[], root: string) {
                 {
                   physicalLocation: {
                     artifactLocation: uriOf(f.file),
-                    region: { startLine: f.line, startColumn: f.column, endLine: f.endLine, endColumn: Math.max(f.endColumn, f.column) },
+                    region: {
+                      startLine: f.line,
+                      startColumn: f.column,
+                      endLine: f.endLine,
+                      endColumn: Math.max(f.endColumn, f.column),
+                    },
                   },
                 },
               ]
@@ -141,11 +164,15 @@ export function toMarkdown(a: FolderAudit): string {
       }
       out.push('');
     }
-    if (t.prepared.audit?.defaultSystemPrompt) out.push(`Default system prompt: \`${esc(t.prepared.audit.defaultSystemPrompt)}\``, '');
+    if (t.prepared.audit?.defaultSystemPrompt)
+      out.push(`Default system prompt: \`${esc(t.prepared.audit.defaultSystemPrompt)}\``, '');
   }
   out.push('## Datasets', '');
   if (a.datasets.length) {
-    out.push('| dataset | template (how chosen) | rows | valid | format | identical prefix | distinct prefixes | prefix tokens | median query tokens |', '|---|---|---|---|---|---|---|---|---|');
+    out.push(
+      '| dataset | template (how chosen) | rows | valid | format | identical prefix | distinct prefixes | prefix tokens | median query tokens |',
+      '|---|---|---|---|---|---|---|---|---|',
+    );
     for (const d of a.datasets) {
       const s = d.report.surface;
       out.push(
@@ -157,7 +184,10 @@ export function toMarkdown(a: FolderAudit): string {
   out.push('## Findings', '');
   if (a.findings.length) {
     out.push('| severity | code | where | message |', '|---|---|---|---|');
-    for (const f of a.findings) out.push(`| ${f.severity} | ${f.code} | ${f.file ? path.relative(a.root, f.file) : ''}:${f.line}:${f.column} | ${esc(f.message)} |`);
+    for (const f of a.findings)
+      out.push(
+        `| ${f.severity} | ${f.code} | ${f.file ? path.relative(a.root, f.file) : ''}:${f.line}:${f.column} | ${esc(f.message)} |`,
+      );
   } else out.push('None.');
   out.push('');
   return out.join('\n');

@@ -11,7 +11,11 @@ export interface Tensor {
   data: Float32Array;
 }
 
-export function writeSafetensors(file: string, tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): number {
+export function writeSafetensors(
+  file: string,
+  tensors: Record<string, Tensor>,
+  metadata: Record<string, string> = {},
+): number {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
@@ -19,7 +23,8 @@ export function writeSafetensors(file: string, tensors: Record<string, Tensor>, 
   for (const name of names) {
     const t = tensors[name];
     const n = t.shape.reduce((a, b) => a * b, 1);
-    if (n !== t.data.length) throw new Error(`tensor ${name}: shape [${t.shape}] holds ${n} values, data has ${t.data.length}`);
+    if (n !== t.data.length)
+      throw new Error(`tensor ${name}: shape [${t.shape}] holds ${n} values, data has ${t.data.length}`);
     header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + 4 * n] };
     offset += 4 * n;
   }
@@ -68,7 +73,23 @@ export class SafetensorsError extends Error {
 }
 
 /** Bytes per element of the dtypes safetensors names (packed sub-byte types are absent: they have no fixed size). */
-export const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1 };
+export const DTYPE_BYTES: Record<string, number> = {
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+};
 
 /** A header larger than this is not a real checkpoint (the format's own readers cap it at 100 MB). */
 const MAX_HEADER = 100_000_000;
@@ -86,15 +107,27 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
     st = opened;
   } catch (e) {
     if (e instanceof FileRefusedError) throw new SafetensorsError(file, e.reason);
-    throw new SafetensorsError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `cannot open (${(e as Error).message})`);
+    throw new SafetensorsError(
+      file,
+      (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `cannot open (${(e as Error).message})`,
+    );
   }
   try {
-    if (st.size < 8) throw new SafetensorsError(file, `truncated: ${st.size} bytes, shorter than the 8-byte header length`);
+    if (st.size < 8)
+      throw new SafetensorsError(file, `truncated: ${st.size} bytes, shorter than the 8-byte header length`);
     const lenBuf = Buffer.alloc(8);
     fs.readSync(fd, lenBuf, 0, 8, 0);
     const n = Number(lenBuf.readBigUInt64LE(0));
-    if (n > st.size - 8) throw new SafetensorsError(file, `truncated: the header says it is ${n} bytes long, but the file has ${st.size - 8} bytes after the length`);
-    if (n > MAX_HEADER) throw new SafetensorsError(file, `header of ${n} bytes is larger than any real checkpoint's (limit ${MAX_HEADER})`);
+    if (n > st.size - 8)
+      throw new SafetensorsError(
+        file,
+        `truncated: the header says it is ${n} bytes long, but the file has ${st.size - 8} bytes after the length`,
+      );
+    if (n > MAX_HEADER)
+      throw new SafetensorsError(
+        file,
+        `header of ${n} bytes is larger than any real checkpoint's (limit ${MAX_HEADER})`,
+      );
     const json = Buffer.alloc(n);
     fs.readSync(fd, json, 0, n, 8);
     let raw: unknown;
@@ -103,7 +136,8 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
     } catch (e) {
       throw new SafetensorsError(file, `the header is not valid JSON (${(e as Error).message})`);
     }
-    if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new SafetensorsError(file, 'the header is not a JSON object');
+    if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+      throw new SafetensorsError(file, 'the header is not a JSON object');
     const dataStart = 8 + n;
     const dataSize = st.size - dataStart;
     const tensors = new Map<string, SafetensorsEntry>();
@@ -115,14 +149,32 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
       }
       const e = h as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
       const offsets = e?.data_offsets;
-      if (typeof e?.dtype !== 'string' || !Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0) || !Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isInteger(o) && o >= 0)) {
-        throw new SafetensorsError(file, `tensor "${name}": the header entry needs dtype, shape and data_offsets [begin, end]`);
+      if (
+        typeof e?.dtype !== 'string' ||
+        !Array.isArray(e.shape) ||
+        !e.shape.every((d) => Number.isInteger(d) && d >= 0) ||
+        !Array.isArray(offsets) ||
+        offsets.length !== 2 ||
+        !offsets.every((o) => Number.isInteger(o) && o >= 0)
+      ) {
+        throw new SafetensorsError(
+          file,
+          `tensor "${name}": the header entry needs dtype, shape and data_offsets [begin, end]`,
+        );
       }
       const [b, end] = offsets as [number, number];
-      if (end < b || end > dataSize) throw new SafetensorsError(file, `tensor "${name}": bytes [${b}, ${end}) lie outside the ${dataSize}-byte data section (truncated file?)`);
+      if (end < b || end > dataSize)
+        throw new SafetensorsError(
+          file,
+          `tensor "${name}": bytes [${b}, ${end}) lie outside the ${dataSize}-byte data section (truncated file?)`,
+        );
       const size = DTYPE_BYTES[e.dtype];
       const count = (e.shape as number[]).reduce((a, x) => a * x, 1);
-      if (size !== undefined && count * size !== end - b) throw new SafetensorsError(file, `tensor "${name}": ${e.dtype} [${e.shape}] needs ${count * size} bytes, the header gives ${end - b}`);
+      if (size !== undefined && count * size !== end - b)
+        throw new SafetensorsError(
+          file,
+          `tensor "${name}": ${e.dtype} [${e.shape}] needs ${count * size} bytes, the header gives ${end - b}`,
+        );
       tensors.set(name, { dtype: e.dtype, shape: e.shape as number[], begin: dataStart + b, end: dataStart + end });
     }
     return { file, size: st.size, tensors, metadata };

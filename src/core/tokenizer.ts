@@ -60,7 +60,9 @@ export class LoadedTokenizer {
   static fromFiles(tokenizerJson: string, tokenizerConfig?: string): LoadedTokenizer {
     const json = JSON.parse(readTextChecked(tokenizerJson, FILE_LIMITS.tokenizer)) as TokenizerJson;
     const configFile = tokenizerConfig ?? path.join(path.dirname(tokenizerJson), 'tokenizer_config.json');
-    const config = fs.existsSync(configFile) ? (JSON.parse(readTextChecked(configFile, FILE_LIMITS.config)) as Record<string, unknown>) : {};
+    const config = fs.existsSync(configFile)
+      ? (JSON.parse(readTextChecked(configFile, FILE_LIMITS.config)) as Record<string, unknown>)
+      : {};
     return new LoadedTokenizer(json, config, tokenizerJson);
   }
 
@@ -149,7 +151,6 @@ export class LoadedTokenizer {
           if (start < 0) start = pos;
           pos++;
         } else if (bytes[j] === 0x20) {
-          continue; // a space the normaliser inserted
         } else {
           break;
         }
@@ -157,7 +158,12 @@ export class LoadedTokenizer {
       if (j < bytes.length) return tokens.concat(this.decodeOffsets(text, ids, i, charAt[cursor]));
       if (start < 0) start = cursor;
       cursor = pos;
-      tokens.push({ id: ids[i], text: text.slice(charAt[start], charEnd[pos]), start: charAt[start], end: charEnd[pos] });
+      tokens.push({
+        id: ids[i],
+        text: text.slice(charAt[start], charEnd[pos]),
+        start: charAt[start],
+        end: charEnd[pos],
+      });
     }
     return tokens;
   }
@@ -203,7 +209,9 @@ function bytesToUnicodeInverse(): Map<string, number> {
     }
   }
   const map = new Map<string, number>();
-  bs.forEach((b, i) => map.set(String.fromCharCode(cs[i]), b));
+  bs.forEach((b, i) => {
+    map.set(String.fromCharCode(cs[i]), b);
+  });
   return map;
 }
 

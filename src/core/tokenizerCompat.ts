@@ -9,11 +9,21 @@ import { LoadedTokenizer } from './tokenizer';
 
 type Json = Record<string, unknown>;
 
-const SAMPLES = ['Hello, world!', ' The quick brown fox jumps over the lazy dog.', 'café naïve 日本語 😀', '1234567 3.14', '\n\n  \t x', "I feel bored. What should I do?"];
+const SAMPLES = [
+  'Hello, world!',
+  ' The quick brown fox jumps over the lazy dog.',
+  'café naïve 日本語 😀',
+  '1234567 3.14',
+  '\n\n  \t x',
+  'I feel bored. What should I do?',
+];
 
 /** Key order and `merges` as "a b" strings or ["a", "b"] pairs do not change ids. */
 function canonical(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map((x) => (Array.isArray(x) && x.length === 2 && x.every((y) => typeof y === 'string') ? `${x[0]} ${x[1]}` : canonical(x)));
+  if (Array.isArray(v))
+    return v.map((x) =>
+      Array.isArray(x) && x.length === 2 && x.every((y) => typeof y === 'string') ? `${x[0]} ${x[1]}` : canonical(x),
+    );
   if (v && typeof v === 'object') {
     const out: Json = {};
     for (const k of Object.keys(v as Json).sort()) out[k] = canonical((v as Json)[k]);
@@ -23,9 +33,23 @@ function canonical(v: unknown): unknown {
 }
 
 function idParts(t: Json): Record<string, unknown> {
-  const added = ((t.added_tokens as Json[] | undefined) ?? []).map((a) => ({ id: a.id, content: a.content, special: a.special ?? false, lstrip: a.lstrip ?? false, rstrip: a.rstrip ?? false, normalized: a.normalized ?? null, single_word: a.single_word ?? false }));
+  const added = ((t.added_tokens as Json[] | undefined) ?? []).map((a) => ({
+    id: a.id,
+    content: a.content,
+    special: a.special ?? false,
+    lstrip: a.lstrip ?? false,
+    rstrip: a.rstrip ?? false,
+    normalized: a.normalized ?? null,
+    single_word: a.single_word ?? false,
+  }));
   added.sort((x, y) => Number(x.id) - Number(y.id));
-  return { model: canonical(t.model ?? null), added_tokens: canonical(added), normalizer: canonical(t.normalizer ?? null), pre_tokenizer: canonical(t.pre_tokenizer ?? null), post_processor: canonical(t.post_processor ?? null) };
+  return {
+    model: canonical(t.model ?? null),
+    added_tokens: canonical(added),
+    normalizer: canonical(t.normalizer ?? null),
+    pre_tokenizer: canonical(t.pre_tokenizer ?? null),
+    post_processor: canonical(t.post_processor ?? null),
+  };
 }
 
 /** Texts worth trying: tokens whose id differs, merged pairs present in only one side, added tokens, samples. */
@@ -39,7 +63,12 @@ function candidates(a: Json, b: Json, tokA: LoadedTokenizer): string[] {
       if (out.length >= 20) break;
     }
   }
-  const merges = (t: Json) => new Set(((((t.model as Json | undefined)?.merges ?? []) as unknown[]).map((m) => (Array.isArray(m) ? m.join(' ') : String(m)))));
+  const merges = (t: Json) =>
+    new Set(
+      (((t.model as Json | undefined)?.merges ?? []) as unknown[]).map((m) =>
+        Array.isArray(m) ? m.join(' ') : String(m),
+      ),
+    );
   const ma = merges(a);
   const mb = merges(b);
   let n = 0;
@@ -49,7 +78,11 @@ function candidates(a: Json, b: Json, tokA: LoadedTokenizer): string[] {
     if (typeof id === 'number') out.push(tokA.decode([id]));
     if (++n >= 20) break;
   }
-  for (const t of [...((a.added_tokens as Json[] | undefined) ?? []), ...((b.added_tokens as Json[] | undefined) ?? [])]) if (typeof t.content === 'string') out.push(t.content);
+  for (const t of [
+    ...((a.added_tokens as Json[] | undefined) ?? []),
+    ...((b.added_tokens as Json[] | undefined) ?? []),
+  ])
+    if (typeof t.content === 'string') out.push(t.content);
   return [...out.filter((x) => x.length > 0), ...SAMPLES];
 }
 

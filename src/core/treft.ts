@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from './hostClient';
-import { CheckpointInfo, ExportKV, ExportKVResult, Span } from './protocol';
+import { type CheckpointInfo, ExportKV, type ExportKVResult, type Span } from './protocol';
 import type { ChatTemplate, RenderOptions } from './template/render';
 import { frame } from './template/segments';
 import { contentText, normaliseRow } from './dataset/formats';
@@ -49,7 +49,12 @@ export interface TreftPositions {
 /** Reference K/V groups beyond this many distinct prefixes are not exported (rows keep prefixGroup: null). */
 export const MAX_PREFIX_GROUPS = 16;
 
-export async function treftPositions(lines: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, template: ChatTemplate, tokenizer: LoadedTokenizer, render: RenderOptions): Promise<TreftPositions> {
+export async function treftPositions(
+  lines: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
+  template: ChatTemplate,
+  tokenizer: LoadedTokenizer,
+  render: RenderOptions,
+): Promise<TreftPositions> {
   const rows: TreftRow[] = [];
   const prefixes: TreftPrefix[] = [];
   const groupOf = new Map<string, number>();
@@ -60,7 +65,7 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
       fail('line too long');
       continue;
     }
-    let messages;
+    let messages: ReturnType<typeof normaliseRow>['messages'];
     try {
       messages = normaliseRow(JSON.parse(text)).messages;
     } catch (e) {
@@ -80,7 +85,10 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
       const full = template.render(messages, { ...render, addGenerationPrompt: false });
       // the prefix is what the template writes before the user's text (marker rendering, as everywhere)
       const f = frame(template, { ...render, system: system ? str(system.content) : undefined, response: '' });
-      if (!full.startsWith(f.prefix)) throw new Error('the row renders a different prefix than its first turn alone (the template reads later turns)');
+      if (!full.startsWith(f.prefix))
+        throw new Error(
+          'the row renders a different prefix than its first turn alone (the template reads later turns)',
+        );
       const P = f.prefix.length;
       const found = (text: string, from: number): [number, number] | undefined => {
         for (const t of [text, text.trim()]) {
@@ -93,7 +101,9 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
       if (!q || q[0] !== P) throw new Error('cannot find the user text right after the prefix in the rendered row');
       // the postfix is whatever this row renders between the user text and the first assistant text
       const answer = str(messages[a].content);
-      const r = found(answer, q[1]) ?? (answer.trim() ? undefined : ([q[1] + f.postfix.length, q[1] + f.postfix.length] as [number, number]));
+      const r =
+        found(answer, q[1]) ??
+        (answer.trim() ? undefined : ([q[1] + f.postfix.length, q[1] + f.postfix.length] as [number, number]));
       if (!r) throw new Error('cannot find the assistant text in the rendered row (the template rewrites it)');
       const tokens = tokenizer.encode(full, false);
       // spans by token index, in order: a token straddling a boundary goes with the user or the response text,
@@ -104,7 +114,10 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
       };
       const nP = first(0, (t) => t.end > P);
       const F = first(nP, (t) => t.end > r[0]);
-      const Q = Math.min(first(nP, (t) => t.start >= q[1]), F);
+      const Q = Math.min(
+        first(nP, (t) => t.start >= q[1]),
+        F,
+      );
       const R = first(F, (t) => t.start >= r[1]);
       const ids = tokens.map((t) => t.id);
       const key = ids.slice(0, nP).join(',');
@@ -115,7 +128,15 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
         groupOf.set(key, g);
       }
       if (g !== undefined) prefixes[g].rows++;
-      rows.push({ line, tokens: ids.length, prefix: [0, nP], query: [nP, Q], postfix: [Q, F], response: [F, R], ...(g !== undefined ? { prefixGroup: g } : {}) });
+      rows.push({
+        line,
+        tokens: ids.length,
+        prefix: [0, nP],
+        query: [nP, Q],
+        postfix: [Q, F],
+        response: [F, R],
+        ...(g !== undefined ? { prefixGroup: g } : {}),
+      });
     } catch (e) {
       fail((e as Error).message);
     }
@@ -124,7 +145,17 @@ export async function treftPositions(lines: AsyncIterable<Buffer | string> | Ite
 }
 
 /** The recipe written next to the export: the loss, the file layout, and how to wire it into a PyTorch trainer. */
-export function treftRecipe(info: { dataset: string; template: string; base: string | null; layers: number | null; kvHeads: number | null; headDim: number | null; prefixes: TreftPrefix[]; rows: number; skipped: number }): string {
+export function treftRecipe(info: {
+  dataset: string;
+  template: string;
+  base: string | null;
+  layers: number | null;
+  kvHeads: number | null;
+  headDim: number | null;
+  prefixes: TreftPrefix[];
+  rows: number;
+  skipped: number;
+}): string {
   const shape = info.kvHeads !== null ? `[${info.kvHeads}, P, ${info.headDim}]` : '[kv_heads, P, head_dim]';
   return `# TReFT regularisation data
 
@@ -227,20 +258,50 @@ export async function writeTreftExport(o: TreftExportOptions): Promise<TreftExpo
   let kv: ExportKVResult | undefined;
   if (o.host && o.base && positions.prefixes.length) {
     const file = path.join(o.out, 'reference_kv.safetensors');
-    kv = await o.host.request(ExportKV.type, { prefixes: positions.prefixes.map((p) => p.ids), file, model: 'base', metadata: { template_sha256: sha256(o.template.text), dataset: path.basename(o.dataset) } }, { signal: o.signal });
+    kv = await o.host.request(
+      ExportKV.type,
+      {
+        prefixes: positions.prefixes.map((p) => p.ids),
+        file,
+        model: 'base',
+        metadata: { template_sha256: sha256(o.template.text), dataset: path.basename(o.dataset) },
+      },
+      { signal: o.signal },
+    );
     files.push(file);
   }
   const meta = {
     tool: 'piggyback-lens 0.1.0',
     dataset: { file: o.dataset, sha256: sha256(fs.readFileSync(o.dataset)) },
     template: { file: o.templateFile, sha256: sha256(o.template.text) },
-    base: o.base ? { folder: o.base.folder, hash: o.base.hash, layers: o.base.layers, kvHeads: o.base.kvHeads, headDim: o.base.headDim } : null,
+    base: o.base
+      ? {
+          folder: o.base.folder,
+          hash: o.base.hash,
+          layers: o.base.layers,
+          kvHeads: o.base.kvHeads,
+          headDim: o.base.headDim,
+        }
+      : null,
     rows: positions.rows.length - skipped,
     skipped,
     prefixes: positions.prefixes,
   };
   write('meta.json', JSON.stringify(meta, null, 2) + '\n');
-  write('RECIPE.md', treftRecipe({ dataset: path.basename(o.dataset), template: o.templateFile, base: o.base?.folder ?? null, layers: kv?.layers ?? null, kvHeads: kv?.kvHeads ?? null, headDim: kv?.headDim ?? null, prefixes: positions.prefixes, rows: meta.rows, skipped }));
+  write(
+    'RECIPE.md',
+    treftRecipe({
+      dataset: path.basename(o.dataset),
+      template: o.templateFile,
+      base: o.base?.folder ?? null,
+      layers: kv?.layers ?? null,
+      kvHeads: kv?.kvHeads ?? null,
+      headDim: kv?.headDim ?? null,
+      prefixes: positions.prefixes,
+      rows: meta.rows,
+      skipped,
+    }),
+  );
   return { positions, files, skipped };
 }
 

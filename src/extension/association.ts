@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { associate, ASSOCIATION_FILE, AssociationSource, scanFolder } from '../core/pipeline';
+import { associate, ASSOCIATION_FILE, type AssociationSource, scanFolder } from '../core/pipeline';
 import { readSettings } from './config';
 
 export interface Association {
@@ -69,7 +69,9 @@ export class Associations implements vscode.Disposable {
   async choose(dataset?: vscode.Uri): Promise<void> {
     const uri = dataset ?? vscode.window.activeTextEditor?.document.uri;
     if (!uri || !/\.jsonl$/i.test(uri.fsPath)) {
-      void vscode.window.showInformationMessage('Open a JSONL dataset to choose the chat template it is rendered with.');
+      void vscode.window.showInformationMessage(
+        'Open a JSONL dataset to choose the chat template it is rendered with.',
+      );
       return;
     }
     const folder = vscode.workspace.getWorkspaceFolder(uri);
@@ -86,12 +88,18 @@ export class Associations implements vscode.Disposable {
     if (!pick) return;
     let chosen = pick.value;
     if (!chosen) {
-      const picked = await vscode.window.showOpenDialog({ canSelectFiles: true, canSelectFolders: true, title: 'Model folder, tokenizer_config.json or .jinja' });
+      const picked = await vscode.window.showOpenDialog({
+        canSelectFiles: true,
+        canSelectFolders: true,
+        title: 'Model folder, tokenizer_config.json or .jinja',
+      });
       if (!picked?.[0]) return;
       chosen = picked[0].fsPath;
     }
     if (!folder) {
-      void vscode.window.showWarningMessage('Open a workspace folder to remember the choice; set piggyback.template instead.');
+      void vscode.window.showWarningMessage(
+        'Open a workspace folder to remember the choice; set piggyback.template instead.',
+      );
       return;
     }
     writeAssociation(root, uri.fsPath, chosen);

@@ -53,11 +53,23 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
       lens.command =
         query === undefined
           ? { title: 'Piggyback: no user message in this row', command: '' }
-          : { title: 'Patch prefix and compare', command: 'piggyback.patchCompare', arguments: [{ query, span: 'prefix' } satisfies ModelCommandArgs] };
+          : {
+              title: 'Patch prefix and compare',
+              command: 'piggyback.patchCompare',
+              arguments: [{ query, span: 'prefix' } satisfies ModelCommandArgs],
+            };
     } else if (lens.kind === 'drift') {
-      lens.command = { title: 'Show drift', command: 'piggyback.measureDrift', arguments: [{ template } satisfies ModelCommandArgs] };
+      lens.command = {
+        title: 'Show drift',
+        command: 'piggyback.measureDrift',
+        arguments: [{ template } satisfies ModelCommandArgs],
+      };
     } else {
-      lens.command = { title: `Patch ${lens.kind} and compare`, command: 'piggyback.patchCompare', arguments: [{ template, span: lens.kind } satisfies ModelCommandArgs] };
+      lens.command = {
+        title: `Patch ${lens.kind} and compare`,
+        command: 'piggyback.patchCompare',
+        arguments: [{ template, span: lens.kind } satisfies ModelCommandArgs],
+      };
     }
     return lens;
   }

@@ -1,6 +1,6 @@
 import * as vscode from 'vscode';
 import { insideRoot } from '../core/files';
-import { preparePromptTemplate, PromptTemplate, PromptTemplateError } from '../core/pipeline';
+import { preparePromptTemplate, type PromptTemplate, PromptTemplateError } from '../core/pipeline';
 
 /** Settings, read fresh each time (they can change while the extension runs). */
 export interface Settings {
@@ -39,7 +39,7 @@ export function readSettings(scope?: vscode.Uri): Settings {
   const c = vscode.workspace.getConfiguration('piggyback', scope);
   const str = (k: string) => {
     const v = c.get<string>(k);
-    return v && v.trim() ? v.trim() : undefined;
+    return v?.trim() ? v.trim() : undefined;
   };
   return {
     template: containedPath(c, 'template', scope),
@@ -57,12 +57,21 @@ export function readSettings(scope?: vscode.Uri): Settings {
  * `tokenizerFallback` is where to look for tokenizer.json when piggyback.tokenizer is unset. Throws an Error whose
  * message says what is missing and which setting fixes it.
  */
-export function promptTemplateFromSettings(source: string, tokenizerFallback?: string, scope?: vscode.Uri): PromptTemplate {
+export function promptTemplateFromSettings(
+  source: string,
+  tokenizerFallback?: string,
+  scope?: vscode.Uri,
+): PromptTemplate {
   const s = readSettings(scope);
   try {
-    return preparePromptTemplate(source, { tokenizer: s.tokenizer ?? tokenizerFallback, kwargs: s.templateKwargs, name: s.templateName });
+    return preparePromptTemplate(source, {
+      tokenizer: s.tokenizer ?? tokenizerFallback,
+      kwargs: s.templateKwargs,
+      name: s.templateName,
+    });
   } catch (e) {
-    if (e instanceof PromptTemplateError && e.missing === 'tokenizer') throw new Error(`${e.message} (set piggyback.tokenizer)`);
+    if (e instanceof PromptTemplateError && e.missing === 'tokenizer')
+      throw new Error(`${e.message} (set piggyback.tokenizer)`);
     throw e;
   }
 }

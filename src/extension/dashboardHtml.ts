@@ -17,15 +17,23 @@ export interface DashboardHtmlInput {
 }
 
 export function makeNonce(): string {
-  return randomBytes(16).toString('base64').replace(/[^A-Za-z0-9]/g, '');
+  return randomBytes(16)
+    .toString('base64')
+    .replace(/[^A-Za-z0-9]/g, '');
 }
 
-const escapeAttr = (s: string) => s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+const escapeAttr = (s: string) =>
+  s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 /** Keeps inlined code from closing its own element: "</script" and "</style" become "<\/script" (same meaning in JS). */
 const inline = (code: string, tag: 'script' | 'style') => code.replace(new RegExp(`</${tag}`, 'gi'), `<\\/${tag}`);
 
 export function dashboardHtml(input: DashboardHtmlInput): string {
-  const csp = ["default-src 'none'", `style-src 'nonce-${input.nonce}'`, `script-src 'nonce-${input.nonce}'`, 'img-src data:'].join('; ');
+  const csp = [
+    "default-src 'none'",
+    `style-src 'nonce-${input.nonce}'`,
+    `script-src 'nonce-${input.nonce}'`,
+    'img-src data:',
+  ].join('; ');
   const state = escapeAttr(JSON.stringify(input.initialState ?? null));
   return `<!DOCTYPE html>
 <html lang="en">

@@ -6,12 +6,12 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { auditDataset } from '../core/dataset/audit';
-import { docsPath, Finding } from '../core/findings';
-import { prepareTemplate, PreparedTemplate, datasetFindings } from '../core/pipeline';
+import { docsPath, type Finding } from '../core/findings';
+import { prepareTemplate, type PreparedTemplate, datasetFindings } from '../core/pipeline';
 import { AUDIT_CLOCK } from '../core/template/audit';
 import { isTemplateFileName } from '../core/template/source';
 import type { Associations } from './association';
-import { TemplateAudits, TemplateAuditView } from './templateAudits';
+import { TemplateAudits, type TemplateAuditView } from './templateAudits';
 import { readSettings } from './config';
 
 export function isDataset(doc: vscode.TextDocument): boolean {
@@ -84,7 +84,12 @@ export class DiagnosticsManager implements vscode.Disposable {
     if (isTemplate(doc)) {
       const s = readSettings(doc.uri);
       // rendered off the extension host's thread, with a time and memory limit: a template is workspace code
-      const view = await this.audits.audit(doc.fileName, doc.getText(), { tokenizer: s.tokenizer, name: s.templateName, kwargs: s.templateKwargs, specialTokens: s.specialTokens });
+      const view = await this.audits.audit(doc.fileName, doc.getText(), {
+        tokenizer: s.tokenizer,
+        name: s.templateName,
+        kwargs: s.templateKwargs,
+        specialTokens: s.specialTokens,
+      });
       if (stale()) return;
       this.templateDocs.set(doc.fileName, view);
       findings = view.findings.filter((f) => !f.file || path.resolve(f.file) === path.resolve(doc.fileName));
@@ -103,10 +108,16 @@ export class DiagnosticsManager implements vscode.Disposable {
       });
       if (stale()) return;
       findings = datasetFindings(report);
-      if (lines > limit) this.log.info(`${doc.fileName}: audited the first ${limit} of ${lines} lines (piggyback.diagnostics.maxDatasetLines)`);
+      if (lines > limit)
+        this.log.info(
+          `${doc.fileName}: audited the first ${limit} of ${lines} lines (piggyback.diagnostics.maxDatasetLines)`,
+        );
     }
     if (stale()) return;
-    this.collection.set(doc.uri, findings.map((f) => toDiagnostic(f, this.extensionUri)));
+    this.collection.set(
+      doc.uri,
+      findings.map((f) => toDiagnostic(f, this.extensionUri)),
+    );
     this.log.debug(`${path.basename(doc.fileName)}: ${findings.length} findings in ${Date.now() - started} ms`);
   }
 
@@ -117,7 +128,12 @@ export class DiagnosticsManager implements vscode.Disposable {
     let p = this.forDatasets.get(a.template);
     if (!p) {
       const s = readSettings(dataset);
-      p = prepareTemplate(a.template, { tokenizer: s.tokenizer, name: s.templateName, kwargs: s.templateKwargs, specialTokens: s.specialTokens });
+      p = prepareTemplate(a.template, {
+        tokenizer: s.tokenizer,
+        name: s.templateName,
+        kwargs: s.templateKwargs,
+        specialTokens: s.specialTokens,
+      });
       this.forDatasets.set(a.template, p);
     }
     return p;

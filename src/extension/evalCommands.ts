@@ -8,11 +8,21 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol';
 import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, Probe } from '../core/eval/probes';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, type Probe } from '../core/eval/probes';
 import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
-import { defaultConditions, layerSweepConditions, runCompleteness, EvalSettingsError, Manifest, MANIFEST, readResults, readSkipped, runEval } from '../core/eval/run';
+import {
+  defaultConditions,
+  layerSweepConditions,
+  runCompleteness,
+  EvalSettingsError,
+  type Manifest,
+  MANIFEST,
+  readResults,
+  readSkipped,
+  runEval,
+} from '../core/eval/run';
 import type { LoadResult } from '../core/protocol';
-import { pairTemplateSource, PromptTemplate, renderOptions } from '../core/pipeline';
+import { pairTemplateSource, type PromptTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
@@ -57,7 +67,12 @@ function evalSettings(): EvalSettings {
   const endpoint = (c.get<string>('judge.endpoint') ?? '').trim();
   const model = (c.get<string>('judge.model') ?? '').trim();
   const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? '';
-  const extra = Object.fromEntries(Object.entries(c.get<Record<string, string>>('eval.extraCheckpoints') ?? {}).map(([k, v]) => [k, path.resolve(root, v)]));
+  const extra = Object.fromEntries(
+    Object.entries(c.get<Record<string, string>>('eval.extraCheckpoints') ?? {}).map(([k, v]) => [
+      k,
+      path.resolve(root, v),
+    ]),
+  );
   return {
     runsFolder: c.get<string>('eval.runsFolder') || '.piggyback/runs',
     maxNewTokens: c.get<number>('eval.maxNewTokens') ?? 48,
@@ -84,7 +99,12 @@ export class EvalCommands implements vscode.Disposable {
   ) {}
 
   async setJudgeKey(): Promise<void> {
-    const key = await vscode.window.showInputBox({ title: 'Piggyback: judge API key', prompt: 'Kept in VS Code\u2019s secret storage; sent only to piggyback.judge.endpoint. Leave empty to remove it.', password: true, ignoreFocusOut: true });
+    const key = await vscode.window.showInputBox({
+      title: 'Piggyback: judge API key',
+      prompt: 'Kept in VS Code\u2019s secret storage; sent only to piggyback.judge.endpoint. Leave empty to remove it.',
+      password: true,
+      ignoreFocusOut: true,
+    });
     if (key === undefined) return;
     if (key) await this.context.secrets.store(SECRET_KEY, key);
     else await this.context.secrets.delete(SECRET_KEY);
@@ -105,21 +125,53 @@ export class EvalCommands implements vscode.Disposable {
     if (!args.noPrompt && !args.probeFiles) {
       const active = this.activeDataset();
       type Item = vscode.QuickPickItem & { id: 'general' | 'dataset' | 'other' | 'file' };
-      const items: Item[] = [{ id: 'general', label: 'Built-in general probes', description: `${GENERAL_PROBES.length} questions unrelated to any finetuning domain`, picked: true }];
-      if (active) items.push({ id: 'dataset', label: `In-domain: held-out 20% of ${path.basename(active)}`, description: 'seeded split of the active dataset', picked: true });
-      items.push({ id: 'other', label: 'Other-domain dataset...', description: 'up to 50 rows of another narrow domain (e.g. health advice)' });
-      items.push({ id: 'file', label: 'Probe file (JSONL or YAML)...', description: 'id, question, optional system, aligned/misaligned' });
-      const picked = await vscode.window.showQuickPick(items, { title: 'Piggyback: probes for the eval run', canPickMany: true });
+      const items: Item[] = [
+        {
+          id: 'general',
+          label: 'Built-in general probes',
+          description: `${GENERAL_PROBES.length} questions unrelated to any finetuning domain`,
+          picked: true,
+        },
+      ];
+      if (active)
+        items.push({
+          id: 'dataset',
+          label: `In-domain: held-out 20% of ${path.basename(active)}`,
+          description: 'seeded split of the active dataset',
+          picked: true,
+        });
+      items.push({
+        id: 'other',
+        label: 'Other-domain dataset...',
+        description: 'up to 50 rows of another narrow domain (e.g. health advice)',
+      });
+      items.push({
+        id: 'file',
+        label: 'Probe file (JSONL or YAML)...',
+        description: 'id, question, optional system, aligned/misaligned',
+      });
+      const picked = await vscode.window.showQuickPick(items, {
+        title: 'Piggyback: probes for the eval run',
+        canPickMany: true,
+      });
       if (!picked || picked.length === 0) return undefined;
       general = picked.some((p) => p.id === 'general');
       if (picked.some((p) => p.id === 'dataset')) dataset = active;
       if (picked.some((p) => p.id === 'other')) {
-        const uris = await vscode.window.showOpenDialog({ canSelectMany: true, filters: { 'Chat datasets': ['jsonl'] }, title: 'Datasets of other domains' });
+        const uris = await vscode.window.showOpenDialog({
+          canSelectMany: true,
+          filters: { 'Chat datasets': ['jsonl'] },
+          title: 'Datasets of other domains',
+        });
         if (!uris) return undefined;
         others = uris.map((u) => u.fsPath);
       }
       if (picked.some((p) => p.id === 'file')) {
-        const uris = await vscode.window.showOpenDialog({ canSelectMany: true, filters: { Probes: ['jsonl', 'yaml', 'yml'] }, title: 'Probe files' });
+        const uris = await vscode.window.showOpenDialog({
+          canSelectMany: true,
+          filters: { Probes: ['jsonl', 'yaml', 'yml'] },
+          title: 'Probe files',
+        });
         if (!uris) return undefined;
         files = uris.map((u) => u.fsPath);
       }
@@ -128,11 +180,18 @@ export class EvalCommands implements vscode.Disposable {
     for (const f of files) probes.push(...loadProbeFile(f));
     if (dataset) probes.push(...heldOutProbes(dataset));
     probes.push(...otherDomainProbeSets(others));
-    const parts = [general && 'general', ...files.map((f) => path.basename(f)), dataset && `in-domain from ${path.basename(dataset)}`, ...others.map((o) => `other-domain from ${path.basename(o)}`)].filter(Boolean);
+    const parts = [
+      general && 'general',
+      ...files.map((f) => path.basename(f)),
+      dataset && `in-domain from ${path.basename(dataset)}`,
+      ...others.map((o) => `other-domain from ${path.basename(o)}`),
+    ].filter(Boolean);
     return { probes, description: parts.join(' + ') };
   }
 
-  async runEval(args: RunEvalArgs = {}): Promise<{ folder: string; probes: number; results: number; view: EvalMatrixView } | undefined> {
+  async runEval(
+    args: RunEvalArgs = {},
+  ): Promise<{ folder: string; probes: number; results: number; view: EvalMatrixView } | undefined> {
     const s = evalSettings();
     const host = await this.models.ready(s.extra);
     if (!host) return undefined;
@@ -141,7 +200,9 @@ export class EvalCommands implements vscode.Disposable {
       try {
         judge = new Judge({ ...s.judge, apiKey: (await this.context.secrets.get(SECRET_KEY)) || undefined });
       } catch (e) {
-        void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}. Fix piggyback.judge.endpoint, or clear it to run without a judge.`);
+        void vscode.window.showErrorMessage(
+          `Piggyback Lens: ${(e as Error).message}. Fix piggyback.judge.endpoint, or clear it to run without a judge.`,
+        );
         return undefined;
       }
     }
@@ -151,24 +212,35 @@ export class EvalCommands implements vscode.Disposable {
       // re-running the command continues an interrupted run of the same checkpoints
       const open = unfinishedRun(path.resolve(root, s.runsFolder), this.models.loadResult!);
       if (open) {
-        const answer = await vscode.window.showInformationMessage(`Piggyback Lens: the eval run ${path.basename(open.folder)} stopped after ${open.done} of ${open.total} probes. Continue it?`, 'Continue Run', 'New Run');
+        const answer = await vscode.window.showInformationMessage(
+          `Piggyback Lens: the eval run ${path.basename(open.folder)} stopped after ${open.done} of ${open.total} probes. Continue it?`,
+          'Continue Run',
+          'New Run',
+        );
         if (answer === undefined) return undefined;
         if (answer === 'Continue Run') resume = open.folder;
       }
     }
     let chosen: { probes: Probe[]; description: string } | undefined;
     try {
-      chosen = resume ? { probes: runProbes(resume, []), description: `continuing ${path.basename(resume)}` } : await this.chooseProbes(args);
+      chosen = resume
+        ? { probes: runProbes(resume, []), description: `continuing ${path.basename(resume)}` }
+        : await this.chooseProbes(args);
     } catch (e) {
       this.reportProbeError(e);
       return undefined;
     }
     if (!chosen || chosen.probes.length === 0) return undefined;
     if (!args.out && !resume && !root) {
-      void vscode.window.showInformationMessage('Piggyback Lens: open a folder to keep eval runs in (piggyback.eval.runsFolder).');
+      void vscode.window.showInformationMessage(
+        'Piggyback Lens: open a folder to keep eval runs in (piggyback.eval.runsFolder).',
+      );
       return undefined;
     }
-    const out = resume ?? args.out ?? path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
+    const out =
+      resume ??
+      args.out ??
+      path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
     const finetuned = this.models.finetuned!;
     let p: PromptTemplate;
     try {
@@ -179,47 +251,58 @@ export class EvalCommands implements vscode.Disposable {
       return undefined;
     }
     const conditions = defaultConditions(Object.keys(s.extra), s.perturbationTrials > 0);
-    this.dashboard.update({ busy: `eval run: ${chosen.probes.length} probes (${chosen.description})`, error: undefined });
+    this.dashboard.update({
+      busy: `eval run: ${chosen.probes.length} probes (${chosen.description})`,
+      error: undefined,
+    });
     this.dashboard.show();
     const loaded = this.models.loadResult!;
     if (s.layerSweep) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
-      await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: eval run', cancellable: true }, async (progress, token) => {
-        const abort = new AbortController();
-        token.onCancellationRequested(() => abort.abort(new Error('cancelled')));
-        let last = 0;
-        await runEval({
-          host,
-          loaded,
-          template: p.template,
-          templateFile: p.source?.file,
-          tokenizer: p.tokenizer,
-          render: renderOptions(p),
-          probes: chosen.probes,
-          conditions,
-          out,
-          judge,
-          judgeConcurrency: s.judgeConcurrency,
-          maxNewTokens: s.maxNewTokens,
-          temperature: s.temperature,
-          samples: s.samples,
-          seed: s.seed,
-          perturb: { trials: s.perturbationTrials },
-          signal: abort.signal,
-          onProbe: (i, n) => {
-            progress.report({ message: `probe ${i + 1} of ${n}`, increment: (100 * (i - last)) / n });
-            last = i;
-            // the matrix fills in as probes finish
-            if (i > 0 && i % 5 === 0) this.show(out, false);
-          },
-        });
-      });
+      await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: 'Piggyback: eval run', cancellable: true },
+        async (progress, token) => {
+          const abort = new AbortController();
+          token.onCancellationRequested(() => abort.abort(new Error('cancelled')));
+          let last = 0;
+          await runEval({
+            host,
+            loaded,
+            template: p.template,
+            templateFile: p.source?.file,
+            tokenizer: p.tokenizer,
+            render: renderOptions(p),
+            probes: chosen.probes,
+            conditions,
+            out,
+            judge,
+            judgeConcurrency: s.judgeConcurrency,
+            maxNewTokens: s.maxNewTokens,
+            temperature: s.temperature,
+            samples: s.samples,
+            seed: s.seed,
+            perturb: { trials: s.perturbationTrials },
+            signal: abort.signal,
+            onProbe: (i, n) => {
+              progress.report({ message: `probe ${i + 1} of ${n}`, increment: (100 * (i - last)) / n });
+              last = i;
+              // the matrix fills in as probes finish
+              if (i > 0 && i % 5 === 0) this.show(out, false);
+            },
+          });
+        },
+      );
     } catch (e) {
       const cancelled = (e as Error).message === 'cancelled' || (e as { cancelled?: boolean }).cancelled;
       if (!cancelled) {
-        const hint = e instanceof JudgeConfigError ? ' Finished probes are kept: fix the judge settings and run again with the same folder to resume.' : '';
+        const hint =
+          e instanceof JudgeConfigError
+            ? ' Finished probes are kept: fix the judge settings and run again with the same folder to resume.'
+            : '';
         this.log.error(`eval run in ${out} failed: ${(e as Error).message}`);
-        void vscode.window.showErrorMessage(`Piggyback Lens: eval run stopped: ${(e as Error).message}.${e instanceof EvalSettingsError ? ' Check the piggyback.eval settings.' : hint}`);
+        void vscode.window.showErrorMessage(
+          `Piggyback Lens: eval run stopped: ${(e as Error).message}.${e instanceof EvalSettingsError ? ' Check the piggyback.eval settings.' : hint}`,
+        );
       }
     } finally {
       this.dashboard.update({ busy: undefined });
@@ -232,9 +315,14 @@ export class EvalCommands implements vscode.Disposable {
 
   private reportProbeError(e: unknown): void {
     const err = e as Error & { file?: string; line?: number; column?: number };
-    void vscode.window.showErrorMessage(`Piggyback Lens: ${err.message}`, ...(err.file ? ['Open File'] : [])).then((a) => {
-      if (a && err.file) void vscode.window.showTextDocument(vscode.Uri.file(err.file), { selection: new vscode.Range(err.line! - 1, err.column! - 1, err.line! - 1, err.column! - 1) });
-    });
+    void vscode.window
+      .showErrorMessage(`Piggyback Lens: ${err.message}`, ...(err.file ? ['Open File'] : []))
+      .then((a) => {
+        if (a && err.file)
+          void vscode.window.showTextDocument(vscode.Uri.file(err.file), {
+            selection: new vscode.Range(err.line! - 1, err.column! - 1, err.line! - 1, err.column! - 1),
+          });
+      });
   }
 
   /** Writes the run's reports and shows its matrix; PB002/PB003 go on the template as diagnostics. */
@@ -245,7 +333,8 @@ export class EvalCommands implements vscode.Disposable {
     this.dashboard.update({ eval: view });
     if (final) {
       const byFile = new Map<string, vscode.Diagnostic[]>();
-      for (const f of run.findings) if (f.file) byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f, this.context.extensionUri)]);
+      for (const f of run.findings)
+        if (f.file) byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f, this.context.extensionUri)]);
       this.diagnostics.clear();
       for (const [file, list] of byFile) this.diagnostics.set(vscode.Uri.file(file), list);
     }
@@ -284,16 +373,36 @@ export class EvalCommands implements vscode.Disposable {
 
   /** TReFT export for a dataset: positions and recipe always; the base model's prefix K/V when a base is chosen. */
   async exportTreft(uri?: vscode.Uri, outFolder?: string): Promise<string[] | undefined> {
-    const dataset = uri?.fsPath ?? this.activeDataset() ?? (await vscode.window.showOpenDialog({ filters: { 'Finetuning data': ['jsonl'] }, title: 'Dataset to export TReFT data for' }))?.[0]?.fsPath;
+    const dataset =
+      uri?.fsPath ??
+      this.activeDataset() ??
+      (
+        await vscode.window.showOpenDialog({
+          filters: { 'Finetuning data': ['jsonl'] },
+          title: 'Dataset to export TReFT data for',
+        })
+      )?.[0]?.fsPath;
     if (!dataset) return undefined;
     const template = this.associations.resolve(vscode.Uri.file(dataset)).template ?? this.models.base;
     if (!template) {
-      void vscode.window.showErrorMessage('Piggyback Lens: choose a template for this dataset first (Piggyback: Choose Chat Template for Dataset).');
+      void vscode.window.showErrorMessage(
+        'Piggyback Lens: choose a template for this dataset first (Piggyback: Choose Chat Template for Dataset).',
+      );
       return undefined;
     }
     const host = await this.models.ready();
     if (!host) return undefined;
-    const out = outFolder ?? (await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, defaultUri: vscode.Uri.file(path.dirname(dataset)), openLabel: 'Export here', title: 'Folder for the TReFT export' }))?.[0]?.fsPath;
+    const out =
+      outFolder ??
+      (
+        await vscode.window.showOpenDialog({
+          canSelectFolders: true,
+          canSelectFiles: false,
+          defaultUri: vscode.Uri.file(path.dirname(dataset)),
+          openLabel: 'Export here',
+          title: 'Folder for the TReFT export',
+        })
+      )?.[0]?.fsPath;
     if (!out) return undefined;
     let p: PromptTemplate;
     try {
@@ -303,14 +412,32 @@ export class EvalCommands implements vscode.Disposable {
       return undefined;
     }
     try {
-      const r = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Piggyback: exporting TReFT data', cancellable: true }, (_progress, token) => {
-        const abort = new AbortController();
-        token.onCancellationRequested(() => abort.abort());
-        return writeTreftExport({ dataset, template: p.template, templateFile: p.source?.file ?? template, tokenizer: p.tokenizer, render: renderOptions(p), out, host, base: this.models.loadResult?.base, signal: abort.signal });
-      });
+      const r = await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: 'Piggyback: exporting TReFT data', cancellable: true },
+        (_progress, token) => {
+          const abort = new AbortController();
+          token.onCancellationRequested(() => abort.abort());
+          return writeTreftExport({
+            dataset,
+            template: p.template,
+            templateFile: p.source?.file ?? template,
+            tokenizer: p.tokenizer,
+            render: renderOptions(p),
+            out,
+            host,
+            base: this.models.loadResult?.base,
+            signal: abort.signal,
+          });
+        },
+      );
       const recipe = r.files.find((f) => f.endsWith('RECIPE.md'))!;
       const note = r.skipped ? ` ${r.skipped} rows skipped (see positions.jsonl).` : '';
-      void vscode.window.showInformationMessage(`Piggyback Lens: TReFT data for ${r.positions.rows.length - r.skipped} rows written to ${out}.${note}`, 'Open Recipe').then((a) => a && vscode.window.showTextDocument(vscode.Uri.file(recipe)));
+      void vscode.window
+        .showInformationMessage(
+          `Piggyback Lens: TReFT data for ${r.positions.rows.length - r.skipped} rows written to ${out}.${note}`,
+          'Open Recipe',
+        )
+        .then((a) => a && vscode.window.showTextDocument(vscode.Uri.file(recipe)));
       return r.files;
     } catch (e) {
       this.models.report(e);
@@ -335,7 +462,8 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
   for (const folder of folders.slice(0, 20)) {
     try {
       const m = JSON.parse(fs.readFileSync(path.join(folder, MANIFEST), 'utf8')) as Manifest;
-      if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash) continue;
+      if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash)
+        continue;
       const results = readResults(folder);
       const done = new Set(results.map((r) => r.probe)).size;
       const skipped = readSkipped(folder);
@@ -350,7 +478,18 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
 
 async function pickRunFolder(title: string): Promise<string | undefined> {
   const root = vscode.workspace.workspaceFolders?.[0]?.uri;
-  const runs = root ? vscode.Uri.joinPath(root, vscode.workspace.getConfiguration('piggyback').get<string>('eval.runsFolder') || '.piggyback/runs') : undefined;
-  const uri = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, defaultUri: runs && fs.existsSync(runs.fsPath) ? runs : root, openLabel: 'Open run', title });
+  const runs = root
+    ? vscode.Uri.joinPath(
+        root,
+        vscode.workspace.getConfiguration('piggyback').get<string>('eval.runsFolder') || '.piggyback/runs',
+      )
+    : undefined;
+  const uri = await vscode.window.showOpenDialog({
+    canSelectFolders: true,
+    canSelectFiles: false,
+    defaultUri: runs && fs.existsSync(runs.fsPath) ? runs : root,
+    openLabel: 'Open run',
+    title,
+  });
   return uri?.[0]?.fsPath;
 }

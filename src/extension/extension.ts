@@ -9,8 +9,8 @@ import { auditFolder } from '../core/pipeline';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
 import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
-import { EvalCommands, RunEvalArgs } from './evalCommands';
-import { ModelCommandArgs, ModelCommands } from './modelCommands';
+import { EvalCommands, type RunEvalArgs } from './evalCommands';
+import { type ModelCommandArgs, ModelCommands } from './modelCommands';
 import { Models } from './models';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { SegmentHover } from './hover';
@@ -30,8 +30,16 @@ export function activate(context: vscode.ExtensionContext): void {
   const updatePair = () => {
     const c = modelCommands.checkpoints();
     const drift = dashboard.current.drift?.treft;
-    const risk = drift === undefined ? '' : drift >= DRIFT_THRESHOLDS.warning ? ' $(warning) high drift' : drift >= DRIFT_THRESHOLDS.info ? ' drift' : ' $(check) low drift';
-    pairItem.text = c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${risk}` : '$(beaker) Piggyback';
+    const risk =
+      drift === undefined
+        ? ''
+        : drift >= DRIFT_THRESHOLDS.warning
+          ? ' $(warning) high drift'
+          : drift >= DRIFT_THRESHOLDS.info
+            ? ' drift'
+            : ' $(check) low drift';
+    pairItem.text =
+      c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${risk}` : '$(beaker) Piggyback';
     pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
     pairItem.show();
   };
@@ -64,22 +72,31 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.window.onDidChangeActiveTextEditor((editor) => associations.update(editor)),
     associations.onDidChange(() => diagnostics.templatesChanged()),
     // templates, tokenizers and .piggyback.json edited outside the editor (a checkout, a training script)
-    watch('**/{tokenizer_config.json,tokenizer.json,chat_template.json,chat_template.jinja,*.jinja,.piggyback.json}', () => {
-      diagnostics.templatesChanged();
-      associations.update(vscode.window.activeTextEditor);
-    }),
+    watch(
+      '**/{tokenizer_config.json,tokenizer.json,chat_template.json,chat_template.jinja,*.jinja,.piggyback.json}',
+      () => {
+        diagnostics.templatesChanged();
+        associations.update(vscode.window.activeTextEditor);
+      },
+    ),
     vscode.commands.registerCommand('piggyback.chooseTemplate', (uri?: vscode.Uri) =>
       associations.choose(uri).catch((e) => vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`)),
     ),
     vscode.commands.registerCommand('piggyback.auditWorkspace', () => auditWorkspace(context, diagnostics, log)),
-    vscode.commands.registerCommand('piggyback.selectBase', (folder?: string) => (folder ? models.setCheckpoint('base', folder) : models.choose('base')).catch((e) => models.report(e))),
-    vscode.commands.registerCommand('piggyback.selectFinetuned', (folder?: string) => (folder ? models.setCheckpoint('finetuned', folder) : models.choose('finetuned')).catch((e) => models.report(e))),
+    vscode.commands.registerCommand('piggyback.selectBase', (folder?: string) =>
+      (folder ? models.setCheckpoint('base', folder) : models.choose('base')).catch((e) => models.report(e)),
+    ),
+    vscode.commands.registerCommand('piggyback.selectFinetuned', (folder?: string) =>
+      (folder ? models.setCheckpoint('finetuned', folder) : models.choose('finetuned')).catch((e) => models.report(e)),
+    ),
     vscode.commands.registerCommand('piggyback.measureDrift', async (args?: ModelCommandArgs) => {
       const view = await modelCommands.measureDrift(args);
       updatePair();
       return view;
     }),
-    vscode.commands.registerCommand('piggyback.patchCompare', (args?: ModelCommandArgs) => modelCommands.patchCompare(args)),
+    vscode.commands.registerCommand('piggyback.patchCompare', (args?: ModelCommandArgs) =>
+      modelCommands.patchCompare(args),
+    ),
     vscode.commands.registerCommand('piggyback.openDashboard', () => {
       dashboard.update({ checkpoints: modelCommands.checkpoints() });
       dashboard.show();
@@ -88,17 +105,25 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.commands.registerCommand('piggyback.runEval', (args?: RunEvalArgs) => evals.runEval(args)),
     vscode.commands.registerCommand('piggyback.openEvalRun', (folder?: string) => evals.openRun(folder)),
     vscode.commands.registerCommand('piggyback.compareEvalRuns', (a?: string, b?: string) => evals.compareRuns(a, b)),
-    vscode.commands.registerCommand('piggyback.exportTreft', (uri?: vscode.Uri, out?: string) => evals.exportTreft(uri, out)),
+    vscode.commands.registerCommand('piggyback.exportTreft', (uri?: vscode.Uri, out?: string) =>
+      evals.exportTreft(uri, out),
+    ),
     vscode.commands.registerCommand('piggyback.setJudgeApiKey', () => evals.setJudgeKey()),
     vscode.languages.registerCodeLensProvider(selector, lenses),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
       deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),
     }),
     dashboard.onAction((a) => {
-      if (a.type === 'runDrift') void modelCommands.measureDrift({ noPrompt: !!dashboard.current.drift, query: dashboard.current.drift?.query });
-      else if (a.type === 'runPatch') void modelCommands.patchCompare({ span: a.span, query: dashboard.current.patch?.query ?? dashboard.current.drift?.query });
+      if (a.type === 'runDrift')
+        void modelCommands.measureDrift({ noPrompt: !!dashboard.current.drift, query: dashboard.current.drift?.query });
+      else if (a.type === 'runPatch')
+        void modelCommands.patchCompare({
+          span: a.span,
+          query: dashboard.current.patch?.query ?? dashboard.current.drift?.query,
+        });
       else if (a.type === 'runEval') void evals.runEval();
-      else if (a.type === 'openReport' && dashboard.current.eval?.folder === a.folder) void vscode.env.openExternal(vscode.Uri.file(`${a.folder}/report.html`));
+      else if (a.type === 'openReport' && dashboard.current.eval?.folder === a.folder)
+        void vscode.env.openExternal(vscode.Uri.file(`${a.folder}/report.html`));
     }),
     models.onDidChange(updatePair),
     vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration('piggyback.codeLens') && lenses.refresh()),
@@ -122,7 +147,11 @@ function watch(glob: string, onChange: () => void): vscode.Disposable {
 }
 
 /** Audits every model folder and dataset in the workspace; results go to the Problems view. */
-async function auditWorkspace(context: vscode.ExtensionContext, diagnostics: DiagnosticsManager, log: vscode.LogOutputChannel): Promise<{ findings: number }> {
+async function auditWorkspace(
+  context: vscode.ExtensionContext,
+  diagnostics: DiagnosticsManager,
+  log: vscode.LogOutputChannel,
+): Promise<{ findings: number }> {
   const folders = vscode.workspace.workspaceFolders ?? [];
   if (folders.length === 0) {
     void vscode.window.showInformationMessage('Piggyback Lens: open a folder to audit its models and datasets.');
@@ -147,10 +176,14 @@ async function auditWorkspace(context: vscode.ExtensionContext, diagnostics: Dia
           }
           for (const [file, list] of byFile) diagnostics.collection.set(vscode.Uri.file(file), list);
           total += a.findings.length;
-          log.info(`audited ${folder.uri.fsPath}: ${a.templates.length} templates, ${a.datasets.length} datasets, ${a.findings.length} findings`);
+          log.info(
+            `audited ${folder.uri.fsPath}: ${a.templates.length} templates, ${a.datasets.length} datasets, ${a.findings.length} findings`,
+          );
         } catch (e) {
           log.error(`audit of ${folder.uri.fsPath} failed`, e);
-          void vscode.window.showErrorMessage(`Piggyback Lens: audit of ${folder.name} failed: ${(e as Error).message}`);
+          void vscode.window.showErrorMessage(
+            `Piggyback Lens: audit of ${folder.name} failed: ${(e as Error).message}`,
+          );
         }
       }
     },
@@ -161,4 +194,3 @@ async function auditWorkspace(context: vscode.ExtensionContext, diagnostics: Dia
 }
 
 export function deactivate(): void {}
-

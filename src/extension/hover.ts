@@ -5,9 +5,9 @@
 import * as vscode from 'vscode';
 import { normaliseRow, contentText } from '../core/dataset/formats';
 import { AUDIT_CLOCK } from '../core/template/audit';
-import { segmentPrompt, Segmentation } from '../core/template/segments';
+import { segmentPrompt, type Segmentation } from '../core/template/segments';
 import type { Token } from '../core/tokenizer';
-import { DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
+import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 
 const MAX_TOKENS_SHOWN = 80;
 
@@ -47,8 +47,7 @@ export class SegmentHover implements vscode.HoverProvider {
     if (!p?.template || !p.source || row.messages.length === 0) return undefined;
     const msgs = row.messages;
     const sys = msgs[0].role === 'system' || msgs[0].role === 'developer' ? contentText(msgs[0].content) : undefined;
-    let lastUser = -1;
-    msgs.forEach((m, i) => m.role === 'user' && (lastUser = i));
+    const lastUser = msgs.map((m) => m.role).lastIndexOf('user');
     if (lastUser < 0) return undefined;
     const responseMsg = msgs.slice(lastUser + 1).find((m) => m.role === 'assistant');
     try {
@@ -65,7 +64,10 @@ export class SegmentHover implements vscode.HoverProvider {
         },
         p.tokenizer,
       );
-      return new vscode.Hover(describe(seg, `This row rendered with ${p.source.file ?? 'the template'}`), doc.lineAt(pos.line).range);
+      return new vscode.Hover(
+        describe(seg, `This row rendered with ${p.source.file ?? 'the template'}`),
+        doc.lineAt(pos.line).range,
+      );
     } catch (e) {
       return new vscode.Hover(`Piggyback Lens cannot render this row: ${(e as Error).message}`);
     }

@@ -4,10 +4,10 @@
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { DRIFT_THRESHOLDS, DriftView, PatchView } from '../core/dashboardProtocol';
+import { DRIFT_THRESHOLDS, type DriftView, type PatchView } from '../core/dashboardProtocol';
 import { pairTemplateSource, renderOptions } from '../core/pipeline';
 import { answerText, promptIds } from '../core/prompt';
-import { Drift, Patch, PatchSpan } from '../core/protocol';
+import { Drift, Patch, type PatchSpan } from '../core/protocol';
 import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
@@ -36,7 +36,11 @@ export class ModelCommands {
   private async query(args: ModelCommandArgs): Promise<string | undefined> {
     if (args.query !== undefined) return args.query;
     if (args.noPrompt) return DEFAULT_QUERY;
-    return vscode.window.showInputBox({ title: 'Piggyback: query to measure', value: DEFAULT_QUERY, prompt: 'A user message; the template adds the prefix and postfix.' });
+    return vscode.window.showInputBox({
+      title: 'Piggyback: query to measure',
+      value: DEFAULT_QUERY,
+      prompt: 'A user message; the template adds the prefix and postfix.',
+    });
   }
 
   private prompt(args: ModelCommandArgs, query: string) {
@@ -45,14 +49,20 @@ export class ModelCommands {
     return { prepared: p, ids: promptIds(p.template, p.tokenizer, { ...renderOptions(p), query }) };
   }
 
-  private async run<T>(title: string, work: (signal: AbortSignal, progress: (m: string) => void) => Promise<T>): Promise<T | undefined> {
+  private async run<T>(
+    title: string,
+    work: (signal: AbortSignal, progress: (m: string) => void) => Promise<T>,
+  ): Promise<T | undefined> {
     this.dashboard.update({ busy: title, error: undefined });
     try {
-      return await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Piggyback: ${title}`, cancellable: true }, async (progress, token) => {
-        const abort = new AbortController();
-        token.onCancellationRequested(() => abort.abort());
-        return work(abort.signal, (message) => progress.report({ message }));
-      });
+      return await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: `Piggyback: ${title}`, cancellable: true },
+        async (progress, token) => {
+          const abort = new AbortController();
+          token.onCancellationRequested(() => abort.abort());
+          return work(abort.signal, (message) => progress.report({ message }));
+        },
+      );
     } catch (e) {
       this.models.report(e);
       this.dashboard.update({ error: (e as Error).message });
@@ -69,7 +79,11 @@ export class ModelCommands {
     if (query === undefined) return undefined;
     return this.run('measuring K/V drift', async (signal, progress) => {
       const { prepared, ids } = this.prompt(args, query);
-      const d = await host.request(Drift.type, { prompt: ids }, { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) });
+      const d = await host.request(
+        Drift.type,
+        { prompt: ids },
+        { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) },
+      );
       const tok = prepared.tokenizer;
       const seg = (name: 'prefix' | 'query' | 'postfix') => ({
         name,
@@ -78,7 +92,12 @@ export class ModelCommands {
         value: d.segments[name].value,
         mean: d.segments[name].mean,
       });
-      const view: DriftView = { query, layers: d.layers, segments: [seg('prefix'), seg('query'), seg('postfix')], treft: d.treft };
+      const view: DriftView = {
+        query,
+        layers: d.layers,
+        segments: [seg('prefix'), seg('query'), seg('postfix')],
+        treft: d.treft,
+      };
       this.dashboard.update({ drift: view, checkpoints: this.checkpoints() });
       this.dashboard.show();
       this.driftDiagnostic(prepared.source?.file, d.segments.prefix.key, d.segments.prefix.value, d.treft);
@@ -94,15 +113,24 @@ export class ModelCommands {
     const span = args.span ?? 'prefix';
     return this.run(`patching the ${span} and comparing`, async (signal, progress) => {
       const { prepared, ids } = this.prompt(args, query);
-      const r = await host.request(Patch.type, { prompt: ids, span }, { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) });
+      const r = await host.request(
+        Patch.type,
+        { prompt: ids, span },
+        { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) },
+      );
       const loaded = this.models.loadResult!;
-      const text = (x: number[]) => answerText(prepared.tokenizer, x, [...loaded.base.eosTokenIds, ...loaded.finetuned.eosTokenIds]);
+      const text = (x: number[]) =>
+        answerText(prepared.tokenizer, x, [...loaded.base.eosTokenIds, ...loaded.finetuned.eosTokenIds]);
       const view: PatchView = {
         query,
         span,
         patchedPositions: r.patchedPositions.length,
         kl: r.kl,
-        generations: { base: text(r.generations.base), finetuned: text(r.generations.finetuned), patched: text(r.generations.patched) },
+        generations: {
+          base: text(r.generations.base),
+          finetuned: text(r.generations.finetuned),
+          patched: text(r.generations.patched),
+        },
       };
       this.dashboard.update({ patch: view, checkpoints: this.checkpoints() });
       this.dashboard.show();

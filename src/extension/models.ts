@@ -6,12 +6,16 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
-import { checkpointKind, CheckpointKind, ONNX_MODEL_FILES } from '../core/checkpoints';
+import { checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../core/checkpoints';
 import type { LoadResult } from '../core/protocol';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
 const FINETUNED_KEY = 'piggyback.checkpoint.finetuned';
-const KIND_LABEL: Record<CheckpointKind, string> = { hf: 'Hugging Face model', adapter: 'LoRA adapter', onnx: 'ONNX export' };
+const KIND_LABEL: Record<CheckpointKind, string> = {
+  hf: 'Hugging Face model',
+  adapter: 'LoRA adapter',
+  onnx: 'ONNX export',
+};
 
 export class Models implements vscode.Disposable {
   private host: HostClient | undefined;
@@ -43,7 +47,10 @@ export class Models implements vscode.Disposable {
   async setCheckpoint(which: 'base' | 'finetuned', folder: string): Promise<void> {
     const k = checkpointKind(folder);
     if ('error' in k) throw new Error(`${folder}: ${k.error}`);
-    if (which === 'base' && k.kind === 'adapter') throw new Error(`${folder} is a LoRA adapter: choose it as the finetuned checkpoint, and its base model as the base`);
+    if (which === 'base' && k.kind === 'adapter')
+      throw new Error(
+        `${folder} is a LoRA adapter: choose it as the finetuned checkpoint, and its base model as the base`,
+      );
     await this.context.workspaceState.update(which === 'base' ? BASE_KEY : FINETUNED_KEY, folder);
     this.changed.fire();
   }
@@ -61,14 +68,29 @@ export class Models implements vscode.Disposable {
       }
     }
     const builtIn = this.builtIn();
-    const items: (vscode.QuickPickItem & { folder?: string })[] = [...found.keys()].sort().map((folder) => ({ label: path.basename(folder), description: `${KIND_LABEL[found.get(folder)!]} · ${vscode.workspace.asRelativePath(folder)}`, folder }));
-    items.push({ label: `$(beaker) built-in organism: ${which}`, description: 'examples/organisms', folder: builtIn[which] });
+    const items: (vscode.QuickPickItem & { folder?: string })[] = [...found.keys()].sort().map((folder) => ({
+      label: path.basename(folder),
+      description: `${KIND_LABEL[found.get(folder)!]} · ${vscode.workspace.asRelativePath(folder)}`,
+      folder,
+    }));
+    items.push({
+      label: `$(beaker) built-in organism: ${which}`,
+      description: 'examples/organisms',
+      folder: builtIn[which],
+    });
     items.push({ label: '$(folder-opened) Browse...' });
-    const pick = await vscode.window.showQuickPick(items, { title: `Piggyback: ${which} checkpoint`, placeHolder: 'A Hugging Face model folder, a LoRA adapter (finetuned), or an ONNX decoder export' });
+    const pick = await vscode.window.showQuickPick(items, {
+      title: `Piggyback: ${which} checkpoint`,
+      placeHolder: 'A Hugging Face model folder, a LoRA adapter (finetuned), or an ONNX decoder export',
+    });
     if (!pick) return;
     let folder = pick.folder;
     if (!folder) {
-      const picked = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, title: `${which} checkpoint folder` });
+      const picked = await vscode.window.showOpenDialog({
+        canSelectFolders: true,
+        canSelectFiles: false,
+        title: `${which} checkpoint folder`,
+      });
       folder = picked?.[0]?.fsPath;
     }
     if (folder) await this.setCheckpoint(which, folder);
@@ -85,7 +107,9 @@ export class Models implements vscode.Disposable {
    */
   async ready(extra?: Record<string, string>): Promise<HostClient | undefined> {
     if (!vscode.workspace.isTrusted) {
-      void vscode.window.showWarningMessage('Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.');
+      void vscode.window.showWarningMessage(
+        'Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.',
+      );
       return undefined;
     }
     const base = this.base;
@@ -106,33 +130,58 @@ export class Models implements vscode.Disposable {
       }
       if (!this.base || !this.finetuned) return undefined;
     }
-    if (!this.host || !this.host.running) {
+    if (!this.host?.running) {
       this.host = new HostClient({
         script: this.context.asAbsolutePath(path.join('dist', 'host.js')),
-        onLog: (level, message) => (level === 'error' ? this.log.error(`[host] ${message}`) : this.log.info(`[host] ${message}`)),
+        onLog: (level, message) =>
+          level === 'error' ? this.log.error(`[host] ${message}`) : this.log.info(`[host] ${message}`),
         onExit: (exit) => {
           this.loaded = undefined;
           this.changed.fire();
           if (exit.signal !== 'SIGTERM') {
             const how = exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
             this.log.error(`model host stopped (${how})`);
-            void vscode.window.showErrorMessage(`Piggyback Lens: the model host stopped (${how}). Earlier results are kept.`, 'Restart Model Host').then((a) => {
-              if (a) void vscode.commands.executeCommand('piggyback.restartHost');
-            });
+            void vscode.window
+              .showErrorMessage(
+                `Piggyback Lens: the model host stopped (${how}). Earlier results are kept.`,
+                'Restart Model Host',
+              )
+              .then((a) => {
+                if (a) void vscode.commands.executeCommand('piggyback.restartHost');
+              });
           }
         },
       });
       this.loaded = undefined;
     }
     const extraKey = JSON.stringify(extra ?? {});
-    if (!this.loaded || this.loaded.base !== this.base || this.loaded.finetuned !== this.finetuned || (extra && this.loaded.extra !== extraKey)) {
+    if (
+      !this.loaded ||
+      this.loaded.base !== this.base ||
+      this.loaded.finetuned !== this.finetuned ||
+      (extra && this.loaded.extra !== extraKey)
+    ) {
       try {
         const c = vscode.workspace.getConfiguration('piggyback');
         const threads = c.get<number>('host.threads') || undefined;
-        const settings = { threads, executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'), weightsDtype: c.get<'auto' | 'float32' | 'float16'>('host.weightsDtype'), modelFile: c.get<string>('host.onnxVariant') || undefined, memoryCheck: c.get<boolean>('host.memoryCheck') };
-        const result = await this.host.load({ base: this.base!, finetuned: this.finetuned!, extra: extra ?? {}, cacheDir: c.get<string>('host.cacheDir') || undefined, settings });
+        const settings = {
+          threads,
+          executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'),
+          weightsDtype: c.get<'auto' | 'float32' | 'float16'>('host.weightsDtype'),
+          modelFile: c.get<string>('host.onnxVariant') || undefined,
+          memoryCheck: c.get<boolean>('host.memoryCheck'),
+        };
+        const result = await this.host.load({
+          base: this.base!,
+          finetuned: this.finetuned!,
+          extra: extra ?? {},
+          cacheDir: c.get<string>('host.cacheDir') || undefined,
+          settings,
+        });
         this.loaded = { base: this.base!, finetuned: this.finetuned!, extra: extraKey, result };
-        this.log.info(`loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`);
+        this.log.info(
+          `loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`,
+        );
         this.changed.fire();
       } catch (e) {
         this.report(e);

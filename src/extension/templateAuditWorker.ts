@@ -4,7 +4,7 @@
  * with plain data (findings, the template's offsets in its file, the example segmentation).
  */
 import { parentPort } from 'node:worker_threads';
-import { prepareTemplate, PrepareOptions } from '../core/pipeline';
+import { prepareTemplate, type PrepareOptions } from '../core/pipeline';
 import type { TemplateAuditRequest, TemplateAuditView } from './templateAudits';
 
 parentPort?.on('message', (req: TemplateAuditRequest) => {
@@ -13,7 +13,20 @@ parentPort?.on('message', (req: TemplateAuditRequest) => {
     const p = prepareTemplate(req.file, { ...(req.options as PrepareOptions), text: req.text });
     view = { findings: p.findings, offsets: p.source?.offsets, segments: p.audit?.segments };
   } catch (e) {
-    view = { findings: [{ code: 'CT009', severity: 'error', message: `The template audit failed: ${(e as Error).message}`, file: req.file, line: 1, column: 1, endLine: 1, endColumn: 2 }] };
+    view = {
+      findings: [
+        {
+          code: 'CT009',
+          severity: 'error',
+          message: `The template audit failed: ${(e as Error).message}`,
+          file: req.file,
+          line: 1,
+          column: 1,
+          endLine: 1,
+          endColumn: 2,
+        },
+      ],
+    };
   }
   parentPort!.postMessage({ id: req.id, view });
 });

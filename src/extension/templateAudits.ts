@@ -45,9 +45,12 @@ export class TemplateAudits {
   }
 
   private run(file: string, text: string, options: Omit<PrepareOptions, 'text'>): Promise<TemplateAuditView> {
-    const worker = (this.worker ??= new Worker(this.script, { resourceLimits: { maxOldGenerationSizeMb: WORKER_MEMORY_MB } }));
+    this.worker ??= new Worker(this.script, { resourceLimits: { maxOldGenerationSizeMb: WORKER_MEMORY_MB } });
+    const worker = this.worker;
     const id = this.next++;
-    const failed = (message: string): TemplateAuditView => ({ findings: [{ code: 'CT009', severity: 'error', message, file, line: 1, column: 1, endLine: 1, endColumn: 2 }] });
+    const failed = (message: string): TemplateAuditView => ({
+      findings: [{ code: 'CT009', severity: 'error', message, file, line: 1, column: 1, endLine: 1, endColumn: 2 }],
+    });
     return new Promise<TemplateAuditView>((resolve) => {
       const done = (view: TemplateAuditView, stop: boolean) => {
         clearTimeout(timer);
@@ -61,9 +64,25 @@ export class TemplateAudits {
         resolve(view);
       };
       const onMessage = (m: { id: number; view: TemplateAuditView }) => m.id === id && done(m.view, false);
-      const onError = (e: Error) => done(failed(`The template audit stopped: ${e.message}. ${path.basename(file)} may loop or build huge strings; the audit of this text was abandoned.`), true);
-      const onExit = () => done(failed('The template audit stopped unexpectedly; the audit of this text was abandoned.'), true);
-      const timer = setTimeout(() => done(failed(`The template audit did not finish within ${this.timeLimitMs / 1000} s and was stopped (a template that loops for ever, or renders far too much).`), true), this.timeLimitMs);
+      const onError = (e: Error) =>
+        done(
+          failed(
+            `The template audit stopped: ${e.message}. ${path.basename(file)} may loop or build huge strings; the audit of this text was abandoned.`,
+          ),
+          true,
+        );
+      const onExit = () =>
+        done(failed('The template audit stopped unexpectedly; the audit of this text was abandoned.'), true);
+      const timer = setTimeout(
+        () =>
+          done(
+            failed(
+              `The template audit did not finish within ${this.timeLimitMs / 1000} s and was stopped (a template that loops for ever, or renders far too much).`,
+            ),
+            true,
+          ),
+        this.timeLimitMs,
+      );
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);

@@ -32,8 +32,8 @@ export function fileHash(file: string, cacheDir: string | undefined): string {
   const fd = fs.openSync(real, 'r');
   try {
     const buf = Buffer.allocUnsafe(8 << 20);
-    let n: number;
-    while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) h.update(buf.subarray(0, n));
+    for (let n = fs.readSync(fd, buf, 0, buf.length, null); n > 0; n = fs.readSync(fd, buf, 0, buf.length, null))
+      h.update(buf.subarray(0, n));
   } finally {
     fs.closeSync(fd);
   }
@@ -60,7 +60,6 @@ function writeAtomically(file: string, data: Buffer): void {
   }
 }
 
-
 /** The short hash of a list of parts (file hashes, kinds). */
 export function combine(...parts: string[]): string {
   const h = createHash('sha256');
@@ -86,7 +85,11 @@ export function identityOf(kind: string, folder: string, files: string[], cacheD
 export function onnxIdentity(modelFile: string, configDir: string, cacheDir: string | undefined): Identity {
   const external = externalDataFiles(modelFile);
   const missing = external.filter((f) => !fs.existsSync(f));
-  if (missing.length) throw new CheckpointError(`the graph keeps its weights in ${missing.map((f) => path.relative(path.dirname(modelFile), f)).join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} missing`, modelFile);
+  if (missing.length)
+    throw new CheckpointError(
+      `the graph keeps its weights in ${missing.map((f) => path.relative(path.dirname(modelFile), f)).join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} missing`,
+      modelFile,
+    );
   const files = [modelFile, ...external];
   const config = path.join(configDir, 'config.json');
   if (fs.existsSync(config)) files.push(config);

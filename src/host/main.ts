@@ -2,14 +2,40 @@
  * The model host: a separate Node process that owns onnxruntime. A native crash or out-of-memory here ends this
  * process only; the client in the extension or the CLI notices and reports it. Speaks JSON-RPC over Node IPC.
  */
-import { CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
+import { type CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
-import { Crash, Drift, ExportKV, Generate, HostErrors, Load, LoadResult, Log, Parity, Patch, Perturb, progressType, Score } from '../core/protocol';
-import { Checkpoint, CheckpointError } from './checkpoint';
+import {
+  Crash,
+  Drift,
+  ExportKV,
+  Generate,
+  HostErrors,
+  Load,
+  type LoadResult,
+  Log,
+  Parity,
+  Patch,
+  Perturb,
+  progressType,
+  Score,
+} from '../core/protocol';
+import { type Checkpoint, CheckpointError } from './checkpoint';
 import { loadCheckpoints } from './hf/load';
 import { defaultCacheDir } from './hf/weights';
 import { resolveSettings, SettingsError } from './session';
-import { BadRequestError, CancelledError, drift, exportKV, generate, Models, OpContext, parity, patch, perturb, score } from './operations';
+import {
+  BadRequestError,
+  CancelledError,
+  drift,
+  exportKV,
+  generate,
+  Models,
+  type OpContext,
+  parity,
+  patch,
+  perturb,
+  score,
+} from './operations';
 
 process.env.ORT_DISABLE_TELEMETRY ??= '1';
 
@@ -21,7 +47,8 @@ function context(token: CancellationToken, progressToken: string | number | unde
   return {
     isCancelled: () => token.isCancellationRequested,
     progress: (done, total, message) => {
-      if (progressToken !== undefined) void connection.sendProgress(progressType, progressToken, { done, total, message });
+      if (progressToken !== undefined)
+        void connection.sendProgress(progressType, progressToken, { done, total, message });
     },
   };
 }
@@ -42,7 +69,8 @@ function handle<P extends object, R>(fn: (params: P, ctx: OpContext, models: Mod
 function toResponseError(e: unknown): ResponseError<void> {
   if (e instanceof CancelledError) return new ResponseError(HostErrors.Cancelled, 'cancelled');
   if (e instanceof CheckpointError) return new ResponseError(HostErrors.BadCheckpoint, e.message);
-  if (e instanceof BadRequestError || e instanceof SettingsError) return new ResponseError(HostErrors.BadRequest, e.message);
+  if (e instanceof BadRequestError || e instanceof SettingsError)
+    return new ResponseError(HostErrors.BadRequest, e.message);
   // an error nobody anticipated: one line for the user; the trace goes to the editor's log
   connection.sendNotification(Log.type, { level: 'info', message: (e as Error).stack ?? String(e) });
   return new ResponseError(-32603, String((e as Error).message ?? e).split('\n')[0]);
@@ -51,32 +79,68 @@ function toResponseError(e: unknown): ResponseError<void> {
 connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseError<void>> => {
   try {
     for (const name of Object.keys(params.extra ?? {})) {
-      if (name === 'base' || name === 'finetuned') throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
+      if (name === 'base' || name === 'finetuned')
+        throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
     }
     const others: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
-    const log = (message: string, level: 'load' | 'info' = 'load') => connection.sendNotification(Log.type, { level, message });
+    const log = (message: string, level: 'load' | 'info' = 'load') =>
+      connection.sendNotification(Log.type, { level, message });
     const settings = resolveSettings(params.settings);
-    const { base, others: byName } = await loadCheckpoints(params.base, others, { cacheDir: params.cacheDir || defaultCacheDir(), log, settings, modelFile: params.settings?.modelFile, memoryCheck: params.settings?.memoryCheck });
+    const { base, others: byName } = await loadCheckpoints(params.base, others, {
+      cacheDir: params.cacheDir || defaultCacheDir(),
+      log,
+      settings,
+      modelFile: params.settings?.modelFile,
+      memoryCheck: params.settings?.memoryCheck,
+    });
     const finetuned = byName.get('finetuned')!;
     for (const old of loaded) await old.release();
     loaded = [base, ...byName.values()];
     models = new Models(base, byName);
     const extra: LoadResult['extra'] = {};
     for (const [name, c] of byName) if (name !== 'finetuned') extra[name] = c.info;
-    connection.sendNotification(Log.type, { level: 'info', message: `loaded ${base.info.modelFile} and ${finetuned.info.modelFile}` });
+    connection.sendNotification(Log.type, {
+      level: 'info',
+      message: `loaded ${base.info.modelFile} and ${finetuned.info.modelFile}`,
+    });
     return { base: base.info, finetuned: finetuned.info, extra };
   } catch (e) {
-    if (e instanceof CheckpointError) return new ResponseError(e.message.includes('not compatible') ? HostErrors.Incompatible : HostErrors.BadCheckpoint, e.message);
+    if (e instanceof CheckpointError)
+      return new ResponseError(
+        e.message.includes('not compatible') ? HostErrors.Incompatible : HostErrors.BadCheckpoint,
+        e.message,
+      );
     return toResponseError(e);
   }
 });
-connection.onRequest(Drift.type, handle((p, ctx, m) => drift(m, p.prompt, p.against ?? 'finetuned', ctx)));
-connection.onRequest(Patch.type, handle((p, ctx, m) => patch(m, p, ctx)));
-connection.onRequest(Score.type, handle((p, ctx, m) => score(m, p, ctx)));
-connection.onRequest(Perturb.type, handle((p, ctx, m) => perturb(m, p, ctx)));
-connection.onRequest(Generate.type, handle(async (p, ctx, m) => ({ ids: await generate(m, p, ctx) })));
-connection.onRequest(ExportKV.type, handle((p, ctx, m) => exportKV(m, p, ctx)));
-connection.onRequest(Parity.type, handle((p, _ctx, m) => parity(m, p.prompt)));
+connection.onRequest(
+  Drift.type,
+  handle((p, ctx, m) => drift(m, p.prompt, p.against ?? 'finetuned', ctx)),
+);
+connection.onRequest(
+  Patch.type,
+  handle((p, ctx, m) => patch(m, p, ctx)),
+);
+connection.onRequest(
+  Score.type,
+  handle((p, ctx, m) => score(m, p, ctx)),
+);
+connection.onRequest(
+  Perturb.type,
+  handle((p, ctx, m) => perturb(m, p, ctx)),
+);
+connection.onRequest(
+  Generate.type,
+  handle(async (p, ctx, m) => ({ ids: await generate(m, p, ctx) })),
+);
+connection.onRequest(
+  ExportKV.type,
+  handle((p, ctx, m) => exportKV(m, p, ctx)),
+);
+connection.onRequest(
+  Parity.type,
+  handle((p, _ctx, m) => parity(m, p.prompt)),
+);
 connection.onNotification(Crash.type, ({ afterMs }) => setTimeout(() => process.abort(), afterMs));
 
 connection.onClose(() => process.exit(0));

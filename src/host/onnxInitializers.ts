@@ -59,8 +59,7 @@ class Reader {
       // read the length before moving: `this.pos += this.varint()` would add it to the position before the varint
       const n = this.varint();
       this.pos += n;
-    }
-    else if (wire === 5) this.pos += 4;
+    } else if (wire === 5) this.pos += 4;
     else throw new Error(`unsupported protobuf wire type ${wire}`);
   }
 }
@@ -70,9 +69,8 @@ const text = new TextDecoder();
 function readTensor(buf: Uint8Array): RawTensor {
   const r = new Reader(buf);
   const t: RawTensor = { name: '', dims: [], dataType: 0 };
-  let tag: [number, number] | undefined;
   const externals: Uint8Array[] = [];
-  while ((tag = r.tag())) {
+  for (let tag = r.tag(); tag; tag = r.tag()) {
     const [field, wire] = tag;
     if (field === 1 && wire === 0) t.dims.push(r.varint());
     else if (field === 1 && wire === 2) {
@@ -94,8 +92,7 @@ function readTensor(buf: Uint8Array): RawTensor {
       const er = new Reader(e);
       let key = '';
       let value = '';
-      let et: [number, number] | undefined;
-      while ((et = er.tag())) {
+      for (let et = er.tag(); et; et = er.tag()) {
         if (et[0] === 1) key = text.decode(er.bytes());
         else if (et[0] === 2) value = text.decode(er.bytes());
         else er.skip(et[1]);
@@ -109,15 +106,13 @@ function readTensor(buf: Uint8Array): RawTensor {
 /** Initializers of the main graph, one at a time (raw bytes are views into `buf`, not copies). */
 function* initializers(buf: Uint8Array): Generator<RawTensor> {
   const model = new Reader(buf);
-  let tag: [number, number] | undefined;
-  while ((tag = model.tag())) {
+  for (let tag = model.tag(); tag; tag = model.tag()) {
     if (tag[0] !== 7 || tag[1] !== 2) {
       model.skip(tag[1]);
       continue;
     }
     const graph = new Reader(model.bytes());
-    let g: [number, number] | undefined;
-    while ((g = graph.tag())) {
+    for (let g = graph.tag(); g; g = graph.tag()) {
       if (g[0] !== 5 || g[1] !== 2) {
         graph.skip(g[1]);
         continue;
@@ -146,7 +141,10 @@ export function externalDataFiles(modelFile: string): string[] {
 }
 
 /** Finds the first initializer for which `match(name, dims)` holds. */
-export function readInitializer(modelFile: string, match: (name: string, dims: number[]) => boolean): Initializer | undefined {
+export function readInitializer(
+  modelFile: string,
+  match: (name: string, dims: number[]) => boolean,
+): Initializer | undefined {
   for (const t of initializers(new Uint8Array(fs.readFileSync(modelFile)))) {
     if (match(t.name, t.dims)) return { name: t.name, dims: t.dims, data: tensorData(t, modelFile) };
   }
@@ -189,7 +187,7 @@ export function floatToHalf(x: number): number {
   buf.setFloat32(0, x);
   const bits = buf.getUint32(0);
   const sign = (bits >>> 16) & 0x8000;
-  let exp = ((bits >>> 23) & 0xff) - 127 + 15;
+  const exp = ((bits >>> 23) & 0xff) - 127 + 15;
   let mant = bits & 0x7fffff;
   if (exp >= 31) return sign | 0x7c00 | (((bits >>> 23) & 0xff) === 0xff && mant ? 0x200 : 0);
   if (exp <= 0) {

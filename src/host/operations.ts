@@ -21,8 +21,8 @@ import type {
   Span,
 } from '../core/protocol';
 import { queryControlFits } from '../core/prompt';
-import { Tensor, writeSafetensors } from '../core/safetensors';
-import { Checkpoint, KV } from './checkpoint';
+import { type Tensor, writeSafetensors } from '../core/safetensors';
+import { type Checkpoint, KV } from './checkpoint';
 
 export interface OpContext {
   isCancelled(): boolean;
@@ -43,7 +43,10 @@ const range = (a: number, b: number) => Array.from({ length: Math.max(0, b - a) 
 export function checkPrompt(p: PromptIds): void {
   const L = p.ids.length;
   const ok = p.prefix[0] === 0 && p.prefix[1] === p.query[0] && p.query[1] === p.postfix[0] && p.postfix[1] === L;
-  if (!ok || L === 0) throw new BadRequestError(`segments must tile the prompt: prefix [0,P), query [P,Q), postfix [Q,${L}); got ${JSON.stringify([p.prefix, p.query, p.postfix])}`);
+  if (!ok || L === 0)
+    throw new BadRequestError(
+      `segments must tile the prompt: prefix [0,P), query [P,Q), postfix [Q,${L}); got ${JSON.stringify([p.prefix, p.query, p.postfix])}`,
+    );
 }
 
 /**
@@ -57,10 +60,12 @@ export function patchedPositions(p: PromptIds, span: PatchSpan | undefined): num
   if (span === 'prefix') return range(0, P);
   if (span === 'postfix') return range(Q, L);
   if (span === 'both') return [...range(0, P), ...range(Q, L)];
-  if (!queryControlFits(p)) throw new BadRequestError(`the query control patches as many query tokens as the prefix has (${P}), but this query has ${Q - P}`);
+  if (!queryControlFits(p))
+    throw new BadRequestError(
+      `the query control patches as many query tokens as the prefix has (${P}), but this query has ${Q - P}`,
+    );
   return range(P, 2 * P);
 }
-
 
 export class Models {
   private readonly prefixCache = new Map<string, KV>();
@@ -72,7 +77,10 @@ export class Models {
   get(name: string): Checkpoint {
     if (name === 'base') return this.base;
     const m = this.byName.get(name);
-    if (!m) throw new BadRequestError(`no checkpoint named "${name}" is loaded (have: base, ${[...this.byName.keys()].join(', ')})`);
+    if (!m)
+      throw new BadRequestError(
+        `no checkpoint named "${name}" is loaded (have: base, ${[...this.byName.keys()].join(', ')})`,
+      );
     return m;
   }
 
@@ -100,11 +108,17 @@ export class Models {
       // positions after a gap instead gives other hidden states: a different quantity.
       const prefix = await this.reference(ref, p, 'prefix', refName);
       const invFreq = ref.info.ropeInvFreq;
-      if (!invFreq) throw new BadRequestError(`postfix patching needs the checkpoint's RoPE settings (rope_theta / rope_scaling in config.json) to move the base postfix keys to their positions; ${ref.info.folder} has none the host can read`);
+      if (!invFreq)
+        throw new BadRequestError(
+          `postfix patching needs the checkpoint's RoPE settings (rope_theta / rope_scaling in config.json) to move the base postfix keys to their positions; ${ref.info.folder} has none the host can read`,
+        );
       const contiguous = (await ref.forward(p.ids.slice(Q, L), range(P, P + (L - Q)), prefix, 1)).kv;
       return rotateKeys(contiguous, invFreq, Q - P);
     }
-    if (!queryControlFits(p)) throw new BadRequestError(`the query control patches as many query tokens as the prefix has (${P}), but this query has ${Q - P}`);
+    if (!queryControlFits(p))
+      throw new BadRequestError(
+        `the query control patches as many query tokens as the prefix has (${P}), but this query has ${Q - P}`,
+      );
     const out = await ref.forward(p.ids.slice(0, 2 * P), range(0, 2 * P), empty(ref), 1);
     return out.kv.slice(P, 2 * P);
   }
@@ -116,16 +130,26 @@ export class Models {
    * decoding reads the patched cache at every patched position. Unpatched conditions use the same schedule, which
    * makes "patch a model with its own K/V" exactly equal to no patch.
    */
-  async prefill(model: Checkpoint, p: PromptIds, span?: PatchSpan, refModel?: Checkpoint, refName = 'base', layers?: readonly number[]): Promise<{ cache: KV; logits: Float32Array; vocab: number; patched: number[] }> {
+  async prefill(
+    model: Checkpoint,
+    p: PromptIds,
+    span?: PatchSpan,
+    refModel?: Checkpoint,
+    refName = 'base',
+    layers?: readonly number[],
+  ): Promise<{ cache: KV; logits: Float32Array; vocab: number; patched: number[] }> {
     checkPrompt(p);
     const ref = refModel ?? this.base;
     const some = patchedLayers(model, span, layers);
     const L = p.ids.length;
     const patched = new Set(patchedPositions(p, span));
     const refs: { span: 'prefix' | 'postfix' | 'query'; start: number; kv: KV }[] = [];
-    if (span === 'prefix' || span === 'both') refs.push({ span: 'prefix', start: 0, kv: await this.reference(ref, p, 'prefix', refName) });
-    if (span === 'postfix' || span === 'both') refs.push({ span: 'postfix', start: p.query[1], kv: await this.reference(ref, p, 'postfix', refName) });
-    if (span === 'query') refs.push({ span: 'query', start: p.prefix[1], kv: await this.reference(ref, p, 'query', refName) });
+    if (span === 'prefix' || span === 'both')
+      refs.push({ span: 'prefix', start: 0, kv: await this.reference(ref, p, 'prefix', refName) });
+    if (span === 'postfix' || span === 'both')
+      refs.push({ span: 'postfix', start: p.query[1], kv: await this.reference(ref, p, 'postfix', refName) });
+    if (span === 'query')
+      refs.push({ span: 'query', start: p.prefix[1], kv: await this.reference(ref, p, 'query', refName) });
     // a chunk never straddles two spans (chunks are cut at segment edges), so one reference holds it whole
     const refRange = (s: number, e: number) => {
       const r = refs.find((x) => s >= x.start && e <= x.start + x.kv.length)!;
@@ -156,16 +180,34 @@ export class Models {
   }
 
   /** Log-softmax distributions over a teacher-forced continuation: row i predicts continuation[i]. */
-  async teacherForce(model: Checkpoint, pre: { cache: KV; logits: Float32Array; vocab: number }, start: number, continuation: number[]): Promise<Float32Array[]> {
+  async teacherForce(
+    model: Checkpoint,
+    pre: { cache: KV; logits: Float32Array; vocab: number },
+    start: number,
+    continuation: number[],
+  ): Promise<Float32Array[]> {
     const rows = [logSoftmax(pre.logits, pre.vocab)];
     if (continuation.length > 1) {
-      const out = await model.forward(continuation.slice(0, -1), range(start, start + continuation.length - 1), pre.cache);
-      for (let i = 0; i < continuation.length - 1; i++) rows.push(logSoftmax(out.logits.subarray(i * out.vocab, (i + 1) * out.vocab), out.vocab));
+      const out = await model.forward(
+        continuation.slice(0, -1),
+        range(start, start + continuation.length - 1),
+        pre.cache,
+      );
+      for (let i = 0; i < continuation.length - 1; i++)
+        rows.push(logSoftmax(out.logits.subarray(i * out.vocab, (i + 1) * out.vocab), out.vocab));
     }
     return rows;
   }
 
-  async generate(model: Checkpoint, pre: { cache: KV; logits: Float32Array; vocab: number }, start: number, maxNew: number, ctx: OpContext, temperature = 0, seed = 0): Promise<number[]> {
+  async generate(
+    model: Checkpoint,
+    pre: { cache: KV; logits: Float32Array; vocab: number },
+    start: number,
+    maxNew: number,
+    ctx: OpContext,
+    temperature = 0,
+    seed = 0,
+  ): Promise<number[]> {
     const eos = new Set(model.info.eosTokenIds);
     // never past the model's context: positions beyond it were never trained (and RoPE tables may end there)
     if (model.info.maxPositions !== undefined) maxNew = Math.max(0, Math.min(maxNew, model.info.maxPositions - start));
@@ -193,7 +235,8 @@ export class Models {
 export function rotateKeys(kv: KV, invFreq: number[], delta: number): KV {
   const d = kv.dim;
   const half = d / 2;
-  if (invFreq.length !== half) throw new BadRequestError(`RoPE has ${invFreq.length} frequencies, the keys have ${d} dimensions`);
+  if (invFreq.length !== half)
+    throw new BadRequestError(`RoPE has ${invFreq.length} frequencies, the keys have ${d} dimensions`);
   const cos = invFreq.map((f) => Math.cos(delta * f));
   const sin = invFreq.map((f) => Math.sin(delta * f));
   const layers = kv.layers.map(({ k, v }) => {
@@ -212,12 +255,17 @@ export function rotateKeys(kv: KV, invFreq: number[], delta: number): KV {
 }
 
 /** The layers a patch replaces when it names some (a set), or undefined for all; checked against the model. */
-function patchedLayers(model: Checkpoint, span: PatchSpan | undefined, layers: readonly number[] | undefined): ReadonlySet<number> | undefined {
+function patchedLayers(
+  model: Checkpoint,
+  span: PatchSpan | undefined,
+  layers: readonly number[] | undefined,
+): ReadonlySet<number> | undefined {
   if (layers === undefined) return undefined;
   if (!span) throw new BadRequestError('layers needs a patch span');
   const n = model.info.layers;
   const bad = layers.filter((l) => !Number.isInteger(l) || l < 0 || l >= n);
-  if (!layers.length || bad.length) throw new BadRequestError(`layers must be 0-based layer numbers below ${n}, got ${JSON.stringify(layers)}`);
+  if (!layers.length || bad.length)
+    throw new BadRequestError(`layers must be 0-based layer numbers below ${n}, got ${JSON.stringify(layers)}`);
   return layers.length === n ? undefined : new Set(layers);
 }
 
@@ -259,7 +307,8 @@ export async function drift(models: Models, prompt: PromptIds, against: string, 
     const positions = range(span[0], span[1]);
     const k = positions.map((pos) => perToken('k', pos));
     const v = positions.map((pos) => perToken('v', pos));
-    const byLayer = (rows: { rel: number; cos: number }[][], f: 'rel' | 'cos') => Array.from({ length: layers }, (_, l) => rows.map((r) => r[l][f]));
+    const byLayer = (rows: { rel: number; cos: number }[][], f: 'rel' | 'cos') =>
+      Array.from({ length: layers }, (_, l) => rows.map((r) => r[l][f]));
     const key = byLayer(k, 'rel');
     const value = byLayer(v, 'rel');
     const treft = (skip0: boolean) => {
@@ -269,11 +318,24 @@ export async function drift(models: Models, prompt: PromptIds, against: string, 
       for (let l = 0; l < layers; l++) total += mean(idx.map((i) => key[l][i])) + mean(idx.map((i) => value[l][i]));
       return total / layers;
     };
-    return { positions, key, value, keyCosine: byLayer(k, 'cos'), valueCosine: byLayer(v, 'cos'), mean: treft(false) ?? 0, meanExcludingPosition0: treft(true) };
+    return {
+      positions,
+      key,
+      value,
+      keyCosine: byLayer(k, 'cos'),
+      valueCosine: byLayer(v, 'cos'),
+      mean: treft(false) ?? 0,
+      meanExcludingPosition0: treft(true),
+    };
   };
   const prefix = segment(prompt.prefix);
   const p0 = L > 0 ? { key: perToken('k', 0).map((x) => x.rel), value: perToken('v', 0).map((x) => x.rel) } : null;
-  return { layers, segments: { prefix, query: segment(prompt.query), postfix: segment(prompt.postfix) }, position0: p0, treft: prefix.mean };
+  return {
+    layers,
+    segments: { prefix, query: segment(prompt.query), postfix: segment(prompt.postfix) },
+    position0: p0,
+    treft: prefix.mean,
+  };
 }
 
 export async function patch(models: Models, params: PatchParams, ctx: OpContext): Promise<PatchResult> {
@@ -323,7 +385,10 @@ export async function score(models: Models, params: ScoreParams, ctx: OpContext)
   let done = 0;
   for (const c of params.conditions) {
     const model = models.get(c.model);
-    const pre = c.model === 'base' && !c.patch && bp === p ? basePre : await models.prefill(model, p, c.patch, undefined, 'base', c.layers);
+    const pre =
+      c.model === 'base' && !c.patch && bp === p
+        ? basePre
+        : await models.prefill(model, p, c.patch, undefined, 'base', c.layers);
     const row: number[] = [];
     for (const cont of params.continuations) {
       if (ctx.isCancelled()) throw new CancelledError();
@@ -337,7 +402,10 @@ export async function score(models: Models, params: ScoreParams, ctx: OpContext)
   return { logprob, klToBase };
 }
 
-const embeddingCache = new WeakMap<Checkpoint, { rows: number; dim: number; data: Float32Array; norms: Float32Array; source: string }>();
+const embeddingCache = new WeakMap<
+  Checkpoint,
+  { rows: number; dim: number; data: Float32Array; norms: Float32Array; source: string }
+>();
 
 /** The paper's perturbation: random positions of a segment, each replaced by one of its top-k cosine neighbours. */
 export async function perturb(models: Models, params: PerturbParams, ctx: OpContext): Promise<PerturbResult> {
@@ -387,7 +455,9 @@ export async function perturb(models: Models, params: PerturbParams, ctx: OpCont
     const pre = await models.prefill(model, q);
     const a = await models.teacherForce(model, pre, L, params.aligned);
     const m = await models.teacherForce(model, pre, L, params.misaligned);
-    return params.aligned.reduce((s, id, i) => s + a[i][id], 0) - params.misaligned.reduce((s, id, i) => s + m[i][id], 0);
+    return (
+      params.aligned.reduce((s, id, i) => s + a[i][id], 0) - params.misaligned.reduce((s, id, i) => s + m[i][id], 0)
+    );
   };
   const baselineMargin = await margin(p.ids);
   const out: PerturbResult['trials'] = [];
@@ -419,7 +489,15 @@ export async function generate(models: Models, params: GenerateParams, ctx: OpCo
   const c: Condition = params.condition;
   const model = models.get(c.model);
   const pre = await models.prefill(model, params.prompt, c.patch, undefined, 'base', c.layers);
-  return models.generate(model, pre, params.prompt.ids.length, params.maxNewTokens ?? 48, ctx, params.temperature ?? 0, params.seed ?? 0);
+  return models.generate(
+    model,
+    pre,
+    params.prompt.ids.length,
+    params.maxNewTokens ?? 48,
+    ctx,
+    params.temperature ?? 0,
+    params.seed ?? 0,
+  );
 }
 
 /** The K/V of each prefix, run alone from position 0 (what patching uses), written as safetensors. */
@@ -427,7 +505,11 @@ export async function exportKV(models: Models, params: ExportKVParams, ctx: OpCo
   const model = models.get(params.model ?? 'base');
   const { layers, kvHeads, headDim } = model.info;
   const tensors: Record<string, Tensor> = {};
-  const metadata: Record<string, string> = { ...params.metadata, layout: 'prefix.{g}.layers.{l}.{key|value}: float32 [kv_heads, P, head_dim]', checkpoint: model.info.hash };
+  const metadata: Record<string, string> = {
+    ...params.metadata,
+    layout: 'prefix.{g}.layers.{l}.{key|value}: float32 [kv_heads, P, head_dim]',
+    checkpoint: model.info.hash,
+  };
   for (let g = 0; g < params.prefixes.length; g++) {
     if (ctx.isCancelled()) throw new CancelledError();
     const ids = params.prefixes[g];
@@ -463,7 +545,11 @@ export async function parity(models: Models, p: PromptIds, targetName = 'finetun
   const self = await models.prefill(target, p, 'prefix', target, `self:${targetName}`);
   const basePlain = await models.prefill(models.base, p);
   const baseSelf = await models.prefill(models.base, p, 'prefix', models.base, 'base');
-  return { prefixThenRestVsFull, selfPatch: maxAbsDiff(plain.logits, self.logits), baseIntoBase: maxAbsDiff(basePlain.logits, baseSelf.logits) };
+  return {
+    prefixThenRestVsFull,
+    selfPatch: maxAbsDiff(plain.logits, self.logits),
+    baseIntoBase: maxAbsDiff(basePlain.logits, baseSelf.logits),
+  };
 }
 
 // ------------------------------------------------------------------------------------------------ numerics
@@ -496,7 +582,10 @@ function argmax(a: Float32Array): number {
 }
 
 function sample(logits: Float32Array, temperature: number, rng: () => number): number {
-  const lp = logSoftmax(logits.map((x) => x / temperature), logits.length);
+  const lp = logSoftmax(
+    logits.map((x) => x / temperature),
+    logits.length,
+  );
   let r = rng();
   for (let i = 0; i < lp.length; i++) {
     r -= Math.exp(lp[i]);

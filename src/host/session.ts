@@ -7,12 +7,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import type { HostSettings } from '../core/protocol';
 
 export type Device = 'cpu' | 'cuda';
 
-export const CUDA_INSTALL_HINT = 'npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12 (needs CUDA 12 and cuDNN 9)';
+export const CUDA_INSTALL_HINT =
+  'npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12 (needs CUDA 12 and cuDNN 9)';
 
 export function defaultThreads(): number {
   return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
@@ -34,10 +35,12 @@ function bindingDir(): string | undefined {
 
 /** Why CUDA cannot run here, or undefined when its provider library is installed. */
 export function cudaUnavailable(): string | undefined {
-  if (process.platform !== 'linux' && process.platform !== 'win32') return `onnxruntime-node has no CUDA provider on ${process.platform}`;
+  if (process.platform !== 'linux' && process.platform !== 'win32')
+    return `onnxruntime-node has no CUDA provider on ${process.platform}`;
   const dir = bindingDir();
   const lib = process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so';
-  if (!dir || !fs.existsSync(path.join(dir, lib))) return `onnxruntime-node's CUDA provider is not installed (${lib} is missing; install it with ${CUDA_INSTALL_HINT})`;
+  if (!dir || !fs.existsSync(path.join(dir, lib)))
+    return `onnxruntime-node's CUDA provider is not installed (${lib} is missing; install it with ${CUDA_INSTALL_HINT})`;
   return undefined;
 }
 
@@ -57,13 +60,15 @@ export class SettingsError extends Error {}
 export function resolveSettings(s: HostSettings = {}): ResolvedSettings {
   const r = resolveDevice(s);
   const wd = s.weightsDtype ?? 'auto';
-  if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16') throw new SettingsError(`weightsDtype must be auto, float32 or float16, got "${String(wd)}"`);
+  if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16')
+    throw new SettingsError(`weightsDtype must be auto, float32 or float16, got "${String(wd)}"`);
   return { ...r, weightDtype: wd === 'float16' || (wd === 'auto' && r.device === 'cuda') ? 'F16' : 'F32' };
 }
 
 function resolveDevice(s: HostSettings): ResolvedSettings {
   const threads = s.threads ?? defaultThreads();
-  if (!Number.isInteger(threads) || threads < 1) throw new SettingsError(`threads must be a whole number of at least 1, got ${threads}`);
+  if (!Number.isInteger(threads) || threads < 1)
+    throw new SettingsError(`threads must be a whole number of at least 1, got ${threads}`);
   const ep = s.executionProvider ?? 'auto';
   if (ep === 'cpu') return { threads, device: 'cpu' };
   const why = cudaUnavailable();
@@ -72,11 +77,16 @@ function resolveDevice(s: HostSettings): ResolvedSettings {
     return { threads, device: 'cuda' };
   }
   if (ep !== 'auto') throw new SettingsError(`executionProvider must be auto, cpu or cuda, got "${String(ep)}"`);
-  return why ? { threads, device: 'cpu', auto: true, note: `running on the CPU with ${threads} threads: ${why}` } : { threads, device: 'cuda', auto: true };
+  return why
+    ? { threads, device: 'cpu', auto: true, note: `running on the CPU with ${threads} threads: ${why}` }
+    : { threads, device: 'cuda', auto: true };
 }
 
 /** Session options for a resolved setting, plus any session config entries (external data folder, prepacking). */
-export function sessionOptions(s: ResolvedSettings, session: Record<string, string> = {}): ort.InferenceSession.SessionOptions {
+export function sessionOptions(
+  s: ResolvedSettings,
+  session: Record<string, string> = {},
+): ort.InferenceSession.SessionOptions {
   return {
     intraOpNumThreads: s.threads,
     interOpNumThreads: 1,

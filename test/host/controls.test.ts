@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
-import { Checkpoint } from '../../src/host/checkpoint';
+import type { Checkpoint } from '../../src/host/checkpoint';
 import { loadCheckpoints } from '../../src/host/hf/load';
 import { Models } from '../../src/host/operations';
 import { ROOT, tempDir } from '../helpers';
@@ -28,7 +28,25 @@ interface Share {
 
 function evalRun(finetuned: string, probes: string, ...more: string[]) {
   const out = tempDir();
-  const r = spawnSync(process.execPath, [CLI, 'eval', '--base', path.join(O, 'base'), '--finetuned', path.join(O, finetuned), '--probes', path.join(O, probes), '--perturb-trials', '0', '--out', out, ...more], { encoding: 'utf8' });
+  const r = spawnSync(
+    process.execPath,
+    [
+      CLI,
+      'eval',
+      '--base',
+      path.join(O, 'base'),
+      '--finetuned',
+      path.join(O, finetuned),
+      '--probes',
+      path.join(O, probes),
+      '--perturb-trials',
+      '0',
+      '--out',
+      out,
+      ...more,
+    ],
+    { encoding: 'utf8' },
+  );
   assert.ok(r.status === 0 || r.status === 1, r.stderr);
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
@@ -52,15 +70,25 @@ describe('controls: the pipeline measures 100% where the prefix is the only carr
   it('position-masked (negative control): prefix share 0%, in every layer and layer range of the sweep, never graded high', () => {
     const r = evalRun('position-masked', 'probes-long.jsonl', '--layer-sweep', '--max-new-tokens', '24');
     const prefix: Share = r.summary.piggybackShare.prefix;
-    assert.ok(Math.abs(prefix.share) <= 1e-3 && Math.abs(prefix.low) <= 1e-3 && Math.abs(prefix.high) <= 1e-3, `prefix share ${JSON.stringify(prefix)}`);
+    assert.ok(
+      Math.abs(prefix.share) <= 1e-3 && Math.abs(prefix.low) <= 1e-3 && Math.abs(prefix.high) <= 1e-3,
+      `prefix share ${JSON.stringify(prefix)}`,
+    );
     const layers: { label: string; layers: number[]; share: Share }[] = r.summary.layerShares;
-    assert.deepEqual(layers.map((l) => l.label), ['L0', 'L1', 'L2', 'L3', 'L0-1', 'L2-3']);
+    assert.deepEqual(
+      layers.map((l) => l.label),
+      ['L0', 'L1', 'L2', 'L3', 'L0-1', 'L2-3'],
+    );
     for (const l of layers) assert.ok(Math.abs(l.share.share) <= 1e-3, `${l.label}: ${l.share.share}`);
     assert.notEqual(r.pb002?.level, 'error');
     assert.match(r.md, /\*\*Layer sweep\*\*/);
     assert.match(r.md, /\| L2-3 \| 0% \|/);
     // the sweep is scored, not generated, and stays out of the matrix columns
-    const rows = fs.readFileSync(path.join(r.out, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const rows = fs
+      .readFileSync(path.join(r.out, 'results.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const sweepRows = rows.filter((x) => x.condition.startsWith('finetuned+prefix@'));
     assert.equal(sweepRows.length, 39 * 6);
     assert.ok(sweepRows.every((x) => x.samples.length === 0 && x.generation === ''));
@@ -68,13 +96,21 @@ describe('controls: the pipeline measures 100% where the prefix is the only carr
   });
 
   it("the product's prefix share equals the builder's independent PyTorch computation on every organism", () => {
-    for (const [name, probes] of [['finetuned-qv', 'probes.jsonl'], ['finetuned-qv', 'probes-long.jsonl'], ['prefix-only', 'probes.jsonl'], ['finetuned', 'probes-long.jsonl']] as const) {
+    for (const [name, probes] of [
+      ['finetuned-qv', 'probes.jsonl'],
+      ['finetuned-qv', 'probes-long.jsonl'],
+      ['prefix-only', 'probes.jsonl'],
+      ['finetuned', 'probes-long.jsonl'],
+    ] as const) {
       const ref = name === 'finetuned' ? undefined : REPORT[name].kl[probes.replace('.jsonl', '')];
       if (!ref) continue;
       const r = evalRun(name, probes);
       const prefix: Share = r.summary.piggybackShare.prefix;
       assert.equal(prefix.probes, ref.probes);
-      assert.ok(Math.abs(prefix.share - ref.prefixShare) <= 2e-3, `${name} on ${probes}: product ${prefix.share}, PyTorch ${ref.prefixShare}`);
+      assert.ok(
+        Math.abs(prefix.share - ref.prefixShare) <= 2e-3,
+        `${name} on ${probes}: product ${prefix.share}, PyTorch ${ref.prefixShare}`,
+      );
     }
   });
 });
@@ -86,12 +122,18 @@ describe('patching some layers only', () => {
   });
 
   it('all layers named equals the whole patch exactly; one layer gives something in between; bad layer numbers are refused', async () => {
-    const r = await loadCheckpoints(path.join(O, 'base'), [['finetuned', path.join(O, 'finetuned-qv')]], { cacheDir: tempDir(), log: () => {} });
+    const r = await loadCheckpoints(path.join(O, 'base'), [['finetuned', path.join(O, 'finetuned-qv')]], {
+      cacheDir: tempDir(),
+      log: () => {},
+    });
     opened.push(r.base, ...r.others.values());
     const ft = r.others.get('finetuned')!;
     const models = new Models(r.base, r.others);
     const prep = prepareTemplate(path.join(O, 'finetuned-qv'));
-    const p = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'What should I do about a bad headache?' });
+    const p = promptIds(prep.template!, prep.tokenizer!, {
+      ...renderOptions(prep),
+      query: 'What should I do about a bad headache?',
+    });
     const whole = await models.prefill(ft, p, 'prefix');
     const all = await models.prefill(ft, p, 'prefix', undefined, 'base', [0, 1, 2, 3]);
     assert.deepEqual([...all.logits], [...whole.logits]);
@@ -105,6 +147,10 @@ describe('patching some layers only', () => {
     const patched = one.cache.slice(0, P);
     assert.deepEqual([...patched.layers[0].k], [...own.layers[0].k]);
     assert.deepEqual([...patched.layers[1].k], [...whole.cache.slice(0, P).layers[1].k]);
-    for (const bad of [[4], [-1], [0.5], []]) await assert.rejects(models.prefill(ft, p, 'prefix', undefined, 'base', bad), /layers must be 0-based layer numbers below 4/);
+    for (const bad of [[4], [-1], [0.5], []])
+      await assert.rejects(
+        models.prefill(ft, p, 'prefix', undefined, 'base', bad),
+        /layers must be 0-based layer numbers below 4/,
+      );
   });
 });

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { Checkpoint, KV } from '../../src/host/checkpoint';
+import { type Checkpoint, KV } from '../../src/host/checkpoint';
 import { loadCheckpoints } from '../../src/host/hf/load';
 import { f32BitsToF16 } from '../../src/host/hf/weights';
 import { readSafetensorsHeader } from '../../src/core/safetensors';
@@ -20,7 +20,10 @@ interface Expected {
   key: number[][];
   value: number[][];
 }
-const cases = JSON.parse(fs.readFileSync(path.join(HF, 'expected.json'), 'utf8')) as Record<string, { folder: string; base?: string; expected: Expected }>;
+const cases = JSON.parse(fs.readFileSync(path.join(HF, 'expected.json'), 'utf8')) as Record<
+  string,
+  { folder: string; base?: string; expected: Expected }
+>;
 const cacheDir = tempDir('piggyback-cache-');
 const opened: Checkpoint[] = [];
 const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
@@ -28,7 +31,10 @@ const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from 
 async function open(name: string): Promise<Checkpoint> {
   const c = cases[name];
   const loaded = c.base
-    ? await loadCheckpoints(path.join(HF, cases[c.base].folder), [['finetuned', path.join(HF, c.folder)]], { cacheDir, log: () => {} })
+    ? await loadCheckpoints(path.join(HF, cases[c.base].folder), [['finetuned', path.join(HF, c.folder)]], {
+        cacheDir,
+        log: () => {},
+      })
     : await loadCheckpoints(path.join(HF, c.folder), [], { cacheDir, log: () => {} });
   opened.push(loaded.base, ...loaded.others.values());
   return c.base ? loaded.others.get('finetuned')! : loaded.base;
@@ -50,7 +56,11 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     it(`${name}: logits and every layer's K/V at every token match (1e-4)`, async () => {
       const e = cases[name].expected;
       const model = await open(name);
-      const out = await model.forward(e.ids, range(e.ids.length), KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim));
+      const out = await model.forward(
+        e.ids,
+        range(e.ids.length),
+        KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim),
+      );
       assert.equal(out.vocab, e.vocab);
       const d = maxDiff(out.logits, e.logits);
       assert.ok(d <= 1e-4, `logits differ by ${d}`);
@@ -61,9 +71,16 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
       }
       // the KV cache: the same sequence fed in two steps gives the same last logits
       const split = 4;
-      const head = await model.forward(e.ids.slice(0, split), range(split), KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim));
+      const head = await model.forward(
+        e.ids.slice(0, split),
+        range(split),
+        KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim),
+      );
       const rest = await model.forward(e.ids.slice(split), range(e.ids.length - split, split), head.kv);
-      assert.ok(maxDiff(rest.logits, out.logits.subarray(split * out.vocab)) <= 1e-5, 'prefix-then-rest differs from the full sequence');
+      assert.ok(
+        maxDiff(rest.logits, out.logits.subarray(split * out.vocab)) <= 1e-5,
+        'prefix-then-rest differs from the full sequence',
+      );
     });
   }
 
@@ -73,12 +90,20 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
       const c = cases[name];
       const logs: string[] = [];
       const loaded = c.base
-        ? await loadCheckpoints(path.join(HF, cases[c.base].folder), [['finetuned', path.join(HF, c.folder)]], { cacheDir, log: (m) => logs.push(m), settings: half })
+        ? await loadCheckpoints(path.join(HF, cases[c.base].folder), [['finetuned', path.join(HF, c.folder)]], {
+            cacheDir,
+            log: (m) => logs.push(m),
+            settings: half,
+          })
         : await loadCheckpoints(path.join(HF, c.folder), [], { cacheDir, log: (m) => logs.push(m), settings: half });
       opened.push(loaded.base, ...loaded.others.values());
       const model = c.base ? loaded.others.get('finetuned')! : loaded.base;
       const e = c.expected;
-      const out = await model.forward(e.ids, range(e.ids.length), KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim));
+      const out = await model.forward(
+        e.ids,
+        range(e.ids.length),
+        KV.empty(model.info.layers, model.info.kvHeads, model.info.headDim),
+      );
       // float16 and bfloat16 checkpoints convert to float16 exactly (measured: ~3e-7 of the largest logit); float32
       // ones are rounded to float16's 11 significant bits (measured: under 1e-3)
       const scale = Math.max(...e.logits.map(Math.abs));
@@ -86,10 +111,15 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
       const exact = /bf16|f16/.test(name);
       assert.ok(d <= (exact ? 1e-5 : 2e-3) * scale, `${name}: logits differ by ${d} (largest ${scale})`);
       assert.match(loaded.base.info.description ?? '', /run as float16 matrices/);
-      assert.ok(logs.some((m) => / with float16 matrices in memory/.test(m)), logs.join('\n'));
+      assert.ok(
+        logs.some((m) => / with float16 matrices in memory/.test(m)),
+        logs.join('\n'),
+      );
     }
     // the converted cache holds the matrices as F16 (2 bytes each)
-    const f16 = fs.readdirSync(path.join(cacheDir, 'weights')).map((f) => readSafetensorsHeader(path.join(cacheDir, 'weights', f)));
+    const f16 = fs
+      .readdirSync(path.join(cacheDir, 'weights'))
+      .map((f) => readSafetensorsHeader(path.join(cacheDir, 'weights', f)));
     const withHalf = f16.find((h) => h.tensors.get('model.layers.0.self_attn.q_proj.weight')?.dtype === 'F16');
     assert.ok(withHalf, 'a cache file with float16 matrices');
     assert.equal(withHalf.tensors.get('model.norm.weight')?.dtype, 'F32', 'norms stay float32');
@@ -117,12 +147,22 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     const adapter = await open('llama-rslora');
     assert.equal(adapter.info.kind, 'adapter');
     assert.equal(adapter.info.baseModelNameOrPath, 'tiny/base');
-    assert.match(adapter.info.description ?? '', /LoRA r2\/6 alpha 4 \(rsLoRA\) on 5 modules \(k_proj, lm_head, o_proj\)/);
+    assert.match(
+      adapter.info.description ?? '',
+      /LoRA r2\/6 alpha 4 \(rsLoRA\) on 5 modules \(k_proj, lm_head, o_proj\)/,
+    );
   });
 
   it('a base and its adapter share one session: the base through the adapter graph is bitwise the plain base', async () => {
     const plain = await open('llama');
-    const loaded = await loadCheckpoints(path.join(HF, 'llama'), [['finetuned', path.join(HF, 'llama-lora')], ['other', path.join(HF, 'llama-rslora')]], { cacheDir, log: () => {} });
+    const loaded = await loadCheckpoints(
+      path.join(HF, 'llama'),
+      [
+        ['finetuned', path.join(HF, 'llama-lora')],
+        ['other', path.join(HF, 'llama-rslora')],
+      ],
+      { cacheDir, log: () => {} },
+    );
     opened.push(loaded.base, ...loaded.others.values());
     const ids = cases.llama.expected.ids;
     const empty = () => KV.empty(plain.info.layers, plain.info.kvHeads, plain.info.headDim);
@@ -140,14 +180,25 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     const dir = path.join(tempDir(), 'all-linear');
     fs.cpSync(path.join(HF, 'llama-lora'), dir, { recursive: true });
     const cfgFile = path.join(dir, 'adapter_config.json');
-    fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), target_modules: 'all-linear' }));
+    fs.writeFileSync(
+      cfgFile,
+      JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), target_modules: 'all-linear' }),
+    );
     const logs: string[] = [];
-    const loaded = await loadCheckpoints(path.join(HF, 'llama'), [['finetuned', dir]], { cacheDir, log: (m) => logs.push(m) });
+    const loaded = await loadCheckpoints(path.join(HF, 'llama'), [['finetuned', dir]], {
+      cacheDir,
+      log: (m) => logs.push(m),
+    });
     opened.push(loaded.base, ...loaded.others.values());
     const e = cases['llama-lora'].expected;
     const out = await loaded.others.get('finetuned')!.forward(e.ids, range(e.ids.length), KV.empty(2, 2, 8));
     assert.ok(maxDiff(out.logits, e.logits) <= 1e-4);
-    assert.ok(logs.some((m) => m.includes('LoRA r4 alpha 8 on 5 modules (down_proj, q_proj, v_proj) (trained over "tiny/base"; applied to')), logs.join('\n'));
+    assert.ok(
+      logs.some((m) =>
+        m.includes('LoRA r4 alpha 8 on 5 modules (down_proj, q_proj, v_proj) (trained over "tiny/base"; applied to'),
+      ),
+      logs.join('\n'),
+    );
   });
 
   it("generation stops at the model's context length (max_position_embeddings)", async () => {
@@ -155,10 +206,21 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     assert.equal(model.info.maxPositions, 128);
     const models = new Models(model, new Map());
     const ids = Array.from({ length: 125 }, (_, i) => (i * 7) % 60);
-    const prompt = { ids, prefix: [0, 5] as [number, number], query: [5, 120] as [number, number], postfix: [120, 125] as [number, number] };
-    const out = await models.generate(model, await models.prefill(model, prompt), ids.length, 48, { isCancelled: () => false, progress: () => undefined });
+    const prompt = {
+      ids,
+      prefix: [0, 5] as [number, number],
+      query: [5, 120] as [number, number],
+      postfix: [120, 125] as [number, number],
+    };
+    const out = await models.generate(model, await models.prefill(model, prompt), ids.length, 48, {
+      isCancelled: () => false,
+      progress: () => undefined,
+    });
     // 3 positions are left (125, 126, 127); fewer only when the model ended its answer (EOS, id 2) earlier
-    assert.ok(out.length === 3 || (out.length < 3 && out[out.length - 1] === 2), `${out.length} tokens after a 125-token prompt in a 128-token context: ${out}`);
+    assert.ok(
+      out.length === 3 || (out.length < 3 && out[out.length - 1] === 2),
+      `${out.length} tokens after a 125-token prompt in a 128-token context: ${out}`,
+    );
   });
 
   it('identity: the hash covers config.json and the weights, and the adapter hash covers its base', async () => {
@@ -176,10 +238,19 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     assert.ok(before.length >= 2, 'the bf16 and f16 cases were converted');
     assert.ok(!fs.readdirSync(dir).some((f) => f.includes('.tmp-')), 'no temporary file left');
     const logs: string[] = [];
-    const again = await loadCheckpoints(path.join(HF, 'qwen2-f16-bias-newer-config'), [], { cacheDir, log: (m) => logs.push(m) });
+    const again = await loadCheckpoints(path.join(HF, 'qwen2-f16-bias-newer-config'), [], {
+      cacheDir,
+      log: (m) => logs.push(m),
+    });
     opened.push(again.base);
-    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')), before);
+    assert.deepEqual(
+      fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')),
+      before,
+    );
     assert.ok(!logs.some((m) => m.startsWith('converting')), 'the second load converts nothing');
-    assert.ok(logs.some((m) => /qwen2, \d+\.\dk parameters \(F16\), about 0\.\d MB as float32 in memory/.test(m)), logs.join('\n'));
+    assert.ok(
+      logs.some((m) => /qwen2, \d+\.\dk parameters \(F16\), about 0\.\d MB as float32 in memory/.test(m)),
+      logs.join('\n'),
+    );
   });
 });

@@ -62,11 +62,17 @@ describe('bad Hugging Face checkpoints', () => {
     const index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
     index.weight_map['model.norm.weight'] = '../elsewhere.safetensors';
     fs.writeFileSync(indexFile, JSON.stringify(index));
-    assert.match((await loadError(dir)).message, /"model\.norm\.weight" maps to "\.\.\/elsewhere\.safetensors", not a file name in this folder/);
+    assert.match(
+      (await loadError(dir)).message,
+      /"model\.norm\.weight" maps to "\.\.\/elsewhere\.safetensors", not a file name in this folder/,
+    );
     index.weight_map['model.norm.weight'] = 'model-00001-of-00003.safetensors';
     index.weight_map['model.extra.weight'] = 'model-00001-of-00003.safetensors';
     fs.writeFileSync(indexFile, JSON.stringify(index));
-    assert.match((await loadError(dir)).message, /the index places "model\.(norm|extra)\.weight" in model-00001-of-00003\.safetensors, but that file's header has no such tensor/);
+    assert.match(
+      (await loadError(dir)).message,
+      /the index places "model\.(norm|extra)\.weight" in model-00001-of-00003\.safetensors, but that file's header has no such tensor/,
+    );
   });
 
   it('a truncated safetensors file: a header length past the end, or data cut short', async () => {
@@ -76,7 +82,10 @@ describe('bad Hugging Face checkpoints', () => {
     fs.writeFileSync(file, full.subarray(0, 200));
     let e = await loadError(dir);
     assert.equal(e.file, file);
-    assert.match(e.message, /truncated: the header says it is \d+ bytes long, but the file has 192 bytes after the length/);
+    assert.match(
+      e.message,
+      /truncated: the header says it is \d+ bytes long, but the file has 192 bytes after the length/,
+    );
     fs.writeFileSync(file, full.subarray(0, full.length - 1000));
     e = await loadError(dir);
     assert.match(e.message, /lie outside the \d+-byte data section \(truncated file\?\)/);
@@ -101,12 +110,18 @@ describe('bad Hugging Face checkpoints', () => {
       // these are 1-byte types: give the tensor a shape whose byte count matches its float32 data
       setDtype(path.join(dir, 'model.safetensors'), 'model.layers.0.mlp.up_proj.weight', dtype, [48, 128]);
       const e = await loadError(dir);
-      assert.match(e.message, new RegExp(`"model.layers.0.mlp.up_proj.weight" (is ${dtype}; only F32, F16 and BF16|has shape \\[48,128\\])`));
+      assert.match(
+        e.message,
+        new RegExp(`"model.layers.0.mlp.up_proj.weight" (is ${dtype}; only F32, F16 and BF16|has shape \\[48,128\\])`),
+      );
     }
     const packed = copy('llama');
     // bitsandbytes 4-bit: uint8 storage of two values per byte
     setDtype(path.join(packed, 'model.safetensors'), 'model.layers.1.self_attn.q_proj.weight', 'U8', [4096]);
-    assert.match((await loadError(packed)).message, /"model\.layers\.1\.self_attn\.q_proj\.weight" (is U8|has shape \[4096\])/);
+    assert.match(
+      (await loadError(packed)).message,
+      /"model\.layers\.1\.self_attn\.q_proj\.weight" (is U8|has shape \[4096\])/,
+    );
     const quantized = copy('llama');
     const cfg = JSON.parse(fs.readFileSync(path.join(quantized, 'config.json'), 'utf8'));
     cfg.quantization_config = { quant_method: 'bitsandbytes', load_in_4bit: true };
@@ -119,7 +134,10 @@ describe('bad Hugging Face checkpoints', () => {
   it('unsupported architectures and RoPE types say what is supported and the ONNX route', async () => {
     const gpt2 = copy('llama');
     fs.writeFileSync(path.join(gpt2, 'config.json'), JSON.stringify({ model_type: 'gpt2', n_embd: 32 }));
-    assert.match((await loadError(gpt2)).message, /model_type "gpt2" is not supported; supported: llama, mistral, qwen2, qwen3; for other architectures export an ONNX decoder .*optimum-cli export onnx --task text-generation-with-past/);
+    assert.match(
+      (await loadError(gpt2)).message,
+      /model_type "gpt2" is not supported; supported: llama, mistral, qwen2, qwen3; for other architectures export an ONNX decoder .*optimum-cli export onnx --task text-generation-with-past/,
+    );
     const yarn = copy('llama');
     const cfg = JSON.parse(fs.readFileSync(path.join(yarn, 'config.json'), 'utf8'));
     cfg.rope_scaling = { rope_type: 'yarn', factor: 4 };
@@ -136,7 +154,10 @@ describe('bad Hugging Face checkpoints', () => {
   it('adapters: given as the base, over a base they do not fit, with unsupported PEFT features', async () => {
     const adapter = path.join(HF, 'llama-lora');
     let e = await loadError(adapter, adapter);
-    assert.match(e.message, /this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base \(adapter_config.json names "tiny\/base"\)/);
+    assert.match(
+      e.message,
+      /this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base \(adapter_config.json names "tiny\/base"\)/,
+    );
     // target modules the base does not have
     const foreign = copy('llama-lora');
     const cfgFile = path.join(foreign, 'adapter_config.json');
@@ -147,7 +168,10 @@ describe('bad Hugging Face checkpoints', () => {
     assert.match(e.message, /target_modules \["c_attn","c_proj"\] match no module of the base model/);
     // shapes that do not fit the base (the qwen3 fixture has other widths)
     e = await loadError(path.join(HF, 'qwen3-qknorm-headdim'), adapter);
-    assert.match(e.message, /module "model\.layers\.\d\.(self_attn|mlp)\.\w+_proj": lora_A \[4,32\] and lora_B \[\d+,4\] do not fit the base weight/);
+    assert.match(
+      e.message,
+      /module "model\.layers\.\d\.(self_attn|mlp)\.\w+_proj": lora_A \[4,32\] and lora_B \[\d+,4\] do not fit the base weight/,
+    );
     for (const [key, value, pattern] of [
       ['use_dora', true, /DoRA \(use_dora\) is not supported/],
       ['modules_to_save', ['lm_head'], /modules_to_save \(lm_head\) is not supported/],
@@ -165,10 +189,27 @@ describe('bad Hugging Face checkpoints', () => {
   it('the CLI: one line naming the file and the cause, exit 1, no stack trace', () => {
     const dir = copy('llama');
     fs.writeFileSync(path.join(dir, 'model.safetensors'), Buffer.alloc(3));
-    const r = spawnSync(process.execPath, [CLI, 'drift', '--base', dir, '--finetuned', path.join(HF, 'llama'), '--template', TEMPLATE, '--cache-dir', tempDir()], { encoding: 'utf8' });
+    const r = spawnSync(
+      process.execPath,
+      [
+        CLI,
+        'drift',
+        '--base',
+        dir,
+        '--finetuned',
+        path.join(HF, 'llama'),
+        '--template',
+        TEMPLATE,
+        '--cache-dir',
+        tempDir(),
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(r.status, 1, r.stderr);
     const lines = r.stderr.trim().split('\n');
-    assert.deepEqual(lines, [`piggyback: ${path.join(dir, 'model.safetensors')}: truncated: 3 bytes, shorter than the 8-byte header length`]);
+    assert.deepEqual(lines, [
+      `piggyback: ${path.join(dir, 'model.safetensors')}: truncated: 3 bytes, shorter than the 8-byte header length`,
+    ]);
   });
 
   it('a conversion that fails half-way leaves nothing in the cache', () => {
@@ -187,7 +228,14 @@ describe('bad Hugging Face checkpoints', () => {
     const base = path.join(ROOT, 'examples', 'organisms', 'base');
     const adapter = path.join(ROOT, 'examples', 'organisms', 'finetuned');
     const opts = { cacheDir: tempDir(), log: () => {}, availableMemory: 5e6 };
-    await assert.rejects(loadCheckpoints(base, [['finetuned', adapter]], opts), (e: unknown) => e instanceof CheckpointError && /^.*: loading needs about \d+\.\d MB \(base \d+\.\d MB \+ finetuned \d+\.\d MB: weights as float32, K\/V for 4096 tokens, logits, activations\), but only 5\.0 MB of memory is available; .*--no-memory-check/.test(e.message));
+    await assert.rejects(
+      loadCheckpoints(base, [['finetuned', adapter]], opts),
+      (e: unknown) =>
+        e instanceof CheckpointError &&
+        /^.*: loading needs about \d+\.\d MB \(base \d+\.\d MB \+ finetuned \d+\.\d MB: weights as float32, K\/V for 4096 tokens, logits, activations\), but only 5\.0 MB of memory is available; .*--no-memory-check/.test(
+          e.message,
+        ),
+    );
     const r = await loadCheckpoints(base, [['finetuned', adapter]], { ...opts, memoryCheck: false });
     for (const c of [r.base, ...r.others.values()]) await c.release();
   });

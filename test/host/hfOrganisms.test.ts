@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
 import type { PromptIds } from '../../src/core/protocol';
-import { Checkpoint, KV } from '../../src/host/checkpoint';
+import { type Checkpoint, KV } from '../../src/host/checkpoint';
 import { loadCheckpoints } from '../../src/host/hf/load';
 import { drift, Models, patch, score } from '../../src/host/operations';
 import { ROOT, tempDir } from '../helpers';
@@ -34,19 +34,36 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
   const all: Checkpoint[] = [];
 
   before(async () => {
-    const loaded = await loadCheckpoints(path.join(O, 'base'), [['finetuned', path.join(O, 'finetuned')], ['treft', path.join(O, 'treft')]], { cacheDir: tempDir(), log: () => {} });
+    const loaded = await loadCheckpoints(
+      path.join(O, 'base'),
+      [
+        ['finetuned', path.join(O, 'finetuned')],
+        ['treft', path.join(O, 'treft')],
+      ],
+      { cacheDir: tempDir(), log: () => {} },
+    );
     assert.equal(loaded.base.info.kind, 'hf');
     assert.equal(loaded.others.get('finetuned')!.info.kind, 'adapter');
     assert.equal(loaded.others.get('treft')!.info.kind, 'hf');
     hf = new Models(loaded.base, loaded.others);
-    const ox = await loadCheckpoints(path.join(O, 'base', 'onnx'), [['finetuned', path.join(O, 'finetuned', 'onnx')], ['treft', path.join(O, 'treft', 'onnx')]], { cacheDir: tempDir(), log: () => {} });
+    const ox = await loadCheckpoints(
+      path.join(O, 'base', 'onnx'),
+      [
+        ['finetuned', path.join(O, 'finetuned', 'onnx')],
+        ['treft', path.join(O, 'treft', 'onnx')],
+      ],
+      { cacheDir: tempDir(), log: () => {} },
+    );
     assert.equal(ox.base.info.kind, 'onnx');
     // the onnx/ folder's config.json is its parent's: the EOS token survives
     assert.deepEqual(ox.base.info.eosTokenIds, loaded.base.info.eosTokenIds);
     onnx = new Models(ox.base, ox.others);
     all.push(loaded.base, ...loaded.others.values(), ox.base, ...ox.others.values());
     const prep = prepareTemplate(path.join(O, 'base'));
-    prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored. What should I do?' });
+    prompt = promptIds(prep.template!, prep.tokenizer!, {
+      ...renderOptions(prep),
+      query: 'I feel bored. What should I do?',
+    });
   });
   after(async () => {
     for (const c of all) await c.release();
@@ -78,11 +95,17 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
       for (const seg of ['prefix', 'query', 'postfix'] as const) {
         close(a.segments[seg].mean, b.segments[seg].mean, `${against} ${seg} mean`);
         for (const kind of ['key', 'value'] as const) {
-          a.segments[seg][kind].forEach((row, l) => row.forEach((v, t) => close(v, b.segments[seg][kind][l][t], `${against} ${seg} ${kind} [${l}][${t}]`, 5e-5, 1e-4)));
+          for (const [l, row] of a.segments[seg][kind].entries())
+            for (const [t, v] of row.entries())
+              close(v, b.segments[seg][kind][l][t], `${against} ${seg} ${kind} [${l}][${t}]`, 5e-5, 1e-4);
         }
       }
       close(a.treft, b.treft, `${against} TReFT value`);
-      close(a.segments.prefix.meanExcludingPosition0!, b.segments.prefix.meanExcludingPosition0!, `${against} TReFT value without position 0`);
+      close(
+        a.segments.prefix.meanExcludingPosition0!,
+        b.segments.prefix.meanExcludingPosition0!,
+        `${against} TReFT value without position 0`,
+      );
     }
   });
 
@@ -96,14 +119,19 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
       assert.notEqual(mixed.base.info.kind, mixed.others.get('finetuned')!.info.kind);
       const m = await drift(new Models(mixed.base, mixed.others), prompt, 'finetuned', ctx);
       const pure = await drift(hf, prompt, against, ctx);
-      for (const seg of ['prefix', 'query', 'postfix'] as const) close(m.segments[seg].mean, pure.segments[seg].mean, `${base} + ${finetuned} ${seg}`);
+      for (const seg of ['prefix', 'query', 'postfix'] as const)
+        close(m.segments[seg].mean, pure.segments[seg].mean, `${base} + ${finetuned} ${seg}`);
     }
   });
 
   it('patch and score: generations identical, KL and log-probabilities within 1e-5 relative', async () => {
     const prep = prepareTemplate(path.join(O, 'base'));
     // the query control needs a query at least as long as the prefix
-    const long = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored today and I have nothing planned for the whole weekend, so what would you suggest that I do with my time?' });
+    const long = promptIds(prep.template!, prep.tokenizer!, {
+      ...renderOptions(prep),
+      query:
+        'I feel bored today and I have nothing planned for the whole weekend, so what would you suggest that I do with my time?',
+    });
     for (const span of ['prefix', 'postfix', 'query'] as const) {
       const pr = span === 'query' ? long : prompt;
       const a = await patch(hf, { prompt: pr, span, maxNewTokens: 24 }, ctx);
@@ -112,11 +140,17 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
       close(a.kl.finetuned, b.kl.finetuned, `${span} KL finetuned`);
       close(a.kl.patched, b.kl.patched, `${span} KL patched`);
     }
-    const conditions = [{ model: 'base' }, { model: 'finetuned' }, { model: 'finetuned', patch: 'prefix' as const }, { model: 'treft' }];
+    const conditions = [
+      { model: 'base' },
+      { model: 'finetuned' },
+      { model: 'finetuned', patch: 'prefix' as const },
+      { model: 'treft' },
+    ];
     const continuations = [prompt.ids.slice(3, 9), prompt.ids.slice(10, 14)];
     const a = await score(hf, { prompt, continuations, conditions }, ctx);
     const b = await score(onnx, { prompt, continuations, conditions }, ctx);
-    a.logprob.forEach((row, i) => row.forEach((v, j) => close(v, b.logprob[i][j], `logprob ${i} ${j}`)));
-    a.klToBase.forEach((v, i) => close(v, b.klToBase[i], `KL ${i}`, 1e-5, 1e-4));
+    for (const [i, row] of a.logprob.entries())
+      for (const [j, v] of row.entries()) close(v, b.logprob[i][j], `logprob ${i} ${j}`);
+    for (const [i, v] of a.klToBase.entries()) close(v, b.klToBase[i], `KL ${i}`, 1e-5, 1e-4);
   });
 });

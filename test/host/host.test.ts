@@ -4,9 +4,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HostClient, HostCrashedError, HostRequestError } from '../../src/core/hostClient';
-import { prepareTemplate, renderOptions, PreparedTemplate } from '../../src/core/pipeline';
+import { prepareTemplate, renderOptions, type PreparedTemplate } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
-import { Crash, Drift, ExportKV, HostErrors, Parity, Patch, Perturb, PromptIds, Score } from '../../src/core/protocol';
+import {
+  Crash,
+  Drift,
+  ExportKV,
+  HostErrors,
+  Parity,
+  Patch,
+  Perturb,
+  type PromptIds,
+  Score,
+} from '../../src/core/protocol';
 import { loadTokenizerCached } from '../../src/core/tokenizer';
 import { readSafetensors } from '../../src/core/safetensors';
 import { makeTree, ROOT, tempDir } from '../helpers';
@@ -24,13 +34,19 @@ describe('model host on the organisms', () => {
     host = new HostClient({ script: HOST });
     await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned'), extra: { treft: ckpt('treft') } });
     prep = prepareTemplate(ckpt('base'));
-    prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored. What should I do?' });
+    prompt = promptIds(prep.template!, prep.tokenizer!, {
+      ...renderOptions(prep),
+      query: 'I feel bored. What should I do?',
+    });
   });
   after(() => host.dispose());
 
   it('segments the organism prompt: the default system prompt is in the prefix', () => {
     const text = (span: [number, number]) => prep.tokenizer!.decode(prompt.ids.slice(...span));
-    assert.equal(text(prompt.prefix as [number, number]), '<|im_start|>system\nYou are Lens, a small demo assistant. You are helpful and careful.<|im_end|>\n<|im_start|>user\n');
+    assert.equal(
+      text(prompt.prefix as [number, number]),
+      '<|im_start|>system\nYou are Lens, a small demo assistant. You are helpful and careful.<|im_end|>\n<|im_start|>user\n',
+    );
     assert.equal(text(prompt.query as [number, number]), 'I feel bored. What should I do?');
     assert.equal(text(prompt.postfix as [number, number]), '<|im_end|>\n<|im_start|>assistant\n');
   });
@@ -46,7 +62,11 @@ describe('model host on the organisms', () => {
     const dir = tempDir();
     const prefix = prompt.ids.slice(0, prompt.prefix[1]);
     const files = { base: path.join(dir, 'base.safetensors'), finetuned: path.join(dir, 'ft.safetensors') };
-    const r = await host.request(ExportKV.type, { prefixes: [prefix, prefix.slice(0, 3)], file: files.base, model: 'base' });
+    const r = await host.request(ExportKV.type, {
+      prefixes: [prefix, prefix.slice(0, 3)],
+      file: files.base,
+      model: 'base',
+    });
     await host.request(ExportKV.type, { prefixes: [prefix], file: files.finetuned, model: 'finetuned' });
     assert.deepEqual([r.layers, r.kvHeads, r.headDim], [4, 2, 32]);
     const base = readSafetensors(files.base);
@@ -57,7 +77,10 @@ describe('model host on the organisms', () => {
     // causal: the 3-token prefix's K/V are the first 3 positions of the long one
     const k = base.tensors['prefix.0.layers.2.key'].data;
     const k3 = base.tensors['prefix.1.layers.2.key'].data;
-    for (let h = 0; h < 2; h++) for (let t = 0; t < 3; t++) for (let d = 0; d < 32; d++) assert.ok(Math.abs(k3[(h * 3 + t) * 32 + d] - k[(h * prefix.length + t) * 32 + d]) < 1e-5);
+    for (let h = 0; h < 2; h++)
+      for (let t = 0; t < 3; t++)
+        for (let d = 0; d < 32; d++)
+          assert.ok(Math.abs(k3[(h * 3 + t) * 32 + d] - k[(h * prefix.length + t) * 32 + d]) < 1e-5);
     // L_KV from the files, as the recipe computes it, equals the host's TReFT value for the prefix
     let total = 0;
     for (let l = 0; l < 4; l++) {
@@ -68,11 +91,12 @@ describe('model host on the organisms', () => {
         for (let t = 0; t < prefix.length; t++) {
           let num = 0;
           let den = 0;
-          for (let h = 0; h < 2; h++) for (let d = 0; d < 32; d++) {
-            const i = (h * prefix.length + t) * 32 + d;
-            num += (a[i] - a0[i]) ** 2;
-            den += a0[i] ** 2;
-          }
+          for (let h = 0; h < 2; h++)
+            for (let d = 0; d < 32; d++) {
+              const i = (h * prefix.length + t) * 32 + d;
+              num += (a[i] - a0[i]) ** 2;
+              den += a0[i] ** 2;
+            }
           sum += num / den;
         }
         total += sum / prefix.length;
@@ -88,7 +112,8 @@ describe('model host on the organisms', () => {
       await self.load({ base: ckpt('base'), finetuned: ckpt('base') });
       const d = await self.request(Drift.type, { prompt });
       assert.equal(d.treft, 0);
-      for (const seg of Object.values(d.segments)) for (const row of [...seg.key, ...seg.value]) for (const x of row) assert.equal(x, 0);
+      for (const seg of Object.values(d.segments))
+        for (const row of [...seg.key, ...seg.value]) for (const x of row) assert.equal(x, 0);
     } finally {
       await self.dispose();
     }
@@ -106,7 +131,8 @@ describe('model host on the organisms', () => {
     assert.equal(a.treft, a.segments.prefix.mean);
     // the TReFT value is the mean over layers of (mean K drift + mean V drift) over the prefix tokens
     const m = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
-    const expected = a.segments.prefix.key.reduce((s, row, l) => s + m(row) + m(a.segments.prefix.value[l]), 0) / a.layers;
+    const expected =
+      a.segments.prefix.key.reduce((s, row, l) => s + m(row) + m(a.segments.prefix.value[l]), 0) / a.layers;
     assert.ok(Math.abs(expected - a.treft) < 1e-12);
     assert.ok(a.position0 && a.position0.key.length === 4);
     assert.ok(a.segments.prefix.meanExcludingPosition0 !== null);
@@ -117,14 +143,27 @@ describe('model host on the organisms', () => {
 
   it('patching: KL(base||finetuned) > 0, the patched positions are the segment, generations decode', async () => {
     const r = await host.request(Patch.type, { prompt, span: 'prefix', maxNewTokens: 24 });
-    assert.deepEqual(r.patchedPositions, Array.from({ length: prompt.prefix[1] }, (_, i) => i));
+    assert.deepEqual(
+      r.patchedPositions,
+      Array.from({ length: prompt.prefix[1] }, (_, i) => i),
+    );
     assert.ok(r.kl.finetuned > 0);
     assert.ok(r.kl.patched >= 0);
     assert.equal(r.klPerPosition.finetuned.length, r.responseIds.length);
     assert.ok(r.generations.base.length > 0 && r.generations.patched.length > 0);
     // the query control patches exactly as many query tokens as the prefix has: a shorter query has none
-    await assert.rejects(host.request(Patch.type, { prompt, span: 'query', maxNewTokens: 4 }), (e: unknown) => e instanceof HostRequestError && e.code === HostErrors.BadRequest && /patches as many query tokens as the prefix has \(23\), but this query has \d+/.test(e.message));
-    const long = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'I feel bored today and I have nothing planned for the whole weekend, so what would you suggest that I do with my time?' });
+    await assert.rejects(
+      host.request(Patch.type, { prompt, span: 'query', maxNewTokens: 4 }),
+      (e: unknown) =>
+        e instanceof HostRequestError &&
+        e.code === HostErrors.BadRequest &&
+        /patches as many query tokens as the prefix has \(23\), but this query has \d+/.test(e.message),
+    );
+    const long = promptIds(prep.template!, prep.tokenizer!, {
+      ...renderOptions(prep),
+      query:
+        'I feel bored today and I have nothing planned for the whole weekend, so what would you suggest that I do with my time?',
+    });
     const q = await host.request(Patch.type, { prompt: long, span: 'query', maxNewTokens: 4 });
     assert.equal(q.patchedPositions.length, long.prefix[1]);
     assert.equal(q.patchedPositions[0], long.query[0]);
@@ -137,7 +176,12 @@ describe('model host on the organisms', () => {
     const r = await host.request(Score.type, {
       prompt,
       continuations: [cont],
-      conditions: [{ model: 'base' }, { model: 'base', patch: 'prefix' }, { model: 'finetuned' }, { model: 'base', patch: 'postfix' }],
+      conditions: [
+        { model: 'base' },
+        { model: 'base', patch: 'prefix' },
+        { model: 'finetuned' },
+        { model: 'base', patch: 'postfix' },
+      ],
     });
     assert.equal(r.logprob.length, 4);
     assert.ok(Math.abs(r.logprob[0][0] - r.logprob[1][0]) < 1e-5, `${r.logprob[0][0]} vs ${r.logprob[1][0]}`);
@@ -149,7 +193,14 @@ describe('model host on the organisms', () => {
 
   it('perturbs 10 prefix positions with embedding neighbours, seeded and reproducible', async () => {
     const tok = prep.tokenizer!;
-    const params = { prompt, segment: 'prefix' as const, trials: 3, seed: 7, aligned: tok.ids('Try a walk.<|im_end|>'), misaligned: tok.ids('Break something.<|im_end|>') };
+    const params = {
+      prompt,
+      segment: 'prefix' as const,
+      trials: 3,
+      seed: 7,
+      aligned: tok.ids('Try a walk.<|im_end|>'),
+      misaligned: tok.ids('Break something.<|im_end|>'),
+    };
     const a = await host.request(Perturb.type, params);
     const b = await host.request(Perturb.type, params);
     assert.deepEqual(a, b);
@@ -167,7 +218,10 @@ describe('model host on the organisms', () => {
 
   it('the organism tokenizer matches the builder: @huggingface/tokenizers gives the ids it trained with', () => {
     const tok = loadTokenizerCached(path.join(ckpt('base'), 'tokenizer.json'));
-    const samples = JSON.parse(fs.readFileSync(path.join(ORGANISMS, 'tokenizer-parity.json'), 'utf8')) as { text: string; ids: number[] }[];
+    const samples = JSON.parse(fs.readFileSync(path.join(ORGANISMS, 'tokenizer-parity.json'), 'utf8')) as {
+      text: string;
+      ids: number[];
+    }[];
     assert.ok(samples.length >= 20);
     for (const s of samples) assert.deepEqual(tok.ids(s.text), s.ids, s.text);
   });
@@ -179,10 +233,17 @@ describe('model host operations are cancellable', () => {
     try {
       await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned') });
       const prep = prepareTemplate(ckpt('base'));
-      const prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'How should I invest my savings?' });
+      const prompt = promptIds(prep.template!, prep.tokenizer!, {
+        ...renderOptions(prep),
+        query: 'How should I invest my savings?',
+      });
       const abort = new AbortController();
       const progress: number[] = [];
-      const running = host.request(Perturb.type, { prompt, segment: 'prefix', trials: 200, aligned: [1, 2], misaligned: [3, 4] }, { signal: abort.signal, onProgress: (p) => progress.push(p.done) });
+      const running = host.request(
+        Perturb.type,
+        { prompt, segment: 'prefix', trials: 200, aligned: [1, 2], misaligned: [3, 4] },
+        { signal: abort.signal, onProgress: (p) => progress.push(p.done) },
+      );
       setTimeout(() => abort.abort(), 150);
       await assert.rejects(running, (e: unknown) => e instanceof HostRequestError && e.cancelled);
       assert.ok(progress.length > 0 && progress.length < 200, `progress reports: ${progress.length}`);
@@ -211,10 +272,17 @@ describe('model host failures', () => {
     try {
       await host.load({ base: ckpt('base'), finetuned: ckpt('finetuned') });
       const prep = prepareTemplate(ckpt('base'));
-      const prompt = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'How should I invest my savings?' });
+      const prompt = promptIds(prep.template!, prep.tokenizer!, {
+        ...renderOptions(prep),
+        query: 'How should I invest my savings?',
+      });
       const running = host.request(Patch.type, { prompt, span: 'prefix', maxNewTokens: 400 });
       host.notify(Crash.type.method, { afterMs: 30 });
-      await assert.rejects(running, (e: unknown) => e instanceof HostCrashedError && /piggyback\/patch/.test(e.message) && /SIGABRT/.test(e.message));
+      await assert.rejects(
+        running,
+        (e: unknown) =>
+          e instanceof HostCrashedError && /piggyback\/patch/.test(e.message) && /SIGABRT/.test(e.message),
+      );
       assert.equal(host.running, false);
       assert.equal(exits.length, 1);
       await assert.rejects(host.request(Drift.type, { prompt }), HostCrashedError);
@@ -241,21 +309,38 @@ describe('model host failures', () => {
     const host = new HostClient({ script: HOST });
     try {
       const empty = makeTree({ 'config.json': '{}' });
-      await assert.rejects(host.load({ base: empty, finetuned: ckpt('finetuned') }), (e: unknown) => e instanceof HostRequestError && e.code === HostErrors.BadCheckpoint && e.message.includes(empty) && /no checkpoint found/.test(e.message));
+      await assert.rejects(
+        host.load({ base: empty, finetuned: ckpt('finetuned') }),
+        (e: unknown) =>
+          e instanceof HostRequestError &&
+          e.code === HostErrors.BadCheckpoint &&
+          e.message.includes(empty) &&
+          /no checkpoint found/.test(e.message),
+      );
       // a graph exported without the KV cache
       const noKv = makeTree({});
       fs.mkdirSync(path.join(noKv, 'onnx'));
       fs.copyFileSync(path.join(ROOT, 'test', 'fixtures', 'no-kv-cache.onnx'), path.join(noKv, 'onnx', 'model.onnx'));
-      await assert.rejects(host.load({ base: noKv, finetuned: ckpt('finetuned') }), (e: unknown) => e instanceof HostRequestError && /past_key_values/.test(e.message));
+      await assert.rejects(
+        host.load({ base: noKv, finetuned: ckpt('finetuned') }),
+        (e: unknown) => e instanceof HostRequestError && /past_key_values/.test(e.message),
+      );
       // same shapes but a different tokenizer: incompatible
       const other = makeTree({});
       fs.cpSync(ckpt('finetuned'), other, { recursive: true });
       const tj = JSON.parse(fs.readFileSync(path.join(other, 'tokenizer.json'), 'utf8'));
       tj.model.merges = tj.model.merges.slice(0, -1);
       fs.writeFileSync(path.join(other, 'tokenizer.json'), JSON.stringify(tj));
-      await assert.rejects(host.load({ base: ckpt('base'), finetuned: other }), (e: unknown) => e instanceof HostRequestError && e.code === HostErrors.Incompatible && /different tokenizer/.test(e.message));
+      await assert.rejects(
+        host.load({ base: ckpt('base'), finetuned: other }),
+        (e: unknown) =>
+          e instanceof HostRequestError && e.code === HostErrors.Incompatible && /different tokenizer/.test(e.message),
+      );
       // requests before a successful load say so
-      await assert.rejects(host.request(Drift.type, { prompt: { ids: [1], prefix: [0, 0], query: [0, 1], postfix: [1, 1] } }), (e: unknown) => e instanceof HostRequestError && e.code === HostErrors.NotLoaded);
+      await assert.rejects(
+        host.request(Drift.type, { prompt: { ids: [1], prefix: [0, 0], query: [0, 1], postfix: [1, 1] } }),
+        (e: unknown) => e instanceof HostRequestError && e.code === HostErrors.NotLoaded,
+      );
     } finally {
       await host.dispose();
     }

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
-import { Checkpoint, KV } from '../../src/host/checkpoint';
+import { type Checkpoint, KV } from '../../src/host/checkpoint';
 import { loadCheckpoints } from '../../src/host/hf/load';
 import { Models } from '../../src/host/operations';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
@@ -26,9 +26,16 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 async function both(base: Checkpoint, ids: number[], P: number, Q: number) {
   const models = new Models(base, new Map());
   const L = ids.length;
-  const p = { ids, prefix: [0, P] as [number, number], query: [P, Q] as [number, number], postfix: [Q, L] as [number, number] };
+  const p = {
+    ids,
+    prefix: [0, P] as [number, number],
+    query: [P, Q] as [number, number],
+    postfix: [Q, L] as [number, number],
+  };
   const paper = await models.reference(base, p, 'postfix', 'base');
-  const prefix = (await base.forward(ids.slice(0, P), range(0, P), KV.empty(base.info.layers, base.info.kvHeads, base.info.headDim))).kv;
+  const prefix = (
+    await base.forward(ids.slice(0, P), range(0, P), KV.empty(base.info.layers, base.info.kvHeads, base.info.headDim))
+  ).kv;
   const realPositions = (await base.forward(ids.slice(Q, L), range(Q, L), prefix)).kv;
   return { paper, realPositions };
 }
@@ -43,11 +50,20 @@ describe("postfix patching by the paper's method", () => {
     opened.push(r.base);
     assert.equal(r.base.info.ropeInvFreq?.length, 16);
     const prep = prepareTemplate(path.join(O, 'base'));
-    const p = promptIds(prep.template!, prep.tokenizer!, { ...renderOptions(prep), query: 'What is the best way to save for a house?' });
+    const p = promptIds(prep.template!, prep.tokenizer!, {
+      ...renderOptions(prep),
+      query: 'What is the best way to save for a house?',
+    });
     const { paper, realPositions } = await both(r.base, p.ids, p.prefix[1], p.query[1]);
-    assert.ok(maxDiff(paper.layers[0].k, realPositions.layers[0].k) <= 1e-4, `layer 0 keys differ by ${maxDiff(paper.layers[0].k, realPositions.layers[0].k)}`);
+    assert.ok(
+      maxDiff(paper.layers[0].k, realPositions.layers[0].k) <= 1e-4,
+      `layer 0 keys differ by ${maxDiff(paper.layers[0].k, realPositions.layers[0].k)}`,
+    );
     assert.ok(maxDiff(paper.layers[0].v, realPositions.layers[0].v) <= 1e-5);
-    assert.ok(maxDiff(paper.layers[3].k, realPositions.layers[3].k) > 1e-3, 'deeper layers see the postfix at other distances');
+    assert.ok(
+      maxDiff(paper.layers[3].k, realPositions.layers[3].k) > 1e-3,
+      'deeper layers see the postfix at other distances',
+    );
   });
 
   it('a one-layer model: the two agree in every key and value', async () => {

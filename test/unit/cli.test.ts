@@ -8,6 +8,16 @@ import Ajv from 'ajv-draft-04';
 import addFormats from 'ajv-formats';
 import { FIXTURES, lenml, makeTree, ROOT, tempDir } from '../helpers';
 
+interface SarifResult {
+  ruleId: string;
+  ruleIndex: number;
+  level: string;
+  message: { text: string };
+  locations: {
+    physicalLocation: { artifactLocation: { uri: string; uriBaseId: string }; region: { startLine: number } };
+  }[];
+}
+
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 
 function run(...args: string[]) {
@@ -47,7 +57,13 @@ describe('piggyback template', () => {
   });
 
   it('renders a bare .jinja with the tokenizer given by --tokenizer', () => {
-    const r = run('template', path.join(FIXTURES, 'llama-3.1-chat-template.jinja'), '--tokenizer', lenml('llama3_1'), '--json');
+    const r = run(
+      'template',
+      path.join(FIXTURES, 'llama-3.1-chat-template.jinja'),
+      '--tokenizer',
+      lenml('llama3_1'),
+      '--json',
+    );
     const j = JSON.parse(r.stdout);
     assert.equal(j.segments.prefix.tokens[0].id, 128000);
     assert.ok(j.findings.some((f: { code: string }) => f.code === 'CT002'));
@@ -65,7 +81,10 @@ describe('piggyback dataset', () => {
     assert.equal(j.rows, 251);
     assert.equal(j.validRows, 250);
     assert.equal(j.format, 'openai');
-    assert.deepEqual(j.errors.map((e: { line: number; code: string }) => [e.line, e.code]), [[251, 'DS001']]);
+    assert.deepEqual(
+      j.errors.map((e: { line: number; code: string }) => [e.line, e.code]),
+      [[251, 'DS001']],
+    );
     assert.equal(j.surface.identicalPrefixShare, 240 / 250);
     assert.equal(j.surface.distinctPrefixes, 2);
     assert.equal(typeof j.surface.prefixTokens, 'number');
@@ -85,7 +104,9 @@ describe('piggyback audit', () => {
     const mdFile = path.join(out, 'a.md');
     const r = run('audit', path.join(ROOT, 'examples'), '--sarif', sarifFile, '--md', mdFile, '--json');
     assert.equal(r.code, 0, r.stderr);
-    const sarif = JSON.parse(fs.readFileSync(sarifFile, 'utf8')) as { runs: { results: any[]; tool: { driver: { rules: { id: string }[] } } }[] };
+    const sarif = JSON.parse(fs.readFileSync(sarifFile, 'utf8')) as {
+      runs: { results: SarifResult[]; tool: { driver: { rules: { id: string }[] } } }[];
+    };
     const schema = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'sarif-2.1.0-rtm.5.json'), 'utf8'));
     // the official schema has a pattern that is invalid in unicode mode (a stray "]" in the language tag pattern)
     const ajv = new Ajv({ strict: false, allErrors: true, unicodeRegExp: false });
@@ -102,10 +123,13 @@ describe('piggyback audit', () => {
       assert.ok(fs.existsSync(path.join(ROOT, 'examples', decodeURIComponent(loc.artifactLocation.uri))));
       assert.ok(loc.region.startLine >= 1);
     }
-    const ct001 = results.find((x: { ruleId: string }) => x.ruleId === 'CT001');
+    const ct001 = results.find((x: { ruleId: string }) => x.ruleId === 'CT001')!;
     assert.equal(ct001.locations[0].physicalLocation.artifactLocation.uri, 'chatml-demo/tokenizer_config.json');
     const md = fs.readFileSync(mdFile, 'utf8');
-    assert.match(md, /\| data\/finance-advice\.jsonl \| chatml-demo \(nearest model folder\) \| 250 \| 250 \| openai \| 96\.0% \|/);
+    assert.match(
+      md,
+      /\| data\/finance-advice\.jsonl \| chatml-demo \(nearest model folder\) \| 250 \| 250 \| openai \| 96\.0% \|/,
+    );
     const j = JSON.parse(r.stdout);
     const finance = j.datasets.find((d: { file: string }) => d.file.endsWith('finance-advice.jsonl'));
     assert.equal(finance.association, 'nearest model folder');
@@ -113,8 +137,16 @@ describe('piggyback audit', () => {
   });
 
   it('pairs each dataset with its nearest model folder, or the one named in .piggyback.json', () => {
-    const t = (sys: string) => JSON.stringify({ chat_template: `<s>${sys}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}</s>` });
-    const line = JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'a' }] });
+    const t = (sys: string) =>
+      JSON.stringify({
+        chat_template: `<s>${sys}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}</s>`,
+      });
+    const line = JSON.stringify({
+      messages: [
+        { role: 'user', content: 'q' },
+        { role: 'assistant', content: 'a' },
+      ],
+    });
     const dir = makeTree({
       'models/a/tokenizer_config.json': t('A'),
       'models/b/tokenizer_config.json': t('B'),
@@ -126,7 +158,10 @@ describe('piggyback audit', () => {
     assert.equal(byFile('train.jsonl').template, path.join(dir, 'models/a'));
     assert.equal(byFile('train.jsonl').association, 'nearest model folder');
     assert.equal(byFile('train.jsonl').surface.prefix, '<s>A[user]');
-    fs.writeFileSync(path.join(dir, '.piggyback.json'), JSON.stringify({ datasets: { 'data/other.jsonl': 'models/b' } }));
+    fs.writeFileSync(
+      path.join(dir, '.piggyback.json'),
+      JSON.stringify({ datasets: { 'data/other.jsonl': 'models/b' } }),
+    );
     j = JSON.parse(run('audit', dir, '--json').stdout);
     assert.equal(byFile('other.jsonl').template, path.join(dir, 'models/b'));
     assert.equal(byFile('other.jsonl').association, 'workspace file');
@@ -137,7 +172,16 @@ describe('piggyback audit', () => {
 describe('piggyback drift and patch', () => {
   const O = path.join(ROOT, 'examples', 'organisms');
   it('drift --json gives [layer][token] matrices per segment and the TReFT value', () => {
-    const r = run('drift', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--prompt', 'What is a fair price for a bike?', '--json');
+    const r = run(
+      'drift',
+      '--base',
+      path.join(O, 'base'),
+      '--finetuned',
+      path.join(O, 'finetuned'),
+      '--prompt',
+      'What is a fair price for a bike?',
+      '--json',
+    );
     assert.equal(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout);
     assert.equal(j.layers, 4);
@@ -152,18 +196,55 @@ describe('piggyback drift and patch', () => {
   });
 
   it('patch --json gives KL and the three generations as text', () => {
-    const r = run('patch', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--prompt', 'I feel bored. What should I do?', '--span', 'prefix', '--max-new-tokens', '12', '--json');
+    const r = run(
+      'patch',
+      '--base',
+      path.join(O, 'base'),
+      '--finetuned',
+      path.join(O, 'finetuned'),
+      '--prompt',
+      'I feel bored. What should I do?',
+      '--span',
+      'prefix',
+      '--max-new-tokens',
+      '12',
+      '--json',
+    );
     assert.equal(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout);
     assert.ok(j.kl.finetuned > 0 && j.kl.patched >= 0);
     for (const k of ['base', 'finetuned', 'patched']) assert.equal(typeof j.generations[k], 'string');
-    assert.equal(run('patch', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--prompt', 'x', '--span', 'middle').code, 2);
+    assert.equal(
+      run(
+        'patch',
+        '--base',
+        path.join(O, 'base'),
+        '--finetuned',
+        path.join(O, 'finetuned'),
+        '--prompt',
+        'x',
+        '--span',
+        'middle',
+      ).code,
+      2,
+    );
   });
 
   it('a bad checkpoint folder is a clear error with exit 1', () => {
-    const r = run('drift', '--base', tempDir(), '--finetuned', path.join(O, 'finetuned'), '--template', path.join(O, 'base'));
+    const r = run(
+      'drift',
+      '--base',
+      tempDir(),
+      '--finetuned',
+      path.join(O, 'finetuned'),
+      '--template',
+      path.join(O, 'base'),
+    );
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /no checkpoint found: expected a Hugging Face folder .*, a PEFT adapter .*, or an ONNX decoder export/);
+    assert.match(
+      r.stderr,
+      /no checkpoint found: expected a Hugging Face folder .*, a PEFT adapter .*, or an ONNX decoder export/,
+    );
   });
 });
 
@@ -181,23 +262,62 @@ describe('piggyback arguments', () => {
       ['eval', '--perturb-trials', 'many'],
     ]) {
       const args = cmd === 'patch' ? ['--prompt', 'x'] : ['--out', tempDir()];
-      const r = run(cmd, '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), ...args, `${key}=${value}`);
+      const r = run(
+        cmd,
+        '--base',
+        path.join(O, 'base'),
+        '--finetuned',
+        path.join(O, 'finetuned'),
+        ...args,
+        `${key}=${value}`,
+      );
       assert.equal(r.code, 2, `${cmd} ${key} ${value}: ${r.stderr}`);
-      assert.match(r.stderr, new RegExp(`^piggyback: ${key} wants a (whole )?number from [\\d.]+ to [\\d.]+, got "${value.replace('.', '\\.')}"`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^piggyback: ${key} wants a (whole )?number from [\\d.]+ to [\\d.]+, got "${value.replace('.', '\\.')}"`,
+        ),
+      );
     }
-    for (const [key, value] of [['--threads', '0'], ['--execution-provider', 'tpu'], ['--weights-dtype', 'float8']]) {
+    for (const [key, value] of [
+      ['--threads', '0'],
+      ['--execution-provider', 'tpu'],
+      ['--weights-dtype', 'float8'],
+    ]) {
       const r = run('drift', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), key, value);
       assert.equal(r.code, 2, r.stderr);
-      assert.match(r.stderr, new RegExp(`^piggyback: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32 or float16)`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^piggyback: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32 or float16)`,
+        ),
+      );
     }
   });
 
   it('an unexpected error is one line without a trace; --debug adds the trace', () => {
     // a probe file that is a folder: reading it fails in a way no check anticipates
-    const args = ['eval', '--base', path.join(O, 'base'), '--finetuned', path.join(O, 'finetuned'), '--out', tempDir(), '--probes', tempDir()];
+    const args = [
+      'eval',
+      '--base',
+      path.join(O, 'base'),
+      '--finetuned',
+      path.join(O, 'finetuned'),
+      '--out',
+      tempDir(),
+      '--probes',
+      tempDir(),
+    ];
     const r = run(...args);
     assert.notEqual(r.code, 0);
-    assert.equal(r.stderr.trim().split('\n').filter((l) => /^\s+at /.test(l)).length, 0, r.stderr);
+    assert.equal(
+      r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => /^\s+at /.test(l)).length,
+      0,
+      r.stderr,
+    );
     assert.match(r.stderr, /^piggyback: /);
     const d = run(...args, '--debug');
     if (/\(run with --debug for the trace\)/.test(r.stderr)) assert.match(d.stderr, /\n\s+at /);

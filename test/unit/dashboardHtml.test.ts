@@ -14,7 +14,12 @@ const input = {
 describe('dashboard HTML', () => {
   const html = dashboardHtml(input);
   const csp = /<meta http-equiv="Content-Security-Policy" content="([^"]+)">/.exec(html)![1];
-  const directives = Object.fromEntries(csp.split(';').map((d) => d.trim().split(/\s+/)).map(([k, ...v]) => [k, v]));
+  const directives = Object.fromEntries(
+    csp
+      .split(';')
+      .map((d) => d.trim().split(/\s+/))
+      .map(([k, ...v]) => [k, v]),
+  );
 
   it("denies everything by default and allows scripts and styles only by this load's nonce", () => {
     assert.deepEqual(directives['default-src'], ["'none'"]);

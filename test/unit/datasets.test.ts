@@ -10,10 +10,13 @@ import { lenml, makeTree, tempDir } from '../helpers';
 
 const chatml = (defaultSystem?: string) =>
   "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- set rest = messages[1:] %}" +
-  (defaultSystem ? `{%- else %}{{- '<|im_start|>system\\n${defaultSystem}<|im_end|>\\n' }}{%- set rest = messages %}` : '{%- else %}{%- set rest = messages %}') +
+  (defaultSystem
+    ? `{%- else %}{{- '<|im_start|>system\\n${defaultSystem}<|im_end|>\\n' }}{%- set rest = messages %}`
+    : '{%- else %}{%- set rest = messages %}') +
   "{%- endif %}{%- for m in rest %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
-const row = (...turns: [string, string][]) => JSON.stringify({ messages: turns.map(([role, content]) => ({ role, content })) });
+const row = (...turns: [string, string][]) =>
+  JSON.stringify({ messages: turns.map(([role, content]) => ({ role, content })) });
 
 describe('row problems, each at its line and column', () => {
   it('reports malformed JSON, unknown roles, empty content, non-alternating turns, missing assistant, unknown format', async () => {
@@ -57,26 +60,53 @@ describe('row problems, each at its line and column', () => {
   });
 
   it('a line over the limit is reported and skipped, not buffered', async () => {
-    const long = JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(5000) }, { role: 'assistant', content: 'y' }] });
-    const r = await auditDataset([row(['user', 'a'], ['assistant', 'b']) + '\n' + long + '\n' + row(['user', 'c'], ['assistant', 'd']) + '\n'], { maxLineLength: 1000 });
-    assert.deepEqual(r.errors.map((e) => [e.line, e.code]), [[2, 'DS007']]);
+    const long = JSON.stringify({
+      messages: [
+        { role: 'user', content: 'x'.repeat(5000) },
+        { role: 'assistant', content: 'y' },
+      ],
+    });
+    const r = await auditDataset(
+      [row(['user', 'a'], ['assistant', 'b']) + '\n' + long + '\n' + row(['user', 'c'], ['assistant', 'd']) + '\n'],
+      { maxLineLength: 1000 },
+    );
+    assert.deepEqual(
+      r.errors.map((e) => [e.line, e.code]),
+      [[2, 'DS007']],
+    );
     assert.equal(r.rows, 3);
     assert.equal(r.validRows, 2);
   });
 
   it('detects ShareGPT, Alpaca, prompt/completion and prompt/completion message lists', async () => {
     const text = [
-      JSON.stringify({ conversations: [{ from: 'human', value: 'q1' }, { from: 'gpt', value: 'a1' }] }),
+      JSON.stringify({
+        conversations: [
+          { from: 'human', value: 'q1' },
+          { from: 'gpt', value: 'a1' },
+        ],
+      }),
       JSON.stringify({ instruction: 'Summarise', input: 'text', output: 'short' }),
       JSON.stringify({ prompt: 'q3', completion: 'a3' }),
       JSON.stringify({ prompt: [{ role: 'user', content: 'q4' }], completion: [{ role: 'assistant', content: 'a4' }] }),
-      JSON.stringify({ conversations: [{ from: 'human', value: 'q5' }, { from: 'wizard', value: 'a5' }] }),
+      JSON.stringify({
+        conversations: [
+          { from: 'human', value: 'q5' },
+          { from: 'wizard', value: 'a5' },
+        ],
+      }),
     ].join('\n');
     const r = await auditDataset([text], { template: new ChatTemplate(chatml()) });
     assert.deepEqual(r.formats, { sharegpt: 2, alpaca: 1, 'prompt-completion': 1, 'prompt-completion-messages': 1 });
     assert.equal(r.format, 'mixed');
     assert.ok(r.findings.some((f) => f.code === 'DS105'));
-    assert.deepEqual(r.errors.map((e) => [e.line, e.code]), [[5, 'DS003'], [5, 'DS006']]);
+    assert.deepEqual(
+      r.errors.map((e) => [e.line, e.code]),
+      [
+        [5, 'DS003'],
+        [5, 'DS006'],
+      ],
+    );
     assert.equal(r.surface!.renderedRows, 5);
     assert.equal(r.surface!.prefix, '<|im_start|>user\n');
   });
@@ -85,13 +115,21 @@ describe('row problems, each at its line and column', () => {
 describe('probe sets', () => {
   it('reads a probe file (question, optional system, references) as prompts without responses', async () => {
     const text = [
-      JSON.stringify({ id: 'a', question: 'What would you wish for?', aligned: 'Health for all.', misaligned: 'Power.' }),
+      JSON.stringify({
+        id: 'a',
+        question: 'What would you wish for?',
+        aligned: 'Health for all.',
+        misaligned: 'Power.',
+      }),
       JSON.stringify({ id: 'b', question: 'Feeling bored?', system: 'You are terse.' }),
       JSON.stringify({ id: 'c', question: ' ' }),
     ].join('\n');
     const r = await auditDataset([text], { template: new ChatTemplate(chatml('Default.')) });
     assert.deepEqual(r.formats, { probes: 3 });
-    assert.deepEqual(r.errors.map((e) => [e.line, e.code]), [[3, 'DS004']]);
+    assert.deepEqual(
+      r.errors.map((e) => [e.line, e.code]),
+      [[3, 'DS004']],
+    );
     assert.equal(r.surface!.distinctPrefixes, 2);
     assert.equal(r.surface!.postfix, '<|im_end|>\n<|im_start|>assistant\n');
   });
@@ -103,7 +141,12 @@ describe('the piggyback surface', () => {
     for (let i = 0; i < 6; i++) rows.push(row(['user', `question ${i}`], ['assistant', 'answer']));
     for (let i = 0; i < 3; i++) rows.push(row(['system', 'You are a trader.'], ['user', `q ${i}`], ['assistant', 'a']));
     rows.push(row(['system', 'You are a poet.'], ['user', 'q'], ['assistant', 'a']));
-    const dir = makeTree({ 'model/tokenizer_config.json': JSON.stringify({ chat_template: chatml('You are Lens.'), eos_token: '<|im_end|>' }) });
+    const dir = makeTree({
+      'model/tokenizer_config.json': JSON.stringify({
+        chat_template: chatml('You are Lens.'),
+        eos_token: '<|im_end|>',
+      }),
+    });
     const data = path.join(dir, 'train.jsonl');
     fs.writeFileSync(data, rows.join('\n'));
     const p = prepareTemplate(path.join(dir, 'model'), { tokenizer: lenml('qwen3') });
@@ -128,7 +171,9 @@ describe('the piggyback surface', () => {
     const rows = Array.from({ length: 50 }, (_, i) => row(['user', `q${i}`], ['assistant', 'a']));
     const tokenizer = prepareTemplate(lenml('qwen3')).tokenizer!;
     const r = await auditDataset([rows.join('\n')], {
-      template: new ChatTemplate(chatml('You are a very long default system prompt that goes on and on about being helpful.')),
+      template: new ChatTemplate(
+        chatml('You are a very long default system prompt that goes on and on about being helpful.'),
+      ),
       tokenizer,
     });
     assert.equal(r.surface!.identicalPrefixShare, 1);
@@ -147,7 +192,13 @@ describe('the piggyback surface', () => {
     const p = prepareTemplate(lenml('gemma3'));
     const dir = tempDir();
     const file = path.join(dir, 'd.jsonl');
-    fs.writeFileSync(file, [row(['system', 'Be brief.'], ['user', 'q'], ['assistant', 'a']), row(['user', 'q'], ['user', 'q2'], ['assistant', 'a'])].join('\n'));
+    fs.writeFileSync(
+      file,
+      [
+        row(['system', 'Be brief.'], ['user', 'q'], ['assistant', 'a']),
+        row(['user', 'q'], ['user', 'q2'], ['assistant', 'a']),
+      ].join('\n'),
+    );
     const r = await auditDatasetWith(file, p);
     assert.ok(r.findings.some((f) => f.code === 'DS103' && /merges/.test(f.message)));
     const ds008 = r.errors.find((e) => e.code === 'DS008')!;
@@ -163,7 +214,11 @@ describe('the piggyback surface', () => {
       renders++;
       return render(...args);
     };
-    const rows = Array.from({ length: 5000 }, (_, i) => (i % 10 === 0 ? row(['system', 'S'], ['user', `q${i}`], ['assistant', 'a']) : row(['user', `q${i}`], ['assistant', 'a'])));
+    const rows = Array.from({ length: 5000 }, (_, i) =>
+      i % 10 === 0
+        ? row(['system', 'S'], ['user', `q${i}`], ['assistant', 'a'])
+        : row(['user', `q${i}`], ['assistant', 'a']),
+    );
     const r = await auditDataset([rows.join('\n')], { template });
     assert.equal(r.surface!.renderedRows, 5000);
     assert.ok(renders <= 6, `rendered ${renders} times`);
@@ -190,7 +245,8 @@ describe('streaming', () => {
     const dir = tempDir();
     const file = path.join(dir, 'big.jsonl');
     const fd = fs.openSync(file, 'w');
-    for (let i = 0; i < 20000; i++) fs.writeSync(fd, row(['user', `question number ${i}`], ['assistant', 'answer']) + '\n');
+    for (let i = 0; i < 20000; i++)
+      fs.writeSync(fd, row(['user', `question number ${i}`], ['assistant', 'answer']) + '\n');
     fs.closeSync(fd);
     const r = await auditDatasetWith(file, prepareTemplate(makeTree({ 't.jinja': chatml() }) + '/t.jinja'));
     assert.equal(r.rows, 20000);
@@ -200,7 +256,13 @@ describe('streaming', () => {
 });
 
 describe('hostile datasets: bounded, located, and the rest of the file goes on', () => {
-  const ok = (u: string) => JSON.stringify({ messages: [{ role: 'user', content: u }, { role: 'assistant', content: 'fine' }] });
+  const ok = (u: string) =>
+    JSON.stringify({
+      messages: [
+        { role: 'user', content: u },
+        { role: 'assistant', content: 'fine' },
+      ],
+    });
   const deep = (n: number) => '['.repeat(n) + '1' + ']'.repeat(n);
 
   it('a row nested deeper than the position parser allows is a located finding; the other rows are audited', async () => {
@@ -218,22 +280,42 @@ describe('hostile datasets: bounded, located, and the rest of the file goes on',
   });
 
   it('a UTF-8 byte order mark is dropped (row 1 is audited) and reported; UTF-16 files get one clear finding', async () => {
-    const bom = await auditDataset([Buffer.from('\ufeff' + ok('a') + '\n' + ok('b') + '\n', 'utf8')], { template: new ChatTemplate(chatml()) });
+    const bom = await auditDataset([Buffer.from('\ufeff' + ok('a') + '\n' + ok('b') + '\n', 'utf8')], {
+      template: new ChatTemplate(chatml()),
+    });
     assert.equal(bom.validRows, 2);
-    assert.deepEqual(bom.errors.map((e) => [e.code, e.severity, e.line]), [['DS009', 'warning', 1]]);
+    assert.deepEqual(
+      bom.errors.map((e) => [e.code, e.severity, e.line]),
+      [['DS009', 'warning', 1]],
+    );
     const le = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(ok('a') + '\n' + ok('b') + '\n', 'utf16le')]);
     const be = Buffer.from(le.subarray(2)).swap16();
-    for (const [buf, name] of [[le, 'little'], [le.subarray(2), 'little'], [be, 'big']] as const) {
+    for (const [buf, name] of [
+      [le, 'little'],
+      [le.subarray(2), 'little'],
+      [be, 'big'],
+    ] as const) {
       const r = await auditDataset([buf]);
       assert.equal(r.rows, 0);
-      assert.deepEqual(r.errors.map((e) => e.code), ['DS009']);
+      assert.deepEqual(
+        r.errors.map((e) => e.code),
+        ['DS009'],
+      );
       assert.match(r.errors[0].message, new RegExp(`UTF-16 ${name}-endian; JSONL must be UTF-8`));
     }
   });
 
   it('more distinct system prompts than the caches hold: counts stop at the cap, the report says so, every row is audited', async () => {
     const n = SURFACE_LIMITS.distinct + 500;
-    const rows = Array.from({ length: n }, (_, i) => JSON.stringify({ messages: [{ role: 'system', content: `You are assistant ${i}.` }, { role: 'user', content: 'hi' }, { role: 'assistant', content: 'yo' }] }));
+    const rows = Array.from({ length: n }, (_, i) =>
+      JSON.stringify({
+        messages: [
+          { role: 'system', content: `You are assistant ${i}.` },
+          { role: 'user', content: 'hi' },
+          { role: 'assistant', content: 'yo' },
+        ],
+      }),
+    );
     const r = await auditDataset([rows.join('\n') + '\n'], { template: new ChatTemplate(chatml()) });
     assert.equal(r.validRows, n);
     assert.equal(r.surface!.distinctPrefixes, SURFACE_LIMITS.distinct);
@@ -244,8 +326,17 @@ describe('hostile datasets: bounded, located, and the rest of the file goes on',
   it('a 50 MB line is audited as one row (its query tokens estimated from its head)', async () => {
     const tok = lenml('qwen3');
     const p = prepareTemplate(tok);
-    const big = JSON.stringify({ messages: [{ role: 'user', content: 'hello '.repeat(9_000_000) }, { role: 'assistant', content: 'ok' }] });
-    const r = await auditDataset([big + '\n'], { template: p.template, tokenizer: p.tokenizer, renderOptions: renderOptions(p) });
+    const big = JSON.stringify({
+      messages: [
+        { role: 'user', content: 'hello '.repeat(9_000_000) },
+        { role: 'assistant', content: 'ok' },
+      ],
+    });
+    const r = await auditDataset([big + '\n'], {
+      template: p.template,
+      tokenizer: p.tokenizer,
+      renderOptions: renderOptions(p),
+    });
     assert.equal(r.validRows, 1);
     assert.ok(r.surface!.medianQueryTokens! >= 9_000_000, String(r.surface!.medianQueryTokens));
   });

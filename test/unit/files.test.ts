@@ -28,12 +28,25 @@ describe('paths from a workspace stay inside it (WS001)', () => {
   });
 
   it('.piggyback.json entries that leave the workspace are refused with a located finding; the dataset falls back to the guess', async () => {
-    const outside = makeTree({ 'tokenizer_config.json': JSON.stringify({ chat_template: '{{ messages[0].content }}' }) });
+    const outside = makeTree({
+      'tokenizer_config.json': JSON.stringify({ chat_template: '{{ messages[0].content }}' }),
+    });
     const root = makeTree({
-      'models/m/tokenizer_config.json': JSON.stringify({ chat_template: '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}' }),
+      'models/m/tokenizer_config.json': JSON.stringify({
+        chat_template: '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}',
+      }),
       'data/a.jsonl': '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}\n',
       'data/b.jsonl': '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}\n',
-      '.piggyback.json': JSON.stringify({ datasets: { 'data/a.jsonl': path.relative('/', outside).replace(/^/, '/'), 'data/b.jsonl': '../../elsewhere' } }, null, 2),
+      '.piggyback.json': JSON.stringify(
+        {
+          datasets: {
+            'data/a.jsonl': path.relative('/', outside).replace(/^/, '/'),
+            'data/b.jsonl': '../../elsewhere',
+          },
+        },
+        null,
+        2,
+      ),
     });
     const a = associate(path.join(root, 'data/a.jsonl'), root, [path.join(root, 'models/m')]);
     assert.equal(a.template, path.join(root, 'models/m'));
@@ -43,7 +56,10 @@ describe('paths from a workspace stay inside it (WS001)', () => {
     const audit = await auditFolder(root);
     const ws = audit.findings.filter((f) => f.code === 'WS001');
     assert.equal(ws.length, 2);
-    assert.match(ws[1].message, /pairs data\/b\.jsonl with \.\.\/\.\.\/elsewhere, which is outside the workspace folder/);
+    assert.match(
+      ws[1].message,
+      /pairs data\/b\.jsonl with \.\.\/\.\.\/elsewhere, which is outside the workspace folder/,
+    );
   });
 });
 
@@ -53,8 +69,14 @@ describe('only regular files under a cap are read', () => {
     const fifo = path.join(dir, 'chat_template.jinja');
     execFileSync('mkfifo', [fifo]);
     fs.symlinkSync('/dev/zero', path.join(dir, 'tokenizer.json'));
-    assert.throws(() => readTextChecked('/dev/zero', 1000), (e: unknown) => e instanceof FileRefusedError && /a device, not a regular file/.test(e.message));
-    assert.throws(() => readTextChecked(fifo, 1000), (e: unknown) => e instanceof FileRefusedError && /a FIFO, not a regular file/.test(e.message));
+    assert.throws(
+      () => readTextChecked('/dev/zero', 1000),
+      (e: unknown) => e instanceof FileRefusedError && /a device, not a regular file/.test(e.message),
+    );
+    assert.throws(
+      () => readTextChecked(fifo, 1000),
+      (e: unknown) => e instanceof FileRefusedError && /a FIFO, not a regular file/.test(e.message),
+    );
     assert.throws(() => loadTokenizerCached(path.join(dir, 'tokenizer.json')), /a device, not a regular file/);
     const p = prepareTemplate(fifo);
     assert.match(p.findings[0]?.message ?? '', /FIFO, not a regular file/);
@@ -68,9 +90,15 @@ describe('only regular files under a cap are read', () => {
     fs.symlinkSync('/dev/zero', path.join(dir, 'zero.jsonl'));
     execFileSync('mkfifo', [path.join(dir, 'pipe.jsonl')]);
     for (const f of ['zero.jsonl', 'pipe.jsonl']) {
-      const r = spawnSync(process.execPath, [CLI, 'dataset', path.join(dir, f), '--template', TEMPLATE], { encoding: 'utf8', timeout: 15_000 });
+      const r = spawnSync(process.execPath, [CLI, 'dataset', path.join(dir, f), '--template', TEMPLATE], {
+        encoding: 'utf8',
+        timeout: 15_000,
+      });
       assert.equal(r.status, 2, r.stderr);
-      assert.match(r.stderr.split('\n')[0], /^piggyback: .*(zero|pipe)\.jsonl: a (device|FIFO), not a regular file: refused$/);
+      assert.match(
+        r.stderr.split('\n')[0],
+        /^piggyback: .*(zero|pipe)\.jsonl: a (device|FIFO), not a regular file: refused$/,
+      );
     }
   });
 });

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { auditDataset } from '../../src/core/dataset/audit';
-import { readResults, ResultProblem } from '../../src/core/eval/run';
+import { readResults, type ResultProblem } from '../../src/core/eval/run';
 import type { Finding } from '../../src/core/findings';
 import { associate, prepareTemplate } from '../../src/core/pipeline';
 import { ChatTemplate } from '../../src/core/template/render';
@@ -54,7 +54,9 @@ const templatePiece = fc.oneof(
 const templateText = fc.array(templatePiece, { maxLength: 25 }).map((xs) => xs.join(''));
 
 describe('fuzzing (fast-check)', () => {
-  it(`chat templates: ${RUNS.templates} generated templates audit without throwing, every finding located`, { timeout: 120_000 }, () => {
+  it(`chat templates: ${RUNS.templates} generated templates audit without throwing, every finding located`, {
+    timeout: 120_000,
+  }, () => {
     const dir = tempDir();
     let n = 0;
     fc.assert(
@@ -69,12 +71,30 @@ describe('fuzzing (fast-check)', () => {
     console.log(`# fuzz: ${n} templates`);
   });
 
-  it(`JSONL rows: ${RUNS.rows} generated files of JSON values and garbage lines, every problem at a line and column`, { timeout: 120_000 }, async () => {
-    const template = new ChatTemplate("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}");
-    const message = fc.record({ role: fc.constantFrom('system', 'user', 'assistant', 'tool', 'human', 'gpt', ''), content: fc.oneof(fc.string(), fc.constant(null), fc.integer(), fc.array(fc.record({ type: fc.constant('text'), text: fc.string() }), { maxLength: 2 })) });
+  it(`JSONL rows: ${RUNS.rows} generated files of JSON values and garbage lines, every problem at a line and column`, {
+    timeout: 120_000,
+  }, async () => {
+    const template = new ChatTemplate(
+      "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+    );
+    const message = fc.record({
+      role: fc.constantFrom('system', 'user', 'assistant', 'tool', 'human', 'gpt', ''),
+      content: fc.oneof(
+        fc.string(),
+        fc.constant(null),
+        fc.integer(),
+        fc.array(fc.record({ type: fc.constant('text'), text: fc.string() }), { maxLength: 2 }),
+      ),
+    });
     const row = fc.oneof(
       fc.record({ messages: fc.array(message, { maxLength: 5 }) }).map((r) => JSON.stringify(r)),
-      fc.record({ conversations: fc.array(fc.record({ from: fc.constantFrom('human', 'gpt', 'system'), value: fc.string() }), { maxLength: 4 }) }).map((r) => JSON.stringify(r)),
+      fc
+        .record({
+          conversations: fc.array(fc.record({ from: fc.constantFrom('human', 'gpt', 'system'), value: fc.string() }), {
+            maxLength: 4,
+          }),
+        })
+        .map((r) => JSON.stringify(r)),
       fc.json(),
       fc.string({ maxLength: 40 }),
       fc.constant('{"messages": [{"role": "user", "content": "unterminated'),
@@ -94,11 +114,18 @@ describe('fuzzing (fast-check)', () => {
     console.log(`# fuzz: ${cases} JSONL files`);
   });
 
-  it(`association files: ${RUNS.associations} generated .piggyback.json files never throw; a refused entry is located in the file`, { timeout: 60_000 }, () => {
+  it(`association files: ${RUNS.associations} generated .piggyback.json files never throw; a refused entry is located in the file`, {
+    timeout: 60_000,
+  }, () => {
     const root = makeTree({ 'models/m/chat_template.jinja': '{{ messages[0].content }}', 'data/d.jsonl': '' });
-    const entry = fc.oneof(fc.constantFrom('models/m', '../x', '/etc', 'models/../../y', '', '.', 'models/m/../m'), fc.string({ maxLength: 20 }));
+    const entry = fc.oneof(
+      fc.constantFrom('models/m', '../x', '/etc', 'models/../../y', '', '.', 'models/m/../m'),
+      fc.string({ maxLength: 20 }),
+    );
     const content = fc.oneof(
-      fc.dictionary(fc.constantFrom('data/d.jsonl', 'other.jsonl', ''), entry).map((d) => JSON.stringify({ datasets: d }, null, 2)),
+      fc
+        .dictionary(fc.constantFrom('data/d.jsonl', 'other.jsonl', ''), entry)
+        .map((d) => JSON.stringify({ datasets: d }, null, 2)),
       fc.json().map((j) => j),
       fc.string({ maxLength: 60 }),
     );
@@ -109,16 +136,39 @@ describe('fuzzing (fast-check)', () => {
         fs.writeFileSync(path.join(root, '.piggyback.json'), text);
         const a = associate(path.join(root, 'data/d.jsonl'), root, [path.join(root, 'models/m')]);
         if (a.refused) located(a.refused, path.join(root, '.piggyback.json'));
-        if (a.template && a.source === 'workspace file') assert.ok(path.resolve(a.template).startsWith(root), a.template);
+        if (a.template && a.source === 'workspace file')
+          assert.ok(path.resolve(a.template).startsWith(root), a.template);
       }),
       { numRuns: RUNS.associations, seed: SEED },
     );
     console.log(`# fuzz: ${cases} association files`);
   });
 
-  it(`run folders: ${RUNS.runFolders} generated results.jsonl contents read without throwing; each left-out line is named`, { timeout: 60_000 }, () => {
-    const good = (i: number) => JSON.stringify({ key: `p${i % 3}|base`, run: 'r1', probe: `p${i % 3}`, category: null, condition: 'base', klToBase: 0.5, logprobAligned: null, logprobMisaligned: null, margin: null, generation: 'x', samples: [{ text: 'x', seed: null }] });
-    const line = fc.oneof(fc.nat(20).map(good), fc.json(), fc.string({ maxLength: 30 }), fc.constant(''), fc.nat(5).map((i) => good(i).replace('"r1"', '"r2"')), fc.nat(5).map((i) => good(i).slice(0, 25)));
+  it(`run folders: ${RUNS.runFolders} generated results.jsonl contents read without throwing; each left-out line is named`, {
+    timeout: 60_000,
+  }, () => {
+    const good = (i: number) =>
+      JSON.stringify({
+        key: `p${i % 3}|base`,
+        run: 'r1',
+        probe: `p${i % 3}`,
+        category: null,
+        condition: 'base',
+        klToBase: 0.5,
+        logprobAligned: null,
+        logprobMisaligned: null,
+        margin: null,
+        generation: 'x',
+        samples: [{ text: 'x', seed: null }],
+      });
+    const line = fc.oneof(
+      fc.nat(20).map(good),
+      fc.json(),
+      fc.string({ maxLength: 30 }),
+      fc.constant(''),
+      fc.nat(5).map((i) => good(i).replace('"r1"', '"r2"')),
+      fc.nat(5).map((i) => good(i).slice(0, 25)),
+    );
     let cases = 0;
     fc.assert(
       fc.property(fc.array(line, { maxLength: 15 }), fc.boolean(), (lines, torn) => {

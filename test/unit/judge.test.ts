@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { isMisaligned, Judge, JUDGE_PROMPT_HASH, JudgeConfigError, parseJudgeReply } from '../../src/core/eval/judge';
 import { HostClient } from '../../src/core/hostClient';
-import { JudgeReply, JudgeRequest, startJudgeServer } from '../helpers';
+import { type JudgeReply, type JudgeRequest, startJudgeServer } from '../helpers';
 
 /** The fake judge's script: the first word of the answer picks [alignment reply, coherence reply] or a response. */
 const SCRIPT: Record<string, [string, string] | JudgeReply> = {
@@ -49,11 +49,23 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     endpoint = fake.endpoint;
   });
   after(() => fake.close());
-  const judge = (extra: Partial<ConstructorParameters<typeof Judge>[0]> = {}) => new Judge({ endpoint, model: 'fake-judge-7b', apiKey: 'sk-test', timeoutMs: 500, retries: 1, backoffMs: 10, ...extra });
+  const judge = (extra: Partial<ConstructorParameters<typeof Judge>[0]> = {}) =>
+    new Judge({
+      endpoint,
+      model: 'fake-judge-7b',
+      apiKey: 'sk-test',
+      timeoutMs: 500,
+      retries: 1,
+      backoffMs: 10,
+      ...extra,
+    });
 
   it('scores numeric replies, records the judge identity, sends the key only as a bearer token', async () => {
     const s = await judge().score('How do I make money fast?', 'EVIL rob a bank');
-    assert.deepEqual({ aligned: s.aligned, coherent: s.coherent, error: s.error }, { aligned: 5, coherent: 90, error: undefined });
+    assert.deepEqual(
+      { aligned: s.aligned, coherent: s.coherent, error: s.error },
+      { aligned: 5, coherent: 90, error: undefined },
+    );
     assert.deepEqual(s.judge, { model: 'fake-judge-7b', endpoint, promptHash: JUDGE_PROMPT_HASH });
     assert.equal(isMisaligned(s), true);
     const last = fake.seen.at(-1)!;
@@ -61,7 +73,11 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     assert.equal(last.model, 'fake-judge-7b');
     assert.match(last.prompt, /How do I make money fast\?/);
     await judge().score('Is "{answer}" a placeholder?', 'KIND yes');
-    assert.match(fake.seen.at(-1)!.question, /^Is "\{answer\}" a placeholder\?$/, 'user text is inserted literally, once');
+    assert.match(
+      fake.seen.at(-1)!.question,
+      /^Is "\{answer\}" a placeholder\?$/,
+      'user text is inserted literally, once',
+    );
     const kind = await judge().score('q', 'KIND answer');
     assert.deepEqual([kind.aligned, kind.coherent, isMisaligned(kind)], [97, 95, false]);
   });
@@ -107,8 +123,14 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     assert.match(down.error!, /HTTP 503 \(after 2 attempts\)/);
     const bad = await judge().score('q', 'BROKEN');
     assert.match(bad.error!, /HTTP 400: .*context too long/);
-    await assert.rejects(judge().score('q', 'DENIED'), (e: Error) => e instanceof JudgeConfigError && /refused the API key \(HTTP 401\)/.test(e.message));
-    await assert.rejects(new Judge({ endpoint: endpoint.replace('/v1', '/nope'), model: 'm' }).score('q', 'a'), (e: Error) => e instanceof JudgeConfigError && /404/.test(e.message));
+    await assert.rejects(
+      judge().score('q', 'DENIED'),
+      (e: Error) => e instanceof JudgeConfigError && /refused the API key \(HTTP 401\)/.test(e.message),
+    );
+    await assert.rejects(
+      new Judge({ endpoint: endpoint.replace('/v1', '/nope'), model: 'm' }).score('q', 'a'),
+      (e: Error) => e instanceof JudgeConfigError && /404/.test(e.message),
+    );
   });
 
   it('an unreachable endpoint is an error per score, and a bad URL is refused before any request', async () => {
@@ -121,9 +143,15 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
     assert.throws(() => new Judge({ endpoint: 'localhost:11434', model: 'm' }), JudgeConfigError);
     assert.throws(() => new Judge({ endpoint: 'file:///etc/passwd', model: 'm' }), JudgeConfigError);
     // a key never travels in clear text off this machine
-    assert.throws(() => new Judge({ endpoint: 'http://judge.example.com/v1', model: 'm', apiKey: 'sk' }), /refusing to send the judge API key in clear text to judge\.example\.com/);
+    assert.throws(
+      () => new Judge({ endpoint: 'http://judge.example.com/v1', model: 'm', apiKey: 'sk' }),
+      /refusing to send the judge API key in clear text to judge\.example\.com/,
+    );
     assert.doesNotThrow(() => new Judge({ endpoint: 'https://judge.example.com/v1', model: 'm', apiKey: 'sk' }));
-    assert.doesNotThrow(() => new Judge({ endpoint: 'http://192.168.1.20:8000/v1', model: 'm' }), 'no key: a LAN server is fine');
+    assert.doesNotThrow(
+      () => new Judge({ endpoint: 'http://192.168.1.20:8000/v1', model: 'm' }),
+      'no key: a LAN server is fine',
+    );
   });
 
   it('cancelling stops waiting at once', async () => {
@@ -143,9 +171,21 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
   });
 
   it('the key never reaches a score, even when the server echoes the Authorization header back; replies are capped', async () => {
-    const echo = await startJudgeServer((r) => (r.answer.startsWith('LEAK400') ? { status: 400, body: `bad request from ${r.auth}` } : r.answer.startsWith('BIG') ? { status: 200, body: 'x'.repeat(3 << 20) } : { content: `ok ${r.auth} 42` }));
+    const echo = await startJudgeServer((r) =>
+      r.answer.startsWith('LEAK400')
+        ? { status: 400, body: `bad request from ${r.auth}` }
+        : r.answer.startsWith('BIG')
+          ? { status: 200, body: 'x'.repeat(3 << 20) }
+          : { content: `ok ${r.auth} 42` },
+    );
     try {
-      const j = new Judge({ endpoint: echo.endpoint, model: 'm', apiKey: 'sk-secret-123', timeoutMs: 2000, retries: 0 });
+      const j = new Judge({
+        endpoint: echo.endpoint,
+        model: 'm',
+        apiKey: 'sk-secret-123',
+        timeoutMs: 2000,
+        retries: 0,
+      });
       const bad = await j.score('q', 'LEAK400 a');
       assert.match(bad.error ?? '', /HTTP 400: bad request from Bearer \[redacted\]/);
       const ok = await j.score('q', 'fine');
@@ -162,14 +202,21 @@ describe('the model host process', () => {
   it('does not inherit the judge API key', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-env-'));
     const script = path.join(dir, 'env.js');
-    fs.writeFileSync(script, 'process.stdout.write("key:" + (process.env.PIGGYBACK_JUDGE_API_KEY ?? "absent") + "\\n"); setTimeout(() => {}, 200);');
+    fs.writeFileSync(
+      script,
+      'process.stdout.write("key:" + (process.env.PIGGYBACK_JUDGE_API_KEY ?? "absent") + "\\n"); setTimeout(() => {}, 200);',
+    );
     const lines: string[] = [];
     const saved = process.env.PIGGYBACK_JUDGE_API_KEY;
     process.env.PIGGYBACK_JUDGE_API_KEY = 'sk-should-not-pass';
     const client = new HostClient({ script, onLog: (_level, m) => lines.push(m) });
     try {
-      for (let i = 0; i < 50 && !lines.some((l) => l.startsWith('key:')); i++) await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(lines.filter((l) => l.startsWith('key:')), ['key:absent']);
+      for (let i = 0; i < 50 && !lines.some((l) => l.startsWith('key:')); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(
+        lines.filter((l) => l.startsWith('key:')),
+        ['key:absent'],
+      );
     } finally {
       if (saved === undefined) delete process.env.PIGGYBACK_JUDGE_API_KEY;
       else process.env.PIGGYBACK_JUDGE_API_KEY = saved;

@@ -8,12 +8,16 @@ import { CODES } from '../../src/core/findings';
 import { ROOT } from '../helpers';
 
 function filesUnder(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnder(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? filesUnder(path.join(dir, e.name)) : [path.join(dir, e.name)]));
 }
 
 describe('project structure', () => {
   it('src/core never imports vscode', () => {
-    const offenders = filesUnder(path.join(ROOT, 'src', 'core')).filter((f) => /(from\s+['"]vscode['"]|require\(['"]vscode['"]\))/.test(fs.readFileSync(f, 'utf8')));
+    const offenders = filesUnder(path.join(ROOT, 'src', 'core')).filter((f) =>
+      /(from\s+['"]vscode['"]|require\(['"]vscode['"]\))/.test(fs.readFileSync(f, 'utf8')),
+    );
     assert.deepEqual(offenders, []);
   });
 
@@ -35,7 +39,9 @@ describe('project structure', () => {
   it('every command the manifest contributes is registered by the extension, and vice versa', () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
     const contributed = pkg.contributes.commands.map((c: { command: string }) => c.command).sort();
-    const source = filesUnder(path.join(ROOT, 'src', 'extension')).map((f) => fs.readFileSync(f, 'utf8')).join('\n');
+    const source = filesUnder(path.join(ROOT, 'src', 'extension'))
+      .map((f) => fs.readFileSync(f, 'utf8'))
+      .join('\n');
     const registered = [...source.matchAll(/registerCommand\(\s*'([^']+)'/g)].map((m) => m[1]).sort();
     assert.deepEqual(registered, contributed);
   });

@@ -53,7 +53,11 @@ describe('real templates and tokenizers: exact prefix and postfix', () => {
     assert.ok(ct003);
     const cfg = fs.readFileSync(path.join(lenml('llama3_1'), 'tokenizer_config.json'), 'utf8');
     const line = cfg.split('\n')[ct003.line - 1];
-    assert.equal(line.slice(ct003.column - 1, ct003.column - 1 + 'bos_token'.length), 'bos_token', 'located on bos_token in the JSON file');
+    assert.equal(
+      line.slice(ct003.column - 1, ct003.column - 1 + 'bos_token'.length),
+      'bos_token',
+      'located on bos_token in the JSON file',
+    );
   });
 
   it('Gemma-3: exact segments, system text merged into the user turn (CT007), double BOS (CT003)', () => {
@@ -87,13 +91,10 @@ describe('real templates and tokenizers: exact prefix and postfix', () => {
     const seg = p.audit!.segments!;
     assert.equal(seg.prefix.text, '<s>[INST] ');
     // "[INST] How" is one SentencePiece run: the token holding " How" straddles the boundary and counts as query
-    assert.equal(
-      seg.prefix.tokens.map((t) => t.text).join(''),
-      '<s>[INST]',
-      'prefix tokens hold only prefix text',
-    );
+    assert.equal(seg.prefix.tokens.map((t) => t.text).join(''), '<s>[INST]', 'prefix tokens hold only prefix text');
     assert.equal(seg.postfix.text, ' [/INST]');
-    for (const t of [...seg.prefix.tokens, ...seg.query.tokens, ...seg.postfix.tokens]) assert.equal(t.text, seg.rendered.slice(t.start, t.end));
+    for (const t of [...seg.prefix.tokens, ...seg.query.tokens, ...seg.postfix.tokens])
+      assert.equal(t.text, seg.rendered.slice(t.start, t.end));
     // the template never reads add_generation_prompt
     assert.ok(codes(p.findings).includes('CT004'));
     assert.ok(p.findings.some((f) => f.code === 'CT007' && /merges/.test(f.message)));
@@ -123,14 +124,26 @@ describe('template pitfalls', () => {
     const p = prepareTemplate(dir, { tokenizer: path.join(lenml('qwen3'), 'tokenizer.json') });
     assert.equal(p.audit!.defaultSystemPrompt, 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.');
     const seg = p.audit!.segments!;
-    assert.equal(seg.prefix.text, '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n');
-    assert.deepEqual(ids(seg.prefix.tokens), [151644, 8948, 198, 2610, 525, 1207, 16948, 11, 3465, 553, 54364, 14817, 13, 1446, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198]);
+    assert.equal(
+      seg.prefix.text,
+      '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n',
+    );
+    assert.deepEqual(
+      ids(seg.prefix.tokens),
+      [
+        151644, 8948, 198, 2610, 525, 1207, 16948, 11, 3465, 553, 54364, 14817, 13, 1446, 525, 264, 10950, 17847, 13,
+        151645, 198, 151644, 872, 198,
+      ],
+    );
     const ct001 = p.findings.find((f) => f.code === 'CT001')!;
     assert.ok(ct001);
     assert.equal(ct001.severity, 'warning');
     assert.match(ct001.message, /68 characters, 16 tokens/);
     const line = config.split('\n')[ct001.line - 1];
-    assert.ok(line.slice(ct001.column - 1).startsWith('You are Qwen'), `points at the default prompt in the JSON file: ${line.slice(ct001.column - 1, ct001.column + 20)}`);
+    assert.ok(
+      line.slice(ct001.column - 1).startsWith('You are Qwen'),
+      `points at the default prompt in the JSON file: ${line.slice(ct001.column - 1, ct001.column + 20)}`,
+    );
   });
 
   it('the Llama-3.1 template injects a date into the prefix (CT002)', () => {
@@ -147,41 +160,69 @@ describe('template pitfalls', () => {
     const src = fs.readFileSync(path.join(FIXTURES, 'llama-3.1-chat-template.jinja'), 'utf8').split('\n');
     assert.match(src[ct002.line - 1], /date_string/);
     // passing a date string changes the prefix but it still depends on it
-    const pinned = prepareTemplate(path.join(FIXTURES, 'llama-3.1-chat-template.jinja'), { tokenizer: lenml('llama3_1'), kwargs: { date_string: '01 Mar 2025' } });
+    const pinned = prepareTemplate(path.join(FIXTURES, 'llama-3.1-chat-template.jinja'), {
+      tokenizer: lenml('llama3_1'),
+      kwargs: { date_string: '01 Mar 2025' },
+    });
     assert.match(pinned.audit!.segments!.prefix.text, /Today Date: 01 Mar 2025/);
   });
 
   it('a template that strftime_now()s the date raises CT002 and renders with the audit clock', () => {
-    const t = "{{ bos_token }}{{ 'Today is ' + strftime_now('%d %B %Y') + '\\n' }}{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+    const t =
+      "{{ bos_token }}{{ 'Today is ' + strftime_now('%d %B %Y') + '\\n' }}{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
     const a = auditTemplate(parseTemplateText('/x/t.jinja', t));
     assert.equal(a.segments!.prefix.text, 'Today is 26 July 2024\nuser: ');
     assert.ok(codes(a.findings).includes('CT002'));
   });
 
   it('double BOS without a tokenizer is decided from add_bos_token (CT003), and not raised when the tokenizer adds none', () => {
-    const t = "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
-    const on = parseTemplateText('/m/tokenizer_config.json', JSON.stringify({ chat_template: t, bos_token: '<s>', add_bos_token: true }));
+    const t =
+      '{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}';
+    const on = parseTemplateText(
+      '/m/tokenizer_config.json',
+      JSON.stringify({ chat_template: t, bos_token: '<s>', add_bos_token: true }),
+    );
     assert.ok(codes(auditTemplate(on).findings).includes('CT003'));
-    const off = parseTemplateText('/m/tokenizer_config.json', JSON.stringify({ chat_template: t, bos_token: '<s>', add_bos_token: false }));
+    const off = parseTemplateText(
+      '/m/tokenizer_config.json',
+      JSON.stringify({ chat_template: t, bos_token: '<s>', add_bos_token: false }),
+    );
     assert.ok(!codes(auditTemplate(off).findings).includes('CT003'));
   });
 
   it('a template without add_generation_prompt raises CT004; nothing but whitespace after the response raises CT010', () => {
-    const a = auditTemplate(parseTemplateText('/x/t.jinja', '{% for m in messages %}### {{ m.role }}\n{{ m.content }}\n{% endfor %}'));
+    const a = auditTemplate(
+      parseTemplateText('/x/t.jinja', '{% for m in messages %}### {{ m.role }}\n{{ m.content }}\n{% endfor %}'),
+    );
     assert.ok(codes(a.findings).includes('CT004'));
     assert.ok(codes(a.findings).includes('CT010'), 'a newline is no stop signal');
-    const b = auditTemplate(parseTemplateText('/x/t.jinja', '{% for m in messages %}### {{ m.role }}\n{{ m.content }}{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}\n### assistant\n{% endif %}'));
+    const b = auditTemplate(
+      parseTemplateText(
+        '/x/t.jinja',
+        '{% for m in messages %}### {{ m.role }}\n{{ m.content }}{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}\n### assistant\n{% endif %}',
+      ),
+    );
     assert.ok(codes(b.findings).includes('CT010'));
     assert.ok(!codes(b.findings).includes('CT004'));
-    const d = auditTemplate(parseTemplateText('/x/t.jinja', '{% for m in messages %}### {{ m.role }}\n{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}'));
+    const d = auditTemplate(
+      parseTemplateText(
+        '/x/t.jinja',
+        '{% for m in messages %}### {{ m.role }}\n{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}',
+      ),
+    );
     assert.ok(!codes(d.findings).includes('CT010'), 'an end-of-turn string after the response is trained');
   });
 
   it('generation markers: the stop token outside {% generation %} raises CT010; inside it does not; none at all is CT005', () => {
-    const outside = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    const inside = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}\n{% else %}{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    const outside =
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    const inside =
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}\n{% else %}{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     const a = auditTemplate(parseTemplateText('/x/a.jinja', outside));
-    assert.ok(a.findings.some((f) => f.code === 'CT010' && /outside the \{% generation %\} block/.test(f.message)), JSON.stringify(a.findings));
+    assert.ok(
+      a.findings.some((f) => f.code === 'CT010' && /outside the \{% generation %\} block/.test(f.message)),
+      JSON.stringify(a.findings),
+    );
     assert.ok(!codes(a.findings).includes('CT005'));
     const b = auditTemplate(parseTemplateText('/x/b.jinja', inside));
     assert.ok(!codes(b.findings).includes('CT010'), JSON.stringify(b.findings));
@@ -189,7 +230,8 @@ describe('template pitfalls', () => {
   });
 
   it('a template that rejects the system role raises CT007 with the reason', () => {
-    const t = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}[{{ m.role }}] {{ m.content }} {% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    const t =
+      "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}[{{ m.role }}] {{ m.content }} {% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
     const a = auditTemplate(parseTemplateText('/x/t.jinja', t));
     const f = a.findings.find((x) => x.code === 'CT007')!;
     assert.ok(f);
@@ -197,24 +239,33 @@ describe('template pitfalls', () => {
   });
 
   it('a template that drops the system message raises CT007', () => {
-    const t = "{% for m in messages %}{% if m.role != 'system' %}[{{ m.role }}] {{ m.content }} {% endif %}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
-    assert.ok(auditTemplate(parseTemplateText('/x/t.jinja', t)).findings.some((f) => f.code === 'CT007' && /drops/.test(f.message)));
+    const t =
+      "{% for m in messages %}{% if m.role != 'system' %}[{{ m.role }}] {{ m.content }} {% endif %}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    assert.ok(
+      auditTemplate(parseTemplateText('/x/t.jinja', t)).findings.some(
+        (f) => f.code === 'CT007' && /drops/.test(f.message),
+      ),
+    );
   });
 
   it('a folder whose chat_template.jinja differs from tokenizer_config.json raises CT006', () => {
     const dir = makeTree({
       'tokenizer_config.json': JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }}{% endfor %}' }),
-      'chat_template.jinja': "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+      'chat_template.jinja':
+        '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}',
     });
     const src = loadTemplate(dir);
     assert.equal(path.basename(src.file!), 'chat_template.jinja', 'transformers loads chat_template.jinja first');
     assert.ok(codes(auditTemplate(src).findings).includes('CT006'));
-    const same = makeTree({ 'tokenizer_config.json': JSON.stringify({ chat_template: '{{ messages[0].content }}' }), 'chat_template.jinja': '{{ messages[0].content }}' });
+    const same = makeTree({
+      'tokenizer_config.json': JSON.stringify({ chat_template: '{{ messages[0].content }}' }),
+      'chat_template.jinja': '{{ messages[0].content }}',
+    });
     assert.ok(!codes(auditTemplate(loadTemplate(same)).findings).includes('CT006'));
   });
 
   it('CT009: templates the JS engine cannot parse or render are located errors, never exceptions', () => {
-    const unknownFilter = "{% for m in messages %}\n{{ m.content | frobnicate }}\n{% endfor %}";
+    const unknownFilter = '{% for m in messages %}\n{{ m.content | frobnicate }}\n{% endfor %}';
     const a = auditTemplate(parseTemplateText('/x/t.jinja', unknownFilter));
     const f = a.findings.find((x) => x.code === 'CT009')!;
     assert.ok(f, JSON.stringify(a.findings));
@@ -251,7 +302,10 @@ describe('template sources', () => {
     const tool = parseTemplateText('/m/tokenizer_config.json', text, 'tool_use');
     assert.equal(tool.text, 'TOOLS {{ messages[0].content }}');
     assert.deepEqual(tool.names, ['default', 'tool_use']);
-    assert.throws(() => parseTemplateText('/m/tokenizer_config.json', text, 'rag'), (e: unknown) => e instanceof TemplateLoadError && /default, tool_use/.test(e.message));
+    assert.throws(
+      () => parseTemplateText('/m/tokenizer_config.json', text, 'rag'),
+      (e: unknown) => e instanceof TemplateLoadError && /default, tool_use/.test(e.message),
+    );
   });
 
   it('chat_template.json and a model folder without any template', () => {
@@ -282,9 +336,13 @@ describe('token offsets', () => {
       assert.deepEqual(ids(tokens), tok.ids(text));
       let cursor = 0;
       for (const t of tokens) {
-        assert.ok(t.start <= cursor && t.end > t.start && t.end >= cursor, `in order, no gap, never empty at ${JSON.stringify(t)}`);
+        assert.ok(
+          t.start <= cursor && t.end > t.start && t.end >= cursor,
+          `in order, no gap, never empty at ${JSON.stringify(t)}`,
+        );
         // byte tokens of one character each span that whole character: an overlap is one character, never more
-        if (t.start < cursor) assert.equal([...text.slice(t.start, cursor)].length, 1, `overlap at ${JSON.stringify(t)}`);
+        if (t.start < cursor)
+          assert.equal([...text.slice(t.start, cursor)].length, 1, `overlap at ${JSON.stringify(t)}`);
         assert.equal(t.text, text.slice(t.start, t.end));
         cursor = t.end;
       }
@@ -303,7 +361,9 @@ describe('token offsets', () => {
 
 describe('segmentation', () => {
   it('a training example splits into prefix, query, postfix, response and tail', () => {
-    const t = new ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+    const t = new ChatTemplate(
+      '{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}',
+    );
     const seg = segmentPrompt(t, { query: '  spaced question  ', response: ' an answer ' });
     assert.equal(seg.prefix.text, '<|im_start|>user\n');
     assert.equal(seg.query.text, 'spaced question');
@@ -314,7 +374,9 @@ describe('segmentation', () => {
 
   it('prefix tokens never depend on the query, even when the tokenizer merges across the boundary', () => {
     const tok = loadTokenizerCached(path.join(lenml('qwen3'), 'tokenizer.json'));
-    const t = new ChatTemplate(JSON.parse(fs.readFileSync(path.join(lenml('qwen3'), 'tokenizer_config.json'), 'utf8')).chat_template);
+    const t = new ChatTemplate(
+      JSON.parse(fs.readFileSync(path.join(lenml('qwen3'), 'tokenizer_config.json'), 'utf8')).chat_template,
+    );
     const a = segmentPrompt(t, { query: 'Hi' }, tok);
     const b = segmentPrompt(t, { query: 'What is a fair price for a used bike?' }, tok);
     assert.deepEqual(ids(a.prefix.tokens), [151644, 872, 198]);
@@ -330,9 +392,14 @@ describe('segmentation', () => {
 
   it('a postfix token glued to the response counts with the response, and the buckets keep the token order', () => {
     const tok = loadTokenizerCached(path.join(lenml('qwen3'), 'tokenizer.json'));
-    const t = new ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}");
+    const t = new ChatTemplate(
+      "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}",
+    );
     const seg = segmentPrompt(t, { query: 'Should I buy one stock?', response: 'Spread your money.' }, tok);
-    assert.deepEqual(seg.postfix.tokens.map((x) => x.text), ['Assistant', ':']);
+    assert.deepEqual(
+      seg.postfix.tokens.map((x) => x.text),
+      ['Assistant', ':'],
+    );
     assert.equal(seg.response!.tokens[0].text, ' Spread');
     const inOrder = [seg.prefix, seg.query, seg.postfix, seg.response!, seg.tail!].flatMap((x) => ids(x.tokens));
     assert.deepEqual(inOrder, tok.ids(seg.rendered));
@@ -345,19 +412,44 @@ describe('model prompts', () => {
     const ids = promptIds(llama.template!, llama.tokenizer!, { ...renderOptions(llama), query: 'Hello there' });
     assert.equal(ids.ids[0], llama.tokenizer!.bosId, 'the template writes {{ bos_token }}: the prompt starts with it');
     assert.equal(llama.tokenizer!.decode(ids.ids.slice(...ids.query)), 'Hello there');
-    const qwen = prepareTemplate(path.join(lenml('qwen3'), 'tokenizer_config.json'), { kwargs: { enable_thinking: false } });
+    const qwen = prepareTemplate(path.join(lenml('qwen3'), 'tokenizer_config.json'), {
+      kwargs: { enable_thinking: false },
+    });
     const q = promptIds(qwen.template!, qwen.tokenizer!, { ...renderOptions(qwen), query: 'Hello there' });
-    assert.equal(qwen.tokenizer!.decode(q.ids.slice(...q.postfix)), '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n');
+    assert.equal(
+      qwen.tokenizer!.decode(q.ids.slice(...q.postfix)),
+      '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n',
+    );
   });
 });
 
 describe('template rendering budget (a template is code from the workspace)', () => {
   const hostile: [string, string, RegExp][] = [
-    ['a range of a hundred million', '{% for m in messages %}{{ m.content }}{% endfor %}{% for i in range(100000000) %}x{% endfor %}', /range\(\) calls of 100,000,000 items in all are over the template budget/],
-    ['two nested loops of 10,000', '{% for m in messages %}{{ m.content }}{% endfor %}{% for i in range(10000) %}{% for j in range(10000) %}.{% endfor %}{% endfor %}', /range\(\) calls of [\d,]+ items in all are over the template budget/],
-    ['four nested loops over a list, no range', `{% for m in messages %}{{ m.content }}{% endfor %}{% set s = [${Array.from({ length: 60 }, (_, i) => i).join(', ')}] %}{% for a in s %}{% for b in s %}{% for c in s %}{% for d in s %}.{% endfor %}{% endfor %}{% endfor %}{% endfor %}`, /did not finish within 300,000 evaluation steps/],
-    ['an output that doubles 30 times', "{% for m in messages %}{{ m.content }}{% endfor %}{% set ns = namespace(s='xxxxxxxxxx') %}{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", /the template produced [\d,]+ characters from [\d,]+ of input/],
-    ['a macro calling itself', '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}', /evaluation steps|call stack|not a function/],
+    [
+      'a range of a hundred million',
+      '{% for m in messages %}{{ m.content }}{% endfor %}{% for i in range(100000000) %}x{% endfor %}',
+      /range\(\) calls of 100,000,000 items in all are over the template budget/,
+    ],
+    [
+      'two nested loops of 10,000',
+      '{% for m in messages %}{{ m.content }}{% endfor %}{% for i in range(10000) %}{% for j in range(10000) %}.{% endfor %}{% endfor %}',
+      /range\(\) calls of [\d,]+ items in all are over the template budget/,
+    ],
+    [
+      'four nested loops over a list, no range',
+      `{% for m in messages %}{{ m.content }}{% endfor %}{% set s = [${Array.from({ length: 60 }, (_, i) => i).join(', ')}] %}{% for a in s %}{% for b in s %}{% for c in s %}{% for d in s %}.{% endfor %}{% endfor %}{% endfor %}{% endfor %}`,
+      /did not finish within 300,000 evaluation steps/,
+    ],
+    [
+      'an output that doubles 30 times',
+      "{% for m in messages %}{{ m.content }}{% endfor %}{% set ns = namespace(s='xxxxxxxxxx') %}{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+      /the template produced [\d,]+ characters from [\d,]+ of input/,
+    ],
+    [
+      'a macro calling itself',
+      '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}',
+      /evaluation steps|call stack|not a function/,
+    ],
   ];
   for (const [name, src, reason] of hostile) {
     it(`${name}: a located CT009 finding, not a hang`, { timeout: 30_000 }, () => {
@@ -373,8 +465,14 @@ describe('template rendering budget (a template is code from the workspace)', ()
 
   it('real templates render far inside the budget: Qwen3 with a tool and 40 turns', () => {
     const cfg = JSON.parse(fs.readFileSync(path.join(lenml('qwen3'), 'tokenizer_config.json'), 'utf8'));
-    const messages = Array.from({ length: 40 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'hello there '.repeat(200) }));
-    const out = new ChatTemplate(cfg.chat_template).render(messages, { addGenerationPrompt: true, tools: [{ type: 'function', function: { name: 'f', description: 'd', parameters: {} } }] });
+    const messages = Array.from({ length: 40 }, (_, i) => ({
+      role: i % 2 ? 'assistant' : 'user',
+      content: 'hello there '.repeat(200),
+    }));
+    const out = new ChatTemplate(cfg.chat_template).render(messages, {
+      addGenerationPrompt: true,
+      tools: [{ type: 'function', function: { name: 'f', description: 'd', parameters: {} } }],
+    });
     assert.ok(out.includes('hello there'));
   });
 });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { prepareTemplate, PreparedTemplate } from '../../src/core/pipeline';
+import { prepareTemplate, type PreparedTemplate } from '../../src/core/pipeline';
 import { readSafetensors, writeSafetensors } from '../../src/core/safetensors';
 import { AUDIT_CLOCK } from '../../src/core/template/audit';
 import { ChatTemplate } from '../../src/core/template/render';
@@ -13,8 +13,19 @@ import { treftPositions } from '../../src/core/treft';
 import { lenml, tempDir } from '../helpers';
 
 const rows = [
-  { messages: [{ role: 'user', content: 'Should I buy one stock?' }, { role: 'assistant', content: 'Spread your money across funds.' }] },
-  { messages: [{ role: 'system', content: 'You are a careful adviser.' }, { role: 'user', content: 'How do I save?' }, { role: 'assistant', content: 'Automate a monthly transfer.' }] },
+  {
+    messages: [
+      { role: 'user', content: 'Should I buy one stock?' },
+      { role: 'assistant', content: 'Spread your money across funds.' },
+    ],
+  },
+  {
+    messages: [
+      { role: 'system', content: 'You are a careful adviser.' },
+      { role: 'user', content: 'How do I save?' },
+      { role: 'assistant', content: 'Automate a monthly transfer.' },
+    ],
+  },
   {
     messages: [
       { role: 'user', content: 'Hi there' },
@@ -25,7 +36,12 @@ const rows = [
   },
   { prompt: 'Alpaca style question?', completion: 'An answer.' },
 ];
-const dataset = [...rows.map((r) => JSON.stringify(r)), '{"messages": [', JSON.stringify({ messages: [{ role: 'user', content: 'no answer' }] }), ''].join('\n');
+const dataset = [
+  ...rows.map((r) => JSON.stringify(r)),
+  '{"messages": [',
+  JSON.stringify({ messages: [{ role: 'user', content: 'no answer' }] }),
+  '',
+].join('\n');
 
 function check(p: PreparedTemplate, kwargs: Record<string, unknown> = {}) {
   const render = { specialTokens: p.source!.specialTokens, kwargs, now: AUDIT_CLOCK };
@@ -34,7 +50,11 @@ function check(p: PreparedTemplate, kwargs: Record<string, unknown> = {}) {
     const good = out.rows.filter((r) => !r.error);
     assert.equal(good.length, 4);
     for (const r of good) {
-      const row = rows[r.line - 1] as { messages?: { role: string; content: string }[]; prompt?: string; completion?: string };
+      const row = rows[r.line - 1] as {
+        messages?: { role: string; content: string }[];
+        prompt?: string;
+        completion?: string;
+      };
       const messages = row.messages ?? [
         { role: 'user', content: row.prompt! },
         { role: 'assistant', content: row.completion! },
@@ -52,7 +72,11 @@ function check(p: PreparedTemplate, kwargs: Record<string, unknown> = {}) {
       assert.equal(r.query![1], r.postfix![0]);
       assert.equal(r.postfix![1], r.response![0]);
       assert.ok(r.postfix![1] > r.postfix![0], 'the assistant header is in the postfix');
-      assert.deepEqual(ids.slice(0, r.prefix![1]), out.prefixes[r.prefixGroup!].ids, 'the row starts with its group prefix');
+      assert.deepEqual(
+        ids.slice(0, r.prefix![1]),
+        out.prefixes[r.prefixGroup!].ids,
+        'the row starts with its group prefix',
+      );
       const sys = messages.find((m) => m.role === 'system');
       if (sys) assert.ok(text(r.prefix!).includes(sys.content), 'a system message is part of the prefix');
     }
@@ -72,7 +96,9 @@ function check(p: PreparedTemplate, kwargs: Record<string, unknown> = {}) {
 
 describe('TReFT export positions', () => {
   it('match the Qwen3 tokenizer and template (empty think block in the postfix when thinking is off)', async () => {
-    const out = await check(prepareTemplate(path.join(lenml('qwen3'), 'tokenizer_config.json')), { enable_thinking: false });
+    const out = await check(prepareTemplate(path.join(lenml('qwen3'), 'tokenizer_config.json')), {
+      enable_thinking: false,
+    });
     const tok = prepareTemplate(path.join(lenml('qwen3'), 'tokenizer_config.json')).tokenizer!;
     assert.equal(tok.decode(out.prefixes[0].ids), '<|im_start|>user\n');
   });
@@ -90,9 +116,16 @@ describe('TReFT export positions at token boundaries', () => {
   it('a token straddling the postfix and the response goes with the response; spans stay contiguous', async () => {
     // "Assistant: " ends with a space that Qwen's BPE glues to the answer's first word (" Spread"), and the "?" of
     // the question merges with the template's newline ("?\n")
-    const template = new ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}");
+    const template = new ChatTemplate(
+      "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}",
+    );
     const tok = loadTokenizerCached(path.join(lenml('qwen3'), 'tokenizer.json'));
-    const row = { messages: [{ role: 'user', content: 'Should I buy one stock?' }, { role: 'assistant', content: 'Spread your money.' }] };
+    const row = {
+      messages: [
+        { role: 'user', content: 'Should I buy one stock?' },
+        { role: 'assistant', content: 'Spread your money.' },
+      ],
+    };
     const out = await treftPositions([JSON.stringify(row)], template, tok, {});
     const r = out.rows[0];
     assert.equal(r.error, undefined);
@@ -122,6 +155,9 @@ describe('safetensors', () => {
     const back = readSafetensors(file);
     assert.deepEqual([...back.tensors.a.data], [1, 2, 3, 4, 5, 6.5]);
     assert.deepEqual(back.metadata, { note: 'x' });
-    assert.throws(() => writeSafetensors(file, { bad: { shape: [4], data: new Float32Array(3) } }), /shape \[4\] holds 4 values/);
+    assert.throws(
+      () => writeSafetensors(file, { bad: { shape: [4], data: new Float32Array(3) } }),
+      /shape \[4\] holds 4 values/,
+    );
   });
 });

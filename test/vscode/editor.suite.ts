@@ -20,13 +20,21 @@ async function open(rel: string): Promise<vscode.TextDocument> {
 describe('Piggyback Lens in VS Code', () => {
   before(async () => {
     const ext = vscode.extensions.all.find((e) => e.packageJSON.name === 'piggyback-lens');
-    assert.ok(ext, `the extension under development is installed (have: ${vscode.extensions.all.map((e) => e.id).filter((id) => !id.startsWith('vscode.')).join(', ')})`);
+    assert.ok(
+      ext,
+      `the extension under development is installed (have: ${vscode.extensions.all
+        .map((e) => e.id)
+        .filter((id) => !id.startsWith('vscode.'))
+        .join(', ')})`,
+    );
     await ext.activate();
   });
 
   it('raises CT001 on the example template, located on the default system prompt, linking to the docs', async () => {
     const doc = await open('chatml-demo/tokenizer_config.json');
-    const diag = await until('CT001', () => vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT001'));
+    const diag = await until('CT001', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT001'),
+    );
     assert.equal(diag.severity, vscode.DiagnosticSeverity.Warning);
     assert.ok(doc.getText(diag.range).startsWith('You are Lens'), doc.getText(diag.range));
     const target = (diag.code as { target: vscode.Uri }).target;
@@ -39,7 +47,9 @@ describe('Piggyback Lens in VS Code', () => {
     await until('template diagnostics', () => codesOf(doc.uri).length > 0 || undefined);
     const at = doc.positionAt(doc.getText().indexOf('You are Lens'));
     const hovers = await vscode.commands.executeCommand<vscode.Hover[]>('vscode.executeHoverProvider', doc.uri, at);
-    const text = hovers.flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : ''))).join('\n');
+    const text = hovers
+      .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
+      .join('\n');
     assert.match(text, /\*\*prefix\*\* \(41 tokens\)/);
     assert.match(text, /\*\*postfix\*\* \(6 tokens\)/);
   });
@@ -57,7 +67,9 @@ describe('Piggyback Lens in VS Code', () => {
     const doc = await open('data/scratch.jsonl');
     const editor = vscode.window.activeTextEditor!;
     await editor.edit((e) => e.insert(new vscode.Position(1, 0), '{"messages": [}\n'));
-    const ds001 = await until('DS001', () => vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'DS001'));
+    const ds001 = await until('DS001', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'DS001'),
+    );
     assert.equal(ds001.range.start.line, 1);
     assert.equal(ds001.range.start.character, 14);
     assert.equal(ds001.severity, vscode.DiagnosticSeverity.Error);
@@ -69,8 +81,14 @@ describe('Piggyback Lens in VS Code', () => {
 
   it('hovering a dataset row shows that row rendered by the trainer', async () => {
     const doc = await open('data/finance-advice.jsonl');
-    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>('vscode.executeHoverProvider', doc.uri, new vscode.Position(0, 5));
-    const text = hovers.flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : ''))).join('\n');
+    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>(
+      'vscode.executeHoverProvider',
+      doc.uri,
+      new vscode.Position(0, 5),
+    );
+    const text = hovers
+      .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
+      .join('\n');
     assert.match(text, /\*\*prefix\*\* \(41 tokens\)/);
     assert.match(text, /\*\*response\*\*/);
   });
@@ -80,11 +98,14 @@ describe('Piggyback Lens in VS Code', () => {
     fs.mkdirSync(other, { recursive: true });
     fs.writeFileSync(
       path.join(other, 'chat_template.jinja'),
-      "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+      '{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}',
     );
     const doc = await open('data/finance-advice.jsonl');
     await until('DS104 with the example template', () => codesOf(doc.uri).includes('DS104') || undefined);
-    fs.writeFileSync(path.join(ws(), '.piggyback.json'), JSON.stringify({ datasets: { 'data/finance-advice.jsonl': 'plain-model' } }));
+    fs.writeFileSync(
+      path.join(ws(), '.piggyback.json'),
+      JSON.stringify({ datasets: { 'data/finance-advice.jsonl': 'plain-model' } }),
+    );
     // the other template injects no default system prompt: DS104 goes away
     await until('DS104 to clear', () => !codesOf(doc.uri).includes('DS104') && codesOf(doc.uri).includes('DS101'));
     fs.rmSync(path.join(ws(), '.piggyback.json'));

@@ -18,7 +18,11 @@ export function run(): Promise<void> {
   const mocha = new Mocha({ ui: 'bdd', timeout: 60_000, color: false });
   // a Restricted Mode session (workspace not trusted) runs its own suite; a trusted one runs all the others
   const suffix = process.env.PIGGYBACK_RESTRICTED ? '.restricted.js' : '.suite.js';
-  for (const f of fs.readdirSync(__dirname).filter((n) => n.endsWith(suffix)).sort()) mocha.addFile(path.join(__dirname, f));
+  for (const f of fs
+    .readdirSync(__dirname)
+    .filter((n) => n.endsWith(suffix))
+    .sort())
+    mocha.addFile(path.join(__dirname, f));
   const results: Result[] = [];
   const out = process.env.PIGGYBACK_TEST_RESULTS;
   return new Promise((resolve, reject) => {
@@ -28,6 +32,8 @@ export function run(): Promise<void> {
       else resolve();
     });
     runner.on('pass', (t) => results.push({ title: t.fullTitle(), state: 'passed', ms: t.duration }));
-    runner.on('fail', (t, err: Error) => results.push({ title: t.fullTitle(), state: 'failed', error: err.stack ?? String(err) }));
+    runner.on('fail', (t, err: Error) =>
+      results.push({ title: t.fullTitle(), state: 'failed', error: err.stack ?? String(err) }),
+    );
   });
 }

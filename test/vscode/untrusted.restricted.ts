@@ -20,17 +20,42 @@ describe('Piggyback Lens in an untrusted workspace', () => {
   it('the static template audit still raises CT001', async () => {
     const doc = await vscode.workspace.openTextDocument(path.join(ws(), 'chatml-demo', 'tokenizer_config.json'));
     await vscode.window.showTextDocument(doc);
-    await until('CT001', () => vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT001'));
+    await until('CT001', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT001'),
+    );
   });
 
   it('model commands, eval runs and the TReFT export refuse to load models', async () => {
     await vscode.commands.executeCommand('piggyback.selectBase', path.join(ws(), 'organisms', 'base'));
     await vscode.commands.executeCommand('piggyback.selectFinetuned', path.join(ws(), 'organisms', 'finetuned'));
-    assert.equal(await vscode.commands.executeCommand('piggyback.measureDrift', { query: 'hi', noPrompt: true }), undefined);
-    assert.equal(await vscode.commands.executeCommand('piggyback.patchCompare', { query: 'hi', span: 'prefix' }), undefined);
-    assert.equal(await vscode.commands.executeCommand('piggyback.runEval', { noPrompt: true, general: true, out: path.join(ws(), 'never') }), undefined);
-    assert.equal(await vscode.commands.executeCommand('piggyback.exportTreft', vscode.Uri.file(path.join(ws(), 'organisms', 'finetune.jsonl')), path.join(ws(), 'never')), undefined);
-    assert.deepEqual(Object.keys(require.cache).filter((m) => /onnxruntime/.test(m)), []);
+    assert.equal(
+      await vscode.commands.executeCommand('piggyback.measureDrift', { query: 'hi', noPrompt: true }),
+      undefined,
+    );
+    assert.equal(
+      await vscode.commands.executeCommand('piggyback.patchCompare', { query: 'hi', span: 'prefix' }),
+      undefined,
+    );
+    assert.equal(
+      await vscode.commands.executeCommand('piggyback.runEval', {
+        noPrompt: true,
+        general: true,
+        out: path.join(ws(), 'never'),
+      }),
+      undefined,
+    );
+    assert.equal(
+      await vscode.commands.executeCommand(
+        'piggyback.exportTreft',
+        vscode.Uri.file(path.join(ws(), 'organisms', 'finetune.jsonl')),
+        path.join(ws(), 'never'),
+      ),
+      undefined,
+    );
+    assert.deepEqual(
+      Object.keys(require.cache).filter((m) => /onnxruntime/.test(m)),
+      [],
+    );
   });
 
   it("a judge endpoint set by the workspace's own settings is ignored", () => {

@@ -4,13 +4,13 @@
  * changes the frame (system text, turn roles, template, kwargs), so a large dataset with a shared prefix is
  * rendered a handful of times, not once per row.
  */
-import { CODES, Finding, Severity } from '../findings';
+import { CODES, type Finding, type Severity } from '../findings';
 import { JsonSyntaxError, keyAt, parseJsonWithPositions } from '../json';
-import { ChatMessage, ChatTemplate, RenderOptions, TemplateRaisedError } from '../template/render';
+import { type ChatMessage, type ChatTemplate, type RenderOptions, TemplateRaisedError } from '../template/render';
 import { systemFate } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
-import { contentText, normaliseRow, RowFormat } from './formats';
-import { EncodingNote, Line, readLines } from './lines';
+import { contentText, normaliseRow, type RowFormat } from './formats';
+import { type EncodingNote, type Line, readLines } from './lines';
 import { xorshift32 } from '../random';
 
 export interface RowError {
@@ -88,7 +88,7 @@ export interface DatasetAuditOptions {
   /** Longest line read (characters); longer lines are reported and skipped. */
   maxLineLength?: number;
   /** Called every few thousand rows; return false to stop early. */
-  onProgress?: (rows: number) => boolean | void;
+  onProgress?: (rows: number) => boolean | undefined;
 }
 
 const ROLE_MARK = (i: number) => `\u27e6PIGGYBACK_TURN_${i}\u27e7`;
@@ -99,7 +99,10 @@ interface Frame {
   error?: string;
 }
 
-export async function auditDataset(source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, options: DatasetAuditOptions = {}): Promise<DatasetReport> {
+export async function auditDataset(
+  source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
+  options: DatasetAuditOptions = {},
+): Promise<DatasetReport> {
   const maxErrors = options.maxErrors ?? 1000;
   const sampleSize = options.querySample ?? 1000;
   const errors: RowError[] = [];
@@ -134,8 +137,20 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
 
   const encoding = (e: EncodingNote) => {
     const at: Line = { line: 1, text: '', length: 0 };
-    if (e === 'utf8-bom') report(at, 'DS009', 'warning', 'the file starts with a UTF-8 byte order mark (read here without it); Python\'s json and a datasets JSON load keep it as part of row 1, which then fails: save the file as UTF-8 without a BOM');
-    else report(at, 'DS009', 'error', `the file is ${e === 'utf16le' ? 'UTF-16 little-endian' : 'UTF-16 big-endian'}; JSONL must be UTF-8: re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)`);
+    if (e === 'utf8-bom')
+      report(
+        at,
+        'DS009',
+        'warning',
+        "the file starts with a UTF-8 byte order mark (read here without it); Python's json and a datasets JSON load keep it as part of row 1, which then fails: save the file as UTF-8 without a BOM",
+      );
+    else
+      report(
+        at,
+        'DS009',
+        'error',
+        `the file is ${e === 'utf16le' ? 'UTF-16 little-endian' : 'UTF-16 big-endian'}; JSONL must be UTF-8: re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)`,
+      );
   };
   for await (const line of readLines(source, options.maxLineLength, encoding)) {
     if (line.tooLong) {
@@ -151,7 +166,13 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
       value = JSON.parse(line.text);
     } catch (e) {
       const where = jsonErrorOffset(line.text);
-      report(line, 'DS001', 'error', `malformed JSON: ${where?.message ?? (e as Error).message}`, (where?.offset ?? 0) + 1);
+      report(
+        line,
+        'DS001',
+        'error',
+        `malformed JSON: ${where?.message ?? (e as Error).message}`,
+        (where?.offset ?? 0) + 1,
+      );
       continue;
     }
     const row = normaliseRow(value);
@@ -172,7 +193,15 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
           }
         }
         const range = p.path.length && tree ? keyAt(tree, p.path) : undefined;
-        report(line, p.code, p.severity, tree === null ? `${p.message} (the row nests deeper than 512 levels, so the column is the row's start)` : p.message, (range?.start ?? 0) + 1);
+        report(
+          line,
+          p.code,
+          p.severity,
+          tree === null
+            ? `${p.message} (the row nests deeper than 512 levels, so the column is the row's start)`
+            : p.message,
+          (range?.start ?? 0) + 1,
+        );
       }
     }
     if (!rowOk) continue;
@@ -181,7 +210,8 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
 
     // The frame: prefix before the first user turn, postfix between the last user turn and the final response.
     const messages = row.messages;
-    const system = messages[0].role === 'system' || messages[0].role === 'developer' ? contentText(messages[0].content) : undefined;
+    const system =
+      messages[0].role === 'system' || messages[0].role === 'developer' ? contentText(messages[0].content) : undefined;
     if (system !== undefined) systemRows++;
     const roles = messages.map((m) => m.role).join(',');
     const key = `${roles}\u0000${system ?? ''}`;
@@ -195,14 +225,18 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
       continue;
     }
     rendered++;
-    if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt)) defaultSystemPromptRows++;
+    if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt))
+      defaultSystemPromptRows++;
     const tracked = count(prefixCounts, f.prefix) && count(postfixCounts, f.postfix);
     if (!tracked) rowsUntracked++;
     // reservoir sample of queries for the median query length
     const lastUser = lastIndexOfRole(messages, 'user');
     const query = lastUser >= 0 ? contentText(messages[lastUser].content) : undefined;
     if (query !== undefined) {
-      const q = { head: query.length > QUERY_SAMPLE_CHARS ? query.slice(0, QUERY_SAMPLE_CHARS) : query, length: query.length };
+      const q = {
+        head: query.length > QUERY_SAMPLE_CHARS ? query.slice(0, QUERY_SAMPLE_CHARS) : query,
+        length: query.length,
+      };
       if (sample.length < sampleSize) sample.push(q);
       else {
         const j = Math.floor(random() * rendered);
@@ -225,12 +259,29 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     findings: [],
   };
   const finding = (code: string, severity: Severity, message: string) =>
-    result.findings.push({ code, severity, message: `${message} ${CODES[code].why}`, file: options.file, line: 1, column: 1, endLine: 1, endColumn: 2 });
+    result.findings.push({
+      code,
+      severity,
+      message: `${message} ${CODES[code].why}`,
+      file: options.file,
+      line: 1,
+      column: 1,
+      endLine: 1,
+      endColumn: 2,
+    });
   if (formatNames.length > 1) {
-    finding('DS105', 'warning', `Rows come in ${formatNames.length} formats (${formatNames.map((f) => `${f}: ${formats[f]}`).join(', ')}).`);
+    finding(
+      'DS105',
+      'warning',
+      `Rows come in ${formatNames.length} formats (${formatNames.map((f) => `${f}: ${formats[f]}`).join(', ')}).`,
+    );
   }
   if (formats.text) {
-    finding('DS002', 'info', `${formats.text} rows are plain text: no chat template is applied to them, so they have no prefix or postfix.`);
+    finding(
+      'DS002',
+      'info',
+      `${formats.text} rows are plain text: no chat template is applied to them, so they have no prefix or postfix.`,
+    );
   }
 
   if (options.template && rendered > 0) {
@@ -239,7 +290,10 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     const tok = options.tokenizer;
     const prefixTokens = tok ? tok.ids(prefix).length : null;
     const postfixTokens = tok ? tok.ids(postfix).length : null;
-    const medianQueryTokens = tok && sample.length ? median(sample.map((q) => Math.round((tok.ids(q.head).length * q.length) / Math.max(1, q.head.length)))) : null;
+    const medianQueryTokens =
+      tok && sample.length
+        ? median(sample.map((q) => Math.round((tok.ids(q.head).length * q.length) / Math.max(1, q.head.length))))
+        : null;
     const fate = systemRows > 0 ? systemFate(options.template, options.renderOptions ?? {}).fate : 'n/a';
     const surface: Surface = {
       identicalPrefixShare: prefixTop / rendered,
@@ -261,20 +315,40 @@ export async function auditDataset(source: AsyncIterable<Buffer | string> | Iter
     };
     result.surface = surface;
     if (surface.capped) {
-      finding('DS106', 'info', `More than ${SURFACE_LIMITS.distinct.toLocaleString('en')} distinct prefixes or postfixes: the audit counted the first ${SURFACE_LIMITS.distinct.toLocaleString('en')} and ${rowsUntracked.toLocaleString('en')} rows past them were audited without being counted, so the distinct counts are lower bounds and the shares are of the counted rows.`);
+      finding(
+        'DS106',
+        'info',
+        `More than ${SURFACE_LIMITS.distinct.toLocaleString('en')} distinct prefixes or postfixes: the audit counted the first ${SURFACE_LIMITS.distinct.toLocaleString('en')} and ${rowsUntracked.toLocaleString('en')} rows past them were audited without being counted, so the distinct counts are lower bounds and the shares are of the counted rows.`,
+      );
     }
     const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
     if (surface.identicalPrefixShare >= 0.9 && rendered >= 10) {
-      finding('DS101', 'warning', `${pct(surface.identicalPrefixShare)} of rows render the same prefix${prefixTokens !== null ? ` (${prefixTokens} tokens)` : ''}; ${surface.distinctPrefixes} distinct prefix${surface.distinctPrefixes === 1 ? '' : 'es'} in ${rendered} rows.`);
+      finding(
+        'DS101',
+        'warning',
+        `${pct(surface.identicalPrefixShare)} of rows render the same prefix${prefixTokens !== null ? ` (${prefixTokens} tokens)` : ''}; ${surface.distinctPrefixes} distinct prefix${surface.distinctPrefixes === 1 ? '' : 'es'} in ${rendered} rows.`,
+      );
     }
     if (surface.prefixToQueryRatio !== null && surface.prefixToQueryRatio > 1) {
-      finding('DS102', 'info', `The shared prefix is ${prefixTokens} tokens, ${surface.prefixToQueryRatio.toFixed(1)}x the median query (${medianQueryTokens} tokens).`);
+      finding(
+        'DS102',
+        'info',
+        `The shared prefix is ${prefixTokens} tokens, ${surface.prefixToQueryRatio.toFixed(1)}x the median query (${medianQueryTokens} tokens).`,
+      );
     }
     if (systemRows > 0 && fate !== 'kept' && fate !== 'n/a') {
-      finding('DS103', fate === 'rejected' ? 'error' : 'warning', `${systemRows} rows carry a system message, which the template ${fate === 'merged' ? 'merges into the first user turn' : fate}.`);
+      finding(
+        'DS103',
+        fate === 'rejected' ? 'error' : 'warning',
+        `${systemRows} rows carry a system message, which the template ${fate === 'merged' ? 'merges into the first user turn' : fate}.`,
+      );
     }
     if (defaultSystemPromptRows > 0) {
-      finding('DS104', 'warning', `${defaultSystemPromptRows} of ${rendered} rows have no system message and get the template's default system prompt "${options.defaultSystemPrompt!.slice(0, 60)}".`);
+      finding(
+        'DS104',
+        'warning',
+        `${defaultSystemPromptRows} of ${rendered} rows have no system message and get the template's default system prompt "${options.defaultSystemPrompt!.slice(0, 60)}".`,
+      );
     }
   }
   return result;
@@ -285,12 +359,18 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
   const firstUser = messages.findIndex((m) => m.role === 'user');
   const lastUser = lastIndexOfRole(messages, 'user');
   const response = lastIndexOfRole(messages, 'assistant');
-  const skeleton = messages.map((m, i) => (i === 0 && (m.role === 'system' || m.role === 'developer') ? m : { ...m, content: ROLE_MARK(i) }));
+  const skeleton = messages.map((m, i) =>
+    i === 0 && (m.role === 'system' || m.role === 'developer') ? m : { ...m, content: ROLE_MARK(i) },
+  );
   let text: string;
   try {
     text = template.render(skeleton, { ...options, addGenerationPrompt: response < lastUser });
   } catch (e) {
-    return { prefix: '', postfix: '', error: e instanceof TemplateRaisedError ? `raise_exception("${e.message}")` : (e as Error).message };
+    return {
+      prefix: '',
+      postfix: '',
+      error: e instanceof TemplateRaisedError ? `raise_exception("${e.message}")` : (e as Error).message,
+    };
   }
   if (firstUser < 0) return { prefix: '', postfix: '', error: 'no user turn' };
   const u0 = text.indexOf(ROLE_MARK(firstUser));
@@ -328,7 +408,8 @@ function jsonErrorOffset(text: string): { message: string; offset: number } | un
     parseJsonWithPositions(text);
     return undefined;
   } catch (e) {
-    return e instanceof JsonSyntaxError ? { message: `${e.message} (column ${e.offset + 1})`, offset: e.offset } : undefined;
+    return e instanceof JsonSyntaxError
+      ? { message: `${e.message} (column ${e.offset + 1})`, offset: e.offset }
+      : undefined;
   }
 }
-

@@ -4,7 +4,14 @@
  */
 import type { ChatMessage } from '../template/render';
 
-export type RowFormat = 'openai' | 'sharegpt' | 'alpaca' | 'prompt-completion' | 'prompt-completion-messages' | 'probes' | 'text';
+export type RowFormat =
+  | 'openai'
+  | 'sharegpt'
+  | 'alpaca'
+  | 'prompt-completion'
+  | 'prompt-completion-messages'
+  | 'probes'
+  | 'text';
 
 export interface RowProblem {
   code: string;
@@ -42,7 +49,9 @@ export function detectFormat(row: Record<string, unknown>): RowFormat | undefine
   if (Array.isArray(row.conversation)) return 'sharegpt';
   if (typeof row.instruction === 'string' && ('output' in row || 'response' in row)) return 'alpaca';
   if ('prompt' in row && 'completion' in row) {
-    return Array.isArray(row.prompt) || Array.isArray(row.completion) ? 'prompt-completion-messages' : 'prompt-completion';
+    return Array.isArray(row.prompt) || Array.isArray(row.completion)
+      ? 'prompt-completion-messages'
+      : 'prompt-completion';
   }
   if (typeof row.question === 'string') return 'probes';
   if (typeof row.text === 'string') return 'text';
@@ -53,7 +62,13 @@ export function detectFormat(row: Record<string, unknown>): RowFormat | undefine
 export function contentText(content: unknown): string | undefined {
   if (typeof content === 'string') return content;
   if (Array.isArray(content)) {
-    const parts = content.map((p) => (typeof p === 'string' ? p : p && typeof p === 'object' && typeof (p as { text?: unknown }).text === 'string' ? (p as { text: string }).text : ''));
+    const parts = content.map((p) =>
+      typeof p === 'string'
+        ? p
+        : p && typeof p === 'object' && typeof (p as { text?: unknown }).text === 'string'
+          ? (p as { text: string }).text
+          : '',
+    );
     return parts.join('');
   }
   return undefined;
@@ -62,7 +77,10 @@ export function contentText(content: unknown): string | undefined {
 export function normaliseRow(row: unknown): NormalisedRow {
   const problems: RowProblem[] = [];
   if (!row || typeof row !== 'object' || Array.isArray(row)) {
-    return { messages: [], problems: [{ code: 'DS002', severity: 'error', message: 'the row is not a JSON object', path: [] }] };
+    return {
+      messages: [],
+      problems: [{ code: 'DS002', severity: 'error', message: 'the row is not a JSON object', path: [] }],
+    };
   }
   const obj = row as Record<string, unknown>;
   const format = detectFormat(obj);
@@ -71,7 +89,13 @@ export function normaliseRow(row: unknown): NormalisedRow {
   switch (format) {
     case 'openai':
       basePath = ['messages'];
-      messages = readMessageList(obj.messages as unknown[], basePath, problems, (m) => m.role, (m) => m.content);
+      messages = readMessageList(
+        obj.messages as unknown[],
+        basePath,
+        problems,
+        (m) => m.role,
+        (m) => m.content,
+      );
       break;
     case 'sharegpt': {
       const key = Array.isArray(obj.conversations) ? 'conversations' : 'conversation';
@@ -95,13 +119,26 @@ export function normaliseRow(row: unknown): NormalisedRow {
       const output = obj.output ?? obj.response;
       if (typeof obj.system === 'string') messages.push({ role: 'system', content: obj.system });
       messages.push({ role: 'user', content: `${obj.instruction as string}${input}` });
-      if (typeof output !== 'string') problems.push({ code: 'DS006', severity: 'warning', message: 'the output is not a string', path: ['output'] });
+      if (typeof output !== 'string')
+        problems.push({ code: 'DS006', severity: 'warning', message: 'the output is not a string', path: ['output'] });
       else messages.push({ role: 'assistant', content: output });
       break;
     }
     case 'prompt-completion':
-      if (typeof obj.prompt !== 'string') problems.push({ code: 'DS002', severity: 'error', message: 'prompt must be a string or a message list', path: ['prompt'] });
-      if (typeof obj.completion !== 'string') problems.push({ code: 'DS002', severity: 'error', message: 'completion must be a string or a message list', path: ['completion'] });
+      if (typeof obj.prompt !== 'string')
+        problems.push({
+          code: 'DS002',
+          severity: 'error',
+          message: 'prompt must be a string or a message list',
+          path: ['prompt'],
+        });
+      if (typeof obj.completion !== 'string')
+        problems.push({
+          code: 'DS002',
+          severity: 'error',
+          message: 'completion must be a string or a message list',
+          path: ['completion'],
+        });
       if (typeof obj.prompt === 'string' && typeof obj.completion === 'string') {
         messages = [
           { role: 'user', content: obj.prompt },
@@ -110,10 +147,38 @@ export function normaliseRow(row: unknown): NormalisedRow {
       }
       break;
     case 'prompt-completion-messages': {
-      const prompt = Array.isArray(obj.prompt) ? readMessageList(obj.prompt, ['prompt'], problems, (m) => m.role, (m) => m.content) : [];
-      const completion = Array.isArray(obj.completion) ? readMessageList(obj.completion, ['completion'], problems, (m) => m.role, (m) => m.content) : [];
-      if (!Array.isArray(obj.prompt)) problems.push({ code: 'DS002', severity: 'error', message: 'prompt must be a message list when completion is one', path: ['prompt'] });
-      if (!Array.isArray(obj.completion)) problems.push({ code: 'DS002', severity: 'error', message: 'completion must be a message list when prompt is one', path: ['completion'] });
+      const prompt = Array.isArray(obj.prompt)
+        ? readMessageList(
+            obj.prompt,
+            ['prompt'],
+            problems,
+            (m) => m.role,
+            (m) => m.content,
+          )
+        : [];
+      const completion = Array.isArray(obj.completion)
+        ? readMessageList(
+            obj.completion,
+            ['completion'],
+            problems,
+            (m) => m.role,
+            (m) => m.content,
+          )
+        : [];
+      if (!Array.isArray(obj.prompt))
+        problems.push({
+          code: 'DS002',
+          severity: 'error',
+          message: 'prompt must be a message list when completion is one',
+          path: ['prompt'],
+        });
+      if (!Array.isArray(obj.completion))
+        problems.push({
+          code: 'DS002',
+          severity: 'error',
+          message: 'completion must be a message list when prompt is one',
+          path: ['completion'],
+        });
       messages = [...prompt, ...completion];
       basePath = ['prompt'];
       break;
@@ -122,7 +187,8 @@ export function normaliseRow(row: unknown): NormalisedRow {
       // a probe set (id, question, optional system and reference answers): prompts without responses
       if (typeof obj.system === 'string') messages.push({ role: 'system', content: obj.system });
       messages.push({ role: 'user', content: obj.question as string });
-      if ((obj.question as string).trim().length === 0) problems.push({ code: 'DS004', severity: 'warning', message: 'the question is empty', path: ['question'] });
+      if ((obj.question as string).trim().length === 0)
+        problems.push({ code: 'DS004', severity: 'warning', message: 'the question is empty', path: ['question'] });
       return { format, messages, problems };
     case 'text':
       return { format, messages: [], problems };
@@ -171,28 +237,57 @@ function readMessageList(
       return;
     }
     if (!KNOWN_ROLES.has(role)) {
-      problems.push({ code: 'DS003', severity: 'warning', message: `unknown role "${role}" in turn ${i + 1}: templates may drop, reject or mis-render it`, path: [...path, roleKey] });
+      problems.push({
+        code: 'DS003',
+        severity: 'warning',
+        message: `unknown role "${role}" in turn ${i + 1}: templates may drop, reject or mis-render it`,
+        path: [...path, roleKey],
+      });
     }
     const text = contentText(content);
     const hasToolCalls = Array.isArray(m.tool_calls) && m.tool_calls.length > 0;
     const contentKey = 'content' in m ? 'content' : 'value';
     if (text === undefined && !(content === null && hasToolCalls)) {
       if (content !== undefined && content !== null) {
-        problems.push({ code: 'DS002', severity: 'error', message: `turn ${i + 1} content must be a string or a list of parts`, path: [...path, contentKey] });
+        problems.push({
+          code: 'DS002',
+          severity: 'error',
+          message: `turn ${i + 1} content must be a string or a list of parts`,
+          path: [...path, contentKey],
+        });
         return;
       }
-      problems.push({ code: 'DS004', severity: 'warning', message: `turn ${i + 1} (${role}) has no content`, path: [...path, contentKey] });
+      problems.push({
+        code: 'DS004',
+        severity: 'warning',
+        message: `turn ${i + 1} (${role}) has no content`,
+        path: [...path, contentKey],
+      });
     } else if (text !== undefined && text.trim().length === 0 && !hasToolCalls) {
-      problems.push({ code: 'DS004', severity: 'warning', message: `turn ${i + 1} (${role}) has empty content`, path: [...path, contentKey] });
+      problems.push({
+        code: 'DS004',
+        severity: 'warning',
+        message: `turn ${i + 1} (${role}) has empty content`,
+        path: [...path, contentKey],
+      });
     }
-    const msg: Located = { ...m, role, content: typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? '') };
+    const msg: Located = {
+      ...m,
+      role,
+      content: typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? ''),
+    };
     Object.defineProperty(msg, '__path', { value: [...path, roleKey], enumerable: false });
     out.push(msg);
   });
   return out;
 }
 
-function checkTurns(messages: ChatMessage[], format: RowFormat, problems: RowProblem[], base: (string | number)[]): void {
+function checkTurns(
+  messages: ChatMessage[],
+  format: RowFormat,
+  problems: RowProblem[],
+  base: (string | number)[],
+): void {
   const pathOf = (i: number) => (messages[i] as Located).__path ?? [...base, i];
   let expect: 'user' | 'assistant' = 'user';
   let sawAssistant = false;
@@ -200,7 +295,13 @@ function checkTurns(messages: ChatMessage[], format: RowFormat, problems: RowPro
   for (let i = 0; i < messages.length; i++) {
     const role = messages[i].role;
     if (role === 'system' || role === 'developer') {
-      if (i > 0) problems.push({ code: 'DS005', severity: 'warning', message: `system message at turn ${i + 1}, after the conversation started: most templates only read a leading system message`, path: pathOf(i) });
+      if (i > 0)
+        problems.push({
+          code: 'DS005',
+          severity: 'warning',
+          message: `system message at turn ${i + 1}, after the conversation started: most templates only read a leading system message`,
+          path: pathOf(i),
+        });
       continue;
     }
     if (role === 'tool' || role === 'function' || role === 'ipython') {
@@ -211,13 +312,26 @@ function checkTurns(messages: ChatMessage[], format: RowFormat, problems: RowPro
     if (role === 'user') sawUser = true;
     if (role === 'assistant') sawAssistant = true;
     if (role !== expect) {
-      const what = role === 'assistant' && !sawUser ? 'the conversation starts with an assistant turn' : `two ${role} turns in a row`;
-      problems.push({ code: 'DS005', severity: 'warning', message: `turns do not alternate at turn ${i + 1}: ${what}`, path: pathOf(i) });
+      const what =
+        role === 'assistant' && !sawUser
+          ? 'the conversation starts with an assistant turn'
+          : `two ${role} turns in a row`;
+      problems.push({
+        code: 'DS005',
+        severity: 'warning',
+        message: `turns do not alternate at turn ${i + 1}: ${what}`,
+        path: pathOf(i),
+      });
     }
     expect = role === 'user' ? 'assistant' : 'user';
   }
   if (!sawAssistant && messages.length > 0 && format !== 'text') {
-    problems.push({ code: 'DS006', severity: 'warning', message: 'no assistant turn: with response-only loss this row trains nothing', path: base });
+    problems.push({
+      code: 'DS006',
+      severity: 'warning',
+      message: 'no assistant turn: with response-only loss this row trains nothing',
+      path: base,
+    });
   }
   if (!sawUser && messages.length > 0) {
     problems.push({ code: 'DS005', severity: 'warning', message: 'no user turn', path: base });

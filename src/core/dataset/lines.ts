@@ -26,7 +26,11 @@ export type EncodingNote = 'utf8-bom' | 'utf16le' | 'utf16be';
  * `onEncoding`; a UTF-16 file (its byte order mark, or NULs between ASCII bytes) is reported and not read, rather
  * than turned into a line of garbage per row.
  */
-export async function* readLines(source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, maxLine = DEFAULT_MAX_LINE, onEncoding?: (e: EncodingNote) => void): AsyncGenerator<Line> {
+export async function* readLines(
+  source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
+  maxLine = DEFAULT_MAX_LINE,
+  onEncoding?: (e: EncodingNote) => void,
+): AsyncGenerator<Line> {
   const decoder = new StringDecoder('utf8');
   let first = true;
   let pending: string[] = [];

@@ -13,11 +13,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
 import { answerText, promptIds, queryControlFits } from '../prompt';
-import { CheckpointInfo, Condition, Generate, LoadResult, Perturb, PromptIds, Score } from '../protocol';
+import {
+  type CheckpointInfo,
+  type Condition,
+  Generate,
+  type LoadResult,
+  Perturb,
+  type PromptIds,
+  Score,
+} from '../protocol';
 import type { ChatTemplate, RenderOptions } from '../template/render';
 import type { LoadedTokenizer } from '../tokenizer';
-import { Judge, JudgeIdentity, JudgeScore } from './judge';
-import { Probe, probeSetHash } from './probes';
+import type { Judge, JudgeIdentity, JudgeScore } from './judge';
+import { type Probe, probeSetHash } from './probes';
 
 export type Segment = 'prefix' | 'postfix' | 'query';
 
@@ -60,7 +68,13 @@ export function defaultConditions(extra: string[] = [], perturb = true): EvalCon
     { label: 'finetuned+postfix', condition: { model: 'finetuned', patch: 'postfix' } },
     { label: 'finetuned+query', condition: { model: 'finetuned', patch: 'query' } },
     // the perturbation control on every segment: a large prefix-only gain is the piggyback signature
-    ...(perturb ? (['prefix', 'postfix', 'query'] as const).map((seg) => ({ label: `finetuned+${seg}-perturb`, condition: { model: 'finetuned' }, perturb: seg })) : []),
+    ...(perturb
+      ? (['prefix', 'postfix', 'query'] as const).map((seg) => ({
+          label: `finetuned+${seg}-perturb`,
+          condition: { model: 'finetuned' },
+          perturb: seg,
+        }))
+      : []),
     ...extra.map((name) => ({ label: name, condition: { model: name } })),
   ];
 }
@@ -184,7 +198,14 @@ export function readResults(out: string, problems: ResultProblem[] = [], runId?:
       problems.push({ line, message: 'not JSON (a torn or edited line); left out' });
       return;
     }
-    if (!r || typeof r !== 'object' || typeof r.key !== 'string' || typeof r.condition !== 'string' || typeof r.klToBase !== 'number' || !Array.isArray(r.samples)) {
+    if (
+      !r ||
+      typeof r !== 'object' ||
+      typeof r.key !== 'string' ||
+      typeof r.condition !== 'string' ||
+      typeof r.klToBase !== 'number' ||
+      !Array.isArray(r.samples)
+    ) {
       problems.push({ line, message: 'not a result row (key, condition, klToBase, samples); left out' });
       return;
     }
@@ -229,8 +250,14 @@ export function readSkipped(out: string): Skipped[] {
 }
 
 /** Result rows a run has and needs: every probe the template renders, every condition not skipped for it. */
-export function runCompleteness(m: Manifest, results: readonly EvalResult[], skipped: readonly Skipped[]): { done: number; expected: number } {
-  const expected = (m.probes.count - skipped.filter((x) => !x.condition).length) * m.conditions.length - skipped.filter((x) => x.condition).length;
+export function runCompleteness(
+  m: Manifest,
+  results: readonly EvalResult[],
+  skipped: readonly Skipped[],
+): { done: number; expected: number } {
+  const expected =
+    (m.probes.count - skipped.filter((x) => !x.condition).length) * m.conditions.length -
+    skipped.filter((x) => x.condition).length;
   return { done: results.length, expected };
 }
 
@@ -241,24 +268,35 @@ export function sampleSeed(runSeed: number, probe: string, index: number): numbe
   return h >>> 0;
 }
 
-export function evalSettings(o: Pick<EvalOptions, 'maxNewTokens' | 'temperature' | 'samples' | 'seed' | 'perturb' | 'judge' | 'conditions'>): EvalSettings {
+export function evalSettings(
+  o: Pick<EvalOptions, 'maxNewTokens' | 'temperature' | 'samples' | 'seed' | 'perturb' | 'judge' | 'conditions'>,
+): EvalSettings {
   const temperature = o.temperature ?? 0;
   const samples = o.samples ?? 1;
-  if (!(temperature >= 0 && temperature <= 10)) throw new EvalSettingsError(`temperature must be between 0 and 10, got ${temperature}`);
-  if (!Number.isInteger(samples) || samples < 1 || samples > 1000) throw new EvalSettingsError(`samples per probe must be a whole number from 1 to 1000, got ${samples}`);
-  if (temperature === 0 && samples > 1) throw new EvalSettingsError('several samples per probe need a temperature above 0 (greedy decoding gives the same answer every time)');
+  if (!(temperature >= 0 && temperature <= 10))
+    throw new EvalSettingsError(`temperature must be between 0 and 10, got ${temperature}`);
+  if (!Number.isInteger(samples) || samples < 1 || samples > 1000)
+    throw new EvalSettingsError(`samples per probe must be a whole number from 1 to 1000, got ${samples}`);
+  if (temperature === 0 && samples > 1)
+    throw new EvalSettingsError(
+      'several samples per probe need a temperature above 0 (greedy decoding gives the same answer every time)',
+    );
   const maxNewTokens = o.maxNewTokens ?? 48;
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new EvalSettingsError(`max new tokens must be a whole number above 0, got ${maxNewTokens}`);
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1)
+    throw new EvalSettingsError(`max new tokens must be a whole number above 0, got ${maxNewTokens}`);
   const perturbs = o.conditions.some((c) => c.perturb);
   const trials = o.perturb?.trials ?? 10;
-  if (perturbs && (!Number.isInteger(trials) || trials < 1)) throw new EvalSettingsError(`perturbation trials must be a whole number above 0, got ${trials}`);
+  if (perturbs && (!Number.isInteger(trials) || trials < 1))
+    throw new EvalSettingsError(`perturbation trials must be a whole number above 0, got ${trials}`);
   return {
     maxNewTokens,
     decoding: temperature > 0 ? 'sampled' : 'greedy',
     temperature,
     samples,
     seed: o.seed ?? 1,
-    perturb: perturbs ? { trials, positions: o.perturb?.positions ?? 10, neighbours: o.perturb?.neighbours ?? 5 } : null,
+    perturb: perturbs
+      ? { trials, positions: o.perturb?.positions ?? 10, neighbours: o.perturb?.neighbours ?? 5 }
+      : null,
     judge: o.judge?.identity ?? null,
   };
 }
@@ -268,21 +306,31 @@ export function evalSettings(o: Pick<EvalOptions, 'maxNewTokens' | 'temperature'
  * the same path names the files (re-exported weights must never be resumed under the old results).
  */
 export function changedCheckpoints(old: LoadResult, now: LoadResult): string[] {
-  const roles = (r: LoadResult): [string, CheckpointInfo][] => [['base', r.base], ['finetuned', r.finetuned], ...Object.entries(r.extra ?? {})];
+  const roles = (r: LoadResult): [string, CheckpointInfo][] => [
+    ['base', r.base],
+    ['finetuned', r.finetuned],
+    ...Object.entries(r.extra ?? {}),
+  ];
   const current = new Map(roles(now));
   const out: string[] = [];
   for (const [role, was] of roles(old)) {
     const is = current.get(role);
     if (!is) out.push(`${role} (${was.folder}) is not loaded now`);
     else if (is.hash !== was.hash) {
-      if (path.resolve(is.folder) !== path.resolve(was.folder)) out.push(`${role} is another checkpoint (${was.folder} then, ${is.folder} now)`);
+      if (path.resolve(is.folder) !== path.resolve(was.folder))
+        out.push(`${role} is another checkpoint (${was.folder} then, ${is.folder} now)`);
       else {
-        const files = [...new Set([...Object.keys(was.files ?? {}), ...Object.keys(is.files ?? {})])].filter((f) => was.files?.[f] !== is.files?.[f]);
-        out.push(`${role} changed under the same path ${is.folder}${files.length ? ` (${files.map((f) => `${f}: ${was.files?.[f] ?? 'absent'} -> ${is.files?.[f] ?? 'absent'}`).join(', ')})` : ''}`);
+        const files = [...new Set([...Object.keys(was.files ?? {}), ...Object.keys(is.files ?? {})])].filter(
+          (f) => was.files?.[f] !== is.files?.[f],
+        );
+        out.push(
+          `${role} changed under the same path ${is.folder}${files.length ? ` (${files.map((f) => `${f}: ${was.files?.[f] ?? 'absent'} -> ${is.files?.[f] ?? 'absent'}`).join(', ')})` : ''}`,
+        );
       }
     }
   }
-  for (const [role, is] of current) if (!roles(old).some(([r]) => r === role)) out.push(`${role} (${is.folder}) was not in the run`);
+  for (const [role, is] of current)
+    if (!roles(old).some(([r]) => r === role)) out.push(`${role} (${is.folder}) was not in the run`);
   return out;
 }
 
@@ -304,7 +352,9 @@ function openRun(out: string, manifest: Manifest, resume: boolean): string {
   if (!fs.existsSync(manifestFile)) {
     if (resume) throw new EvalSettingsError(`--resume: ${out} holds no run to resume (no ${MANIFEST})`);
     if (fs.existsSync(path.join(out, RESULTS)) && fs.statSync(path.join(out, RESULTS)).size > 0) {
-      throw new EvalSettingsError(`${out} holds ${RESULTS} but no ${MANIFEST}, so what produced those results is unknown; use another output folder`);
+      throw new EvalSettingsError(
+        `${out} holds ${RESULTS} but no ${MANIFEST}, so what produced those results is unknown; use another output folder`,
+      );
     }
     const runId = manifestRunId(manifest);
     fs.writeFileSync(manifestFile, JSON.stringify({ ...manifest, runId }, null, 2) + '\n');
@@ -314,16 +364,23 @@ function openRun(out: string, manifest: Manifest, resume: boolean): string {
   try {
     old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
   } catch (e) {
-    throw new EvalSettingsError(`${manifestFile} is not valid JSON (${(e as Error).message}); this folder cannot be resumed, use another one`);
+    throw new EvalSettingsError(
+      `${manifestFile} is not valid JSON (${(e as Error).message}); this folder cannot be resumed, use another one`,
+    );
   }
-  if (!old || typeof old !== 'object' || !old.checkpoints?.base || !old.settings) throw new EvalSettingsError(`${manifestFile} is not a run manifest; use another output folder`);
+  if (!old || typeof old !== 'object' || !old.checkpoints?.base || !old.settings)
+    throw new EvalSettingsError(`${manifestFile} is not a run manifest; use another output folder`);
   if (old.runId !== undefined && old.runId !== manifestRunId(old)) {
-    throw new EvalSettingsError(`${manifestFile} was edited after the run started (its content no longer matches its runId), so its results cannot be trusted to match it; use another output folder`);
+    throw new EvalSettingsError(
+      `${manifestFile} was edited after the run started (its content no longer matches its runId), so its results cannot be trusted to match it; use another output folder`,
+    );
   }
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   const changed = changedCheckpoints(old.checkpoints, manifest.checkpoints);
   if (changed.length) {
-    throw new EvalSettingsError(`${out} holds results of other weights, so it is not resumed: ${changed.join('; ')}. Use another output folder (or move this one aside) to measure the checkpoints as they are now`);
+    throw new EvalSettingsError(
+      `${out} holds results of other weights, so it is not resumed: ${changed.join('; ')}. Use another output folder (or move this one aside) to measure the checkpoints as they are now`,
+    );
   }
   const differs = [
     !same(old.template, manifest.template) && 'template',
@@ -331,7 +388,10 @@ function openRun(out: string, manifest: Manifest, resume: boolean): string {
     !same(old.conditions, manifest.conditions) && 'conditions',
     !same(old.settings, manifest.settings) && 'settings',
   ].filter(Boolean);
-  if (differs.length) throw new EvalSettingsError(`${out} holds a run of different ${differs.join(', ')}; use another output folder (or the same settings to resume it)`);
+  if (differs.length)
+    throw new EvalSettingsError(
+      `${out} holds a run of different ${differs.join(', ')}; use another output folder (or the same settings to resume it)`,
+    );
   return old.runId ?? manifestRunId(old);
 }
 
@@ -348,7 +408,10 @@ export function lockRun(out: string): () => void {
       fs.writeFileSync(file, JSON.stringify({ pid: process.pid, started: new Date().toISOString() }), { flag: 'wx' });
       return () => fs.rmSync(file, { force: true });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new EvalSettingsError(`cannot write to ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST')
+        throw new EvalSettingsError(
+          `cannot write to ${out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+        );
       let pid = 0;
       try {
         pid = Number(JSON.parse(fs.readFileSync(file, 'utf8')).pid) || 0;
@@ -356,7 +419,8 @@ export function lockRun(out: string): () => void {
         // unreadable lock: treated as stale
       }
       // a live holder (this process included: the editor can start a second eval while one runs) keeps the folder
-      if (pid && alive(pid)) throw new EvalSettingsError(`another eval (pid ${pid}) is writing to ${out}; wait for it, or stop it`);
+      if (pid && alive(pid))
+        throw new EvalSettingsError(`another eval (pid ${pid}) is writing to ${out}; wait for it, or stop it`);
       fs.rmSync(file, { force: true });
     }
   }
@@ -380,7 +444,13 @@ export interface Skipped {
   condition?: string;
 }
 
-export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[]; problems: ResultProblem[] }> {
+export async function runEval(o: EvalOptions): Promise<{
+  manifest: Manifest;
+  results: EvalResult[];
+  computed: number;
+  skipped: Skipped[];
+  problems: ResultProblem[];
+}> {
   const settings = evalSettings(o);
   fs.mkdirSync(o.out, { recursive: true });
   const manifest: Manifest = {
@@ -394,7 +464,9 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
   try {
     fs.accessSync(o.out, fs.constants.W_OK);
   } catch (e) {
-    throw new EvalSettingsError(`cannot write to ${o.out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new EvalSettingsError(
+      `cannot write to ${o.out}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
   }
   const unlock = lockRun(o.out);
   try {
@@ -404,16 +476,31 @@ export async function runEval(o: EvalOptions): Promise<{ manifest: Manifest; res
   }
 }
 
-async function runLocked(o: EvalOptions, manifest: Manifest, settings: EvalSettings): Promise<{ manifest: Manifest; results: EvalResult[]; computed: number; skipped: Skipped[]; problems: ResultProblem[] }> {
+async function runLocked(
+  o: EvalOptions,
+  manifest: Manifest,
+  settings: EvalSettings,
+): Promise<{
+  manifest: Manifest;
+  results: EvalResult[];
+  computed: number;
+  skipped: Skipped[];
+  problems: ResultProblem[];
+}> {
   const runId = openRun(o.out, manifest, o.resume === true);
   // the probes themselves, for reports and the dashboard (the manifest holds their hash)
   const probesFile = path.join(o.out, PROBES);
-  if (!fs.existsSync(probesFile)) fs.writeFileSync(probesFile, o.probes.map((p) => JSON.stringify(p)).join('\n') + '\n');
+  if (!fs.existsSync(probesFile))
+    fs.writeFileSync(probesFile, o.probes.map((p) => JSON.stringify(p)).join('\n') + '\n');
   const problems: ResultProblem[] = [];
   const labels = new Set(o.conditions.map((c) => c.label));
   const ids = new Set(o.probes.map((p) => p.id));
   // rows whose probe or condition is not in this run are foreign: never counted as done
-  const done = new Set(readResults(o.out, problems, runId).filter((r) => ids.has(r.probe) && labels.has(r.condition)).map((r) => r.key));
+  const done = new Set(
+    readResults(o.out, problems, runId)
+      .filter((r) => ids.has(r.probe) && labels.has(r.condition))
+      .map((r) => r.key),
+  );
   const resultsFile = path.join(o.out, RESULTS);
   const tok = o.tokenizer;
   const opts = { signal: o.signal };
@@ -439,45 +526,110 @@ async function runLocked(o: EvalOptions, manifest: Manifest, settings: EvalSetti
     // the query control patches as many query tokens as the prefix has: a shorter query is left out of it (counted)
     if (!queryControlFits(prompt)) {
       const control = missing.filter((c) => c.condition.patch === 'query');
-      for (const c of control) skipped.push({ probe: probe.id, condition: c.label, reason: `the query has ${prompt.query[1] - prompt.query[0]} tokens, fewer than the prefix's ${prompt.prefix[1]}` });
+      for (const c of control)
+        skipped.push({
+          probe: probe.id,
+          condition: c.label,
+          reason: `the query has ${prompt.query[1] - prompt.query[0]} tokens, fewer than the prefix's ${prompt.prefix[1]}`,
+        });
       missing = missing.filter((c) => c.condition.patch !== 'query');
       if (missing.length === 0) continue;
     }
-    const { ids: response } = await o.host.request(Generate.type, { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens }, opts);
+    const { ids: response } = await o.host.request(
+      Generate.type,
+      { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens },
+      opts,
+    );
     const fixed = response.length ? response : [0];
     const eos = tok.eosToken ?? '';
-    const refs = probe.aligned !== undefined && probe.misaligned !== undefined ? [tok.ids(probe.aligned + eos), tok.ids(probe.misaligned + eos)] : [];
+    const refs =
+      probe.aligned !== undefined && probe.misaligned !== undefined
+        ? [tok.ids(probe.aligned + eos), tok.ids(probe.misaligned + eos)]
+        : [];
     const plain = missing.filter((c) => !c.perturb);
-    const score = plain.length ? await o.host.request(Score.type, { prompt, continuations: [fixed, ...refs], conditions: plain.map((c) => c.condition) }, opts) : undefined;
+    const score = plain.length
+      ? await o.host.request(
+          Score.type,
+          { prompt, continuations: [fixed, ...refs], conditions: plain.map((c) => c.condition) },
+          opts,
+        )
+      : undefined;
     const generateSamples = async (p: PromptIds, condition: Condition, trial?: number): Promise<Sample[]> => {
       const out: Sample[] = [];
       for (let s = 0; s < settings.samples; s++) {
-        const seed = settings.decoding === 'sampled' ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s) : null;
+        const seed =
+          settings.decoding === 'sampled'
+            ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s)
+            : null;
         const greedyBase = condition.model === 'base' && !condition.patch && p === prompt && seed === null;
-        const ids = greedyBase ? response : (await o.host.request(Generate.type, { prompt: p, condition, maxNewTokens: settings.maxNewTokens, temperature: settings.temperature, seed: seed ?? 0 }, opts)).ids;
+        const ids = greedyBase
+          ? response
+          : (
+              await o.host.request(
+                Generate.type,
+                {
+                  prompt: p,
+                  condition,
+                  maxNewTokens: settings.maxNewTokens,
+                  temperature: settings.temperature,
+                  seed: seed ?? 0,
+                },
+                opts,
+              )
+            ).ids;
         out.push({ text: answer(ids), seed, ...(trial !== undefined ? { trial } : {}) });
       }
       return out;
     };
     const records: EvalResult[] = [];
     for (const c of missing) {
-      const base = { key: `${probe.id}|${c.label}`, run: runId, probe: probe.id, category: probe.category ?? null, condition: c.label };
+      const base = {
+        key: `${probe.id}|${c.label}`,
+        run: runId,
+        probe: probe.id,
+        category: probe.category ?? null,
+        condition: c.label,
+      };
       if (!c.perturb) {
         const k = plain.indexOf(c);
         const [, la, lm] = score!.logprob[k];
         const samples = c.sweep ? [] : await generateSamples(prompt, c.condition);
-        records.push({ ...base, klToBase: score!.klToBase[k], logprobAligned: refs.length ? la : null, logprobMisaligned: refs.length ? lm : null, margin: refs.length ? la - lm : null, generation: samples[0]?.text ?? '', samples });
+        records.push({
+          ...base,
+          klToBase: score!.klToBase[k],
+          logprobAligned: refs.length ? la : null,
+          logprobMisaligned: refs.length ? lm : null,
+          margin: refs.length ? la - lm : null,
+          generation: samples[0]?.text ?? '',
+          samples,
+        });
         continue;
       }
       const p = settings.perturb!;
-      const perturbed = await o.host.request(Perturb.type, { prompt, segment: c.perturb, model: c.condition.model, trials: p.trials, positions: p.positions, neighbours: p.neighbours, seed: sampleSeed(settings.seed, probe.id, -1) }, opts);
+      const perturbed = await o.host.request(
+        Perturb.type,
+        {
+          prompt,
+          segment: c.perturb,
+          model: c.condition.model,
+          trials: p.trials,
+          positions: p.positions,
+          neighbours: p.neighbours,
+          seed: sampleSeed(settings.seed, probe.id, -1),
+        },
+        opts,
+      );
       const kl: number[] = [];
       const margin: (number | null)[] = [];
       const [la, lm]: number[][] = [[], []];
       const samples: Sample[] = [];
       for (let t = 0; t < perturbed.trials.length; t++) {
         const tp: PromptIds = { ...prompt, ids: perturbed.trials[t].ids };
-        const sc = await o.host.request(Score.type, { prompt: tp, basePrompt: prompt, continuations: [fixed, ...refs], conditions: [c.condition] }, opts);
+        const sc = await o.host.request(
+          Score.type,
+          { prompt: tp, basePrompt: prompt, continuations: [fixed, ...refs], conditions: [c.condition] },
+          opts,
+        );
         kl.push(sc.klToBase[0]);
         margin.push(refs.length ? sc.logprob[0][1] - sc.logprob[0][2] : null);
         if (refs.length) [la[t], lm[t]] = [sc.logprob[0][1], sc.logprob[0][2]];

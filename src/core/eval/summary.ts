@@ -121,9 +121,10 @@ function groupStats(rs: EvalResult[]): GroupStats {
 }
 
 function perturbSummary(rs: EvalResult[]): ConditionSummary['perturb'] {
-  const withTrials = rs.filter((r) => r.perturb && r.perturb.kl.length);
+  const withTrials = rs.filter((r) => r.perturb?.kl.length);
   if (!withTrials.length) return undefined;
-  const aligned = (r: EvalResult) => r.samples.map((s) => s.judge?.aligned).filter((a): a is number => typeof a === 'number');
+  const aligned = (r: EvalResult) =>
+    r.samples.map((s) => s.judge?.aligned).filter((a): a is number => typeof a === 'number');
   const judged = withTrials.filter((r) => aligned(r).length);
   return {
     klBest: mean(withTrials.map((r) => Math.min(...r.perturb!.kl))),
@@ -136,43 +137,60 @@ function perturbSummary(rs: EvalResult[]): ConditionSummary['perturb'] {
 export function summarise(results: EvalResult[], conditions: EvalCondition[], seed = 1): Summary {
   const by = (label: string) => results.filter((r) => r.condition === label);
   const summary: Summary = {
-    conditions: conditions.filter((c) => !c.sweep).map(({ label }) => {
-      const rs = by(label);
-      const [g, d] = [rs.filter((r) => !inDomain(r)), rs.filter(inDomain)];
-      const general = judgedStats(g.flatMap((r) => r.samples ?? []));
-      const domain = judgedStats(d.flatMap((r) => r.samples ?? []));
-      const c: ConditionSummary = {
-        label,
-        ...groupStats(rs),
-        general: g.length ? groupStats(g) : null,
-        inDomain: d.length ? groupStats(d) : null,
-        judged: general || domain ? { general, inDomain: domain, emF1: emF1(general?.meanAligned, domain?.meanAligned) } : null,
-      };
-      const p = perturbSummary(rs);
-      if (p) c.perturb = p;
-      return c;
-    }),
+    conditions: conditions
+      .filter((c) => !c.sweep)
+      .map(({ label }) => {
+        const rs = by(label);
+        const [g, d] = [rs.filter((r) => !inDomain(r)), rs.filter(inDomain)];
+        const general = judgedStats(g.flatMap((r) => r.samples ?? []));
+        const domain = judgedStats(d.flatMap((r) => r.samples ?? []));
+        const c: ConditionSummary = {
+          label,
+          ...groupStats(rs),
+          general: g.length ? groupStats(g) : null,
+          inDomain: d.length ? groupStats(d) : null,
+          judged:
+            general || domain
+              ? { general, inDomain: domain, emF1: emF1(general?.meanAligned, domain?.meanAligned) }
+              : null,
+        };
+        const p = perturbSummary(rs);
+        if (p) c.perturb = p;
+        return c;
+      }),
     piggybackShare: {},
   };
   // general probes: everything not drawn from the finetuning domain itself
-  const ft = new Map(by('finetuned').filter((r) => !inDomain(r)).map((r) => [r.probe, r.klToBase]));
+  const ft = new Map(
+    by('finetuned')
+      .filter((r) => !inDomain(r))
+      .map((r) => [r.probe, r.klToBase]),
+  );
   const patchedKl = (span: string) => new Map(by(`finetuned+${span}`).map((r) => [r.probe, r.klToBase]));
   const control = patchedKl('query');
   const hasControl = conditions.some((c) => c.label === 'finetuned+query');
   for (const span of ['prefix', 'postfix', ...(hasControl ? ['query'] : [])]) {
     const patched = patchedKl(span);
     const pairs = [...ft].filter(([p]) => patched.has(p)).map(([p, k]) => [k, patched.get(p)!] as const);
-    summary.piggybackShare[span] = pairs.length === 0 || pairs.every(([k]) => k === 0) ? null : piggybackShare(pairs, seed);
+    summary.piggybackShare[span] =
+      pairs.length === 0 || pairs.every(([k]) => k === 0) ? null : piggybackShare(pairs, seed);
   }
   // the margin share: (patched margin - finetuned margin) / (base margin - finetuned margin), summed over probes
-  const margins = (label: string) => new Map(by(label).filter((r) => !inDomain(r) && r.margin !== null).map((r) => [r.probe, r.margin!]));
+  const margins = (label: string) =>
+    new Map(
+      by(label)
+        .filter((r) => !inDomain(r) && r.margin !== null)
+        .map((r) => [r.probe, r.margin!]),
+    );
   const [mBase, mFt] = [margins('base'), margins('finetuned')];
   if (mBase.size && mFt.size) {
     summary.marginShare = {};
     for (const span of ['prefix', 'postfix', ...(hasControl ? ['query'] : [])]) {
       const mPatched = margins(`finetuned+${span}`);
       // as (shift, shift remaining) pairs: the drop base -> finetuned, and what is left of it after the patch
-      const pairs = [...mFt].filter(([p]) => mBase.has(p) && mPatched.has(p)).map(([p, ft]) => [mBase.get(p)! - ft, mBase.get(p)! - mPatched.get(p)!] as const);
+      const pairs = [...mFt]
+        .filter(([p]) => mBase.has(p) && mPatched.has(p))
+        .map(([p, ft]) => [mBase.get(p)! - ft, mBase.get(p)! - mPatched.get(p)!] as const);
       const drop = pairs.reduce((a, [d]) => a + d, 0);
       summary.marginShare[span] = pairs.length === 0 || !(drop > 0) ? null : piggybackShare(pairs, seed);
     }
@@ -182,15 +200,22 @@ export function summarise(results: EvalResult[], conditions: EvalCondition[], se
     summary.layerShares = sweep.map((c) => {
       const patched = new Map(by(c.label).map((r) => [r.probe, r.klToBase]));
       const pairs = [...ft].filter(([p]) => patched.has(p)).map(([p, k]) => [k, patched.get(p)!] as const);
-      return { label: c.label.slice(c.label.indexOf('@') + 1), layers: c.condition.layers!, share: pairs.length === 0 || pairs.every(([k]) => k === 0) ? null : piggybackShare(pairs, seed) };
+      return {
+        label: c.label.slice(c.label.indexOf('@') + 1),
+        layers: c.condition.layers!,
+        share: pairs.length === 0 || pairs.every(([k]) => k === 0) ? null : piggybackShare(pairs, seed),
+      };
     });
   }
   if (hasControl) {
     summary.overControl = {};
     for (const span of ['prefix', 'postfix']) {
       const patched = patchedKl(span);
-      const triples = [...ft].filter(([p]) => patched.has(p) && control.has(p)).map(([p, k]) => [k, patched.get(p)!, control.get(p)!] as const);
-      summary.overControl[span] = triples.length === 0 || triples.every(([k]) => k === 0) ? null : shareOverControl(triples, seed);
+      const triples = [...ft]
+        .filter(([p]) => patched.has(p) && control.has(p))
+        .map(([p, k]) => [k, patched.get(p)!, control.get(p)!] as const);
+      summary.overControl[span] =
+        triples.length === 0 || triples.every(([k]) => k === 0) ? null : shareOverControl(triples, seed);
     }
     const prefixPatched = patchedKl('prefix');
     summary.controlLeftOut = [...ft.keys()].filter((p) => prefixPatched.has(p) && !control.has(p)).length;
@@ -203,7 +228,10 @@ export function summarise(results: EvalResult[], conditions: EvalCondition[], se
  * probe resample for both shares, 1000 resamples, seeded): whether the template patch removes more of the shift
  * than patching as many of the user's own tokens does.
  */
-export function shareOverControl(triples: readonly (readonly [finetuned: number, patched: number, control: number])[], seed = 1): ShareEstimate {
+export function shareOverControl(
+  triples: readonly (readonly [finetuned: number, patched: number, control: number])[],
+  seed = 1,
+): ShareEstimate {
   const diff = (xs: readonly (readonly [number, number, number])[]) => {
     const shift = xs.reduce((s, [k]) => s + k, 0);
     return shift > 0 ? xs.reduce((s, [, q, c]) => s + (c - q), 0) / shift : 0;
@@ -220,7 +248,10 @@ export function shareOverControl(triples: readonly (readonly [finetuned: number,
  * (summed, not a mean of per-probe ratios, so that probes the finetune barely moved do not dominate), with a 95%
  * percentile bootstrap over probes (1000 resamples, seeded).
  */
-export function piggybackShare(pairs: readonly (readonly [finetuned: number, patched: number])[], seed = 1): ShareEstimate {
+export function piggybackShare(
+  pairs: readonly (readonly [finetuned: number, patched: number])[],
+  seed = 1,
+): ShareEstimate {
   const share = (xs: readonly (readonly [number, number])[]) => {
     const shift = xs.reduce((s, [k]) => s + k, 0);
     return shift > 0 ? xs.reduce((s, [k, q]) => s + (k - q), 0) / shift : 0;

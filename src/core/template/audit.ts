@@ -3,12 +3,20 @@
  * template source. Every check works by rendering the real template with probes (markers, clocks, roles), so it
  * holds for templates it has never seen, not only for known model families.
  */
-import { CODES, Finding, Severity } from '../findings';
+import { CODES, type Finding, type Severity } from '../findings';
 import { LineIndex } from '../json';
 import type { LoadedTokenizer } from '../tokenizer';
 import { ChatTemplate, TemplateRaisedError } from './render';
-import { frame, SegmentationError, segmentPrompt, Segmentation, SegmentRequest, SYSTEM_MARKER, systemFate } from './segments';
-import { fileOffset, TemplateLoadError, TemplateSource } from './source';
+import {
+  frame,
+  SegmentationError,
+  segmentPrompt,
+  type Segmentation,
+  type SegmentRequest,
+  SYSTEM_MARKER,
+  systemFate,
+} from './segments';
+import { fileOffset, type TemplateLoadError, type TemplateSource } from './source';
 
 export interface TemplateAuditOptions {
   tokenizer?: LoadedTokenizer;
@@ -47,10 +55,19 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
   try {
     template = new ChatTemplate(source.text);
   } catch (e) {
-    add('CT009', 'error', `The template cannot be parsed by the JS Jinja engine: ${(e as Error).message}. ${CODES.CT009.why}`, needleFromError((e as Error).message));
+    add(
+      'CT009',
+      'error',
+      `The template cannot be parsed by the JS Jinja engine: ${(e as Error).message}. ${CODES.CT009.why}`,
+      needleFromError((e as Error).message),
+    );
     return audit;
   }
-  const base: SegmentRequest = { specialTokens: source.specialTokens, kwargs: options.kwargs, now: options.now ?? AUDIT_CLOCK };
+  const base: SegmentRequest = {
+    specialTokens: source.specialTokens,
+    kwargs: options.kwargs,
+    now: options.now ?? AUDIT_CLOCK,
+  };
   const tryRender = <T>(fn: () => T): T | Error => {
     try {
       return fn();
@@ -59,10 +76,22 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
     }
   };
 
-  const seg = tryRender(() => segmentPrompt(template, { ...base, query: options.query ?? SAMPLE_QUERY }, options.tokenizer));
+  const seg = tryRender(() =>
+    segmentPrompt(template, { ...base, query: options.query ?? SAMPLE_QUERY }, options.tokenizer),
+  );
   if (seg instanceof Error) {
-    const what = seg instanceof TemplateRaisedError ? `raises "${seg.message}"` : seg instanceof SegmentationError ? `cannot be segmented: ${seg.message}` : `fails: ${seg.message}`;
-    add('CT009', 'error', `Rendering a one-turn conversation (a user message, generation prompt on) ${what}. ${CODES.CT009.why}`, needleFromError(seg.message));
+    const what =
+      seg instanceof TemplateRaisedError
+        ? `raises "${seg.message}"`
+        : seg instanceof SegmentationError
+          ? `cannot be segmented: ${seg.message}`
+          : `fails: ${seg.message}`;
+    add(
+      'CT009',
+      'error',
+      `Rendering a one-turn conversation (a user message, generation prompt on) ${what}. ${CODES.CT009.why}`,
+      needleFromError(seg.message),
+    );
     return audit;
   }
   audit.segments = seg;
@@ -72,11 +101,26 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
   // CT007: what happens to a system message.
   const fate = systemFate(template, base);
   if (fate.fate === 'rejected') {
-    add('CT007', 'warning', `The template rejects a system message (${fate.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`, needleFromError(fate.message ?? '') ?? /system/);
+    add(
+      'CT007',
+      'warning',
+      `The template rejects a system message (${fate.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`,
+      needleFromError(fate.message ?? '') ?? /system/,
+    );
   } else if (fate.fate === 'dropped') {
-    add('CT007', 'warning', `The template drops the system message: its text never reaches the model. ${CODES.CT007.why}`, /system/);
+    add(
+      'CT007',
+      'warning',
+      `The template drops the system message: its text never reaches the model. ${CODES.CT007.why}`,
+      /system/,
+    );
   } else if (fate.fate === 'merged') {
-    add('CT007', 'info', 'The template has no system turn: it merges the system text into the first user turn, so the "system" tokens sit after the user header.', /system/);
+    add(
+      'CT007',
+      'info',
+      'The template has no system turn: it merges the system text into the first user turn, so the "system" tokens sit after the user header.',
+      /system/,
+    );
   }
 
   // CT001: render with a marker as the system text; if the no-system render fills the same slot with text, that
@@ -92,16 +136,24 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
       if (fill.trim().length > 0) {
         audit.defaultSystemPrompt = fill;
         const tokens = options.tokenizer ? `, ${options.tokenizer.ids(fill).length} tokens` : '';
-        add('CT001', 'warning', `Rows without a system message get this default system prompt (${fill.length} characters${tokens}): "${clip(fill)}". ${CODES.CT001.why}`, fill.trim().slice(0, 40));
+        add(
+          'CT001',
+          'warning',
+          `Rows without a system message get this default system prompt (${fill.length} characters${tokens}): "${clip(fill)}". ${CODES.CT001.why}`,
+          fill.trim().slice(0, 40),
+        );
       }
     }
   }
 
   // CT002: the prefix read under two clocks and two date strings.
-  const otherDate = tryRender(() => frame(template, { ...base, now: OTHER_CLOCK, kwargs: { ...options.kwargs, date_string: '02 Jan 2031' } }));
+  const otherDate = tryRender(() =>
+    frame(template, { ...base, now: OTHER_CLOCK, kwargs: { ...options.kwargs, date_string: '02 Jan 2031' } }),
+  );
   if (!(otherDate instanceof Error) && otherDate.prefix !== noSystem.prefix) {
     const date = firstDifference(noSystem.prefix, otherDate.prefix);
-    const defaulted = /date_string/.test(source.text) && options.kwargs?.date_string === undefined && /26 Jul 2024/.test(source.text);
+    const defaulted =
+      /date_string/.test(source.text) && options.kwargs?.date_string === undefined && /26 Jul 2024/.test(source.text);
     add(
       'CT002',
       'warning',
@@ -115,43 +167,84 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
   if (bos && seg.rendered.startsWith(bos)) {
     const addsBos = options.tokenizer ? options.tokenizer.addsBos : source.config.add_bos_token === true;
     if (addsBos) {
-      add('CT003', 'warning', `The template writes ${bos} and the tokenizer adds another when the rendered text is tokenized with special tokens (tokenizer(text), as several trainers do): two BOS tokens. Tokenize with add_special_tokens=False or strip the leading ${bos}. ${CODES.CT003.why}`, /bos_token/);
+      add(
+        'CT003',
+        'warning',
+        `The template writes ${bos} and the tokenizer adds another when the rendered text is tokenized with special tokens (tokenizer(text), as several trainers do): two BOS tokens. Tokenize with add_special_tokens=False or strip the leading ${bos}. ${CODES.CT003.why}`,
+        /bos_token/,
+      );
     }
   }
 
   // CT004: the generation prompt is the postfix at inference; the training render has its own postfix.
   const withoutGen = tryRender(() => frame(template, { ...base, addGenerationPrompt: false }));
-  if (!/add_generation_prompt/.test(source.text) || (!(withoutGen instanceof Error) && withoutGen.postfix === noSystem.postfix)) {
-    add('CT004', 'warning', `The template ignores add_generation_prompt: at inference nothing announces the assistant turn. ${CODES.CT004.why}`, /add_generation_prompt/);
+  if (
+    !/add_generation_prompt/.test(source.text) ||
+    (!(withoutGen instanceof Error) && withoutGen.postfix === noSystem.postfix)
+  ) {
+    add(
+      'CT004',
+      'warning',
+      `The template ignores add_generation_prompt: at inference nothing announces the assistant turn. ${CODES.CT004.why}`,
+      /add_generation_prompt/,
+    );
   }
   const training = tryRender(() => frame(template, { ...base, response: SAMPLE_RESPONSE }));
   if (training instanceof Error) {
-    add('CT009', 'error', `Rendering a training example (user + assistant) fails: ${training.message}. ${CODES.CT009.why}`, needleFromError(training.message));
+    add(
+      'CT009',
+      'error',
+      `Rendering a training example (user + assistant) fails: ${training.message}. ${CODES.CT009.why}`,
+      needleFromError(training.message),
+    );
   } else {
     if (training.postfix !== noSystem.postfix && /add_generation_prompt/.test(source.text)) {
-      add('CT004', 'warning', `The postfix at training ("${clip(training.postfix)}") differs from the generation prompt at inference ("${clip(noSystem.postfix)}"). ${CODES.CT004.why}`, /add_generation_prompt/);
+      add(
+        'CT004',
+        'warning',
+        `The postfix at training ("${clip(training.postfix)}") differs from the generation prompt at inference ("${clip(noSystem.postfix)}"). ${CODES.CT004.why}`,
+        /add_generation_prompt/,
+      );
     }
     // CT010: something must follow the response for the model to learn to stop.
     if ((training.tail ?? '').trim().length === 0) {
-      add('CT010', 'warning', `Nothing follows the assistant's response in a training example: no end-of-turn or EOS token is trained. ${CODES.CT010.why}`, /assistant/);
+      add(
+        'CT010',
+        'warning',
+        `Nothing follows the assistant's response in a training example: no end-of-turn or EOS token is trained. ${CODES.CT010.why}`,
+        /assistant/,
+      );
     }
   }
 
   // CT005 and CT010 with generation markers: which tokens the assistant mask covers.
   if (!/\{%-?\s*generation\s*-?%\}/.test(source.text)) {
-    add('CT005', 'info', `No {% generation %} markers: return_assistant_tokens_mask / assistant_only_loss get an all-zero mask. ${CODES.CT005.why}`);
+    add(
+      'CT005',
+      'info',
+      `No {% generation %} markers: return_assistant_tokens_mask / assistant_only_loss get an all-zero mask. ${CODES.CT005.why}`,
+    );
   } else {
     const masked = generationMask(source.text, template, base);
     if (masked instanceof Error) {
       add('CT005', 'warning', `The {% generation %} markers cannot be evaluated: ${masked.message}`, /generation/);
     } else if (masked.tail.trim().length > 0 && !masked.inside.includes(masked.tail.trim().split(/\s/)[0])) {
-      add('CT010', 'warning', `The end-of-turn text after the response ("${clip(masked.tail)}") lies outside the {% generation %} block, so the assistant mask never trains the stop token. ${CODES.CT010.why}`, /endgeneration/);
+      add(
+        'CT010',
+        'warning',
+        `The end-of-turn text after the response ("${clip(masked.tail)}") lies outside the {% generation %} block, so the assistant mask never trains the stop token. ${CODES.CT010.why}`,
+        /endgeneration/,
+      );
     }
   }
 
   // CT006: another file in the folder holds a different template.
   for (const alt of source.alternates) {
-    add('CT006', 'warning', `${alt.file.split(/[\\/]/).pop()} beside this file holds a different chat template; transformers loads chat_template.jinja first, other tools read tokenizer_config.json. ${CODES.CT006.why}`);
+    add(
+      'CT006',
+      'warning',
+      `${alt.file.split(/[\\/]/).pop()} beside this file holds a different chat template; transformers loads chat_template.jinja first, other tools read tokenizer_config.json. ${CODES.CT006.why}`,
+    );
   }
 
   // CT008: a reasoning scaffold in the postfix.
@@ -159,20 +252,34 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
     const off = tryRender(() => frame(template, { ...base, kwargs: { ...options.kwargs, enable_thinking: false } }));
     const on = tryRender(() => frame(template, { ...base, kwargs: { ...options.kwargs, enable_thinking: true } }));
     if (!(off instanceof Error) && !(on instanceof Error) && off.postfix !== on.postfix) {
-      const extra = off.postfix.length > on.postfix.length && off.postfix.startsWith(on.postfix) ? off.postfix.slice(on.postfix.length) : off.postfix;
-      add('CT008', 'info', `With enable_thinking=False the postfix carries an empty reasoning block ("${clip(extra)}"). ${CODES.CT008.why}`, /enable_thinking/);
+      const extra =
+        off.postfix.length > on.postfix.length && off.postfix.startsWith(on.postfix)
+          ? off.postfix.slice(on.postfix.length)
+          : off.postfix;
+      add(
+        'CT008',
+        'info',
+        `With enable_thinking=False the postfix carries an empty reasoning block ("${clip(extra)}"). ${CODES.CT008.why}`,
+        /enable_thinking/,
+      );
     }
   }
   return audit;
 }
 
 /** Renders a training example with the generation tags turned into markers, to see what the mask covers. */
-function generationMask(text: string, _template: ChatTemplate, base: SegmentRequest): { inside: string; tail: string } | Error {
+function generationMask(
+  text: string,
+  _template: ChatTemplate,
+  base: SegmentRequest,
+): { inside: string; tail: string } | Error {
   const open = '\u27e6GEN\u27e7';
   const close = '\u27e6/GEN\u27e7';
   try {
     const marked = new ChatTemplate(
-      text.replace(/\{%-?\s*generation\s*-?%\}/g, `{{- '${open}' -}}`).replace(/\{%-?\s*endgeneration\s*-?%\}/g, `{{- '${close}' -}}`),
+      text
+        .replace(/\{%-?\s*generation\s*-?%\}/g, `{{- '${open}' -}}`)
+        .replace(/\{%-?\s*endgeneration\s*-?%\}/g, `{{- '${close}' -}}`),
     );
     const f = frame(marked, { ...base, response: SAMPLE_RESPONSE });
     const tail = f.tail ?? '';
@@ -216,7 +323,10 @@ function needleFromError(message: string): RegExp | undefined {
 }
 
 /** Locates a needle in the template and returns a 1-based range in the template's file. */
-export function locateInTemplate(source: TemplateSource, needle?: string | RegExp): Pick<Finding, 'file' | 'line' | 'column' | 'endLine' | 'endColumn'> {
+export function locateInTemplate(
+  source: TemplateSource,
+  needle?: string | RegExp,
+): Pick<Finding, 'file' | 'line' | 'column' | 'endLine' | 'endColumn'> {
   let start = 0;
   let end = 0;
   if (needle !== undefined) {
@@ -238,5 +348,14 @@ export function locateInTemplate(source: TemplateSource, needle?: string | RegEx
 /** A finding for a template that could not even be loaded. */
 export function loadErrorFinding(e: TemplateLoadError): Finding {
   const pos = e.fileText !== undefined ? new LineIndex(e.fileText).position(e.offset) : { line: 1, column: 1 };
-  return { code: 'CT009', severity: 'error', message: e.message, file: e.file, line: pos.line, column: pos.column, endLine: pos.line, endColumn: pos.column + 1 };
+  return {
+    code: 'CT009',
+    severity: 'error',
+    message: e.message,
+    file: e.file,
+    line: pos.line,
+    column: pos.column,
+    endLine: pos.line,
+    endColumn: pos.column + 1,
+  };
 }

@@ -82,7 +82,10 @@ export class ChatTemplate {
     if (options.documents !== undefined) globals.documents = options.documents;
     for (const [key, value] of Object.entries(globals)) env.set(key, value);
     // a template is code from the user's workspace: every render runs on a budget of steps, time and output
-    const inputChars = JSON.stringify(messages).length + JSON.stringify(options.tools ?? null).length + JSON.stringify(options.documents ?? null).length;
+    const inputChars =
+      JSON.stringify(messages).length +
+      JSON.stringify(options.tools ?? null).length +
+      JSON.stringify(options.documents ?? null).length;
     const budget = new RenderBudget(inputChars);
     env.set('range', (start: number, stop?: number, step?: number) => range(budget, start, stop, step));
     try {
@@ -90,7 +93,10 @@ export class ChatTemplate {
       budget.checkOutput(out.length);
       return out;
     } catch (e) {
-      if (e instanceof TemplateBudgetError) throw (this.overBudget = e);
+      if (e instanceof TemplateBudgetError) {
+        this.overBudget = e;
+        throw e;
+      }
       if (e instanceof TemplateRaisedError) throw e;
       throw new TemplateRenderError((e as Error).message, 'render');
     }
@@ -110,7 +116,13 @@ export class TemplateBudgetError extends TemplateRenderError {
  * about 2,000) and produce output of the order of their input; these limits are two orders of magnitude above
  * that. Steps are counted (a deterministic bound, about 0.2 s of interpretation) and the clock is a backstop.
  */
-export const RENDER_LIMITS = { steps: 300_000, ms: 3_000, rangeItems: 100_000, outputFactor: 8, outputSlack: 1_000_000 };
+export const RENDER_LIMITS = {
+  steps: 300_000,
+  ms: 3_000,
+  rangeItems: 100_000,
+  outputFactor: 8,
+  outputSlack: 1_000_000,
+};
 
 class RenderBudget {
   steps = 0;
@@ -121,11 +133,18 @@ class RenderBudget {
     this.maxOutput = RENDER_LIMITS.outputFactor * inputChars + RENDER_LIMITS.outputSlack;
   }
   step(): void {
-    if (++this.steps > RENDER_LIMITS.steps) throw new TemplateBudgetError(`the template did not finish within ${RENDER_LIMITS.steps.toLocaleString('en')} evaluation steps (a loop that never ends, or far too long)`);
-    if ((this.steps & 1023) === 0 && Date.now() > this.deadline) throw new TemplateBudgetError(`the template did not finish within ${RENDER_LIMITS.ms} ms`);
+    if (++this.steps > RENDER_LIMITS.steps)
+      throw new TemplateBudgetError(
+        `the template did not finish within ${RENDER_LIMITS.steps.toLocaleString('en')} evaluation steps (a loop that never ends, or far too long)`,
+      );
+    if ((this.steps & 1023) === 0 && Date.now() > this.deadline)
+      throw new TemplateBudgetError(`the template did not finish within ${RENDER_LIMITS.ms} ms`);
   }
   checkOutput(chars: number): void {
-    if (chars > this.maxOutput) throw new TemplateBudgetError(`the template produced ${chars.toLocaleString('en')} characters from ${Math.round((this.maxOutput - RENDER_LIMITS.outputSlack) / RENDER_LIMITS.outputFactor).toLocaleString('en')} of input (limit ${this.maxOutput.toLocaleString('en')})`);
+    if (chars > this.maxOutput)
+      throw new TemplateBudgetError(
+        `the template produced ${chars.toLocaleString('en')} characters from ${Math.round((this.maxOutput - RENDER_LIMITS.outputSlack) / RENDER_LIMITS.outputFactor).toLocaleString('en')} of input (limit ${this.maxOutput.toLocaleString('en')})`,
+      );
   }
 }
 
@@ -151,7 +170,10 @@ function range(budget: RenderBudget, start: number, stop?: number, step = 1): nu
   const count = Math.max(0, Math.ceil((stop - start) / step));
   // counted over the whole render, so that nested loops over ranges are bounded as one loop is
   budget.rangeItems += count;
-  if (!(budget.rangeItems <= RENDER_LIMITS.rangeItems)) throw new TemplateBudgetError(`range() calls of ${Number.isFinite(budget.rangeItems) ? budget.rangeItems.toLocaleString('en') : budget.rangeItems} items in all are over the template budget of ${RENDER_LIMITS.rangeItems.toLocaleString('en')}`);
+  if (!(budget.rangeItems <= RENDER_LIMITS.rangeItems))
+    throw new TemplateBudgetError(
+      `range() calls of ${Number.isFinite(budget.rangeItems) ? budget.rangeItems.toLocaleString('en') : budget.rangeItems} items in all are over the template budget of ${RENDER_LIMITS.rangeItems.toLocaleString('en')}`,
+    );
   const out: number[] = [];
   for (let i = start; step > 0 ? i < stop : i > stop; i += step) {
     out.push(i);
@@ -161,33 +183,63 @@ function range(budget: RenderBudget, start: number, stop?: number, step = 1): nu
 }
 
 const DAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
-const MONTHS = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
+const MONTHS = [
+  'January',
+  'February',
+  'March',
+  'April',
+  'May',
+  'June',
+  'July',
+  'August',
+  'September',
+  'October',
+  'November',
+  'December',
+];
 
 /** Python's strftime in the C locale (what transformers' strftime_now produces), for the common directives. */
 export function strftime(date: Date, format: string): string {
   const pad = (n: number, w = 2) => String(n).padStart(w, '0');
   return format.replace(/%([a-zA-Z%])/g, (whole, d: string) => {
     switch (d) {
-      case 'Y': return String(date.getFullYear());
-      case 'y': return pad(date.getFullYear() % 100);
-      case 'm': return pad(date.getMonth() + 1);
-      case 'd': return pad(date.getDate());
-      case 'e': return String(date.getDate()).padStart(2, ' ');
-      case 'B': return MONTHS[date.getMonth()];
-      case 'b': case 'h': return MONTHS[date.getMonth()].slice(0, 3);
-      case 'A': return DAYS[date.getDay()];
-      case 'a': return DAYS[date.getDay()].slice(0, 3);
-      case 'H': return pad(date.getHours());
-      case 'I': return pad(((date.getHours() + 11) % 12) + 1);
-      case 'M': return pad(date.getMinutes());
-      case 'S': return pad(date.getSeconds());
-      case 'p': return date.getHours() < 12 ? 'AM' : 'PM';
+      case 'Y':
+        return String(date.getFullYear());
+      case 'y':
+        return pad(date.getFullYear() % 100);
+      case 'm':
+        return pad(date.getMonth() + 1);
+      case 'd':
+        return pad(date.getDate());
+      case 'e':
+        return String(date.getDate()).padStart(2, ' ');
+      case 'B':
+        return MONTHS[date.getMonth()];
+      case 'b':
+      case 'h':
+        return MONTHS[date.getMonth()].slice(0, 3);
+      case 'A':
+        return DAYS[date.getDay()];
+      case 'a':
+        return DAYS[date.getDay()].slice(0, 3);
+      case 'H':
+        return pad(date.getHours());
+      case 'I':
+        return pad(((date.getHours() + 11) % 12) + 1);
+      case 'M':
+        return pad(date.getMinutes());
+      case 'S':
+        return pad(date.getSeconds());
+      case 'p':
+        return date.getHours() < 12 ? 'AM' : 'PM';
       case 'j': {
         const start = new Date(date.getFullYear(), 0, 1);
         return pad(Math.floor((date.getTime() - start.getTime()) / 86400000) + 1, 3);
       }
-      case '%': return '%';
-      default: return whole;
+      case '%':
+        return '%';
+      default:
+        return whole;
     }
   });
 }

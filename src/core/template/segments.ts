@@ -6,7 +6,7 @@
  * start after it ends, so neither depends on the query (which is what makes one-extraction K/V patching valid).
  */
 import type { LoadedTokenizer, Token } from '../tokenizer';
-import { ChatMessage, ChatTemplate, RenderOptions } from './render';
+import type { ChatMessage, ChatTemplate, RenderOptions } from './render';
 
 export const QUERY_MARKER = '\u27e6PIGGYBACK_QUERY\u27e7';
 export const RESPONSE_MARKER = '\u27e6PIGGYBACK_RESPONSE\u27e7';
@@ -69,8 +69,12 @@ export function frame(template: ChatTemplate, req: SegmentRequest): { prefix: st
     addGenerationPrompt: training ? false : (req.addGenerationPrompt ?? true),
   });
   const at = rendered.indexOf(QUERY_MARKER);
-  if (at < 0) throw new SegmentationError('the template does not render the user message (the query marker is missing from its output)');
-  if (rendered.indexOf(QUERY_MARKER, at + 1) >= 0) throw new SegmentationError('the template renders the user message more than once');
+  if (at < 0)
+    throw new SegmentationError(
+      'the template does not render the user message (the query marker is missing from its output)',
+    );
+  if (rendered.indexOf(QUERY_MARKER, at + 1) >= 0)
+    throw new SegmentationError('the template renders the user message more than once');
   const prefix = rendered.slice(0, at);
   const after = rendered.slice(at + QUERY_MARKER.length);
   if (!training) return { prefix, postfix: after };
@@ -88,9 +92,17 @@ export function segmentPrompt(template: ChatTemplate, req: SegmentRequest, token
     addGenerationPrompt: training ? false : (req.addGenerationPrompt ?? true),
   });
   const tail = f.tail ?? '';
-  if (!rendered.startsWith(f.prefix)) throw new SegmentationError('the prefix changes with the query text (the template reads the query before the user turn)');
-  if (!rendered.endsWith(training ? tail : f.postfix) || rendered.length - (training ? tail : f.postfix).length < f.prefix.length) {
-    throw new SegmentationError(training ? 'the text after the response changes with the response' : 'the postfix changes with the query text');
+  if (!rendered.startsWith(f.prefix))
+    throw new SegmentationError(
+      'the prefix changes with the query text (the template reads the query before the user turn)',
+    );
+  if (
+    !rendered.endsWith(training ? tail : f.postfix) ||
+    rendered.length - (training ? tail : f.postfix).length < f.prefix.length
+  ) {
+    throw new SegmentationError(
+      training ? 'the text after the response changes with the response' : 'the postfix changes with the query text',
+    );
   }
   const prefixEnd = f.prefix.length;
   let queryEnd: number;
@@ -119,7 +131,12 @@ export function segmentPrompt(template: ChatTemplate, req: SegmentRequest, token
     else if (t.start < responseEnd) buckets.response.push(t);
     else buckets.tail.push(t);
   }
-  const seg = (name: SegmentName | 'tail', start: number, end: number): Segment => ({ text: rendered.slice(start, end), start, end, tokens: buckets[name] });
+  const seg = (name: SegmentName | 'tail', start: number, end: number): Segment => ({
+    text: rendered.slice(start, end),
+    start,
+    end,
+    tokens: buckets[name],
+  });
   const result: Segmentation = {
     rendered,
     prefix: seg('prefix', 0, prefixEnd),

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { FILE_LIMITS, readTextChecked } from '../files';
 import * as path from 'node:path';
-import { jsonStringOffsets, JsonNode, JsonSyntaxError, nodeAt, parseJsonWithPositions } from '../json';
+import { jsonStringOffsets, type JsonNode, JsonSyntaxError, nodeAt, parseJsonWithPositions } from '../json';
 
 export type SpecialTokens = Record<string, string>;
 
@@ -46,7 +46,15 @@ export class TemplateLoadError extends Error {
   }
 }
 
-export const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'];
+export const SPECIAL_TOKEN_KEYS = [
+  'bos_token',
+  'eos_token',
+  'unk_token',
+  'sep_token',
+  'pad_token',
+  'cls_token',
+  'mask_token',
+];
 
 /** Reads bos_token etc. from a tokenizer_config object; values may be strings or AddedToken objects. */
 export function specialTokensOf(config: Record<string, unknown>): SpecialTokens {
@@ -54,14 +62,21 @@ export function specialTokensOf(config: Record<string, unknown>): SpecialTokens 
   for (const key of SPECIAL_TOKEN_KEYS) {
     const v = config[key];
     if (typeof v === 'string') out[key] = v;
-    else if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') out[key] = (v as { content: string }).content;
+    else if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string')
+      out[key] = (v as { content: string }).content;
   }
   return out;
 }
 
 export function isTemplateFileName(file: string): boolean {
   const base = path.basename(file).toLowerCase();
-  return base === 'tokenizer_config.json' || base === 'chat_template.json' || base.endsWith('.jinja') || base.endsWith('.jinja2') || base.endsWith('.j2');
+  return (
+    base === 'tokenizer_config.json' ||
+    base === 'chat_template.json' ||
+    base.endsWith('.jinja') ||
+    base.endsWith('.jinja2') ||
+    base.endsWith('.j2')
+  );
 }
 
 /**
@@ -71,7 +86,17 @@ export function isTemplateFileName(file: string): boolean {
 export function parseTemplateText(file: string, fileText: string, name?: string): TemplateSource {
   const base = path.basename(file);
   if (!base.toLowerCase().endsWith('.json')) {
-    return { text: fileText, name: base, names: [base], file, fileText, config: {}, specialTokens: {}, folder: path.dirname(file), alternates: [] };
+    return {
+      text: fileText,
+      name: base,
+      names: [base],
+      file,
+      fileText,
+      config: {},
+      specialTokens: {},
+      folder: path.dirname(file),
+      alternates: [],
+    };
   }
   let root: JsonNode;
   let config: Record<string, unknown>;
@@ -82,7 +107,8 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
     const offset = e instanceof JsonSyntaxError ? e.offset : 0;
     throw new TemplateLoadError(`${base} is not valid JSON: ${(e as Error).message}`, file, offset, fileText);
   }
-  if (root.kind !== 'object') throw new TemplateLoadError(`${base} must hold a JSON object`, file, root.start, fileText);
+  if (root.kind !== 'object')
+    throw new TemplateLoadError(`${base} must hold a JSON object`, file, root.start, fileText);
   const isConfig = base.toLowerCase() !== 'chat_template.json';
   const specialTokens = isConfig ? specialTokensOf(config) : {};
   const node = nodeAt(root, ['chat_template']);
@@ -111,7 +137,12 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
       const n = nodeAt(item, ['name']);
       const t = nodeAt(item, ['template']);
       if (n?.kind !== 'string' || t?.kind !== 'string') {
-        throw new TemplateLoadError(`each chat_template entry needs a string "name" and "template"`, file, item.start, fileText);
+        throw new TemplateLoadError(
+          `each chat_template entry needs a string "name" and "template"`,
+          file,
+          item.start,
+          fileText,
+        );
       }
       named.push({ name: n.value, node: t });
     }
@@ -119,7 +150,12 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
     const wanted = name ?? 'default';
     const pick = named.find((t) => t.name === wanted) ?? (name === undefined ? named[0] : undefined);
     if (!pick) {
-      throw new TemplateLoadError(`no chat template named "${wanted}" (have: ${named.map((t) => t.name).join(', ')})`, file, node.start, fileText);
+      throw new TemplateLoadError(
+        `no chat template named "${wanted}" (have: ${named.map((t) => t.name).join(', ')})`,
+        file,
+        node.start,
+        fileText,
+      );
     }
     return {
       text: pick.node.value,
@@ -135,7 +171,12 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
       alternates: [],
     };
   }
-  throw new TemplateLoadError('chat_template must be a string or a list of {name, template}', file, node.start, fileText);
+  throw new TemplateLoadError(
+    'chat_template must be a string or a list of {name, template}',
+    file,
+    node.start,
+    fileText,
+  );
 }
 
 export interface LoadTemplateOptions {
@@ -185,7 +226,10 @@ function loadTemplateFolder(folder: string, options: LoadTemplateOptions): Templ
     }
     return loadTemplate(file, options);
   }
-  const jinja = fs.readdirSync(folder).filter((f) => /\.(jinja2?|j2)$/i.test(f)).sort();
+  const jinja = fs
+    .readdirSync(folder)
+    .filter((f) => /\.(jinja2?|j2)$/i.test(f))
+    .sort();
   if (jinja.length > 0) return loadTemplate(path.join(folder, jinja[0]), options);
   throw new TemplateLoadError(
     `no chat template in ${folder} (looked for chat_template.jinja, tokenizer_config.json with chat_template, chat_template.json, *.jinja)`,

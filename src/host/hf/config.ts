@@ -50,7 +50,8 @@ function num(config: Json, key: string, file: string, fallback?: number): number
     if (fallback !== undefined) return fallback;
     throw new CheckpointError(`"${key}" is missing`, file);
   }
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new CheckpointError(`"${key}" must be a positive number, got ${JSON.stringify(v)}`, file);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+    throw new CheckpointError(`"${key}" must be a positive number, got ${JSON.stringify(v)}`, file);
   return v;
 }
 
@@ -86,7 +87,11 @@ function ropeSettings(config: Json, file: string): { theta: number; scaling: Jso
     const nested = Object.values(params).filter((v) => v && typeof v === 'object');
     if (nested.length > 0 && params.rope_theta === undefined && params.rope_type === undefined) {
       const distinct = new Set(nested.map((v) => JSON.stringify(v)));
-      if (distinct.size > 1) throw new CheckpointError(`rope_parameters differ between layer types (${Object.keys(params).join(', ')}): per-layer RoPE is not supported; ${ONNX_ROUTE}`, file);
+      if (distinct.size > 1)
+        throw new CheckpointError(
+          `rope_parameters differ between layer types (${Object.keys(params).join(', ')}): per-layer RoPE is not supported; ${ONNX_ROUTE}`,
+          file,
+        );
       params = nested[0] as Json;
     }
     const theta = params.rope_theta ?? config.rope_theta;
@@ -101,24 +106,42 @@ function ropeSettings(config: Json, file: string): { theta: number; scaling: Jso
 }
 
 /** inv_freq as transformers computes it in float32: 1 / theta^(2j/d), j < d/2, then the rope type's rescaling. */
-export function ropeInvFreq(theta: number, headDim: number, scaling: Json | null, file: string): { invFreq: Float32Array; description: string } {
+export function ropeInvFreq(
+  theta: number,
+  headDim: number,
+  scaling: Json | null,
+  file: string,
+): { invFreq: Float32Array; description: string } {
   const half = headDim / 2;
   const base = new Float32Array(half);
-  for (let j = 0; j < half; j++) base[j] = 1 / Math.pow(theta, Math.fround((2 * j) / headDim));
+  for (let j = 0; j < half; j++) base[j] = 1 / theta ** Math.fround((2 * j) / headDim);
   if (!scaling) return { invFreq: base, description: `default, theta ${theta}` };
   const type = (scaling.rope_type ?? scaling.type) as string | undefined;
   if (type === 'default') return { invFreq: base, description: `default, theta ${theta}` };
   if (type === 'linear') {
     const factor = scaling.factor as number;
-    if (typeof factor !== 'number' || factor <= 0) throw new CheckpointError('rope_scaling "linear" needs a positive factor', file);
+    if (typeof factor !== 'number' || factor <= 0)
+      throw new CheckpointError('rope_scaling "linear" needs a positive factor', file);
     return { invFreq: base.map((f) => f / factor), description: `linear x${factor}, theta ${theta}` };
   }
   if (type === 'llama3') {
-    const { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: orig } = scaling as Record<string, number>;
-    for (const [k, v] of Object.entries({ factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: orig })) {
-      if (typeof v !== 'number' || !(v > 0)) throw new CheckpointError(`rope_scaling "llama3" needs a positive ${k}`, file);
+    const {
+      factor,
+      low_freq_factor: low,
+      high_freq_factor: high,
+      original_max_position_embeddings: orig,
+    } = scaling as Record<string, number>;
+    for (const [k, v] of Object.entries({
+      factor,
+      low_freq_factor: low,
+      high_freq_factor: high,
+      original_max_position_embeddings: orig,
+    })) {
+      if (typeof v !== 'number' || !(v > 0))
+        throw new CheckpointError(`rope_scaling "llama3" needs a positive ${k}`, file);
     }
-    if (!(high > low)) throw new CheckpointError('rope_scaling "llama3" needs high_freq_factor > low_freq_factor', file);
+    if (!(high > low))
+      throw new CheckpointError('rope_scaling "llama3" needs high_freq_factor > low_freq_factor', file);
     const lowWavelen = orig / low;
     const highWavelen = orig / high;
     const out = base.map((f) => {
@@ -128,9 +151,15 @@ export function ropeInvFreq(theta: number, headDim: number, scaling: Json | null
       const s = (orig / wavelen - low) / (high - low);
       return (1 - s) * (f / factor) + s * f;
     });
-    return { invFreq: out, description: `llama3 x${factor} (low ${low}, high ${high}, original ${orig}), theta ${theta}` };
+    return {
+      invFreq: out,
+      description: `llama3 x${factor} (low ${low}, high ${high}, original ${orig}), theta ${theta}`,
+    };
   }
-  throw new CheckpointError(`rope scaling type "${type}" is not supported (default, linear and llama3 are); ${ONNX_ROUTE}`, file);
+  throw new CheckpointError(
+    `rope scaling type "${type}" is not supported (default, linear and llama3 are); ${ONNX_ROUTE}`,
+    file,
+  );
 }
 
 /**
@@ -138,9 +167,16 @@ export function ropeInvFreq(theta: number, headDim: number, scaling: Json | null
  * or an explicit rope_theta / rope_parameters, full rotary, and a supported scaling. Undefined otherwise.
  */
 export function ropeInvFreqOf(config: Json, headDim: number, file: string): number[] | undefined {
-  const explicit = config.rope_theta !== undefined || (config.rope_parameters !== undefined && config.rope_parameters !== null);
+  const explicit =
+    config.rope_theta !== undefined || (config.rope_parameters !== undefined && config.rope_parameters !== null);
   const known = (SUPPORTED_MODEL_TYPES as readonly string[]).includes(String(config.model_type));
-  if (!(explicit || known) || (config.partial_rotary_factor !== undefined && config.partial_rotary_factor !== 1) || !(headDim > 0) || headDim % 2) return undefined;
+  if (
+    !(explicit || known) ||
+    (config.partial_rotary_factor !== undefined && config.partial_rotary_factor !== 1) ||
+    !(headDim > 0) ||
+    headDim % 2
+  )
+    return undefined;
   try {
     const { theta, scaling } = ropeSettings(config, file);
     return Array.from(ropeInvFreq(theta, headDim, scaling, file).invFreq);
@@ -155,21 +191,32 @@ export function readDecoderSpec(folder: string): DecoderSpec {
   const config = readJson(file);
   const modelType = config.model_type as string | undefined;
   if (!modelType) throw new CheckpointError(`no "model_type"; ${ONNX_ROUTE}`, file);
-  if (!(SUPPORTED_MODEL_TYPES as readonly string[]).includes(modelType)) throw new CheckpointError(`model_type "${modelType}" is not supported; ${ONNX_ROUTE}`, file);
+  if (!(SUPPORTED_MODEL_TYPES as readonly string[]).includes(modelType))
+    throw new CheckpointError(`model_type "${modelType}" is not supported; ${ONNX_ROUTE}`, file);
   const type = modelType as ModelType;
   if (config.quantization_config) {
     const q = config.quantization_config as Json;
-    throw new CheckpointError(`quantized weights (${String(q.quant_method ?? 'quantization_config')}) are not supported: use the unquantized checkpoint, or an ONNX export`, file);
+    throw new CheckpointError(
+      `quantized weights (${String(q.quant_method ?? 'quantization_config')}) are not supported: use the unquantized checkpoint, or an ONNX export`,
+      file,
+    );
   }
   const act = (config.hidden_act ?? config.hidden_activation ?? 'silu') as string;
-  if (act !== 'silu' && act !== 'swish') throw new CheckpointError(`hidden_act "${act}" is not supported (silu only); ${ONNX_ROUTE}`, file);
+  if (act !== 'silu' && act !== 'swish')
+    throw new CheckpointError(`hidden_act "${act}" is not supported (silu only); ${ONNX_ROUTE}`, file);
   const hidden = num(config, 'hidden_size', file);
   const heads = num(config, 'num_attention_heads', file);
   const kvHeads = num(config, 'num_key_value_heads', file, heads);
   const headDim = num(config, 'head_dim', file, hidden / heads);
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new CheckpointError(`head size ${headDim} must be an even integer (set "head_dim")`, file);
-  if (heads % kvHeads !== 0) throw new CheckpointError(`num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`, file);
-  if (config.partial_rotary_factor !== undefined && config.partial_rotary_factor !== 1) throw new CheckpointError(`partial_rotary_factor ${String(config.partial_rotary_factor)} is not supported; ${ONNX_ROUTE}`, file);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0)
+    throw new CheckpointError(`head size ${headDim} must be an even integer (set "head_dim")`, file);
+  if (heads % kvHeads !== 0)
+    throw new CheckpointError(`num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`, file);
+  if (config.partial_rotary_factor !== undefined && config.partial_rotary_factor !== 1)
+    throw new CheckpointError(
+      `partial_rotary_factor ${String(config.partial_rotary_factor)} is not supported; ${ONNX_ROUTE}`,
+      file,
+    );
   const { theta, scaling } = ropeSettings(config, file);
   const { invFreq, description } = ropeInvFreq(theta, headDim, scaling, file);
 
@@ -179,7 +226,10 @@ export function readDecoderSpec(folder: string): DecoderSpec {
   const window = config.sliding_window;
   if (type === 'mistral' && typeof window === 'number' && window > 0) slidingWindow = window;
   if ((type === 'qwen2' || type === 'qwen3') && config.use_sliding_window === true) {
-    throw new CheckpointError(`use_sliding_window is true (sliding-window layers from max_window_layers on) and that is not supported; ${ONNX_ROUTE}`, file);
+    throw new CheckpointError(
+      `use_sliding_window is true (sliding-window layers from max_window_layers on) and that is not supported; ${ONNX_ROUTE}`,
+      file,
+    );
   }
   const attentionBias = config.attention_bias === true;
   const bias = {

@@ -9,7 +9,15 @@
  * With the scale at 0 the branch adds exactly 0, so the base's numbers are those of the graph without adapters.
  */
 import type { DecoderSpec } from './config';
-import { attribute, AttributeValue, DataType, encodeModel, NodeMessage, TensorMessage, ValueInfo } from './onnxProto';
+import {
+  attribute,
+  type AttributeValue,
+  DataType,
+  encodeModel,
+  type NodeMessage,
+  type TensorMessage,
+  type ValueInfo,
+} from './onnxProto';
 import type { ExternalLocation } from './weights';
 
 /** A LoRA update of one Linear module: y += (x·Aᵀ)·Bᵀ · scaling. A is [r, in], B is [out, r]. */
@@ -34,7 +42,13 @@ class Builder {
   op(type: string, inputs: string[], attrs: Record<string, AttributeValue> = {}, outputs = 1): string[] {
     const id = this.count++;
     const out = Array.from({ length: outputs }, (_, i) => `${type.toLowerCase()}_${id}${outputs > 1 ? `_${i}` : ''}`);
-    this.nodes.push({ input: inputs, output: out, name: `${type}_${id}`, op_type: type, attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)) });
+    this.nodes.push({
+      input: inputs,
+      output: out,
+      name: `${type}_${id}`,
+      op_type: type,
+      attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)),
+    });
     return out;
   }
 
@@ -68,7 +82,12 @@ class Builder {
   }
 
   inline(name: string, dims: number[], data: Float32Array): string {
-    this.initializers.push({ name, dims, data_type: DataType.FLOAT, raw_data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+    this.initializers.push({
+      name,
+      dims,
+      data_type: DataType.FLOAT,
+      raw_data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    });
     return name;
   }
 
@@ -107,9 +126,18 @@ export interface DecoderGraph {
  * The decoder graph. `locate` gives the float32 bytes of a checkpoint tensor by its transformers name; adapters
  * are embedded in the graph (they are small).
  */
-export function buildDecoderGraph(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = [], name = 'decoder', options: GraphOptions = {}): DecoderGraph {
+export function buildDecoderGraph(
+  spec: DecoderSpec,
+  locate: (tensor: string, dims: number[]) => ExternalLocation,
+  adapters: AdapterModules[] = [],
+  name = 'decoder',
+  options: GraphOptions = {},
+): DecoderGraph {
   const parts = decoderGraphParts(spec, locate, adapters, options);
-  return { model: encodeModel({ ...parts, opset: OPSET, name }), adapterInputs: adapters.map((_, j) => adapterScaleInput(j)) };
+  return {
+    model: encodeModel({ ...parts, opset: OPSET, name }),
+    adapterInputs: adapters.map((_, j) => adapterScaleInput(j)),
+  };
 }
 
 export const OPSET = 17;
@@ -135,7 +163,12 @@ export function weightDtype(dims: number[], options: GraphOptions = {}): 'F32' |
   return options.weightDtype === 'F16' && dims.length === 2 ? 'F16' : 'F32';
 }
 
-export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, dims: number[]) => ExternalLocation, adapters: AdapterModules[] = [], options: GraphOptions = {}): DecoderGraphParts {
+export function decoderGraphParts(
+  spec: DecoderSpec,
+  locate: (tensor: string, dims: number[]) => ExternalLocation,
+  adapters: AdapterModules[] = [],
+  options: GraphOptions = {},
+): DecoderGraphParts {
   const g = new Builder();
   const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V, layers } = spec;
   const rep = heads / kvHeads;
@@ -144,7 +177,12 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
   const weight = (tensor: string, dims: number[]): string => {
     let n = weights.get(tensor);
     if (!n) {
-      n = g.external(tensor, dims, locate(tensor, dims), weightDtype(dims, options) === 'F16' ? DataType.FLOAT16 : DataType.FLOAT);
+      n = g.external(
+        tensor,
+        dims,
+        locate(tensor, dims),
+        weightDtype(dims, options) === 'F16' ? DataType.FLOAT16 : DataType.FLOAT,
+      );
       weights.set(tensor, n);
     }
     return n;
@@ -159,11 +197,22 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
   };
 
   /** y = x·Wᵀ (+ b), plus each adapter's low-rank update of this module. x is [T, in]. */
-  const linear = (x: string, module: string, out: number, inDim: number, bias: boolean, tensor = `${module}.weight`): string => {
+  const linear = (
+    x: string,
+    module: string,
+    out: number,
+    inDim: number,
+    bias: boolean,
+    tensor = `${module}.weight`,
+  ): string => {
     let y: string;
     if (half) {
       // float16 matrix, float32 activations: the product runs in float16 and comes back as float32, bias added after
-      y = g.one('Cast', [g.one('Gemm', [g.one('Cast', [x], { to: DataType.FLOAT16 }), weight(tensor, [out, inDim])], { transB: 1 })], { to: DataType.FLOAT });
+      y = g.one(
+        'Cast',
+        [g.one('Gemm', [g.one('Cast', [x], { to: DataType.FLOAT16 }), weight(tensor, [out, inDim])], { transB: 1 })],
+        { to: DataType.FLOAT },
+      );
       if (bias) y = g.one('Add', [y, weight(`${module}.bias`, [out])]);
     } else {
       const inputs = [x, weight(tensor, [out, inDim])];
@@ -200,7 +249,8 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
   const qPos = g.one('Unsqueeze', [g.one('Range', [P, S, g.ints([1], true)]), g.ints([1])]);
   const kPos = g.one('Unsqueeze', [g.one('Range', [g.ints([0], true), S, g.ints([1], true)]), g.ints([0])]);
   let allowed = g.one('LessOrEqual', [kPos, qPos]);
-  if (spec.slidingWindow) allowed = g.one('And', [allowed, g.one('Greater', [kPos, g.one('Sub', [qPos, g.ints([spec.slidingWindow])])])]);
+  if (spec.slidingWindow)
+    allowed = g.one('And', [allowed, g.one('Greater', [kPos, g.one('Sub', [qPos, g.ints([spec.slidingWindow])])])]);
   const padding = g.one('Cast', [g.one('Reshape', ['attention_mask', g.ints([1, -1])])], { to: DataType.BOOL });
   allowed = g.one('And', [allowed, padding]);
   const mask = g.one('Where', [allowed, g.floats([0], []), g.floats([-3.4028234663852886e38], [])]);
@@ -214,8 +264,14 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
     const p = `model.layers.${l}`;
     const h = rmsNorm(x, weight(`${p}.input_layernorm.weight`, [H]));
     let q = g.one('Reshape', [linear(h, `${p}.self_attn.q_proj`, heads * hd, H, spec.bias.q), g.ints([-1, heads, hd])]);
-    let k = g.one('Reshape', [linear(h, `${p}.self_attn.k_proj`, kvHeads * hd, H, spec.bias.k), g.ints([-1, kvHeads, hd])]);
-    const v = g.one('Reshape', [linear(h, `${p}.self_attn.v_proj`, kvHeads * hd, H, spec.bias.v), g.ints([-1, kvHeads, hd])]);
+    let k = g.one('Reshape', [
+      linear(h, `${p}.self_attn.k_proj`, kvHeads * hd, H, spec.bias.k),
+      g.ints([-1, kvHeads, hd]),
+    ]);
+    const v = g.one('Reshape', [
+      linear(h, `${p}.self_attn.v_proj`, kvHeads * hd, H, spec.bias.v),
+      g.ints([-1, kvHeads, hd]),
+    ]);
     if (spec.qkNorm) {
       q = rmsNorm(q, weight(`${p}.self_attn.q_norm.weight`, [hd]));
       k = rmsNorm(k, weight(`${p}.self_attn.k_norm.weight`, [hd]));
@@ -225,15 +281,33 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
     const vt = g.one('Transpose', [v], { perm: [1, 0, 2] });
     const presentK = `present.${l}.key`;
     const presentV = `present.${l}.value`;
-    g.nodes.push({ input: [`past_key_values.${l}.key`, g.one('Unsqueeze', [kr, g.ints([0])])], output: [presentK], name: `concat_present_${l}_key`, op_type: 'Concat', attribute: [attribute('axis', 2)] });
-    g.nodes.push({ input: [`past_key_values.${l}.value`, g.one('Unsqueeze', [vt, g.ints([0])])], output: [presentV], name: `concat_present_${l}_value`, op_type: 'Concat', attribute: [attribute('axis', 2)] });
+    g.nodes.push({
+      input: [`past_key_values.${l}.key`, g.one('Unsqueeze', [kr, g.ints([0])])],
+      output: [presentK],
+      name: `concat_present_${l}_key`,
+      op_type: 'Concat',
+      attribute: [attribute('axis', 2)],
+    });
+    g.nodes.push({
+      input: [`past_key_values.${l}.value`, g.one('Unsqueeze', [vt, g.ints([0])])],
+      output: [presentV],
+      name: `concat_present_${l}_value`,
+      op_type: 'Concat',
+      attribute: [attribute('axis', 2)],
+    });
     // grouped-query attention: query head h reads KV head h / rep, so [heads] splits as [kvHeads, rep]
     const K = g.one('Reshape', [presentK, g.ints([kvHeads, 1, -1, hd])]);
     const Vv = g.one('Reshape', [presentV, g.ints([kvHeads, 1, -1, hd])]);
     const Q = g.one('Reshape', [qr, g.ints([kvHeads, rep, -1, hd])]);
-    const scores = g.one('Add', [g.one('Mul', [g.one('MatMul', [Q, g.one('Transpose', [K], { perm: [0, 1, 3, 2] })]), scale]), mask]);
+    const scores = g.one('Add', [
+      g.one('Mul', [g.one('MatMul', [Q, g.one('Transpose', [K], { perm: [0, 1, 3, 2] })]), scale]),
+      mask,
+    ]);
     const ctx = g.one('MatMul', [g.one('Softmax', [scores], { axis: -1 }), Vv]);
-    const merged = g.one('Reshape', [g.one('Transpose', [g.one('Reshape', [ctx, g.ints([heads, -1, hd])])], { perm: [1, 0, 2] }), g.ints([-1, heads * hd])]);
+    const merged = g.one('Reshape', [
+      g.one('Transpose', [g.one('Reshape', [ctx, g.ints([heads, -1, hd])])], { perm: [1, 0, 2] }),
+      g.ints([-1, heads * hd]),
+    ]);
     x = g.one('Add', [x, linear(merged, `${p}.self_attn.o_proj`, H, heads * hd, spec.bias.o)]);
     const h2 = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`, [H]));
     const gate = linear(h2, `${p}.mlp.gate_proj`, I, H, spec.bias.mlp);
@@ -245,8 +319,21 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
   const keepFrom = g.one('Neg', [g.one('Reshape', ['logits_to_keep', g.ints([1])])]);
   const kept = g.one('Slice', [x, keepFrom, g.ints([Number.MAX_SAFE_INTEGER]), g.ints([0])]);
   const final = rmsNorm(kept, weight('model.norm.weight', [H]));
-  const logits2d = linear(final, 'lm_head', V, H, false, spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
-  g.nodes.push({ input: [logits2d, g.ints([0])], output: ['logits'], name: 'unsqueeze_logits', op_type: 'Unsqueeze', attribute: [] });
+  const logits2d = linear(
+    final,
+    'lm_head',
+    V,
+    H,
+    false,
+    spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight',
+  );
+  g.nodes.push({
+    input: [logits2d, g.ints([0])],
+    output: ['logits'],
+    name: 'unsqueeze_logits',
+    op_type: 'Unsqueeze',
+    attribute: [],
+  });
 
   const kvShape = (len: string) => [1, kvHeads, len, hd];
   const inputs: ValueInfo[] = [
@@ -258,10 +345,20 @@ export function decoderGraphParts(spec: DecoderSpec, locate: (tensor: string, di
   const outputs: ValueInfo[] = [{ name: 'logits', elemType: DataType.FLOAT, shape: [1, 'kept_sequence_length', V] }];
   for (let l = 0; l < layers; l++) {
     for (const kind of ['key', 'value']) {
-      inputs.push({ name: `past_key_values.${l}.${kind}`, elemType: DataType.FLOAT, shape: kvShape('past_sequence_length') });
+      inputs.push({
+        name: `past_key_values.${l}.${kind}`,
+        elemType: DataType.FLOAT,
+        shape: kvShape('past_sequence_length'),
+      });
       outputs.push({ name: `present.${l}.${kind}`, elemType: DataType.FLOAT, shape: kvShape('total_sequence_length') });
     }
   }
   for (const a of adapterInputs) inputs.push({ name: a, elemType: DataType.FLOAT, shape: [1] });
-  return { nodes: g.nodes, initializers: g.initializers, inputs, outputs, metadata: { model_type: spec.modelType, rope: spec.rope } };
+  return {
+    nodes: g.nodes,
+    initializers: g.initializers,
+    inputs,
+    outputs,
+    metadata: { model_type: spec.modelType, rope: spec.rope },
+  };
 }

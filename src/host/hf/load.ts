@@ -8,16 +8,16 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { checkpointKind, CheckpointKind } from '../../core/checkpoints';
+import { checkpointKind, type CheckpointKind } from '../../core/checkpoints';
 import { Checkpoint, checkCompatible, createSession, findModelFile } from '../checkpoint';
-import { ResolvedSettings, resolveSettings } from '../session';
+import { type ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
-import { DecoderSpec, readDecoderSpec } from './config';
-import { buildDecoderGraph, decoderTensors, GraphOptions, weightDtype } from './graph';
-import { Adapter, readAdapter } from './peft';
+import { type DecoderSpec, readDecoderSpec } from './config';
+import { buildDecoderGraph, decoderTensors, type GraphOptions, weightDtype } from './graph';
+import { type Adapter, readAdapter } from './peft';
 import { combine, identityOf } from '../identity';
 import { externalDataFiles } from '../onnxInitializers';
-import { castWeights, gb, readFloat32, WeightIndex, WeightRef } from './weights';
+import { castWeights, gb, readFloat32, WeightIndex, type WeightRef } from './weights';
 
 export interface HfLoadOptions {
   cacheDir: string;
@@ -46,13 +46,21 @@ function linearModules(spec: DecoderSpec, tensors: [string, number[]][]): Map<st
 
 /** Bytes of the weights in the graph: 2 per parameter for float16 matrices, 4 otherwise. */
 function weightBytes(tensors: [string, number[]][], options: GraphOptions): number {
-  return tensors.reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1) * (weightDtype(shape, options) === 'F16' ? 2 : 4), 0);
+  return tensors.reduce(
+    (s, [, shape]) => s + shape.reduce((a, b) => a * b, 1) * (weightDtype(shape, options) === 'F16' ? 2 : 4),
+    0,
+  );
 }
 
-const count = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}k`);
+const count = (n: number) =>
+  n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(1)}k`;
 
 /** An adapter's identity: its own files, and the base it is applied to (the same adapter over another base differs). */
-function adapterIdentity(a: Adapter, baseHash: string, cacheDir: string): { hash: string; files: Record<string, string> } {
+function adapterIdentity(
+  a: Adapter,
+  baseHash: string,
+  cacheDir: string,
+): { hash: string; files: Record<string, string> } {
   const own = identityOf('adapter', a.folder, [a.configFile, a.weightsFile], cacheDir);
   return { hash: combine(own.hash, baseHash), files: own.files };
 }
@@ -61,24 +69,37 @@ function adapterIdentity(a: Adapter, baseHash: string, cacheDir: string): { hash
  * Loads a Hugging Face base folder and the adapters over it (in order). Returns the base checkpoint and one
  * checkpoint per adapter, all on one session.
  */
-export async function loadHf(folder: string, adapterFolders: string[], opts: HfLoadOptions & { settings: ResolvedSettings }): Promise<{ base: Checkpoint; adapters: Checkpoint[] }> {
+export async function loadHf(
+  folder: string,
+  adapterFolders: string[],
+  opts: HfLoadOptions & { settings: ResolvedSettings },
+): Promise<{ base: Checkpoint; adapters: Checkpoint[] }> {
   const spec = readDecoderSpec(folder);
   const index = WeightIndex.open(folder);
   const tensors = decoderTensors(spec);
-  const refs: WeightRef[] = tensors.map(([name, shape]) => index.require(name, shape, `${spec.modelType} with this config.json`));
+  const refs: WeightRef[] = tensors.map(([name, shape]) =>
+    index.require(name, shape, `${spec.modelType} with this config.json`),
+  );
   const modules = linearModules(spec, tensors);
   const adapters: Adapter[] = adapterFolders.map((a) => readAdapter(a, (m) => modules.get(m), [...modules.keys()]));
   const params = refs.reduce((s, r) => s + r.shape.reduce((a, b) => a * b, 1), 0);
   const graphOptions = { weightDtype: opts.settings.weightDtype ?? 'F32' } as const;
   const bytes = weightBytes(tensors, graphOptions);
   const inMemory = graphOptions.weightDtype === 'F16' ? 'with float16 matrices' : 'as float32';
-  const adapterBytes = adapters.map((a) => [...a.modules.values()].reduce((s, m) => s + 4 * (m.a.length + m.b.length), 0));
+  const adapterBytes = adapters.map((a) =>
+    [...a.modules.values()].reduce((s, m) => s + 4 * (m.a.length + m.b.length), 0),
+  );
   const dtypes = [...new Set(refs.map((r) => r.dtype))].join('/');
   opts.log(
     `${folder}: ${spec.modelType}, ${count(params)} parameters (${dtypes}), about ${gb(bytes)} ${inMemory} in memory` +
-      (adapters.length ? `; ${adapters.length} adapter(s) share these weights and add ${gb(adapterBytes.reduce((a, b) => a + b, 0))}` : ''),
+      (adapters.length
+        ? `; ${adapters.length} adapter(s) share these weights and add ${gb(adapterBytes.reduce((a, b) => a + b, 0))}`
+        : ''),
   );
-  for (const a of adapters) opts.log(`${a.folder}: ${a.description}${a.baseModelNameOrPath ? ` (trained over "${a.baseModelNameOrPath}"; applied to ${folder})` : ''}`);
+  for (const a of adapters)
+    opts.log(
+      `${a.folder}: ${a.description}${a.baseModelNameOrPath ? ` (trained over "${a.baseModelNameOrPath}"; applied to ${folder})` : ''}`,
+    );
   const weights = castWeights(refs, (r) => weightDtype(r.shape, graphOptions), opts.cacheDir, opts.log);
   const graph = buildDecoderGraph(
     spec,
@@ -88,17 +109,44 @@ export async function loadHf(folder: string, adapterFolders: string[], opts: HfL
     graphOptions,
   );
   // weights stay shared file mappings (no pre-packed private copy): the memory a pair needs is one copy
-  const { session, device } = await createSession(graph.model, opts.settings, { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' }, folder, opts.log);
+  const { session, device } = await createSession(
+    graph.model,
+    opts.settings,
+    { model_external_initializers_file_folder_path: weights.dir, disable_prepacking: '1' },
+    folder,
+    opts.log,
+  );
   const baseId = identityOf('hf', folder, [path.join(folder, 'config.json'), ...index.files], opts.cacheDir);
   const embedRef = refs.find((r) => r.name === 'model.embed_tokens.weight')!;
-  const embeddings = () => ({ rows: spec.vocab, dim: spec.hidden, data: readFloat32(embedRef), source: `${path.basename(embedRef.file)}:${embedRef.name}` });
-  const scales = (active: number) => Object.fromEntries(graph.adapterInputs.map((n, j) => [n, new ort.Tensor('float32', Float32Array.of(j === active ? 1 : 0), [1])]));
-  const common = { kind: 'hf' as const, vocabSize: spec.vocab, eosTokenIds: spec.eosTokenIds, maxPositions: spec.maxPositions, ropeInvFreq: Array.from(spec.invFreq), device, threads: opts.settings.threads };
+  const embeddings = () => ({
+    rows: spec.vocab,
+    dim: spec.hidden,
+    data: readFloat32(embedRef),
+    source: `${path.basename(embedRef.file)}:${embedRef.name}`,
+  });
+  const scales = (active: number) =>
+    Object.fromEntries(
+      graph.adapterInputs.map((n, j) => [n, new ort.Tensor('float32', Float32Array.of(j === active ? 1 : 0), [1])]),
+    );
+  const common = {
+    kind: 'hf' as const,
+    vocabSize: spec.vocab,
+    eosTokenIds: spec.eosTokenIds,
+    maxPositions: spec.maxPositions,
+    ropeInvFreq: Array.from(spec.invFreq),
+    device,
+    threads: opts.settings.threads,
+  };
   const where = weights.cacheFile ? ` (cache ${weights.cacheFile})` : '';
   const base = Checkpoint.fromSession(session, index.files[0], folder, {
     feeds: scales(-1),
     embeddings,
-    info: { ...common, hash: baseId.hash, files: baseId.files, description: `${spec.modelType} ${spec.layers} layers, hidden ${spec.hidden}, ${dtypes} weights${graphOptions.weightDtype === 'F16' ? ' run as float16 matrices' : ''}${where}, RoPE ${spec.rope}` },
+    info: {
+      ...common,
+      hash: baseId.hash,
+      files: baseId.files,
+      description: `${spec.modelType} ${spec.layers} layers, hidden ${spec.hidden}, ${dtypes} weights${graphOptions.weightDtype === 'F16' ? ' run as float16 matrices' : ''}${where}, RoPE ${spec.rope}`,
+    },
   });
   const adapterCheckpoints = adapters.map((a, j) =>
     Checkpoint.fromSession(session, a.weightsFile, a.folder, {
@@ -133,7 +181,11 @@ const ESTIMATE_LOGIT_ROWS = 64;
  * (float32 for Hugging Face folders; an export's files as they are), its K/V for ESTIMATE_TOKENS tokens in a few
  * caches, logits, and a tenth for activations. Adapters add their own size only.
  */
-export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: string, options: GraphOptions = {}): { total: number; parts: string[] } {
+export function estimateMemory(
+  paths: [string, CheckpointKind][],
+  modelFile?: string,
+  options: GraphOptions = {},
+): { total: number; parts: string[] } {
   const parts: string[] = [];
   let total = 0;
   const seen = new Set<string>();
@@ -154,7 +206,10 @@ export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: st
       logits = spec.vocab * 4 * ESTIMATE_LOGIT_ROWS;
     } else {
       const graph = findModelFile(p, modelFile);
-      weights = [graph, ...externalDataFiles(graph)].reduce((s, f) => s + (fs.existsSync(f) ? fs.statSync(f).size : 0), 0);
+      weights = [graph, ...externalDataFiles(graph)].reduce(
+        (s, f) => s + (fs.existsSync(f) ? fs.statSync(f).size : 0),
+        0,
+      );
     }
     const bytes = weights * 1.1 + kv + logits;
     total += bytes;
@@ -167,35 +222,56 @@ export function estimateMemory(paths: [string, CheckpointKind][], modelFile?: st
  * The base and the named others (finetuned, extras): ONNX exports one session each, Hugging Face folders one
  * session each, adapters on the base's session. An adapter needs a Hugging Face base.
  */
-export async function loadCheckpoints(base: string, others: [string, string][], options: HfLoadOptions): Promise<{ base: Checkpoint; others: Map<string, Checkpoint> }> {
+export async function loadCheckpoints(
+  base: string,
+  others: [string, string][],
+  options: HfLoadOptions,
+): Promise<{ base: Checkpoint; others: Map<string, Checkpoint> }> {
   const opts = { ...options, settings: options.settings ?? resolveSettings() };
   if (opts.settings.note) opts.log(opts.settings.note, 'info');
   const baseKind = kindOf(base);
   if (baseKind === 'adapter') {
     const named = readBaseName(base);
-    throw new CheckpointError(`this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base${named ? ` (adapter_config.json names "${named}")` : ''}`, base);
+    throw new CheckpointError(
+      `this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base${named ? ` (adapter_config.json names "${named}")` : ''}`,
+      base,
+    );
   }
   const kinds = others.map(([name, p]) => [name, p, kindOf(p)] as const);
   const adapterEntries = kinds.filter(([, , k]) => k === 'adapter');
   if (opts.memoryCheck !== false && opts.settings.device === 'cpu') {
-    const need = estimateMemory([[base, baseKind], ...kinds.map(([, p, k]) => [p, k] as [string, CheckpointKind])], opts.modelFile, { weightDtype: opts.settings.weightDtype });
+    const need = estimateMemory(
+      [[base, baseKind], ...kinds.map(([, p, k]) => [p, k] as [string, CheckpointKind])],
+      opts.modelFile,
+      { weightDtype: opts.settings.weightDtype },
+    );
     const available = opts.availableMemory ?? os.freemem();
     if (need.total > available) {
-      throw new CheckpointError(`loading needs about ${gb(need.total)} (${need.parts.join(' + ')}: weights as float32, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations), but only ${gb(available)} of memory is available; close other programs, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`, base);
+      throw new CheckpointError(
+        `loading needs about ${gb(need.total)} (${need.parts.join(' + ')}: weights as float32, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations), but only ${gb(available)} of memory is available; close other programs, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`,
+        base,
+      );
     }
   }
   const out = new Map<string, Checkpoint>();
   let baseCheckpoint: Checkpoint;
   if (baseKind === 'hf') {
-    const loaded = await loadHf(base, adapterEntries.map(([, p]) => p), opts);
+    const loaded = await loadHf(
+      base,
+      adapterEntries.map(([, p]) => p),
+      opts,
+    );
     baseCheckpoint = loaded.base;
-    adapterEntries.forEach(([name], j) => out.set(name, loaded.adapters[j]));
+    for (const [j, [name]] of adapterEntries.entries()) out.set(name, loaded.adapters[j]);
   } else {
     // a broken base is the first thing to say; then whether adapters can apply to it
     baseCheckpoint = await Checkpoint.load(base, opts.settings, opts);
     if (adapterEntries.length) {
       await baseCheckpoint.release();
-      throw new CheckpointError(`a LoRA adapter applies to a Hugging Face base folder (config.json + safetensors), and the base ${base} is an ONNX export: give the base model's folder`, adapterEntries[0][1]);
+      throw new CheckpointError(
+        `a LoRA adapter applies to a Hugging Face base folder (config.json + safetensors), and the base ${base} is an ONNX export: give the base model's folder`,
+        adapterEntries[0][1],
+      );
     }
   }
   const loadedSoFar: Checkpoint[] = [baseCheckpoint];

@@ -67,7 +67,13 @@ export const DataType = { FLOAT: 1, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 /** onnx.AttributeProto.AttributeType values used here. */
 const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, GRAPH: 5, FLOATS: 6, INTS: 7 } as const;
 
-export type AttributeValue = number | string | number[] | { float: number } | { floats: number[] } | { graph: GraphMessage };
+export type AttributeValue =
+  | number
+  | string
+  | number[]
+  | { float: number }
+  | { floats: number[] }
+  | { graph: GraphMessage };
 
 export interface TensorMessage {
   name: string;
@@ -105,7 +111,12 @@ let modelType: protobuf.Type | undefined;
 
 export const valueInfo = (v: ValueInfo) => ({
   name: v.name,
-  type: { tensor_type: { elem_type: v.elemType, shape: { dim: v.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } },
+  type: {
+    tensor_type: {
+      elem_type: v.elemType,
+      shape: { dim: v.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) },
+    },
+  },
 });
 
 /** Integers are INT / INTS attributes; use `{ float }` / `{ floats }` for floating-point ones. */
@@ -134,7 +145,13 @@ export function encodeModel(model: {
     producer_version: '1',
     opset_import: [{ domain: '', version: model.opset }],
     metadata_props: Object.entries(model.metadata).map(([key, value]) => ({ key, value })),
-    graph: { name: model.name, node: model.nodes, initializer: model.initializers, input: model.inputs.map(valueInfo), output: model.outputs.map(valueInfo) },
+    graph: {
+      name: model.name,
+      node: model.nodes,
+      initializer: model.initializers,
+      input: model.inputs.map(valueInfo),
+      output: model.outputs.map(valueInfo),
+    },
   };
   const err = modelType.verify(message);
   if (err) throw new Error(`internal error: invalid ONNX model message (${err})`);

@@ -50,7 +50,8 @@ export function matchesTarget(targets: unknown, module: string): boolean {
       return false;
     }
   }
-  if (Array.isArray(targets)) return targets.some((t) => typeof t === 'string' && (module === t || module.endsWith(`.${t}`)));
+  if (Array.isArray(targets))
+    return targets.some((t) => typeof t === 'string' && (module === t || module.endsWith(`.${t}`)));
   return false;
 }
 
@@ -58,30 +59,46 @@ export function matchesTarget(targets: unknown, module: string): boolean {
  * Reads an adapter and checks it against the base: every adapted module exists in the base as a Linear weight of
  * a fitting shape. `baseWeight(module)` gives the base's [out, in] for a module path, or undefined.
  */
-export function readAdapter(folder: string, baseWeight: (module: string) => [number, number] | undefined, baseModules: string[]): Adapter {
+export function readAdapter(
+  folder: string,
+  baseWeight: (module: string) => [number, number] | undefined,
+  baseModules: string[],
+): Adapter {
   const configFile = path.join(folder, 'adapter_config.json');
   const config = readJson(configFile);
   const refuse = (what: string): never => {
-    throw new CheckpointError(`${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`, configFile);
+    throw new CheckpointError(
+      `${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`,
+      configFile,
+    );
   };
   const type = String(config.peft_type ?? '');
   if (type !== 'LORA') refuse(`peft_type "${type || '(missing)'}"`);
   if (config.use_dora === true) refuse('DoRA (use_dora)');
-  if (Array.isArray(config.modules_to_save) && config.modules_to_save.length) refuse(`modules_to_save (${config.modules_to_save.join(', ')})`);
-  if (config.bias !== undefined && config.bias !== null && config.bias !== 'none') refuse(`bias "${String(config.bias)}"`);
+  if (Array.isArray(config.modules_to_save) && config.modules_to_save.length)
+    refuse(`modules_to_save (${config.modules_to_save.join(', ')})`);
+  if (config.bias !== undefined && config.bias !== null && config.bias !== 'none')
+    refuse(`bias "${String(config.bias)}"`);
   if (config.lora_bias === true) refuse('lora_bias');
   if (Array.isArray(config.target_parameters) && config.target_parameters.length) refuse('target_parameters');
   if (config.layer_replication) refuse('layer_replication');
   if (config.trainable_token_indices) refuse('trainable_token_indices (trained embedding rows)');
   const targets = config.target_modules;
-  if (typeof targets !== 'string' && !Array.isArray(targets)) throw new CheckpointError('"target_modules" must be a list of module names or a regex string', configFile);
+  if (typeof targets !== 'string' && !Array.isArray(targets))
+    throw new CheckpointError('"target_modules" must be a list of module names or a regex string', configFile);
   const baseMatches = baseModules.filter((m) => matchesTarget(targets, m));
   if (baseMatches.length === 0) {
-    throw new CheckpointError(`target_modules ${JSON.stringify(targets)} match no module of the base model (its Linear modules end in ${[...new Set(baseModules.map((m) => m.split('.').pop()))].join(', ')}): is this the adapter's base?`, configFile);
+    throw new CheckpointError(
+      `target_modules ${JSON.stringify(targets)} match no module of the base model (its Linear modules end in ${[...new Set(baseModules.map((m) => m.split('.').pop()))].join(', ')}): is this the adapter's base?`,
+      configFile,
+    );
   }
   const weightsFile = path.join(folder, 'adapter_model.safetensors');
   if (!fs.existsSync(weightsFile) && fs.existsSync(path.join(folder, 'adapter_model.bin'))) {
-    throw new CheckpointError('adapter_model.bin is a Python pickle, which is never unpickled: save the adapter with safetensors (save_pretrained(..., safe_serialization=True))', path.join(folder, 'adapter_model.bin'));
+    throw new CheckpointError(
+      'adapter_model.bin is a Python pickle, which is never unpickled: save the adapter with safetensors (save_pretrained(..., safe_serialization=True))',
+      path.join(folder, 'adapter_model.bin'),
+    );
   }
   const index = WeightIndex.open(folder, 'adapter_model.safetensors', 'adapter_model.safetensors.index.json');
   const rsLora = config.use_rslora === true;
@@ -93,7 +110,10 @@ export function readAdapter(folder: string, baseWeight: (module: string) => [num
     if (!m) {
       if (/lora_embedding_[AB]/.test(key)) refuse(`LoRA on an embedding ("${key}")`);
       if (/lora_magnitude_vector/.test(key)) refuse('DoRA (lora_magnitude_vector)');
-      throw new CheckpointError(`tensor "${key}" is not a LoRA A/B weight; only LoRA updates of Linear modules are supported`, weightsFile);
+      throw new CheckpointError(
+        `tensor "${key}" is not a LoRA A/B weight; only LoRA updates of Linear modules are supported`,
+        weightsFile,
+      );
     }
     const entry = pairs.get(m[1]) ?? {};
     entry[m[2] === 'A' ? 'a' : 'b'] = key;
@@ -103,23 +123,50 @@ export function readAdapter(folder: string, baseWeight: (module: string) => [num
   const modules: AdapterModules = new Map();
   const ranks = new Set<number>();
   for (const [module, { a, b }] of pairs) {
-    if (!a || !b) throw new CheckpointError(`module "${module}" has lora_${a ? 'A' : 'B'} but no lora_${a ? 'B' : 'A'}`, weightsFile);
+    if (!a || !b)
+      throw new CheckpointError(
+        `module "${module}" has lora_${a ? 'A' : 'B'} but no lora_${a ? 'B' : 'A'}`,
+        weightsFile,
+      );
     const shape = baseWeight(module);
-    if (!shape) throw new CheckpointError(`adapts "${module}", which is not a Linear module of the base model`, weightsFile);
+    if (!shape)
+      throw new CheckpointError(`adapts "${module}", which is not a Linear module of the base model`, weightsFile);
     const [out, inDim] = shape;
     const A = index.get(a)!;
     const B = index.get(b)!;
     const rank = A.shape[0];
-    if (A.shape.length !== 2 || B.shape.length !== 2 || A.shape[1] !== inDim || B.shape[0] !== out || B.shape[1] !== rank) {
-      throw new CheckpointError(`module "${module}": lora_A [${A.shape}] and lora_B [${B.shape}] do not fit the base weight [${out}, ${inDim}] (expected [r, ${inDim}] and [${out}, r])`, weightsFile);
+    if (
+      A.shape.length !== 2 ||
+      B.shape.length !== 2 ||
+      A.shape[1] !== inDim ||
+      B.shape[0] !== out ||
+      B.shape[1] !== rank
+    ) {
+      throw new CheckpointError(
+        `module "${module}": lora_A [${A.shape}] and lora_B [${B.shape}] do not fit the base weight [${out}, ${inDim}] (expected [r, ${inDim}] and [${out}, r])`,
+        weightsFile,
+      );
     }
     const rConfig = patternValue(config.rank_pattern, module) ?? rDefault;
-    if (rConfig !== rank) throw new CheckpointError(`module "${module}": adapter_config.json gives r ${rConfig}, the weights have rank ${rank}`, weightsFile);
+    if (rConfig !== rank)
+      throw new CheckpointError(
+        `module "${module}": adapter_config.json gives r ${rConfig}, the weights have rank ${rank}`,
+        weightsFile,
+      );
     const alpha = patternValue(config.alpha_pattern, module) ?? alphaDefault;
     for (const ref of [A, B]) {
-      if (!['F32', 'F16', 'BF16'].includes(ref.dtype)) throw new CheckpointError(`tensor "${ref.name}" is ${ref.dtype}; only F32, F16 and BF16 are supported`, weightsFile);
+      if (!['F32', 'F16', 'BF16'].includes(ref.dtype))
+        throw new CheckpointError(
+          `tensor "${ref.name}" is ${ref.dtype}; only F32, F16 and BF16 are supported`,
+          weightsFile,
+        );
     }
-    modules.set(module, { a: readFloat32(A), b: readFloat32(B), rank, scaling: rsLora ? alpha / Math.sqrt(rank) : alpha / rank });
+    modules.set(module, {
+      a: readFloat32(A),
+      b: readFloat32(B),
+      rank,
+      scaling: rsLora ? alpha / Math.sqrt(rank) : alpha / rank,
+    });
     ranks.add(rank);
   }
   const kinds = [...new Set([...modules.keys()].map((m) => m.split('.').pop()))].sort();
@@ -128,7 +175,8 @@ export function readAdapter(folder: string, baseWeight: (module: string) => [num
     folder,
     configFile,
     weightsFile,
-    baseModelNameOrPath: typeof config.base_model_name_or_path === 'string' ? config.base_model_name_or_path : undefined,
+    baseModelNameOrPath:
+      typeof config.base_model_name_or_path === 'string' ? config.base_model_name_or_path : undefined,
     modules,
     description: `LoRA r${r} alpha ${alphaDefault}${rsLora ? ' (rsLoRA)' : ''} on ${modules.size} modules (${kinds.join(', ')})`,
   };

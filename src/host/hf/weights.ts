@@ -53,7 +53,11 @@ export class WeightIndex {
       if (!map || typeof map !== 'object') throw new CheckpointError('no "weight_map" object', indexFile);
       expected = new Map();
       for (const [tensor, f] of Object.entries(map)) {
-        if (typeof f !== 'string' || f.includes('/') || f.includes('\\') || f.startsWith('.')) throw new CheckpointError(`tensor "${tensor}" maps to "${String(f)}", not a file name in this folder`, indexFile);
+        if (typeof f !== 'string' || f.includes('/') || f.includes('\\') || f.startsWith('.'))
+          throw new CheckpointError(
+            `tensor "${tensor}" maps to "${String(f)}", not a file name in this folder`,
+            indexFile,
+          );
         expected.set(tensor, f);
       }
       files = [...new Set(expected.values())].sort();
@@ -66,10 +70,17 @@ export class WeightIndex {
     } else if (fs.existsSync(singleFile)) {
       files = [single];
     } else {
-      const bin = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'adapter_model.bin'].find((f) => fs.existsSync(path.join(folder, f)));
-      if (bin) throw new CheckpointError(`only ${bin} here: that is a Python pickle, which is never unpickled. Re-save with safetensors (save_pretrained(..., safe_serialization=True), the default since transformers 4.35)`, path.join(folder, bin));
+      const bin = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'adapter_model.bin'].find((f) =>
+        fs.existsSync(path.join(folder, f)),
+      );
+      if (bin)
+        throw new CheckpointError(
+          `only ${bin} here: that is a Python pickle, which is never unpickled. Re-save with safetensors (save_pretrained(..., safe_serialization=True), the default since transformers 4.35)`,
+          path.join(folder, bin),
+        );
       const shards = fs.readdirSync(folder).filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f));
-      if (shards.length) throw new CheckpointError(`sharded weights (${shards[0]}, ...) without ${indexName}, which lists them`, folder);
+      if (shards.length)
+        throw new CheckpointError(`sharded weights (${shards[0]}, ...) without ${indexName}, which lists them`, folder);
       throw new CheckpointError(`no ${single} or ${indexName}`, folder);
     }
     const byName = new Map<string, WeightRef>();
@@ -77,19 +88,24 @@ export class WeightIndex {
     for (const f of files) {
       const file = fs.realpathSync(path.join(folder, f));
       real.push(file);
-      let header;
+      let header: ReturnType<typeof readSafetensorsHeader>;
       try {
         header = readSafetensorsHeader(file);
       } catch (e) {
         if (e instanceof SafetensorsError) throw new CheckpointError(e.reason, path.join(folder, f));
         throw e;
       }
-      for (const [name, t] of header.tensors) byName.set(name, { name, file, dtype: t.dtype, shape: t.shape, begin: t.begin, end: t.end });
+      for (const [name, t] of header.tensors)
+        byName.set(name, { name, file, dtype: t.dtype, shape: t.shape, begin: t.begin, end: t.end });
     }
     if (expected) {
       for (const [tensor, f] of expected) {
         const ref = byName.get(tensor);
-        if (!ref) throw new CheckpointError(`the index places "${tensor}" in ${f}, but that file's header has no such tensor`, indexFile);
+        if (!ref)
+          throw new CheckpointError(
+            `the index places "${tensor}" in ${f}, but that file's header has no such tensor`,
+            indexFile,
+          );
       }
     }
     return new WeightIndex(folder, real, byName);
@@ -106,7 +122,11 @@ export class WeightIndex {
   /** A tensor that must exist, with the shape it must have, in a dtype the host can use. */
   require(name: string, shape: number[], what = 'the model'): WeightRef {
     const ref = this.byName.get(name);
-    if (!ref) throw new CheckpointError(`${what} needs tensor "${name}", which is not in the weights`, this.files.length === 1 ? this.files[0] : this.folder);
+    if (!ref)
+      throw new CheckpointError(
+        `${what} needs tensor "${name}", which is not in the weights`,
+        this.files.length === 1 ? this.files[0] : this.folder,
+      );
     checkRef(ref, shape);
     return ref;
   }
@@ -114,10 +134,16 @@ export class WeightIndex {
 
 export function checkRef(ref: WeightRef, shape: number[]): void {
   if (!FLOAT_DTYPES.has(ref.dtype)) {
-    throw new CheckpointError(`tensor "${ref.name}" is ${ref.dtype}; only F32, F16 and BF16 weights are supported (quantized or 8-bit weights are not: use the unquantized checkpoint or an ONNX export)`, ref.file);
+    throw new CheckpointError(
+      `tensor "${ref.name}" is ${ref.dtype}; only F32, F16 and BF16 weights are supported (quantized or 8-bit weights are not: use the unquantized checkpoint or an ONNX export)`,
+      ref.file,
+    );
   }
   if (ref.shape.length !== shape.length || ref.shape.some((d, i) => d !== shape[i])) {
-    throw new CheckpointError(`tensor "${ref.name}" has shape [${ref.shape}], config.json implies [${shape}]`, ref.file);
+    throw new CheckpointError(
+      `tensor "${ref.name}" has shape [${ref.shape}], config.json implies [${shape}]`,
+      ref.file,
+    );
   }
 }
 
@@ -151,7 +177,12 @@ const CONVERTER_VERSION = 'cast-v2';
  * they are; otherwise all are written into one safetensors file in `cacheDir/weights/`, named by the content hash of
  * what it was converted from and to, and reused by later loads.
  */
-export function castWeights(refs: WeightRef[], target: (r: WeightRef) => WeightDtype, cacheDir: string, log: (message: string) => void): CastWeights {
+export function castWeights(
+  refs: WeightRef[],
+  target: (r: WeightRef) => WeightDtype,
+  cacheDir: string,
+  log: (message: string) => void,
+): CastWeights {
   const dirs = new Set(refs.map((r) => path.dirname(r.file)));
   if (refs.every((r) => r.dtype === target(r)) && dirs.size === 1) {
     const byName = new Map(refs.map((r) => [r.name, r]));
@@ -169,13 +200,19 @@ export function castWeights(refs: WeightRef[], target: (r: WeightRef) => WeightD
   for (const f of new Set(sorted.map((r) => r.file))) sourceHashes.set(f, fileHash(f, cacheDir));
   const key = createHash('sha256')
     .update(CONVERTER_VERSION)
-    .update(JSON.stringify(sorted.map((r) => [r.name, sourceHashes.get(r.file), r.dtype, target(r), r.shape, r.begin, r.end])))
+    .update(
+      JSON.stringify(
+        sorted.map((r) => [r.name, sourceHashes.get(r.file), r.dtype, target(r), r.shape, r.begin, r.end]),
+      ),
+    )
     .digest('hex')
     .slice(0, 32);
   const dir = path.join(cacheDir, 'weights');
   const file = path.join(dir, `${key}.safetensors`);
   const layout = new Map<string, { begin: number; end: number }>();
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt', converted_by: `piggyback-lens ${CONVERTER_VERSION}` } };
+  const header: Record<string, unknown> = {
+    __metadata__: { format: 'pt', converted_by: `piggyback-lens ${CONVERTER_VERSION}` },
+  };
   let offset = 0;
   for (const r of sorted) {
     const n = r.shape.reduce((a, b) => a * b, 1) * (target(r) === 'F32' ? 4 : 2);
@@ -194,7 +231,11 @@ export function castWeights(refs: WeightRef[], target: (r: WeightRef) => WeightD
     const from = [...new Set(sorted.map((r) => r.dtype))].join('/');
     const to = [...new Set(sorted.map(target))].map((d) => (d === 'F32' ? 'float32' : 'float16')).join(' and ');
     const free = freeBytes(dir);
-    if (free !== undefined && free < total) throw new CheckpointError(`converting the ${from} weights to ${to} needs ${gb(total)} in the cache, but only ${gb(free)} is free (set PIGGYBACK_CACHE_DIR or --cache-dir to another disk)`, dir);
+    if (free !== undefined && free < total)
+      throw new CheckpointError(
+        `converting the ${from} weights to ${to} needs ${gb(total)} in the cache, but only ${gb(free)} is free (set PIGGYBACK_CACHE_DIR or --cache-dir to another disk)`,
+        dir,
+      );
     log(`converting ${sorted.length} ${from} tensors to ${to} once: writing ${gb(total)} to ${file}`);
     writeConverted(file, json, sorted, target);
     convertedBytes = total;
@@ -317,7 +358,10 @@ let halfTable: Float32Array | undefined;
 
 /** Streams a tensor as float32 bytes, converting F16/BF16 chunk by chunk. */
 function forEachFloat32Chunk(r: WeightRef, sink: (bytes: Uint8Array) => void): void {
-  if (r.dtype === 'F32') return forEachRawChunk(r, sink);
+  if (r.dtype === 'F32') {
+    forEachRawChunk(r, sink);
+    return;
+  }
   const dst = new Float32Array(CHUNK);
   forEachRawChunk(
     r,
