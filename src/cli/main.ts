@@ -31,10 +31,10 @@ import {
 import { Judge, JudgeConfigError } from '../core/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../core/eval/report';
 import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } from '../core/eval/run';
-import { promptIds } from '../core/prompt';
+import { DEFAULT_QUERY, LensSession } from '../core/session';
 import { type TreftExportResult, writeTreftExport } from '../core/treft';
 import { assertRegularFile } from '../core/files';
-import { Drift, type HostSettings, Patch, type PatchSpan } from '../core/protocol';
+import type { HostSettings, PatchSpan } from '../core/protocol';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
@@ -369,8 +369,6 @@ async function treftExportCommand(
   });
 }
 
-const DEFAULT_PROMPT = 'I feel bored. What should I do?';
-
 /** The numeric options and their ranges: anything else is a usage error (exit 2) before any work starts. */
 const NUMBER_OPTIONS = {
   'max-new-tokens': { integer: true, min: 1, max: 100_000 },
@@ -471,50 +469,24 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   const maxNewTokens = numberOption(values, 'max-new-tokens');
   const settings = hostSettings(values);
   const p = modelPromptTemplate(values, finetuned, base);
-  const prompt = promptIds(p.template, p.tokenizer, {
-    ...renderOptions(p),
-    query: (values.prompt as string | undefined) ?? DEFAULT_PROMPT,
-  });
+  const query = (values.prompt as string | undefined) ?? DEFAULT_QUERY;
   return withHost(async (host) => {
-    await host.load({
+    const loaded = await host.load({
       base: path.resolve(base),
       finetuned: path.resolve(finetuned),
       cacheDir: cacheDir(values),
       settings,
     });
-    const tokens = (span: [number, number]) =>
-      prompt.ids.slice(span[0], span[1]).map((id) => ({ id, text: p.tokenizer.decode([id]) }));
+    const session = new LensSession(host, loaded, p);
     if (command === 'drift') {
-      const d = await host.request(Drift.type, { prompt });
-      const seg = (name: 'prefix' | 'query' | 'postfix') => ({
-        tokens: tokens(prompt[name] as [number, number]),
-        ...d.segments[name],
-      });
-      const result = {
-        layers: d.layers,
-        segments: { prefix: seg('prefix'), query: seg('query'), postfix: seg('postfix') },
-        position0: d.position0,
-        treft: d.treft,
-      };
+      const { query: _, ...result } = await session.drift(query);
       out(values.json ? JSON.stringify(result, null, 2) + '\n' : describeDrift(result));
     } else {
-      const r = await host.request(Patch.type, { prompt, span: span as PatchSpan, maxNewTokens });
-      const text = (ids: number[]) => p.tokenizer.decode(ids);
-      const result = {
-        span: r.span,
-        patchedPositions: r.patchedPositions,
-        kl: r.kl,
-        generations: {
-          base: text(r.generations.base),
-          finetuned: text(r.generations.finetuned),
-          patched: text(r.generations.patched),
-        },
-        response: text(r.responseIds),
-      };
+      const { query: _, ...result } = await session.patch(query, span as PatchSpan, maxNewTokens);
       out(
         values.json
           ? JSON.stringify(result, null, 2) + '\n'
-          : `span: ${span} (${r.patchedPositions.length} positions)\nKL(base||finetuned) ${r.kl.finetuned.toFixed(4)}  KL(base||patched) ${r.kl.patched.toFixed(4)}\nbase:      ${show(result.generations.base)}\nfinetuned: ${show(result.generations.finetuned)}\npatched:   ${show(result.generations.patched)}\n`,
+          : `span: ${span} (${result.patchedPositions.length} positions)\nKL(base||finetuned) ${result.kl.finetuned.toFixed(4)}  KL(base||patched) ${result.kl.patched.toFixed(4)}\nbase:      ${show(result.generations.base)}\nfinetuned: ${show(result.generations.finetuned)}\npatched:   ${show(result.generations.patched)}\n`,
       );
     }
     return 0;

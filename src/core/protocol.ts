@@ -111,6 +111,9 @@ export interface DriftResult {
   treft: number;
 }
 
+/** New tokens generated per answer unless asked otherwise (patch comparisons, eval runs, the host). */
+export const DEFAULT_MAX_NEW_TOKENS = 48;
+
 export type PatchSpan = 'prefix' | 'postfix' | 'both' | 'query';
 
 export interface Condition {

@@ -21,7 +21,7 @@ import {
   readSkipped,
   runEval,
 } from '../core/eval/run';
-import type { LoadResult } from '../core/protocol';
+import { DEFAULT_MAX_NEW_TOKENS, type LoadResult } from '../core/protocol';
 import { pairTemplateSource, type PromptTemplate, renderOptions } from '../core/pipeline';
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
@@ -75,7 +75,7 @@ function evalSettings(): EvalSettings {
   );
   return {
     runsFolder: c.get<string>('eval.runsFolder') || '.piggyback/runs',
-    maxNewTokens: c.get<number>('eval.maxNewTokens') ?? 48,
+    maxNewTokens: c.get<number>('eval.maxNewTokens') ?? DEFAULT_MAX_NEW_TOKENS,
     temperature: c.get<number>('eval.temperature') ?? 0,
     samples: c.get<number>('eval.samplesPerProbe') ?? 1,
     seed: c.get<number>('eval.seed') ?? 1,

@@ -5,15 +5,13 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { DRIFT_THRESHOLDS, type DriftView, type PatchView } from '../core/dashboardProtocol';
-import { pairTemplateSource, renderOptions } from '../core/pipeline';
-import { answerText, promptIds } from '../core/prompt';
-import { Drift, Patch, type PatchSpan } from '../core/protocol';
+import { pairTemplateSource } from '../core/pipeline';
+import type { PatchSpan } from '../core/protocol';
+import { DEFAULT_QUERY, LensSession, type ModelHost } from '../core/session';
 import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { Models } from './models';
-
-export const DEFAULT_QUERY = 'I feel bored. What should I do?';
 
 export interface ModelCommandArgs {
   /** Template source to render with; default: the finetuned checkpoint's folder. */
@@ -43,10 +41,10 @@ export class ModelCommands {
     });
   }
 
-  private prompt(args: ModelCommandArgs, query: string) {
+  /** The session over the loaded pair, with the template chosen for this command (default: the pair's). */
+  private session(host: ModelHost, args: ModelCommandArgs): LensSession {
     const source = pairTemplateSource(this.models.finetuned!, this.models.base);
-    const p = promptTemplateFromSettings(args.template ?? source, source);
-    return { prepared: p, ids: promptIds(p.template, p.tokenizer, { ...renderOptions(p), query }) };
+    return new LensSession(host, this.models.loadResult!, promptTemplateFromSettings(args.template ?? source, source));
   }
 
   private async run<T>(
@@ -78,16 +76,14 @@ export class ModelCommands {
     const query = await this.query(args);
     if (query === undefined) return undefined;
     return this.run('measuring K/V drift', async (signal, progress) => {
-      const { prepared, ids } = this.prompt(args, query);
-      const d = await host.request(
-        Drift.type,
-        { prompt: ids },
-        { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) },
-      );
-      const tok = prepared.tokenizer;
+      const session = this.session(host, args);
+      const d = await session.drift(query, {
+        signal,
+        onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`),
+      });
       const seg = (name: 'prefix' | 'query' | 'postfix') => ({
         name,
-        tokens: ids.ids.slice(...ids[name]).map((id) => ({ id, text: tok.decode([id]) })),
+        tokens: d.segments[name].tokens,
         key: d.segments[name].key,
         value: d.segments[name].value,
         mean: d.segments[name].mean,
@@ -100,7 +96,7 @@ export class ModelCommands {
       };
       this.dashboard.update({ drift: view, checkpoints: this.checkpoints() });
       this.dashboard.show();
-      this.driftDiagnostic(prepared.source?.file, d.segments.prefix.key, d.segments.prefix.value, d.treft);
+      this.driftDiagnostic(session.prompt.source?.file, d.segments.prefix.key, d.segments.prefix.value, d.treft);
       return view;
     });
   }
@@ -112,25 +108,16 @@ export class ModelCommands {
     if (query === undefined) return undefined;
     const span = args.span ?? 'prefix';
     return this.run(`patching the ${span} and comparing`, async (signal, progress) => {
-      const { prepared, ids } = this.prompt(args, query);
-      const r = await host.request(
-        Patch.type,
-        { prompt: ids, span },
-        { signal, onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`) },
-      );
-      const loaded = this.models.loadResult!;
-      const text = (x: number[]) =>
-        answerText(prepared.tokenizer, x, [...loaded.base.eosTokenIds, ...loaded.finetuned.eosTokenIds]);
+      const r = await this.session(host, args).patch(query, span, undefined, {
+        signal,
+        onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`),
+      });
       const view: PatchView = {
         query,
         span,
         patchedPositions: r.patchedPositions.length,
         kl: r.kl,
-        generations: {
-          base: text(r.generations.base),
-          finetuned: text(r.generations.finetuned),
-          patched: text(r.generations.patched),
-        },
+        generations: r.generations,
       };
       this.dashboard.update({ patch: view, checkpoints: this.checkpoints() });
       this.dashboard.show();

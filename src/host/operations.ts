@@ -20,6 +20,7 @@ import type {
   SegmentDrift,
   Span,
 } from '../core/protocol';
+import { DEFAULT_MAX_NEW_TOKENS } from '../core/protocol';
 import { queryControlFits } from '../core/prompt';
 import { type Tensor, writeSafetensors } from '../core/safetensors';
 import { type Checkpoint, KV } from './checkpoint';
@@ -342,7 +343,7 @@ export async function patch(models: Models, params: PatchParams, ctx: OpContext)
   const target = models.get(params.target ?? 'finetuned');
   const p = params.prompt;
   const L = p.ids.length;
-  const maxNew = params.maxNewTokens ?? 48;
+  const maxNew = params.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   const total = 6;
   ctx.progress(0, total, 'base prefill');
   const basePre = await models.prefill(models.base, p);
@@ -493,7 +494,7 @@ export async function generate(models: Models, params: GenerateParams, ctx: OpCo
     model,
     pre,
     params.prompt.ids.length,
-    params.maxNewTokens ?? 48,
+    params.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
     ctx,
     params.temperature ?? 0,
     params.seed ?? 0,

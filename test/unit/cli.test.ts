@@ -195,7 +195,7 @@ describe('piggyback drift and patch', () => {
     assert.equal(j.treft, j.segments.prefix.mean);
   });
 
-  it('patch --json gives KL and the three generations as text', () => {
+  it('patch --json gives KL and the three generations as text, without the end-of-turn token (as the editor shows them)', () => {
     const r = run(
       'patch',
       '--base',
@@ -206,14 +206,18 @@ describe('piggyback drift and patch', () => {
       'I feel bored. What should I do?',
       '--span',
       'prefix',
-      '--max-new-tokens',
-      '12',
       '--json',
     );
     assert.equal(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout);
+    assert.deepEqual(Object.keys(j), ['span', 'patchedPositions', 'kl', 'generations', 'response']);
     assert.ok(j.kl.finetuned > 0 && j.kl.patched >= 0);
-    for (const k of ['base', 'finetuned', 'patched']) assert.equal(typeof j.generations[k], 'string');
+    assert.equal(j.patchedPositions.length, 23);
+    for (const k of ['base', 'finetuned', 'patched']) {
+      assert.ok(typeof j.generations[k] === 'string' && j.generations[k].length > 0);
+      assert.ok(!j.generations[k].includes('<|im_end|>'), `${k}: ${j.generations[k]}`);
+    }
+    assert.ok(!j.response.includes('<|im_end|>'));
     assert.equal(
       run(
         'patch',

@@ -16,6 +16,7 @@ import { answerText, promptIds, queryControlFits } from '../prompt';
 import {
   type CheckpointInfo,
   type Condition,
+  DEFAULT_MAX_NEW_TOKENS,
   Generate,
   type LoadResult,
   Perturb,
@@ -281,7 +282,7 @@ export function evalSettings(
     throw new EvalSettingsError(
       'several samples per probe need a temperature above 0 (greedy decoding gives the same answer every time)',
     );
-  const maxNewTokens = o.maxNewTokens ?? 48;
+  const maxNewTokens = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1)
     throw new EvalSettingsError(`max new tokens must be a whole number above 0, got ${maxNewTokens}`);
   const perturbs = o.conditions.some((c) => c.perturb);
