@@ -66,7 +66,8 @@ export interface HostSettings {
 
 export interface LoadParams {
   base: string;
-  /** A checkpoint, or a PEFT LoRA adapter over `base`. */
+  /** A checkpoint, or a PEFT LoRA adapter over `base`; the base folder itself when only the base is needed (it is
+   * then loaded once, under both names). */
   finetuned: string;
   /** Other checkpoints to load under a name (e.g. { treft: '/path' }), usable as a condition. */
   extra?: Record<string, string>;

@@ -390,7 +390,8 @@ export class EvalCommands implements vscode.Disposable {
       );
       return undefined;
     }
-    const host = await this.models.ready();
+    // the export reads the base model's K/V only: a chosen base is enough
+    const host = await this.models.ready(undefined, true);
     if (!host) return undefined;
     const out =
       outFolder ??

@@ -105,7 +105,11 @@ export class Models implements vscode.Disposable {
    * The host with the chosen pair (and any `extra` checkpoints, by name) loaded, or undefined after telling the
    * user what is missing. Without `extra`, whatever extra checkpoints are loaded stay.
    */
-  async ready(extra?: Record<string, string>): Promise<HostClient | undefined> {
+  /**
+   * The model host with the chosen pair loaded (asks for what is missing). With baseOnly (the TReFT export, which
+   * reads the base model's K/V alone) a base is enough: it is loaded under both names, once.
+   */
+  async ready(extra?: Record<string, string>, baseOnly = false): Promise<HostClient | undefined> {
     if (!vscode.workspace.isTrusted) {
       void vscode.window.showWarningMessage(
         'Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.',
@@ -114,7 +118,7 @@ export class Models implements vscode.Disposable {
     }
     const base = this.base;
     const finetuned = this.finetuned;
-    if (!base || !finetuned) {
+    if (!base || (!finetuned && !baseOnly)) {
       const pick = await vscode.window.showInformationMessage(
         `Piggyback Lens needs a ${!base ? 'base' : 'finetuned'} checkpoint (a Hugging Face model folder, a LoRA adapter over the base, or an ONNX decoder export).`,
         'Select Checkpoints',
@@ -128,8 +132,9 @@ export class Models implements vscode.Disposable {
         if (!base) await this.choose('base');
         if (!this.finetuned) await this.choose('finetuned');
       }
-      if (!this.base || !this.finetuned) return undefined;
+      if (!this.base || (!this.finetuned && !baseOnly)) return undefined;
     }
+    const pairFinetuned = baseOnly ? this.base! : this.finetuned!;
     if (!this.host?.running) {
       this.host = new HostClient({
         script: this.context.asAbsolutePath(path.join('dist', 'host.js')),
@@ -158,7 +163,7 @@ export class Models implements vscode.Disposable {
     if (
       !this.loaded ||
       this.loaded.base !== this.base ||
-      this.loaded.finetuned !== this.finetuned ||
+      (this.loaded.finetuned !== this.finetuned && this.loaded.finetuned !== pairFinetuned) ||
       (extra && this.loaded.extra !== extraKey)
     ) {
       try {
@@ -173,14 +178,14 @@ export class Models implements vscode.Disposable {
         };
         const result = await this.host.load({
           base: this.base!,
-          finetuned: this.finetuned!,
+          finetuned: pairFinetuned,
           extra: extra ?? {},
           cacheDir: c.get<string>('host.cacheDir') || undefined,
           settings,
         });
-        this.loaded = { base: this.base!, finetuned: this.finetuned!, extra: extraKey, result };
+        this.loaded = { base: this.base!, finetuned: pairFinetuned, extra: extraKey, result };
         this.log.info(
-          `loaded ${this.base} and ${this.finetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`,
+          `loaded ${this.base} and ${pairFinetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`,
         );
         this.changed.fire();
       } catch (e) {

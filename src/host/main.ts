@@ -2,6 +2,7 @@
  * The model host: a separate Node process that owns onnxruntime. A native crash or out-of-memory here ends this
  * process only; the client in the extension or the CLI notices and reports it. Speaks JSON-RPC over Node IPC.
  */
+import * as path from 'node:path';
 import { type CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
 import {
@@ -82,7 +83,11 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
       if (name === 'base' || name === 'finetuned')
         throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
     }
-    const others: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
+    // a checkpoint named again (the TReFT export needs only a base: base and finetuned are the same folder) is the
+    // same checkpoint, loaded once
+    const same = (p: string) => path.resolve(p) === path.resolve(params.base);
+    const all: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
+    const others = all.filter(([, p]) => !same(p));
     const log = (message: string, level: 'load' | 'info' = 'load') =>
       connection.sendNotification(Log.type, { level, message });
     const settings = resolveSettings(params.settings);
@@ -93,9 +98,10 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
       modelFile: params.settings?.modelFile,
       memoryCheck: params.settings?.memoryCheck,
     });
+    for (const [name, p] of all) if (same(p)) byName.set(name, base);
     const finetuned = byName.get('finetuned')!;
     for (const old of loaded) await old.release();
-    loaded = [base, ...byName.values()];
+    loaded = [...new Set([base, ...byName.values()])];
     models = new Models(base, byName);
     const extra: LoadResult['extra'] = {};
     for (const [name, c] of byName) if (name !== 'finetuned') extra[name] = c.info;
