@@ -3,6 +3,7 @@
  * snapshot (never deltas): a hidden or reloaded webview renders from the last snapshot alone, which is also what it
  * persists with setState for the serializer to restore.
  */
+import type { PromptSegment } from './protocol';
 
 export interface TokenLabel {
   id: number;
@@ -14,7 +15,7 @@ export interface DriftView {
   layers: number;
   /** Per segment: tokens and [layer][token] relative squared drift of K and V. */
   segments: {
-    name: 'prefix' | 'query' | 'postfix';
+    name: PromptSegment;
     tokens: TokenLabel[];
     key: number[][];
     value: number[][];

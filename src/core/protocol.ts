@@ -112,6 +112,9 @@ export interface DriftResult {
   treft: number;
 }
 
+/** The three parts of a prompt: the template's text before the user's (prefix), the user's, the template's after. */
+export type PromptSegment = 'prefix' | 'query' | 'postfix';
+
 /** New tokens generated per answer unless asked otherwise (patch comparisons, eval runs, the host). */
 export const DEFAULT_MAX_NEW_TOKENS = 48;
 
@@ -172,7 +175,7 @@ export interface ScoreResult {
 
 export interface PerturbParams {
   prompt: PromptIds;
-  segment: 'prefix' | 'query' | 'postfix';
+  segment: PromptSegment;
   /** Positions changed per trial (the paper: 10), neighbours considered (5), trials (10). */
   positions?: number;
   neighbours?: number;

@@ -16,6 +16,7 @@ import {
   Patch,
   type PatchSpan,
   type PromptIds,
+  type PromptSegment,
   type SegmentDrift,
 } from './protocol';
 
@@ -29,8 +30,6 @@ export interface ModelHost {
   request<P extends object, R>(type: RequestType<P, R, void>, params: P, options?: RequestOptions): Promise<R>;
 }
 
-export type SegmentName = 'prefix' | 'query' | 'postfix';
-
 export interface TokenLabel {
   id: number;
   text: string;
@@ -40,7 +39,7 @@ export interface TokenLabel {
 export interface DriftReport {
   query: string;
   layers: number;
-  segments: Record<SegmentName, SegmentDrift & { tokens: TokenLabel[] }>;
+  segments: Record<PromptSegment, SegmentDrift & { tokens: TokenLabel[] }>;
   position0: DriftResult['position0'];
   treft: number;
 }
@@ -85,7 +84,7 @@ export class LensSession {
   async drift(query: string = DEFAULT_QUERY, options?: RequestOptions): Promise<DriftReport> {
     const ids = this.promptIds(query);
     const d = await this.host.request(Drift.type, { prompt: ids }, options);
-    const seg = (name: SegmentName) => ({ tokens: this.tokens(ids, ids[name]), ...d.segments[name] });
+    const seg = (name: PromptSegment) => ({ tokens: this.tokens(ids, ids[name]), ...d.segments[name] });
     return {
       query,
       layers: d.layers,

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import type { HostClient } from './hostClient';
 import { type CheckpointInfo, ExportKV, type ExportKVResult, type Span } from './protocol';
 import type { ChatTemplate, RenderOptions } from './template/render';
-import { frame } from './template/segments';
+import { frame, rowTurns } from './template/segments';
 import { contentText, normaliseRow } from './dataset/formats';
 import { fileChunks, readLines } from './dataset/lines';
 import type { LoadedTokenizer } from './tokenizer';
@@ -72,7 +72,8 @@ export async function treftPositions(
       fail(`not a chat row: ${(e as Error).message}`);
       continue;
     }
-    const u = messages.findIndex((m) => m.role === 'user');
+    // the prefix TReFT regularises ends at the first user turn (rowTurns); its answer is the next assistant turn
+    const u = rowTurns(messages).firstUser;
     const a = messages.findIndex((m, i) => i > u && m.role === 'assistant');
     if (u < 0 || a < 0) {
       fail(u < 0 ? 'no user turn' : 'no assistant turn after the first user turn');

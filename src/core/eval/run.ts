@@ -21,6 +21,7 @@ import {
   type LoadResult,
   Perturb,
   type PromptIds,
+  type PromptSegment,
   Score,
 } from '../protocol';
 import type { ChatTemplate, RenderOptions } from '../template/render';
@@ -28,7 +29,7 @@ import type { LoadedTokenizer } from '../tokenizer';
 import type { Judge, JudgeIdentity, JudgeScore } from './judge';
 import { type Probe, probeSetHash } from './probes';
 
-export type Segment = 'prefix' | 'postfix' | 'query';
+export type Segment = PromptSegment;
 
 export interface EvalCondition {
   label: string;

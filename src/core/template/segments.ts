@@ -5,13 +5,15 @@
  * Tokens are assigned by their character offsets: prefix tokens end before the query starts and postfix tokens
  * start after it ends, so neither depends on the query (which is what makes one-extraction K/V patching valid).
  */
+import { contentText } from '../dataset/formats';
+import type { PromptSegment } from '../protocol';
 import type { LoadedTokenizer, Token } from '../tokenizer';
 import type { ChatMessage, ChatTemplate, RenderOptions } from './render';
 
 export const QUERY_MARKER = '\u27e6PIGGYBACK_QUERY\u27e7';
 export const RESPONSE_MARKER = '\u27e6PIGGYBACK_RESPONSE\u27e7';
 
-export type SegmentName = 'prefix' | 'query' | 'postfix' | 'response';
+export type SegmentName = PromptSegment | 'response';
 
 export interface Segment {
   text: string;
@@ -59,6 +61,49 @@ export function conversation(req: SegmentRequest, query: string, response?: stri
   messages.push({ role: 'user', content: query });
   if (response !== undefined) messages.push({ role: 'assistant', content: response });
   return messages;
+}
+
+/**
+ * Which turn of a chat row plays which part, decided here once for the audit, hovers, code lenses and the TReFT
+ * export: the QUERY is the last user turn (earlier user and assistant turns are context); the RESPONSE is the first
+ * assistant turn after it; a leading system (or developer) message is the system turn. The template's prefix, the
+ * query-independent text every row shares, ends where the FIRST user turn starts: on a single-turn row the two
+ * coincide; on a multi-turn row the turns between are neither prefix nor query. Indices are -1 when absent.
+ */
+export interface RowTurns {
+  /** Index of a leading system or developer message, or -1. */
+  system: number;
+  firstUser: number;
+  query: number;
+  response: number;
+}
+
+export function rowTurns(messages: readonly ChatMessage[]): RowTurns {
+  const roles = messages.map((m) => m.role);
+  const query = roles.lastIndexOf('user');
+  return {
+    system: roles[0] === 'system' || roles[0] === 'developer' ? 0 : -1,
+    firstUser: roles.indexOf('user'),
+    query,
+    response: query < 0 ? -1 : roles.indexOf('assistant', query + 1),
+  };
+}
+
+/**
+ * The segment request for a row: its system text, the turns before the query as history, the query and (when the
+ * row has one) the response. Undefined when the row has no user turn.
+ */
+export function rowRequest(
+  messages: readonly ChatMessage[],
+): Pick<SegmentRequest, 'system' | 'history' | 'query' | 'response'> | undefined {
+  const t = rowTurns(messages);
+  if (t.query < 0) return undefined;
+  return {
+    system: t.system === 0 ? contentText(messages[0].content) : undefined,
+    history: messages.slice(t.system + 1, t.query),
+    query: contentText(messages[t.query].content) ?? '',
+    response: t.response >= 0 ? (contentText(messages[t.response].content) ?? '') : undefined,
+  };
 }
 
 /** The prefix and postfix text around the user's query, found by marker rendering. */
