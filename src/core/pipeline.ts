@@ -9,8 +9,9 @@ import { FILE_LIMITS, insideRoot, readTextChecked } from './files';
 import { auditDataset, type DatasetReport } from './dataset/audit';
 import { fileChunks } from './dataset/lines';
 import { type Finding, sortFindings } from './findings';
-import { auditTemplate, loadErrorFinding, type TemplateAudit, AUDIT_CLOCK } from './template/audit';
-import type { ChatTemplate, RenderOptions } from './template/render';
+import { AUDIT_CLOCK, auditTemplate, loadErrorFinding, SAMPLE_QUERY, type TemplateAudit } from './template/audit';
+import { ChatTemplate, type RenderOptions } from './template/render';
+import { segmentPrompt } from './template/segments';
 import { isTemplateFileName, loadTemplate, TemplateLoadError, type TemplateSource } from './template/source';
 import { findTokenizerFile, type LoadedTokenizer, loadTokenizerCached } from './tokenizer';
 
@@ -37,7 +38,17 @@ export interface PreparedTemplate {
   kwargs: Record<string, unknown>;
 }
 
+/** A template and its tokenizer, audited (the ten CT checks): what the editor's diagnostics and `template` show. */
 export function prepareTemplate(templatePath: string, options: PrepareOptions = {}): PreparedTemplate {
+  const loaded = loadTemplateAndTokenizer(templatePath, options);
+  if (!loaded.source) return loaded;
+  const { source, tokenizer, kwargs, findings } = loaded;
+  const audit = auditTemplate(source, { tokenizer, kwargs });
+  return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
+}
+
+/** Loads a template source and finds its tokenizer; no audit (findings: load and tokenizer problems only). */
+function loadTemplateAndTokenizer(templatePath: string, options: PrepareOptions): PreparedTemplate {
   const kwargs = options.kwargs ?? {};
   let source: TemplateSource;
   try {
@@ -80,8 +91,7 @@ export function prepareTemplate(templatePath: string, options: PrepareOptions = 
       endColumn: 2,
     });
   }
-  const audit = auditTemplate(source, { tokenizer, kwargs });
-  return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
+  return { source, tokenizer, findings, kwargs };
 }
 
 /** A prepared template that can render and tokenize prompts (what the model commands, evals and exports need). */
@@ -117,8 +127,31 @@ export function pairTemplateSource(finetuned: string, base: string | undefined):
 }
 
 /** prepareTemplate for model prompts: throws PromptTemplateError unless both the template and a tokenizer load. */
+/**
+ * A template ready to render model prompts (drift, patch, evals, the TReFT export): loaded, parsed and checked with
+ * one segmented render, without the audit's ten checks (the editor and `template` run those).
+ */
 export function preparePromptTemplate(source: string, options: PrepareOptions = {}): PromptTemplate {
-  const p = prepareTemplate(source, options);
+  const p = loadTemplateAndTokenizer(source, options);
+  if (p.source) {
+    const failure = (message: string): Finding => ({
+      code: 'CT009',
+      severity: 'error',
+      message,
+      file: p.source!.file,
+      line: 1,
+      column: 1,
+      endLine: 1,
+      endColumn: 2,
+    });
+    try {
+      const template = new ChatTemplate(p.source.text);
+      segmentPrompt(template, { ...renderOptions(p), query: SAMPLE_QUERY });
+      p.template = template;
+    } catch (e) {
+      p.findings.push(failure(`The template cannot render a one-turn prompt: ${(e as Error).message}`));
+    }
+  }
   if (!p.template) throw new PromptTemplateError(source, 'template', p);
   if (!p.tokenizer) throw new PromptTemplateError(source, 'tokenizer', p);
   return p as PromptTemplate;

