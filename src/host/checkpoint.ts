@@ -11,7 +11,7 @@ import type { CheckpointInfo } from '../core/protocol';
 import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
 import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../core/checkpoints';
-import { CheckpointError } from './checkpointError';
+import { CheckpointError, IncompatibleCheckpointError } from './checkpointError';
 import { tokenizerDifference } from '../core/tokenizerCompat';
 import { ropeInvFreqOf } from './hf/config';
 import { onnxIdentity } from './identity';
@@ -487,6 +487,6 @@ export function checkCompatible(base: Checkpoint, other: Checkpoint): string | u
       note = `${fb}: tokenizer.json differs from the base's in ${d.parts.join(', ')}, but no tried text tokenizes differently`;
   }
   if (diffs.length)
-    throw new CheckpointError(`not compatible with the base checkpoint (${diffs.join('; ')})`, b.folder);
+    throw new IncompatibleCheckpointError(`not compatible with the base checkpoint (${diffs.join('; ')})`, b.folder);
   return note;
 }

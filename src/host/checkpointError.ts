@@ -8,3 +8,11 @@ export class CheckpointError extends Error {
     this.name = 'CheckpointError';
   }
 }
+
+/** A checkpoint that opens but cannot be paired with the base (other layer count, heads, head size, vocabulary). */
+export class IncompatibleCheckpointError extends CheckpointError {
+  constructor(message: string, file: string) {
+    super(message, file);
+    this.name = 'IncompatibleCheckpointError';
+  }
+}

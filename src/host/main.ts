@@ -21,6 +21,7 @@ import {
   Score,
 } from '../core/protocol';
 import { type Checkpoint, CheckpointError } from './checkpoint';
+import { IncompatibleCheckpointError } from './checkpointError';
 import { loadCheckpoints } from './hf/load';
 import { defaultCacheDir } from './hf/weights';
 import { resolveSettings, SettingsError } from './session';
@@ -113,7 +114,7 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
   } catch (e) {
     if (e instanceof CheckpointError)
       return new ResponseError(
-        e.message.includes('not compatible') ? HostErrors.Incompatible : HostErrors.BadCheckpoint,
+        e instanceof IncompatibleCheckpointError ? HostErrors.Incompatible : HostErrors.BadCheckpoint,
         e.message,
       );
     return toResponseError(e);
