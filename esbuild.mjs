@@ -16,6 +16,8 @@ const common = {
   minify: production,
   logLevel: 'warning',
   external: ['vscode', 'onnxruntime-node'],
+  // jsonc-parser's main entry is a UMD build whose inner requires a bundler cannot follow: take its ES modules
+  alias: { 'jsonc-parser': 'jsonc-parser/lib/esm/main.js' },
 };
 
 function files(dir, pattern) {
@@ -48,6 +50,7 @@ const builds = [
     ...common,
     // tests and benchmarks load dependencies from node_modules, as the CLI's users do
     packages: 'external',
+    alias: {},
     entryPoints: [
       ...files('test', /\.test\.ts$/),
       ...files('test/vscode', /\.ts$/),

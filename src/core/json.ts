@@ -1,8 +1,10 @@
 /**
- * A small JSON parser that keeps source positions. JSON.parse is used for speed on the hot path; this parser runs
- * only where a position is needed: to locate a syntax error (V8's messages often carry none), to point a diagnostic
- * at the key or value it is about, and to map a JSON-escaped chat template back to file offsets.
+ * JSON with source positions, from jsonc-parser (VS Code's own) in strict JSON mode. JSON.parse is used for speed on
+ * the hot path; this runs only where a position is needed: to locate a syntax error (V8's messages often carry
+ * none), to point a diagnostic at the key or value it is about, and to map a JSON-escaped chat template back to
+ * file offsets. Duplicate keys are all kept; lookups take the last, as JSON.parse does.
  */
+import { type Node, type ParseError, ParseErrorCode, parseTree } from 'jsonc-parser';
 
 export type JsonNode =
   | { kind: 'object'; start: number; end: number; entries: JsonEntry[] }
@@ -28,158 +30,95 @@ export class JsonSyntaxError extends Error {
   }
 }
 
+/** Deeper nesting is refused before parsing (the parser recurses per level). */
 const MAX_DEPTH = 512;
 
 export function parseJsonWithPositions(text: string): JsonNode {
-  let pos = 0;
+  checkDepth(text);
+  const errors: ParseError[] = [];
+  const root = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
+  if (errors.length) throw syntaxError(text, errors[0]);
+  if (!root) throw new JsonSyntaxError('unexpected end of input, expected a value', text.length);
+  return convert(root);
+}
+
+function convert(n: Node): JsonNode {
+  const [start, end] = [n.offset, n.offset + n.length];
+  switch (n.type) {
+    case 'object':
+      return {
+        kind: 'object',
+        start,
+        end,
+        entries: (n.children ?? []).map((p) => {
+          const [key, value] = p.children!;
+          return {
+            key: key.value as string,
+            keyStart: key.offset,
+            keyEnd: key.offset + key.length,
+            value: convert(value),
+          };
+        }),
+      };
+    case 'array':
+      return { kind: 'array', start, end, items: (n.children ?? []).map(convert) };
+    case 'string':
+      return { kind: 'string', start, end, value: n.value as string };
+    case 'number':
+      return { kind: 'number', start, end, value: n.value as number };
+    default:
+      return { kind: 'literal', start, end, value: n.value as boolean | null };
+  }
+}
+
+const WHAT: Partial<Record<ParseErrorCode, string>> = {
+  [ParseErrorCode.InvalidSymbol]: 'unexpected {found}, expected a value',
+  [ParseErrorCode.InvalidNumberFormat]: 'invalid number',
+  [ParseErrorCode.PropertyNameExpected]: 'expected a property name in double quotes, found {found}',
+  [ParseErrorCode.ValueExpected]: 'unexpected {found}, expected a value',
+  [ParseErrorCode.ColonExpected]: "expected ':' after property name, found {found}",
+  [ParseErrorCode.CommaExpected]: "expected ',' between values, found {found}",
+  [ParseErrorCode.CloseBraceExpected]: "expected ',' or '}' after property value, found {found}",
+  [ParseErrorCode.CloseBracketExpected]: "expected ',' or ']' after array element, found {found}",
+  [ParseErrorCode.EndOfFileExpected]: 'unexpected {found} after the end of the JSON value',
+  [ParseErrorCode.InvalidCommentToken]: 'comments are not allowed in JSON',
+  [ParseErrorCode.UnexpectedEndOfComment]: 'unterminated comment',
+  [ParseErrorCode.UnexpectedEndOfString]: 'unterminated string',
+  [ParseErrorCode.UnexpectedEndOfNumber]: 'invalid number',
+  [ParseErrorCode.InvalidUnicode]: 'invalid \\u escape',
+  [ParseErrorCode.InvalidEscapeCharacter]: 'invalid escape',
+  [ParseErrorCode.InvalidCharacter]: 'control character in string (escape it as \\n, \\t, ...)',
+};
+
+function syntaxError(text: string, e: ParseError): JsonSyntaxError {
+  let at = e.offset;
+  // a control character is reported on its whole string: point at the character itself
+  if (e.error === ParseErrorCode.InvalidCharacter) {
+    for (let i = e.offset; i < e.offset + e.length; i++) {
+      if (text.charCodeAt(i) < 0x20) {
+        at = i;
+        break;
+      }
+    }
+  }
+  if (e.error === ParseErrorCode.UnexpectedEndOfString) at = e.offset;
+  const found = at >= text.length ? 'end of input' : `'${text[at]}'`;
+  return new JsonSyntaxError((WHAT[e.error] ?? 'malformed JSON').replace('{found}', found), Math.min(at, text.length));
+}
+
+function checkDepth(text: string): void {
   let depth = 0;
-
-  const fail = (message: string, at = pos): never => {
-    throw new JsonSyntaxError(message, Math.min(at, text.length));
-  };
-  const describe = (at: number): string => (at >= text.length ? 'end of input' : `'${text[at]}'`);
-
-  const skipWs = (): void => {
-    while (pos < text.length) {
-      const c = text.charCodeAt(pos);
-      if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) pos++;
-      else break;
-    }
-  };
-
-  const parseString = (): { value: string; start: number; end: number } => {
-    const start = pos;
-    pos++; // opening quote
-    let value = '';
-    let chunkStart = pos;
-    while (true) {
-      if (pos >= text.length) fail('unterminated string', start);
-      const c = text.charCodeAt(pos);
-      if (c === 0x22) {
-        value += text.slice(chunkStart, pos);
-        pos++;
-        return { value, start, end: pos };
-      }
-      if (c < 0x20) fail('control character in string (escape it as \\n, \\t, ...)');
-      if (c === 0x5c) {
-        value += text.slice(chunkStart, pos);
-        const e = text[pos + 1];
-        const simple: Record<string, string> = {
-          '"': '"',
-          '\\': '\\',
-          '/': '/',
-          b: '\b',
-          f: '\f',
-          n: '\n',
-          r: '\r',
-          t: '\t',
-        };
-        if (e !== undefined && e in simple) {
-          value += simple[e];
-          pos += 2;
-        } else if (e === 'u') {
-          const hex = text.slice(pos + 2, pos + 6);
-          if (!/^[0-9a-fA-F]{4}$/.test(hex)) fail('invalid \\u escape');
-          value += String.fromCharCode(parseInt(hex, 16));
-          pos += 6;
-        } else {
-          fail(`invalid escape '\\${e ?? ''}'`);
-        }
-        chunkStart = pos;
-        continue;
-      }
-      pos++;
-    }
-  };
-
-  const parseValue = (): JsonNode => {
-    skipWs();
-    if (pos >= text.length) fail('unexpected end of input, expected a value');
-    const c = text[pos];
-    const start = pos;
-    if (c === '{') {
-      if (++depth > MAX_DEPTH) fail('nesting too deep');
-      pos++;
-      const entries: JsonEntry[] = [];
-      skipWs();
-      if (text[pos] === '}') {
-        pos++;
-        depth--;
-        return { kind: 'object', start, end: pos, entries };
-      }
-      while (true) {
-        skipWs();
-        if (text[pos] !== '"') fail(`expected a property name in double quotes, found ${describe(pos)}`);
-        const key = parseString();
-        skipWs();
-        if (text[pos] !== ':') fail(`expected ':' after property name, found ${describe(pos)}`);
-        pos++;
-        const value = parseValue();
-        entries.push({ key: key.value, keyStart: key.start, keyEnd: key.end, value });
-        skipWs();
-        if (text[pos] === ',') {
-          pos++;
-          continue;
-        }
-        if (text[pos] === '}') {
-          pos++;
-          depth--;
-          return { kind: 'object', start, end: pos, entries };
-        }
-        fail(`expected ',' or '}' after property value, found ${describe(pos)}`);
-      }
-    }
-    if (c === '[') {
-      if (++depth > MAX_DEPTH) fail('nesting too deep');
-      pos++;
-      const items: JsonNode[] = [];
-      skipWs();
-      if (text[pos] === ']') {
-        pos++;
-        depth--;
-        return { kind: 'array', start, end: pos, items };
-      }
-      while (true) {
-        items.push(parseValue());
-        skipWs();
-        if (text[pos] === ',') {
-          pos++;
-          continue;
-        }
-        if (text[pos] === ']') {
-          pos++;
-          depth--;
-          return { kind: 'array', start, end: pos, items };
-        }
-        fail(`expected ',' or ']' after array element, found ${describe(pos)}`);
-      }
-    }
-    if (c === '"') {
-      const s = parseString();
-      return { kind: 'string', start: s.start, end: s.end, value: s.value };
-    }
-    const num = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(pos, pos + 64));
-    if (num && num[0].length > 0 && (c === '-' || (c >= '0' && c <= '9'))) {
-      pos += num[0].length;
-      return { kind: 'number', start, end: pos, value: Number(num[0]) };
-    }
-    for (const [word, value] of [
-      ['true', true],
-      ['false', false],
-      ['null', null],
-    ] as const) {
-      if (text.startsWith(word, pos)) {
-        pos += word.length;
-        return { kind: 'literal', start, end: pos, value };
-      }
-    }
-    return fail(`unexpected ${describe(pos)}, expected a value`);
-  };
-
-  const root = parseValue();
-  skipWs();
-  if (pos < text.length) fail(`unexpected ${describe(pos)} after the end of the JSON value`);
-  return root;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > MAX_DEPTH) throw new JsonSyntaxError('nesting too deep', i);
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
 }
 
 /** Finds the node at a path of keys and indices, or undefined. */
