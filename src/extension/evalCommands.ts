@@ -26,6 +26,7 @@ import { pairTemplateSource, type PromptTemplate, renderOptions } from '../core/
 import { writeTreftExport } from '../core/treft';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
+import { reportError } from './errors';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { Models } from './models';
@@ -247,7 +248,7 @@ export class EvalCommands implements vscode.Disposable {
       const source = pairTemplateSource(finetuned, this.models.base);
       p = promptTemplateFromSettings(source, source);
     } catch (e) {
-      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
+      reportError(this.log, e);
       return undefined;
     }
     const conditions = defaultConditions(Object.keys(s.extra), s.perturbationTrials > 0);
@@ -349,7 +350,7 @@ export class EvalCommands implements vscode.Disposable {
       this.dashboard.show();
       return view;
     } catch (e) {
-      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
+      reportError(this.log, e);
       return undefined;
     }
   }
@@ -366,7 +367,7 @@ export class EvalCommands implements vscode.Disposable {
       this.dashboard.show();
       return compare;
     } catch (e) {
-      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
+      reportError(this.log, e);
       return undefined;
     }
   }
@@ -409,7 +410,7 @@ export class EvalCommands implements vscode.Disposable {
     try {
       p = promptTemplateFromSettings(template, undefined, vscode.Uri.file(dataset));
     } catch (e) {
-      void vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`);
+      reportError(this.log, e);
       return undefined;
     }
     try {

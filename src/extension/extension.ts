@@ -13,6 +13,7 @@ import { EvalCommands, type RunEvalArgs } from './evalCommands';
 import { type ModelCommandArgs, ModelCommands } from './modelCommands';
 import { Models } from './models';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
+import { reported } from './errors';
 import { SegmentHover } from './hover';
 
 export function activate(context: vscode.ExtensionContext): void {
@@ -45,6 +46,20 @@ export function activate(context: vscode.ExtensionContext): void {
   };
   updatePair();
   context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, evals, pairItem);
+
+  const commands = createCommands({
+    context,
+    log,
+    associations,
+    diagnostics,
+    models,
+    dashboard,
+    modelCommands,
+    evals,
+    updatePair,
+  });
+  for (const [id, run] of Object.entries(commands))
+    context.subscriptions.push(vscode.commands.registerCommand(id, run));
 
   const selector: vscode.DocumentSelector = [
     { pattern: '**/*.jsonl' },
@@ -79,49 +94,23 @@ export function activate(context: vscode.ExtensionContext): void {
         associations.update(vscode.window.activeTextEditor);
       },
     ),
-    vscode.commands.registerCommand('piggyback.chooseTemplate', (uri?: vscode.Uri) =>
-      associations.choose(uri).catch((e) => vscode.window.showErrorMessage(`Piggyback Lens: ${(e as Error).message}`)),
-    ),
-    vscode.commands.registerCommand('piggyback.auditWorkspace', () => auditWorkspace(context, diagnostics, log)),
-    vscode.commands.registerCommand('piggyback.selectBase', (folder?: string) =>
-      (folder ? models.setCheckpoint('base', folder) : models.choose('base')).catch((e) => models.report(e)),
-    ),
-    vscode.commands.registerCommand('piggyback.selectFinetuned', (folder?: string) =>
-      (folder ? models.setCheckpoint('finetuned', folder) : models.choose('finetuned')).catch((e) => models.report(e)),
-    ),
-    vscode.commands.registerCommand('piggyback.measureDrift', async (args?: ModelCommandArgs) => {
-      const view = await modelCommands.measureDrift(args);
-      updatePair();
-      return view;
-    }),
-    vscode.commands.registerCommand('piggyback.patchCompare', (args?: ModelCommandArgs) =>
-      modelCommands.patchCompare(args),
-    ),
-    vscode.commands.registerCommand('piggyback.openDashboard', () => {
-      dashboard.update({ checkpoints: modelCommands.checkpoints() });
-      dashboard.show();
-    }),
-    vscode.commands.registerCommand('piggyback.restartHost', () => models.restart()),
-    vscode.commands.registerCommand('piggyback.runEval', (args?: RunEvalArgs) => evals.runEval(args)),
-    vscode.commands.registerCommand('piggyback.openEvalRun', (folder?: string) => evals.openRun(folder)),
-    vscode.commands.registerCommand('piggyback.compareEvalRuns', (a?: string, b?: string) => evals.compareRuns(a, b)),
-    vscode.commands.registerCommand('piggyback.exportTreft', (uri?: vscode.Uri, out?: string) =>
-      evals.exportTreft(uri, out),
-    ),
-    vscode.commands.registerCommand('piggyback.setJudgeApiKey', () => evals.setJudgeKey()),
     vscode.languages.registerCodeLensProvider(selector, lenses),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
       deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),
     }),
+    // the dashboard's buttons run the same commands as the palette (so the status bar follows them too)
     dashboard.onAction((a) => {
       if (a.type === 'runDrift')
-        void modelCommands.measureDrift({ noPrompt: !!dashboard.current.drift, query: dashboard.current.drift?.query });
+        void commands['piggyback.measureDrift']({
+          noPrompt: !!dashboard.current.drift,
+          query: dashboard.current.drift?.query,
+        });
       else if (a.type === 'runPatch')
-        void modelCommands.patchCompare({
+        void commands['piggyback.patchCompare']({
           span: a.span,
           query: dashboard.current.patch?.query ?? dashboard.current.drift?.query,
         });
-      else if (a.type === 'runEval') void evals.runEval();
+      else if (a.type === 'runEval') void commands['piggyback.runEval']();
       else if (a.type === 'openReport' && dashboard.current.eval?.folder === a.folder)
         void vscode.env.openExternal(vscode.Uri.file(`${a.folder}/report.html`));
     }),
@@ -131,6 +120,57 @@ export function activate(context: vscode.ExtensionContext): void {
 
   for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);
   associations.update(vscode.window.activeTextEditor);
+}
+
+interface Parts {
+  context: vscode.ExtensionContext;
+  log: vscode.LogOutputChannel;
+  associations: Associations;
+  diagnostics: DiagnosticsManager;
+  models: Models;
+  dashboard: Dashboard;
+  modelCommands: ModelCommands;
+  evals: EvalCommands;
+  updatePair: () => void;
+}
+
+/**
+ * Every command of package.json's contributes.commands, in one table (as rust-analyzer's createCommands): each
+ * reports its own failure through reportError and resolves to its result (tests call them and read it).
+ */
+function createCommands(p: Parts) {
+  const { context, log, associations, diagnostics, models, dashboard, modelCommands, evals, updatePair } = p;
+  const table = {
+    'piggyback.chooseTemplate': (uri?: vscode.Uri) => associations.choose(uri),
+    'piggyback.auditWorkspace': () => auditWorkspace(context, diagnostics, log),
+    'piggyback.selectBase': (folder?: string) =>
+      folder ? models.setCheckpoint('base', folder) : models.choose('base'),
+    'piggyback.selectFinetuned': (folder?: string) =>
+      folder ? models.setCheckpoint('finetuned', folder) : models.choose('finetuned'),
+    'piggyback.measureDrift': async (args?: ModelCommandArgs) => {
+      const view = await modelCommands.measureDrift(args);
+      updatePair();
+      return view;
+    },
+    'piggyback.patchCompare': (args?: ModelCommandArgs) => modelCommands.patchCompare(args),
+    'piggyback.openDashboard': () => {
+      dashboard.update({ checkpoints: modelCommands.checkpoints() });
+      dashboard.show();
+    },
+    'piggyback.restartHost': () => models.restart(),
+    'piggyback.runEval': (args?: RunEvalArgs) => evals.runEval(args),
+    'piggyback.openEvalRun': (folder?: string) => evals.openRun(folder),
+    'piggyback.compareEvalRuns': (a?: string, b?: string) => evals.compareRuns(a, b),
+    'piggyback.exportTreft': (uri?: vscode.Uri, out?: string) => evals.exportTreft(uri, out),
+    'piggyback.setJudgeApiKey': () => evals.setJudgeKey(),
+  };
+  return Object.fromEntries(
+    Object.entries(table).map(([id, run]) => [id, reported(log, run as (...a: unknown[]) => unknown)]),
+  ) as {
+    [K in keyof typeof table]: (
+      ...args: Parameters<(typeof table)[K]>
+    ) => Promise<Awaited<ReturnType<(typeof table)[K]>> | undefined>;
+  };
 }
 
 function watch(glob: string, onChange: () => void): vscode.Disposable {

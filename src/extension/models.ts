@@ -5,7 +5,8 @@
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
+import { reportError } from './errors';
+import { HostClient } from '../core/hostClient';
 import { checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../core/checkpoints';
 import type { LoadResult } from '../core/protocol';
 
@@ -197,10 +198,7 @@ export class Models implements vscode.Disposable {
   }
 
   report(e: unknown): void {
-    if (e instanceof HostRequestError && e.cancelled) return;
-    const message = e instanceof HostCrashedError || e instanceof HostRequestError ? e.message : (e as Error).message;
-    this.log.error(message);
-    void vscode.window.showErrorMessage(`Piggyback Lens: ${message}`);
+    reportError(this.log, e);
   }
 
   async restart(): Promise<void> {
