@@ -33,7 +33,7 @@ function files(dir, pattern) {
 const builds = [
   { ...common, entryPoints: { extension: 'src/extension/extension.ts' }, outdir: 'dist' },
   { ...common, entryPoints: { cli: 'src/cli/main.ts' }, outdir: 'dist', banner: { js: '#!/usr/bin/env node' } },
-  { ...common, entryPoints: { host: 'src/host/main.ts' }, outdir: 'dist' },
+  { ...common, entryPoints: { host: 'src/modelHost/main.ts' }, outdir: 'dist' },
   // template audits for diagnostics and hovers run in a worker thread of the extension host
   { ...common, entryPoints: { templateAuditWorker: 'src/extension/templateAuditWorker.ts' }, outdir: 'dist' },
   // the dashboard runs in the webview: a browser bundle, no Node built-ins

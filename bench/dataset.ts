@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { auditDatasetWith, prepareTemplate } from '../src/core/pipeline';
+import { auditDatasetWith, prepareTemplate } from '../src/app/audits';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const MODEL = path.join(ROOT, 'examples', 'chatml-demo');

@@ -18,13 +18,13 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { type Checkpoint, KV } from '../src/host/checkpoint';
-import { readDecoderSpec } from '../src/host/hf/config';
-import { buildDecoderGraph } from '../src/host/hf/graph';
-import { loadCheckpoints } from '../src/host/hf/load';
-import { float32Weights, WeightIndex } from '../src/host/hf/weights';
-import { Models, patch } from '../src/host/operations';
-import { defaultThreads, type ResolvedSettings, sessionOptions } from '../src/host/session';
+import { type Checkpoint, KV } from '../src/modelHost/checkpoint';
+import { readDecoderSpec } from '../src/modelHost/hf/config';
+import { buildDecoderGraph } from '../src/modelHost/hf/graph';
+import { loadCheckpoints } from '../src/modelHost/hf/load';
+import { float32Weights, WeightIndex } from '../src/modelHost/hf/weights';
+import { LoadedModels, patch } from '../src/modelHost/operations';
+import { defaultThreads, type ResolvedSettings, sessionOptions } from '../src/modelHost/session';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const OUT = path.join(ROOT, 'bench', 'out', 'hf');
@@ -304,7 +304,7 @@ async function child(what: string): Promise<Record<string, number>> {
       log,
       settings: cpu(),
     });
-    const models = new Models(base, others);
+    const models = new LoadedModels(base, others);
     const ids = range(40, 2000);
     const t1 = process.hrtime.bigint();
     await patch(

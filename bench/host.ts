@@ -10,12 +10,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HostClient } from '../src/core/hostClient';
-import { prepareTemplate, renderOptions } from '../src/core/pipeline';
-import { promptIds } from '../src/core/prompt';
-import { type Condition, type PromptIds, Score, type ScoreParams } from '../src/core/protocol';
-import { Checkpoint } from '../src/host/checkpoint';
-import { Models, score } from '../src/host/operations';
+import { HostClient } from '../src/app/hostClient';
+import { prepareTemplate, renderOptions } from '../src/app/audits';
+import { promptIds } from '../src/domain/prompt';
+import { type Condition, type PromptIds, Score, type ScoreParams } from '../src/contracts/modelHost';
+import { Checkpoint } from '../src/modelHost/checkpoint';
+import { LoadedModels, score } from '../src/modelHost/operations';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = path.join(ROOT, 'examples', 'organisms');
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   }));
   const base = await Checkpoint.load(path.join(DIR, 'base'));
   const finetuned = await Checkpoint.load(path.join(DIR, 'finetuned'));
-  const models = new Models(base, new Map([['finetuned', finetuned]]));
+  const models = new LoadedModels(base, new Map([['finetuned', finetuned]]));
   const inProcess = async (conditions: Condition[]) => {
     const t0 = process.hrtime.bigint();
     for (const w of work) await score(models, { ...w, conditions }, ctx);

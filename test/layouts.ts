@@ -5,10 +5,10 @@
 // PyTorch and torch.onnx exports elsewhere); what these tests check is the host's handling of each layout.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { readDecoderSpec } from '../src/host/hf/config';
-import { decoderGraphParts, type DecoderGraphParts, OPSET } from '../src/host/hf/graph';
-import { attribute, DataType, encodeModel, type NodeMessage, valueInfo } from '../src/host/hf/onnxProto';
-import { WeightIndex } from '../src/host/hf/weights';
+import { readDecoderSpec } from '../src/modelHost/hf/config';
+import { decoderGraphParts, type DecoderGraphParts, OPSET } from '../src/modelHost/hf/graph';
+import { attribute, DataType, encodeModel, type NodeMessage, valueInfo } from '../src/modelHost/hf/onnxProto';
+import { WeightIndex } from '../src/modelHost/hf/weights';
 import { ROOT, tempDir } from './helpers';
 
 export const ORGANISMS = path.join(ROOT, 'examples', 'organisms');

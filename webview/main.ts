@@ -12,7 +12,7 @@ import type {
   FromWebview,
   PatchView,
   ToWebview,
-} from '../src/core/dashboardProtocol';
+} from '../src/contracts/dashboard';
 
 declare function acquireVsCodeApi(): {
   postMessage(m: FromWebview): void;

@@ -7,10 +7,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HostClient } from '../../src/core/hostClient';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds, queryControlFits } from '../../src/core/prompt';
-import { type Condition, Score } from '../../src/core/protocol';
+import { HostClient } from '../../src/app/hostClient';
+import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds, queryControlFits } from '../../src/domain/prompt';
+import { type Condition, Score } from '../../src/contracts/modelHost';
 import { DIR, evalOrganism, pct, ROOT, type Share, withCi } from './measure';
 
 interface Probe {

@@ -5,8 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { DatasetReport } from '../core/dataset/audit';
-import { type Finding, hasErrors } from '../core/findings';
+import type { DatasetReport } from '../domain/dataset/audit';
+import { type Finding, hasErrors } from '../domain/findings';
 import {
   auditDatasetWith,
   auditFolder,
@@ -18,8 +18,8 @@ import {
   type PromptTemplate,
   PromptTemplateError,
   renderOptions,
-} from '../core/pipeline';
-import { HostClient, HostCrashedError, HostRequestError } from '../core/hostClient';
+} from '../app/audits';
+import { HostClient, HostCrashedError, HostRequestError } from '../app/hostClient';
 import {
   GENERAL_PROBES,
   heldOutProbes,
@@ -27,15 +27,15 @@ import {
   otherDomainProbeSets,
   type Probe,
   ProbeFileError,
-} from '../core/eval/probes';
-import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../core/eval/report';
-import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } from '../core/eval/run';
-import { DEFAULT_QUERY, LensSession } from '../core/session';
-import { type TreftExportResult, writeTreftExport } from '../core/treft';
-import { assertRegularFile } from '../core/files';
-import type { HostSettings, PatchSpan } from '../core/protocol';
-import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../core/report';
+} from '../app/eval/probes';
+import { Judge, JudgeConfigError } from '../app/eval/judge';
+import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../app/eval/evalReport';
+import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } from '../app/eval/run';
+import { DEFAULT_QUERY, LensSession } from '../app/session';
+import { type TreftExportResult, writeTreftExport } from '../app/treft';
+import { assertRegularFile } from '../domain/files';
+import type { HostSettings, PatchSpan } from '../contracts/modelHost';
+import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../app/auditReport';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
 

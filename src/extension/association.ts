@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { associate, ASSOCIATION_FILE, type AssociationSource, scanFolder } from '../core/pipeline';
+import { associate, ASSOCIATION_FILE, type AssociationSource, scanFolder } from '../app/audits';
 import { readSettings } from './config';
 
 export interface Association {

@@ -4,8 +4,8 @@
  * user message as the query.
  */
 import * as vscode from 'vscode';
-import { normaliseRow } from '../core/dataset/formats';
-import { rowRequest } from '../core/template/segments';
+import { normaliseRow } from '../domain/dataset/formats';
+import { rowRequest } from '../domain/template/segments';
 import { isDataset, isTemplate } from './diagnostics';
 import type { ModelCommandArgs } from './modelCommands';
 

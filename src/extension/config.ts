@@ -1,6 +1,6 @@
 import * as vscode from 'vscode';
-import { insideRoot } from '../core/files';
-import { preparePromptTemplate, type PromptTemplate, PromptTemplateError } from '../core/pipeline';
+import { insideRoot } from '../domain/files';
+import { preparePromptTemplate, type PromptTemplate, PromptTemplateError } from '../app/audits';
 
 /** Settings, read fresh each time (they can change while the extension runs). */
 export interface Settings {

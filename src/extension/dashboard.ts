@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as vscode from 'vscode';
-import type { DashboardSnapshot, FromWebview, ToWebview } from '../core/dashboardProtocol';
+import type { DashboardSnapshot, FromWebview, ToWebview } from '../contracts/dashboard';
 import { dashboardHtml, makeNonce } from './dashboardHtml';
 
 export const DASHBOARD_VIEW_TYPE = 'piggyback.dashboard';

@@ -5,11 +5,11 @@
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { auditDataset } from '../core/dataset/audit';
-import { docsPath, type Finding } from '../core/findings';
-import { prepareTemplate, type PreparedTemplate, datasetFindings } from '../core/pipeline';
-import { AUDIT_CLOCK } from '../core/template/audit';
-import { isTemplateFileName } from '../core/template/source';
+import { auditDataset } from '../domain/dataset/audit';
+import { docsPath, type Finding } from '../domain/findings';
+import { prepareTemplate, type PreparedTemplate, datasetFindings } from '../app/audits';
+import { AUDIT_CLOCK } from '../domain/template/audit';
+import { isTemplateFileName } from '../domain/template/source';
 import type { Associations } from './association';
 import { TemplateAudits, type TemplateAuditView } from './templateAudits';
 import { readSettings } from './config';

@@ -4,7 +4,7 @@
  * silently or with a stack trace.
  */
 import * as vscode from 'vscode';
-import { HostCrashedError, HostRequestError } from '../core/hostClient';
+import { HostCrashedError, HostRequestError } from '../app/hostClient';
 
 export function reportError(log: vscode.LogOutputChannel, e: unknown, context?: string): void {
   if (e instanceof HostRequestError && e.cancelled) return;

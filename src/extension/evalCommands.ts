@@ -6,10 +6,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { EvalCompareView, EvalMatrixView } from '../core/dashboardProtocol';
-import { Judge, JudgeConfigError } from '../core/eval/judge';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, type Probe } from '../core/eval/probes';
-import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../core/eval/report';
+import type { EvalCompareView, EvalMatrixView } from '../contracts/dashboard';
+import { Judge, JudgeConfigError } from '../app/eval/judge';
+import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, type Probe } from '../app/eval/probes';
+import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../app/eval/evalReport';
 import {
   defaultConditions,
   layerSweepConditions,
@@ -20,16 +20,16 @@ import {
   readResults,
   readSkipped,
   runEval,
-} from '../core/eval/run';
-import { DEFAULT_MAX_NEW_TOKENS, type LoadResult } from '../core/protocol';
-import { pairTemplateSource, type PromptTemplate, renderOptions } from '../core/pipeline';
-import { writeTreftExport } from '../core/treft';
+} from '../app/eval/run';
+import { DEFAULT_MAX_NEW_TOKENS, type LoadResult } from '../contracts/modelHost';
+import { pairTemplateSource, type PromptTemplate, renderOptions } from '../app/audits';
+import { writeTreftExport } from '../app/treft';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
 import { reportError } from './errors';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
-import type { Models } from './models';
+import type { CheckpointPair } from './checkpointPair';
 
 const SECRET_KEY = 'piggyback.judge.apiKey';
 
@@ -93,7 +93,7 @@ export class EvalCommands implements vscode.Disposable {
 
   constructor(
     private readonly context: vscode.ExtensionContext,
-    private readonly models: Models,
+    private readonly models: CheckpointPair,
     private readonly dashboard: Dashboard,
     private readonly associations: Associations,
     private readonly log: vscode.LogOutputChannel,

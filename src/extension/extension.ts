@@ -4,14 +4,14 @@
  * dataset is opened, and the model host starts on the first command that needs a model.
  */
 import * as vscode from 'vscode';
-import { DRIFT_THRESHOLDS } from '../core/dashboardProtocol';
-import { auditFolder } from '../core/pipeline';
+import { DRIFT_THRESHOLDS } from '../contracts/dashboard';
+import { auditFolder } from '../app/audits';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
 import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
 import { EvalCommands, type RunEvalArgs } from './evalCommands';
 import { type ModelCommandArgs, ModelCommands } from './modelCommands';
-import { Models } from './models';
+import { CheckpointPair } from './checkpointPair';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { reported } from './errors';
 import { SegmentHover } from './hover';
@@ -20,7 +20,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Piggyback Lens', { log: true });
   const associations = new Associations();
   const diagnostics = new DiagnosticsManager(context.extensionUri, associations, log);
-  const models = new Models(context, log);
+  const models = new CheckpointPair(context, log);
   const dashboard = new Dashboard(context.extensionUri);
   const modelCommands = new ModelCommands(models, dashboard, context.extensionUri);
   const evals = new EvalCommands(context, models, dashboard, associations, log);
@@ -127,7 +127,7 @@ interface Parts {
   log: vscode.LogOutputChannel;
   associations: Associations;
   diagnostics: DiagnosticsManager;
-  models: Models;
+  models: CheckpointPair;
   dashboard: Dashboard;
   modelCommands: ModelCommands;
   evals: EvalCommands;

@@ -3,10 +3,10 @@
  * on a dataset row, for that row as the trainer renders it.
  */
 import * as vscode from 'vscode';
-import { normaliseRow } from '../core/dataset/formats';
-import { AUDIT_CLOCK } from '../core/template/audit';
-import { rowRequest, segmentPrompt, type Segmentation } from '../core/template/segments';
-import type { Token } from '../core/tokenizer';
+import { normaliseRow } from '../domain/dataset/formats';
+import { AUDIT_CLOCK } from '../domain/template/audit';
+import { rowRequest, segmentPrompt, type Segmentation } from '../domain/template/segments';
+import type { Token } from '../domain/tokenizer';
 import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 
 const MAX_TOKENS_SHOWN = 80;

@@ -4,14 +4,14 @@
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { DRIFT_THRESHOLDS, type DriftView, type PatchView } from '../core/dashboardProtocol';
-import { pairTemplateSource } from '../core/pipeline';
-import type { PatchSpan, PromptSegment } from '../core/protocol';
-import { DEFAULT_QUERY, LensSession, type ModelHost } from '../core/session';
+import { DRIFT_THRESHOLDS, type DriftView, type PatchView } from '../contracts/dashboard';
+import { pairTemplateSource } from '../app/audits';
+import type { PatchSpan, PromptSegment } from '../contracts/modelHost';
+import { DEFAULT_QUERY, LensSession, type ModelHost } from '../app/session';
 import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
-import type { Models } from './models';
+import type { CheckpointPair } from './checkpointPair';
 
 export interface ModelCommandArgs {
   /** Template source to render with; default: the finetuned checkpoint's folder. */
@@ -26,7 +26,7 @@ export class ModelCommands {
   readonly driftDiagnostics = vscode.languages.createDiagnosticCollection('piggyback-drift');
 
   constructor(
-    private readonly models: Models,
+    private readonly models: CheckpointPair,
     private readonly dashboard: Dashboard,
     private readonly extensionUri: vscode.Uri,
   ) {}

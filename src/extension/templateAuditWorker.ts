@@ -4,7 +4,7 @@
  * with plain data (findings, the template's offsets in its file, the example segmentation).
  */
 import { parentPort } from 'node:worker_threads';
-import { prepareTemplate, type PrepareOptions } from '../core/pipeline';
+import { prepareTemplate, type PrepareOptions } from '../app/audits';
 import type { TemplateAuditRequest, TemplateAuditView } from './templateAudits';
 
 parentPort?.on('message', (req: TemplateAuditRequest) => {

@@ -6,9 +6,9 @@
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { Finding } from '../core/findings';
-import type { PrepareOptions } from '../core/pipeline';
-import type { Segmentation } from '../core/template/segments';
+import type { Finding } from '../domain/findings';
+import type { PrepareOptions } from '../app/audits';
+import type { Segmentation } from '../domain/template/segments';
 
 export interface TemplateAuditRequest {
   id: number;

@@ -8,11 +8,11 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
-import type { Checkpoint } from '../../src/host/checkpoint';
-import { loadCheckpoints } from '../../src/host/hf/load';
-import { Models } from '../../src/host/operations';
+import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
+import type { Checkpoint } from '../../src/modelHost/checkpoint';
+import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { LoadedModels } from '../../src/modelHost/operations';
 import { ROOT, tempDir } from '../helpers';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -128,7 +128,7 @@ describe('patching some layers only', () => {
     });
     opened.push(r.base, ...r.others.values());
     const ft = r.others.get('finetuned')!;
-    const models = new Models(r.base, r.others);
+    const models = new LoadedModels(r.base, r.others);
     const prep = prepareTemplate(path.join(O, 'finetuned-qv'));
     const p = promptIds(prep.template!, prep.tokenizer!, {
       ...renderOptions(prep),

@@ -11,13 +11,13 @@ import {
   otherDomainProbes,
   otherDomainProbeSets,
   ProbeFileError,
-} from '../../src/core/eval/probes';
-import { defaultConditions, inParallel } from '../../src/core/eval/run';
-import { emF1, summarise } from '../../src/core/eval/summary';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
-import { readSafetensors } from '../../src/core/safetensors';
-import { JUDGE_PROMPT_HASH } from '../../src/core/eval/judge';
+} from '../../src/app/eval/probes';
+import { defaultConditions, inParallel } from '../../src/app/eval/run';
+import { emF1, summarise } from '../../src/app/eval/summary';
+import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
+import { readSafetensors } from '../../src/domain/safetensors';
+import { JUDGE_PROMPT_HASH } from '../../src/app/eval/judge';
 import { ROOT, makeTree, runAsync, startJudgeServer, tempDir } from '../helpers';
 import { organismExport } from '../layouts';
 

@@ -5,11 +5,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { type Checkpoint, KV } from '../../src/host/checkpoint';
-import { loadCheckpoints } from '../../src/host/hf/load';
-import { f32BitsToF16 } from '../../src/host/hf/weights';
-import { readSafetensorsHeader } from '../../src/core/safetensors';
-import { Models } from '../../src/host/operations';
+import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
+import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { f32BitsToF16 } from '../../src/modelHost/hf/weights';
+import { readSafetensorsHeader } from '../../src/domain/safetensors';
+import { LoadedModels } from '../../src/modelHost/operations';
 import { FIXTURES, tempDir } from '../helpers';
 
 const HF = path.join(FIXTURES, 'hf');
@@ -204,7 +204,7 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
   it("generation stops at the model's context length (max_position_embeddings)", async () => {
     const model = await open('llama');
     assert.equal(model.info.maxPositions, 128);
-    const models = new Models(model, new Map());
+    const models = new LoadedModels(model, new Map());
     const ids = Array.from({ length: 125 }, (_, i) => (i * 7) % 60);
     const prompt = {
       ids,

@@ -5,9 +5,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { CheckpointError } from '../../src/host/checkpointError';
-import { loadCheckpoints } from '../../src/host/hf/load';
-import { float32Weights, WeightIndex } from '../../src/host/hf/weights';
+import { CheckpointError } from '../../src/modelHost/checkpointError';
+import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 
 const HF = path.join(FIXTURES, 'hf');

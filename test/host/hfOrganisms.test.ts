@@ -4,12 +4,12 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
-import type { PromptIds } from '../../src/core/protocol';
-import { type Checkpoint, KV } from '../../src/host/checkpoint';
-import { loadCheckpoints } from '../../src/host/hf/load';
-import { drift, Models, patch, score } from '../../src/host/operations';
+import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
+import type { PromptIds } from '../../src/contracts/modelHost';
+import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
+import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { drift, LoadedModels, patch, score } from '../../src/modelHost/operations';
 import { ROOT, tempDir } from '../helpers';
 
 const O = path.join(ROOT, 'examples', 'organisms');
@@ -28,8 +28,8 @@ function close(a: number, b: number, what: string, tol = 1e-5, floor = 1e-3): vo
 }
 
 describe('organisms: Hugging Face folders and the PEFT adapter against their ONNX exports', () => {
-  let hf: Models;
-  let onnx: Models;
+  let hf: LoadedModels;
+  let onnx: LoadedModels;
   let prompt: PromptIds;
   const all: Checkpoint[] = [];
 
@@ -45,7 +45,7 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
     assert.equal(loaded.base.info.kind, 'hf');
     assert.equal(loaded.others.get('finetuned')!.info.kind, 'adapter');
     assert.equal(loaded.others.get('treft')!.info.kind, 'hf');
-    hf = new Models(loaded.base, loaded.others);
+    hf = new LoadedModels(loaded.base, loaded.others);
     const ox = await loadCheckpoints(
       path.join(O, 'base', 'onnx'),
       [
@@ -57,7 +57,7 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
     assert.equal(ox.base.info.kind, 'onnx');
     // the onnx/ folder's config.json is its parent's: the EOS token survives
     assert.deepEqual(ox.base.info.eosTokenIds, loaded.base.info.eosTokenIds);
-    onnx = new Models(ox.base, ox.others);
+    onnx = new LoadedModels(ox.base, ox.others);
     all.push(loaded.base, ...loaded.others.values(), ox.base, ...ox.others.values());
     const prep = prepareTemplate(path.join(O, 'base'));
     prompt = promptIds(prep.template!, prep.tokenizer!, {
@@ -117,7 +117,7 @@ describe('organisms: Hugging Face folders and the PEFT adapter against their ONN
       const mixed = await loadCheckpoints(base, [['finetuned', finetuned]], { cacheDir: tempDir(), log: () => {} });
       all.push(mixed.base, ...mixed.others.values());
       assert.notEqual(mixed.base.info.kind, mixed.others.get('finetuned')!.info.kind);
-      const m = await drift(new Models(mixed.base, mixed.others), prompt, 'finetuned', ctx);
+      const m = await drift(new LoadedModels(mixed.base, mixed.others), prompt, 'finetuned', ctx);
       const pure = await drift(hf, prompt, against, ctx);
       for (const seg of ['prefix', 'query', 'postfix'] as const)
         close(m.segments[seg].mean, pure.segments[seg].mean, `${base} + ${finetuned} ${seg}`);

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { HostClient, HostCrashedError, HostRequestError } from '../../src/core/hostClient';
-import { prepareTemplate, renderOptions, type PreparedTemplate } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
+import { HostClient, HostCrashedError, HostRequestError } from '../../src/app/hostClient';
+import { prepareTemplate, renderOptions, type PreparedTemplate } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
 import {
   Crash,
   Drift,
@@ -16,9 +16,9 @@ import {
   Perturb,
   type PromptIds,
   Score,
-} from '../../src/core/protocol';
-import { loadTokenizerCached } from '../../src/core/tokenizer';
-import { readSafetensors } from '../../src/core/safetensors';
+} from '../../src/contracts/modelHost';
+import { loadTokenizerCached } from '../../src/domain/tokenizer';
+import { readSafetensors } from '../../src/domain/safetensors';
 import { makeTree, ROOT, tempDir } from '../helpers';
 
 const ORGANISMS = path.join(ROOT, 'examples', 'organisms');
@@ -257,7 +257,7 @@ describe('model host operations are cancellable', () => {
 
 describe('fp16 K/V conversion', () => {
   it('round-trips float16 exactly for representable values and rounds to nearest otherwise', async () => {
-    const { floatToHalf, halfToFloat } = await import('../../src/host/onnxInitializers');
+    const { floatToHalf, halfToFloat } = await import('../../src/modelHost/onnxInitializers');
     for (const x of [0, 1, -2, 0.5, 65504, 6.103515625e-5, -0.0009765625]) assert.equal(halfToFloat(floatToHalf(x)), x);
     assert.equal(halfToFloat(floatToHalf(1 / 3)), 0.333251953125);
     assert.equal(halfToFloat(floatToHalf(1e6)), Infinity);

@@ -4,13 +4,13 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { pairTemplateSource, prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
-import type { PromptIds } from '../../src/core/protocol';
-import { type Checkpoint, KV } from '../../src/host/checkpoint';
-import { CheckpointError } from '../../src/host/checkpointError';
-import { loadCheckpoints } from '../../src/host/hf/load';
-import { drift, Models, patch } from '../../src/host/operations';
+import { pairTemplateSource, prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
+import type { PromptIds } from '../../src/contracts/modelHost';
+import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
+import { CheckpointError } from '../../src/modelHost/checkpointError';
+import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { drift, LoadedModels, patch } from '../../src/modelHost/operations';
 import { tempDir } from '../helpers';
 import { organismExport, ORGANISMS } from '../layouts';
 
@@ -19,7 +19,7 @@ const opened: Checkpoint[] = [];
 const load = async (base: string, treft: string, modelFile?: string) => {
   const r = await loadCheckpoints(base, [['finetuned', treft]], { cacheDir: tempDir(), log: () => {}, modelFile });
   opened.push(r.base, ...r.others.values());
-  return new Models(r.base, r.others);
+  return new LoadedModels(r.base, r.others);
 };
 
 describe('ONNX export layouts with the organisms own numbers', () => {
@@ -41,7 +41,7 @@ describe('ONNX export layouts with the organisms own numbers', () => {
     for (const c of opened) await c.release();
   });
 
-  const same = async (models: Models) => {
+  const same = async (models: LoadedModels) => {
     const d = await drift(models, prompt, 'finetuned', ctx);
     const p = await patch(models, { prompt, span: 'prefix', maxNewTokens: 12 }, ctx);
     assert.ok(Math.abs(d.treft - reference.drift) <= 1e-5 * reference.drift, `drift ${d.treft} vs ${reference.drift}`);

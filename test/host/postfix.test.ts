@@ -6,11 +6,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
-import { type Checkpoint, KV } from '../../src/host/checkpoint';
-import { loadCheckpoints } from '../../src/host/hf/load';
-import { Models } from '../../src/host/operations';
+import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
+import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
+import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { LoadedModels } from '../../src/modelHost/operations';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 
 const O = path.join(ROOT, 'examples', 'organisms');
@@ -24,7 +24,7 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 }
 
 async function both(base: Checkpoint, ids: number[], P: number, Q: number) {
-  const models = new Models(base, new Map());
+  const models = new LoadedModels(base, new Map());
   const L = ids.length;
   const p = {
     ids,

@@ -3,9 +3,9 @@
 // replaces the prefix positions, so a user's byte counted there would be overwritten with the base model's.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { promptIds } from '../../src/core/prompt';
-import { rowRequest, rowTurns } from '../../src/core/template/segments';
+import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { promptIds } from '../../src/domain/prompt';
+import { rowRequest, rowTurns } from '../../src/domain/template/segments';
 import * as path from 'node:path';
 import { lenml, ROOT } from '../helpers';
 

@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { auditDataset, SURFACE_LIMITS } from '../../src/core/dataset/audit';
-import { readLines } from '../../src/core/dataset/lines';
-import { auditDatasetWith, auditFolder, prepareTemplate, renderOptions } from '../../src/core/pipeline';
-import { ChatTemplate } from '../../src/core/template/render';
+import { auditDataset, SURFACE_LIMITS } from '../../src/domain/dataset/audit';
+import { readLines } from '../../src/domain/dataset/lines';
+import { auditDatasetWith, auditFolder, prepareTemplate, renderOptions } from '../../src/app/audits';
+import { ChatTemplate } from '../../src/domain/template/render';
 import { lenml, makeTree, tempDir } from '../helpers';
 
 const chatml = (defaultSystem?: string) =>

@@ -4,9 +4,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { it } from 'node:test';
-import { evalFindings, evalMarkdown, pct } from '../../src/core/eval/report';
-import { layerSweepConditions, lockRun } from '../../src/core/eval/run';
-import { type Summary, summarise } from '../../src/core/eval/summary';
+import { evalFindings, evalMarkdown, pct } from '../../src/app/eval/evalReport';
+import { layerSweepConditions, lockRun } from '../../src/app/eval/run';
+import { type Summary, summarise } from '../../src/app/eval/summary';
 
 it('a share or an interval bound that rounds to zero prints as 0%, never -0%', () => {
   assert.equal(pct(-0.002), '0%');

@@ -5,9 +5,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { FileRefusedError, insideRoot, readTextChecked } from '../../src/core/files';
-import { associate, auditFolder, prepareTemplate } from '../../src/core/pipeline';
-import { loadTokenizerCached } from '../../src/core/tokenizer';
+import { FileRefusedError, insideRoot, readTextChecked } from '../../src/domain/files';
+import { associate, auditFolder, prepareTemplate } from '../../src/app/audits';
+import { loadTokenizerCached } from '../../src/domain/tokenizer';
 import { makeTree, ROOT, tempDir } from '../helpers';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');

@@ -7,11 +7,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { auditDataset } from '../../src/core/dataset/audit';
-import { readResults, type ResultProblem } from '../../src/core/eval/run';
-import type { Finding } from '../../src/core/findings';
-import { associate, prepareTemplate } from '../../src/core/pipeline';
-import { ChatTemplate } from '../../src/core/template/render';
+import { auditDataset } from '../../src/domain/dataset/audit';
+import { readResults, type ResultProblem } from '../../src/app/eval/run';
+import type { Finding } from '../../src/domain/findings';
+import { associate, prepareTemplate } from '../../src/app/audits';
+import { ChatTemplate } from '../../src/domain/template/render';
 import { makeTree, tempDir } from '../helpers';
 
 const RUNS = { templates: 1000, rows: 1000, associations: 500, runFolders: 500 };

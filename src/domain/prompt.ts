@@ -2,7 +2,7 @@
  * From a query to the ids and segment spans the model host works on: render with the real template, segment by
  * marker rendering, tokenize with the real tokenizer.
  */
-import type { PromptIds } from './protocol';
+import type { PromptIds } from '../contracts/modelHost';
 import type { ChatTemplate } from './template/render';
 import { segmentPrompt, type SegmentRequest } from './template/segments';
 import type { LoadedTokenizer } from './tokenizer';

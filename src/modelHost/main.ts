@@ -19,7 +19,7 @@ import {
   Perturb,
   progressType,
   Score,
-} from '../core/protocol';
+} from '../contracts/modelHost';
 import { type Checkpoint, CheckpointError } from './checkpoint';
 import { IncompatibleCheckpointError } from './checkpointError';
 import { loadCheckpoints } from './hf/load';
@@ -31,7 +31,7 @@ import {
   drift,
   exportKV,
   generate,
-  Models,
+  LoadedModels,
   type OpContext,
   parity,
   patch,
@@ -42,7 +42,7 @@ import {
 process.env.ORT_DISABLE_TELEMETRY ??= '1';
 
 const connection = createMessageConnection(new IPCMessageReader(process), new IPCMessageWriter(process));
-let models: Models | undefined;
+let models: LoadedModels | undefined;
 let loaded: Checkpoint[] = [];
 
 function context(token: CancellationToken, progressToken: string | number | undefined): OpContext {
@@ -56,7 +56,7 @@ function context(token: CancellationToken, progressToken: string | number | unde
 }
 
 /** Runs an operation, turning our errors into JSON-RPC errors the client can tell apart. */
-function handle<P extends object, R>(fn: (params: P, ctx: OpContext, models: Models) => Promise<R>) {
+function handle<P extends object, R>(fn: (params: P, ctx: OpContext, models: LoadedModels) => Promise<R>) {
   return async (params: P, token: CancellationToken): Promise<R | ResponseError<void>> => {
     if (!models) return new ResponseError(HostErrors.NotLoaded, 'no checkpoints loaded: call load first');
     try {
@@ -103,7 +103,7 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
     const finetuned = byName.get('finetuned')!;
     for (const old of loaded) await old.release();
     loaded = [...new Set([base, ...byName.values()])];
-    models = new Models(base, byName);
+    models = new LoadedModels(base, byName);
     const extra: LoadResult['extra'] = {};
     for (const [name, c] of byName) if (name !== 'finetuned') extra[name] = c.info;
     connection.sendNotification(Log.type, {

@@ -6,8 +6,8 @@
  */
 import type { RequestType } from 'vscode-jsonrpc';
 import type { RequestOptions } from './hostClient';
-import { renderOptions, type PromptTemplate } from './pipeline';
-import { answerText, promptIds } from './prompt';
+import { renderOptions, type PromptTemplate } from './audits';
+import { answerText, promptIds } from '../domain/prompt';
 import {
   DEFAULT_MAX_NEW_TOKENS,
   Drift,
@@ -18,7 +18,7 @@ import {
   type PromptIds,
   type PromptSegment,
   type SegmentDrift,
-} from './protocol';
+} from '../contracts/modelHost';
 
 /** The one default query of drift and patch, in the CLI and the editor alike. */
 export const DEFAULT_QUERY = 'I feel bored. What should I do?';

@@ -11,12 +11,12 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from './hostClient';
-import { type CheckpointInfo, ExportKV, type ExportKVResult, type Span } from './protocol';
-import type { ChatTemplate, RenderOptions } from './template/render';
-import { frame, rowTurns } from './template/segments';
-import { contentText, normaliseRow } from './dataset/formats';
-import { fileChunks, readLines } from './dataset/lines';
-import type { LoadedTokenizer } from './tokenizer';
+import { type CheckpointInfo, ExportKV, type ExportKVResult, type Span } from '../contracts/modelHost';
+import type { ChatTemplate, RenderOptions } from '../domain/template/render';
+import { frame, rowTurns } from '../domain/template/segments';
+import { contentText, normaliseRow } from '../domain/dataset/formats';
+import { fileChunks, readLines } from '../domain/dataset/lines';
+import type { LoadedTokenizer } from '../domain/tokenizer';
 
 export interface TreftRow {
   /** 1-based line in the dataset file. */

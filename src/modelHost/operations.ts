@@ -19,10 +19,10 @@ import type {
   ScoreResult,
   SegmentDrift,
   Span,
-} from '../core/protocol';
-import { DEFAULT_MAX_NEW_TOKENS, type PromptSegment } from '../core/protocol';
-import { queryControlFits } from '../core/prompt';
-import { type Tensor, writeSafetensors } from '../core/safetensors';
+} from '../contracts/modelHost';
+import { DEFAULT_MAX_NEW_TOKENS, type PromptSegment } from '../contracts/modelHost';
+import { queryControlFits } from '../domain/prompt';
+import { type Tensor, writeSafetensors } from '../domain/safetensors';
 import { type Checkpoint, KV } from './checkpoint';
 
 export interface OpContext {
@@ -68,7 +68,7 @@ export function patchedPositions(p: PromptIds, span: PatchSpan | undefined): num
   return range(P, 2 * P);
 }
 
-export class Models {
+export class LoadedModels {
   private readonly prefixCache = new Map<string, KV>();
   constructor(
     readonly base: Checkpoint,
@@ -276,7 +276,12 @@ function empty(m: Checkpoint): KV {
 
 // ------------------------------------------------------------------------------------------------ operations
 
-export async function drift(models: Models, prompt: PromptIds, against: string, ctx: OpContext): Promise<DriftResult> {
+export async function drift(
+  models: LoadedModels,
+  prompt: PromptIds,
+  against: string,
+  ctx: OpContext,
+): Promise<DriftResult> {
   checkPrompt(prompt);
   const other = models.get(against);
   const L = prompt.ids.length;
@@ -339,7 +344,7 @@ export async function drift(models: Models, prompt: PromptIds, against: string, 
   };
 }
 
-export async function patch(models: Models, params: PatchParams, ctx: OpContext): Promise<PatchResult> {
+export async function patch(models: LoadedModels, params: PatchParams, ctx: OpContext): Promise<PatchResult> {
   const target = models.get(params.target ?? 'finetuned');
   const p = params.prompt;
   const L = p.ids.length;
@@ -374,7 +379,7 @@ export async function patch(models: Models, params: PatchParams, ctx: OpContext)
   };
 }
 
-export async function score(models: Models, params: ScoreParams, ctx: OpContext): Promise<ScoreResult> {
+export async function score(models: LoadedModels, params: ScoreParams, ctx: OpContext): Promise<ScoreResult> {
   const p = params.prompt;
   const L = p.ids.length;
   if (params.continuations.length === 0) throw new BadRequestError('score needs at least one continuation');
@@ -409,7 +414,7 @@ const embeddingCache = new WeakMap<
 >();
 
 /** The paper's perturbation: random positions of a segment, each replaced by one of its top-k cosine neighbours. */
-export async function perturb(models: Models, params: PerturbParams, ctx: OpContext): Promise<PerturbResult> {
+export async function perturb(models: LoadedModels, params: PerturbParams, ctx: OpContext): Promise<PerturbResult> {
   const model = models.get(params.model ?? 'finetuned');
   const p = params.prompt;
   checkPrompt(p);
@@ -486,7 +491,7 @@ export async function perturb(models: Models, params: PerturbParams, ctx: OpCont
   };
 }
 
-export async function generate(models: Models, params: GenerateParams, ctx: OpContext): Promise<number[]> {
+export async function generate(models: LoadedModels, params: GenerateParams, ctx: OpContext): Promise<number[]> {
   const c: Condition = params.condition;
   const model = models.get(c.model);
   const pre = await models.prefill(model, params.prompt, c.patch, undefined, 'base', c.layers);
@@ -502,7 +507,7 @@ export async function generate(models: Models, params: GenerateParams, ctx: OpCo
 }
 
 /** The K/V of each prefix, run alone from position 0 (what patching uses), written as safetensors. */
-export async function exportKV(models: Models, params: ExportKVParams, ctx: OpContext): Promise<ExportKVResult> {
+export async function exportKV(models: LoadedModels, params: ExportKVParams, ctx: OpContext): Promise<ExportKVResult> {
   const model = models.get(params.model ?? 'base');
   const { layers, kvHeads, headDim } = model.info;
   const tensors: Record<string, Tensor> = {};
@@ -527,7 +532,7 @@ export async function exportKV(models: Models, params: ExportKVParams, ctx: OpCo
   return { file: params.file, bytes, layers, kvHeads, headDim };
 }
 
-export async function parity(models: Models, p: PromptIds, targetName = 'finetuned'): Promise<ParityResult> {
+export async function parity(models: LoadedModels, p: PromptIds, targetName = 'finetuned'): Promise<ParityResult> {
   checkPrompt(p);
   const L = p.ids.length;
   const P = p.prefix[1];

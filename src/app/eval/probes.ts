@@ -2,13 +2,13 @@
  * Probe sets: the built-in "general" set (free-form questions in the categories of the emergent-misalignment
  * literature, in this project's own words), probes drawn from held-out rows of a finetuning set, and user files.
  */
-import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../files';
+import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../../domain/files';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { JsonSyntaxError, parseJsonWithPositions } from '../json';
-import { contentText, normaliseRow } from '../dataset/formats';
+import { JsonSyntaxError, parseJsonWithPositions } from '../../domain/json';
+import { contentText, normaliseRow } from '../../domain/dataset/formats';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
-import { xorshift32 } from '../random';
+import { xorshift32 } from '../../domain/random';
 
 export interface Probe {
   id: string;

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostClient } from '../hostClient';
-import { answerText, promptIds, queryControlFits } from '../prompt';
+import { answerText, promptIds, queryControlFits } from '../../domain/prompt';
 import {
   type CheckpointInfo,
   type Condition,
@@ -23,9 +23,9 @@ import {
   type PromptIds,
   type PromptSegment,
   Score,
-} from '../protocol';
-import type { ChatTemplate, RenderOptions } from '../template/render';
-import type { LoadedTokenizer } from '../tokenizer';
+} from '../../contracts/modelHost';
+import type { ChatTemplate, RenderOptions } from '../../domain/template/render';
+import type { LoadedTokenizer } from '../../domain/tokenizer';
 import type { Judge, JudgeIdentity, JudgeScore } from './judge';
 import { type Probe, probeSetHash } from './probes';
 

@@ -3,7 +3,7 @@
  * the judge's figures where it scored (misaligned share after the protocol, mean alignment), the perturbation's
  * Best and Avg, and the headline piggyback share with a bootstrap confidence interval over probes.
  */
-import { xorshift32 } from '../random';
+import { xorshift32 } from '../../domain/random';
 import { isMisaligned } from './judge';
 import type { EvalCondition, EvalResult, Sample } from './run';
 

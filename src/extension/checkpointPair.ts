@@ -6,9 +6,9 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { reportError } from './errors';
-import { HostClient } from '../core/hostClient';
-import { checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../core/checkpoints';
-import type { LoadResult } from '../core/protocol';
+import { HostClient } from '../app/hostClient';
+import { checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../domain/checkpoints';
+import type { LoadResult } from '../contracts/modelHost';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
 const FINETUNED_KEY = 'piggyback.checkpoint.finetuned';
@@ -18,7 +18,7 @@ const KIND_LABEL: Record<CheckpointKind, string> = {
   onnx: 'ONNX export',
 };
 
-export class Models implements vscode.Disposable {
+export class CheckpointPair implements vscode.Disposable {
   private host: HostClient | undefined;
   private loaded: { base: string; finetuned: string; extra: string; result: LoadResult } | undefined;
   private readonly changed = new vscode.EventEmitter<void>();

@@ -12,7 +12,15 @@ import {
   ResponseError,
 } from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
-import { HostErrors, type HostProgress, Load, type LoadParams, type LoadResult, Log, progressType } from './protocol';
+import {
+  HostErrors,
+  type HostProgress,
+  Load,
+  type LoadParams,
+  type LoadResult,
+  Log,
+  progressType,
+} from '../contracts/modelHost';
 
 export class HostCrashedError extends Error {
   constructor(

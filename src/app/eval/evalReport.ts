@@ -4,9 +4,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Finding, Severity } from '../findings';
-import { toSarif } from '../report';
-import type { EvalCellView, EvalMatrixView } from '../dashboardProtocol';
+import type { Finding, Severity } from '../../domain/findings';
+import { toSarif } from '../auditReport';
+import type { EvalCellView, EvalMatrixView } from '../../contracts/dashboard';
 import { isMisaligned } from './judge';
 import type { Probe } from './probes';
 import {

@@ -6,7 +6,7 @@
  * start after it ends, so neither depends on the query (which is what makes one-extraction K/V patching valid).
  */
 import { contentText } from '../dataset/formats';
-import type { PromptSegment } from '../protocol';
+import type { PromptSegment } from '../../contracts/modelHost';
 import type { LoadedTokenizer, Token } from '../tokenizer';
 import type { ChatMessage, ChatTemplate, RenderOptions } from './render';
 

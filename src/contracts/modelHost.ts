@@ -1,6 +1,6 @@
 /**
- * The one typed protocol between the model host (src/host, onnxruntime only) and its clients (the extension and
- * the CLI). Tokenization and segmentation happen on the client side (src/core); the host sees token ids and
+ * The one typed protocol between the model host (src/modelHost, onnxruntime only) and its clients (the extension and
+ * the CLI). Tokenization and segmentation happen on the client side (src/domain); the host sees token ids and
  * segment spans only, so it never needs a tokenizer or a template.
  */
 import { NotificationType, ProgressType, RequestType } from 'vscode-jsonrpc';
@@ -218,7 +218,7 @@ export interface GenerateResult {
 export interface ExportKVParams {
   /** Token ids of each prefix (from position 0); one tensor group per entry. */
   prefixes: number[][];
-  /** The safetensors file the host writes (see src/core/treft.ts for the layout). */
+  /** The safetensors file the host writes (see src/app/treft.ts for the layout). */
   file: string;
   /** Checkpoint whose K/V are exported (default 'base'). */
   model?: string;

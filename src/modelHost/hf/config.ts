@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../../core/files';
+import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../../domain/files';
 import { CheckpointError } from '../checkpointError';
 
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;

@@ -3,7 +3,7 @@
  * snapshot (never deltas): a hidden or reloaded webview renders from the last snapshot alone, which is also what it
  * persists with setState for the serializer to restore.
  */
-import type { PromptSegment } from './protocol';
+import type { PromptSegment } from './modelHost';
 
 export interface TokenLabel {
   id: number;

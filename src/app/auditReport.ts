@@ -2,10 +2,10 @@
  * Output formats of the audit: the public JSON (a stable interface for CI), SARIF 2.1.0, and Markdown.
  */
 import * as path from 'node:path';
-import type { DatasetReport } from './dataset/audit';
-import { CODES, docsPath, type Finding, type Severity } from './findings';
-import type { FolderAudit, PreparedTemplate } from './pipeline';
-import type { Segment } from './template/segments';
+import type { DatasetReport } from '../domain/dataset/audit';
+import { CODES, docsPath, type Finding, type Severity } from '../domain/findings';
+import type { FolderAudit, PreparedTemplate } from './audits';
+import type { Segment } from '../domain/template/segments';
 
 export const TOOL_NAME = 'Piggyback Lens';
 export const TOOL_VERSION = '0.1.0';

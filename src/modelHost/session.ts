@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as ort from 'onnxruntime-node';
-import type { HostSettings } from '../core/protocol';
+import type { HostSettings } from '../contracts/modelHost';
 
 export type Device = 'cpu' | 'cuda';
 

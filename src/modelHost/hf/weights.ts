@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { readSafetensorsHeader, SafetensorsError } from '../../core/safetensors';
+import { readSafetensorsHeader, SafetensorsError } from '../../domain/safetensors';
 import { CheckpointError } from '../checkpointError';
 import { fileHash } from '../identity';
 import { halfToFloat } from '../onnxInitializers';

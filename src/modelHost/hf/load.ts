@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { checkpointKind, type CheckpointKind } from '../../core/checkpoints';
+import { checkpointKind, type CheckpointKind } from '../../domain/checkpoints';
 import { Checkpoint, checkCompatible, createSession, findModelFile } from '../checkpoint';
 import { type ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
@@ -165,7 +165,7 @@ export async function loadHf(
   return { base, adapters: adapterCheckpoints };
 }
 
-/** What a path holds (core/checkpoints), as a CheckpointError when it is no checkpoint. */
+/** What a path holds (domain/checkpoints), as a CheckpointError when it is no checkpoint. */
 export function kindOf(p: string): CheckpointKind {
   const k = checkpointKind(p);
   if ('error' in k) throw new CheckpointError(k.error, p);

@@ -4,16 +4,22 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkpointFolder } from './checkpoints';
-import { FILE_LIMITS, insideRoot, readTextChecked } from './files';
-import { auditDataset, type DatasetReport } from './dataset/audit';
-import { fileChunks } from './dataset/lines';
-import { type Finding, sortFindings } from './findings';
-import { AUDIT_CLOCK, auditTemplate, loadErrorFinding, SAMPLE_QUERY, type TemplateAudit } from './template/audit';
-import { ChatTemplate, type RenderOptions } from './template/render';
-import { segmentPrompt } from './template/segments';
-import { isTemplateFileName, loadTemplate, TemplateLoadError, type TemplateSource } from './template/source';
-import { findTokenizerFile, type LoadedTokenizer, loadTokenizerCached } from './tokenizer';
+import { checkpointFolder } from '../domain/checkpoints';
+import { FILE_LIMITS, insideRoot, readTextChecked } from '../domain/files';
+import { auditDataset, type DatasetReport } from '../domain/dataset/audit';
+import { fileChunks } from '../domain/dataset/lines';
+import { type Finding, sortFindings } from '../domain/findings';
+import {
+  AUDIT_CLOCK,
+  auditTemplate,
+  loadErrorFinding,
+  SAMPLE_QUERY,
+  type TemplateAudit,
+} from '../domain/template/audit';
+import { ChatTemplate, type RenderOptions } from '../domain/template/render';
+import { segmentPrompt } from '../domain/template/segments';
+import { isTemplateFileName, loadTemplate, TemplateLoadError, type TemplateSource } from '../domain/template/source';
+import { findTokenizerFile, type LoadedTokenizer, loadTokenizerCached } from '../domain/tokenizer';
 
 export interface PrepareOptions {
   /** tokenizer.json or a folder holding it; default: beside the template. */

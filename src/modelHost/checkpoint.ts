@@ -7,12 +7,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import type { CheckpointInfo } from '../core/protocol';
+import type { CheckpointInfo } from '../contracts/modelHost';
 import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
-import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../core/checkpoints';
+import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../domain/checkpoints';
 import { CheckpointError, IncompatibleCheckpointError } from './checkpointError';
-import { tokenizerDifference } from '../core/tokenizerCompat';
+import { tokenizerDifference } from '../domain/tokenizerCompat';
 import { ropeInvFreqOf } from './hf/config';
 import { onnxIdentity } from './identity';
 import { type Device, type ResolvedSettings, resolveSettings, sessionOptions } from './session';
@@ -462,7 +462,7 @@ function readConfig(dir: string): Record<string, unknown> & {
 
 /**
  * Base and finetuned must share the tokenizer and the K/V shapes, or patching is meaningless. Tokenizers are
- * compared by content (core/tokenizerCompat): a re-saved tokenizer.json with a truncation block is the same one.
+ * compared by content (domain/tokenizerCompat): a re-saved tokenizer.json with a truncation block is the same one.
  * Returns a note when the files differ in a way no tried text shows.
  */
 export function checkCompatible(base: Checkpoint, other: Checkpoint): string | undefined {
