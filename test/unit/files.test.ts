@@ -97,7 +97,7 @@ describe('only regular files under a cap are read', () => {
       assert.equal(r.status, 2, r.stderr);
       assert.match(
         r.stderr.split('\n')[0],
-        /^piggyback: .*(zero|pipe)\.jsonl: a (device|FIFO), not a regular file: refused$/,
+        /^piggyback dataset: .*(zero|pipe)\.jsonl: a (device|FIFO), not a regular file: refused$/,
       );
     }
   });
