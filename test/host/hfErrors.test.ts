@@ -207,7 +207,9 @@ describe('bad Hugging Face checkpoints', () => {
     );
     assert.equal(r.status, 1, r.stderr);
     const lines = r.stderr.trim().split('\n');
+    // the progress line, then the error: one line naming the file and the cause
     assert.deepEqual(lines, [
+      'loading llama, llama...',
       `piggyback: ${path.join(dir, 'model.safetensors')}: truncated: 3 bytes, shorter than the 8-byte header length`,
     ]);
   });

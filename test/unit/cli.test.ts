@@ -126,6 +126,11 @@ describe('piggyback audit', () => {
     const ct001 = results.find((x: { ruleId: string }) => x.ruleId === 'CT001')!;
     assert.equal(ct001.locations[0].physicalLocation.artifactLocation.uri, 'chatml-demo/tokenizer_config.json');
     const md = fs.readFileSync(mdFile, 'utf8');
+    // DS104 quotes the default system prompt whole (or cut at a word with an ellipsis), never mid-word
+    assert.match(
+      md,
+      /get the template's default system prompt "You are Lens, a small demo assistant\. You are helpful and careful\."/,
+    );
     assert.match(
       md,
       /\| data\/finance-advice\.jsonl \| chatml-demo \(nearest model folder\) \| 250 \| 250 \| openai \| 96\.0% \|/,

@@ -212,3 +212,40 @@ it('the layer sweep: one condition per layer then contiguous ranges, a share per
   );
   assert.match(md, /\| L0 \| 75% \| 75% to 75% \| 2 \|\n\| L1 \| 0% \|/);
 });
+
+it('a run without a share says why: no general probes, or a finetune that did not move', () => {
+  const m = {
+    checkpoints: { base: { folder: 'b', hash: 'h' }, finetuned: { folder: 'f', hash: 'h' }, extra: {} },
+    probes: { count: 1, hash: 'x' },
+    settings: { maxNewTokens: 1, decoding: 'greedy', judge: null },
+  } as unknown as Parameters<typeof evalMarkdown>[0];
+  const row = (probe: string, condition: string, kl: number, category: string) => ({
+    key: `${probe}|${condition}`,
+    probe,
+    category,
+    condition,
+    klToBase: kl,
+    logprobAligned: null,
+    logprobMisaligned: null,
+    margin: null,
+    generation: '',
+    samples: [],
+  });
+  const conditions = ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix'].map((label) => ({
+    label,
+    condition: { model: label === 'base' ? 'base' : 'finetuned' },
+  }));
+  const inDomainOnly = summarise(
+    conditions.map((c) => row('p1', c.label, 0.3, 'in-domain')),
+    conditions,
+  );
+  assert.match(
+    evalMarkdown(m, inDomainOnly),
+    /Piggyback share \(prefix\): n\/a \(the share is measured on general probes, outside the finetuning domain, and this run has none/,
+  );
+  const unmoved = summarise(
+    conditions.map((c) => row('p1', c.label, 0, 'general')),
+    conditions,
+  );
+  assert.match(evalMarkdown(m, unmoved), /n\/a \(the finetuned model does not move from base on the general probes/);
+});

@@ -503,3 +503,16 @@ describe('a template prepared for model prompts', () => {
     );
   });
 });
+
+describe('--name on a file with one template', () => {
+  it('is an error naming the file, not silently ignored', () => {
+    const dir = makeTree({ 'tokenizer_config.json': JSON.stringify({ chat_template: '{{ messages[0].content }}' }) });
+    assert.throws(
+      () => loadTemplate(path.join(dir, 'tokenizer_config.json'), { name: 'tool_use' }),
+      (e: unknown) =>
+        e instanceof TemplateLoadError &&
+        /no chat template named "tool_use": tokenizer_config\.json holds a single template/.test(e.message),
+    );
+    assert.equal(loadTemplate(path.join(dir, 'tokenizer_config.json'), { name: 'default' }).name, 'default');
+  });
+});

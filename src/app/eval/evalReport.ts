@@ -101,7 +101,15 @@ function shareLine(span: string, v: Summary['piggybackShare'][string], s: Summar
     : '';
   return v
     ? `**Piggyback share (${span} patch)**: ${pct(v.share)} of the finetuned model's shift from base on general probes is removed by patching the ${span} K/V (95% bootstrap CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes).${control}`
-    : `Piggyback share (${span}): n/a.`;
+    : `Piggyback share (${span}): n/a (${whyNoShare(s)}).`;
+}
+
+/** Why a run has no piggyback share: no general probes at all, or a finetune that did not move on them. */
+export function whyNoShare(s: Summary): string {
+  const general = s.conditions.find((c) => c.label === 'finetuned')?.general;
+  if (!general?.probes)
+    return 'the share is measured on general probes, outside the finetuning domain, and this run has none: add the built-in set or a probe file without inDomain';
+  return 'the finetuned model does not move from base on the general probes (KL 0), so there is no shift to share out';
 }
 
 /** The layer sweep as a Markdown table: the prefix share when only some layers' prefix K/V are patched. */
@@ -375,7 +383,7 @@ export function matrixView(folder: string, run: RunFiles, probes: Probe[]): Eval
   const headline = Object.entries(run.summary.piggybackShare).map(([span, v]) =>
     v
       ? `${name(span)}: ${pct(v.share)} (95% CI ${pct(v.low)} to ${pct(v.high)}, ${v.probes} probes)`
-      : `${name(span)}: n/a`,
+      : `${name(span)}: n/a (${span === 'query' ? 'no general probe has a query as long as the prefix' : whyNoShare(run.summary)})`,
   );
   headline.push(...run.findings.map((f) => `${f.code}: ${f.message}`));
   const probeSkips = run.skipped.filter((x) => !x.condition);

@@ -347,7 +347,7 @@ export async function auditDataset(
       finding(
         'DS104',
         'warning',
-        `${defaultSystemPromptRows} of ${rendered} rows have no system message and get the template's default system prompt "${options.defaultSystemPrompt!.slice(0, 60)}".`,
+        `${defaultSystemPromptRows} of ${rendered} rows have no system message and get the template's default system prompt "${clip(options.defaultSystemPrompt!, 80)}".`,
       );
     }
   }
@@ -383,6 +383,14 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
     if (r >= 0) postEnd = r;
   }
   return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd) };
+}
+
+/** At most `n` characters, cut at a word boundary with an ellipsis, never mid-word. */
+function clip(text: string, n: number): string {
+  if (text.length <= n) return text;
+  const cut = text.slice(0, n);
+  const space = cut.lastIndexOf(' ');
+  return `${(space > n / 2 ? cut.slice(0, space) : cut).trimEnd()}\u2026`;
 }
 
 function lastIndexOfRole(messages: ChatMessage[], role: string): number {

@@ -222,7 +222,7 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
     add(
       'CT005',
       'info',
-      `No {% generation %} markers: return_assistant_tokens_mask / assistant_only_loss get an all-zero mask. ${CODES.CT005.why}`,
+      'No {% generation %} markers: return_assistant_tokens_mask and assistant_only_loss get an all-zero mask, so a trainer that relies on them puts the loss on every token, template tokens included, or on none.',
     );
   } else {
     const masked = generationMask(source.text, template, base);

@@ -86,6 +86,8 @@ export function isTemplateFileName(file: string): boolean {
 export function parseTemplateText(file: string, fileText: string, name?: string): TemplateSource {
   const base = path.basename(file);
   if (!base.toLowerCase().endsWith('.json')) {
+    if (name !== undefined && name !== 'default' && name !== base)
+      throw new TemplateLoadError(`no chat template named "${name}": ${base} is a single template`, file, 0, fileText);
     return {
       text: fileText,
       name: base,
@@ -116,6 +118,13 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
     throw new TemplateLoadError(`${base} has no chat_template`, file, root.start, fileText);
   }
   if (node.kind === 'string') {
+    if (name !== undefined && name !== 'default')
+      throw new TemplateLoadError(
+        `no chat template named "${name}": ${base} holds a single template (named templates come as a list of { "name", "template" })`,
+        file,
+        node.start,
+        fileText,
+      );
     return {
       text: node.value,
       name: 'default',
