@@ -192,3 +192,56 @@ export function toMarkdown(a: FolderAudit): string {
   out.push('');
   return out.join('\n');
 }
+
+/**
+ * The audit for a terminal: aligned columns instead of Markdown tables, and findings as `file:line:col: severity
+ * CODE: message` lines (what editors and problem matchers pick up). `finding` formats one finding (the CLI adds
+ * colour there).
+ */
+export function toTerminal(a: FolderAudit, finding: (f: Finding) => string): string {
+  const rel = (p: string) => path.relative(a.root, p) || '.';
+  const counts = { error: 0, warning: 0, info: 0 };
+  for (const f of a.findings) counts[f.severity]++;
+  const out = [
+    `Piggyback audit of ${a.root}: ${counts.error} errors, ${counts.warning} warnings, ${counts.info} notes`,
+    '',
+  ];
+  const table = (rows: string[][]) => {
+    const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+    return rows.map((r) => `  ${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')}`.trimEnd());
+  };
+  out.push('Templates');
+  if (a.templates.length) {
+    const rows = [['template', 'prefix', 'postfix', 'default system prompt']];
+    for (const t of a.templates) {
+      const seg = t.prepared.audit?.segments;
+      const tokens = (name: 'prefix' | 'postfix') =>
+        seg ? (seg.tokenized ? `${seg[name].tokens.length} tokens` : `${seg[name].text.length} chars`) : 'n/a';
+      const sys = t.prepared.audit?.defaultSystemPrompt;
+      rows.push([rel(t.path), tokens('prefix'), tokens('postfix'), sys ? `${sys.length} chars` : 'none']);
+    }
+    out.push(...table(rows));
+  } else out.push('  none found');
+  out.push('', 'Datasets');
+  if (a.datasets.length) {
+    const rows = [['dataset', 'template', 'rows', 'format', 'same prefix', 'prefix tokens', 'median query']];
+    for (const d of a.datasets) {
+      const s = d.report.surface;
+      const probes = d.report.format === 'probes';
+      rows.push([
+        rel(d.file),
+        d.template ? `${rel(d.template)} (${d.association})` : 'none',
+        `${d.report.validRows}/${d.report.rows}`,
+        probes ? 'probes (not training data)' : d.report.format,
+        s ? `${(100 * s.identicalPrefixShare).toFixed(1)}%` : 'n/a',
+        String(s?.prefixTokens ?? 'n/a'),
+        String(s?.medianQueryTokens ?? 'n/a'),
+      ]);
+    }
+    out.push(...table(rows));
+  } else out.push('  none found');
+  out.push('', 'Findings');
+  if (a.findings.length) out.push(...a.findings.map(finding));
+  else out.push('  none');
+  return `${out.join('\n')}\n`;
+}

@@ -185,7 +185,11 @@ export async function auditDatasetWith(
   });
 }
 
-/** Dataset errors as findings (one list for SARIF, Markdown and the Problems view). */
+/**
+ * Dataset errors as findings (one list for SARIF, Markdown and the Problems view). A probe file (rows with a
+ * `question`) is not training data: its rows are checked, but the findings about what a finetune would learn from
+ * the rows (DS1xx: shared prefixes, default system prompts, lengths) are not raised on it.
+ */
 export function datasetFindings(report: DatasetReport): Finding[] {
   const rows = report.errors.map<Finding>((e) => ({
     code: e.code,
@@ -197,7 +201,9 @@ export function datasetFindings(report: DatasetReport): Finding[] {
     endLine: e.line,
     endColumn: e.column + 1,
   }));
-  return [...rows, ...report.findings];
+  const surface =
+    report.format === 'probes' ? report.findings.filter((f) => !/^DS1\d\d$/.test(f.code)) : report.findings;
+  return [...rows, ...surface];
 }
 
 const SKIP_DIRS = new Set([

@@ -35,7 +35,15 @@ import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
 import type { HostSettings, LoadParams, LoadResult, PatchSpan } from '../contracts/modelHost';
-import { datasetJson, folderJson, templateJson, toMarkdown, toSarif, TOOL_VERSION } from '../app/auditReport';
+import {
+  datasetJson,
+  folderJson,
+  templateJson,
+  toMarkdown,
+  toSarif,
+  toTerminal,
+  TOOL_VERSION,
+} from '../app/auditReport';
 
 const USAGE = `piggyback ${TOOL_VERSION}: where a chat template carries a finetune's behaviour onto every query
 
@@ -103,8 +111,9 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
     options: ['template', ...TEMPLATE_OPTIONS, 'json'],
   },
   audit: {
-    usage: 'piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md>] [--json]',
-    about: 'Audits every model folder and dataset under a folder; SARIF and Markdown for CI.',
+    usage: 'piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md|->] [--json]',
+    about:
+      'Audits every model folder and dataset under a folder: a table on the terminal; SARIF, Markdown (--md - to stdout) and JSON for CI.',
     options: ['template', ...TEMPLATE_OPTIONS, 'sarif', 'md', 'json'],
   },
   drift: {
@@ -344,8 +353,11 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         if (!fs.existsSync(root) || !fs.statSync(root).isDirectory()) throw new UsageError(`not a folder: ${root}`);
         const a = await auditFolder(root, { ...common, template: values.template });
         if (values.sarif) fs.writeFileSync(values.sarif, JSON.stringify(toSarif(a.findings, root), null, 2) + '\n');
-        if (values.md) fs.writeFileSync(values.md, toMarkdown(a));
-        out(values.json ? JSON.stringify(folderJson(a), null, 2) + '\n' : toMarkdown(a));
+        if (values.md && values.md !== '-') fs.writeFileSync(values.md, toMarkdown(a));
+        // JSON with --json, Markdown with --md - (to stdout), else a table for the terminal
+        if (values.json) out(JSON.stringify(folderJson(a), null, 2) + '\n');
+        else if (values.md === '-') out(toMarkdown(a));
+        else out(toTerminal(a, describeFinding));
         return hasErrors(a.findings) ? 1 : 0;
       }
       case 'eval':
@@ -744,6 +756,10 @@ function describeTemplate(p: PreparedTemplate): string {
 let colour = false;
 const SEVERITY_COLOUR: Record<string, string> = { error: '31', warning: '33', info: '36' };
 const paint = (code: string, text: string) => (colour ? `\x1b[${code}m${text}\x1b[0m` : text);
+
+function describeFinding(f: Finding): string {
+  return `${f.file ?? ''}:${f.line}:${f.column}: ${paint(SEVERITY_COLOUR[f.severity] ?? '0', f.severity)} ${paint('1', f.code)}: ${f.message}`;
+}
 
 function describeFindings(findings: Finding[]): string {
   if (findings.length === 0) return 'no findings\n';

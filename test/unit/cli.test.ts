@@ -385,4 +385,17 @@ describe('CLI manners', () => {
     assert.match(forced.stdout, /\x1b\[33mwarning\x1b\[0m \x1b\[1mCT001/);
     for (const r of [plain, noColor, flag]) assert.doesNotMatch(r.stdout, /\x1b\[/);
   });
+
+  it('audit prints a terminal table (Markdown only with --md), and a probe file is not audited as training data', () => {
+    const r = run('audit', path.join(ROOT, 'examples'));
+    assert.doesNotMatch(r.stdout, /^\|/m, 'no Markdown table rows on the terminal');
+    assert.match(r.stdout, /^Datasets\n {2}dataset +template +rows/m);
+    assert.match(
+      r.stdout,
+      /organisms\/probes\.jsonl +organisms\/base \(nearest model folder\) +39\/39 +probes \(not training data\)/,
+    );
+    assert.match(r.stdout, /^\/.*examples\/data\/finance-advice\.jsonl:1:1: warning DS101: /m);
+    assert.doesNotMatch(r.stdout, /probes\.jsonl:\d+:\d+: \w+ DS1\d\d/, 'no training-data findings on probe files');
+    assert.match(run('audit', path.join(ROOT, 'examples'), '--md', '-').stdout, /^# Piggyback audit of /);
+  });
 });
