@@ -15,6 +15,7 @@ import { CheckpointPair } from './checkpointPair';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { reported } from './errors';
 import { SegmentHover } from './hover';
+import { PiggybackTasks, TASK_TYPE } from './tasks';
 
 export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Piggyback Lens', { log: true });
@@ -28,6 +29,8 @@ export function activate(context: vscode.ExtensionContext): void {
   const pairItem = vscode.window.createStatusBarItem('piggyback.pair', vscode.StatusBarAlignment.Left, 49);
   pairItem.name = 'Piggyback checkpoints';
   pairItem.command = 'piggyback.openDashboard';
+  // the status item only where it means something: a checkpoint is chosen, or the workspace holds a model folder
+  let hasModels = false;
   const updatePair = () => {
     const c = modelCommands.checkpoints();
     const drift = dashboard.current.drift?.treft;
@@ -42,9 +45,20 @@ export function activate(context: vscode.ExtensionContext): void {
     pairItem.text =
       c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${risk}` : '$(beaker) Piggyback';
     pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
-    pairItem.show();
+    if (hasModels || models.base || models.finetuned) pairItem.show();
+    else pairItem.hide();
   };
   updatePair();
+  void vscode.workspace
+    .findFiles(
+      '**/{tokenizer_config.json,chat_template.jinja,chat_template.json,adapter_config.json}',
+      '**/node_modules/**',
+      1,
+    )
+    .then((found) => {
+      hasModels = found.length > 0;
+      updatePair();
+    });
   context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, evals, pairItem);
 
   const commands = createCommands({
@@ -95,6 +109,7 @@ export function activate(context: vscode.ExtensionContext): void {
       },
     ),
     vscode.languages.registerCodeLensProvider(selector, lenses),
+    vscode.tasks.registerTaskProvider(TASK_TYPE, new PiggybackTasks(context.asAbsolutePath('dist/cli.js'))),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
       deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),
     }),

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { CODES } from '../../src/domain/findings';
 import { ROOT } from '../helpers';
@@ -69,5 +70,23 @@ describe('project structure', () => {
     // the command table in extension.ts (createCommands)
     const registered = [...source.matchAll(/^\s*'(piggyback\.[A-Za-z]+)': /gm)].map((m) => m[1]).sort();
     assert.deepEqual(registered, contributed);
+  });
+
+  it('the $piggyback problem matcher reads every finding line the CLI prints', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    const matcher = pkg.contributes.problemMatchers.find((m: { name: string }) => m.name === 'piggyback');
+    const re = new RegExp(matcher.pattern.regexp);
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'cli.js'), 'audit', path.join(ROOT, 'examples')], {
+      encoding: 'utf8',
+      env: { ...process.env, NO_COLOR: '1' },
+    });
+    const lines = r.stdout.split('\n').filter((l) => /: (error|warning|info) [A-Z]{2}\d{3}: /.test(l));
+    assert.ok(lines.length >= 10);
+    for (const l of lines) {
+      const m = re.exec(l);
+      assert.ok(m, l);
+      assert.ok(fs.existsSync(m[matcher.pattern.file]), m[matcher.pattern.file]);
+      assert.match(m[matcher.pattern.code], /^(CT|DS|WS)\d{3}$/);
+    }
   });
 });

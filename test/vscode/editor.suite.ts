@@ -120,4 +120,14 @@ describe('Piggyback Lens in VS Code', () => {
     assert.ok(codesOf(target).includes('CT001'));
     assert.ok(codesOf(vscode.Uri.file(path.join(ws(), 'data', 'finance-advice.jsonl'))).includes('DS101'));
   });
+
+  it('offers an audit task per folder that runs the CLI, whose findings the $piggyback problem matcher reads', async () => {
+    const tasks = await vscode.tasks.fetchTasks({ type: 'piggyback' });
+    const audit = tasks.find((t) => t.definition.command === 'audit');
+    assert.ok(audit, `tasks: ${tasks.map((t) => t.name).join(', ')}`);
+    assert.deepEqual(audit.problemMatchers, ['$piggyback']);
+    const exec = audit.execution as vscode.ProcessExecution;
+    assert.match(exec.args.join(' '), /dist\/cli\.js audit /);
+    assert.equal(exec.options?.env?.NO_COLOR, '1', 'no colour codes for the problem matcher');
+  });
 });
