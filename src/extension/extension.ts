@@ -15,6 +15,7 @@ import { CheckpointPair } from './checkpointPair';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { reported } from './errors';
 import { SegmentHover } from './hover';
+import { PiggybackQuickFixes } from './quickFixes';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
 
 export function activate(context: vscode.ExtensionContext): void {
@@ -109,6 +110,9 @@ export function activate(context: vscode.ExtensionContext): void {
       },
     ),
     vscode.languages.registerCodeLensProvider(selector, lenses),
+    vscode.languages.registerCodeActionsProvider({ pattern: '**/*.jsonl' }, new PiggybackQuickFixes(), {
+      providedCodeActionKinds: PiggybackQuickFixes.kinds,
+    }),
     vscode.tasks.registerTaskProvider(TASK_TYPE, new PiggybackTasks(context.asAbsolutePath('dist/cli.js'))),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
       deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),

@@ -79,6 +79,30 @@ describe('Piggyback Lens in VS Code', () => {
     await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
   });
 
+  it('a quick fix renames an unknown role spelling (DS003 "human") to the known one, on the row or in the file', async () => {
+    const file = path.join(ws(), 'data', 'roles.jsonl');
+    const row = '{"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}]}';
+    fs.writeFileSync(file, `${row}\n${row}\n`);
+    const doc = await open('data/roles.jsonl');
+    const ds003 = await until('DS003', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'DS003'),
+    );
+    const actions = await vscode.commands.executeCommand<vscode.CodeAction[]>(
+      'vscode.executeCodeActionProvider',
+      doc.uri,
+      ds003.range,
+      vscode.CodeActionKind.QuickFix.value,
+    );
+    const titles = actions.map((a) => a.title);
+    assert.ok(titles.includes('Change role "human" to "user" on this row'), titles.join(' | '));
+    const whole = actions.find((a) => a.title === 'Change role "human" to "user" in the whole file')!;
+    assert.ok(await vscode.workspace.applyEdit(whole.edit!));
+    assert.equal(doc.getText(), `${row.replace('"human"', '"user"')}\n`.repeat(2));
+    await until('DS003 to clear', () => !codesOf(doc.uri).includes('DS003'));
+    await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
+    fs.rmSync(file);
+  });
+
   it('hovering a dataset row shows that row rendered by the trainer', async () => {
     const doc = await open('data/finance-advice.jsonl');
     const hovers = await vscode.commands.executeCommand<vscode.Hover[]>(
