@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { it } from 'node:test';
-import { evalFindings, evalMarkdown, pct } from '../../src/app/eval/evalReport';
+import { evalFindings, evalMarkdown, pct, renderMarkdown } from '../../src/app/eval/evalReport';
 import { layerSweepConditions, lockRun } from '../../src/app/eval/run';
 import { type Summary, summarise } from '../../src/app/eval/summary';
 
@@ -248,4 +248,13 @@ it('a run without a share says why: no general probes, or a finetune that did no
     conditions,
   );
   assert.match(evalMarkdown(m, unmoved), /n\/a \(the finetuned model does not move from base on the general probes/);
+});
+
+it('the HTML report renders its Markdown (tables, emphasis) and escapes any HTML a probe or path carries', () => {
+  const html = renderMarkdown(
+    '**Share**: 17%\n\n| probe | KL |\n|---|---|\n| <img src=x onerror=alert(1)> | 0.1 |\n\n[a link](https://example.com)',
+  );
+  assert.match(html, /<strong>Share<\/strong>/);
+  assert.match(html, /<table>[\s\S]*<td>&lt;img src=x onerror=alert\(1\)&gt;<\/td>/);
+  assert.doesNotMatch(html, /<img|<pre>/);
 });

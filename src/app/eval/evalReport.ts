@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import MarkdownIt from 'markdown-it';
 import type { Finding, Severity } from '../../domain/findings';
 import { toSarif } from '../auditReport';
 import type { EvalCellView, EvalMatrixView } from '../../contracts/dashboard';
@@ -278,6 +279,15 @@ export function evalFindings(m: Manifest, s: Summary, progress?: { done: number;
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
+/**
+ * Markdown to HTML with markdown-it: raw HTML in the source is escaped (html: false), links are kept as text
+ * (linkify off; a report opens no URL by itself), so the page stays self-contained and script-free.
+ */
+const markdown = new MarkdownIt({ html: false, linkify: false, typographer: false });
+export function renderMarkdown(text: string): string {
+  return markdown.render(text);
+}
+
 export function evalHtml(m: Manifest, s: Summary, results: EvalResult[], skipped: Skipped[] = []): string {
   const conditions = s.conditions.map((c) => c.label);
   const probes = [...new Set(results.map((r) => r.probe))];
@@ -293,10 +303,9 @@ export function evalHtml(m: Manifest, s: Summary, results: EvalResult[], skipped
 <html lang="en"><head><meta charset="UTF-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <title>Piggyback eval</title>
-<style>body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}pre{white-space:pre-wrap}</style>
+<style>body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:0 3px}blockquote{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:12px}</style>
 </head><body>
-<h1>Piggyback eval</h1>
-<pre>${esc(evalMarkdown(m, s, skipped))}</pre>
+${renderMarkdown(evalMarkdown(m, s, skipped))}
 <h2>Eval matrix: KL(base&#8214;condition) per probe (hover a cell for the generation)</h2>
 <table><tr><th>probe</th>${conditions.map((c) => `<th>${esc(c)}</th>`).join('')}</tr>
 ${probes.map((p) => `<tr><td>${esc(p)}</td>${conditions.map((c) => cell(p, c)).join('')}</tr>`).join('\n')}
