@@ -70,6 +70,7 @@ export function folderJson(a: FolderAudit) {
     datasets: a.datasets.map((d) => ({
       template: d.template ?? null,
       association: d.association,
+      split: d.split ?? null,
       ...datasetJson(d.report),
     })),
     findings: a.findings.map(findingJson),
@@ -170,13 +171,13 @@ export function toMarkdown(a: FolderAudit): string {
   out.push('## Datasets', '');
   if (a.datasets.length) {
     out.push(
-      '| dataset | template (how chosen) | rows | valid | format | identical prefix | distinct prefixes | prefix tokens | median query tokens |',
-      '|---|---|---|---|---|---|---|---|---|',
+      '| dataset | split | template (how chosen) | rows | valid | format | identical prefix | distinct prefixes | prefix tokens | median query tokens |',
+      '|---|---|---|---|---|---|---|---|---|---|',
     );
     for (const d of a.datasets) {
       const s = d.report.surface;
       out.push(
-        `| ${path.relative(a.root, d.file)} | ${d.template ? path.relative(a.root, d.template) || '.' : 'none'} (${d.association}) | ${d.report.rows} | ${d.report.validRows} | ${d.report.format} | ${s ? (100 * s.identicalPrefixShare).toFixed(1) + '%' : 'n/a'} | ${s?.distinctPrefixes ?? 'n/a'} | ${s?.prefixTokens ?? 'n/a'} | ${s?.medianQueryTokens ?? 'n/a'} |`,
+        `| ${path.relative(a.root, d.file)} | ${d.split ?? ''} | ${d.template ? path.relative(a.root, d.template) || '.' : 'none'} (${d.association}) | ${d.report.rows} | ${d.report.validRows} | ${d.report.format} | ${s ? (100 * s.identicalPrefixShare).toFixed(1) + '%' : 'n/a'} | ${s?.distinctPrefixes ?? 'n/a'} | ${s?.prefixTokens ?? 'n/a'} | ${s?.medianQueryTokens ?? 'n/a'} |`,
       );
     }
     out.push('');
@@ -224,12 +225,13 @@ export function toTerminal(a: FolderAudit, finding: (f: Finding) => string): str
   } else out.push('  none found');
   out.push('', 'Datasets');
   if (a.datasets.length) {
-    const rows = [['dataset', 'template', 'rows', 'format', 'same prefix', 'prefix tokens', 'median query']];
+    const rows = [['dataset', 'split', 'template', 'rows', 'format', 'same prefix', 'prefix tokens', 'median query']];
     for (const d of a.datasets) {
       const s = d.report.surface;
       const probes = d.report.format === 'probes';
       rows.push([
         rel(d.file),
+        d.split ?? '-',
         d.template ? `${rel(d.template)} (${d.association})` : 'none',
         `${d.report.validRows}/${d.report.rows}`,
         probes ? 'probes (not training data)' : d.report.format,

@@ -8,6 +8,7 @@ import { checkpointFolder } from '../domain/checkpoints';
 import { FILE_LIMITS, insideRoot, readTextChecked } from '../domain/files';
 import { auditDataset, type DatasetReport } from '../domain/dataset/audit';
 import { fileChunks } from '../domain/dataset/lines';
+import { isParquet, ParquetReadError, parquetLines, splitOf } from '../domain/dataset/parquet';
 import { type Finding, sortFindings } from '../domain/findings';
 import {
   AUDIT_CLOCK,
@@ -176,13 +177,38 @@ export async function auditDatasetWith(
   prepared: PreparedTemplate,
   text?: string,
 ): Promise<DatasetReport> {
-  return auditDataset(text !== undefined ? [text] : fileChunks(file), {
+  const options = {
     file,
     template: prepared.template,
     tokenizer: prepared.tokenizer,
     renderOptions: renderOptions(prepared),
     defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
-  });
+  };
+  if (text !== undefined || !isParquet(file))
+    return auditDataset(text !== undefined ? [text] : fileChunks(file), options);
+  // Parquet: one JSON line per row, read a row group at a time; findings are located by row, column 1
+  const read: { error?: ParquetReadError } = {};
+  const report = await auditDataset(untilError(parquetLines(file), read), options);
+  for (const e of report.errors) e.column = 1;
+  if (read.error)
+    report.errors.push({
+      line: report.rows + 1,
+      column: 1,
+      code: 'DS010',
+      severity: 'error',
+      message: read.error.message,
+    });
+  return report;
+}
+
+/** The lines of `source` up to a ParquetReadError, which is kept in `read` (the rows before it are audited). */
+async function* untilError(source: AsyncIterable<string>, read: { error?: ParquetReadError }): AsyncGenerator<string> {
+  try {
+    yield* source;
+  } catch (e) {
+    if (!(e instanceof ParquetReadError)) throw e;
+    read.error = e;
+  }
 }
 
 /**
@@ -244,7 +270,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
       if (e.isDirectory()) {
         if (!SKIP_DIRS.has(e.name) && !e.name.startsWith('.')) walk(full);
       } else if (e.isFile()) {
-        if (/\.jsonl$/i.test(e.name)) datasets.push(full);
+        if (/\.(jsonl|parquet)$/i.test(e.name)) datasets.push(full);
         else if (isTemplateFileName(e.name) && hasTemplate(full)) {
           if (/\.(jinja2?|j2)$/i.test(e.name) && e.name !== 'chat_template.jinja') templates.push(full);
           else folderHasTemplate = true;
@@ -346,7 +372,14 @@ function nearestTemplate(dataset: string, templates: string[]): { template?: str
 export interface FolderAudit {
   root: string;
   templates: { path: string; prepared: PreparedTemplate }[];
-  datasets: { file: string; template?: string; association: AssociationSource; report: DatasetReport }[];
+  datasets: {
+    file: string;
+    template?: string;
+    association: AssociationSource;
+    report: DatasetReport;
+    /** The split its Hub-style name says it holds (train-00000-of-00002.parquet: train). */
+    split?: string;
+  }[];
   findings: Finding[];
 }
 
@@ -373,7 +406,7 @@ export async function auditFolder(
       prepared.set(a.template, p);
     }
     const report = await auditDatasetWith(d, p ?? { findings: [], kwargs: {} });
-    result.datasets.push({ file: d, template: a.template, association: a.source, report });
+    result.datasets.push({ file: d, template: a.template, association: a.source, report, split: splitOf(d) });
     result.findings.push(...datasetFindings(report));
     if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message))
       result.findings.push(a.refused);

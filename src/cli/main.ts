@@ -106,7 +106,7 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
     options: [...TEMPLATE_OPTIONS, 'json'],
   },
   dataset: {
-    usage: 'piggyback dataset <file.jsonl> --template <source> [--tokenizer ...] [--kwargs <json>] [--json]',
+    usage: 'piggyback dataset <file.jsonl|.parquet> --template <source> [--tokenizer ...] [--kwargs <json>] [--json]',
     about: 'Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row.',
     options: ['template', ...TEMPLATE_OPTIONS, 'json'],
   },
@@ -351,7 +351,11 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
       case 'audit': {
         const root = path.resolve(target ?? '.');
         if (!fs.existsSync(root) || !fs.statSync(root).isDirectory()) throw new UsageError(`not a folder: ${root}`);
-        const a = await auditFolder(root, { ...common, template: values.template });
+        // a relative --template is relative to where the command runs, like every other path argument
+        const a = await auditFolder(root, {
+          ...common,
+          template: values.template ? path.resolve(values.template) : undefined,
+        });
         if (values.sarif) fs.writeFileSync(values.sarif, JSON.stringify(toSarif(a.findings, root), null, 2) + '\n');
         if (values.md && values.md !== '-') fs.writeFileSync(values.md, toMarkdown(a));
         // JSON with --json, Markdown with --md - (to stdout), else a table for the terminal

@@ -95,6 +95,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Not plain UTF-8',
     why: 'A UTF-16 file or a byte order mark makes trainers misread the rows (row 1, or all of them).',
   },
+  DS010: {
+    title: 'Unreadable Parquet file',
+    why: 'The file is not Parquet, is truncated, or uses an encoding or compression the reader does not know; no row is audited past that point.',
+  },
   DS101: {
     title: 'Shared prefix (piggyback surface)',
     why: 'When nearly every row renders the same prefix, finetuning can store a query-independent bias in it.',

@@ -133,7 +133,7 @@ describe('piggyback audit', () => {
     );
     assert.match(
       md,
-      /\| data\/finance-advice\.jsonl \| chatml-demo \(nearest model folder\) \| 250 \| 250 \| openai \| 96\.0% \|/,
+      /\| data\/finance-advice\.jsonl \| {2}\| chatml-demo \(nearest model folder\) \| 250 \| 250 \| openai \| 96\.0% \|/,
     );
     const j = JSON.parse(r.stdout);
     const finance = j.datasets.find((d: { file: string }) => d.file.endsWith('finance-advice.jsonl'));
@@ -390,10 +390,10 @@ describe('CLI manners', () => {
   it('audit prints a terminal table (Markdown only with --md), and a probe file is not audited as training data', () => {
     const r = run('audit', path.join(ROOT, 'examples'));
     assert.doesNotMatch(r.stdout, /^\|/m, 'no Markdown table rows on the terminal');
-    assert.match(r.stdout, /^Datasets\n {2}dataset +template +rows/m);
+    assert.match(r.stdout, /^Datasets\n {2}dataset +split +template +rows/m);
     assert.match(
       r.stdout,
-      /organisms\/probes\.jsonl +organisms\/base \(nearest model folder\) +39\/39 +probes \(not training data\)/,
+      /organisms\/probes\.jsonl +- +organisms\/base \(nearest model folder\) +39\/39 +probes \(not training data\)/,
     );
     assert.match(r.stdout, /^\/.*examples\/data\/finance-advice\.jsonl:1:1: warning DS101: /m);
     assert.doesNotMatch(r.stdout, /probes\.jsonl:\d+:\d+: \w+ DS1\d\d/, 'no training-data findings on probe files');
