@@ -60,6 +60,8 @@ export interface EvalMatrixView {
   probes: { id: string; question: string; category: string | null; cells: (EvalCellView | null)[] }[];
   /** Formatted headline figures, e.g. ["Piggyback share (prefix patch): 17% (CI 12% to 23%)", ...]. */
   headline: string[];
+  /** The run's piggyback risk (PB002's grade, or "no grade yet"), when it made one. */
+  risk?: string;
   /** Whether a cell can fail at all: a judge scored the answers or some probes carry reference answers. */
   judgeable?: boolean;
   /** The layer sweep, when the run had one: the prefix share per layer, then per layer range (fractions). */
@@ -97,6 +99,3 @@ export type FromWebview =
   | { type: 'runDrift' }
   | { type: 'runEval' }
   | { type: 'openReport'; folder: string };
-
-/** Severity thresholds for the drift diagnostic (PB001), on the TReFT value (mean relative squared K/V drift). */
-export const DRIFT_THRESHOLDS = { warning: 0.05, info: 0.005 };

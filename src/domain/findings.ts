@@ -147,3 +147,9 @@ export function sortFindings(findings: Finding[]): Finding[] {
       a.code.localeCompare(b.code),
   );
 }
+
+/**
+ * PB001 (prefix drift, descriptive): shown from the `info` level of the TReFT value (mean relative squared K/V drift
+ * over the prefix). Drift is a measurement, not a grade: the grade comes from patching (PB002).
+ */
+export const DRIFT_THRESHOLDS = { info: 0.005 } as const;

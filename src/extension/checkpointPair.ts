@@ -68,6 +68,9 @@ export class CheckpointPair implements vscode.Disposable {
         if ('kind' in k && !(which === 'base' && k.kind === 'adapter')) found.set(folder, k.kind);
       }
     }
+    // one entry per checkpoint: an onnx/ folder whose parent is listed is the same checkpoint (model.onnx inside)
+    for (const folder of [...found.keys()])
+      if (path.basename(folder) === 'onnx' && found.has(path.dirname(folder))) found.delete(folder);
     const builtIn = this.builtIn();
     const items: (vscode.QuickPickItem & { folder?: string })[] = [...found.keys()].sort().map((folder) => ({
       label: path.basename(folder),

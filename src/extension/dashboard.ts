@@ -14,6 +14,9 @@ export class Dashboard implements vscode.Disposable {
   private snapshot: DashboardSnapshot = { checkpoints: {} };
   private readonly actions = new vscode.EventEmitter<FromWebview>();
   readonly onAction = this.actions.event;
+  private readonly changed = new vscode.EventEmitter<DashboardSnapshot>();
+  /** Fires on every snapshot change, from any entry point (the status bar follows it). */
+  readonly onDidChange = this.changed.event;
 
   constructor(private readonly extensionUri: vscode.Uri) {}
 
@@ -48,6 +51,7 @@ export class Dashboard implements vscode.Disposable {
   update(change: Partial<DashboardSnapshot>): void {
     this.snapshot = { ...this.snapshot, ...change };
     this.post();
+    this.changed.fire(this.snapshot);
   }
 
   private options(): vscode.WebviewOptions & vscode.WebviewPanelOptions {

@@ -4,7 +4,6 @@
  * dataset is opened, and the model host starts on the first command that needs a model.
  */
 import * as vscode from 'vscode';
-import { DRIFT_THRESHOLDS } from '../contracts/dashboard';
 import { auditFolder } from '../app/audits';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
@@ -16,6 +15,7 @@ import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { reported } from './errors';
 import { SegmentHover } from './hover';
 import { PiggybackQuickFixes } from './quickFixes';
+import { openReportPanel } from './reportPanel';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
 
 export function activate(context: vscode.ExtensionContext): void {
@@ -32,20 +32,16 @@ export function activate(context: vscode.ExtensionContext): void {
   pairItem.command = 'piggyback.openDashboard';
   // the status item only where it means something: a checkpoint is chosen, or the workspace holds a model folder
   let hasModels = false;
+  dashboard.update({ checkpoints: modelCommands.checkpoints() });
   const updatePair = () => {
     const c = modelCommands.checkpoints();
+    // the verdict is the eval's PB002 grade; drift is a measurement, shown as a number, never as a risk
+    const risk = dashboard.current.eval?.risk;
     const drift = dashboard.current.drift?.treft;
-    const risk =
-      drift === undefined
-        ? ''
-        : drift >= DRIFT_THRESHOLDS.warning
-          ? ' $(warning) high drift'
-          : drift >= DRIFT_THRESHOLDS.info
-            ? ' drift'
-            : ' $(check) low drift';
+    const shown = risk ? ` · risk ${risk}` : '';
     pairItem.text =
-      c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${risk}` : '$(beaker) Piggyback';
-    pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
+      c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${shown}` : '$(beaker) Piggyback';
+    pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nPiggyback risk (PB002, from the latest eval run): ${risk ?? 'no eval run yet'}\nPrefix drift (TReFT value, a measurement, not a verdict): ${drift === undefined ? 'not measured' : drift.toPrecision(3)}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
     if (hasModels || models.base || models.finetuned) pairItem.show();
     else pairItem.hide();
   };
@@ -131,9 +127,14 @@ export function activate(context: vscode.ExtensionContext): void {
         });
       else if (a.type === 'runEval') void commands['piggyback.runEval']();
       else if (a.type === 'openReport' && dashboard.current.eval?.folder === a.folder)
-        void vscode.env.openExternal(vscode.Uri.file(`${a.folder}/report.html`));
+        void commands['piggyback.openEvalReport'](a.folder);
     }),
-    models.onDidChange(updatePair),
+    models.onDidChange(() => {
+      // the dashboard's checkpoint line follows every pick, from the palette, the pickers or a command
+      dashboard.update({ checkpoints: modelCommands.checkpoints() });
+      updatePair();
+    }),
+    dashboard.onDidChange(updatePair),
     vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration('piggyback.codeLens') && lenses.refresh()),
   );
 
@@ -180,6 +181,11 @@ function createCommands(p: Parts) {
     'piggyback.runEval': (args?: RunEvalArgs) => evals.runEval(args),
     'piggyback.openEvalRun': (folder?: string) => evals.openRun(folder),
     'piggyback.compareEvalRuns': (a?: string, b?: string) => evals.compareRuns(a, b),
+    'piggyback.openEvalReport': async (folder?: string) => {
+      const dir = folder ?? dashboard.current.eval?.folder;
+      if (!dir) throw new Error('no eval run is open: run one, or open a run folder first');
+      return openReportPanel(dir).title;
+    },
     'piggyback.exportTreft': (uri?: vscode.Uri, out?: string) => evals.exportTreft(uri, out),
     'piggyback.setJudgeApiKey': () => evals.setJudgeKey(),
   };

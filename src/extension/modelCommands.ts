@@ -4,7 +4,8 @@
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { DRIFT_THRESHOLDS, type DriftView, type PatchView } from '../contracts/dashboard';
+import type { DriftView, PatchView } from '../contracts/dashboard';
+import { DRIFT_THRESHOLDS } from '../domain/findings';
 import { pairTemplateSource } from '../app/audits';
 import type { PatchSpan, PromptSegment } from '../contracts/modelHost';
 import { DEFAULT_QUERY, LensSession, type ModelHost } from '../app/session';

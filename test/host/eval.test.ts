@@ -1,6 +1,7 @@
 // Eval runs as files on the organisms: the manifest, JSON Lines, reports, and a run killed halfway then resumed.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
@@ -157,6 +158,14 @@ describe('eval runs', () => {
     const html = fs.readFileSync(path.join(out, 'report.html'), 'utf8');
     assert.match(html, /default-src 'none'/);
     assert.ok(!/<script|https?:\/\//.test(html), 'self-contained: no scripts, no network');
+    // a strict CSP: the one style element is allowed by its hash, and no inline style attribute is needed
+    const style = /<style>([\s\S]*?)<\/style>/.exec(html)![1];
+    const hash = createHash('sha256').update(style).digest('base64');
+    assert.match(
+      html,
+      new RegExp(`content="default-src 'none'; style-src 'sha256-${hash.replace(/[+/]/g, (c) => `\\${c}`)}'"`),
+    );
+    assert.ok(!/ style="/.test(html), 'no inline style attributes');
     const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
     assert.equal(sarif.version, '2.1.0');
     assert.deepEqual(

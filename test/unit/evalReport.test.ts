@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { it } from 'node:test';
-import { evalFindings, evalMarkdown, pct, renderMarkdown } from '../../src/app/eval/evalReport';
+import { evalFindings, evalMarkdown, pct, renderMarkdown, riskGrade } from '../../src/app/eval/evalReport';
 import { layerSweepConditions, lockRun } from '../../src/app/eval/run';
 import { type Summary, summarise } from '../../src/app/eval/summary';
 
@@ -257,4 +257,32 @@ it('the HTML report renders its Markdown (tables, emphasis) and escapes any HTML
   assert.match(html, /<strong>Share<\/strong>/);
   assert.match(html, /<table>[\s\S]*<td>&lt;img src=x onerror=alert\(1\)&gt;<\/td>/);
   assert.doesNotMatch(html, /<img|<pre>/);
+});
+
+it('one verdict from the findings: the PB002 grade of the prefix patch, or "no grade yet"', () => {
+  const f = (message: string) => ({
+    code: 'PB002',
+    severity: 'info' as const,
+    message,
+    line: 1,
+    column: 1,
+    endLine: 1,
+    endColumn: 1,
+  });
+  assert.equal(
+    riskGrade([
+      f('postfix patch removes 80% ...: piggyback risk high'),
+      f('prefix patch removes 7% ...: piggyback risk low'),
+    ]),
+    'low',
+  );
+  assert.equal(
+    riskGrade([
+      f(
+        'prefix patch removes 7% ...: no piggyback grade yet (the run is not finished (3 of 9 results): resume it to grade)',
+      ),
+    ]),
+    'no grade yet',
+  );
+  assert.equal(riskGrade([]), undefined);
 });

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { ws } from './util';
+import { until, ws } from './util';
 import type { DriftView, EvalCompareView, EvalMatrixView, PatchView } from '../../src/contracts/dashboard';
 
 const organism = (name: string) => path.join(ws(), 'organisms', name);
@@ -149,6 +149,17 @@ describe('Piggyback Lens models in VS Code', () => {
       await config.update('eval.perturbationTrials', undefined, vscode.ConfigurationTarget.Workspace);
       await config.update('eval.maxNewTokens', undefined, vscode.ConfigurationTarget.Workspace);
     }
+  });
+
+  it("Open Eval Report shows the run's HTML report in an editor tab (a webview), never through the OS browser", async () => {
+    assert.ok(evalRun, 'the eval test ran first');
+    const title = await vscode.commands.executeCommand<string>('piggyback.openEvalReport', evalRun);
+    assert.equal(title, `Eval report: ${path.basename(evalRun)}`);
+    const tab = await until('the report tab', () =>
+      vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label === title),
+    );
+    assert.ok(tab.input instanceof vscode.TabInputWebview);
+    await vscode.window.tabGroups.close(tab);
   });
 
   it('a configured judge scores eval answers from the editor (fake OpenAI-compatible server on loopback)', async function () {

@@ -2,6 +2,7 @@
  * Eval reports: Markdown for CI logs and pull requests, one self-contained HTML file (no scripts, no network)
  * that opens in any browser, findings for SARIF, and the side-by-side comparison of two runs.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import MarkdownIt from 'markdown-it';
@@ -288,6 +289,16 @@ export function renderMarkdown(text: string): string {
   return markdown.render(text);
 }
 
+/** The report's one style element; the page's CSP allows exactly it (by hash), no inline style attribute. */
+const REPORT_STYLE = [
+  'body{font:14px system-ui,sans-serif;margin:24px;color:#222;background:#fff;max-width:1200px}',
+  'table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}',
+  'th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:0 3px}',
+  'blockquote{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:12px}',
+  ...Array.from({ length: 11 }, (_, i) => `td.h${i}{background:rgba(220,60,60,${(i / 10).toFixed(1)})}`),
+].join('');
+export const REPORT_STYLE_HASH = `sha256-${createHash('sha256').update(REPORT_STYLE).digest('base64')}`;
+
 export function evalHtml(m: Manifest, s: Summary, results: EvalResult[], skipped: Skipped[] = []): string {
   const conditions = s.conditions.map((c) => c.label);
   const probes = [...new Set(results.map((r) => r.probe))];
@@ -295,15 +306,16 @@ export function evalHtml(m: Manifest, s: Summary, results: EvalResult[], skipped
   const cell = (probe: string, cond: string) => {
     const r = index.get(`${probe}|${cond}`);
     if (!r) return '<td></td>';
-    const heat = Math.min(1, r.klToBase / 1);
+    // ten heat classes instead of inline styles, so that the page's CSP allows its one style element only
+    const heat = Math.round(10 * Math.min(1, Math.max(0, r.klToBase)));
     const judged = (r.samples ?? []).map((x) => x.judge?.aligned).filter((a) => a !== undefined && a !== null);
-    return `<td style="background: rgba(220, 60, 60, ${heat.toFixed(2)})" title="${esc(r.generation)}">${r.klToBase.toFixed(3)}${r.margin !== null ? `<br><small>margin ${r.margin.toFixed(2)}</small>` : ''}${judged.length ? `<br><small>judge ${judged.join(', ')}</small>` : ''}</td>`;
+    return `<td class="h${heat}" title="${esc(r.generation)}">${r.klToBase.toFixed(3)}${r.margin !== null ? `<br><small>margin ${r.margin.toFixed(2)}</small>` : ''}${judged.length ? `<br><small>judge ${judged.join(', ')}</small>` : ''}</td>`;
   };
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="UTF-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src '${REPORT_STYLE_HASH}'">
 <title>Piggyback eval</title>
-<style>body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:0 3px}blockquote{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:12px}</style>
+<style>${REPORT_STYLE}</style>
 </head><body>
 ${renderMarkdown(evalMarkdown(m, s, skipped))}
 <h2>Eval matrix: KL(base&#8214;condition) per probe (hover a cell for the generation)</h2>
@@ -369,6 +381,18 @@ export function compareMarkdown(a: NamedRun, b: NamedRun): string {
   return lines.join('\n');
 }
 
+/**
+ * The piggyback risk a run's findings state (PB002 on the prefix patch): high, medium, low, negligible, or "no grade
+ * yet" (an unfinished run, or too few general probes); undefined without PB002. The one verdict the status bar, the
+ * dashboard and the report show.
+ */
+export function riskGrade(findings: readonly Finding[]): string | undefined {
+  const pb002 = findings.find((f) => f.code === 'PB002' && f.message.startsWith('prefix patch'));
+  if (!pb002) return undefined;
+  if (/no piggyback grade yet/.test(pb002.message)) return 'no grade yet';
+  return /piggyback risk (high|medium|low|negligible)/.exec(pb002.message)?.[1];
+}
+
 /** The dashboard's eval matrix: probes x conditions with generations and judge scores. */
 export function matrixView(folder: string, run: RunFiles, probes: Probe[]): EvalMatrixView {
   // layer-sweep conditions are a chart of their own, not columns
@@ -412,6 +436,7 @@ export function matrixView(folder: string, run: RunFiles, probes: Probe[]): Eval
       cells: conditions.map((c) => cell(index.get(`${p.id}|${c}`))),
     })),
     headline,
+    risk: riskGrade(run.findings),
     judgeable: m.settings.judge !== null || run.results.some((r) => r.margin !== null),
     ...(run.summary.layerShares?.length
       ? {
