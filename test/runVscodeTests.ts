@@ -240,8 +240,19 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             }
             if (!/Patch comparison: prefix \(\d+ positions\) on "I feel bored\. What should I do\?"/.test(text))
               throw new Error(`the dashboard never showed the comparison; webview text: ${text.slice(0, 300)}`);
-            for (const part of ['base', 'finetuned', 'patched', 'KL(base\u2016patched)', 'Drift heatmap'])
+            for (const part of [
+              'base',
+              'finetuned',
+              'patched',
+              'KL(base\u2016patched)',
+              'Drift heatmap',
+              // the heatmap's colour key: a scale per segment, with the value a full cell means
+              'Scale: per segment',
+              'colour on a square-root scale, full at the value shown (per segment)',
+            ])
               if (!text.includes(part)) throw new Error(`missing "${part}" in the dashboard`);
+            const keys = await (await webview())!.locator('.colour-key .key-row').count();
+            if (keys !== 3) throw new Error(`the colour key has ${keys} rows, not one per segment`);
             await new Promise((r) => setTimeout(r, 500));
             await page.screenshot({ path: path.join(shots, 'workbench.png') });
           }),

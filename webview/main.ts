@@ -29,7 +29,15 @@ interface ViewState {
   sort: 'shift' | 'probe';
   /** Probe whose generations are shown side by side. */
   selected?: string;
+  /**
+   * The heatmap's colour scale: each segment to its own maximum (default: one postfix outlier cannot blank the
+   * prefix), everything to the 95th percentile (robust), or everything to the maximum.
+   */
+  scale?: HeatScale;
 }
+type HeatScale = 'segment' | 'robust' | 'max';
+const SCALE_NAME: Record<HeatScale, string> = { segment: 'per segment', robust: '95th percentile', max: 'maximum' };
+const NEXT_SCALE: Record<HeatScale, HeatScale> = { segment: 'robust', robust: 'max', max: 'segment' };
 const saved = vscode.getState() as { view?: ViewState } | undefined;
 let view: ViewState = saved?.view ?? { kv: 'key', failuresOnly: false, sort: 'shift' };
 let snapshot: DashboardSnapshot = (vscode.getState() as { snapshot?: DashboardSnapshot } | undefined)?.snapshot ??
@@ -113,11 +121,28 @@ function heatmap(d: DriftView): HTMLElement {
     { id: 'heatmap' },
     el('h2', {}, `Drift heatmap (${view.kv === 'key' ? 'K' : 'V'}), layers \u00d7 tokens`),
   );
+  const scale = view.scale ?? 'segment';
   sec.append(
-    vsButton(view.kv === 'key' ? 'Show V' : 'Show K', () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }), true),
+    el(
+      'div',
+      { class: 'actions' },
+      vsButton(
+        view.kv === 'key' ? 'Show V' : 'Show K',
+        () => setView({ kv: view.kv === 'key' ? 'value' : 'key' }),
+        true,
+      ),
+      vsButton(`Scale: ${SCALE_NAME[scale]}`, () => setView({ scale: NEXT_SCALE[scale] }), true),
+    ),
   );
   const all = d.segments.flatMap((s) => s[view.kv].flat());
-  const max = Math.max(1e-12, ...all);
+  const sorted = [...all].sort((a, b) => a - b);
+  const p95 = sorted[Math.min(sorted.length - 1, Math.floor(0.95 * sorted.length))] ?? 0;
+  // the value that gets full colour, per segment
+  const top = (seg: DriftView['segments'][number]) =>
+    Math.max(
+      1e-12,
+      scale === 'segment' ? Math.max(0, ...seg[view.kv].flat()) : scale === 'robust' ? p95 : Math.max(0, ...all),
+    );
   const table = el('table', { class: 'heat' });
   const head = el('tr', {}, el('th', {}, 'layer'));
   for (const s of d.segments) {
@@ -139,7 +164,7 @@ function heatmap(d: DriftView): HTMLElement {
           class: `cell seg-${s.name}${i === 0 ? ' seg-start' : ''}`,
           title: `${s.name} \u00b7 layer ${l} \u00b7 "${s.tokens[i].text}" (id ${s.tokens[i].id}): ${fmt(v)}`,
         });
-        td.style.setProperty('--heat', String(Math.sqrt(v / max)));
+        td.style.setProperty('--heat', String(Math.sqrt(Math.min(1, v / top(s)))));
         tr.append(td);
       });
     }
@@ -150,7 +175,30 @@ function heatmap(d: DriftView): HTMLElement {
     { class: 'legend' },
     ...d.segments.map((s) => el('span', { class: `seg-${s.name}` }, `${s.name}: mean ${fmt(s.mean)}`)),
   );
-  sec.append(el('div', { class: 'scroll' }, table), legend);
+  // the colour key: what a full cell means on this scale (square-root ramp), per segment where scales differ
+  const key = el('div', { class: 'colour-key', role: 'img', 'aria-label': 'colour scale' });
+  const scales =
+    scale === 'segment' ? d.segments.map((s) => [s.name, top(s)] as const) : [['all', top(d.segments[0])] as const];
+  for (const [name, value] of scales) {
+    key.append(
+      el(
+        'div',
+        { class: 'key-row' },
+        el('span', { class: 'key-name' }, name),
+        el('span', { class: 'key-min' }, '0'),
+        el('span', { class: 'key-ramp' }),
+        el('span', { class: 'key-max' }, `${fmt(value)}${scale === 'robust' ? ' and above' : ''}`),
+      ),
+    );
+  }
+  key.append(
+    el(
+      'div',
+      { class: 'why' },
+      `Relative squared ${view.kv === 'key' ? 'K' : 'V'} drift per layer and token; colour on a square-root scale, full at the value shown (${SCALE_NAME[scale]}).`,
+    ),
+  );
+  sec.append(el('div', { class: 'scroll' }, table), legend, key);
   return sec;
 }
 
