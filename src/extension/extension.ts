@@ -13,7 +13,7 @@ import { type ModelCommandArgs, ModelCommands } from './modelCommands';
 import { CheckpointPair } from './checkpointPair';
 import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
 import { reported } from './errors';
-import { SegmentHover } from './hover';
+import { rowTokensMarkdown, SegmentHover } from './hover';
 import { PiggybackQuickFixes } from './quickFixes';
 import { openReportPanel } from './reportPanel';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
@@ -58,6 +58,7 @@ export function activate(context: vscode.ExtensionContext): void {
     });
   context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, evals, pairItem);
 
+  const hover = new SegmentHover(diagnostics);
   const commands = createCommands({
     context,
     log,
@@ -67,6 +68,7 @@ export function activate(context: vscode.ExtensionContext): void {
     dashboard,
     modelCommands,
     evals,
+    hover,
     updatePair,
   });
   for (const [id, run] of Object.entries(commands))
@@ -79,7 +81,7 @@ export function activate(context: vscode.ExtensionContext): void {
     { pattern: '**/*.{jinja,jinja2,j2}' },
   ];
   context.subscriptions.push(
-    vscode.languages.registerHoverProvider(selector, new SegmentHover(diagnostics)),
+    vscode.languages.registerHoverProvider(selector, hover),
     vscode.workspace.onDidOpenTextDocument((doc) => diagnostics.schedule(doc, true)),
     vscode.workspace.onDidChangeTextDocument((e) => {
       if (e.contentChanges.length) diagnostics.schedule(e.document);
@@ -151,6 +153,7 @@ interface Parts {
   dashboard: Dashboard;
   modelCommands: ModelCommands;
   evals: EvalCommands;
+  hover: SegmentHover;
   updatePair: () => void;
 }
 
@@ -159,7 +162,7 @@ interface Parts {
  * reports its own failure through reportError and resolves to its result (tests call them and read it).
  */
 function createCommands(p: Parts) {
-  const { context, log, associations, diagnostics, models, dashboard, modelCommands, evals, updatePair } = p;
+  const { context, log, associations, diagnostics, models, dashboard, modelCommands, evals, hover, updatePair } = p;
   const table = {
     'piggyback.chooseTemplate': (uri?: vscode.Uri) => associations.choose(uri),
     'piggyback.auditWorkspace': () => auditWorkspace(context, diagnostics, log),
@@ -188,6 +191,21 @@ function createCommands(p: Parts) {
     },
     'piggyback.exportTreft': (uri?: vscode.Uri, out?: string) => evals.exportTreft(uri, out),
     'piggyback.setJudgeApiKey': () => evals.setJudgeKey(),
+    // the row hover's "show every token": the whole segmentation of that row, in a Markdown document beside
+    'piggyback.showRowTokens': async (uri?: string, line?: number) => {
+      if (!uri || line === undefined) throw new Error('hover a dataset row and use its "show every token" link');
+      const doc = await vscode.workspace.openTextDocument(vscode.Uri.parse(uri));
+      const r = hover.rowSegments(doc, line);
+      if (!r) throw new Error(`line ${line + 1} of ${vscode.workspace.asRelativePath(doc.uri)} is not a chat row`);
+      if ('error' in r) throw new Error(r.error);
+      const title = `${vscode.workspace.asRelativePath(doc.uri)}, row ${line + 1}, rendered with ${r.template}`;
+      const md = await vscode.workspace.openTextDocument({
+        language: 'markdown',
+        content: rowTokensMarkdown(r.seg, title),
+      });
+      await vscode.window.showTextDocument(md, { viewColumn: vscode.ViewColumn.Beside, preview: true });
+      return md.getText();
+    },
   };
   return Object.fromEntries(
     Object.entries(table).map(([id, run]) => [id, reported(log, run as (...a: unknown[]) => unknown)]),

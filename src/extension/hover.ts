@@ -33,8 +33,12 @@ export class SegmentHover implements vscode.HoverProvider {
     return new vscode.Hover(describe(seg, 'A one-turn conversation with no system message, as the trainer renders it'));
   }
 
-  private rowHover(doc: vscode.TextDocument, pos: vscode.Position): vscode.Hover | undefined {
-    const text = doc.lineAt(pos.line).text;
+  /** A dataset row as the trainer renders it, or why it cannot be rendered; undefined when it is no chat row. */
+  rowSegments(
+    doc: vscode.TextDocument,
+    line: number,
+  ): { seg: Segmentation; template: string } | { error: string } | undefined {
+    const text = doc.lineAt(line).text;
     if (!text.trim()) return undefined;
     let value: unknown;
     try {
@@ -53,40 +57,76 @@ export class SegmentHover implements vscode.HoverProvider {
         { specialTokens: p.source.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK, ...turns },
         p.tokenizer,
       );
-      return new vscode.Hover(
-        describe(seg, `This row rendered with ${p.source.file ?? 'the template'}`),
-        doc.lineAt(pos.line).range,
-      );
+      return { seg, template: vscode.workspace.asRelativePath(p.source.file ?? 'the template') };
     } catch (e) {
-      return new vscode.Hover(`Piggyback Lens cannot render this row: ${(e as Error).message}`);
+      return { error: (e as Error).message };
     }
+  }
+
+  private rowHover(doc: vscode.TextDocument, pos: vscode.Position): vscode.Hover | undefined {
+    const r = this.rowSegments(doc, pos.line);
+    if (!r) return undefined;
+    if ('error' in r) return new vscode.Hover(`Piggyback Lens cannot render this row: ${r.error}`);
+    // what this row trains on first; the prefix every row shares, one line (the whole of it behind a link)
+    const expand = `command:${SHOW_ROW_COMMAND}?${encodeURIComponent(JSON.stringify([doc.uri.toString(), pos.line]))}`;
+    return new vscode.Hover(
+      describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, { collapsePrefix: expand }),
+      doc.lineAt(pos.line).range,
+    );
   }
 }
 
-function describe(seg: Segmentation, title: string): vscode.MarkdownString {
+export const SHOW_ROW_COMMAND = 'piggyback.showRowTokens';
+
+/** The full segmentation of a row (every token of every segment) as Markdown, for the hover's "show all" link. */
+export function rowTokensMarkdown(seg: Segmentation, title: string): string {
+  return describe(seg, title, { all: true }).value;
+}
+
+function describe(
+  seg: Segmentation,
+  title: string,
+  options: { collapsePrefix?: string; all?: boolean } = {},
+): vscode.MarkdownString {
   const md = new vscode.MarkdownString(undefined, true);
-  md.appendMarkdown(`**Piggyback segments** — ${title}\n\n`);
-  const rows: [string, { text: string; tokens: Token[] } | undefined][] = [
-    ['prefix', seg.prefix],
-    ['query', seg.query],
-    ['postfix', seg.postfix],
-    ['response', seg.response],
-  ];
+  if (options.collapsePrefix) md.isTrusted = { enabledCommands: [SHOW_ROW_COMMAND] };
+  md.appendMarkdown(`**Piggyback segments**: ${title}\n\n`);
+  const rows: [string, { text: string; tokens: Token[] } | undefined][] = options.collapsePrefix
+    ? [
+        ['query', seg.query],
+        ['postfix', seg.postfix],
+        ['response', seg.response],
+      ]
+    : [
+        ['prefix', seg.prefix],
+        ['query', seg.query],
+        ['postfix', seg.postfix],
+        ['response', seg.response],
+      ];
+  const count = (s: { text: string; tokens: Token[] }) =>
+    seg.tokenized ? `${s.tokens.length} tokens` : `${s.text.length} chars, no tokenizer`;
   for (const [name, s] of rows) {
     if (!s) continue;
-    const count = seg.tokenized ? `${s.tokens.length} tokens` : `${s.text.length} chars, no tokenizer`;
-    md.appendMarkdown(`**${name}** (${count})\n\n`);
-    if (seg.tokenized && name !== 'query' && name !== 'response') {
-      const shown = s.tokens.slice(0, MAX_TOKENS_SHOWN).map((t) => `\`${t.id}\`\u00a0${codeSpan(t.text)}`);
-      md.appendMarkdown(shown.join(' · ') + (s.tokens.length > MAX_TOKENS_SHOWN ? ' …' : '') + '\n\n');
+    md.appendMarkdown(`**${name}** (${count(s)})\n\n`);
+    if (seg.tokenized && (options.all || (name !== 'query' && name !== 'response'))) {
+      const limit = options.all ? s.tokens.length : MAX_TOKENS_SHOWN;
+      const shown = s.tokens.slice(0, limit).map((t) => `${codeSpan(t.text)}\u2009#${t.id}`);
+      md.appendMarkdown(shown.join('  ') + (s.tokens.length > limit ? ' \u2026' : '') + '\n\n');
     } else {
-      md.appendCodeblock(s.text.length > 400 ? s.text.slice(0, 400) + '…' : s.text, 'text');
+      md.appendCodeblock(s.text.length > 400 ? s.text.slice(0, 400) + '\u2026' : s.text, 'text');
     }
+  }
+  if (options.collapsePrefix) {
+    const preview = seg.prefix.text.length > 60 ? `${seg.prefix.text.slice(0, 60)}\u2026` : seg.prefix.text;
+    md.appendMarkdown(
+      `**prefix** (${count(seg.prefix)}, the template text before the query): ${codeSpan(preview)} [show every token](${options.collapsePrefix})\n\n`,
+    );
   }
   return md;
 }
 
+/** A token's text as a code span: newline and tab escaped, a space shown as \u2423 (never the separator). */
 function codeSpan(text: string): string {
-  const visible = text.replace(/\n/g, '\\n').replace(/\t/g, '\\t').replace(/ /g, '\u00b7');
+  const visible = text.replace(/\n/g, '\\n').replace(/\t/g, '\\t').replace(/ /g, '\u2423');
   return '`' + visible.replace(/`/g, '\u02cb') + '`';
 }

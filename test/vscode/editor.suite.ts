@@ -113,8 +113,20 @@ describe('Piggyback Lens in VS Code', () => {
     const text = hovers
       .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
       .join('\n');
-    assert.match(text, /\*\*prefix\*\* \(41 tokens\)/);
-    assert.match(text, /\*\*response\*\*/);
+    // what the row trains on first: query, postfix, response; the shared prefix last, on one line, with a link
+    const order = ['**query**', '**postfix**', '**response**', '**prefix** (41 tokens'].map((h) => text.indexOf(h));
+    assert.ok(
+      order.every((i, k) => i >= 0 && (k === 0 || i > order[k - 1])),
+      `order ${order}: ${text.slice(0, 400)}`,
+    );
+    assert.match(text, /\[show every token\]\(command:piggyback\.showRowTokens\?/);
+    assert.match(text, /row 1 rendered with chatml-demo\/tokenizer_config\.json/, 'a workspace-relative path');
+    assert.match(text, /`<\|im_end\|>`\u2009#\d+/, 'token text as code, its id apart as #id');
+    // the link's command shows the whole row, every token
+    const full = await vscode.commands.executeCommand<string>('piggyback.showRowTokens', doc.uri.toString(), 0);
+    assert.match(full, /\*\*prefix\*\* \(41 tokens\)\n\n`<\|im_start\|>`\u2009#\d+/);
+    assert.match(full, /\u2423/, 'spaces shown as \u2423, never as the separator');
+    await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
   });
 
   it('follows .piggyback.json when it names another template for a dataset', async () => {
