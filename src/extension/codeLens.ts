@@ -36,6 +36,17 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
       return (['prefix', 'postfix', 'drift'] as const).map((k) => new PiggybackLens(range, k, doc));
     }
     if (isDataset(doc)) {
+      // a lens above every row doubles the line height: by default only on the row under the cursor
+      const mode = vscode.workspace
+        .getConfiguration('piggyback', doc.uri)
+        .get<string>('codeLens.datasetRows', 'cursor');
+      if (mode === 'off') return [];
+      if (mode === 'cursor') {
+        const editor = vscode.window.activeTextEditor;
+        if (editor?.document !== doc) return [];
+        const line = doc.lineAt(editor.selection.active.line);
+        return line.isEmptyOrWhitespace ? [] : [new PiggybackLens(line.range, 'row', doc)];
+      }
       const max = Math.min(doc.lineCount, 5000); // lenses past the first rows cost more than they help
       const lenses: PiggybackLens[] = [];
       for (let i = 0; i < max; i++) {

@@ -11,7 +11,7 @@ import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
 import { EvalCommands, type RunEvalArgs } from './evalCommands';
 import { type ModelCommandArgs, ModelCommands } from './modelCommands';
 import { CheckpointPair } from './checkpointPair';
-import { DiagnosticsManager, isTemplate, toDiagnostic } from './diagnostics';
+import { DiagnosticsManager, isDataset, isTemplate, toDiagnostic } from './diagnostics';
 import { reported } from './errors';
 import { rowTokensMarkdown, SegmentHover } from './hover';
 import { PiggybackQuickFixes } from './quickFixes';
@@ -138,6 +138,10 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
     dashboard.onDidChange(updatePair),
     vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration('piggyback.codeLens') && lenses.refresh()),
+    // the dataset-row lens follows the cursor (piggyback.codeLens.datasetRows: cursor)
+    vscode.window.onDidChangeTextEditorSelection((e) => {
+      if (isDataset(e.textEditor.document)) lenses.refresh();
+    }),
   );
 
   for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);

@@ -21,7 +21,7 @@ describe('Piggyback Lens models in VS Code', () => {
     await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
   });
 
-  it('code lenses on the template and on every dataset row, resolved with their commands', async () => {
+  it('code lenses on the template, and on the dataset row under the cursor (every row on request)', async () => {
     const tpl = vscode.Uri.file(path.join(organism('finetuned'), 'tokenizer_config.json'));
     await vscode.workspace.openTextDocument(tpl);
     const lenses = await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', tpl, 10);
@@ -29,15 +29,26 @@ describe('Piggyback Lens models in VS Code', () => {
     for (const t of ['Patch prefix and compare', 'Patch postfix and compare', 'Show drift'])
       assert.ok(titles.includes(t), `${t} in ${titles}`);
     const data = vscode.Uri.file(path.join(ws(), 'organisms', 'finetune.jsonl'));
-    await vscode.workspace.openTextDocument(data);
-    const rowLenses = await vscode.commands.executeCommand<vscode.CodeLens[]>(
-      'vscode.executeCodeLensProvider',
-      data,
-      5,
-    );
-    const row = rowLenses.find((l) => l.range.start.line === 0)!;
+    const editor = await vscode.window.showTextDocument(await vscode.workspace.openTextDocument(data));
+    // (the command returns as many lenses as it is asked to resolve)
+    const rowLenses = () =>
+      vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', data, 1000);
+    // by default one lens, on the row under the cursor, following it
+    editor.selection = new vscode.Selection(3, 0, 3, 0);
+    const atCursor = await until('the lens on row 4', async () => {
+      const ls = await rowLenses();
+      return ls.length === 1 && ls[0].range.start.line === 3 ? ls : undefined;
+    });
+    const row = atCursor[0];
     assert.equal(row.command?.command, 'piggyback.patchCompare');
     assert.equal(typeof (row.command?.arguments?.[0] as { query: string } | undefined)?.query, 'string');
+    const config = vscode.workspace.getConfiguration('piggyback');
+    await config.update('codeLens.datasetRows', 'all', vscode.ConfigurationTarget.Workspace);
+    try {
+      await until('with "all", a lens on every row', async () => (await rowLenses()).length === 600);
+    } finally {
+      await config.update('codeLens.datasetRows', undefined, vscode.ConfigurationTarget.Workspace);
+    }
   });
 
   it('measures prefix drift through the real host and puts PB001 on the template', async () => {
