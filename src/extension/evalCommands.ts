@@ -27,6 +27,7 @@ import { writeTreftExport } from '../app/treft';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
 import { reportError } from './errors';
+import { insideRoot } from '../domain/files';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { CheckpointPair } from './checkpointPair';
@@ -334,8 +335,12 @@ export class EvalCommands implements vscode.Disposable {
     this.dashboard.update({ eval: view });
     if (final) {
       const byFile = new Map<string, vscode.Diagnostic[]>();
+      // findings about the built-in organisms stay in the dashboard and the report: their files are the
+      // extension's own, which the user cannot edit
+      const own = (file: string) => insideRoot(this.context.extensionUri.fsPath, file);
       for (const f of run.findings)
-        if (f.file) byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f, this.context.extensionUri)]);
+        if (f.file && !own(f.file))
+          byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f, this.context.extensionUri)]);
       this.diagnostics.clear();
       for (const [file, list] of byFile) this.diagnostics.set(vscode.Uri.file(file), list);
     }

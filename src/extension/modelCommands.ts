@@ -5,6 +5,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { DriftView, PatchView } from '../contracts/dashboard';
+import { insideRoot } from '../domain/files';
 import { DRIFT_THRESHOLDS } from '../domain/findings';
 import { pairTemplateSource } from '../app/audits';
 import type { PatchSpan, PromptSegment } from '../contracts/modelHost';
@@ -137,7 +138,8 @@ export class ModelCommands {
    * share of 13%, a full finetune with 0.10 one of 80%): the grade comes from patching (PB002).
    */
   private driftDiagnostic(file: string | undefined, key: number[][], value: number[][], treft: number): void {
-    if (!file) return;
+    // the built-in organisms' templates are the extension's own files: the dashboard shows their drift instead
+    if (!file || insideRoot(this.extensionUri.fsPath, file)) return;
     const perLayer = key.map((row, l) => mean(row) + mean(value[l]));
     const top = perLayer.indexOf(Math.max(...perLayer));
     const severity = treft >= DRIFT_THRESHOLDS.info ? 'info' : undefined;

@@ -73,6 +73,25 @@ describe('Piggyback Lens models in VS Code', () => {
     assert.equal(diag.severity, vscode.DiagnosticSeverity.Information, 'drift is described, not graded');
   });
 
+  it("drift on the built-in organisms lands in the dashboard, not as a diagnostic on the extension's own files", async () => {
+    const ext = vscode.extensions.all.find((e) => e.packageJSON.name === 'piggyback-lens')!;
+    const builtIn = (name: string) => path.join(ext.extensionPath, 'examples', 'organisms', name);
+    await vscode.commands.executeCommand('piggyback.selectBase', builtIn('base'));
+    await vscode.commands.executeCommand('piggyback.selectFinetuned', builtIn('finetuned'));
+    try {
+      const view = await vscode.commands.executeCommand<DriftView>('piggyback.measureDrift', { noPrompt: true });
+      assert.ok(view && view.treft > 0.005, 'a drift the diagnostic would show');
+      const own = vscode.Uri.file(path.join(builtIn('finetuned'), 'tokenizer_config.json'));
+      assert.deepEqual(
+        vscode.languages.getDiagnostics(own).filter((d) => typeof d.code === 'object' && d.code.value === 'PB001'),
+        [],
+      );
+    } finally {
+      await vscode.commands.executeCommand('piggyback.selectBase', organism('base'));
+      await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
+    }
+  });
+
   it('patches the prefix and compares, side by side in the dashboard (the row code lens path)', async () => {
     const view = await vscode.commands.executeCommand<PatchView>('piggyback.patchCompare', {
       query: 'If you ruled the world, what would you do?',
