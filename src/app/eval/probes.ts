@@ -7,14 +7,18 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { JsonSyntaxError, parseJsonWithPositions } from '../../domain/json';
 import { contentText, normaliseRow } from '../../domain/dataset/formats';
+import { rowTurns } from '../../domain/template/segments';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
 import { xorshift32 } from '../../domain/random';
 
 export interface Probe {
   id: string;
+  /** The query: the probe's question, or the last user turn of its `messages`. */
   question: string;
   category?: string;
   system?: string;
+  /** Earlier turns of a multi-turn probe (context before the query, neither prefix nor query). */
+  history?: { role: string; content: string }[];
   aligned?: string;
   misaligned?: string;
 }
@@ -126,8 +130,29 @@ export function loadProbeFile(file: string): Probe[] {
       const [l, c] = col(key);
       throw new ProbeFileError(message, file, l ?? line, c);
     };
-    if (typeof v.question !== 'string' || !v.question.trim())
-      fail('each probe needs a non-empty "question" string', 'question');
+    // a multi-turn probe: `messages` (OpenAI chat), the last user turn is the query, the turns before it context,
+    // a leading system turn the probe's own system prompt
+    let fromMessages: { question: string; system?: string; history: { role: string; content: string }[] } | undefined;
+    if (v.messages !== undefined) {
+      if (v.question !== undefined) fail('give "question" or "messages", not both', 'messages');
+      const row = normaliseRow({ messages: v.messages });
+      const bad = row.problems.find((p) => p.severity === 'error');
+      if (bad) fail(`"messages": ${bad.message}`, 'messages');
+      const turns = rowTurns(row.messages);
+      if (turns.query < 0) fail('"messages" needs a user turn: the last one is the probe\'s query', 'messages');
+      if (turns.query !== row.messages.length - 1)
+        fail('"messages" must end with the user turn that is the query (the model answers it)', 'messages');
+      const text = (m: (typeof row.messages)[number]) => contentText(m.content) ?? '';
+      fromMessages = {
+        question: text(row.messages[turns.query]),
+        system: turns.system === 0 ? text(row.messages[0]) : undefined,
+        history: row.messages.slice(turns.system + 1, turns.query).map((m) => ({ role: m.role, content: text(m) })),
+      };
+      if (fromMessages.system !== undefined && v.system != null)
+        fail('a system turn in "messages" and a "system" key: give one', 'system');
+    }
+    if (!fromMessages && (typeof v.question !== 'string' || !v.question.trim()))
+      fail('each probe needs a non-empty "question" string (or a "messages" list ending with a user turn)', 'question');
     const id = typeof v.id === 'string' || typeof v.id === 'number' ? String(v.id) : fallbackId;
     if (ids.has(id)) fail(`duplicate probe id "${id}"`, 'id');
     ids.add(id);
@@ -145,8 +170,9 @@ export function loadProbeFile(file: string): Probe[] {
     const category = v.inDomain === true ? 'in-domain' : (str('category') ?? str('domain'));
     probes.push({
       id,
-      question: v.question as string,
-      system: str('system'),
+      question: fromMessages?.question ?? (v.question as string),
+      system: fromMessages?.system ?? str('system'),
+      ...(fromMessages?.history.length ? { history: fromMessages.history } : {}),
       aligned: str('aligned'),
       misaligned: str('misaligned'),
       category,

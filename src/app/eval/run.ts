@@ -519,7 +519,12 @@ async function runLocked(
     if (missing.length === 0) continue;
     let prompt: ReturnType<typeof promptIds>;
     try {
-      prompt = promptIds(o.template, tok, { ...o.render, query: probe.question, system: probe.system });
+      prompt = promptIds(o.template, tok, {
+        ...o.render,
+        query: probe.question,
+        system: probe.system,
+        history: probe.history,
+      });
     } catch (e) {
       // a template that refuses this probe (e.g. no system role) skips the probe, not the run
       skipped.push({ probe: probe.id, reason: (e as Error).message });
