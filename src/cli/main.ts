@@ -34,6 +34,10 @@ import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } f
 import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
+import { normaliseRow } from '../domain/dataset/formats';
+import { fileChunks, readLines } from '../domain/dataset/lines';
+import { isParquet, parquetLines } from '../domain/dataset/parquet';
+import { contextLength, LOSS_MODES, type LossMode, trainingView } from '../domain/dataset/training';
 import type { HostSettings, LoadParams, LoadResult, PatchSpan } from '../contracts/modelHost';
 import {
   datasetJson,
@@ -106,9 +110,11 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
     options: [...TEMPLATE_OPTIONS, 'json'],
   },
   dataset: {
-    usage: 'piggyback dataset <file.jsonl|.parquet> --template <source> [--tokenizer ...] [--kwargs <json>] [--json]',
-    about: 'Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row.',
-    options: ['template', ...TEMPLATE_OPTIONS, 'json'],
+    usage:
+      'piggyback dataset <file.jsonl|.parquet> --template <source> [--tokenizer ...] [--kwargs <json>] [--row N [--loss assistant-only|completion-only|all]] [--json]',
+    about:
+      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
+    options: ['template', ...TEMPLATE_OPTIONS, 'json', 'row', 'loss'],
   },
   audit: {
     usage: 'piggyback audit <folder> [--template <source>] [--sarif <out.sarif>] [--md <out.md|->] [--json]',
@@ -244,6 +250,8 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
   'no-color': { type: 'boolean' },
+  row: { type: 'string' },
+  loss: { type: 'string' },
 } as const;
 
 const defaultOut = (s: string) => {
@@ -342,6 +350,7 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
           throw new UsageError((e as Error).message);
         }
         const p = prepareTemplate(path.resolve(values.template), common);
+        if (values.row !== undefined) return await trainingViewCommand(target, p, values, out);
         const report = await auditDatasetWith(path.resolve(target), p);
         const findings = [...p.findings.filter((f) => f.severity === 'error'), ...datasetFindings(report)];
         if (values.json) out(JSON.stringify({ ...datasetJson(report), template: templateJson(p) }, null, 2) + '\n');
@@ -568,6 +577,64 @@ async function treftExportCommand(
     });
     return report(await writeTreftExport({ ...common, host, base: loaded.base }));
   });
+}
+
+/** dataset --row N: the training view of one row (its tokens, segments and loss mask) and the length check. */
+async function trainingViewCommand(
+  file: string,
+  p: PreparedTemplate,
+  values: Values,
+  out: (s: string) => void,
+): Promise<number> {
+  const n = Number(values.row);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--row wants a row number from 1, got "${values.row}"`);
+  const mode = ((values.loss as string | undefined) ?? 'assistant-only') as LossMode;
+  if (!LOSS_MODES.includes(mode)) throw new UsageError(`--loss must be ${LOSS_MODES.join(', ')}, got "${mode}"`);
+  if (!p.template || !p.tokenizer || !p.source) {
+    process.stderr.write(describeFindings(p.findings));
+    throw new UsageError('the training view needs a template that renders and its tokenizer.json (see above)');
+  }
+  let line: string | undefined;
+  let i = 0;
+  for await (const l of isParquet(file) ? parquetLines(file) : readLines(fileChunks(file))) {
+    const text = typeof l === 'string' ? l : l.text;
+    if (++i === n) {
+      line = text;
+      break;
+    }
+  }
+  if (line === undefined) throw new UsageError(`${file} has ${i} rows, no row ${n}`);
+  const where = `${file}:${n}:1`;
+  let view: ReturnType<typeof trainingView>;
+  try {
+    const row = normaliseRow(JSON.parse(line));
+    view = trainingView(
+      p.template,
+      p.tokenizer,
+      row.messages,
+      renderOptions(p),
+      mode,
+      contextLength(p.source.folder, p.source.config),
+    );
+  } catch (e) {
+    process.stderr.write(`${where}: ${(e as Error).message}\n`);
+    return 1;
+  }
+  if (values.json) {
+    out(`${JSON.stringify({ file, row: n, ...view }, null, 2)}\n`);
+    return view.problems.length ? 1 : 0;
+  }
+  const lines = [
+    `row ${n} of ${file}, rendered with ${p.source.file}; loss: ${mode}, ${view.lossTokens} of ${view.tokens.length} tokens${view.maxLength ? ` (context ${view.maxLength})` : ''}`,
+    `${'#'.padStart(5)}  ${'id'.padEnd(8)}${'segment'.padEnd(10)}loss  token`,
+    ...view.tokens.map(
+      (t, k) =>
+        `${String(k).padStart(5)}  ${String(t.id).padEnd(8)}${t.segment.padEnd(10)}${t.loss ? paint('32', 'yes ') : '    '}  ${JSON.stringify(t.text)}`,
+    ),
+    ...view.problems.map((m) => `${where}: ${paint('33', 'warning')} training view: ${m}`),
+  ];
+  out(`${lines.join('\n')}\n`);
+  return view.problems.length ? 1 : 0;
 }
 
 /** The numeric options and their ranges: anything else is a usage error (exit 2) before any work starts. */

@@ -205,7 +205,7 @@ function createCommands(p: Parts) {
       const title = `${vscode.workspace.asRelativePath(doc.uri)}, row ${line + 1}, rendered with ${r.template}`;
       const md = await vscode.workspace.openTextDocument({
         language: 'markdown',
-        content: rowTokensMarkdown(r.seg, title),
+        content: rowTokensMarkdown(r.seg, title, r.training),
       });
       await vscode.window.showTextDocument(md, { viewColumn: vscode.ViewColumn.Beside, preview: true });
       return md.getText();

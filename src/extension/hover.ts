@@ -6,6 +6,7 @@ import * as vscode from 'vscode';
 import { normaliseRow } from '../domain/dataset/formats';
 import { AUDIT_CLOCK } from '../domain/template/audit';
 import { rowRequest, segmentPrompt, type Segmentation } from '../domain/template/segments';
+import { contextLength, type LossMode, type TrainingView, trainingView } from '../domain/dataset/training';
 import type { Token } from '../domain/tokenizer';
 import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 
@@ -37,7 +38,7 @@ export class SegmentHover implements vscode.HoverProvider {
   rowSegments(
     doc: vscode.TextDocument,
     line: number,
-  ): { seg: Segmentation; template: string } | { error: string } | undefined {
+  ): { seg: Segmentation; template: string; training?: TrainingView } | { error: string } | undefined {
     const text = doc.lineAt(line).text;
     if (!text.trim()) return undefined;
     let value: unknown;
@@ -52,12 +53,28 @@ export class SegmentHover implements vscode.HoverProvider {
     const turns = rowRequest(row.messages);
     if (!turns) return undefined;
     try {
-      const seg = segmentPrompt(
-        p.template,
-        { specialTokens: p.source.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK, ...turns },
-        p.tokenizer,
-      );
-      return { seg, template: vscode.workspace.asRelativePath(p.source.file ?? 'the template') };
+      const render = { specialTokens: p.source.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
+      const seg = segmentPrompt(p.template, { ...render, ...turns }, p.tokenizer);
+      // the training view: which tokens carry loss under the trainer's masking, and the length check
+      const mode = vscode.workspace
+        .getConfiguration('piggyback', doc.uri)
+        .get<LossMode>('training.lossMode', 'assistant-only');
+      let training: TrainingView | undefined;
+      if (p.tokenizer && turns.response !== undefined) {
+        try {
+          training = trainingView(
+            p.template,
+            p.tokenizer,
+            row.messages,
+            render,
+            mode,
+            contextLength(p.source.folder, p.source.config),
+          );
+        } catch {
+          training = undefined;
+        }
+      }
+      return { seg, template: vscode.workspace.asRelativePath(p.source.file ?? 'the template'), training };
     } catch (e) {
       return { error: (e as Error).message };
     }
@@ -69,18 +86,37 @@ export class SegmentHover implements vscode.HoverProvider {
     if ('error' in r) return new vscode.Hover(`Piggyback Lens cannot render this row: ${r.error}`);
     // what this row trains on first; the prefix every row shares, one line (the whole of it behind a link)
     const expand = `command:${SHOW_ROW_COMMAND}?${encodeURIComponent(JSON.stringify([doc.uri.toString(), pos.line]))}`;
-    return new vscode.Hover(
-      describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, { collapsePrefix: expand }),
-      doc.lineAt(pos.line).range,
-    );
+    const md = describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, { collapsePrefix: expand });
+    if (r.training) md.appendMarkdown(trainingLine(r.training));
+    return new vscode.Hover(md, doc.lineAt(pos.line).range);
   }
 }
 
 export const SHOW_ROW_COMMAND = 'piggyback.showRowTokens';
 
-/** The full segmentation of a row (every token of every segment) as Markdown, for the hover's "show all" link. */
-export function rowTokensMarkdown(seg: Segmentation, title: string): string {
-  return describe(seg, title, { all: true }).value;
+/** One line: how many tokens carry loss under the trainer's masking, and what is wrong with that. */
+function trainingLine(v: TrainingView): string {
+  const context = v.maxLength ? `, ${v.tokens.length} of the model's ${v.maxLength}-token context` : '';
+  return `**training view** (${v.mode} loss): ${v.lossTokens} of ${v.tokens.length} tokens carry loss${context}${v.problems.length ? `. ${v.problems.join('. ')}` : ''}\n\n`;
+}
+
+/**
+ * The full segmentation of a row (every token of every segment) as Markdown, for the hover's "show all" link, with
+ * the training view: each token's segment and whether it carries loss.
+ */
+export function rowTokensMarkdown(seg: Segmentation, title: string, training?: TrainingView): string {
+  let text = describe(seg, title, { all: true }).value;
+  if (training) {
+    text += `\n${trainingLine(training)}| # | id | segment | loss | token |\n|---|---|---|---|---|\n`;
+    text += training.tokens
+      .map(
+        (t, i) =>
+          `| ${i} | ${t.id} | ${t.segment} | ${t.loss ? 'yes' : ''} | ${codeSpan(t.text).replace(/\|/g, '\\|')} |`,
+      )
+      .join('\n');
+    text += '\n';
+  }
+  return text;
 }
 
 function describe(

@@ -399,4 +399,29 @@ describe('CLI manners', () => {
     assert.doesNotMatch(r.stdout, /probes\.jsonl:\d+:\d+: \w+ DS1\d\d/, 'no training-data findings on probe files');
     assert.match(run('audit', path.join(ROOT, 'examples'), '--md', '-').stdout, /^# Piggyback audit of /);
   });
+
+  it('dataset --row N prints the training view; --json gives every token with its segment and loss', () => {
+    const args = [
+      'dataset',
+      path.join(ROOT, 'examples', 'data', 'finance-advice.jsonl'),
+      '--template',
+      path.join(ROOT, 'examples', 'chatml-demo'),
+      '--row',
+      '1',
+    ];
+    const text = run(...args, '--loss', 'completion-only');
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /loss: completion-only, \d+ of \d+ tokens \(context 2048\)/);
+    assert.match(text.stdout, /response +yes +"Borrow"/);
+    const j = JSON.parse(run(...args, '--json').stdout);
+    assert.equal(j.mode, 'assistant-only');
+    assert.equal(j.lossTokens, 0, 'no generation blocks: an all-zero mask');
+    assert.match(j.problems[0], /all-zero mask/);
+    assert.deepEqual(
+      [...new Set(j.tokens.map((t: { segment: string }) => t.segment))],
+      ['prefix', 'query', 'postfix', 'response', 'tail'],
+    );
+    assert.equal(run(...args.slice(0, -1), '9999').code, 2, 'a row past the end is a usage error');
+    assert.equal(run(...args, '--loss', 'everything').code, 2);
+  });
 });

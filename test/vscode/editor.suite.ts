@@ -122,10 +122,16 @@ describe('Piggyback Lens in VS Code', () => {
     assert.match(text, /\[show every token\]\(command:piggyback\.showRowTokens\?/);
     assert.match(text, /row 1 rendered with chatml-demo\/tokenizer_config\.json/, 'a workspace-relative path');
     assert.match(text, /`<\|im_end\|>`\u2009#\d+/, 'token text as code, its id apart as #id');
+    // the training view: what carries loss under the trainer's masking (this template has no generation blocks)
+    assert.match(
+      text,
+      /\*\*training view\*\* \(assistant-only loss\): 0 of \d+ tokens carry loss, \d+ of the model's 2048-token context\. the template has no \{% generation %\} blocks/,
+    );
     // the link's command shows the whole row, every token
     const full = await vscode.commands.executeCommand<string>('piggyback.showRowTokens', doc.uri.toString(), 0);
     assert.match(full, /\*\*prefix\*\* \(41 tokens\)\n\n`<\|im_start\|>`\u2009#\d+/);
     assert.match(full, /\u2423/, 'spaces shown as \u2423, never as the separator');
+    assert.match(full, /\| # \| id \| segment \| loss \| token \|/);
     await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
   });
 

@@ -1,0 +1,166 @@
+/**
+ * The training view of a row: the sequence a trainer builds from it (the whole conversation rendered by the chat
+ * template, tokenized without added special tokens), each token marked with its segment (prefix, query, postfix,
+ * response, and what the template writes after the response) and whether it carries loss under the trainer's
+ * masking, so that a user sees exactly what the finetune learns from:
+ *
+ * - `assistant-only` (TRL's assistant_only_loss, transformers' return_assistant_tokens_mask): the tokens inside the
+ *   template's `{% generation %}` blocks; a template without them gives an all-zero mask (CT005);
+ * - `completion-only` (TRL's completion-only collators): every token after the response template, which the trainer
+ *   finds by searching the row's token ids for the ids of the assistant header tokenized alone; when tokenization in
+ *   context differs, it is not found and the row trains on nothing (a problem, located);
+ * - `all`: every token.
+ *
+ * And the length check: a row longer than the model's context (tokenizer_config.json's model_max_length, or
+ * config.json's max_position_embeddings) is cut by the trainer, response first.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { type ChatMessage, ChatTemplate, type RenderOptions } from '../template/render';
+import { rowRequest, segmentPrompt, type SegmentName } from '../template/segments';
+import type { LoadedTokenizer } from '../tokenizer';
+
+export type LossMode = 'assistant-only' | 'completion-only' | 'all';
+export const LOSS_MODES: readonly LossMode[] = ['assistant-only', 'completion-only', 'all'];
+
+export interface TrainingToken {
+  id: number;
+  text: string;
+  segment: SegmentName | 'tail';
+  loss: boolean;
+}
+
+export interface TrainingView {
+  mode: LossMode;
+  tokens: TrainingToken[];
+  /** Tokens that carry loss. */
+  lossTokens: number;
+  /** The model's context length when known, and how many tokens a trainer cuts from this row. */
+  maxLength?: number;
+  truncated: number;
+  /** What a user should know: the mask is empty, the response template is not found, the row is cut. */
+  problems: string[];
+}
+
+const GEN_OPEN = '\u27e6GEN\u27e7';
+const GEN_CLOSE = '\u27e6/GEN\u27e7';
+
+/** The context length a template's folder states: model_max_length (when sane), else max_position_embeddings. */
+export function contextLength(folder: string | undefined, config: Record<string, unknown>): number | undefined {
+  const sane = (x: unknown) => (typeof x === 'number' && Number.isInteger(x) && x > 0 && x < 1e8 ? x : undefined);
+  const fromTokenizer = sane(config.model_max_length);
+  if (fromTokenizer) return fromTokenizer;
+  if (!folder) return undefined;
+  try {
+    const model = JSON.parse(fs.readFileSync(path.join(folder, 'config.json'), 'utf8')) as Record<string, unknown>;
+    return sane(model.max_position_embeddings);
+  } catch {
+    return undefined;
+  }
+}
+
+export function trainingView(
+  template: ChatTemplate,
+  tokenizer: LoadedTokenizer,
+  messages: readonly ChatMessage[],
+  render: RenderOptions,
+  mode: LossMode,
+  maxLength?: number,
+): TrainingView {
+  const req = rowRequest(messages);
+  if (!req) throw new Error('the row has no user turn');
+  if (req.response === undefined)
+    throw new Error('the row has no assistant turn after its last user turn: nothing to train on');
+  const seg = segmentPrompt(template, { ...render, ...req }, tokenizer);
+  const parts: [
+    SegmentName | 'tail',
+    { tokens: { id: number; text: string; start: number; end: number }[] } | undefined,
+  ][] = [
+    ['prefix', seg.prefix],
+    ['query', seg.query],
+    ['postfix', seg.postfix],
+    ['response', seg.response],
+    ['tail', seg.tail],
+  ];
+  const tokens = parts.flatMap(([segment, s]) => (s?.tokens ?? []).map((t) => ({ ...t, segment, loss: false })));
+  const problems: string[] = [];
+  if (mode === 'all') for (const t of tokens) t.loss = true;
+  else if (mode === 'assistant-only') {
+    const inside = generationRanges(template, messages, render, seg.rendered);
+    if (inside === undefined)
+      problems.push(
+        'the template has no {% generation %} blocks: assistant-only loss gets an all-zero mask, so this row trains on nothing (CT005)',
+      );
+    else for (const t of tokens) t.loss = inside.some(([a, b]) => t.start < b && t.end > a);
+  } else {
+    // TRL searches the row's ids for the response template's ids (tokenized alone); the last match wins
+    const marker = tokenizer.ids(seg.postfix.text);
+    const at = marker.length
+      ? lastIndexOfSequence(
+          tokens.map((t) => t.id),
+          marker,
+        )
+      : -1;
+    if (at < 0)
+      problems.push(
+        `the response template ${JSON.stringify(seg.postfix.text)} (ids ${JSON.stringify(marker)} tokenized alone) is not among this row's token ids, which tokenize it in context: a completion-only collator finds no response and trains on nothing`,
+      );
+    else for (let i = at + marker.length; i < tokens.length; i++) tokens[i].loss = true;
+  }
+  const truncated = maxLength && tokens.length > maxLength ? tokens.length - maxLength : 0;
+  if (truncated)
+    problems.push(
+      `${tokens.length} tokens, over the model's context of ${maxLength}: a trainer cuts the last ${truncated}${tokens.slice(maxLength).some((t) => t.segment === 'response') ? ', response tokens among them' : ''}`,
+    );
+  return {
+    mode,
+    tokens: tokens.map(({ id, text, segment, loss }) => ({ id, text, segment, loss })),
+    lossTokens: tokens.filter((t) => t.loss).length,
+    maxLength,
+    truncated,
+    problems,
+  };
+}
+
+/**
+ * Character ranges of `rendered` inside the template's {% generation %} blocks, or undefined when it has none:
+ * the same conversation rendered with the blocks turned into markers, the markers then taken out again.
+ */
+function generationRanges(
+  template: ChatTemplate,
+  messages: readonly ChatMessage[],
+  render: RenderOptions,
+  rendered: string,
+): [number, number][] | undefined {
+  if (!/\{%-?\s*generation\s*-?%\}/.test(template.text)) return undefined;
+  const marked = new ChatTemplate(
+    template.text
+      .replace(/\{%-?\s*generation\s*-?%\}/g, `{{- '${GEN_OPEN}' -}}`)
+      .replace(/\{%-?\s*endgeneration\s*-?%\}/g, `{{- '${GEN_CLOSE}' -}}`),
+  );
+  const text = marked.render(messages, { ...render, addGenerationPrompt: false });
+  const ranges: [number, number][] = [];
+  let plain = '';
+  let open = -1;
+  for (let i = 0; i < text.length; ) {
+    if (text.startsWith(GEN_OPEN, i)) {
+      open = plain.length;
+      i += GEN_OPEN.length;
+    } else if (text.startsWith(GEN_CLOSE, i)) {
+      if (open >= 0) ranges.push([open, plain.length]);
+      open = -1;
+      i += GEN_CLOSE.length;
+    } else plain += text[i++];
+  }
+  // the markers must not change anything else (a template whose whitespace control differs would misplace them)
+  return plain === rendered ? ranges : [];
+}
+
+function lastIndexOfSequence(haystack: number[], needle: number[]): number {
+  for (let i = haystack.length - needle.length; i >= 0; i--) {
+    let ok = true;
+    for (let j = 0; j < needle.length && ok; j++) ok = haystack[i + j] === needle[j];
+    if (ok) return i;
+  }
+  return -1;
+}
