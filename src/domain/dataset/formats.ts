@@ -214,6 +214,8 @@ interface Located extends ChatMessage {
   __path?: (string | number)[];
 }
 
+const turnPaths = new WeakMap<object, { base: (string | number)[]; i: number; roleKey: string }>();
+
 function readMessageList(
   list: unknown[],
   base: (string | number)[],
@@ -223,9 +225,10 @@ function readMessageList(
 ): ChatMessage[] {
   const out: Located[] = [];
   list.forEach((item, i) => {
-    const path = [...base, i];
+    // the path of a problem, built only when there is one (most rows have none)
+    const at = (...more: (string | number)[]) => [...base, i, ...more];
     if (!item || typeof item !== 'object' || Array.isArray(item)) {
-      problems.push({ code: 'DS002', severity: 'error', message: `turn ${i + 1} is not an object`, path });
+      problems.push({ code: 'DS002', severity: 'error', message: `turn ${i + 1} is not an object`, path: at() });
       return;
     }
     const m = item as Record<string, unknown>;
@@ -233,7 +236,7 @@ function readMessageList(
     const content = contentOf(m);
     const roleKey = 'role' in m ? 'role' : 'from';
     if (typeof role !== 'string') {
-      problems.push({ code: 'DS003', severity: 'error', message: `turn ${i + 1} has no role`, path });
+      problems.push({ code: 'DS003', severity: 'error', message: `turn ${i + 1} has no role`, path: at() });
       return;
     }
     if (!KNOWN_ROLES.has(role)) {
@@ -241,7 +244,7 @@ function readMessageList(
         code: 'DS003',
         severity: 'warning',
         message: `unknown role "${role}" in turn ${i + 1}: templates may drop, reject or mis-render it`,
-        path: [...path, roleKey],
+        path: at(roleKey),
       });
     }
     const text = contentText(content);
@@ -253,7 +256,7 @@ function readMessageList(
           code: 'DS002',
           severity: 'error',
           message: `turn ${i + 1} content must be a string or a list of parts`,
-          path: [...path, contentKey],
+          path: at(contentKey),
         });
         return;
       }
@@ -261,14 +264,14 @@ function readMessageList(
         code: 'DS004',
         severity: 'warning',
         message: `turn ${i + 1} (${role}) has no content`,
-        path: [...path, contentKey],
+        path: at(contentKey),
       });
-    } else if (text !== undefined && text.trim().length === 0 && !hasToolCalls) {
+    } else if (text !== undefined && !/\S/.test(text) && !hasToolCalls) {
       problems.push({
         code: 'DS004',
         severity: 'warning',
         message: `turn ${i + 1} (${role}) has empty content`,
-        path: [...path, contentKey],
+        path: at(contentKey),
       });
     }
     const msg: Located = {
@@ -276,7 +279,8 @@ function readMessageList(
       role,
       content: typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? ''),
     };
-    Object.defineProperty(msg, '__path', { value: [...path, roleKey], enumerable: false });
+    // where the turn's role sits, for a later problem about the turn (a WeakMap: no per-message property)
+    turnPaths.set(msg, { base, i, roleKey });
     out.push(msg);
   });
   return out;
@@ -288,7 +292,10 @@ function checkTurns(
   problems: RowProblem[],
   base: (string | number)[],
 ): void {
-  const pathOf = (i: number) => (messages[i] as Located).__path ?? [...base, i];
+  const pathOf = (i: number) => {
+    const p = turnPaths.get(messages[i]);
+    return p ? [...p.base, p.i, p.roleKey] : [...base, i];
+  };
   let expect: 'user' | 'assistant' = 'user';
   let sawAssistant = false;
   let sawUser = false;
