@@ -20,6 +20,7 @@ import {
   type LoadResult,
   Log,
   progressType,
+  type WorkDoneParams,
 } from '../contracts/modelHost';
 
 export class HostCrashedError extends Error {
@@ -113,7 +114,7 @@ export class HostClient {
   }
 
   /** Sends a request; rejects with HostCrashedError if the host dies first, HostRequestError if it says no. */
-  async request<P extends object, R>(
+  async request<P extends WorkDoneParams, R>(
     type: RequestType<P, R, void>,
     params: P,
     options: RequestOptions = {},
@@ -133,7 +134,7 @@ export class HostClient {
     this.pending.add(rejectDeath);
     try {
       // only ask for progress when someone listens: each report is an IPC message
-      const sent = options.onProgress ? { ...params, workDoneToken: token } : params;
+      const sent: P = options.onProgress ? { ...params, workDoneToken: token } : params;
       return await Promise.race([this.connection.sendRequest(type, sent, cts.token), death]);
     } catch (e) {
       if (e instanceof HostCrashedError) throw e;

@@ -18,6 +18,7 @@ import {
   type PromptIds,
   type PromptSegment,
   type SegmentDrift,
+  type WorkDoneParams,
 } from '../contracts/modelHost';
 
 /** The one default query of drift and patch, in the CLI and the editor alike. */
@@ -27,7 +28,7 @@ export { DEFAULT_MAX_NEW_TOKENS };
 
 /** What the session needs from a model host: typed requests (HostClient, or anything that speaks the protocol). */
 export interface ModelHost {
-  request<P extends object, R>(type: RequestType<P, R, void>, params: P, options?: RequestOptions): Promise<R>;
+  request<P extends WorkDoneParams, R>(type: RequestType<P, R, void>, params: P, options?: RequestOptions): Promise<R>;
 }
 
 export interface TokenLabel {

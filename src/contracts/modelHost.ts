@@ -64,7 +64,15 @@ export interface HostSettings {
   memoryCheck?: boolean;
 }
 
-export interface LoadParams {
+/**
+ * Every request may carry a progress token (as LSP's WorkDoneProgressParams): the client sets it when it listens for
+ * progress, the host reports through it.
+ */
+export interface WorkDoneParams {
+  workDoneToken?: string | number;
+}
+
+export interface LoadParams extends WorkDoneParams {
   base: string;
   /** A checkpoint, or a PEFT LoRA adapter over `base`; the base folder itself when only the base is needed (it is
    * then loaded once, under both names). */
@@ -97,7 +105,7 @@ export interface SegmentDrift {
   meanExcludingPosition0: number | null;
 }
 
-export interface DriftParams {
+export interface DriftParams extends WorkDoneParams {
   prompt: PromptIds;
   /** Which loaded checkpoint to compare with base (default 'finetuned'). */
   against?: string;
@@ -132,7 +140,7 @@ export interface Condition {
   layers?: number[];
 }
 
-export interface PatchParams {
+export interface PatchParams extends WorkDoneParams {
   prompt: PromptIds;
   span: PatchSpan;
   /** Teacher-forced response for the distributions; default: the base model's greedy generation. */
@@ -154,7 +162,7 @@ export interface PatchResult {
   generations: { base: number[]; finetuned: number[]; patched: number[] };
 }
 
-export interface ScoreParams {
+export interface ScoreParams extends WorkDoneParams {
   prompt: PromptIds;
   /** Continuations to score (e.g. an aligned and a misaligned reference answer), as token ids. */
   continuations: number[][];
@@ -173,7 +181,7 @@ export interface ScoreResult {
   klToBase: number[];
 }
 
-export interface PerturbParams {
+export interface PerturbParams extends WorkDoneParams {
   prompt: PromptIds;
   segment: PromptSegment;
   /** Positions changed per trial (the paper: 10), neighbours considered (5), trials (10). */
@@ -202,7 +210,7 @@ export interface PerturbResult {
   embedding: { source: string; rows: number; dim: number };
 }
 
-export interface GenerateParams {
+export interface GenerateParams extends WorkDoneParams {
   prompt: PromptIds;
   condition: Condition;
   maxNewTokens?: number;
@@ -215,7 +223,7 @@ export interface GenerateResult {
   ids: number[];
 }
 
-export interface ExportKVParams {
+export interface ExportKVParams extends WorkDoneParams {
   /** Token ids of each prefix (from position 0); one tensor group per entry. */
   prefixes: number[][];
   /** The safetensors file the host writes (see src/app/treft.ts for the layout). */
@@ -233,7 +241,7 @@ export interface ExportKVResult {
   headDim: number;
 }
 
-export interface ParityParams {
+export interface ParityParams extends WorkDoneParams {
   prompt: PromptIds;
 }
 

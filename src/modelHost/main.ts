@@ -19,6 +19,7 @@ import {
   Perturb,
   progressType,
   Score,
+  type WorkDoneParams,
 } from '../contracts/modelHost';
 import { type Checkpoint, CheckpointError } from './checkpoint';
 import { IncompatibleCheckpointError } from './checkpointError';
@@ -56,12 +57,11 @@ function context(token: CancellationToken, progressToken: string | number | unde
 }
 
 /** Runs an operation, turning our errors into JSON-RPC errors the client can tell apart. */
-function handle<P extends object, R>(fn: (params: P, ctx: OpContext, models: LoadedModels) => Promise<R>) {
+function handle<P extends WorkDoneParams, R>(fn: (params: P, ctx: OpContext, models: LoadedModels) => Promise<R>) {
   return async (params: P, token: CancellationToken): Promise<R | ResponseError<void>> => {
     if (!models) return new ResponseError(HostErrors.NotLoaded, 'no checkpoints loaded: call load first');
     try {
-      const progressToken = (params as { workDoneToken?: string | number }).workDoneToken;
-      return await fn(params, context(token, progressToken), models);
+      return await fn(params, context(token, params.workDoneToken), models);
     } catch (e) {
       return toResponseError(e);
     }
