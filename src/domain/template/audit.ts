@@ -96,47 +96,84 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
   }
   audit.segments = seg;
   audit.template = template;
-  const noSystem = frame(template, base);
+  const c: RuleContext = {
+    source,
+    options,
+    template,
+    base,
+    seg,
+    noSystem: frame(template, base),
+    fate: systemFate(template, base),
+    audit,
+    add,
+    tryRender,
+  };
+  for (const rule of TEMPLATE_RULES) rule(c);
+  return audit;
+}
 
-  // CT007: what happens to a system message.
-  const fate = systemFate(template, base);
-  if (fate.fate === 'rejected') {
-    add(
+/** What every template rule reads: the template, how it renders a one-turn prompt, and how to report. */
+interface RuleContext {
+  source: TemplateSource;
+  options: TemplateAuditOptions;
+  template: ChatTemplate;
+  base: SegmentRequest;
+  /** The one-turn prompt (user message, generation prompt on). */
+  seg: Segmentation;
+  /** Its frame with no system message. */
+  noSystem: ReturnType<typeof frame>;
+  /** What the template does with a system message. */
+  fate: ReturnType<typeof systemFate>;
+  audit: TemplateAudit;
+  add: (code: string, severity: Severity, message: string, needle?: string | RegExp) => void;
+  tryRender: <T>(fn: () => T) => T | Error;
+}
+
+type TemplateRule = (c: RuleContext) => void;
+
+/** CT007: what happens to a system message. */
+function systemTurn(c: RuleContext): void {
+  if (c.fate.fate === 'rejected') {
+    c.add(
       'CT007',
       'warning',
-      `The template rejects a system message (${fate.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`,
-      needleFromError(fate.message ?? '') ?? /system/,
+      `The template rejects a system message (${c.fate.message}). Pipelines then merge system text into the user turn, which moves the carrier tokens. ${CODES.CT007.why}`,
+      needleFromError(c.fate.message ?? '') ?? /system/,
     );
-  } else if (fate.fate === 'dropped') {
-    add(
+  } else if (c.fate.fate === 'dropped') {
+    c.add(
       'CT007',
       'warning',
       `The template drops the system message: its text never reaches the model. ${CODES.CT007.why}`,
       /system/,
     );
-  } else if (fate.fate === 'merged') {
-    add(
+  } else if (c.fate.fate === 'merged') {
+    c.add(
       'CT007',
       'info',
       'The template has no system turn: it merges the system text into the first user turn, so the "system" tokens sit after the user header.',
       /system/,
     );
   }
+}
 
-  // CT001: render with a marker as the system text; if the no-system render fills the same slot with text, that
-  // text is the template's default system prompt.
-  const withSystem = fate.fate === 'rejected' ? undefined : frame(template, { ...base, system: SYSTEM_MARKER });
+/**
+ * CT001: render with a marker as the system text; if the no-system render fills the same slot with text, that text
+ * is the template's default system prompt.
+ */
+function defaultSystemPrompt(c: RuleContext): void {
+  const withSystem = c.fate.fate === 'rejected' ? undefined : frame(c.template, { ...c.base, system: SYSTEM_MARKER });
   const at = withSystem ? withSystem.prefix.indexOf(SYSTEM_MARKER) : -1;
   if (withSystem && at >= 0) {
     const left = withSystem.prefix.slice(0, at);
     const right = withSystem.prefix.slice(at + SYSTEM_MARKER.length);
-    const p0 = noSystem.prefix;
+    const p0 = c.noSystem.prefix;
     if (p0.length >= left.length + right.length && p0.startsWith(left) && p0.endsWith(right)) {
       const fill = p0.slice(left.length, p0.length - right.length);
       if (fill.trim().length > 0) {
-        audit.defaultSystemPrompt = fill;
-        const tokens = options.tokenizer ? `, ${options.tokenizer.ids(fill).length} tokens` : '';
-        add(
+        c.audit.defaultSystemPrompt = fill;
+        const tokens = c.options.tokenizer ? `, ${c.options.tokenizer.ids(fill).length} tokens` : '';
+        c.add(
           'CT001',
           'warning',
           `Rows without a system message get this default system prompt (${fill.length} characters${tokens}): "${clip(fill)}". ${CODES.CT001.why}`,
@@ -145,29 +182,35 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
       }
     }
   }
+}
 
-  // CT002: the prefix read under two clocks and two date strings.
-  const otherDate = tryRender(() =>
-    frame(template, { ...base, now: OTHER_CLOCK, kwargs: { ...options.kwargs, date_string: '02 Jan 2031' } }),
+/** CT002: the prefix read under two clocks and two date strings. */
+function dateInPrefix(c: RuleContext): void {
+  const otherDate = c.tryRender(() =>
+    frame(c.template, { ...c.base, now: OTHER_CLOCK, kwargs: { ...c.options.kwargs, date_string: '02 Jan 2031' } }),
   );
-  if (!(otherDate instanceof Error) && otherDate.prefix !== noSystem.prefix) {
-    const date = firstDifference(noSystem.prefix, otherDate.prefix);
+  if (!(otherDate instanceof Error) && otherDate.prefix !== c.noSystem.prefix) {
+    const date = firstDifference(c.noSystem.prefix, otherDate.prefix);
     const defaulted =
-      /date_string/.test(source.text) && options.kwargs?.date_string === undefined && /26 Jul 2024/.test(source.text);
-    add(
+      /date_string/.test(c.source.text) &&
+      c.options.kwargs?.date_string === undefined &&
+      /26 Jul 2024/.test(c.source.text);
+    c.add(
       'CT002',
       'warning',
       `The prefix contains a date ("${date}")${defaulted ? ', defaulting to 26 Jul 2024 unless date_string is passed' : ''}. ${CODES.CT002.why}`,
       /strftime_now|date_string|Today Date|Current date/i,
     );
   }
+}
 
-  // CT003: the template writes BOS and the tokenizer adds one when the text is tokenized with special tokens.
-  const bos = source.specialTokens.bos_token;
-  if (bos && seg.rendered.startsWith(bos)) {
-    const addsBos = options.tokenizer ? options.tokenizer.addsBos : source.config.add_bos_token === true;
+/** CT003: the template writes BOS and the tokenizer adds one when the text is tokenized with special tokens. */
+function doubleBos(c: RuleContext): void {
+  const bos = c.source.specialTokens.bos_token;
+  if (bos && c.seg.rendered.startsWith(bos)) {
+    const addsBos = c.options.tokenizer ? c.options.tokenizer.addsBos : c.source.config.add_bos_token === true;
     if (addsBos) {
-      add(
+      c.add(
         'CT003',
         'warning',
         `The template writes ${bos} and the tokenizer adds another when the rendered text is tokenized with special tokens (tokenizer(text), as several trainers do): two BOS tokens. Tokenize with add_special_tokens=False or strip the leading ${bos}. ${CODES.CT003.why}`,
@@ -175,40 +218,42 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
       );
     }
   }
+}
 
-  // CT004: the generation prompt is the postfix at inference; the training render has its own postfix.
-  const withoutGen = tryRender(() => frame(template, { ...base, addGenerationPrompt: false }));
+/** CT004: the generation prompt is the postfix at inference; the training render has its own postfix. */
+function generationPrompt(c: RuleContext): void {
+  const withoutGen = c.tryRender(() => frame(c.template, { ...c.base, addGenerationPrompt: false }));
   if (
-    !/add_generation_prompt/.test(source.text) ||
-    (!(withoutGen instanceof Error) && withoutGen.postfix === noSystem.postfix)
+    !/add_generation_prompt/.test(c.source.text) ||
+    (!(withoutGen instanceof Error) && withoutGen.postfix === c.noSystem.postfix)
   ) {
-    add(
+    c.add(
       'CT004',
       'warning',
       `The template ignores add_generation_prompt: at inference nothing announces the assistant turn. ${CODES.CT004.why}`,
       /add_generation_prompt/,
     );
   }
-  const training = tryRender(() => frame(template, { ...base, response: SAMPLE_RESPONSE }));
+  const training = c.tryRender(() => frame(c.template, { ...c.base, response: SAMPLE_RESPONSE }));
   if (training instanceof Error) {
-    add(
+    c.add(
       'CT009',
       'error',
       `Rendering a training example (user + assistant) fails: ${training.message}. ${CODES.CT009.why}`,
       needleFromError(training.message),
     );
   } else {
-    if (training.postfix !== noSystem.postfix && /add_generation_prompt/.test(source.text)) {
-      add(
+    if (training.postfix !== c.noSystem.postfix && /add_generation_prompt/.test(c.source.text)) {
+      c.add(
         'CT004',
         'warning',
-        `The postfix at training ("${clip(training.postfix)}") differs from the generation prompt at inference ("${clip(noSystem.postfix)}"). ${CODES.CT004.why}`,
+        `The postfix at training ("${clip(training.postfix)}") differs from the generation prompt at inference ("${clip(c.noSystem.postfix)}"). ${CODES.CT004.why}`,
         /add_generation_prompt/,
       );
     }
     // CT010: something must follow the response for the model to learn to stop.
     if ((training.tail ?? '').trim().length === 0) {
-      add(
+      c.add(
         'CT010',
         'warning',
         `Nothing follows the assistant's response in a training example: no end-of-turn or EOS token is trained. ${CODES.CT010.why}`,
@@ -216,20 +261,22 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
       );
     }
   }
+}
 
-  // CT005 and CT010 with generation markers: which tokens the assistant mask covers.
-  if (!/\{%-?\s*generation\s*-?%\}/.test(source.text)) {
-    add(
+/** CT005 and CT010 with generation markers: which tokens the assistant mask covers. */
+function generationMarkers(c: RuleContext): void {
+  if (!/\{%-?\s*generation\s*-?%\}/.test(c.source.text)) {
+    c.add(
       'CT005',
       'info',
       'No {% generation %} markers: return_assistant_tokens_mask and assistant_only_loss get an all-zero mask, so a trainer that relies on them puts the loss on every token, template tokens included, or on none.',
     );
   } else {
-    const masked = generationMask(source.text, template, base);
+    const masked = generationMask(c.source.text, c.template, c.base);
     if (masked instanceof Error) {
-      add('CT005', 'warning', `The {% generation %} markers cannot be evaluated: ${masked.message}`, /generation/);
+      c.add('CT005', 'warning', `The {% generation %} markers cannot be evaluated: ${masked.message}`, /generation/);
     } else if (masked.tail.trim().length > 0 && !masked.inside.includes(masked.tail.trim().split(/\s/)[0])) {
-      add(
+      c.add(
         'CT010',
         'warning',
         `The end-of-turn text after the response ("${clip(masked.tail)}") lies outside the {% generation %} block, so the assistant mask never trains the stop token. ${CODES.CT010.why}`,
@@ -237,26 +284,34 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
       );
     }
   }
+}
 
-  // CT006: another file in the folder holds a different template.
-  for (const alt of source.alternates) {
-    add(
+/** CT006: another file in the folder holds a different template. */
+function otherTemplates(c: RuleContext): void {
+  for (const alt of c.source.alternates) {
+    c.add(
       'CT006',
       'warning',
       `${alt.file.split(/[\\/]/).pop()} beside this file holds a different chat template; transformers loads chat_template.jinja first, other tools read tokenizer_config.json. ${CODES.CT006.why}`,
     );
   }
+}
 
-  // CT008: a reasoning scaffold in the postfix.
-  if (/enable_thinking/.test(source.text)) {
-    const off = tryRender(() => frame(template, { ...base, kwargs: { ...options.kwargs, enable_thinking: false } }));
-    const on = tryRender(() => frame(template, { ...base, kwargs: { ...options.kwargs, enable_thinking: true } }));
+/** CT008: a reasoning scaffold in the postfix. */
+function reasoningScaffold(c: RuleContext): void {
+  if (/enable_thinking/.test(c.source.text)) {
+    const off = c.tryRender(() =>
+      frame(c.template, { ...c.base, kwargs: { ...c.options.kwargs, enable_thinking: false } }),
+    );
+    const on = c.tryRender(() =>
+      frame(c.template, { ...c.base, kwargs: { ...c.options.kwargs, enable_thinking: true } }),
+    );
     if (!(off instanceof Error) && !(on instanceof Error) && off.postfix !== on.postfix) {
       const extra =
         off.postfix.length > on.postfix.length && off.postfix.startsWith(on.postfix)
           ? off.postfix.slice(on.postfix.length)
           : off.postfix;
-      add(
+      c.add(
         'CT008',
         'info',
         `With enable_thinking=False the postfix carries an empty reasoning block ("${clip(extra)}"). ${CODES.CT008.why}`,
@@ -264,8 +319,19 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
       );
     }
   }
-  return audit;
 }
+
+/** The template checks, each a rule over one context; the order is the order findings are reported in. */
+const TEMPLATE_RULES: readonly TemplateRule[] = [
+  systemTurn,
+  defaultSystemPrompt,
+  dateInPrefix,
+  doubleBos,
+  generationPrompt,
+  generationMarkers,
+  otherTemplates,
+  reasoningScaffold,
+];
 
 /** Renders a training example with the generation tags turned into markers, to see what the mask covers. */
 function generationMask(
