@@ -478,6 +478,25 @@ export async function runEval(o: EvalOptions): Promise<{
   }
 }
 
+/** What every probe of a run shares: the options, the settings, the run's id and how answers are decoded. */
+interface RunContext {
+  o: EvalOptions;
+  settings: EvalSettings;
+  runId: string;
+  opts: { signal?: AbortSignal };
+  /** An answer as a reader (and the judge) sees it: without the end-of-turn token that stopped generation. */
+  answer: (ids: number[]) => string;
+}
+
+/** One probe being run: its prompt, the base model's greedy answer (the fixed response) and its references. */
+interface ProbeContext extends RunContext {
+  probe: Probe;
+  prompt: PromptIds;
+  response: number[];
+  fixed: number[];
+  refs: number[][];
+}
+
 async function runLocked(
   o: EvalOptions,
   manifest: Manifest,
@@ -504,164 +523,26 @@ async function runLocked(
       .map((r) => r.key),
   );
   const resultsFile = path.join(o.out, RESULTS);
-  const tok = o.tokenizer;
-  const opts = { signal: o.signal };
-  // answers as a reader (and the judge) sees them: without the end-of-turn token that stopped generation
   const eosIds = [o.loaded.base, o.loaded.finetuned, ...Object.values(o.loaded.extra)].flatMap((c) => c.eosTokenIds);
-  const answer = (ids: number[]) => answerText(tok, ids, eosIds);
+  const run: RunContext = {
+    o,
+    settings,
+    runId,
+    opts: { signal: o.signal },
+    answer: (x) => answerText(o.tokenizer, x, eosIds),
+  };
   let computed = 0;
   const skipped: Skipped[] = [];
   for (let i = 0; i < o.probes.length; i++) {
     if (o.signal?.aborted) break;
     const probe = o.probes[i];
-    let missing = o.conditions.filter((c) => !done.has(`${probe.id}|${c.label}`));
     o.onProbe?.(i, o.probes.length);
-    if (missing.length === 0) continue;
-    let prompt: ReturnType<typeof promptIds>;
-    try {
-      prompt = promptIds(o.template, tok, {
-        ...o.render,
-        query: probe.question,
-        system: probe.system,
-        history: probe.history,
-      });
-    } catch (e) {
-      // a template that refuses this probe (e.g. no system role) skips the probe, not the run
-      skipped.push({ probe: probe.id, reason: (e as Error).message });
-      continue;
-    }
-    // the query control patches as many query tokens as the prefix has: a shorter query is left out of it (counted)
-    if (!queryControlFits(prompt)) {
-      const control = missing.filter((c) => c.condition.patch === 'query');
-      for (const c of control)
-        skipped.push({
-          probe: probe.id,
-          condition: c.label,
-          reason: `the query has ${prompt.query[1] - prompt.query[0]} tokens, fewer than the prefix's ${prompt.prefix[1]}`,
-        });
-      missing = missing.filter((c) => c.condition.patch !== 'query');
-      if (missing.length === 0) continue;
-    }
-    const { ids: response } = await o.host.request(
-      Generate.type,
-      { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens },
-      opts,
-    );
-    const fixed = response.length ? response : [0];
-    const eos = tok.eosToken ?? '';
-    const refs =
-      probe.aligned !== undefined && probe.misaligned !== undefined
-        ? [tok.ids(probe.aligned + eos), tok.ids(probe.misaligned + eos)]
-        : [];
-    const plain = missing.filter((c) => !c.perturb);
-    const score = plain.length
-      ? await o.host.request(
-          Score.type,
-          { prompt, continuations: [fixed, ...refs], conditions: plain.map((c) => c.condition) },
-          opts,
-        )
-      : undefined;
-    const generateSamples = async (p: PromptIds, condition: Condition, trial?: number): Promise<Sample[]> => {
-      const out: Sample[] = [];
-      for (let s = 0; s < settings.samples; s++) {
-        const seed =
-          settings.decoding === 'sampled'
-            ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s)
-            : null;
-        const greedyBase = condition.model === 'base' && !condition.patch && p === prompt && seed === null;
-        const ids = greedyBase
-          ? response
-          : (
-              await o.host.request(
-                Generate.type,
-                {
-                  prompt: p,
-                  condition,
-                  maxNewTokens: settings.maxNewTokens,
-                  temperature: settings.temperature,
-                  seed: seed ?? 0,
-                },
-                opts,
-              )
-            ).ids;
-        out.push({ text: answer(ids), seed, ...(trial !== undefined ? { trial } : {}) });
-      }
-      return out;
-    };
-    const records: EvalResult[] = [];
-    for (const c of missing) {
-      const base = {
-        key: `${probe.id}|${c.label}`,
-        run: runId,
-        probe: probe.id,
-        category: probe.category ?? null,
-        condition: c.label,
-      };
-      if (!c.perturb) {
-        const k = plain.indexOf(c);
-        const [, la, lm] = score!.logprob[k];
-        const samples = c.sweep ? [] : await generateSamples(prompt, c.condition);
-        records.push({
-          ...base,
-          klToBase: score!.klToBase[k],
-          logprobAligned: refs.length ? la : null,
-          logprobMisaligned: refs.length ? lm : null,
-          margin: refs.length ? la - lm : null,
-          generation: samples[0]?.text ?? '',
-          samples,
-        });
-        continue;
-      }
-      const p = settings.perturb!;
-      const perturbed = await o.host.request(
-        Perturb.type,
-        {
-          prompt,
-          segment: c.perturb,
-          model: c.condition.model,
-          trials: p.trials,
-          positions: p.positions,
-          neighbours: p.neighbours,
-          seed: sampleSeed(settings.seed, probe.id, -1),
-        },
-        opts,
-      );
-      const kl: number[] = [];
-      const margin: (number | null)[] = [];
-      const [la, lm]: number[][] = [[], []];
-      const samples: Sample[] = [];
-      for (let t = 0; t < perturbed.trials.length; t++) {
-        const tp: PromptIds = { ...prompt, ids: perturbed.trials[t].ids };
-        const sc = await o.host.request(
-          Score.type,
-          { prompt: tp, basePrompt: prompt, continuations: [fixed, ...refs], conditions: [c.condition] },
-          opts,
-        );
-        kl.push(sc.klToBase[0]);
-        margin.push(refs.length ? sc.logprob[0][1] - sc.logprob[0][2] : null);
-        if (refs.length) [la[t], lm[t]] = [sc.logprob[0][1], sc.logprob[0][2]];
-        samples.push(...(await generateSamples(tp, c.condition, t)));
-      }
-      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-      records.push({
-        ...base,
-        klToBase: mean(kl),
-        logprobAligned: refs.length ? mean(la) : null,
-        logprobMisaligned: refs.length ? mean(lm) : null,
-        margin: refs.length ? mean(margin as number[]) : null,
-        generation: samples[0].text,
-        samples,
-        perturb: { segment: c.perturb, changed: perturbed.trials.map((t) => t.changed), kl, margin },
-      });
-    }
-    // the judge sees every answer of the probe, a few requests at a time (the host's work is done by now)
-    if (o.judge) {
-      const judge = o.judge;
-      const all = records.flatMap((r) => r.samples);
-      await inParallel(all, o.judgeConcurrency ?? 4, async (s) => {
-        s.judge = await judge.score(probe.question, s.text, o.signal);
-      });
-    }
+    const todo = o.conditions.filter((c) => !done.has(`${probe.id}|${c.label}`));
+    if (todo.length === 0) continue;
+    const ready = promptFor(o, probe, todo, skipped);
+    if (!ready) continue;
+    const records = await runProbe(run, probe, ready.prompt, ready.missing);
+    if (o.judge) await judgeAnswers(o, o.judge, probe, records);
     const lines = records.map((r) => JSON.stringify(r));
     // one append per probe: a crash leaves whole probes or a torn last line, which readResults drops
     fs.appendFileSync(resultsFile, lines.join('\n') + '\n');
@@ -669,4 +550,188 @@ async function runLocked(
   }
   fs.writeFileSync(path.join(o.out, SKIPPED), JSON.stringify(skipped, null, 2) + '\n');
   return { manifest: { ...manifest, runId }, results: readResults(o.out, [], runId), computed, skipped, problems };
+}
+
+/**
+ * A probe's prompt and the conditions it can run: a template that refuses the probe (e.g. no system role) skips
+ * the probe, not the run; a query shorter than the prefix is left out of the query control. Both are recorded.
+ */
+function promptFor(
+  o: EvalOptions,
+  probe: Probe,
+  todo: EvalCondition[],
+  skipped: Skipped[],
+): { prompt: PromptIds; missing: EvalCondition[] } | undefined {
+  let prompt: PromptIds;
+  try {
+    prompt = promptIds(o.template, o.tokenizer, {
+      ...o.render,
+      query: probe.question,
+      system: probe.system,
+      history: probe.history,
+    });
+  } catch (e) {
+    skipped.push({ probe: probe.id, reason: (e as Error).message });
+    return undefined;
+  }
+  if (queryControlFits(prompt)) return { prompt, missing: todo };
+  for (const c of todo.filter((c) => c.condition.patch === 'query'))
+    skipped.push({
+      probe: probe.id,
+      condition: c.label,
+      reason: `the query has ${prompt.query[1] - prompt.query[0]} tokens, fewer than the prefix's ${prompt.prefix[1]}`,
+    });
+  const missing = todo.filter((c) => c.condition.patch !== 'query');
+  return missing.length ? { prompt, missing } : undefined;
+}
+
+/** Every missing condition of one probe: scored against the base model's greedy answer, generated, recorded. */
+async function runProbe(
+  run: RunContext,
+  probe: Probe,
+  prompt: PromptIds,
+  missing: EvalCondition[],
+): Promise<EvalResult[]> {
+  const { o, settings, opts } = run;
+  const tok = o.tokenizer;
+  const { ids: response } = await o.host.request(
+    Generate.type,
+    { prompt, condition: { model: 'base' }, maxNewTokens: settings.maxNewTokens },
+    opts,
+  );
+  const eos = tok.eosToken ?? '';
+  const refs =
+    probe.aligned !== undefined && probe.misaligned !== undefined
+      ? [tok.ids(probe.aligned + eos), tok.ids(probe.misaligned + eos)]
+      : [];
+  const pc: ProbeContext = { ...run, probe, prompt, response, fixed: response.length ? response : [0], refs };
+  const plain = missing.filter((c) => !c.perturb);
+  const score = plain.length
+    ? await o.host.request(
+        Score.type,
+        { prompt, continuations: [pc.fixed, ...refs], conditions: plain.map((c) => c.condition) },
+        opts,
+      )
+    : undefined;
+  const records: EvalResult[] = [];
+  for (const c of missing) {
+    const base = {
+      key: `${probe.id}|${c.label}`,
+      run: run.runId,
+      probe: probe.id,
+      category: probe.category ?? null,
+      condition: c.label,
+    };
+    if (c.perturb) records.push({ ...base, ...(await perturbedRecord(pc, c, c.perturb)) });
+    else {
+      const k = plain.indexOf(c);
+      const [, la, lm] = score!.logprob[k];
+      const samples = c.sweep ? [] : await generateSamples(pc, prompt, c.condition);
+      records.push({
+        ...base,
+        klToBase: score!.klToBase[k],
+        logprobAligned: refs.length ? la : null,
+        logprobMisaligned: refs.length ? lm : null,
+        margin: refs.length ? la - lm : null,
+        generation: samples[0]?.text ?? '',
+        samples,
+      });
+    }
+  }
+  return records;
+}
+
+/** The answers of one condition: greedy (the base model's is the fixed response itself), or seeded samples. */
+async function generateSamples(
+  pc: ProbeContext,
+  p: PromptIds,
+  condition: Condition,
+  trial?: number,
+): Promise<Sample[]> {
+  const { o, settings, opts, probe } = pc;
+  const out: Sample[] = [];
+  for (let s = 0; s < settings.samples; s++) {
+    const seed =
+      settings.decoding === 'sampled'
+        ? sampleSeed(settings.seed, probe.id, trial === undefined ? s : trial * settings.samples + s)
+        : null;
+    const greedyBase = condition.model === 'base' && !condition.patch && p === pc.prompt && seed === null;
+    const ids = greedyBase
+      ? pc.response
+      : (
+          await o.host.request(
+            Generate.type,
+            {
+              prompt: p,
+              condition,
+              maxNewTokens: settings.maxNewTokens,
+              temperature: settings.temperature,
+              seed: seed ?? 0,
+            },
+            opts,
+          )
+        ).ids;
+    out.push({ text: pc.answer(ids), seed, ...(trial !== undefined ? { trial } : {}) });
+  }
+  return out;
+}
+
+/** The perturbation control on one segment: N trials of nearest-neighbour swaps, each scored and answered. */
+async function perturbedRecord(
+  pc: ProbeContext,
+  c: EvalCondition,
+  segment: Segment,
+): Promise<Omit<EvalResult, 'key' | 'run' | 'probe' | 'category' | 'condition'>> {
+  const { o, opts, settings, probe, prompt, refs } = pc;
+  const p = settings.perturb!;
+  const perturbed = await o.host.request(
+    Perturb.type,
+    {
+      prompt,
+      segment,
+      model: c.condition.model,
+      trials: p.trials,
+      positions: p.positions,
+      neighbours: p.neighbours,
+      seed: sampleSeed(settings.seed, probe.id, -1),
+    },
+    opts,
+  );
+  const kl: number[] = [];
+  const margin: (number | null)[] = [];
+  const [la, lm]: number[][] = [[], []];
+  const samples: Sample[] = [];
+  for (let t = 0; t < perturbed.trials.length; t++) {
+    const tp: PromptIds = { ...prompt, ids: perturbed.trials[t].ids };
+    const sc = await o.host.request(
+      Score.type,
+      { prompt: tp, basePrompt: prompt, continuations: [pc.fixed, ...refs], conditions: [c.condition] },
+      opts,
+    );
+    kl.push(sc.klToBase[0]);
+    margin.push(refs.length ? sc.logprob[0][1] - sc.logprob[0][2] : null);
+    if (refs.length) [la[t], lm[t]] = [sc.logprob[0][1], sc.logprob[0][2]];
+    samples.push(...(await generateSamples(pc, tp, c.condition, t)));
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  return {
+    klToBase: mean(kl),
+    logprobAligned: refs.length ? mean(la) : null,
+    logprobMisaligned: refs.length ? mean(lm) : null,
+    margin: refs.length ? mean(margin as number[]) : null,
+    generation: samples[0].text,
+    samples,
+    perturb: { segment, changed: perturbed.trials.map((t) => t.changed), kl, margin },
+  };
+}
+
+/** The judge sees every answer of the probe, a few requests at a time (the host's work is done by now). */
+async function judgeAnswers(o: EvalOptions, judge: Judge, probe: Probe, records: EvalResult[]): Promise<void> {
+  await inParallel(
+    records.flatMap((r) => r.samples),
+    o.judgeConcurrency ?? 4,
+    async (s) => {
+      s.judge = await judge.score(probe.question, s.text, o.signal);
+    },
+  );
 }

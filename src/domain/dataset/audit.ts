@@ -9,7 +9,7 @@ import { JsonSyntaxError, keyAt, parseJsonWithPositions } from '../json';
 import { type ChatMessage, type ChatTemplate, type RenderOptions, TemplateRaisedError } from '../template/render';
 import { rowTurns, systemFate } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
-import { contentText, normaliseRow, type RowFormat } from './formats';
+import { contentText, normaliseRow, type RowFormat, type RowProblem } from './formats';
 import { type EncodingNote, type Line, readLines } from './lines';
 import { xorshift32 } from '../random';
 
@@ -135,23 +135,7 @@ export async function auditDataset(
     else errorsOmitted++;
   };
 
-  const encoding = (e: EncodingNote) => {
-    const at: Line = { line: 1, text: '', length: 0 };
-    if (e === 'utf8-bom')
-      report(
-        at,
-        'DS009',
-        'warning',
-        "the file starts with a UTF-8 byte order mark (read here without it); Python's json and a datasets JSON load keep it as part of row 1, which then fails: save the file as UTF-8 without a BOM",
-      );
-    else
-      report(
-        at,
-        'DS009',
-        'error',
-        `the file is ${e === 'utf16le' ? 'UTF-16 little-endian' : 'UTF-16 big-endian'}; JSONL must be UTF-8: re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)`,
-      );
-  };
+  const encoding = (e: EncodingNote) => report({ line: 1, text: '', length: 0 }, 'DS009', ...encodingProblem(e));
   for await (const line of readLines(source, options.maxLineLength, encoding)) {
     if (line.tooLong) {
       rows++;
@@ -177,33 +161,9 @@ export async function auditDataset(
     }
     const row = normaliseRow(value);
     if (row.format) formats[row.format] = (formats[row.format] ?? 0) + 1;
-    let rowOk = row.format !== undefined;
-    if (row.problems.length > 0) {
-      // the position parser (for the column of each problem) has a depth limit JSON.parse does not: a row nested
-      // deeper is still reported, at its first column, and the rest of the file goes on
-      let tree: ReturnType<typeof parseJsonWithPositions> | null | undefined;
-      for (const p of row.problems) {
-        if (p.severity === 'error') rowOk = false;
-        if (tree === undefined) {
-          try {
-            tree = parseJsonWithPositions(line.text);
-          } catch (e) {
-            if (!(e instanceof JsonSyntaxError)) throw e;
-            tree = null;
-          }
-        }
-        const range = p.path.length && tree ? keyAt(tree, p.path) : undefined;
-        report(
-          line,
-          p.code,
-          p.severity,
-          tree === null
-            ? `${p.message} (the row nests deeper than 512 levels, so the column is the row's start)`
-            : p.message,
-          (range?.start ?? 0) + 1,
-        );
-      }
-    }
+    // every problem is reported, also on a row of no known format
+    const noErrors = reportRowProblems(line, row.problems, report);
+    const rowOk = row.format !== undefined && noErrors;
     if (!rowOk) continue;
     validRows++;
     if (!options.template || row.messages.length === 0) continue;
@@ -352,6 +312,51 @@ export async function auditDataset(
     }
   }
   return result;
+}
+
+/** DS009: how an encoding the reader noticed is reported (a BOM is read past; UTF-16 is not read row by row). */
+function encodingProblem(e: EncodingNote): [Severity, string] {
+  if (e === 'utf8-bom')
+    return [
+      'warning',
+      "the file starts with a UTF-8 byte order mark (read here without it); Python's json and a datasets JSON load keep it as part of row 1, which then fails: save the file as UTF-8 without a BOM",
+    ];
+  return [
+    'error',
+    `the file is ${e === 'utf16le' ? 'UTF-16 little-endian' : 'UTF-16 big-endian'}; JSONL must be UTF-8: re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)`,
+  ];
+}
+
+/**
+ * Reports a row's problems, each located at the key it is about; false when one is an error (the row is then left
+ * out of the surface). The position parser has a depth limit JSON.parse does not: a row nested deeper is still
+ * reported, at its first column, and the rest of the file goes on.
+ */
+function reportRowProblems(
+  line: Line,
+  problems: readonly RowProblem[],
+  report: (line: Line, code: string, severity: Severity, message: string, column?: number) => void,
+): boolean {
+  let ok = true;
+  let tree: ReturnType<typeof parseJsonWithPositions> | null | undefined;
+  for (const p of problems) {
+    if (p.severity === 'error') ok = false;
+    if (tree === undefined) {
+      try {
+        tree = parseJsonWithPositions(line.text);
+      } catch (e) {
+        if (!(e instanceof JsonSyntaxError)) throw e;
+        tree = null;
+      }
+    }
+    const range = p.path.length && tree ? keyAt(tree, p.path) : undefined;
+    const message =
+      tree === null
+        ? `${p.message} (the row nests deeper than 512 levels, so the column is the row's start)`
+        : p.message;
+    report(line, p.code, p.severity, message, (range?.start ?? 0) + 1);
+  }
+  return ok;
 }
 
 /** Renders a row's skeleton (markers for every turn) and cuts the prefix and postfix out of it. */
