@@ -92,6 +92,8 @@ export class DiagnosticsManager implements vscode.Disposable {
       });
       if (stale()) return;
       this.templateDocs.set(doc.fileName, view);
+      // the walkthrough's first step is done once a template has been audited
+      void vscode.commands.executeCommand('setContext', 'piggyback.templateAudited', true);
       findings = view.findings.filter((f) => !f.file || path.resolve(f.file) === path.resolve(doc.fileName));
     } else {
       const p = this.templateFor(doc.uri);

@@ -42,6 +42,7 @@ export function activate(context: vscode.ExtensionContext): void {
     pairItem.text =
       c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${shown}` : '$(beaker) Piggyback';
     pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nPiggyback risk (PB002, from the latest eval run): ${risk ?? 'no eval run yet'}\nPrefix drift (TReFT value, a measurement, not a verdict): ${drift === undefined ? 'not measured' : drift.toPrecision(3)}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
+    void vscode.commands.executeCommand('setContext', 'piggyback.pairChosen', !!(models.base && models.finetuned));
     if (hasModels || models.base || models.finetuned) pairItem.show();
     else pairItem.hide();
   };
@@ -165,6 +166,11 @@ interface Parts {
  * Every command of package.json's contributes.commands, in one table (as rust-analyzer's createCommands): each
  * reports its own failure through reportError and resolves to its result (tests call them and read it).
  */
+/** A walkthrough step's completion event: a context key set when the step's work really succeeded. */
+function done(key: string): void {
+  void vscode.commands.executeCommand('setContext', key, true);
+}
+
 function createCommands(p: Parts) {
   const { context, log, associations, diagnostics, models, dashboard, modelCommands, evals, hover, updatePair } = p;
   const table = {
@@ -177,15 +183,24 @@ function createCommands(p: Parts) {
     'piggyback.measureDrift': async (args?: ModelCommandArgs) => {
       const view = await modelCommands.measureDrift(args);
       updatePair();
+      if (view) done('piggyback.driftMeasured');
       return view;
     },
-    'piggyback.patchCompare': (args?: ModelCommandArgs) => modelCommands.patchCompare(args),
+    'piggyback.patchCompare': async (args?: ModelCommandArgs) => {
+      const view = await modelCommands.patchCompare(args);
+      if (view) done('piggyback.patchCompared');
+      return view;
+    },
     'piggyback.openDashboard': () => {
       dashboard.update({ checkpoints: modelCommands.checkpoints() });
       dashboard.show();
     },
     'piggyback.restartHost': () => models.restart(),
-    'piggyback.runEval': (args?: RunEvalArgs) => evals.runEval(args),
+    'piggyback.runEval': async (args?: RunEvalArgs) => {
+      const r = await evals.runEval(args);
+      if (r) done('piggyback.evalRun');
+      return r;
+    },
     'piggyback.openEvalRun': (folder?: string) => evals.openRun(folder),
     'piggyback.compareEvalRuns': (a?: string, b?: string) => evals.compareRuns(a, b),
     'piggyback.openEvalReport': async (folder?: string) => {

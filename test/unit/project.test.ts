@@ -89,4 +89,26 @@ describe('project structure', () => {
       assert.match(m[matcher.pattern.code], /^(CT|DS|WS)\d{3}$/);
     }
   });
+
+  it('every walkthrough step completes on a real event: a contributed command or a context key the extension sets', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    const commands = new Set(pkg.contributes.commands.map((c: { command: string }) => c.command));
+    const source = filesUnder(path.join(ROOT, 'src', 'extension'))
+      .map((f) => fs.readFileSync(f, 'utf8'))
+      .join('\n');
+    const keys = new Set([
+      ...[...source.matchAll(/'setContext',\s*'([\w.]+)'/g)].map((m) => m[1]),
+      ...[...source.matchAll(/done\('([\w.]+)'\)/g)].map((m) => m[1]),
+    ]);
+    for (const w of pkg.contributes.walkthroughs)
+      for (const step of w.steps) {
+        assert.ok(step.completionEvents?.length, `${step.id} has completion events`);
+        for (const e of step.completionEvents as string[]) {
+          const [kind, what] = e.split(/:(.*)/s);
+          if (kind === 'onCommand') assert.ok(commands.has(what), `${step.id}: ${e}`);
+          else if (kind === 'onContext') assert.ok(keys.has(what), `${step.id}: ${e} is never set`);
+          else assert.fail(`${step.id}: ${e}`);
+        }
+      }
+  });
 });
