@@ -276,6 +276,33 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             await page.screenshot({ path: path.join(shots, 'eval-matrix.png') });
           }),
         );
+        uiResults.push(
+          await uiTest(
+            "a dataset row's hover shows its training view: what the row trains on, and the loss",
+            async () => {
+              await page.bringToFront();
+              await page.mouse.click(500, 400);
+              await page.keyboard.press('Control+P');
+              await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
+              await page.keyboard.type('finance-advice.jsonl');
+              await new Promise((r) => setTimeout(r, 800));
+              await page.keyboard.press('Enter');
+              await page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible', timeout: 15_000 });
+              await new Promise((r) => setTimeout(r, 1500));
+              await page.keyboard.press('Control+Home');
+              await page.keyboard.press('End');
+              await page.keyboard.press('Control+K');
+              await page.keyboard.press('Control+I');
+              const hover = page.locator('.monaco-hover', { hasText: 'training view' }).first();
+              await hover.waitFor({ state: 'visible', timeout: 20_000 });
+              const text = await hover.innerText();
+              for (const part of ['query', 'postfix', 'response', 'show every token', 'assistant-only loss'])
+                if (!text.includes(part)) throw new Error(`missing "${part}" in the row hover: ${text.slice(0, 300)}`);
+              await new Promise((r) => setTimeout(r, 300));
+              await page.screenshot({ path: path.join(shots, 'training-view.png') });
+            },
+          ),
+        );
         fs.writeFileSync(path.join(tmp, 'done'), '');
       }
       await new Promise((r) => setTimeout(r, 300));

@@ -86,8 +86,10 @@ export class SegmentHover implements vscode.HoverProvider {
     if ('error' in r) return new vscode.Hover(`Piggyback Lens cannot render this row: ${r.error}`);
     // what this row trains on first; the prefix every row shares, one line (the whole of it behind a link)
     const expand = `command:${SHOW_ROW_COMMAND}?${encodeURIComponent(JSON.stringify([doc.uri.toString(), pos.line]))}`;
-    const md = describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, { collapsePrefix: expand });
-    if (r.training) md.appendMarkdown(trainingLine(r.training));
+    const md = describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, {
+      collapsePrefix: expand,
+      beforePrefix: r.training ? trainingLine(r.training) : undefined,
+    });
     return new vscode.Hover(md, doc.lineAt(pos.line).range);
   }
 }
@@ -122,7 +124,7 @@ export function rowTokensMarkdown(seg: Segmentation, title: string, training?: T
 function describe(
   seg: Segmentation,
   title: string,
-  options: { collapsePrefix?: string; all?: boolean } = {},
+  options: { collapsePrefix?: string; all?: boolean; beforePrefix?: string } = {},
 ): vscode.MarkdownString {
   const md = new vscode.MarkdownString(undefined, true);
   if (options.collapsePrefix) md.isTrusted = { enabledCommands: [SHOW_ROW_COMMAND] };
@@ -152,6 +154,7 @@ function describe(
       md.appendCodeblock(s.text.length > 400 ? s.text.slice(0, 400) + '\u2026' : s.text, 'text');
     }
   }
+  if (options.beforePrefix) md.appendMarkdown(options.beforePrefix);
   if (options.collapsePrefix) {
     const preview = seg.prefix.text.length > 60 ? `${seg.prefix.text.slice(0, 60)}\u2026` : seg.prefix.text;
     md.appendMarkdown(
