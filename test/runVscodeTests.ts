@@ -303,6 +303,32 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             },
           ),
         );
+        uiResults.push(
+          await uiTest('in the dark theme the heatmap, its colour key and the row hover stay legible', async () => {
+            await page.keyboard.press('Escape');
+            await page.keyboard.press('F1');
+            await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
+            await page.keyboard.type('Toggle between Light/Dark Themes');
+            await new Promise((r) => setTimeout(r, 800));
+            await page.keyboard.press('Enter');
+            await new Promise((r) => setTimeout(r, 1500));
+            const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+            if (!f) throw new Error('no dashboard webview');
+            const theme = String(await f.evaluate('document.body.className'));
+            if (!/vscode-dark/.test(theme)) throw new Error(`the webview is not in the dark theme: "${theme}"`);
+            await f.evaluate("document.getElementById('heatmap').scrollIntoView()");
+            await new Promise((r) => setTimeout(r, 500));
+            await page.screenshot({ path: path.join(shots, 'dashboard-dark.png') });
+            await page.keyboard.press('Control+K');
+            await page.keyboard.press('Control+I');
+            await page
+              .locator('.monaco-hover', { hasText: 'training view' })
+              .first()
+              .waitFor({ state: 'visible', timeout: 20_000 });
+            await new Promise((r) => setTimeout(r, 300));
+            await page.screenshot({ path: path.join(shots, 'training-view-dark.png') });
+          }),
+        );
         fs.writeFileSync(path.join(tmp, 'done'), '');
       }
       await new Promise((r) => setTimeout(r, 300));
