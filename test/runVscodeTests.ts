@@ -295,7 +295,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
               await page.keyboard.press('Control+I');
               const hover = page.locator('.monaco-hover', { hasText: 'training view' }).first();
               await hover.waitFor({ state: 'visible', timeout: 20_000 });
-              const text = await hover.innerText();
+              const text = (await hover.textContent()) ?? '';
               for (const part of ['query', 'postfix', 'response', 'show every token', 'assistant-only loss'])
                 if (!text.includes(part)) throw new Error(`missing "${part}" in the row hover: ${text.slice(0, 300)}`);
               await new Promise((r) => setTimeout(r, 300));
