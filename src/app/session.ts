@@ -8,6 +8,8 @@ import type { RequestType } from 'vscode-jsonrpc';
 import type { RequestOptions } from './hostClient';
 import { renderOptions, type PromptTemplate } from './audits';
 import { answerText, promptIds } from '../domain/prompt';
+import { type EvalOptions, runEval } from './eval/run';
+import { type TreftExportOptions, type TreftExportResult, writeTreftExport } from './treft';
 import {
   DEFAULT_MAX_NEW_TOKENS,
   Drift,
@@ -59,6 +61,22 @@ export interface PatchReport {
   response: string;
 }
 
+/** What an eval run takes beyond the session's host, checkpoints, template and tokenizer. */
+export type SessionEvalOptions = Omit<
+  EvalOptions,
+  'host' | 'loaded' | 'template' | 'templateFile' | 'tokenizer' | 'render'
+>;
+
+/** What the TReFT export takes beyond the session's host, base, template and tokenizer. */
+export type SessionTreftOptions = Omit<
+  TreftExportOptions,
+  'host' | 'base' | 'template' | 'templateFile' | 'tokenizer' | 'render'
+>;
+
+/**
+ * The application's four flows over one loaded pair and one prompt template: drift, patch and compare, eval runs,
+ * and the TReFT export. The CLI and the editor construct one and call it; neither implements a flow itself.
+ */
 export class LensSession {
   constructor(
     private readonly host: ModelHost,
@@ -93,6 +111,32 @@ export class LensSession {
       position0: d.position0,
       treft: d.treft,
     };
+  }
+
+  /** An eval run into `options.out` (resumable): see eval/run.ts. */
+  eval(options: SessionEvalOptions): ReturnType<typeof runEval> {
+    return runEval({
+      ...options,
+      host: this.host,
+      loaded: this.loaded,
+      template: this.prompt.template,
+      templateFile: this.prompt.source?.file,
+      tokenizer: this.prompt.tokenizer,
+      render: renderOptions(this.prompt),
+    });
+  }
+
+  /** The TReFT export of a finetuning set with the base model's prefix K/V: see treft.ts. */
+  treftExport(options: SessionTreftOptions): Promise<TreftExportResult> {
+    return writeTreftExport({
+      ...options,
+      host: this.host,
+      base: this.loaded.base,
+      template: this.prompt.template,
+      templateFile: this.prompt.source?.file ?? '',
+      tokenizer: this.prompt.tokenizer,
+      render: renderOptions(this.prompt),
+    });
   }
 
   async patch(

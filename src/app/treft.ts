@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { HostClient } from './hostClient';
+import type { ModelHost } from './session';
 import { type CheckpointInfo, ExportKV, type ExportKVResult, type Span } from '../contracts/modelHost';
 import type { ChatTemplate, RenderOptions } from '../domain/template/render';
 import { frame, rowTurns } from '../domain/template/segments';
@@ -233,7 +233,7 @@ export interface TreftExportOptions {
   render: RenderOptions;
   out: string;
   /** With a host that has loaded the base checkpoint, the reference K/V are written too. */
-  host?: HostClient;
+  host?: ModelHost;
   base?: CheckpointInfo;
   signal?: AbortSignal;
 }

@@ -30,7 +30,7 @@ import {
 } from '../app/eval/probes';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../app/eval/evalReport';
-import { defaultConditions, EvalSettingsError, layerSweepConditions, runEval } from '../app/eval/run';
+import { defaultConditions, EvalSettingsError, layerSweepConditions } from '../app/eval/run';
 import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
@@ -476,13 +476,7 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     });
     if (values['layer-sweep']) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
-      const run = await runEval({
-        host,
-        loaded,
-        template: p.template,
-        templateFile: p.source?.file,
-        tokenizer: p.tokenizer,
-        render: renderOptions(p),
+      const run = await new LensSession(host, loaded, p).eval({
         probes,
         conditions,
         out: dir,
@@ -575,7 +569,7 @@ async function treftExportCommand(
       cacheDir: cacheDir(values),
       settings,
     });
-    return report(await writeTreftExport({ ...common, host, base: loaded.base }));
+    return report(await new LensSession(host, loaded, p).treftExport({ dataset: common.dataset, out: dir }));
   });
 }
 

@@ -19,11 +19,10 @@ import {
   MANIFEST,
   readResults,
   readSkipped,
-  runEval,
 } from '../app/eval/run';
 import { DEFAULT_MAX_NEW_TOKENS, type LoadResult } from '../contracts/modelHost';
-import { pairTemplateSource, type PromptTemplate, renderOptions } from '../app/audits';
-import { writeTreftExport } from '../app/treft';
+import { pairTemplateSource, type PromptTemplate } from '../app/audits';
+import { LensSession } from '../app/session';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
 import { reportError } from './errors';
@@ -267,13 +266,7 @@ export class EvalCommands implements vscode.Disposable {
           const abort = new AbortController();
           token.onCancellationRequested(() => abort.abort(new Error('cancelled')));
           let last = 0;
-          await runEval({
-            host,
-            loaded,
-            template: p.template,
-            templateFile: p.source?.file,
-            tokenizer: p.tokenizer,
-            render: renderOptions(p),
+          await new LensSession(host, loaded, p).eval({
             probes: chosen.probes,
             conditions,
             out,
@@ -424,17 +417,7 @@ export class EvalCommands implements vscode.Disposable {
         (_progress, token) => {
           const abort = new AbortController();
           token.onCancellationRequested(() => abort.abort());
-          return writeTreftExport({
-            dataset,
-            template: p.template,
-            templateFile: p.source?.file ?? template,
-            tokenizer: p.tokenizer,
-            render: renderOptions(p),
-            out,
-            host,
-            base: this.models.loadResult?.base,
-            signal: abort.signal,
-          });
+          return new LensSession(host, this.models.loadResult!, p).treftExport({ dataset, out, signal: abort.signal });
         },
       );
       const recipe = r.files.find((f) => f.endsWith('RECIPE.md'))!;

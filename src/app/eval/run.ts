@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { HostClient } from '../hostClient';
+import type { ModelHost } from '../session';
 import { answerText, promptIds, queryControlFits } from '../../domain/prompt';
 import {
   type CheckpointInfo,
@@ -132,7 +132,7 @@ export interface Manifest {
 }
 
 export interface EvalOptions {
-  host: HostClient;
+  host: ModelHost;
   loaded: LoadResult;
   template: ChatTemplate;
   templateFile?: string;
