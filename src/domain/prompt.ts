@@ -4,7 +4,7 @@
  */
 import type { PromptIds } from '../contracts/modelHost';
 import type { ChatTemplate } from './template/render';
-import { segmentPrompt, type SegmentRequest } from './template/segments';
+import { frameOf, segmentPrompt, type SegmentRequest } from './template/segments';
 import type { LoadedTokenizer } from './tokenizer';
 
 export function promptIds(
@@ -13,11 +13,8 @@ export function promptIds(
   req: SegmentRequest,
 ): PromptIds & { text: string } {
   const seg = segmentPrompt(template, { ...req, response: undefined }, tokenizer);
-  const P = seg.prefix.tokens.length;
-  const Q = seg.query.tokens.length;
-  const F = seg.postfix.tokens.length;
-  const ids = [...seg.prefix.tokens, ...seg.query.tokens, ...seg.postfix.tokens].map((t) => t.id);
-  return { ids, prefix: [0, P], query: [P, P + Q], postfix: [P + Q, P + Q + F], text: seg.rendered };
+  const f = frameOf(seg);
+  return { ids: f.ids, prefix: f.spans.prefix!, query: f.spans.query!, postfix: f.spans.postfix!, text: seg.rendered };
 }
 
 /** A generated answer as a reader (or a judge) sees it: decoded, without the end-of-turn tokens that stopped it. */

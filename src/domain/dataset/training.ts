@@ -17,7 +17,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type ChatMessage, ChatTemplate, type RenderOptions } from '../template/render';
-import { rowRequest, segmentPrompt, type SegmentName } from '../template/segments';
+import { frameOf, rowRequest, segmentPrompt, type SegmentName } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 
 export type LossMode = 'assistant-only' | 'completion-only' | 'all';
@@ -72,17 +72,10 @@ export function trainingView(
   if (req.response === undefined)
     throw new Error('the row has no assistant turn after its last user turn: nothing to train on');
   const seg = segmentPrompt(template, { ...render, ...req }, tokenizer);
-  const parts: [
-    SegmentName | 'tail',
-    { tokens: { id: number; text: string; start: number; end: number }[] } | undefined,
-  ][] = [
-    ['prefix', seg.prefix],
-    ['query', seg.query],
-    ['postfix', seg.postfix],
-    ['response', seg.response],
-    ['tail', seg.tail],
-  ];
-  const tokens = parts.flatMap(([segment, s]) => (s?.tokens ?? []).map((t) => ({ ...t, segment, loss: false })));
+  const frame = frameOf(seg);
+  const spans = Object.entries(frame.spans) as [SegmentName | 'tail', [number, number]][];
+  const segmentAt = (i: number) => spans.find(([, [a, b]]) => i >= a && i < b)![0];
+  const tokens = frame.tokens.map((t, i) => ({ ...t, segment: segmentAt(i), loss: false }));
   const problems: string[] = [];
   if (mode === 'all') for (const t of tokens) t.loss = true;
   else if (mode === 'assistant-only') {

@@ -197,6 +197,35 @@ export function segmentPrompt(template: ChatTemplate, req: SegmentRequest, token
   return result;
 }
 
+/** A tokenized segmentation as spans by token index: [start, end) of each segment in the row's token ids. */
+export interface Frame {
+  ids: number[];
+  tokens: Token[];
+  spans: Partial<Record<SegmentName | 'tail', [number, number]>>;
+}
+
+/**
+ * The frame of a segmentation by token index: the one place token spans come from (the host's prompts, the training
+ * view, hovers). Segments follow each other in order, so the spans tile the token ids.
+ */
+export function frameOf(seg: Segmentation): Frame {
+  const parts: [SegmentName | 'tail', Segment | undefined][] = [
+    ['prefix', seg.prefix],
+    ['query', seg.query],
+    ['postfix', seg.postfix],
+    ['response', seg.response],
+    ['tail', seg.tail],
+  ];
+  const tokens: Token[] = [];
+  const spans: Frame['spans'] = {};
+  for (const [name, s] of parts) {
+    if (!s) continue;
+    spans[name] = [tokens.length, tokens.length + s.tokens.length];
+    tokens.push(...s.tokens);
+  }
+  return { ids: tokens.map((t) => t.id), tokens, spans };
+}
+
 export const SYSTEM_MARKER = '\u27e6PIGGYBACK_SYSTEM\u27e7';
 
 export type SystemFate = 'kept' | 'merged' | 'dropped' | 'rejected';
