@@ -95,8 +95,8 @@ function overview(s: DashboardSnapshot): HTMLElement {
     const removed = s.patch.kl.finetuned > 0 ? 1 - s.patch.kl.patched / s.patch.kl.finetuned : 0;
     rows.push([
       'Patch effect',
-      `${s.patch.span} patch: KL to base ${fmt(s.patch.kl.finetuned)} \u2192 ${fmt(s.patch.kl.patched)} (${(100 * removed).toFixed(0)}% of the shift removed)`,
-      'How much of the finetune\u2019s shift away from base the base K/V undo.',
+      `${s.patch.span} patch on one question: KL to base ${fmt(s.patch.kl.finetuned)} \u2192 ${fmt(s.patch.kl.patched)} (${(100 * removed).toFixed(0)}% of this answer's shift removed${s.patch.generations.patched === s.patch.generations.finetuned ? '; the greedy answer itself is unchanged' : ''})`,
+      'How much of the finetune\u2019s shift on this one question the base K/V undo, measured on the base model\u2019s answer. One question is an illustration; the piggyback grade comes from an eval run over many.',
     ]);
   }
   const table = el('table', { class: 'overview' });
