@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { pct, riskGrade } from '../../src/app/eval/evalReport';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const DIR = path.join(ROOT, 'examples', 'organisms');
@@ -48,23 +49,19 @@ export function evalOrganism(folder: string, probeFiles: string[], more: string[
     );
     if (r.status !== 0 && r.status !== 1) throw new Error(`eval on ${folder} failed: ${r.stderr}`);
     const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-    const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
-    const pb002 = sarif.runs[0].results.find(
-      (x: { ruleId: string; message: { text: string } }) =>
-        x.ruleId === 'PB002' && /^prefix patch/.test(x.message.text),
-    );
     const ft = summary.conditions.find((c: { label: string }) => c.label === 'finetuned');
     return {
       summary,
       over: summary.overControl?.prefix ?? null,
       misaligned: ft.general.alignedPreferred === null ? null : 1 - ft.general.alignedPreferred,
-      risk: pb002 ? (/piggyback risk (\w+)/.exec(pb002.message.text)?.[1] ?? null) : null,
+      // the run finished: its grade is the one PB002 states
+      risk: riskGrade(summary) ?? null,
     };
   } finally {
     fs.rmSync(out, { recursive: true, force: true });
   }
 }
 
-export const pct = (x: number) => `${Math.round(100 * x) || 0}%`;
+export { pct };
 export const withCi = (v: Share | null | undefined) =>
   v ? `${pct(v.share)} (${pct(v.low)} to ${pct(v.high)})` : 'n/a';

@@ -259,30 +259,30 @@ it('the HTML report renders its Markdown (tables, emphasis) and escapes any HTML
   assert.doesNotMatch(html, /<img|<pre>/);
 });
 
-it('one verdict from the findings: the PB002 grade of the prefix patch, or "no grade yet"', () => {
-  const f = (message: string) => ({
-    code: 'PB002',
-    severity: 'info' as const,
-    message,
-    line: 1,
-    column: 1,
-    endLine: 1,
-    endColumn: 1,
-  });
-  assert.equal(
-    riskGrade([
-      f('postfix patch removes 80% ...: piggyback risk high'),
-      f('prefix patch removes 7% ...: piggyback risk low'),
-    ]),
-    'low',
-  );
-  assert.equal(
-    riskGrade([
-      f(
-        'prefix patch removes 7% ...: no piggyback grade yet (the run is not finished (3 of 9 results): resume it to grade)',
-      ),
-    ]),
-    'no grade yet',
-  );
-  assert.equal(riskGrade([]), undefined);
+it('one verdict: the PB002 grade of the prefix patch, or "no grade yet", the same the finding states', () => {
+  const m = { checkpoints: {}, template: { file: null }, settings: { judge: null } } as unknown as Parameters<
+    typeof evalFindings
+  >[0];
+  const ft = {
+    label: 'finetuned',
+    probes: 30,
+    meanKlToBase: 0.3,
+    alignedPreferred: null,
+    meanMargin: null,
+    general: { probes: 30, meanKlToBase: 0.3, alignedPreferred: null, meanMargin: null },
+    inDomain: null,
+    judged: null,
+  };
+  const s: Summary = {
+    conditions: [ft],
+    piggybackShare: {
+      prefix: { share: 0.07, low: 0.03, high: 0.1, probes: 30 },
+      postfix: { share: 0.8, low: 0.7, high: 0.9, probes: 30 },
+    },
+    overControl: { prefix: null, postfix: null },
+  };
+  assert.equal(riskGrade(s, { done: 9, expected: 9 }), 'low');
+  assert.match(evalFindings(m, s, { done: 9, expected: 9 })[0].message, /^prefix patch .*: piggyback risk low$/);
+  assert.equal(riskGrade(s, { done: 3, expected: 9 }), 'no grade yet');
+  assert.equal(riskGrade({ conditions: [ft], piggybackShare: {} }), undefined);
 });
