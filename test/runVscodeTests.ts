@@ -291,10 +291,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
               await new Promise((r) => setTimeout(r, 1500));
               await page.keyboard.press('Control+Home');
               await page.keyboard.press('End');
-              await page.keyboard.press('Control+K');
-              await page.keyboard.press('Control+I');
-              const hover = page.locator('.monaco-hover', { hasText: 'training view' }).first();
-              await hover.waitFor({ state: 'visible', timeout: 20_000 });
+              const hover = await showRowHover(page);
               const text = (await hover.textContent()) ?? '';
               for (const part of ['query', 'postfix', 'response', 'show every token', 'assistant-only loss'])
                 if (!text.includes(part)) throw new Error(`missing "${part}" in the row hover: ${text.slice(0, 300)}`);
@@ -319,12 +316,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             await f.evaluate("document.getElementById('heatmap').scrollIntoView()");
             await new Promise((r) => setTimeout(r, 500));
             await page.screenshot({ path: path.join(shots, 'dashboard-dark.png') });
-            await page.keyboard.press('Control+K');
-            await page.keyboard.press('Control+I');
-            await page
-              .locator('.monaco-hover', { hasText: 'training view' })
-              .first()
-              .waitFor({ state: 'visible', timeout: 20_000 });
+            await showRowHover(page);
             await new Promise((r) => setTimeout(r, 300));
             await page.screenshot({ path: path.join(shots, 'training-view-dark.png') });
           }),
@@ -347,6 +339,28 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     await cleanup();
     fs.rmSync(workspace, { recursive: true, force: true });
   }
+}
+
+/**
+ * Asks the editor for the hover at the cursor (Ctrl+K Ctrl+I) until the row's training view shows: the first ask
+ * can come before the dataset's template is associated or before the editor has focus, and is then empty.
+ */
+async function showRowHover(page: import('playwright-core').Page) {
+  const hover = page.locator('.monaco-hover', { hasText: 'training view' }).first();
+  for (let attempt = 0; attempt < 4; attempt++) {
+    await page.keyboard.press('Control+K');
+    await page.keyboard.press('Control+I');
+    if (
+      await hover.waitFor({ state: 'visible', timeout: 8_000 }).then(
+        () => true,
+        () => false,
+      )
+    )
+      return hover;
+    await page.keyboard.press('Escape');
+  }
+  await hover.waitFor({ state: 'visible', timeout: 8_000 });
+  return hover;
 }
 
 async function runInElectron(): Promise<number> {

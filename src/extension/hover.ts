@@ -69,6 +69,7 @@ export class SegmentHover implements vscode.HoverProvider {
             render,
             mode,
             contextLength(p.source.folder, p.source.config),
+            seg,
           );
         } catch {
           training = undefined;

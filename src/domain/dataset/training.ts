@@ -17,7 +17,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type ChatMessage, ChatTemplate, type RenderOptions } from '../template/render';
-import { frameOf, rowRequest, segmentPrompt, type SegmentName } from '../template/segments';
+import { frameOf, rowRequest, type SegmentName, type Segmentation, segmentPrompt } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 
 export type LossMode = 'assistant-only' | 'completion-only' | 'all';
@@ -66,12 +66,14 @@ export function trainingView(
   render: RenderOptions,
   mode: LossMode,
   maxLength?: number,
+  /** The row's segmentation when the caller already made it (the same request: rowRequest and `render`). */
+  segmented?: Segmentation,
 ): TrainingView {
   const req = rowRequest(messages);
   if (!req) throw new Error('the row has no user turn');
   if (req.response === undefined)
     throw new Error('the row has no assistant turn after its last user turn: nothing to train on');
-  const seg = segmentPrompt(template, { ...render, ...req }, tokenizer);
+  const seg = segmented ?? segmentPrompt(template, { ...render, ...req }, tokenizer);
   const frame = frameOf(seg);
   const spans = Object.entries(frame.spans) as [SegmentName | 'tail', [number, number]][];
   const segmentAt = (i: number) => spans.find(([, [a, b]]) => i >= a && i < b)![0];
