@@ -36,6 +36,8 @@ const builds = [
   { ...common, entryPoints: { host: 'src/modelHost/main.ts' }, outdir: 'dist' },
   // template audits for diagnostics and hovers run in a worker thread of the extension host
   { ...common, entryPoints: { templateAuditWorker: 'src/extension/templateAuditWorker.ts' }, outdir: 'dist' },
+  // the CLI and the workspace audit scan dataset rows in a worker thread while the tokenizer loads
+  { ...common, entryPoints: { datasetScanWorker: 'src/app/datasetScanWorker.ts' }, outdir: 'dist' },
   // the dashboard runs in the webview: a browser bundle, no Node built-ins
   {
     ...common,

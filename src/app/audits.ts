@@ -3,10 +3,18 @@
  * rendered through it, and a folder walk that pairs datasets with the model folder they belong to.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { checkpointFolder } from '../domain/checkpoints';
 import { FILE_LIMITS, insideRoot, readTextChecked } from '../domain/files';
-import { auditDataset, type DatasetReport } from '../domain/dataset/audit';
+import {
+  type DatasetAuditOptions,
+  type DatasetReport,
+  type DatasetScan,
+  finishDatasetAudit,
+  scanDataset,
+} from '../domain/dataset/audit';
 import { fileChunks } from '../domain/dataset/lines';
 import { isParquet, ParquetReadError, parquetLines, splitOf } from '../domain/dataset/parquet';
 import { type Finding, sortFindings } from '../domain/findings';
@@ -19,8 +27,14 @@ import {
 } from '../domain/template/audit';
 import { ChatTemplate, type RenderOptions } from '../domain/template/render';
 import { segmentPrompt } from '../domain/template/segments';
-import { isTemplateFileName, loadTemplate, TemplateLoadError, type TemplateSource } from '../domain/template/source';
-import { findTokenizerFile, type LoadedTokenizer, loadTokenizerCached } from '../domain/tokenizer';
+import {
+  isTemplateFileName,
+  loadTemplate,
+  specialTokensOf,
+  TemplateLoadError,
+  type TemplateSource,
+} from '../domain/template/source';
+import { findTokenizerFile, type LoadedTokenizer, loadTokenizerCached, tokenizerConfigOf } from '../domain/tokenizer';
 
 export interface PrepareOptions {
   /** tokenizer.json or a folder holding it; default: beside the template. */
@@ -54,8 +68,16 @@ export function prepareTemplate(templatePath: string, options: PrepareOptions = 
   return { source, template: audit.template, tokenizer, audit, findings: [...findings, ...audit.findings], kwargs };
 }
 
-/** Loads a template source and finds its tokenizer; no audit (findings: load and tokenizer problems only). */
-function loadTemplateAndTokenizer(templatePath: string, options: PrepareOptions): PreparedTemplate {
+/**
+ * Loads a template source and finds its tokenizer; no audit (findings: load and tokenizer problems only). With
+ * `tokenizer: false` the tokenizer is not built (a second for a 150k vocabulary): only its tokenizer_config.json is
+ * read, for the special tokens a bare .jinja takes from it, as a loaded tokenizer would give them.
+ */
+function loadTemplateAndTokenizer(
+  templatePath: string,
+  options: PrepareOptions,
+  load: { tokenizer: boolean } = { tokenizer: true },
+): PreparedTemplate {
   const kwargs = options.kwargs ?? {};
   let source: TemplateSource;
   try {
@@ -67,7 +89,12 @@ function loadTemplateAndTokenizer(templatePath: string, options: PrepareOptions)
   let tokenizer: LoadedTokenizer | undefined;
   const findings: Finding[] = [];
   const tokenizerFile = findTokenizerFile(options.tokenizer, source.folder);
-  if (tokenizerFile) {
+  if (tokenizerFile && !load.tokenizer) {
+    const special = specialTokensOf(tokenizerConfigOf(tokenizerFile));
+    for (const [k, v] of Object.entries({ bos_token: special.bos_token, eos_token: special.eos_token })) {
+      if (v !== undefined && source.specialTokens[k] === undefined) source.specialTokens[k] = v;
+    }
+  } else if (tokenizerFile) {
     try {
       tokenizer = loadTokenizerCached(tokenizerFile);
       // a bare .jinja takes its special tokens from the chosen tokenizer's config when nothing else gave them
@@ -177,28 +204,145 @@ export async function auditDatasetWith(
   prepared: PreparedTemplate,
   text?: string,
 ): Promise<DatasetReport> {
-  const options = {
-    file,
-    template: prepared.template,
+  const scan = await scanDatasetFile(file, scanOptions(prepared), text);
+  return finishDatasetAudit(scan, {
     tokenizer: prepared.tokenizer,
+    defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
+  });
+}
+
+/** How a prepared template renders a dataset's rows (what a scan needs of it: no tokenizer). */
+function scanOptions(prepared: PreparedTemplate): Omit<DatasetAuditOptions, 'tokenizer' | 'file'> {
+  return {
+    template: prepared.template,
     renderOptions: renderOptions(prepared),
     defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
   };
+}
+
+/** Scans a JSONL or Parquet file's rows (or the given text of it). */
+async function scanDatasetFile(
+  file: string,
+  options: Omit<DatasetAuditOptions, 'tokenizer' | 'file'>,
+  text?: string,
+): Promise<DatasetScan> {
   if (text !== undefined || !isParquet(file))
-    return auditDataset(text !== undefined ? [text] : fileChunks(file), options);
+    return scanDataset(text !== undefined ? [text] : fileChunks(file), { ...options, file });
   // Parquet: one JSON line per row, read a row group at a time; findings are located by row, column 1
   const read: { error?: ParquetReadError } = {};
-  const report = await auditDataset(untilError(parquetLines(file), read), options);
-  for (const e of report.errors) e.column = 1;
+  const scan = await scanDataset(untilError(parquetLines(file), read), { ...options, file });
+  for (const e of scan.errors) e.column = 1;
   if (read.error)
-    report.errors.push({
-      line: report.rows + 1,
+    scan.errors.push({
+      line: scan.rows + 1,
       column: 1,
       code: 'DS010',
       severity: 'error',
       message: read.error.message,
     });
-  return report;
+  return scan;
+}
+
+/** What a dataset scan in a worker thread is asked: the file, and the template source to render it with. */
+export interface ScanRequest {
+  file: string;
+  template?: string;
+  options: PrepareOptions;
+}
+
+/** The worker's answer: the scan, and what it rendered with (compared with the template prepared meanwhile). */
+export type ScanReply = { scan: DatasetScan; renderedWith: string } | { error: string };
+
+/**
+ * What decides a scan's frames: the template text (when it renders), its special tokens, kwargs and default system
+ * prompt. A scan made with another key (a tokenizer that failed to load in one thread only) is not used.
+ */
+function renderKey(p: PreparedTemplate): string {
+  return JSON.stringify([
+    p.template ? p.source?.text : null,
+    p.source?.specialTokens ?? null,
+    p.kwargs,
+    p.audit?.defaultSystemPrompt ?? null,
+  ]);
+}
+
+/**
+ * The worker thread's side of scanDatasetInWorker: the template loaded and audited without its tokenizer (the
+ * frames and the default system prompt need none), then the rows scanned.
+ */
+export async function answerScanRequest(req: ScanRequest): Promise<ScanReply> {
+  try {
+    const p: PreparedTemplate = req.template
+      ? prepareWithoutTokenizer(req.template, req.options)
+      : { findings: [], kwargs: {} };
+    return { scan: await scanDatasetFile(req.file, scanOptions(p)), renderedWith: renderKey(p) };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
+function prepareWithoutTokenizer(templatePath: string, options: PrepareOptions): PreparedTemplate {
+  const loaded = loadTemplateAndTokenizer(templatePath, options, { tokenizer: false });
+  if (!loaded.source) return loaded;
+  const audit = auditTemplate(loaded.source, { kwargs: loaded.kwargs });
+  return { ...loaded, template: audit.template, audit };
+}
+
+/** Runs answerScanRequest in a worker thread (the bundle `workerFile`); undefined when the worker fails. */
+export function scanDatasetInWorker(
+  workerFile: string,
+  req: ScanRequest,
+  signal?: AbortSignal,
+): Promise<ScanReply | undefined> {
+  return new Promise((resolve) => {
+    let worker: Worker;
+    try {
+      worker = new Worker(workerFile, { workerData: req });
+    } catch {
+      resolve(undefined);
+      return;
+    }
+    const stop = () => void worker.terminate();
+    signal?.addEventListener('abort', stop, { once: true });
+    const done = (reply: ScanReply | undefined) => {
+      signal?.removeEventListener('abort', stop);
+      resolve(reply);
+    };
+    worker.once('message', (reply: ScanReply) => done(reply));
+    worker.once('error', () => done(undefined));
+    worker.once('exit', () => done(undefined));
+  });
+}
+
+/**
+ * A dataset file audited with a template source. With `workerFile` (the dataset scan worker's bundle) the rows are
+ * scanned in a worker thread while this thread loads and audits the template and its tokenizer, which for a
+ * 150k-vocabulary tokenizer is a third of the work; the report is the same as auditDatasetWith's, which this falls
+ * back to when the worker fails or rendered with something else.
+ */
+export async function auditDatasetFile(
+  file: string,
+  templatePath: string | undefined,
+  options: PrepareOptions & { workerFile?: string; signal?: AbortSignal },
+  scanning?: Promise<ScanReply | undefined>,
+): Promise<{ prepared: PreparedTemplate; report: DatasetReport }> {
+  const { workerFile, signal, ...prepareOptions } = options;
+  const reply =
+    scanning ??
+    (workerFile
+      ? scanDatasetInWorker(workerFile, { file, template: templatePath, options: prepareOptions }, signal)
+      : undefined);
+  const prepared = templatePath ? prepareTemplate(templatePath, prepareOptions) : { findings: [], kwargs: {} };
+  return { prepared, report: await reportFrom(await reply, file, prepared) };
+}
+
+async function reportFrom(reply: ScanReply | undefined, file: string, prepared: PreparedTemplate) {
+  if (reply && 'scan' in reply && reply.renderedWith === renderKey(prepared))
+    return finishDatasetAudit(reply.scan, {
+      tokenizer: prepared.tokenizer,
+      defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
+    });
+  return auditDatasetWith(file, prepared);
 }
 
 /** The lines of `source` up to a ParquetReadError, which is kept in `read` (the rows before it are audited). */
@@ -385,32 +529,68 @@ export interface FolderAudit {
 
 export async function auditFolder(
   root: string,
-  options: PrepareOptions & { template?: string; signal?: AbortSignal } = {},
+  options: PrepareOptions & { template?: string; signal?: AbortSignal; workerFile?: string } = {},
 ): Promise<FolderAudit> {
+  const { workerFile, signal, template, ...prepareOptions } = options;
   const scan = scanFolder(root);
-  const templatePaths = options.template ? [path.resolve(root, options.template)] : scan.templates;
-  const prepared = new Map<string, PreparedTemplate>();
+  const templatePaths = template ? [path.resolve(root, template)] : scan.templates;
   const result: FolderAudit = { root, templates: [], datasets: [], findings: [] };
+  const jobs = scan.datasets.map((file) => ({ file, association: associate(file, root, templatePaths, template) }));
+  // datasets are scanned in worker threads (a few at a time) while the templates and their tokenizers load here
+  const scans = workerFile
+    ? inParallel(
+        jobs.map(
+          (j) => () =>
+            scanDatasetInWorker(
+              workerFile,
+              { file: j.file, template: j.association.template, options: prepareOptions },
+              signal,
+            ),
+        ),
+        Math.max(1, Math.min(4, os.availableParallelism() - 1)),
+      )
+    : [];
+  const prepared = new Map<string, PreparedTemplate>();
+  const prepare = (t: string) => {
+    let p = prepared.get(t);
+    if (!p) {
+      p = prepareTemplate(t, prepareOptions);
+      prepared.set(t, p);
+    }
+    return p;
+  };
   for (const t of templatePaths) {
-    const p = prepareTemplate(t, options);
-    prepared.set(t, p);
+    const p = prepare(t);
     result.templates.push({ path: t, prepared: p });
     result.findings.push(...p.findings);
   }
-  for (const d of scan.datasets) {
-    if (options.signal?.aborted) break;
-    const a = associate(d, root, templatePaths, options.template);
-    let p = a.template ? prepared.get(a.template) : undefined;
-    if (a.template && !p) {
-      p = prepareTemplate(a.template, options);
-      prepared.set(a.template, p);
-    }
-    const report = await auditDatasetWith(d, p ?? { findings: [], kwargs: {} });
-    result.datasets.push({ file: d, template: a.template, association: a.source, report, split: splitOf(d) });
+  for (const [i, { file, association: a }] of jobs.entries()) {
+    if (signal?.aborted) break;
+    const p = a.template ? prepare(a.template) : { findings: [], kwargs: {} };
+    const report = await reportFrom(await scans[i], file, p);
+    result.datasets.push({ file, template: a.template, association: a.source, report, split: splitOf(file) });
     result.findings.push(...datasetFindings(report));
     if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message))
       result.findings.push(a.refused);
   }
   sortFindings(result.findings);
   return result;
+}
+
+/** Starts `tasks` with at most `limit` running at once; their promises, in order. */
+function inParallel<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T>[] {
+  let active = 0;
+  const waiting: (() => void)[] = [];
+  const acquire = (): Promise<void> => {
+    if (active >= limit) return new Promise((resolve) => waiting.push(resolve));
+    active++;
+    return Promise.resolve();
+  };
+  // a finished task hands its slot to the next waiting one
+  const release = () => {
+    const next = waiting.shift();
+    if (next) next();
+    else active--;
+  };
+  return tasks.map((task) => acquire().then(task).finally(release));
 }

@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import type { DatasetReport } from '../domain/dataset/audit';
 import { type Finding, hasErrors } from '../domain/findings';
 import {
-  auditDatasetWith,
+  auditDatasetFile,
   auditFolder,
   datasetFindings,
   prepareTemplate,
@@ -89,6 +89,11 @@ class UsageError extends Error {
 }
 
 type OptionName = keyof typeof OPTIONS;
+
+/** The dataset scan worker's bundle beside this one (dist/); without it datasets are scanned in this thread. */
+const SCAN_WORKER = fs.existsSync(path.join(__dirname, 'datasetScanWorker.js'))
+  ? path.join(__dirname, 'datasetScanWorker.js')
+  : undefined;
 
 const TEMPLATE_OPTIONS: OptionName[] = ['tokenizer', 'name', 'kwargs'];
 const HOST_OPTIONS: OptionName[] = [
@@ -349,9 +354,12 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         } catch (e) {
           throw new UsageError((e as Error).message);
         }
-        const p = prepareTemplate(path.resolve(values.template), common);
-        if (values.row !== undefined) return await trainingViewCommand(target, p, values, out);
-        const report = await auditDatasetWith(path.resolve(target), p);
+        if (values.row !== undefined)
+          return await trainingViewCommand(target, prepareTemplate(path.resolve(values.template), common), values, out);
+        const { prepared: p, report } = await auditDatasetFile(path.resolve(target), path.resolve(values.template), {
+          ...common,
+          workerFile: SCAN_WORKER,
+        });
         const findings = [...p.findings.filter((f) => f.severity === 'error'), ...datasetFindings(report)];
         if (values.json) out(JSON.stringify({ ...datasetJson(report), template: templateJson(p) }, null, 2) + '\n');
         else out(describeFindings(findings) + describeSurface(report));
@@ -364,6 +372,7 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         const a = await auditFolder(root, {
           ...common,
           template: values.template ? path.resolve(values.template) : undefined,
+          workerFile: SCAN_WORKER,
         });
         if (values.sarif) fs.writeFileSync(values.sarif, JSON.stringify(toSarif(a.findings, root), null, 2) + '\n');
         if (values.md && values.md !== '-') fs.writeFileSync(values.md, toMarkdown(a));

@@ -59,11 +59,7 @@ export class LoadedTokenizer {
 
   static fromFiles(tokenizerJson: string, tokenizerConfig?: string): LoadedTokenizer {
     const json = JSON.parse(readTextChecked(tokenizerJson, FILE_LIMITS.tokenizer)) as TokenizerJson;
-    const configFile = tokenizerConfig ?? path.join(path.dirname(tokenizerJson), 'tokenizer_config.json');
-    const config = fs.existsSync(configFile)
-      ? (JSON.parse(readTextChecked(configFile, FILE_LIMITS.config)) as Record<string, unknown>)
-      : {};
-    return new LoadedTokenizer(json, config, tokenizerJson);
+    return new LoadedTokenizer(json, tokenizerConfigOf(tokenizerJson, tokenizerConfig), tokenizerJson);
   }
 
   /** Token ids of `text` without any special tokens added. */
@@ -213,6 +209,14 @@ function bytesToUnicodeInverse(): Map<string, number> {
     map.set(String.fromCharCode(cs[i]), b);
   });
   return map;
+}
+
+/** The tokenizer_config.json beside a tokenizer.json (or the given one), {} when there is none. */
+export function tokenizerConfigOf(tokenizerJson: string, tokenizerConfig?: string): Record<string, unknown> {
+  const configFile = tokenizerConfig ?? path.join(path.dirname(tokenizerJson), 'tokenizer_config.json');
+  return fs.existsSync(configFile)
+    ? (JSON.parse(readTextChecked(configFile, FILE_LIMITS.config)) as Record<string, unknown>)
+    : {};
 }
 
 /** Finds tokenizer.json for a template: in the template's folder, or a given file or folder. */

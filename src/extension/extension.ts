@@ -268,7 +268,11 @@ async function auditWorkspace(
       for (const folder of folders) {
         progress.report({ message: folder.name });
         try {
-          const a = await auditFolder(folder.uri.fsPath, { signal: abort.signal });
+          // datasets are scanned in worker threads: a large file does not stall the extension host
+          const a = await auditFolder(folder.uri.fsPath, {
+            signal: abort.signal,
+            workerFile: vscode.Uri.joinPath(context.extensionUri, 'dist', 'datasetScanWorker.js').fsPath,
+          });
           const byFile = new Map<string, vscode.Diagnostic[]>();
           for (const f of a.findings) {
             if (!f.file) continue;

@@ -99,10 +99,48 @@ interface Frame {
   error?: string;
 }
 
+/**
+ * What a pass over the rows gathers, before any tokenizer is needed: plain data (a worker thread can scan and post
+ * it while the tokenizer loads), turned into the report by finishDatasetAudit.
+ */
+export interface DatasetScan {
+  file?: string;
+  rows: number;
+  validRows: number;
+  formats: Partial<Record<RowFormat, number>>;
+  errors: RowError[];
+  errorsOmitted: number;
+  /** Set when a template rendered the rows. */
+  surface?: {
+    prefix: string;
+    prefixTop: number;
+    distinctPrefixes: number;
+    postfix: string;
+    postfixTop: number;
+    distinctPostfixes: number;
+    rendered: number;
+    rowsUntracked: number;
+    defaultSystemPromptRows: number;
+    systemRows: number;
+    systemFate: Surface['systemFate'];
+    /** The seeded sample of final user queries (heads of at most QUERY_SAMPLE_CHARS, with their full lengths). */
+    sample: { head: string; length: number }[];
+  };
+}
+
+/** The dataset audit in one call: scanDataset, then finishDatasetAudit with the options' tokenizer. */
 export async function auditDataset(
   source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
   options: DatasetAuditOptions = {},
 ): Promise<DatasetReport> {
+  return finishDatasetAudit(await scanDataset(source, options), options);
+}
+
+/** Reads every row: formats, located problems, and the rendered frames the surface is measured on. */
+export async function scanDataset(
+  source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
+  options: Omit<DatasetAuditOptions, 'tokenizer'> = {},
+): Promise<DatasetScan> {
   const maxErrors = options.maxErrors ?? 1000;
   const sampleSize = options.querySample ?? 1000;
   const errors: RowError[] = [];
@@ -142,7 +180,7 @@ export async function auditDataset(
       report(line, 'DS007', 'error', `line is ${line.length} characters long, over the reader's limit; skipped`);
       continue;
     }
-    if (line.text.trim().length === 0) continue;
+    if (!/\S/.test(line.text)) continue;
     rows++;
     if (options.onProgress && rows % 4096 === 0 && options.onProgress(rows) === false) break;
     let value: unknown;
@@ -205,10 +243,38 @@ export async function auditDataset(
     }
   }
 
+  const scan: DatasetScan = { file: options.file, rows, validRows, formats, errors, errorsOmitted };
+  if (options.template && rendered > 0) {
+    const [prefix, prefixTop] = mode(prefixCounts);
+    const [postfix, postfixTop] = mode(postfixCounts);
+    scan.surface = {
+      prefix,
+      prefixTop,
+      distinctPrefixes: prefixCounts.size,
+      postfix,
+      postfixTop,
+      distinctPostfixes: postfixCounts.size,
+      rendered,
+      rowsUntracked,
+      defaultSystemPromptRows,
+      systemRows,
+      systemFate: systemRows > 0 ? systemFate(options.template, options.renderOptions ?? {}).fate : 'n/a',
+      sample,
+    };
+  }
+  return scan;
+}
+
+/** The report of a scan: token counts of the shared prefix, postfix and sampled queries, and the DS1xx findings. */
+export function finishDatasetAudit(
+  scan: DatasetScan,
+  options: Pick<DatasetAuditOptions, 'tokenizer' | 'defaultSystemPrompt'> = {},
+): DatasetReport {
+  const { formats, rows, validRows, errors, errorsOmitted } = scan;
   const formatNames = Object.keys(formats) as RowFormat[];
   const main = formatNames.sort((a, b) => (formats[b] ?? 0) - (formats[a] ?? 0))[0];
   const result: DatasetReport = {
-    file: options.file,
+    file: scan.file,
     rows,
     validRows,
     format: formatNames.length === 0 ? 'unknown' : formatNames.length > 1 ? 'mixed' : main,
@@ -223,7 +289,7 @@ export async function auditDataset(
       code,
       severity,
       message: `${message} ${CODES[code].why}`,
-      file: options.file,
+      file: scan.file,
       line: 1,
       column: 1,
       endLine: 1,
@@ -244,9 +310,9 @@ export async function auditDataset(
     );
   }
 
-  if (options.template && rendered > 0) {
-    const [prefix, prefixTop] = mode(prefixCounts);
-    const [postfix, postfixTop] = mode(postfixCounts);
+  if (scan.surface) {
+    const { prefix, prefixTop, postfix, postfixTop, rendered, rowsUntracked, sample } = scan.surface;
+    const { defaultSystemPromptRows, systemRows, systemFate: fate } = scan.surface;
     const tok = options.tokenizer;
     const prefixTokens = tok ? tok.ids(prefix).length : null;
     const postfixTokens = tok ? tok.ids(postfix).length : null;
@@ -254,12 +320,11 @@ export async function auditDataset(
       tok && sample.length
         ? median(sample.map((q) => Math.round((tok.ids(q.head).length * q.length) / Math.max(1, q.head.length))))
         : null;
-    const fate = systemRows > 0 ? systemFate(options.template, options.renderOptions ?? {}).fate : 'n/a';
     const surface: Surface = {
       identicalPrefixShare: prefixTop / rendered,
       identicalPostfixShare: postfixTop / rendered,
-      distinctPrefixes: prefixCounts.size,
-      distinctPostfixes: postfixCounts.size,
+      distinctPrefixes: scan.surface.distinctPrefixes,
+      distinctPostfixes: scan.surface.distinctPostfixes,
       prefixTokens,
       postfixTokens,
       medianQueryTokens,

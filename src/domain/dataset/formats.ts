@@ -209,12 +209,14 @@ export function normaliseRow(row: unknown): NormalisedRow {
   return { format, messages, problems };
 }
 
+/**
+ * Where a turn came from in the row (its list, index and role key), for a later problem about the turn. Kept on
+ * the message under a symbol: not enumerable by templates or JSON, and cheaper per row than a WeakMap.
+ */
+const TURN_PATH = Symbol('turnPath');
 interface Located extends ChatMessage {
-  /** Where the message came from in the row, for locating problems. */
-  __path?: (string | number)[];
+  [TURN_PATH]?: { base: (string | number)[]; i: number; roleKey: string };
 }
-
-const turnPaths = new WeakMap<object, { base: (string | number)[]; i: number; roleKey: string }>();
 
 function readMessageList(
   list: unknown[],
@@ -224,65 +226,72 @@ function readMessageList(
   contentOf: (m: Record<string, unknown>) => unknown,
 ): ChatMessage[] {
   const out: Located[] = [];
-  list.forEach((item, i) => {
-    // the path of a problem, built only when there is one (most rows have none)
-    const at = (...more: (string | number)[]) => [...base, i, ...more];
+  for (let i = 0; i < list.length; i++) {
+    const item = list[i];
     if (!item || typeof item !== 'object' || Array.isArray(item)) {
-      problems.push({ code: 'DS002', severity: 'error', message: `turn ${i + 1} is not an object`, path: at() });
-      return;
+      problems.push({
+        code: 'DS002',
+        severity: 'error',
+        message: `turn ${i + 1} is not an object`,
+        path: [...base, i],
+      });
+      continue;
     }
     const m = item as Record<string, unknown>;
     const role = roleOf(m);
     const content = contentOf(m);
     const roleKey = 'role' in m ? 'role' : 'from';
     if (typeof role !== 'string') {
-      problems.push({ code: 'DS003', severity: 'error', message: `turn ${i + 1} has no role`, path: at() });
-      return;
+      problems.push({ code: 'DS003', severity: 'error', message: `turn ${i + 1} has no role`, path: [...base, i] });
+      continue;
     }
     if (!KNOWN_ROLES.has(role)) {
       problems.push({
         code: 'DS003',
         severity: 'warning',
         message: `unknown role "${role}" in turn ${i + 1}: templates may drop, reject or mis-render it`,
-        path: at(roleKey),
+        path: [...base, i, roleKey],
       });
     }
     const text = contentText(content);
     const hasToolCalls = Array.isArray(m.tool_calls) && m.tool_calls.length > 0;
-    const contentKey = 'content' in m ? 'content' : 'value';
     if (text === undefined && !(content === null && hasToolCalls)) {
+      const contentKey = 'content' in m ? 'content' : 'value';
       if (content !== undefined && content !== null) {
         problems.push({
           code: 'DS002',
           severity: 'error',
           message: `turn ${i + 1} content must be a string or a list of parts`,
-          path: at(contentKey),
+          path: [...base, i, contentKey],
         });
-        return;
+        continue;
       }
       problems.push({
         code: 'DS004',
         severity: 'warning',
         message: `turn ${i + 1} (${role}) has no content`,
-        path: at(contentKey),
+        path: [...base, i, contentKey],
       });
     } else if (text !== undefined && !/\S/.test(text) && !hasToolCalls) {
       problems.push({
         code: 'DS004',
         severity: 'warning',
         message: `turn ${i + 1} (${role}) has empty content`,
-        path: at(contentKey),
+        path: [...base, i, 'content' in m ? 'content' : 'value'],
       });
     }
-    const msg: Located = {
-      ...m,
-      role,
-      content: typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? ''),
-    };
-    // where the turn's role sits, for a later problem about the turn (a WeakMap: no per-message property)
-    turnPaths.set(msg, { base, i, roleKey });
+    // the common row (an OpenAI turn with string content) is used as parsed; others are copied with the trainer's view
+    const msg: Located =
+      m.role === role && typeof content === 'string' && m.content === content
+        ? (m as unknown as Located)
+        : {
+            ...m,
+            role,
+            content: typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? ''),
+          };
+    msg[TURN_PATH] = { base, i, roleKey };
     out.push(msg);
-  });
+  }
   return out;
 }
 
@@ -293,7 +302,7 @@ function checkTurns(
   base: (string | number)[],
 ): void {
   const pathOf = (i: number) => {
-    const p = turnPaths.get(messages[i]);
+    const p = (messages[i] as Located)[TURN_PATH];
     return p ? [...p.base, p.i, p.roleKey] : [...base, i];
   };
   let expect: 'user' | 'assistant' = 'user';
