@@ -16,6 +16,7 @@ import {
   scanDataset,
 } from '../domain/dataset/audit';
 import { fileChunks } from '../domain/dataset/lines';
+import { contextLength } from '../domain/dataset/training';
 import { isParquet, ParquetReadError, parquetLines, splitOf } from '../domain/dataset/parquet';
 import { type Finding, sortFindings } from '../domain/findings';
 import {
@@ -205,10 +206,7 @@ export async function auditDatasetWith(
   text?: string,
 ): Promise<DatasetReport> {
   const scan = await scanDatasetFile(file, scanOptions(prepared), text);
-  return finishDatasetAudit(scan, {
-    tokenizer: prepared.tokenizer,
-    defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
-  });
+  return finishDatasetAudit(scan, { ...scanOptions(prepared), tokenizer: prepared.tokenizer });
 }
 
 /** How a prepared template renders a dataset's rows (what a scan needs of it: no tokenizer). */
@@ -217,6 +215,7 @@ function scanOptions(prepared: PreparedTemplate): Omit<DatasetAuditOptions, 'tok
     template: prepared.template,
     renderOptions: renderOptions(prepared),
     defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
+    contextLength: prepared.source ? contextLength(prepared.source.folder, prepared.source.config) : undefined,
   };
 }
 
@@ -263,6 +262,7 @@ function renderKey(p: PreparedTemplate): string {
     p.source?.specialTokens ?? null,
     p.kwargs,
     p.audit?.defaultSystemPrompt ?? null,
+    p.source ? (contextLength(p.source.folder, p.source.config) ?? null) : null,
   ]);
 }
 
@@ -338,10 +338,7 @@ export async function auditDatasetFile(
 
 async function reportFrom(reply: ScanReply | undefined, file: string, prepared: PreparedTemplate) {
   if (reply && 'scan' in reply && reply.renderedWith === renderKey(prepared))
-    return finishDatasetAudit(reply.scan, {
-      tokenizer: prepared.tokenizer,
-      defaultSystemPrompt: prepared.audit?.defaultSystemPrompt,
-    });
+    return finishDatasetAudit(reply.scan, { ...scanOptions(prepared), tokenizer: prepared.tokenizer });
   return auditDatasetWith(file, prepared);
 }
 

