@@ -1,7 +1,9 @@
-// Writes the Parquet fixtures of test/unit/parquet.test.ts with an independent writer: parquet-wasm (the Rust
-// `parquet` crate compiled to WebAssembly) from Apache Arrow tables, as the datasets library and pandas write them
-// through Arrow. Several compressions, several row groups, the chat formats datasets on the Hub use, rows with
-// known problems at known positions, and a Hub-style folder with splits. Usage: node scripts/parquet-fixtures/make.mjs
+// Writes the Parquet and Arrow fixtures of test/unit/parquet.test.ts with an independent writer: parquet-wasm (the
+// Rust `parquet` and `arrow` crates compiled to WebAssembly) from Apache Arrow tables, as the datasets library and
+// pandas write them through Arrow. Parquet: several compressions, several row groups, the chat formats datasets on
+// the Hub use, rows with known problems at known positions, and a Hub-style folder with splits. Arrow: the IPC
+// streams of `datasets.save_to_disk` (a Dataset in two shards, a DatasetDict with two splits), written by the Rust
+// arrow-ipc writer (the reader under test is apache-arrow JS). Usage: node scripts/parquet-fixtures/make.mjs
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +18,7 @@ import {
   makeTable,
   Int64,
 } from 'apache-arrow';
-import { Compression, Table, WriterPropertiesBuilder, writeParquet } from 'parquet-wasm/node';
+import { Compression, readParquet, Table, WriterPropertiesBuilder, writeParquet } from 'parquet-wasm/node';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const OUT = path.join(ROOT, 'test', 'fixtures', 'parquet');
@@ -87,4 +89,51 @@ write(
   chat(messages.slice(220), ids.slice(220)),
   Compression.SNAPPY,
   60,
+);
+
+// datasets.save_to_disk: data-0000i-of-0000n.arrow (Arrow IPC streams, record batches of `batch` rows) beside
+// dataset_info.json and state.json; a DatasetDict adds dataset_dict.json and one such folder per split
+const ARROW = path.join(ROOT, 'test', 'fixtures', 'arrow');
+const features = {
+  id: { dtype: 'int64', _type: 'Value' },
+  messages: [{ content: { dtype: 'string', _type: 'Value' }, role: { dtype: 'string', _type: 'Value' } }],
+};
+function saveToDisk(folder, shards, split, batch) {
+  fs.mkdirSync(folder, { recursive: true });
+  const files = shards.map(([ms, is], i) => {
+    const filename = `data-${String(i).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.arrow`;
+    // through Parquet and back: the Rust arrow-ipc writer of parquet-wasm writes the stream, a batch per row group
+    const props = new WriterPropertiesBuilder().setMaxRowGroupSize(batch).build();
+    const parquet = writeParquet(Table.fromIPCStream(tableToIPC(chat(ms, is), 'stream')), props);
+    const bytes = readParquet(parquet, { batchSize: batch }).intoIPCStream();
+    fs.writeFileSync(path.join(folder, filename), bytes);
+    console.log(`${path.relative(ROOT, path.join(folder, filename))}: ${ms.length} rows, ${bytes.length} bytes`);
+    return { filename };
+  });
+  const json = (name, value) => fs.writeFileSync(path.join(folder, name), JSON.stringify(value, null, 2) + '\n');
+  json('dataset_info.json', { citation: '', description: '', features, homepage: '', license: '' });
+  json('state.json', {
+    _data_files: files,
+    _fingerprint: `fixture${split ?? ''}${shards.length}`,
+    _format_columns: null,
+    _format_kwargs: {},
+    _format_type: null,
+    _output_all_columns: false,
+    _split: split,
+  });
+}
+saveToDisk(
+  path.join(ARROW, 'saved'),
+  [
+    [messages.slice(0, 130), ids.slice(0, 130)],
+    [messages.slice(130), ids.slice(130)],
+  ],
+  'train',
+  50,
+);
+saveToDisk(path.join(ARROW, 'saved-dict', 'train'), [[messages.slice(0, 200), ids.slice(0, 200)]], 'train', 64);
+saveToDisk(path.join(ARROW, 'saved-dict', 'test'), [[messages.slice(200), ids.slice(200)]], 'test', 64);
+fs.writeFileSync(
+  path.join(ARROW, 'saved-dict', 'dataset_dict.json'),
+  JSON.stringify({ splits: ['train', 'test'] }) + '\n',
 );

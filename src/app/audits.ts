@@ -17,7 +17,10 @@ import {
 } from '../domain/dataset/audit';
 import { fileChunks } from '../domain/dataset/lines';
 import { contextLength } from '../domain/dataset/training';
-import { isParquet, ParquetReadError, parquetLines, splitOf } from '../domain/dataset/parquet';
+import { arrowLines } from '../domain/dataset/arrow';
+import { ColumnarReadError, isArrow, isColumnar, splitOf } from '../domain/dataset/columnar';
+import { CsvReadError, csvHasChatColumns, csvLines, isCsv } from '../domain/dataset/csv';
+import { parquetLines } from '../domain/dataset/parquet';
 import { type Finding, sortFindings } from '../domain/findings';
 import {
   AUDIT_CLOCK,
@@ -219,21 +222,29 @@ function scanOptions(prepared: PreparedTemplate): Omit<DatasetAuditOptions, 'tok
   };
 }
 
-/** Scans a JSONL or Parquet file's rows (or the given text of it). */
+/** Scans a JSONL, Parquet, Arrow or CSV file's rows (or the given text of it). */
 async function scanDatasetFile(
   file: string,
   options: Omit<DatasetAuditOptions, 'tokenizer' | 'file'>,
   text?: string,
 ): Promise<DatasetScan> {
-  if (text !== undefined || !isParquet(file))
+  if (text !== undefined || !(isColumnar(file) || isCsv(file)))
     return scanDataset(text !== undefined ? [text] : fileChunks(file), { ...options, file });
-  // Parquet: one JSON line per row, read a row group at a time; findings are located by row, column 1
-  const read: { error?: ParquetReadError } = {};
-  const scan = await scanDataset(untilError(parquetLines(file), read), { ...options, file });
-  for (const e of scan.errors) e.column = 1;
+  // Parquet and Arrow: one JSON line per row, read a row group (record batch) at a time, located by row; CSV: one
+  // per record, located at the line the record starts on. Column 1: a row has no JSON text to point into.
+  const read: { error?: ColumnarReadError | CsvReadError } = {};
+  const starts: number[] = [];
+  const rows = isCsv(file) ? csvLines(file, starts) : columnarLines(file);
+  const scan = await scanDataset(untilError(rows, read), { ...options, file });
+  const lineOf = (row: number) => (isCsv(file) ? (starts[row - 1] ?? row) : row);
+  for (const e of scan.errors) {
+    e.line = lineOf(e.line);
+    e.column = 1;
+  }
+  for (const r of scan.longRows?.kept ?? []) r.line = lineOf(r.line);
   if (read.error)
     scan.errors.push({
-      line: scan.rows + 1,
+      line: read.error instanceof CsvReadError ? read.error.line : scan.rows + 1,
       column: 1,
       code: 'DS010',
       severity: 'error',
@@ -342,12 +353,20 @@ async function reportFrom(reply: ScanReply | undefined, file: string, prepared: 
   return auditDatasetWith(file, prepared);
 }
 
-/** The lines of `source` up to a ParquetReadError, which is kept in `read` (the rows before it are audited). */
-async function* untilError(source: AsyncIterable<string>, read: { error?: ParquetReadError }): AsyncGenerator<string> {
+/** The rows of a Parquet or Arrow file as JSON lines. */
+export function columnarLines(file: string): AsyncGenerator<string> {
+  return isArrow(file) ? arrowLines(file) : parquetLines(file);
+}
+
+/** The lines of `source` up to a read error, which is kept in `read` (the rows before it are audited). */
+async function* untilError(
+  source: AsyncIterable<string>,
+  read: { error?: ColumnarReadError | CsvReadError },
+): AsyncGenerator<string> {
   try {
     yield* source;
   } catch (e) {
-    if (!(e instanceof ParquetReadError)) throw e;
+    if (!(e instanceof ColumnarReadError || e instanceof CsvReadError)) throw e;
     read.error = e;
   }
 }
@@ -411,7 +430,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
       if (e.isDirectory()) {
         if (!SKIP_DIRS.has(e.name) && !e.name.startsWith('.')) walk(full);
       } else if (e.isFile()) {
-        if (/\.(jsonl|parquet)$/i.test(e.name)) datasets.push(full);
+        if (/\.(jsonl|parquet|arrow)$/i.test(e.name) || (isCsv(e.name) && csvHasChatColumns(full))) datasets.push(full);
         else if (isTemplateFileName(e.name) && hasTemplate(full)) {
           if (/\.(jinja2?|j2)$/i.test(e.name) && e.name !== 'chat_template.jinja') templates.push(full);
           else folderHasTemplate = true;

@@ -9,6 +9,7 @@ import type { DatasetReport } from '../domain/dataset/audit';
 import { type Finding, hasErrors } from '../domain/findings';
 import {
   auditDatasetFile,
+  columnarLines,
   auditFolder,
   datasetFindings,
   prepareTemplate,
@@ -36,7 +37,8 @@ import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
 import { normaliseRow } from '../domain/dataset/formats';
 import { fileChunks, readLines } from '../domain/dataset/lines';
-import { isParquet, parquetLines } from '../domain/dataset/parquet';
+import { isColumnar } from '../domain/dataset/columnar';
+import { csvLines, isCsv } from '../domain/dataset/csv';
 import { contextLength, LOSS_MODES, type LossMode, trainingView } from '../domain/dataset/training';
 import type { HostSettings, LoadParams, LoadResult, PatchSpan } from '../contracts/modelHost';
 import {
@@ -116,7 +118,7 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
   },
   dataset: {
     usage:
-      'piggyback dataset <file.jsonl|.parquet> --template <source> [--tokenizer ...] [--kwargs <json>] [--row N [--loss assistant-only|completion-only|all]] [--json]',
+      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv> --template <source> [--tokenizer ...] [--kwargs <json>] [--row N [--loss assistant-only|completion-only|all]] [--json]',
     about:
       "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
     options: ['template', ...TEMPLATE_OPTIONS, 'json', 'row', 'loss'],
@@ -599,7 +601,14 @@ async function trainingViewCommand(
   }
   let line: string | undefined;
   let i = 0;
-  for await (const l of isParquet(file) ? parquetLines(file) : readLines(fileChunks(file))) {
+  // row N: the Nth JSONL line, Parquet or Arrow row, or CSV record (located at the line it starts on)
+  const csvStarts: number[] = [];
+  const rows = isColumnar(file)
+    ? columnarLines(file)
+    : isCsv(file)
+      ? csvLines(file, csvStarts)
+      : readLines(fileChunks(file));
+  for await (const l of rows) {
     const text = typeof l === 'string' ? l : l.text;
     if (++i === n) {
       line = text;
@@ -607,7 +616,7 @@ async function trainingViewCommand(
     }
   }
   if (line === undefined) throw new UsageError(`${file} has ${i} rows, no row ${n}`);
-  const where = `${file}:${n}:1`;
+  const where = `${file}:${csvStarts[n - 1] ?? n}:1`;
   let view: ReturnType<typeof trainingView>;
   try {
     const row = normaliseRow(JSON.parse(line));

@@ -96,8 +96,8 @@ export const CODES: Record<string, CodeInfo> = {
     why: 'A UTF-16 file or a byte order mark makes trainers misread the rows (row 1, or all of them).',
   },
   DS010: {
-    title: 'Unreadable Parquet file',
-    why: 'The file is not Parquet, is truncated, or uses an encoding or compression the reader does not know; no row is audited past that point.',
+    title: 'Unreadable Parquet, Arrow or CSV file',
+    why: 'The file is not in its format, is truncated, or uses an encoding or compression the reader does not know (CSV: an unclosed quote, a record with the wrong number of cells); no row is audited past that point.',
   },
   DS011: {
     title: 'Row longer than the model context',

@@ -1,13 +1,16 @@
 // Parquet datasets, written by an independent writer (parquet-wasm, the Rust parquet crate, from Apache Arrow
-// tables: scripts/parquet-fixtures/make.mjs) with five compressions and several row groups, audited with the same
-// formats and findings as JSONL, located by row.
+// tables: scripts/parquet-fixtures/make.mjs) with five compressions and several row groups, and the Arrow IPC
+// streams of datasets.save_to_disk (written by the Rust arrow-ipc writer), audited with the same formats and
+// findings as JSONL, located by row.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { auditDatasetWith, auditFolder, prepareTemplate } from '../../src/app/audits';
-import { parquetLines, splitOf } from '../../src/domain/dataset/parquet';
+import { arrowLines } from '../../src/domain/dataset/arrow';
+import { splitOf } from '../../src/domain/dataset/columnar';
+import { parquetLines } from '../../src/domain/dataset/parquet';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 
 const P = path.join(FIXTURES, 'parquet');
@@ -113,5 +116,142 @@ describe('Parquet datasets', () => {
     assert.equal(splitOf('data/validation-00003-of-00010.parquet'), 'validation');
     assert.equal(splitOf('train/part.jsonl'), 'train');
     assert.equal(splitOf('finance-advice.jsonl'), undefined);
+  });
+});
+
+describe('Arrow datasets (datasets.save_to_disk)', () => {
+  const A = path.join(FIXTURES, 'arrow');
+  const prepared = prepareTemplate(TEMPLATE);
+  const codesOf = (r: Awaited<ReturnType<typeof auditDatasetWith>>) =>
+    r.errors.map((e) => `${e.code}@${e.line}:${e.column}`).sort();
+
+  it('a saved Dataset in two shards: every row across record batches, split "train" from state.json', async () => {
+    const a = await auditFolder(path.join(A, 'saved'), { template: TEMPLATE });
+    assert.deepEqual(
+      a.datasets.map((d) => [path.basename(d.file), d.split, d.report.rows, d.report.format]),
+      [
+        ['data-00000-of-00002.arrow', 'train', 130, 'openai'],
+        ['data-00001-of-00002.arrow', 'train', 120, 'openai'],
+      ],
+    );
+    // the first shard holds rows 1-130 of the Parquet fixtures: the same findings, at the same rows
+    const parquet = await auditDatasetWith(path.join(P, 'chat-snappy.parquet'), prepared);
+    const first = a.datasets[0].report;
+    assert.deepEqual(
+      codesOf(first),
+      codesOf(parquet).filter((c) => Number(/@(\d+)/.exec(c)![1]) <= 130),
+    );
+    for (const known of ['DS003@7:1', 'DS004@42:1', 'DS006@100:1']) assert.ok(codesOf(first).includes(known));
+    assert.equal(first.surface!.prefix, parquet.surface!.prefix);
+    const lines: string[] = [];
+    for await (const l of arrowLines(path.join(A, 'saved', 'data-00001-of-00002.arrow'))) lines.push(l);
+    assert.equal(lines.length, 120);
+    assert.equal(JSON.parse(lines[0]).id, 130, 'int64 ids as numbers');
+  });
+
+  it('a saved DatasetDict: each split folder audited with its name', async () => {
+    const a = await auditFolder(path.join(A, 'saved-dict'), { template: TEMPLATE });
+    assert.deepEqual(
+      a.datasets.map((d) => [path.relative(path.join(A, 'saved-dict'), d.file), d.split, d.report.rows]),
+      [
+        [path.join('test', 'data-00000-of-00001.arrow'), 'test', 50],
+        [path.join('train', 'data-00000-of-00001.arrow'), 'train', 200],
+      ],
+    );
+    assert.ok(
+      a.findings.some((f) => f.code === 'DS003' && f.file?.endsWith('data-00000-of-00001.arrow') && f.line === 7),
+    );
+  });
+
+  it('a file that is not Arrow, or a truncated one, is DS010 with the rows read so far kept', async () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, 'text.arrow'), '{"messages": []}\n');
+    const whole = fs.readFileSync(path.join(A, 'saved', 'data-00000-of-00002.arrow'));
+    fs.writeFileSync(path.join(dir, 'cut.arrow'), whole.subarray(0, Math.floor(whole.length * 0.7)));
+    const text = await auditDatasetWith(path.join(dir, 'text.arrow'), prepared);
+    assert.deepEqual(
+      text.errors.map((e) => [e.code, e.line]),
+      [['DS010', 1]],
+    );
+    assert.match(text.errors[0].message, /text\.arrow: not a readable Arrow IPC file/);
+    const cut = await auditDatasetWith(path.join(dir, 'cut.arrow'), prepared);
+    const ds010 = cut.errors.find((e) => e.code === 'DS010')!;
+    assert.ok(cut.rows >= 50 && cut.rows < 130, `whole batches before the cut are audited (${cut.rows} rows)`);
+    assert.equal(ds010.line, cut.rows + 1);
+    const cli = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist', 'cli.js'),
+        'dataset',
+        path.join(A, 'saved', 'data-00000-of-00002.arrow'),
+        '--template',
+        TEMPLATE,
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(cli.status, 1, 'row 7 fails the template (DS008): an error');
+    assert.match(cli.stdout, /data-00000-of-00002\.arrow:7:1: warning DS003: /);
+  });
+});
+
+describe('CSV datasets', () => {
+  const C = path.join(FIXTURES, 'csv');
+  const prepared = prepareTemplate(TEMPLATE);
+  /** The line each record starts on, as the writer (Python's csv module) counted it. */
+  const startLines = (name: string): number[] =>
+    JSON.parse(fs.readFileSync(path.join(C, `${name}.lines.json`), 'utf8'));
+
+  it('prompt/completion columns, cells over several lines: every record, the prompt-completion format', async () => {
+    const r = await auditDatasetWith(path.join(C, 'prompt-completion.csv'), prepared);
+    assert.equal(r.rows, 60);
+    assert.equal(r.format, 'prompt-completion');
+    assert.deepEqual(r.errors, []);
+    assert.equal(r.surface!.renderedRows, 60);
+  });
+
+  it('a messages column of JSON: findings at the line each record starts on', async () => {
+    const r = await auditDatasetWith(path.join(C, 'messages.csv'), prepared);
+    const starts = startLines('messages');
+    assert.equal(r.rows, 40);
+    assert.equal(r.format, 'openai');
+    const at = (code: string) => r.errors.filter((e) => e.code === code).map((e) => [e.line, e.column]);
+    assert.deepEqual(at('DS003'), [[starts[6], 1]]);
+    assert.deepEqual(at('DS004'), [[starts[11], 1]]);
+    assert.notEqual(starts[11], 12 + 1, 'records over several lines move the lines away from the record numbers');
+  });
+
+  it('an unclosed quote is DS010 at its line, the records before it audited', async () => {
+    const r = await auditDatasetWith(path.join(C, 'unclosed.csv'), prepared);
+    assert.equal(r.rows, 5);
+    const ds010 = r.errors.filter((e) => e.code === 'DS010');
+    assert.equal(ds010.length, 1);
+    assert.match(ds010[0].message, /unclosed\.csv:\d+: .*quote/i);
+    assert.ok(ds010[0].line >= 7, `at or after the line the quote opens (${ds010[0].line})`);
+  });
+
+  it('a folder audit takes CSV files with chat columns and leaves a training log alone', async () => {
+    const a = await auditFolder(C, { template: TEMPLATE });
+    assert.deepEqual(a.datasets.map((d) => path.basename(d.file)).sort(), [
+      'messages.csv',
+      'prompt-completion.csv',
+      'unclosed.csv',
+    ]);
+    const cli = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist', 'cli.js'),
+        'dataset',
+        path.join(C, 'messages.csv'),
+        '--template',
+        TEMPLATE,
+        '--row',
+        '8',
+      ],
+      { encoding: 'utf8' },
+    );
+    // the demo template has no generation blocks: the training view's warning, located at record 8's first line
+    assert.equal(cli.status, 1, cli.stderr);
+    assert.match(cli.stdout, /^row 8 of .*messages\.csv/);
+    assert.match(cli.stdout, new RegExp(`messages\\.csv:${startLines('messages')[7]}:1: warning training view`));
   });
 });

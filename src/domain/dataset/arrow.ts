@@ -1,0 +1,44 @@
+/**
+ * Arrow IPC files as `datasets` writes them: `save_to_disk` folders (`data-00000-of-00001.arrow` beside state.json
+ * and dataset_info.json; a DatasetDict has one such folder per split) and the library's cache files. They are Arrow
+ * IPC streams (the file format is read too), read with apache-arrow one record batch at a time, so memory stays
+ * bounded by the largest batch; each row becomes one JSON line for the dataset audit.
+ */
+import * as fs from 'node:fs';
+import { RecordBatchReader } from 'apache-arrow';
+import { openRegularFile } from '../files';
+import { ColumnarReadError, rowJson } from './columnar';
+
+/** The rows of an Arrow IPC stream or file as JSON lines, one record batch at a time. */
+export async function* arrowLines(file: string, signal?: AbortSignal): AsyncGenerator<string> {
+  const { fd } = openRegularFile(file);
+  const stream = fs.createReadStream(file, { fd, highWaterMark: 1 << 20 });
+  try {
+    let reader: Awaited<ReturnType<typeof RecordBatchReader.from>>;
+    try {
+      reader = await RecordBatchReader.from(stream);
+      await reader.open();
+    } catch (e) {
+      throw new ColumnarReadError(file, `not a readable Arrow IPC file (${(e as Error).message})`);
+    }
+    let start = 0;
+    const batches = reader[Symbol.asyncIterator]();
+    for (;;) {
+      if (signal?.aborted) return;
+      let next: IteratorResult<Awaited<ReturnType<typeof batches.next>>['value']>;
+      try {
+        next = await batches.next();
+      } catch (e) {
+        throw new ColumnarReadError(file, `rows after row ${start} cannot be read (${(e as Error).message})`);
+      }
+      if (next.done) break;
+      const batch = next.value;
+      for (let i = 0; i < batch.numRows; i++) yield `${rowJson(batch.get(i))}\n`;
+      start += batch.numRows;
+    }
+    if (start === 0 && reader.schema === undefined)
+      throw new ColumnarReadError(file, 'not a readable Arrow IPC file (no schema)');
+  } finally {
+    stream.destroy();
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * Columnar dataset files, read row by row as JSON lines so that they get the same formats and findings as JSONL,
+ * located by row (row N is "line" N, column 1): Parquet (what most finetuning sets on the Hub are) and the Arrow
+ * IPC streams `datasets` writes (`save_to_disk` folders, its cache). What both readers share lives here.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** A columnar file that cannot be read (not that format, truncated, an unknown encoding): rows before it are kept. */
+export class ColumnarReadError extends Error {
+  constructor(
+    readonly file: string,
+    message: string,
+  ) {
+    super(`${file}: ${message}`);
+    this.name = 'ColumnarReadError';
+  }
+}
+
+export const isParquet = (file: string) => /\.parquet$/i.test(file);
+export const isArrow = (file: string) => /\.arrow$/i.test(file);
+export const isColumnar = (file: string) => isParquet(file) || isArrow(file);
+
+/** JSON for a row: 64-bit integers as numbers where exact, else as strings; binary as base64. */
+export function rowJson(row: unknown): string {
+  return JSON.stringify(row, (_k, v) => {
+    if (typeof v === 'bigint') return Number.isSafeInteger(Number(v)) ? Number(v) : v.toString();
+    if (v instanceof Uint8Array) return Buffer.from(v).toString('base64');
+    return v;
+  });
+}
+
+const KNOWN_SPLIT = /^(train|test|validation|valid|dev|eval)$/i;
+
+/**
+ * The split a file holds, as its name or folder says: a Hub file `train-00000-of-00002.parquet`,
+ * `data/test-00000-of-00001.parquet`, `validation.jsonl`, a `train/` folder, or a `datasets.save_to_disk` shard
+ * (`data-00000-of-00001.arrow`) whose state.json names its split; undefined when nothing says.
+ */
+export function splitOf(file: string): string | undefined {
+  const base = path.basename(file).replace(/\.(parquet|jsonl|arrow)$/i, '');
+  const named = /^([A-Za-z][\w.]*?)(?:-\d{5}-of-\d{5})?$/.exec(base)?.[1];
+  if (named && KNOWN_SPLIT.test(named)) return named;
+  if (isArrow(file)) {
+    const saved = savedSplit(path.dirname(file));
+    if (saved) return saved;
+  }
+  const folder = path.basename(path.dirname(file));
+  return KNOWN_SPLIT.test(folder) ? folder : undefined;
+}
+
+/** `_split` of a save_to_disk folder's state.json (any name: a DatasetDict's splits are its subfolders). */
+function savedSplit(folder: string): string | undefined {
+  try {
+    const state = JSON.parse(fs.readFileSync(path.join(folder, 'state.json'), 'utf8')) as { _split?: unknown };
+    return typeof state._split === 'string' && state._split ? state._split : undefined;
+  } catch {
+    return undefined;
+  }
+}
