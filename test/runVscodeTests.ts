@@ -27,7 +27,7 @@ const SERVER_MAIN = path.join(
   'server-main.js',
 );
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const TIMEOUT_MS = Number(process.env.PIGGYBACK_VSCODE_TIMEOUT_MS ?? 240_000);
+const TIMEOUT_MS = Number(process.env.PIGGYBACK_VSCODE_TIMEOUT_MS ?? 420_000);
 
 function fail(message: string): never {
   console.error(`in-editor tests: ${message}`);
@@ -76,6 +76,9 @@ function killGroup(p: ChildProcess | undefined): void {
   }
 }
 
+/** The page the UI tests drive (for a screenshot when one fails). */
+let uiPage: import('playwright-core').Page | undefined;
+
 async function uiTest(
   title: string,
   fn: () => Promise<void>,
@@ -85,6 +88,9 @@ async function uiTest(
     await fn();
     return { title: `UI end-to-end: ${title}`, state: 'passed', ms: Date.now() - t0 };
   } catch (e) {
+    // what the window showed when it failed, for the one reading the log
+    const file = path.join(ROOT, 'test', 'out', 'screenshots', `failed-${title.replace(/\W+/g, '-').slice(0, 60)}.png`);
+    await uiPage?.screenshot({ path: file }).catch(() => undefined);
     return {
       title: `UI end-to-end: ${title}`,
       state: 'failed',
@@ -202,6 +208,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
       ],
     });
     const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    uiPage = page;
     // the workbench and webview consoles, for diagnosing a failing run
     const consoleLog = fs.createWriteStream(path.join(tmp, 'console.log'));
     page.on('console', (m) => consoleLog.write(`[${m.type()}] ${m.text()}\n`));
@@ -213,6 +220,14 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     const shots = path.join(ROOT, 'test', 'out', 'screenshots');
     const uiResults: { title: string; state: string; ms?: number; error?: string }[] = [];
     while (!fs.existsSync(results) && Date.now() < end && server.exitCode === null) {
+      if (fs.existsSync(path.join(tmp, 'fresh')) && !fs.existsSync(path.join(tmp, 'fresh-done'))) {
+        // a new user's first steps (no checkpoint yet), through the command palette; the smoke-test driver flag the
+        // server needs for the extension under development keeps notifications out of toasts, not out of the
+        // Notifications Center, so they are read there: the same items, text and buttons a user gets
+        fs.mkdirSync(shots, { recursive: true });
+        uiResults.push(...(await firstSteps(page, shots)));
+        fs.writeFileSync(path.join(tmp, 'fresh-done'), '');
+      }
       if (fs.existsSync(path.join(tmp, 'ready')) && !fs.existsSync(path.join(tmp, 'done'))) {
         // the suite has set the scene (the template with its code lenses beside the dashboard) and waits: drive the
         // UI as a user would, then release it
@@ -278,6 +293,39 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
         );
         uiResults.push(
           await uiTest(
+            'at half the window width every condition column of the eval matrix stays reachable',
+            async () => {
+              // the dashboard in half of a 1600-pixel window: the side bar hidden, the two editor groups made even
+              await palette(page, 'View: Toggle Primary Side Bar Visibility');
+              await palette(page, 'View: Reset Editor Group Sizes');
+              await sleep(1000);
+              const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+              if (!f) throw new Error('no dashboard webview');
+              const width = Number(await f.evaluate('document.documentElement.clientWidth'));
+              if (width < 700 || width > 820) throw new Error(`the dashboard is ${width} px wide, not half the window`);
+              await f.evaluate("document.getElementById('evals').scrollIntoView()");
+              // scrolled to its right end, the matrix shows the last condition's column and keeps the probe column
+              const seen = (await f.evaluate(`(() => {
+              const box = document.querySelector('#evals .scroll');
+              box.scrollLeft = box.scrollWidth;
+              const r = box.getBoundingClientRect();
+              const heads = [...box.querySelectorAll('table.matrix tr:first-child th')];
+              const last = heads[heads.length - 1].getBoundingClientRect();
+              const probe = box.querySelector('table.matrix th.probe').getBoundingClientRect();
+              return { overflow: box.scrollWidth > box.clientWidth, last: heads[heads.length - 1].textContent,
+                lastIn: last.right <= r.right + 1 && last.left >= r.left, probeIn: probe.left >= r.left - 1 && probe.right <= r.right };
+            })()`)) as { overflow: boolean; last: string; lastIn: boolean; probeIn: boolean };
+              if (!seen.lastIn)
+                throw new Error(`the last condition column (${seen.last}) cannot be scrolled into view`);
+              if (seen.overflow && !seen.probeIn) throw new Error('scrolled right, the probe column is gone');
+              await sleep(500);
+              await page.screenshot({ path: path.join(shots, 'eval-matrix-half.png') });
+              await palette(page, 'View: Toggle Primary Side Bar Visibility');
+            },
+          ),
+        );
+        uiResults.push(
+          await uiTest(
             "a dataset row's hover shows its training view: what the row trains on, and the loss",
             async () => {
               await page.bringToFront();
@@ -339,6 +387,132 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     await cleanup();
     fs.rmSync(workspace, { recursive: true, force: true });
   }
+}
+
+type Page = import('playwright-core').Page;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs a command from the palette by its title. */
+async function palette(page: Page, title: string): Promise<void> {
+  await page.keyboard.press('Escape');
+  await page.keyboard.press('F1');
+  await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
+  await page.keyboard.type(title);
+  await sleep(800);
+  await page.keyboard.press('Enter');
+}
+
+/** The notification holding `text`, in the Notifications Center (opened for it), once it is there. */
+async function notification(page: Page, text: string | RegExp, timeout = 60_000) {
+  const item = page.locator('.notifications-center .notification-list-item', { hasText: text }).first();
+  const end = Date.now() + timeout;
+  while (Date.now() < end) {
+    if (!(await page.locator('.notifications-center.visible').count())) {
+      // Notifications: Show Notifications (its keybinding: the palette would take the focus from a quick pick)
+      await page.keyboard.press('Control+K');
+      await page.keyboard.press('Control+Shift+N');
+      await sleep(300);
+    }
+    if (await item.isVisible().catch(() => false)) return item;
+    await sleep(500);
+  }
+  const all = await page
+    .locator('.notifications-center')
+    .textContent()
+    .catch(() => '(no Notifications Center)');
+  throw new Error(`no notification with ${String(text)}; the center shows: ${(all ?? '').slice(0, 400)}`);
+}
+
+/** The dashboard webview's text, once it matches `re`. */
+async function dashboardText(page: Page, re: RegExp, timeout = 90_000): Promise<string> {
+  const end = Date.now() + timeout;
+  let text = '';
+  while (Date.now() < end) {
+    const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+    text = f ? String(await f.evaluate('document.body.innerText').catch(() => '')) : '';
+    if (re.test(text)) return text;
+    await sleep(500);
+  }
+  const notes = await page
+    .locator('.notifications-center')
+    .textContent()
+    .catch(() => '');
+  throw new Error(
+    `the dashboard never showed ${re}; it shows: ${text.slice(0, 300)}; notifications: ${(notes ?? '').slice(0, 400)}`,
+  );
+}
+
+/** No checkpoint chosen: the offer to pick one or use the organisms; an eval's progress, Cancel, "Continue it?". */
+async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
+  const out: Outcome[] = [];
+  await page.bringToFront();
+  out.push(
+    await uiTest(
+      'with no checkpoint chosen, Measure Prefix Drift says what it needs in a notification and offers the built-in organisms',
+      async () => {
+        await palette(page, 'Piggyback: Measure Prefix Drift');
+        const offer = await notification(page, 'needs a base checkpoint');
+        for (const button of ['Select Checkpoints', 'Use Built-in Organisms'])
+          if (!(await offer.locator('.monaco-button', { hasText: button }).count()))
+            throw new Error(`no "${button}" button on the notification: ${(await offer.textContent()) ?? ''}`);
+        await sleep(600); // the palette fades
+        await page.screenshot({ path: path.join(shots, 'notification-no-checkpoint.png') });
+        await offer.locator('.monaco-button', { hasText: 'Use Built-in Organisms' }).click();
+        // the organisms load, then the query box asks; the default question is accepted
+        await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 90_000 });
+        await page.keyboard.press('Enter');
+        await dashboardText(page, /Drift heatmap/);
+      },
+    ),
+  );
+  let stopped = { done: 0, total: 0 };
+  out.push(
+    await uiTest(
+      'an eval run shows its progress in a notification whose Cancel stops it, finished probes kept',
+      async () => {
+        await palette(page, 'Piggyback: Run Eval');
+        // which probes: the built-in general set is ticked; accept it
+        await page
+          .locator('.quick-input-widget', { hasText: 'Built-in general probes' })
+          .waitFor({ state: 'visible', timeout: 30_000 });
+        await page.keyboard.press('Enter');
+        const progress = await notification(page, /Piggyback: eval run.*probe ([3-9]|\d\d+) of \d+/s, 90_000);
+        if (!(await progress.locator('.monaco-button', { hasText: 'Cancel' }).count()))
+          throw new Error(`no Cancel on the progress notification: ${(await progress.textContent()) ?? ''}`);
+        await sleep(600); // the palette fades
+        await page.screenshot({ path: path.join(shots, 'notification-progress.png') });
+        await progress.locator('.monaco-button', { hasText: 'Cancel' }).click();
+        await progress.waitFor({ state: 'detached', timeout: 30_000 });
+        const text = await dashboardText(page, /\d+ of \d+ probes finished/);
+        const m = /(\d+) of (\d+) probes finished/.exec(text)!;
+        stopped = { done: Number(m[1]), total: Number(m[2]) };
+        if (!(stopped.done > 0 && stopped.done < stopped.total))
+          throw new Error(`the cancelled run shows ${m[0]}, not part of its probes`);
+      },
+    ),
+  );
+  out.push(
+    await uiTest(
+      'Run Eval again offers to continue the stopped run ("Continue it?"), and continuing finishes it',
+      async () => {
+        await palette(page, 'Piggyback: Run Eval');
+        const offer = await notification(page, 'Continue it?');
+        const text = (await offer.textContent()) ?? '';
+        if (!text.includes(`stopped after ${stopped.done} of ${stopped.total} probes`))
+          throw new Error(`the offer does not say where the run stopped: ${text}`);
+        for (const button of ['Continue Run', 'New Run'])
+          if (!(await offer.locator('.monaco-button', { hasText: button }).count()))
+            throw new Error(`no "${button}" button on the offer: ${text}`);
+        await sleep(600); // the palette fades
+        await page.screenshot({ path: path.join(shots, 'notification-continue.png') });
+        await offer.locator('.monaco-button', { hasText: 'Continue Run' }).click();
+        await dashboardText(page, new RegExp(`${stopped.total} of ${stopped.total} probes finished`), 120_000);
+      },
+    ),
+  );
+  await palette(page, 'Notifications: Hide Notifications').catch(() => undefined);
+  await page.keyboard.press('Escape');
+  return out;
 }
 
 /**
