@@ -218,6 +218,8 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     await page.goto(url);
     const end = Date.now() + TIMEOUT_MS;
     const shots = path.join(ROOT, 'test', 'out', 'screenshots');
+    if (!restricted && fs.existsSync(shots))
+      for (const f of fs.readdirSync(shots)) if (f.startsWith('failed-')) fs.rmSync(path.join(shots, f));
     const uiResults: { title: string; state: string; ms?: number; error?: string }[] = [];
     while (!fs.existsSync(results) && Date.now() < end && server.exitCode === null) {
       if (fs.existsSync(path.join(tmp, 'fresh')) && !fs.existsSync(path.join(tmp, 'fresh-done'))) {
@@ -367,6 +369,30 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             await showRowHover(page);
             await new Promise((r) => setTimeout(r, 300));
             await page.screenshot({ path: path.join(shots, 'training-view-dark.png') });
+          }),
+        );
+        uiResults.push(
+          await uiTest("a diagnostic's code link in the Problems view opens its documentation, rendered", async () => {
+            await page.keyboard.press('Escape');
+            await page.keyboard.press('Control+Shift+M');
+            const link = page.locator('a.monaco-link', { hasText: /^CT001$/ }).first();
+            await link.waitFor({ state: 'visible', timeout: 15_000 });
+            await link.click();
+            const end = Date.now() + 30_000;
+            let text = '';
+            while (Date.now() < end && !/Hidden default system prompt/.test(text)) {
+              for (const f of page.frames())
+                if (f.url().includes('/pre/fake.html')) {
+                  const t = String(await f.evaluate('document.body.innerText').catch(() => ''));
+                  if (/^CT001/.test(t)) text = t;
+                }
+              await sleep(500);
+            }
+            if (!/Hidden default system prompt \(warning\)/.test(text))
+              throw new Error(`the CT001 docs never showed rendered; saw: ${text.slice(0, 200)}`);
+            if (/\*\*|###/.test(text)) throw new Error('the docs show Markdown source, not rendered text');
+            await sleep(300);
+            await page.screenshot({ path: path.join(shots, 'diagnostic-docs.png') });
           }),
         );
         fs.writeFileSync(path.join(tmp, 'done'), '');

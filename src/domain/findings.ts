@@ -138,6 +138,16 @@ export function docsPath(code: string): string {
   return `docs/diagnostics.md#${code.toLowerCase()}`;
 }
 
+/** The section of docs/diagnostics.md about `code`: from its `### CODE` heading to the next heading. */
+export function docSection(markdown: string, code: string): string | undefined {
+  const lines = markdown.split(/\r?\n/);
+  const start = lines.findIndex((l) => l.trim() === `### ${code}`);
+  if (start < 0) return undefined;
+  let end = start + 1;
+  while (end < lines.length && !/^#{1,3} /.test(lines[end])) end++;
+  return lines.slice(start, end).join('\n').trim();
+}
+
 export function hasErrors(findings: readonly Finding[]): boolean {
   return findings.some((f) => f.severity === 'error');
 }

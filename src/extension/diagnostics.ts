@@ -6,7 +6,8 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { auditDataset } from '../domain/dataset/audit';
-import { docsPath, type Finding } from '../domain/findings';
+import type { Finding } from '../domain/findings';
+import { diagnosticDocsUri } from './diagnosticDocs';
 import { prepareTemplate, type PreparedTemplate, datasetFindings } from '../app/audits';
 import { AUDIT_CLOCK } from '../domain/template/audit';
 import { isTemplateFileName } from '../domain/template/source';
@@ -28,11 +29,11 @@ const SEVERITY: Record<Finding['severity'], vscode.DiagnosticSeverity> = {
   info: vscode.DiagnosticSeverity.Information,
 };
 
-export function toDiagnostic(f: Finding, extensionUri: vscode.Uri): vscode.Diagnostic {
+export function toDiagnostic(f: Finding): vscode.Diagnostic {
   const range = new vscode.Range(f.line - 1, f.column - 1, f.endLine - 1, Math.max(f.endColumn - 1, f.column));
   const d = new vscode.Diagnostic(range, f.message, SEVERITY[f.severity]);
-  const [doc, anchor] = docsPath(f.code).split('#');
-  d.code = { value: f.code, target: vscode.Uri.joinPath(extensionUri, doc).with({ fragment: anchor }) };
+  // the code's documentation, rendered in a tab (diagnosticDocs.ts), not the Markdown source as text
+  d.code = { value: f.code, target: diagnosticDocsUri(f.code) };
   d.source = 'piggyback';
   return d;
 }
@@ -48,7 +49,7 @@ export class DiagnosticsManager implements vscode.Disposable {
   private readonly forDatasets = new Map<string, PreparedTemplate>();
 
   constructor(
-    private readonly extensionUri: vscode.Uri,
+    extensionUri: vscode.Uri,
     private readonly associations: Associations,
     private readonly log: vscode.LogOutputChannel,
   ) {
@@ -118,7 +119,7 @@ export class DiagnosticsManager implements vscode.Disposable {
     if (stale()) return;
     this.collection.set(
       doc.uri,
-      findings.map((f) => toDiagnostic(f, this.extensionUri)),
+      findings.map((f) => toDiagnostic(f)),
     );
     this.log.debug(`${path.basename(doc.fileName)}: ${findings.length} findings in ${Date.now() - started} ms`);
   }

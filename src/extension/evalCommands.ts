@@ -332,8 +332,7 @@ export class EvalCommands implements vscode.Disposable {
       // extension's own, which the user cannot edit
       const own = (file: string) => insideRoot(this.context.extensionUri.fsPath, file);
       for (const f of run.findings)
-        if (f.file && !own(f.file))
-          byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f, this.context.extensionUri)]);
+        if (f.file && !own(f.file)) byFile.set(f.file, [...(byFile.get(f.file) ?? []), toDiagnostic(f)]);
       this.diagnostics.clear();
       for (const [file, list] of byFile) this.diagnostics.set(vscode.Uri.file(file), list);
     }

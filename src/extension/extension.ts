@@ -4,6 +4,8 @@
  * dataset is opened, and the model host starts on the first command that needs a model.
  */
 import * as vscode from 'vscode';
+import { CODES } from '../domain/findings';
+import { diagnosticDocsUri, registerDiagnosticDocs } from './diagnosticDocs';
 import { auditFolder } from '../app/audits';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
@@ -74,6 +76,8 @@ export function activate(context: vscode.ExtensionContext): void {
   });
   for (const [id, run] of Object.entries(commands))
     context.subscriptions.push(vscode.commands.registerCommand(id, run));
+  // a diagnostic's code link (piggyback-docs:/CT001.md) opens its documentation, rendered
+  context.subscriptions.push(registerDiagnosticDocs(context.extensionUri));
 
   const selector: vscode.DocumentSelector = [
     { pattern: '**/*.jsonl' },
@@ -210,6 +214,21 @@ function createCommands(p: Parts) {
     },
     'piggyback.exportTreft': (uri?: vscode.Uri, out?: string) => evals.exportTreft(uri, out),
     'piggyback.setJudgeApiKey': () => evals.setJudgeKey(),
+    // what the Problems view's code links open (through the URI handler); from the palette, pick a code
+    'piggyback.explainDiagnostic': async (code?: string) => {
+      const chosen =
+        code ??
+        (
+          await vscode.window.showQuickPick(
+            Object.entries(CODES).map(([c, d]) => ({ label: c, description: d.title })),
+            { title: 'Piggyback: explain a diagnostic code', matchOnDescription: true },
+          )
+        )?.label;
+      if (!chosen) return undefined;
+      if (!CODES[chosen]) throw new Error(`no diagnostic code ${JSON.stringify(chosen)}`);
+      await vscode.commands.executeCommand('vscode.open', diagnosticDocsUri(chosen));
+      return diagnosticDocsUri(chosen).toString();
+    },
     // the row hover's "show every token": the whole segmentation of that row, in a Markdown document beside
     'piggyback.showRowTokens': async (uri?: string, line?: number) => {
       if (!uri || line === undefined) throw new Error('hover a dataset row and use its "show every token" link');
@@ -277,7 +296,7 @@ async function auditWorkspace(
           for (const f of a.findings) {
             if (!f.file) continue;
             const list = byFile.get(f.file) ?? [];
-            list.push(toDiagnostic(f, context.extensionUri));
+            list.push(toDiagnostic(f));
             byFile.set(f.file, list);
           }
           for (const [file, list] of byFile) diagnostics.collection.set(vscode.Uri.file(file), list);

@@ -149,19 +149,16 @@ export class ModelCommands {
       return;
     }
     this.driftDiagnostics.set(uri, [
-      toDiagnostic(
-        {
-          code: 'PB001',
-          severity,
-          message: `prefix drift between base and finetuned: mean ${treft.toPrecision(3)} (TReFT value), top layer ${top}. The finetune changed the K/V of tokens every query shares; that is what TReFT penalises, not a verdict. Whether the template carries the finetune onto other questions is measured by Patch Prefix and Compare and Run Eval (PB002).`,
-          file,
-          line: 1,
-          column: 1,
-          endLine: 1,
-          endColumn: 2,
-        },
-        this.extensionUri,
-      ),
+      toDiagnostic({
+        code: 'PB001',
+        severity,
+        message: `prefix drift between base and finetuned: mean ${treft.toPrecision(3)} (TReFT value), top layer ${top}. The finetune changed the K/V of tokens every query shares; that is what TReFT penalises, not a verdict. Whether the template carries the finetune onto other questions is measured by Patch Prefix and Compare and Run Eval (PB002).`,
+        file,
+        line: 1,
+        column: 1,
+        endLine: 1,
+        endColumn: 2,
+      }),
     ]);
   }
 

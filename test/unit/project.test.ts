@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
-import { CODES } from '../../src/domain/findings';
+import { CODES, docSection } from '../../src/domain/findings';
 import { ROOT } from '../helpers';
 
 function filesUnder(dir: string): string[] {
@@ -59,6 +59,24 @@ describe('project structure', () => {
     const doc = fs.readFileSync(path.join(ROOT, 'docs', 'diagnostics.md'), 'utf8');
     const sections = [...doc.matchAll(/^### ([A-Z]{2}\d{3})$/gm)].map((m) => m[1]).sort();
     assert.deepEqual(sections, Object.keys(CODES).sort());
+    // the docs tab shows each code's own section: its title in bold, nothing of the next code
+    for (const code of Object.keys(CODES)) {
+      const section = docSection(doc, code)!;
+      assert.match(section, new RegExp(`^### ${code}\\n\\*\\*`), code);
+      assert.equal(section.match(/^### /gm)?.length, 1, code);
+    }
+  });
+
+  it('diagnostics link to documentation that opens rendered: a read-only scheme with a custom editor over it', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    const source = fs.readFileSync(path.join(ROOT, 'src', 'extension', 'diagnosticDocs.ts'), 'utf8');
+    const scheme = /DOCS_SCHEME = '([^']+)'/.exec(source)![1];
+    const viewType = /DOCS_VIEW_TYPE = '([^']+)'/.exec(source)![1];
+    const editor = pkg.contributes.customEditors.find((e: { viewType: string }) => e.viewType === viewType);
+    assert.deepEqual(editor.selector, [{ filenamePattern: `${scheme}:/*.md` }]);
+    assert.equal(editor.priority, 'default');
+    for (const event of [`onFileSystem:${scheme}`, `onCustomEditor:${viewType}`])
+      assert.ok(pkg.activationEvents.includes(event), event);
   });
 
   it('every command the manifest contributes is registered by the extension, and vice versa', () => {

@@ -37,9 +37,28 @@ describe('Piggyback Lens in VS Code', () => {
     );
     assert.equal(diag.severity, vscode.DiagnosticSeverity.Warning);
     assert.ok(doc.getText(diag.range).startsWith('You are Lens'), doc.getText(diag.range));
+    // the code links to its section of the docs, which opens rendered (a custom editor), not as Markdown source
     const target = (diag.code as { target: vscode.Uri }).target;
-    assert.equal(path.basename(target.path), 'diagnostics.md');
-    assert.equal(target.fragment, 'ct001');
+    assert.equal(target.toString(), 'piggyback-docs:/CT001.md');
+    assert.match(
+      new TextDecoder().decode(await vscode.workspace.fs.readFile(target)),
+      /^### CT001\n\*\*Hidden default/,
+    );
+    await vscode.commands.executeCommand('vscode.open', target);
+    const tab = await until('the CT001 docs tab', () =>
+      vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label === 'CT001.md'),
+    );
+    assert.ok(tab.input instanceof vscode.TabInputCustom, `a custom editor, not text: ${JSON.stringify(tab.input)}`);
+    assert.equal((tab.input as vscode.TabInputCustom).viewType, 'piggyback.diagnosticDocs');
+    // the palette command opens the same on another code
+    assert.equal(
+      await vscode.commands.executeCommand('piggyback.explainDiagnostic', 'DS011'),
+      'piggyback-docs:/DS011.md',
+    );
+    await until('the DS011 docs tab', () =>
+      vscode.window.tabGroups.all.flatMap((g) => g.tabs).find((t) => t.label === 'DS011.md'),
+    );
+    await vscode.commands.executeCommand('workbench.action.closeAllEditors');
   });
 
   it('shows the rendered prefix as tokens when hovering the chat template', async () => {
