@@ -13,7 +13,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu-check: GPU /'
 [ -f dist/cli.js ] && [ -f dist/bench/hf.js ] || npm run build >/dev/null
 if ! ls node_modules/onnxruntime-node/bin/napi-v*/linux/x64/libonnxruntime_providers_cuda.so >/dev/null 2>&1; then
-  echo "gpu-check: onnxruntime-node's CUDA provider is not installed; run: npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12 (needs CUDA 12 and cuDNN 9)" >&2
+  echo "gpu-check: onnxruntime-node's CUDA provider is not installed; run: ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install (needs CUDA 12 and cuDNN 9)" >&2
   exit 1
 fi
 

@@ -1,8 +1,8 @@
 /**
  * How the host creates onnxruntime sessions: threads (default: every core) and the execution provider (auto, cpu,
  * cuda). CUDA runs through onnxruntime-node's CUDA provider, whose libraries are not in the npm package: they are
- * fetched by its install script when asked (`npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12`), and
- * need CUDA 12 and cuDNN 9 on the machine. Without them, `auto` runs on the CPU and says why; `cuda` refuses.
+ * fetched by its install script when asked (`ONNXRUNTIME_NODE_INSTALL=cuda12 node .../onnxruntime-node/script/install`),
+ * and need CUDA 12 and cuDNN 9 on the machine. Without them, `auto` runs on the CPU and says why; `cuda` refuses.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -12,8 +12,18 @@ import type { HostSettings } from '../contracts/modelHost';
 
 export type Device = 'cpu' | 'cuda';
 
-export const CUDA_INSTALL_HINT =
-  'npm rebuild onnxruntime-node --onnxruntime-node-install=cuda12 (needs CUDA 12 and cuDNN 9)';
+/** How to install the CUDA provider into the onnxruntime-node this host runs (its own install script, by path). */
+export function cudaInstallHint(): string {
+  let script: string | undefined;
+  try {
+    script = path.resolve(path.dirname(require.resolve('onnxruntime-node')), '..', 'script', 'install.js');
+  } catch {
+    script = undefined;
+  }
+  return script && fs.existsSync(script)
+    ? `ONNXRUNTIME_NODE_INSTALL=cuda12 node ${script} (needs CUDA 12 and cuDNN 9)`
+    : "onnxruntime-node's install script with ONNXRUNTIME_NODE_INSTALL=cuda12, from a checkout of Piggyback Lens (npm ci), whose CLI then runs on CUDA; the extension's package carries no install script (needs CUDA 12 and cuDNN 9)";
+}
 
 export function defaultThreads(): number {
   return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
@@ -40,7 +50,7 @@ export function cudaUnavailable(): string | undefined {
   const dir = bindingDir();
   const lib = process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so';
   if (!dir || !fs.existsSync(path.join(dir, lib)))
-    return `onnxruntime-node's CUDA provider is not installed (${lib} is missing; install it with ${CUDA_INSTALL_HINT})`;
+    return `onnxruntime-node's CUDA provider is not installed (${lib} is missing; install it with ${cudaInstallHint()})`;
   return undefined;
 }
 
