@@ -306,6 +306,10 @@ export function scanDatasetInWorker(
   signal?: AbortSignal,
 ): Promise<ScanReply | undefined> {
   return new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve(undefined);
+      return;
+    }
     let worker: Worker;
     try {
       worker = new Worker(workerFile, { workerData: req });
@@ -583,7 +587,10 @@ export async function auditFolder(
   for (const [i, { file, association: a }] of jobs.entries()) {
     if (signal?.aborted) break;
     const p = a.template ? prepare(a.template) : { findings: [], kwargs: {} };
-    const report = await reportFrom(await scans[i], file, p);
+    const scanned = await scans[i];
+    // cancelled while the worker scanned (it was stopped): no scan in this thread either
+    if (signal?.aborted) break;
+    const report = await reportFrom(scanned, file, p);
     result.datasets.push({ file, template: a.template, association: a.source, report, split: splitOf(file) });
     result.findings.push(...datasetFindings(report));
     if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message))

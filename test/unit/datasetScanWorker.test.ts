@@ -105,6 +105,10 @@ describe('dataset scan in a worker thread', () => {
     assert.deepEqual(missing.report, await auditDatasetWith(FINANCE, prepareTemplate(template)));
     const dir = makeTree({ 'crash.js': 'process.exit(3)' });
     assert.equal(await scanDatasetInWorker(path.join(dir, 'crash.js'), { file: FINANCE, options: {} }), undefined);
+    // a cancelled audit starts no worker, and a folder audit cancelled first audits nothing in this thread either
+    assert.equal(await scanDatasetInWorker(WORKER, { file: FINANCE, options: {} }, AbortSignal.abort()), undefined);
+    const a = await auditFolder(path.join(ROOT, 'examples'), { workerFile: WORKER, signal: AbortSignal.abort() });
+    assert.deepEqual(a.datasets, []);
   });
 
   it('a folder audit scans its datasets in workers and reports what the single-thread audit reports', async () => {
