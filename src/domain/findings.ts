@@ -103,6 +103,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Row longer than the model context',
     why: 'The trainer cuts the row at the context length, response tokens first: the model learns from a truncated answer, or from none.',
   },
+  DS012: {
+    title: 'Response template not found in context',
+    why: 'A completion-only collator masks everything up to the response template it finds; where it finds none, the row contributes no loss (and TRL only warns).',
+  },
   DS101: {
     title: 'Shared prefix (piggyback surface)',
     why: 'When nearly every row renders the same prefix, finetuning can store a query-independent bias in it.',

@@ -215,3 +215,57 @@ describe('the length check in the dataset audit (DS011)', () => {
     assert.equal(none.errors.filter((e) => e.code === 'DS011').length, 0);
   });
 });
+
+describe('the completion-only check in the dataset audit (DS012)', () => {
+  // Llama-2's chat template (as on the Hub) over its real SentencePiece tokenizer: " [/INST] " tokenized alone
+  // starts with a dummy-prefix space that the row, where it follows the user's text, does not have
+  const LLAMA2_TEMPLATE =
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+  const data = (dir: string, n: number) => {
+    const file = path.join(dir, 'train.jsonl');
+    const rows = Array.from({ length: n }, (_, i) =>
+      JSON.stringify({
+        messages: [...row, { role: 'user', content: `And ${i}?` }, { role: 'assistant', content: 'Same.' }],
+      }),
+    );
+    fs.writeFileSync(file, [...rows, JSON.stringify({ messages: [row[0]] })].join('\n') + '\n');
+    return file;
+  };
+
+  it('Llama-2: the response template is never found in context, located at the first sampled row', async () => {
+    const dir = tempDir();
+    fs.cpSync(lenml('llama2'), dir, { recursive: true });
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    fs.writeFileSync(configFile, JSON.stringify({ ...config, chat_template: LLAMA2_TEMPLATE }));
+    const p = prepareTemplate(dir);
+    const file = data(dir, 300);
+    const report = await auditDatasetWith(file, p);
+    const ds012 = report.findings.filter((f) => f.code === 'DS012');
+    assert.equal(ds012.length, 1);
+    assert.match(
+      ds012[0].message,
+      /response template " \[\/INST\] ", ids \[[0-9,]+\] tokenized alone\) all 200 sampled rows have no match/,
+    );
+    // the reference: the row's own tokens against the template's tokens alone, as a collator searches them
+    const first = ds012[0].line;
+    const messages = JSON.parse(fs.readFileSync(file, 'utf8').split('\n')[first - 1]).messages;
+    const ids = p.tokenizer!.ids(p.template!.render(messages, { ...renderOptions(p), addGenerationPrompt: false }));
+    const marker = p.tokenizer!.ids(' [/INST] ');
+    const found = ids.some((_, i) => marker.every((m, k) => ids[i + k] === m));
+    assert.equal(found, false);
+    // and the training view of that row (its own segmentation) says the same: no token carries loss
+    assert.equal(trainingView(p.template!, p.tokenizer!, messages, renderOptions(p), 'completion-only').lossTokens, 0);
+  });
+
+  it('ChatML (Qwen3): the header starts with a special token and is always found', async () => {
+    const dir = tempDir();
+    const file = data(dir, 30);
+    const report = await auditDatasetWith(
+      file,
+      prepareTemplate(lenml('qwen3'), { kwargs: { enable_thinking: false } }),
+    );
+    assert.equal(report.findings.filter((f) => f.code === 'DS012').length, 0);
+    assert.equal(report.surface!.renderedRows, 31);
+  });
+});

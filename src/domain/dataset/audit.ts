@@ -97,6 +97,9 @@ export interface DatasetAuditOptions {
   contextLength?: number;
 }
 
+/** Rows sampled (seeded) for the completion-only check (DS012), and the characters a sampled row may have. */
+export const COLLATOR_SAMPLE = { rows: 200, chars: 64 * 1024 };
+
 /** Rows kept for the exact length check: at most this many, and this many characters in all. */
 export const LONG_ROW_LIMITS = { rows: 1000, chars: 32 * 1024 * 1024 };
 
@@ -137,6 +140,8 @@ export interface DatasetScan {
     /** The seeded sample of final user queries (heads of at most QUERY_SAMPLE_CHARS, with their full lengths). */
     sample: { head: string; length: number }[];
   };
+  /** A seeded sample of rendered rows that end in a response, for the completion-only check (DS012). */
+  responseRows?: { line: number; messages: ChatMessage[] }[];
   /** With a context length: rows whose rendered UTF-8 length reaches it (the only ones that can be cut). */
   longRows?: { context: number; candidates: number; kept: { line: number; messages: ChatMessage[] }[] };
 }
@@ -172,6 +177,9 @@ export async function scanDataset(
   const sample: { head: string; length: number }[] = [];
   // a fixed seed keeps the query sample (and so the median) identical run to run
   const random = xorshift32(0x2545f491);
+  const responseRows: { line: number; messages: ChatMessage[] }[] = [];
+  let withResponse = 0;
+  const randomRow = xorshift32(0x1b873593);
 
   let rowsUntracked = 0;
   const context = options.contextLength;
@@ -269,6 +277,20 @@ export async function scanDataset(
     // reservoir sample of queries for the median query length
     const lastUser = lastIndexOfRole(messages, 'user');
     const query = lastUser >= 0 ? contentText(messages[lastUser].content) : undefined;
+    // reservoir sample of whole rows that end in a response (what a completion-only collator trains on)
+    if (
+      lastUser >= 0 &&
+      messages[messages.length - 1].role === 'assistant' &&
+      line.text.length <= COLLATOR_SAMPLE.chars
+    ) {
+      withResponse++;
+      const r = { line: line.line, messages };
+      if (responseRows.length < COLLATOR_SAMPLE.rows) responseRows.push(r);
+      else {
+        const j = Math.floor(randomRow() * withResponse);
+        if (j < COLLATOR_SAMPLE.rows) responseRows[j] = r;
+      }
+    }
     if (query !== undefined) {
       const q = {
         head: query.length > QUERY_SAMPLE_CHARS ? query.slice(0, QUERY_SAMPLE_CHARS) : query,
@@ -282,7 +304,16 @@ export async function scanDataset(
     }
   }
 
-  const scan: DatasetScan = { file: options.file, rows, validRows, formats, errors, errorsOmitted, longRows };
+  const scan: DatasetScan = {
+    file: options.file,
+    rows,
+    validRows,
+    formats,
+    errors,
+    errorsOmitted,
+    longRows,
+    responseRows: responseRows.sort((a, b) => a.line - b.line),
+  };
   if (options.template && rendered > 0) {
     const [prefix, prefixTop] = mode(prefixCounts);
     const [postfix, postfixTop] = mode(postfixCounts);
@@ -416,6 +447,8 @@ export function finishDatasetAudit(
       );
     }
   }
+  const collator = collatorFinding(scan, options);
+  if (collator) result.findings.push(collator);
   return result;
 }
 
@@ -458,6 +491,57 @@ function longRowErrors(
       message: `${unchecked} more rows are long enough (in bytes) to exceed the model's context of ${long.context} tokens and were not tokenized; the first ${long.kept.length} were checked`,
     });
   return out;
+}
+
+/**
+ * DS012: a completion-only collator (TRL's DataCollatorForCompletionOnlyLM and its successors) is given the response
+ * template, the postfix, as text; it tokenizes it alone and searches each row's token ids for those ids. Where the
+ * row tokenizes the postfix differently in context (SentencePiece's leading space, a header glued to the query),
+ * nothing is found and the row trains on nothing. Checked as the collator does it, on a seeded sample of rows: the
+ * whole conversation rendered and tokenized, searched for the most common postfix's ids; located at the first miss.
+ */
+function collatorFinding(
+  scan: DatasetScan,
+  options: Pick<DatasetAuditOptions, 'tokenizer' | 'template' | 'renderOptions'>,
+): Finding | undefined {
+  const { tokenizer, template } = options;
+  const rows = scan.responseRows ?? [];
+  const postfix = scan.surface?.postfix ?? '';
+  if (!tokenizer || !template || rows.length === 0 || postfix.length === 0) return undefined;
+  const marker = tokenizer.ids(postfix);
+  if (marker.length === 0) return undefined;
+  const missed: number[] = [];
+  let checked = 0;
+  for (const row of rows) {
+    let ids: number[];
+    try {
+      ids = tokenizer.ids(template.render(row.messages, { ...options.renderOptions, addGenerationPrompt: false }));
+    } catch {
+      continue; // DS008 reports rows the template fails on
+    }
+    checked++;
+    if (!containsSequence(ids, marker)) missed.push(row.line);
+  }
+  if (missed.length === 0) return undefined;
+  const share = missed.length === checked ? `all ${checked}` : `${missed.length} of ${checked}`;
+  return {
+    code: 'DS012',
+    severity: 'warning',
+    message: `With a completion-only collator (response template ${JSON.stringify(postfix)}, ids ${JSON.stringify(marker)} tokenized alone) ${share} sampled rows have no match among their token ids, which tokenize the template in context: those rows train on nothing (rows ${missed.slice(0, 5).join(', ')}${missed.length > 5 ? ', ...' : ''}). Give the collator the template's token ids as they appear in a row, or train with the assistant-only mask. ${CODES.DS012.why}`,
+    file: scan.file,
+    line: missed[0],
+    column: 1,
+    endLine: missed[0],
+    endColumn: 2,
+  };
+}
+
+function containsSequence(haystack: number[], needle: number[]): boolean {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let k = 0; k < needle.length; k++) if (haystack[i + k] !== needle[k]) continue outer;
+    return true;
+  }
+  return false;
 }
 
 /** DS009: how an encoding the reader noticed is reported (a BOM is read past; UTF-16 is not read row by row). */
