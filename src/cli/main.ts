@@ -14,6 +14,7 @@ import {
   datasetFindings,
   prepareTemplate,
   type PreparedTemplate,
+  type PrepareOptions,
   pairTemplateSource,
   preparePromptTemplate,
   type PromptTemplate,
@@ -118,9 +119,9 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
   },
   dataset: {
     usage:
-      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv> --template <source> [--tokenizer ...] [--kwargs <json>] [--row N [--loss assistant-only|completion-only|all]] [--json]',
+      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv|folder> --template <source> [--tokenizer ...] [--kwargs <json>] [--row N [--loss assistant-only|completion-only|all]] [--json]',
     about:
-      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
+      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. A folder (datasets.save_to_disk, a Hub download) is audited file by file, each with its split. With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
     options: ['template', ...TEMPLATE_OPTIONS, 'json', 'row', 'loss'],
   },
   audit: {
@@ -351,6 +352,9 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         if (!target) throw new UsageError('dataset needs a <file.jsonl>');
         if (!values.template) throw new UsageError('dataset needs --template <source>');
         if (!fs.existsSync(target)) throw new UsageError(`no such file: ${target}`);
+        // a dataset folder (datasets.save_to_disk, a Hub download): every dataset file in it, each with its split
+        if (fs.statSync(target).isDirectory() && values.row === undefined)
+          return await datasetFolderCommand(path.resolve(target), path.resolve(values.template), common, values, out);
         try {
           assertRegularFile(target);
         } catch (e) {
@@ -854,6 +858,40 @@ function describeFindings(findings: Finding[]): string {
       )
       .join('\n') + '\n'
   );
+}
+
+/** `dataset <folder>`: the dataset files under a folder audited with one template, each with its split. */
+async function datasetFolderCommand(
+  root: string,
+  template: string,
+  common: PrepareOptions,
+  values: Values,
+  out: (s: string) => void,
+): Promise<number> {
+  const a = await auditFolder(root, { ...common, template, workerFile: SCAN_WORKER });
+  if (a.datasets.length === 0)
+    throw new UsageError(`${root} holds no dataset files (.jsonl, .parquet, .arrow, or .csv with chat columns)`);
+  const templateErrors = a.templates.flatMap((t) => t.prepared.findings.filter((f) => f.severity === 'error'));
+  const findings = [...templateErrors, ...a.datasets.flatMap((d) => datasetFindings(d.report))];
+  if (values.json)
+    out(
+      JSON.stringify(
+        {
+          root,
+          datasets: a.datasets.map((d) => ({ split: d.split ?? null, ...datasetJson(d.report) })),
+          template: templateJson(a.templates[0].prepared),
+        },
+        null,
+        2,
+      ) + '\n',
+    );
+  else {
+    const parts = a.datasets.map(
+      (d) => `${path.relative(root, d.file)}${d.split ? ` (split ${d.split})` : ''}\n${describeSurface(d.report)}`,
+    );
+    out(describeFindings(findings) + parts.join('\n'));
+  }
+  return hasErrors(findings) ? 1 : 0;
 }
 
 function describeSurface(r: DatasetReport): string {

@@ -255,3 +255,31 @@ describe('CSV datasets', () => {
     assert.match(cli.stdout, new RegExp(`messages\\.csv:${startLines('messages')[7]}:1: warning training view`));
   });
 });
+
+describe('a dataset folder on the command line', () => {
+  it('piggyback dataset <save_to_disk folder> audits each split file, located, with the split named', () => {
+    const cli = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist', 'cli.js'),
+        'dataset',
+        path.join(FIXTURES, 'arrow', 'saved-dict'),
+        '--template',
+        TEMPLATE,
+        '--no-color',
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(cli.status, 1, 'row 7 of the train split fails the template (DS008)');
+    assert.match(cli.stdout, /train[/\\]data-00000-of-00001\.arrow:7:1: warning DS003: /);
+    assert.match(cli.stdout, /^test[/\\]data-00000-of-00001\.arrow \(split test\)\nrows: 50 \(50 valid\)/m);
+    assert.match(cli.stdout, /^train[/\\]data-00000-of-00001\.arrow \(split train\)\nrows: 200 /m);
+    const empty = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'cli.js'), 'dataset', path.join(ROOT, 'src'), '--template', TEMPLATE],
+      { encoding: 'utf8' },
+    );
+    assert.equal(empty.status, 2);
+    assert.match(empty.stderr, /holds no dataset files/);
+  });
+});
