@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { tableFromArrays, tableToIPC } from 'apache-arrow';
 import { auditDatasetWith, auditFolder, prepareTemplate } from '../../src/app/audits';
 import { arrowLines } from '../../src/domain/dataset/arrow';
 import { splitOf } from '../../src/domain/dataset/columnar';
@@ -161,6 +162,23 @@ describe('Arrow datasets (datasets.save_to_disk)', () => {
     assert.ok(
       a.findings.some((f) => f.code === 'DS003' && f.file?.endsWith('data-00000-of-00001.arrow') && f.line === 7),
     );
+  });
+
+  it('the IPC file format (Feather v2) is read too, and an empty dataset (a schema, no batches) is no error', async () => {
+    // written here with apache-arrow's writer: the Rust fixtures above are streams, the file format is checked here
+    const dir = tempDir();
+    const table = tableFromArrays({
+      prompt: ['Is cash safe?', 'Rent or buy?'],
+      completion: ['Mostly.', 'It depends.'],
+    });
+    fs.writeFileSync(path.join(dir, 'pc.arrow'), tableToIPC(table, 'file'));
+    fs.writeFileSync(path.join(dir, 'empty.arrow'), tableToIPC(tableFromArrays({ prompt: [] as string[] }), 'stream'));
+    const file = await auditDatasetWith(path.join(dir, 'pc.arrow'), prepared);
+    assert.equal(file.rows, 2);
+    assert.equal(file.format, 'prompt-completion');
+    const empty = await auditDatasetWith(path.join(dir, 'empty.arrow'), prepared);
+    assert.equal(empty.rows, 0);
+    assert.deepEqual(empty.errors, []);
   });
 
   it('a file that is not Arrow, or a truncated one, is DS010 with the rows read so far kept', async () => {

@@ -21,6 +21,8 @@ export async function* arrowLines(file: string, signal?: AbortSignal): AsyncGene
     } catch (e) {
       throw new ColumnarReadError(file, `not a readable Arrow IPC file (${(e as Error).message})`);
     }
+    // (an empty dataset is a schema and no batches; no schema at all is not Arrow)
+    if (!reader.schema) throw new ColumnarReadError(file, 'not a readable Arrow IPC file (no schema)');
     let start = 0;
     const batches = reader[Symbol.asyncIterator]();
     for (;;) {
@@ -36,8 +38,6 @@ export async function* arrowLines(file: string, signal?: AbortSignal): AsyncGene
       for (let i = 0; i < batch.numRows; i++) yield `${rowJson(batch.get(i))}\n`;
       start += batch.numRows;
     }
-    if (start === 0 && reader.schema === undefined)
-      throw new ColumnarReadError(file, 'not a readable Arrow IPC file (no schema)');
   } finally {
     stream.destroy();
   }

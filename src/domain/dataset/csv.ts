@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import { type CsvError, parse } from 'csv-parse';
 import { openRegularFile } from '../files';
 import { detectFormat } from './formats';
+import { DEFAULT_MAX_LINE } from './lines';
 
 export const isCsv = (file: string) => /\.csv$/i.test(file);
 
@@ -33,7 +34,17 @@ export async function* csvLines(file: string, lines: number[]): AsyncGenerator<s
   const { fd } = openRegularFile(file);
   const parser = fs
     .createReadStream(file, { fd, highWaterMark: 1 << 20 })
-    .pipe(parse({ bom: true, columns: true, skip_empty_lines: true, info: true, raw: true }));
+    // a record is held whole: one over the JSONL reader's line limit is refused (DS010), not read into memory
+    .pipe(
+      parse({
+        bom: true,
+        columns: true,
+        skip_empty_lines: true,
+        info: true,
+        raw: true,
+        max_record_size: DEFAULT_MAX_LINE,
+      }),
+    );
   try {
     for await (const { record, info, raw } of parser as AsyncIterable<{
       record: Record<string, string>;
