@@ -110,6 +110,8 @@ interface Frame {
   postfix: string;
   /** UTF-8 bytes the template writes around the turns' content (the render without the turn markers). */
   templateBytes: number;
+  /** How many times the render holds each turn's content (a template may drop a turn, or write one twice). */
+  copies: number[];
   error?: string;
 }
 
@@ -253,14 +255,15 @@ export async function scanDataset(
       // a token stands for at least one byte of the rendered text (byte-level BPE; SentencePiece falls back to
       // bytes, a character at a time), so a row whose rendered text has fewer bytes than the context fits in it
       // (a UTF-16 code unit is at most 3 UTF-8 bytes: most rows are cleared on their string lengths alone)
-      const first = system === undefined ? 0 : 1;
+      // (the system turn is rendered verbatim: its bytes are the template's)
       let units = 0;
-      for (let i = first; i < messages.length; i++) units += contentText(messages[i].content)?.length ?? 0;
+      for (let i = 0; i < messages.length; i++)
+        if (f.copies[i]) units += f.copies[i] * (contentText(messages[i].content)?.length ?? 0);
       let bytes = f.templateBytes + 3 * units;
       if (bytes > context) {
         bytes = f.templateBytes;
-        for (let i = first; i < messages.length; i++)
-          bytes += Buffer.byteLength(contentText(messages[i].content) ?? '');
+        for (let i = 0; i < messages.length; i++)
+          if (f.copies[i]) bytes += f.copies[i] * Buffer.byteLength(contentText(messages[i].content) ?? '');
       }
       if (bytes > context) {
         longRows.candidates++;
@@ -605,22 +608,35 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
       prefix: '',
       postfix: '',
       templateBytes: 0,
+      copies: [],
       error: e instanceof TemplateRaisedError ? `raise_exception("${e.message}")` : (e as Error).message,
     };
   }
-  if (firstUser < 0) return { prefix: '', postfix: '', templateBytes: 0, error: 'no user turn' };
+  if (firstUser < 0) return { prefix: '', postfix: '', templateBytes: 0, copies: [], error: 'no user turn' };
   const u0 = text.indexOf(ROLE_MARK(firstUser));
   const uN = text.indexOf(ROLE_MARK(lastUser));
   if (u0 < 0 || uN < 0)
-    return { prefix: '', postfix: '', templateBytes: 0, error: 'the template does not render the user turn' };
+    return {
+      prefix: '',
+      postfix: '',
+      templateBytes: 0,
+      copies: [],
+      error: 'the template does not render the user turn',
+    };
   const postStart = uN + ROLE_MARK(lastUser).length;
   let postEnd = text.length;
   if (response > lastUser) {
     const r = text.indexOf(ROLE_MARK(response), postStart);
     if (r >= 0) postEnd = r;
   }
-  const templateBytes = Buffer.byteLength(text.replace(/\u27e6PIGGYBACK_TURN_\d+\u27e7/g, ''));
-  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd), templateBytes };
+  const copies = messages.map(() => 0);
+  const templateBytes = Buffer.byteLength(
+    text.replace(/\u27e6PIGGYBACK_TURN_(\d+)\u27e7/g, (_, i: string) => {
+      copies[Number(i)]++;
+      return '';
+    }),
+  );
+  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd), templateBytes, copies };
 }
 
 /** At most `n` characters, cut at a word boundary with an ellipsis, never mid-word. */
