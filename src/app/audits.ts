@@ -209,7 +209,12 @@ export async function auditDatasetWith(
   text?: string,
 ): Promise<DatasetReport> {
   const scan = await scanDatasetFile(file, scanOptions(prepared), text);
-  return finishDatasetAudit(scan, { ...scanOptions(prepared), tokenizer: prepared.tokenizer });
+  return finishDatasetAudit(scan, datasetAuditOptions(prepared));
+}
+
+/** Everything a dataset audit takes from a prepared template (the editor adds its file and progress). */
+export function datasetAuditOptions(prepared: PreparedTemplate): Omit<DatasetAuditOptions, 'file'> {
+  return { ...scanOptions(prepared), tokenizer: prepared.tokenizer };
 }
 
 /** How a prepared template renders a dataset's rows (what a scan needs of it: no tokenizer). */
@@ -353,7 +358,7 @@ export async function auditDatasetFile(
 
 async function reportFrom(reply: ScanReply | undefined, file: string, prepared: PreparedTemplate) {
   if (reply && 'scan' in reply && reply.renderedWith === renderKey(prepared))
-    return finishDatasetAudit(reply.scan, { ...scanOptions(prepared), tokenizer: prepared.tokenizer });
+    return finishDatasetAudit(reply.scan, datasetAuditOptions(prepared));
   return auditDatasetWith(file, prepared);
 }
 

@@ -8,8 +8,7 @@ import * as vscode from 'vscode';
 import { auditDataset } from '../domain/dataset/audit';
 import type { Finding } from '../domain/findings';
 import { diagnosticDocsUri } from './diagnosticDocs';
-import { prepareTemplate, type PreparedTemplate, datasetFindings } from '../app/audits';
-import { AUDIT_CLOCK } from '../domain/template/audit';
+import { datasetAuditOptions, datasetFindings, prepareTemplate, type PreparedTemplate } from '../app/audits';
 import { isTemplateFileName } from '../domain/template/source';
 import type { Associations } from './association';
 import { TemplateAudits, type TemplateAuditView } from './templateAudits';
@@ -101,12 +100,10 @@ export class DiagnosticsManager implements vscode.Disposable {
       const text = doc.getText();
       const lines = doc.lineCount;
       const limit = readSettings(doc.uri).maxDatasetLines;
+      // the same options as the CLI's audit (the context length for DS011 among them), on the unsaved text
       const report = await auditDataset(yieldingChunks(text, stale), {
+        ...(p ? datasetAuditOptions(p) : {}),
         file: doc.fileName,
-        template: p?.template,
-        tokenizer: p?.tokenizer,
-        renderOptions: { specialTokens: p?.source?.specialTokens, kwargs: p?.kwargs, now: AUDIT_CLOCK },
-        defaultSystemPrompt: p?.audit?.defaultSystemPrompt,
         onProgress: (rows) => !stale() && rows < limit,
       });
       if (stale()) return;

@@ -98,6 +98,30 @@ describe('Piggyback Lens in VS Code', () => {
     await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
   });
 
+  it("a row longer than the template's model context is DS011 at its line, as the CLI reports it", async () => {
+    const file = path.join(ws(), 'data', 'long.jsonl');
+    const short = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}';
+    const answer = Array.from({ length: 1500 }, (_, i) => `saving ${i}`).join(' ');
+    const long = JSON.stringify({
+      messages: [
+        { role: 'user', content: 'Plan?' },
+        { role: 'assistant', content: answer },
+      ],
+    });
+    fs.writeFileSync(file, `${short}\n${long}\n${short}\n`);
+    const doc = await open('data/long.jsonl');
+    const ds011 = await until('DS011', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'DS011'),
+    );
+    assert.equal(ds011.range.start.line, 1);
+    assert.match(
+      ds011.message,
+      /the row is \d+ tokens, over the model's context of 2048: a trainer cuts the last \d+, response tokens among them/,
+    );
+    assert.equal(codesOf(doc.uri).filter((c) => c === 'DS011').length, 1);
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+  });
+
   it('a quick fix renames an unknown role spelling (DS003 "human") to the known one, on the row or in the file', async () => {
     const file = path.join(ws(), 'data', 'roles.jsonl');
     const row = '{"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}]}';
