@@ -369,6 +369,20 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             await showRowHover(page);
             await new Promise((r) => setTimeout(r, 300));
             await page.screenshot({ path: path.join(shots, 'training-view-dark.png') });
+            // the risk overview, and the eval matrix at half the window width, in the dark theme too
+            await page.keyboard.press('Escape');
+            await f.evaluate("document.getElementById('overview').scrollIntoView()");
+            await sleep(300);
+            await page.screenshot({ path: path.join(shots, 'risk-overview-dark.png') });
+            await palette(page, 'View: Toggle Primary Side Bar Visibility');
+            await palette(page, 'View: Reset Editor Group Sizes');
+            await sleep(1000);
+            await f.evaluate(
+              "document.getElementById('evals').scrollIntoView(); const box = document.querySelector('#evals .scroll'); box.scrollLeft = box.scrollWidth;",
+            );
+            await sleep(500);
+            await page.screenshot({ path: path.join(shots, 'eval-matrix-half-dark.png') });
+            await palette(page, 'View: Toggle Primary Side Bar Visibility');
           }),
         );
         uiResults.push(
