@@ -16,7 +16,7 @@ import {
   scanDataset,
 } from '../domain/dataset/audit';
 import { fileChunks } from '../domain/dataset/lines';
-import { contextLength } from '../domain/dataset/training';
+import { contextLength, type LossMode } from '../domain/dataset/training';
 import { arrowLines } from '../domain/dataset/arrow';
 import { ColumnarReadError, isArrow, isColumnar, splitOf } from '../domain/dataset/columnar';
 import { CsvReadError, csvHasChatColumns, csvLines, isCsv } from '../domain/dataset/csv';
@@ -207,14 +207,18 @@ export async function auditDatasetWith(
   file: string,
   prepared: PreparedTemplate,
   text?: string,
+  lossMode?: LossMode,
 ): Promise<DatasetReport> {
   const scan = await scanDatasetFile(file, scanOptions(prepared), text);
-  return finishDatasetAudit(scan, datasetAuditOptions(prepared));
+  return finishDatasetAudit(scan, datasetAuditOptions(prepared, lossMode));
 }
 
 /** Everything a dataset audit takes from a prepared template (the editor adds its file and progress). */
-export function datasetAuditOptions(prepared: PreparedTemplate): Omit<DatasetAuditOptions, 'file'> {
-  return { ...scanOptions(prepared), tokenizer: prepared.tokenizer };
+export function datasetAuditOptions(
+  prepared: PreparedTemplate,
+  lossMode?: LossMode,
+): Omit<DatasetAuditOptions, 'file'> {
+  return { ...scanOptions(prepared), tokenizer: prepared.tokenizer, lossMode };
 }
 
 /** How a prepared template renders a dataset's rows (what a scan needs of it: no tokenizer). */
@@ -343,23 +347,23 @@ export function scanDatasetInWorker(
 export async function auditDatasetFile(
   file: string,
   templatePath: string | undefined,
-  options: PrepareOptions & { workerFile?: string; signal?: AbortSignal },
+  options: PrepareOptions & { workerFile?: string; signal?: AbortSignal; lossMode?: LossMode },
   scanning?: Promise<ScanReply | undefined>,
 ): Promise<{ prepared: PreparedTemplate; report: DatasetReport }> {
-  const { workerFile, signal, ...prepareOptions } = options;
+  const { workerFile, signal, lossMode, ...prepareOptions } = options;
   const reply =
     scanning ??
     (workerFile
       ? scanDatasetInWorker(workerFile, { file, template: templatePath, options: prepareOptions }, signal)
       : undefined);
   const prepared = templatePath ? prepareTemplate(templatePath, prepareOptions) : { findings: [], kwargs: {} };
-  return { prepared, report: await reportFrom(await reply, file, prepared) };
+  return { prepared, report: await reportFrom(await reply, file, prepared, lossMode) };
 }
 
-async function reportFrom(reply: ScanReply | undefined, file: string, prepared: PreparedTemplate) {
+async function reportFrom(reply: ScanReply | undefined, file: string, prepared: PreparedTemplate, lossMode?: LossMode) {
   if (reply && 'scan' in reply && reply.renderedWith === renderKey(prepared))
-    return finishDatasetAudit(reply.scan, datasetAuditOptions(prepared));
-  return auditDatasetWith(file, prepared);
+    return finishDatasetAudit(reply.scan, datasetAuditOptions(prepared, lossMode));
+  return auditDatasetWith(file, prepared, undefined, lossMode);
 }
 
 /** The rows of a Parquet or Arrow file as JSON lines. */
@@ -554,9 +558,9 @@ export interface FolderAudit {
 
 export async function auditFolder(
   root: string,
-  options: PrepareOptions & { template?: string; signal?: AbortSignal; workerFile?: string } = {},
+  options: PrepareOptions & { template?: string; signal?: AbortSignal; workerFile?: string; lossMode?: LossMode } = {},
 ): Promise<FolderAudit> {
-  const { workerFile, signal, template, ...prepareOptions } = options;
+  const { workerFile, signal, template, lossMode, ...prepareOptions } = options;
   const scan = scanFolder(root);
   const templatePaths = template ? [path.resolve(root, template)] : scan.templates;
   const result: FolderAudit = { root, templates: [], datasets: [], findings: [] };
@@ -595,7 +599,7 @@ export async function auditFolder(
     const scanned = await scans[i];
     // cancelled while the worker scanned (it was stopped): no scan in this thread either
     if (signal?.aborted) break;
-    const report = await reportFrom(scanned, file, p);
+    const report = await reportFrom(scanned, file, p, lossMode);
     result.datasets.push({ file, template: a.template, association: a.source, report, split: splitOf(file) });
     result.findings.push(...datasetFindings(report));
     if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message))

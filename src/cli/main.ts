@@ -119,9 +119,9 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
   },
   dataset: {
     usage:
-      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv|folder> --template <source> [--tokenizer ...] [--kwargs <json>] [--row N [--loss assistant-only|completion-only|all]] [--json]',
+      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv|folder> --template <source> [--tokenizer ...] [--kwargs <json>] [--loss assistant-only|completion-only|all] [--row N] [--json]',
     about:
-      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. A folder (datasets.save_to_disk, a Hub download) is audited file by file, each with its split. With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
+      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. A folder (datasets.save_to_disk, a Hub download) is audited file by file, each with its split. --loss says how you train (DS012 is a warning under completion-only). With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
     options: ['template', ...TEMPLATE_OPTIONS, 'json', 'row', 'loss'],
   },
   audit: {
@@ -352,9 +352,18 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         if (!target) throw new UsageError('dataset needs a <file.jsonl>');
         if (!values.template) throw new UsageError('dataset needs --template <source>');
         if (!fs.existsSync(target)) throw new UsageError(`no such file: ${target}`);
+        const lossMode = values.loss as LossMode | undefined;
+        if (lossMode !== undefined && !LOSS_MODES.includes(lossMode))
+          throw new UsageError(`--loss must be ${LOSS_MODES.join(', ')}, got "${lossMode}"`);
         // a dataset folder (datasets.save_to_disk, a Hub download): every dataset file in it, each with its split
         if (fs.statSync(target).isDirectory() && values.row === undefined)
-          return await datasetFolderCommand(path.resolve(target), path.resolve(values.template), common, values, out);
+          return await datasetFolderCommand(
+            path.resolve(target),
+            path.resolve(values.template),
+            { ...common, lossMode },
+            values,
+            out,
+          );
         try {
           assertRegularFile(target);
         } catch (e) {
@@ -365,6 +374,7 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         const { prepared: p, report } = await auditDatasetFile(path.resolve(target), path.resolve(values.template), {
           ...common,
           workerFile: SCAN_WORKER,
+          lossMode,
         });
         const findings = [...p.findings.filter((f) => f.severity === 'error'), ...datasetFindings(report)];
         if (values.json) out(JSON.stringify({ ...datasetJson(report), template: templateJson(p) }, null, 2) + '\n');
@@ -864,7 +874,7 @@ function describeFindings(findings: Finding[]): string {
 async function datasetFolderCommand(
   root: string,
   template: string,
-  common: PrepareOptions,
+  common: PrepareOptions & { lossMode?: LossMode },
   values: Values,
   out: (s: string) => void,
 ): Promise<number> {

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { auditDataset } from '../domain/dataset/audit';
 import type { Finding } from '../domain/findings';
+import type { LossMode } from '../domain/dataset/training';
 import { diagnosticDocsUri } from './diagnosticDocs';
 import { datasetAuditOptions, datasetFindings, prepareTemplate, type PreparedTemplate } from '../app/audits';
 import { isTemplateFileName } from '../domain/template/source';
@@ -102,7 +103,12 @@ export class DiagnosticsManager implements vscode.Disposable {
       const limit = readSettings(doc.uri).maxDatasetLines;
       // the same options as the CLI's audit (the context length for DS011 among them), on the unsaved text
       const report = await auditDataset(yieldingChunks(text, stale), {
-        ...(p ? datasetAuditOptions(p) : {}),
+        ...(p
+          ? datasetAuditOptions(
+              p,
+              vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossMode>('training.lossMode'),
+            )
+          : {}),
         file: doc.fileName,
         onProgress: (rows) => !stale() && rows < limit,
       });

@@ -243,6 +243,11 @@ describe('the completion-only check in the dataset audit (DS012)', () => {
     const report = await auditDatasetWith(file, p);
     const ds012 = report.findings.filter((f) => f.code === 'DS012');
     assert.equal(ds012.length, 1);
+    // a note when the audit does not know the loss; a warning for one who trains completion-only
+    assert.equal(ds012[0].severity, 'info');
+    assert.match(ds012[0].message, /^If you train with a completion-only collator/);
+    const told = await auditDatasetWith(file, p, undefined, 'completion-only');
+    assert.equal(told.findings.find((f) => f.code === 'DS012')?.severity, 'warning');
     assert.match(
       ds012[0].message,
       /response template " \[\/INST\] ", ids \[[0-9,]+\] tokenized alone\) all 200 sampled rows have no match/,

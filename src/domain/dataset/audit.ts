@@ -8,7 +8,7 @@ import { CODES, type Finding, type Severity } from '../findings';
 import { JsonSyntaxError, keyAt, parseJsonWithPositions } from '../json';
 import { type ChatMessage, type ChatTemplate, type RenderOptions, TemplateRaisedError } from '../template/render';
 import { rowTurns, systemFate } from '../template/segments';
-import { trainingView } from './training';
+import { type LossMode, trainingView } from './training';
 import type { LoadedTokenizer } from '../tokenizer';
 import { contentText, normaliseRow, type RowFormat, type RowProblem } from './formats';
 import { type EncodingNote, type Line, readLines } from './lines';
@@ -95,6 +95,11 @@ export interface DatasetAuditOptions {
    * (up to LONG_ROW_LIMITS) and measured with the tokenizer when the audit finishes (DS011).
    */
   contextLength?: number;
+  /**
+   * The loss the user trains with, when known (CLI --loss, piggyback.training.lossMode): DS012 is a warning under
+   * completion-only and a note otherwise.
+   */
+  lossMode?: LossMode;
 }
 
 /** Rows sampled (seeded) for the completion-only check (DS012), and the characters a sampled row may have. */
@@ -341,7 +346,10 @@ export async function scanDataset(
 /** The report of a scan: token counts of the shared prefix, postfix and sampled queries, and the DS1xx findings. */
 export function finishDatasetAudit(
   scan: DatasetScan,
-  options: Pick<DatasetAuditOptions, 'tokenizer' | 'defaultSystemPrompt' | 'template' | 'renderOptions'> = {},
+  options: Pick<
+    DatasetAuditOptions,
+    'tokenizer' | 'defaultSystemPrompt' | 'template' | 'renderOptions' | 'lossMode'
+  > = {},
 ): DatasetReport {
   const { formats, rows, validRows, errorsOmitted } = scan;
   const errors = [...scan.errors, ...longRowErrors(scan, options)].sort((a, b) => a.line - b.line);
@@ -505,7 +513,7 @@ function longRowErrors(
  */
 function collatorFinding(
   scan: DatasetScan,
-  options: Pick<DatasetAuditOptions, 'tokenizer' | 'template' | 'renderOptions'>,
+  options: Pick<DatasetAuditOptions, 'tokenizer' | 'template' | 'renderOptions' | 'lossMode'>,
 ): Finding | undefined {
   const { tokenizer, template } = options;
   const rows = scan.responseRows ?? [];
@@ -527,10 +535,11 @@ function collatorFinding(
   }
   if (missed.length === 0) return undefined;
   const share = missed.length === checked ? `all ${checked}` : `${missed.length} of ${checked}`;
+  const completionOnly = options.lossMode === 'completion-only';
   return {
     code: 'DS012',
-    severity: 'warning',
-    message: `With a completion-only collator (response template ${JSON.stringify(postfix)}, ids ${JSON.stringify(marker)} tokenized alone) ${share} sampled rows have no match among their token ids, which tokenize the template in context: those rows train on nothing (rows ${missed.slice(0, 5).join(', ')}${missed.length > 5 ? ', ...' : ''}). Give the collator the template's token ids as they appear in a row, or train with the assistant-only mask. ${CODES.DS012.why}`,
+    severity: completionOnly ? 'warning' : 'info',
+    message: `${completionOnly ? '' : 'If you train with a completion-only collator (--loss completion-only, piggyback.training.lossMode): '}With a completion-only collator (response template ${JSON.stringify(postfix)}, ids ${JSON.stringify(marker)} tokenized alone) ${share} sampled rows have no match among their token ids, which tokenize the template in context: those rows train on nothing (rows ${missed.slice(0, 5).join(', ')}${missed.length > 5 ? ', ...' : ''}). Give the collator the template's token ids as they appear in a row, or train with the assistant-only mask. ${CODES.DS012.why}`,
     file: scan.file,
     line: missed[0],
     column: 1,
