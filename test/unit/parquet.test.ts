@@ -238,6 +238,14 @@ describe('CSV datasets', () => {
     assert.notEqual(starts[11], 12 + 1, 'records over several lines move the lines away from the record numbers');
   });
 
+  it('a prompt that only looks like a list stays text', async () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, 'sum.csv'), 'prompt,completion\n"[1, 2, 3]",six\n');
+    const r = await auditDatasetWith(path.join(dir, 'sum.csv'), prepared);
+    assert.equal(r.format, 'prompt-completion');
+    assert.deepEqual(r.errors, []);
+  });
+
   it('an unclosed quote is DS010 at its line, the records before it audited', async () => {
     const r = await auditDatasetWith(path.join(C, 'unclosed.csv'), prepared);
     assert.equal(r.rows, 5);

@@ -2,7 +2,8 @@
  * CSV datasets with a header row (prompt/completion columns, instruction/output, a `messages` column of JSON, ...),
  * read with csv-parse as a stream: each record becomes one JSON object line for the dataset audit, with the file
  * line it starts on, so findings land on the record (a cell may span lines). Cells are strings; a `messages`,
- * `conversations`, `prompt` or `completion` cell holding a JSON list is read as that list.
+ * `conversations`, `prompt` or `completion` cell holding a JSON list of messages is read as that list (a prompt
+ * that merely looks like a list, "[1, 2, 3]", stays text).
  */
 import * as fs from 'node:fs';
 import { type CsvError, parse } from 'csv-parse';
@@ -66,12 +67,12 @@ export async function* csvLines(file: string, lines: number[]): AsyncGenerator<s
   }
 }
 
-/** A JSON list in a cell (how a message list is stored in CSV) as that list; any other text as it is. */
+/** A JSON list of objects in a cell (a message list stored in CSV) as that list; any other text as it is. */
 function listCell(v: string): unknown {
   if (!/^\s*\[/.test(v)) return v;
   try {
     const parsed = JSON.parse(v) as unknown;
-    return Array.isArray(parsed) ? parsed : v;
+    return Array.isArray(parsed) && parsed.length > 0 && parsed.every((m) => m && typeof m === 'object') ? parsed : v;
   } catch {
     return v;
   }
