@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { inParallel } from './parallel';
 import { checkpointFolder } from '../domain/checkpoints';
 import { FILE_LIMITS, insideRoot, readTextChecked } from '../domain/files';
 import {
@@ -565,20 +566,22 @@ export async function auditFolder(
   const templatePaths = template ? [path.resolve(root, template)] : scan.templates;
   const result: FolderAudit = { root, templates: [], datasets: [], findings: [] };
   const jobs = scan.datasets.map((file) => ({ file, association: associate(file, root, templatePaths, template) }));
-  // datasets are scanned in worker threads (a few at a time) while the templates and their tokenizers load here
+  // datasets are scanned in worker threads (a few at a time) while the templates and their tokenizers load here;
+  // each job's scan is a promise the loop below takes in order (scanDatasetInWorker never rejects)
+  const answered: ((reply: ScanReply | undefined) => void)[] = [];
   const scans = workerFile
-    ? inParallel(
-        jobs.map(
-          (j) => () =>
-            scanDatasetInWorker(
-              workerFile,
-              { file: j.file, template: j.association.template, options: prepareOptions },
-              signal,
-            ),
-        ),
-        Math.max(1, Math.min(4, os.availableParallelism() - 1)),
-      )
+    ? jobs.map(() => new Promise<ScanReply | undefined>((resolve) => answered.push(resolve)))
     : [];
+  if (workerFile)
+    void inParallel([...jobs.keys()], Math.max(1, Math.min(4, os.availableParallelism() - 1)), async (i) =>
+      answered[i](
+        await scanDatasetInWorker(
+          workerFile,
+          { file: jobs[i].file, template: jobs[i].association.template, options: prepareOptions },
+          signal,
+        ),
+      ),
+    );
   const prepared = new Map<string, PreparedTemplate>();
   const prepare = (t: string) => {
     let p = prepared.get(t);
@@ -607,22 +610,4 @@ export async function auditFolder(
   }
   sortFindings(result.findings);
   return result;
-}
-
-/** Starts `tasks` with at most `limit` running at once; their promises, in order. */
-function inParallel<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T>[] {
-  let active = 0;
-  const waiting: (() => void)[] = [];
-  const acquire = (): Promise<void> => {
-    if (active >= limit) return new Promise((resolve) => waiting.push(resolve));
-    active++;
-    return Promise.resolve();
-  };
-  // a finished task hands its slot to the next waiting one
-  const release = () => {
-    const next = waiting.shift();
-    if (next) next();
-    else active--;
-  };
-  return tasks.map((task) => acquire().then(task).finally(release));
 }

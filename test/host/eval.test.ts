@@ -13,7 +13,8 @@ import {
   otherDomainProbeSets,
   ProbeFileError,
 } from '../../src/app/eval/probes';
-import { defaultConditions, inParallel } from '../../src/app/eval/run';
+import { defaultConditions } from '../../src/app/eval/run';
+import { inParallel } from '../../src/app/parallel';
 import { emF1, summarise } from '../../src/app/eval/summary';
 import { prepareTemplate, renderOptions } from '../../src/app/audits';
 import { promptIds } from '../../src/domain/prompt';

@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { inParallel } from '../parallel';
 import type { ModelHost } from '../session';
 import { answerText, promptIds, queryControlFits } from '../../domain/prompt';
 import {
@@ -223,26 +224,6 @@ export function readResults(out: string, problems: ResultProblem[] = [], runId?:
     results.push(r);
   });
   return results;
-}
-
-/**
- * Runs `fn` over `items` with at most `limit` in flight. The first failure stops new work; once the calls in
- * flight have settled, it is rethrown.
- */
-export async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const lane = async () => {
-    while (next < items.length && !failure) {
-      try {
-        await fn(items[next++]);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
-  if (failure) throw failure.error;
 }
 
 /** The probes the template could not render in a run's last session (skipped.json; none when absent). */
