@@ -244,7 +244,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             // the query box offers the default question: accept it
             await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 15_000 });
             await page.keyboard.press('Enter');
-            const webview = async () => page.frames().find((f) => f.url().includes('/pre/fake.html'));
+            const webview = async () => dashboardFrame(page);
             const end = Date.now() + 60_000;
             let text = '';
             while (Date.now() < end) {
@@ -276,7 +276,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
         );
         uiResults.push(
           await uiTest("the eval matrix shows a probe's answers under every condition side by side", async () => {
-            const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+            const f = dashboardFrame(page);
             if (!f) throw new Error('no dashboard webview');
             await f.locator('table.matrix tr', { hasText: 'money' }).first().click({ timeout: 15_000 });
             await f.locator('#probe-detail').waitFor({ state: 'visible', timeout: 15_000 });
@@ -301,7 +301,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
               await palette(page, 'View: Toggle Primary Side Bar Visibility');
               await palette(page, 'View: Reset Editor Group Sizes');
               await sleep(1000);
-              const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+              const f = dashboardFrame(page);
               if (!f) throw new Error('no dashboard webview');
               const width = Number(await f.evaluate('document.documentElement.clientWidth'));
               if (width < 700 || width > 820) throw new Error(`the dashboard is ${width} px wide, not half the window`);
@@ -359,7 +359,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             await new Promise((r) => setTimeout(r, 800));
             await page.keyboard.press('Enter');
             await new Promise((r) => setTimeout(r, 1500));
-            const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+            const f = dashboardFrame(page);
             if (!f) throw new Error('no dashboard webview');
             const theme = String(await f.evaluate('document.body.className'));
             if (!/vscode-dark/.test(theme)) throw new Error(`the webview is not in the dark theme: "${theme}"`);
@@ -395,11 +395,10 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             const end = Date.now() + 30_000;
             let text = '';
             while (Date.now() < end && !/Hidden default system prompt/.test(text)) {
-              for (const f of page.frames())
-                if (f.url().includes('/pre/fake.html')) {
-                  const t = String(await f.evaluate('document.body.innerText').catch(() => ''));
-                  if (/^CT001/.test(t)) text = t;
-                }
+              for (const f of webviewFrames(page)) {
+                const t = String(await f.evaluate('document.body.innerText').catch(() => ''));
+                if (/^CT001/.test(t)) text = t;
+              }
               await sleep(500);
             }
             if (!/Hidden default system prompt \(warning\)/.test(text))
@@ -463,12 +462,23 @@ async function notification(page: Page, text: string | RegExp, timeout = 60_000)
   throw new Error(`no notification with ${String(text)}; the center shows: ${(all ?? '').slice(0, 400)}`);
 }
 
+/** The webview frames on the page (the dashboard first: it opens before any other). */
+const webviewFrames = (page: Page) => page.frames().filter((f) => f.url().includes('/pre/fake.html'));
+const dashboardFrame = (page: Page) => webviewFrames(page)[0];
+
+/** Fails unless the notification carries each of `labels` as a button. */
+async function expectButtons(note: import('playwright-core').Locator, labels: string[]): Promise<void> {
+  for (const label of labels)
+    if (!(await note.locator('.monaco-button', { hasText: label }).count()))
+      throw new Error(`no "${label}" button on the notification: ${(await note.textContent()) ?? ''}`);
+}
+
 /** The dashboard webview's text, once it matches `re`. */
 async function dashboardText(page: Page, re: RegExp, timeout = 90_000): Promise<string> {
   const end = Date.now() + timeout;
   let text = '';
   while (Date.now() < end) {
-    const f = page.frames().find((x) => x.url().includes('/pre/fake.html'));
+    const f = dashboardFrame(page);
     text = f ? String(await f.evaluate('document.body.innerText').catch(() => '')) : '';
     if (re.test(text)) return text;
     await sleep(500);
@@ -492,9 +502,7 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
       async () => {
         await palette(page, 'Piggyback: Measure Prefix Drift');
         const offer = await notification(page, 'needs a base checkpoint');
-        for (const button of ['Select Checkpoints', 'Use Built-in Organisms'])
-          if (!(await offer.locator('.monaco-button', { hasText: button }).count()))
-            throw new Error(`no "${button}" button on the notification: ${(await offer.textContent()) ?? ''}`);
+        await expectButtons(offer, ['Select Checkpoints', 'Use Built-in Organisms']);
         await sleep(600); // the palette fades
         await page.screenshot({ path: path.join(shots, 'notification-no-checkpoint.png') });
         await offer.locator('.monaco-button', { hasText: 'Use Built-in Organisms' }).click();
@@ -517,8 +525,7 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
           .waitFor({ state: 'visible', timeout: 30_000 });
         await page.keyboard.press('Enter');
         const progress = await notification(page, /Piggyback: eval run.*probe ([3-9]|\d\d+) of \d+/s, 90_000);
-        if (!(await progress.locator('.monaco-button', { hasText: 'Cancel' }).count()))
-          throw new Error(`no Cancel on the progress notification: ${(await progress.textContent()) ?? ''}`);
+        await expectButtons(progress, ['Cancel']);
         await sleep(600); // the palette fades
         await page.screenshot({ path: path.join(shots, 'notification-progress.png') });
         await progress.locator('.monaco-button', { hasText: 'Cancel' }).click();
@@ -540,9 +547,7 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
         const text = (await offer.textContent()) ?? '';
         if (!text.includes(`stopped after ${stopped.done} of ${stopped.total} probes`))
           throw new Error(`the offer does not say where the run stopped: ${text}`);
-        for (const button of ['Continue Run', 'New Run'])
-          if (!(await offer.locator('.monaco-button', { hasText: button }).count()))
-            throw new Error(`no "${button}" button on the offer: ${text}`);
+        await expectButtons(offer, ['Continue Run', 'New Run']);
         await sleep(600); // the palette fades
         await page.screenshot({ path: path.join(shots, 'notification-continue.png') });
         await offer.locator('.monaco-button', { hasText: 'Continue Run' }).click();
