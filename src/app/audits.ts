@@ -244,7 +244,7 @@ async function scanDatasetFile(
   // per record, located at the line the record starts on. Column 1: a row has no JSON text to point into.
   const read: { error?: ColumnarReadError | CsvReadError } = {};
   const starts: number[] = [];
-  const rows = isCsv(file) ? csvLines(file, starts) : columnarLines(file);
+  const rows = datasetRows(file, starts) as AsyncIterable<string>;
   const scan = await scanDataset(untilError(rows, read), { ...options, file });
   const lineOf = (row: number) => (isCsv(file) ? (starts[row - 1] ?? row) : row);
   for (const e of scan.errors) {
@@ -367,9 +367,14 @@ async function reportFrom(reply: ScanReply | undefined, file: string, prepared: 
   return auditDatasetWith(file, prepared, undefined, lossMode);
 }
 
-/** The rows of a Parquet or Arrow file as JSON lines. */
-export function columnarLines(file: string): AsyncGenerator<string> {
-  return isArrow(file) ? arrowLines(file) : parquetLines(file);
+/**
+ * A dataset file as the audit reads it: a JSONL file's chunks, or one JSON line per Parquet or Arrow row or CSV
+ * record (`csvStarts` receives the line each CSV record starts on). readLines makes lines of either.
+ */
+export function datasetRows(file: string, csvStarts: number[] = []): AsyncIterable<Buffer | string> {
+  if (isCsv(file)) return csvLines(file, csvStarts);
+  if (isColumnar(file)) return isArrow(file) ? arrowLines(file) : parquetLines(file);
+  return fileChunks(file);
 }
 
 /** The lines of `source` up to a read error, which is kept in `read` (the rows before it are audited). */

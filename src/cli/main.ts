@@ -9,7 +9,7 @@ import type { DatasetReport } from '../domain/dataset/audit';
 import { type Finding, hasErrors } from '../domain/findings';
 import {
   auditDatasetFile,
-  columnarLines,
+  datasetRows,
   auditFolder,
   datasetFindings,
   prepareTemplate,
@@ -37,9 +37,7 @@ import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
 import { normaliseRow } from '../domain/dataset/formats';
-import { fileChunks, readLines } from '../domain/dataset/lines';
-import { isColumnar } from '../domain/dataset/columnar';
-import { csvLines, isCsv } from '../domain/dataset/csv';
+import { readLines } from '../domain/dataset/lines';
 import { contextLength, LOSS_MODES, type LossMode, trainingView } from '../domain/dataset/training';
 import type { HostSettings, LoadParams, LoadResult, PatchSpan } from '../contracts/modelHost';
 import {
@@ -617,15 +615,9 @@ async function trainingViewCommand(
   let i = 0;
   // row N: the Nth JSONL line, Parquet or Arrow row, or CSV record (located at the line it starts on)
   const csvStarts: number[] = [];
-  const rows = isColumnar(file)
-    ? columnarLines(file)
-    : isCsv(file)
-      ? csvLines(file, csvStarts)
-      : readLines(fileChunks(file));
-  for await (const l of rows) {
-    const text = typeof l === 'string' ? l : l.text;
+  for await (const l of readLines(datasetRows(file, csvStarts))) {
     if (++i === n) {
-      line = text;
+      line = l.text;
       break;
     }
   }
