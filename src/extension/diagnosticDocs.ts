@@ -25,10 +25,15 @@ const STYLE_HASH = `sha256-${createHash('sha256').update(STYLE).digest('base64')
 
 /** The file system provider and custom editor behind the code links. */
 export function registerDiagnosticDocs(extensionUri: vscode.Uri): vscode.Disposable {
-  const docsFile = vscode.Uri.joinPath(extensionUri, 'docs', 'diagnostics.md').fsPath;
+  // the docs ship with the extension and do not change while it runs: read once, when a link is first opened
+  let docs: string | undefined;
+  const docsText = () => {
+    docs ??= fs.readFileSync(vscode.Uri.joinPath(extensionUri, 'docs', 'diagnostics.md').fsPath, 'utf8');
+    return docs;
+  };
   const sectionOf = (uri: vscode.Uri): string => {
     const code = /^\/([A-Z]{2}\d{3})\.md$/.exec(uri.path)?.[1];
-    const section = code && CODES[code] ? docSection(fs.readFileSync(docsFile, 'utf8'), code) : undefined;
+    const section = code && CODES[code] ? docSection(docsText(), code) : undefined;
     if (!section) throw vscode.FileSystemError.FileNotFound(uri);
     return section;
   };
