@@ -39,7 +39,14 @@ import { assertRegularFile } from '../domain/files';
 import { normaliseRow } from '../domain/dataset/formats';
 import { readLines } from '../domain/dataset/lines';
 import { contextLength, LOSS_MODES, type LossMode, trainingView } from '../domain/dataset/training';
-import type { HostSettings, LoadParams, LoadResult, PatchSpan } from '../contracts/modelHost';
+import {
+  type HostSettings,
+  type LoadParams,
+  type LoadResult,
+  type PatchSpan,
+  WEIGHTS_DTYPES,
+  type WeightsDtypeSetting,
+} from '../contracts/modelHost';
 import {
   datasetJson,
   folderJson,
@@ -69,8 +76,9 @@ A checkpoint (--base, --finetuned, --extra) is a Hugging Face folder (config.jso
 qwen3), a PEFT LoRA adapter folder over --base, or an ONNX decoder export. --cache-dir <dir> (default
 PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps weights converted to the dtype the graph runs in. Model commands
 run with --threads N (default: every core) and --execution-provider auto|cpu|cuda; --model-file picks one graph of
-an ONNX folder with several (onnx/model_q4.onnx, or just q4); --weights-dtype auto|float32|float16 sets the dtype
-of a Hugging Face model's matrices (auto: float16 on CUDA); --no-memory-check loads even when memory looks short.
+an ONNX folder with several (onnx/model_q4.onnx, or just q4); --weights-dtype auto|float32|float16|int8|int4 sets
+the dtype of a Hugging Face model's matrices (auto: float16 on CUDA; on the CPU float32 when it fits in memory, else
+int8, else int4, quantized once into the cache); --no-memory-check loads even when memory looks short.
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes (--resume: continue, and fail when there is no run to continue);
 --perturb-trials 0 leaves out the perturbation conditions; --layer-sweep adds the prefix patch per layer and per layer
@@ -698,9 +706,9 @@ function hostSettings(values: Values): HostSettings {
   if (values['model-file']) s.modelFile = values['model-file'] as string;
   const wd = values['weights-dtype'] as string | undefined;
   if (wd !== undefined) {
-    if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16')
-      throw new UsageError(`--weights-dtype must be auto, float32 or float16, got "${wd}"`);
-    s.weightsDtype = wd;
+    if (wd !== 'auto' && !(WEIGHTS_DTYPES as readonly string[]).includes(wd))
+      throw new UsageError(`--weights-dtype must be auto, ${WEIGHTS_DTYPES.join(', ')}, got "${wd}"`);
+    s.weightsDtype = wd as WeightsDtypeSetting;
   }
   if (values['no-memory-check']) s.memoryCheck = false;
   return s;

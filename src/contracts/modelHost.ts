@@ -44,10 +44,19 @@ export interface CheckpointInfo {
   kvType: 'float32' | 'float16';
   hasPositionIds: boolean;
   eosTokenIds: number[];
+  /** The dtype of the weight matrices as the host runs them (Hugging Face folders and adapters; an ONNX export runs
+   * its graph as it is). int8 / int4 are block-quantized by the host: its numbers are not float32's. */
+  weightsDtype?: WeightsDtype;
   /** SHA-256 (first 16 hex chars) of what the numbers come from: the ONNX file; for HF folders config.json and
    * every weight file; for an adapter, its base's identity and the adapter's files. */
   hash: string;
 }
+
+/** The dtypes of the weight matrices a graph built from a Hugging Face folder can take. */
+export const WEIGHTS_DTYPES = ['float32', 'float16', 'int8', 'int4'] as const;
+export type WeightsDtype = (typeof WEIGHTS_DTYPES)[number];
+/** auto: float16 on CUDA; on the CPU float32 when the checkpoints fit in memory with a margin, else int8, else int4. */
+export type WeightsDtypeSetting = 'auto' | WeightsDtype;
 
 /** How the host runs models (CLI flags, piggyback.host.* settings). */
 export interface HostSettings {
@@ -57,7 +66,7 @@ export interface HostSettings {
   executionProvider?: 'auto' | 'cpu' | 'cuda';
   /** Hugging Face folders: the dtype of the weight matrices in the graph the host builds. auto: float16 on CUDA
    * (half the memory), float32 on the CPU. */
-  weightsDtype?: 'auto' | 'float32' | 'float16';
+  weightsDtype?: WeightsDtypeSetting;
   /** Which graph of an ONNX export folder with several variants (e.g. onnx/model_q4.onnx, or "q4"). */
   modelFile?: string;
   /** false: load even when the estimated memory exceeds what is free. */

@@ -8,7 +8,7 @@ import * as vscode from 'vscode';
 import { reportError } from './errors';
 import { HostClient } from '../app/hostClient';
 import { checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../domain/checkpoints';
-import type { LoadResult } from '../contracts/modelHost';
+import type { LoadResult, WeightsDtypeSetting } from '../contracts/modelHost';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
 const FINETUNED_KEY = 'piggyback.checkpoint.finetuned';
@@ -176,7 +176,7 @@ export class CheckpointPair implements vscode.Disposable {
         const settings = {
           threads,
           executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'),
-          weightsDtype: c.get<'auto' | 'float32' | 'float16'>('host.weightsDtype'),
+          weightsDtype: c.get<WeightsDtypeSetting>('host.weightsDtype'),
           modelFile: c.get<string>('host.onnxVariant') || undefined,
           memoryCheck: c.get<boolean>('host.memoryCheck'),
         };

@@ -8,7 +8,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as ort from 'onnxruntime-node';
-import type { HostSettings } from '../contracts/modelHost';
+import { type HostSettings, WEIGHTS_DTYPES } from '../contracts/modelHost';
+import type { WeightDtype } from './hf/weights';
 
 export type Device = 'cpu' | 'cuda';
 
@@ -58,7 +59,9 @@ export interface ResolvedSettings {
   threads: number;
   device: Device;
   /** The dtype of the weight matrices in graphs built from Hugging Face folders (F32 when absent). */
-  weightDtype?: 'F32' | 'F16';
+  weightDtype?: WeightDtype;
+  /** The dtype was `auto` on the CPU: the load chooses it by memory (float32, else int8, else int4). */
+  chooseDtype?: boolean;
   /** Chosen by `auto`: a CUDA session that fails to start falls back to the CPU. */
   auto?: boolean;
   /** Why `auto` chose the CPU (shown once per load). */
@@ -70,10 +73,14 @@ export class SettingsError extends Error {}
 export function resolveSettings(s: HostSettings = {}): ResolvedSettings {
   const r = resolveDevice(s);
   const wd = s.weightsDtype ?? 'auto';
-  if (wd !== 'auto' && wd !== 'float32' && wd !== 'float16')
-    throw new SettingsError(`weightsDtype must be auto, float32 or float16, got "${String(wd)}"`);
-  return { ...r, weightDtype: wd === 'float16' || (wd === 'auto' && r.device === 'cuda') ? 'F16' : 'F32' };
+  if (wd === 'auto')
+    return r.device === 'cuda' ? { ...r, weightDtype: 'F16' } : { ...r, weightDtype: 'F32', chooseDtype: true };
+  if (!(WEIGHTS_DTYPES as readonly string[]).includes(wd))
+    throw new SettingsError(`weightsDtype must be auto, ${WEIGHTS_DTYPES.join(', ')}, got "${String(wd)}"`);
+  return { ...r, weightDtype: GRAPH_DTYPE[wd] };
 }
+
+const GRAPH_DTYPE = { float32: 'F32', float16: 'F16', int8: 'Q8', int4: 'Q4' } as const;
 
 function resolveDevice(s: HostSettings): ResolvedSettings {
   const threads = s.threads ?? defaultThreads();

@@ -63,7 +63,7 @@ message ModelProto {
 `;
 
 /** onnx.TensorProto.DataType values used here. */
-export const DataType = { FLOAT: 1, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+export const DataType = { FLOAT: 1, UINT8: 2, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 /** onnx.AttributeProto.AttributeType values used here. */
 const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, GRAPH: 5, FLOATS: 6, INTS: 7 } as const;
 
@@ -143,7 +143,11 @@ export function encodeModel(model: {
     ir_version: 8,
     producer_name: 'piggyback-lens',
     producer_version: '1',
-    opset_import: [{ domain: '', version: model.opset }],
+    // com.microsoft: onnxruntime's contrib ops (MatMulNBits for quantized matrices)
+    opset_import: [
+      { domain: '', version: model.opset },
+      { domain: 'com.microsoft', version: 1 },
+    ],
     metadata_props: Object.entries(model.metadata).map(([key, value]) => ({ key, value })),
     graph: {
       name: model.name,

@@ -3,16 +3,20 @@
  * model.safetensors.index.json) as byte ranges the ONNX graph can point at. onnxruntime reads float32 external data
  * straight out of a safetensors file; float16 and bfloat16 weights are converted once into a float32 cache keyed by
  * the content hash of their source files (written under a temporary name, then renamed, its size announced first).
+ * Quantized matrices (int8, int4: MatMulNBits codes and scales) are written into the same kind of cache file,
+ * streamed a block of rows at a time, so that converting an 8B checkpoint never holds more than one block.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { WeightsDtype } from '../../contracts/modelHost';
 import { readSafetensorsHeader, SafetensorsError } from '../../domain/safetensors';
 import { CheckpointError } from '../checkpointError';
 import { fileHash } from '../identity';
 import { halfToFloat } from '../onnxInitializers';
 import { readJson } from './config';
+import { type QuantBits, quantBytes, quantizeRows, quantLayout } from './quantize';
 
 export interface WeightRef {
   name: string;
@@ -156,8 +160,29 @@ export interface ExternalLocation {
   length: number;
 }
 
-/** The dtypes the graph takes weights in. */
-export type WeightDtype = 'F32' | 'F16';
+/** The dtypes the graph takes weights in: float32, float16, or block-quantized codes (MatMulNBits) of 8 or 4 bits. */
+export type WeightDtype = 'F32' | 'F16' | 'Q8' | 'Q4';
+
+export const quantBitsOf = (d: WeightDtype): QuantBits | undefined => (d === 'Q8' ? 8 : d === 'Q4' ? 4 : undefined);
+
+/** The cache-file name of a quantized matrix's scales (its codes keep the tensor's own name). */
+export const scalesName = (tensor: string) => `${tensor}.scales`;
+
+/** Bytes a tensor of this shape takes in the graph in `d` (codes and scales for quantized matrices). */
+export function bytesIn(shape: number[], d: WeightDtype): number {
+  const bits = quantBitsOf(d);
+  if (bits) {
+    const q = quantBytes(quantLayout(shape[0], shape[1], bits));
+    return q.codes + q.scales;
+  }
+  return shape.reduce((a, b) => a * b, 1) * (d === 'F32' ? 4 : 2);
+}
+
+const DTYPE_WORDS = { F32: 'float32', F16: 'float16', Q8: 'int8', Q4: 'int4' } as const satisfies Record<
+  WeightDtype,
+  WeightsDtype
+>;
+export const dtypeWord = (d: WeightDtype): WeightsDtype => DTYPE_WORDS[d];
 
 export interface CastWeights {
   /** The one folder all locations are relative to (onnxruntime's external-initializer folder). */
@@ -214,11 +239,19 @@ export function castWeights(
     __metadata__: { format: 'pt', converted_by: `piggyback-lens ${CONVERTER_VERSION}` },
   };
   let offset = 0;
-  for (const r of sorted) {
-    const n = r.shape.reduce((a, b) => a * b, 1) * (target(r) === 'F32' ? 4 : 2);
-    header[r.name] = { dtype: target(r), shape: r.shape, data_offsets: [offset, offset + n] };
-    layout.set(r.name, { begin: offset, end: offset + n });
+  const place = (name: string, dtype: string, shape: number[], n: number) => {
+    header[name] = { dtype, shape, data_offsets: [offset, offset + n] };
+    layout.set(name, { begin: offset, end: offset + n });
     offset += n;
+  };
+  for (const r of sorted) {
+    const bits = quantBitsOf(target(r));
+    if (bits) {
+      const l = quantLayout(r.shape[0], r.shape[1], bits);
+      const q = quantBytes(l);
+      place(r.name, 'U8', [l.rows, l.kBlocks, l.blob], q.codes);
+      place(scalesName(r.name), 'F32', [l.rows * l.kBlocks], q.scales);
+    } else place(r.name, target(r), r.shape, bytesIn(r.shape, target(r)));
   }
   let json = Buffer.from(JSON.stringify(header), 'utf8');
   const pad = (8 - (json.length % 8)) % 8;
@@ -229,7 +262,7 @@ export function castWeights(
   if (!isComplete(file, total)) {
     fs.mkdirSync(dir, { recursive: true });
     const from = [...new Set(sorted.map((r) => r.dtype))].join('/');
-    const to = [...new Set(sorted.map(target))].map((d) => (d === 'F32' ? 'float32' : 'float16')).join(' and ');
+    const to = [...new Set(sorted.map(target))].map(dtypeWord).join(' and ');
     const free = freeBytes(dir);
     if (free !== undefined && free < total)
       throw new CheckpointError(
@@ -237,7 +270,7 @@ export function castWeights(
         dir,
       );
     log(`converting ${sorted.length} ${from} tensors to ${to} once: writing ${gb(total)} to ${file}`);
-    writeConverted(file, json, sorted, target);
+    writeConverted(file, json, sorted, target, (name) => dataStart + layout.get(name)!.begin);
     convertedBytes = total;
   }
   return {
@@ -280,7 +313,13 @@ export function gb(bytes: number): string {
 const CHUNK = 1 << 22; // elements per conversion step
 
 /** Writes the cache file under a temporary name, then renames it: a crash or a full disk leaves nothing half-written. */
-function writeConverted(file: string, header: Buffer, refs: WeightRef[], target: (r: WeightRef) => WeightDtype): void {
+function writeConverted(
+  file: string,
+  header: Buffer,
+  refs: WeightRef[],
+  target: (r: WeightRef) => WeightDtype,
+  position: (name: string) => number,
+): void {
   const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   const out = fs.openSync(tmp, 'w');
   try {
@@ -289,15 +328,23 @@ function writeConverted(file: string, header: Buffer, refs: WeightRef[], target:
     fs.writeSync(out, len);
     fs.writeSync(out, header);
     const half = new Uint16Array(CHUNK);
+    // every write names its position: quantized matrices write codes and scales at two places at once
     for (const r of refs) {
-      if (target(r) === 'F16' && r.dtype === 'F16') forEachRawChunk(r, (chunk) => fs.writeSync(out, chunk));
+      let at = position(r.name);
+      const write = (bytes: Uint8Array) => {
+        fs.writeSync(out, bytes, 0, bytes.byteLength, at);
+        at += bytes.byteLength;
+      };
+      const bits = quantBitsOf(target(r));
+      if (bits) writeQuantized(out, r, bits, at, position(scalesName(r.name)));
+      else if (target(r) === 'F16' && r.dtype === 'F16') forEachRawChunk(r, write);
       else if (target(r) === 'F16') {
         forEachFloat32Chunk(r, (bytes) => {
           const f = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
           for (let i = 0; i < f.length; i++) half[i] = f32BitsToF16(f[i]);
-          fs.writeSync(out, new Uint8Array(half.buffer, 0, 2 * f.length));
+          write(new Uint8Array(half.buffer, 0, 2 * f.length));
         });
-      } else forEachFloat32Chunk(r, (chunk) => fs.writeSync(out, chunk));
+      } else forEachFloat32Chunk(r, write);
     }
     fs.closeSync(out);
     fs.renameSync(tmp, file);
@@ -311,6 +358,33 @@ function writeConverted(file: string, header: Buffer, refs: WeightRef[], target:
   } finally {
     fs.rmSync(tmp, { force: true });
   }
+}
+
+/** A matrix's codes and scales, quantized a block of whole rows at a time and written at their places in the file. */
+function writeQuantized(out: number, r: WeightRef, bits: QuantBits, codesAt: number, scalesAt: number): void {
+  const l = quantLayout(r.shape[0], r.shape[1], bits);
+  const rowsPerChunk = Math.max(1, Math.floor(CHUNK / l.cols));
+  const codes = new Uint8Array(rowsPerChunk * l.kBlocks * l.blob);
+  const scales = new Float32Array(rowsPerChunk * l.kBlocks);
+  let row = 0;
+  forEachFloat32Chunk(
+    r,
+    (bytes) => {
+      const rows = bytes.byteLength / 4 / l.cols;
+      quantizeRows(new Float32Array(bytes.buffer, bytes.byteOffset, rows * l.cols), rows, l, codes, scales);
+      const c = rows * l.kBlocks * l.blob;
+      fs.writeSync(out, codes, 0, c, codesAt + row * l.kBlocks * l.blob);
+      fs.writeSync(
+        out,
+        new Uint8Array(scales.buffer, 0, rows * l.kBlocks * 4),
+        0,
+        rows * l.kBlocks * 4,
+        scalesAt + row * l.kBlocks * 4,
+      );
+      row += rows;
+    },
+    rowsPerChunk * l.cols,
+  );
 }
 
 /** IEEE float32 bits to float16 bits, rounding to nearest even (as torch's .half() does). */
@@ -356,13 +430,13 @@ function forEachRawChunk(r: WeightRef, sink: (bytes: Uint8Array) => void, chunkB
 
 let halfTable: Float32Array | undefined;
 
-/** Streams a tensor as float32 bytes, converting F16/BF16 chunk by chunk. */
-function forEachFloat32Chunk(r: WeightRef, sink: (bytes: Uint8Array) => void): void {
+/** Streams a tensor as float32 bytes, converting F16/BF16 chunk by chunk, `elements` at a time (the last may be fewer). */
+function forEachFloat32Chunk(r: WeightRef, sink: (bytes: Uint8Array) => void, elements = CHUNK): void {
   if (r.dtype === 'F32') {
-    forEachRawChunk(r, sink);
+    forEachRawChunk(r, sink, elements * 4);
     return;
   }
-  const dst = new Float32Array(CHUNK);
+  const dst = new Float32Array(elements);
   forEachRawChunk(
     r,
     (bytes) => {
@@ -377,7 +451,7 @@ function forEachFloat32Chunk(r: WeightRef, sink: (bytes: Uint8Array) => void): v
       }
       sink(new Uint8Array(dst.buffer, 0, n * 4));
     },
-    CHUNK * 2,
+    elements * 2,
   );
 }
 
