@@ -31,7 +31,7 @@ import {
   ProbeFileError,
 } from '../app/eval/probes';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
-import { compareMarkdown, evalMarkdown, loadRunPair, writeRunReports } from '../app/eval/evalReport';
+import { compareMarkdown, evalMarkdown, loadRunPair, quantizedNote, writeRunReports } from '../app/eval/evalReport';
 import { defaultConditions, EvalSettingsError, layerSweepConditions } from '../app/eval/run';
 import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
@@ -740,8 +740,10 @@ async function loadWithProgress(host: HostClient, params: LoadParams): Promise<L
   const t0 = Date.now();
   const loaded = await host.load(params);
   process.stderr.write(
-    `loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s (${loaded.base.device}, ${loaded.base.threads} threads)\n`,
+    `loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s (${loaded.base.device}, ${loaded.base.threads} threads${loaded.base.weightsDtype ? `, ${loaded.base.weightsDtype} weights` : ''})\n`,
   );
+  const quantized = quantizedNote(loaded);
+  if (quantized) process.stderr.write(`${quantized.replaceAll('**', '')}\n`);
   return loaded;
 }
 

@@ -9,6 +9,7 @@ import MarkdownIt from 'markdown-it';
 import type { Finding, Severity } from '../../domain/findings';
 import { toSarif } from '../auditReport';
 import type { EvalCellView, EvalMatrixView } from '../../contracts/dashboard';
+import type { CheckpointInfo, LoadResult } from '../../contracts/modelHost';
 import { isMisaligned } from './judge';
 import type { Probe } from './probes';
 import {
@@ -80,6 +81,22 @@ export function decodingText(m: Manifest): string {
   return `${dec}, up to ${s.maxNewTokens} new tokens`;
 }
 
+/**
+ * What a run's numbers are when the host quantized the weights (undefined at float32/float16): said in every
+ * report, since a quantized measurement is not the float32 one the paper's numbers are.
+ */
+export function quantizedNote(c: LoadResult): string | undefined {
+  const all: [string, CheckpointInfo][] = [
+    ['base', c.base],
+    ['finetuned', c.finetuned],
+    ...Object.entries(c.extra ?? {}),
+  ];
+  const q = all.filter(([, i]) => i.weightsDtype === 'int8' || i.weightsDtype === 'int4');
+  if (!q.length) return undefined;
+  const dtypes = [...new Set(q.map(([, i]) => i.weightsDtype))].join(' and ');
+  return `**Quantized weights**: ${q.map(([r]) => r).join(', ')} ran with ${dtypes} matrices, block-quantized by Piggyback Lens on the CPU (LoRA branches float32), so these numbers are not the float32 ones; the README's "Large models" section gives the error measured at each dtype.`;
+}
+
 export function judgeText(m: Manifest): string {
   const j = m.settings.judge;
   return j ? `judge \`${j.model}\` at ${j.endpoint} (prompts ${j.promptHash})` : 'no judge: judge-free scores only';
@@ -140,6 +157,8 @@ export function evalMarkdown(m: Manifest, s: Summary, skipped: Skipped[] = []): 
       .join('')}; ${m.probes.count} probes (${m.probes.hash}); ${decodingText(m)}; ${judgeText(m)}.`,
     '',
   ];
+  const quantized = quantizedNote(m.checkpoints);
+  if (quantized) lines.push(`> ${quantized}`, '');
   for (const [span, v] of Object.entries(s.piggybackShare)) lines.push(shareLine(span, v, s));
   if (s.marginShare) {
     const parts = Object.entries(s.marginShare).map(
@@ -354,6 +373,12 @@ export function compareRuns(a: NamedRun, b: NamedRun): { notes: string[]; rows: 
     notes.push('The runs used different probe sets: compare the figures with care.');
   if (JSON.stringify(a.manifest.settings.judge) !== JSON.stringify(b.manifest.settings.judge))
     notes.push('The runs were judged differently (or one not at all): judged figures are not comparable.');
+  const dtypes = (r: NamedRun) =>
+    [r.manifest.checkpoints.base, r.manifest.checkpoints.finetuned].map((c) => c.weightsDtype ?? 'float32').join('/');
+  if (dtypes(a) !== dtypes(b))
+    notes.push(
+      `The runs used different weight dtypes (${dtypes(a)} and ${dtypes(b)}): part of any difference is quantization.`,
+    );
   const rows: [string, string, string][] = [];
   for (const span of new Set([...Object.keys(a.summary.piggybackShare), ...Object.keys(b.summary.piggybackShare)])) {
     const f = (s: Summary) => {

@@ -299,6 +299,10 @@ export function changedCheckpoints(old: LoadResult, now: LoadResult): string[] {
   for (const [role, was] of roles(old)) {
     const is = current.get(role);
     if (!is) out.push(`${role} (${was.folder}) is not loaded now`);
+    else if (is.hash === was.hash && dtypeOf(is) !== dtypeOf(was))
+      out.push(
+        `${role} ran with ${dtypeOf(was)} weights then and ${dtypeOf(is)} now (quantized numbers are not float32's; to continue, load it with --weights-dtype ${dtypeOf(was)})`,
+      );
     else if (is.hash !== was.hash) {
       if (path.resolve(is.folder) !== path.resolve(was.folder))
         out.push(`${role} is another checkpoint (${was.folder} then, ${is.folder} now)`);
@@ -317,7 +321,10 @@ export function changedCheckpoints(old: LoadResult, now: LoadResult): string[] {
   return out;
 }
 
-/** Writes the manifest of a new run, or checks that an existing folder holds the same run (then it resumes). */
+/** The dtype a checkpoint's matrices ran in: manifests from before quantized weights ran Hugging Face folders as
+ * float32 (ONNX exports run as exported). */
+const dtypeOf = (c: CheckpointInfo) => c.weightsDtype ?? (c.kind === 'onnx' ? 'as exported' : 'float32');
+
 /** The hash a manifest's runId must equal: of everything in it but the runId itself. */
 export function manifestRunId(m: Manifest): string {
   const { runId: _ignored, ...rest } = m;
