@@ -4,6 +4,7 @@
  * known layouts, or the graph file). Files only: nothing here loads a model.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 export type CheckpointKind = 'onnx' | 'hf' | 'adapter';
@@ -105,4 +106,61 @@ export function checkpointKind(p: string): { kind: CheckpointKind } | { error: s
   if (isHfFolder(p)) return { kind: 'hf' };
   if (onnxModelFile(p)) return { kind: 'onnx' };
   return { error: NO_CHECKPOINT };
+}
+
+/** The Hugging Face hub cache, where transformers and huggingface-cli keep downloaded models. */
+export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
+  if (env.HF_HOME) return path.join(env.HF_HOME, 'hub');
+  return path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'huggingface', 'hub');
+}
+
+/** A Hub id's snapshot in the hub cache: the revision refs/main names, else the only snapshot there. */
+function hubSnapshot(id: string, env: NodeJS.ProcessEnv): string | undefined {
+  if (!/^[\w.-]+\/[\w.-]+$/.test(id)) return undefined;
+  const repo = path.join(hubCacheDir(env), `models--${id.replace('/', '--')}`);
+  try {
+    const main = fs.readFileSync(path.join(repo, 'refs', 'main'), 'utf8').trim();
+    if (/^[0-9a-f]{40}$/.test(main)) return path.join(repo, 'snapshots', main);
+  } catch {
+    // no refs/main: a cache filled by revision
+  }
+  try {
+    const snaps = fs.readdirSync(path.join(repo, 'snapshots'));
+    return snaps.length === 1 ? path.join(repo, 'snapshots', snaps[0]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The base model folder a LoRA adapter was trained over, from its adapter_config.json's `base_model_name_or_path`:
+ * a folder (as given, from the working folder, or beside the adapter), else a Hub id's snapshot in the hub cache.
+ * Lets an adapter stand in the base role (plain LoRA vs TReFT LoRA, seed 1 vs seed 2) over one copy of the base.
+ */
+export function adapterBaseFolder(
+  adapter: string,
+  env: NodeJS.ProcessEnv = process.env,
+): { folder: string; named: string } | { error: string } {
+  let named: unknown;
+  try {
+    named = JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8')).base_model_name_or_path;
+  } catch (e) {
+    return { error: `adapter_config.json cannot be read (${(e as Error).message})` };
+  }
+  if (typeof named !== 'string' || !named)
+    return {
+      error:
+        'adapter_config.json names no base_model_name_or_path, so the base this adapter was trained over is unknown: give the base model folder as the base and this adapter as the finetuned checkpoint',
+    };
+  const candidates = path.isAbsolute(named)
+    ? [named]
+    : [path.resolve(named), path.resolve(adapter, named), path.resolve(path.dirname(adapter), named)];
+  const snapshot = hubSnapshot(named, env);
+  if (snapshot) candidates.push(snapshot);
+  const folder = candidates.find((c) => isHfFolder(c) && !isAdapterFolder(c));
+  if (folder) return { folder, named };
+  return {
+    error: `this adapter was trained over "${named}", which is neither a model folder here nor a download in the Hugging Face cache (${hubCacheDir(env)}): download it there (huggingface-cli download ${named}), or set base_model_name_or_path in adapter_config.json to the base model's folder`,
+  };
 }

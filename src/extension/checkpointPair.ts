@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { reportError } from './errors';
 import { HostClient } from '../app/hostClient';
-import { checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../domain/checkpoints';
+import { adapterBaseFolder, checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../domain/checkpoints';
 import type { LoadResult, WeightsDtypeSetting } from '../contracts/modelHost';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
@@ -48,10 +48,11 @@ export class CheckpointPair implements vscode.Disposable {
   async setCheckpoint(which: 'base' | 'finetuned', folder: string): Promise<void> {
     const k = checkpointKind(folder);
     if ('error' in k) throw new Error(`${folder}: ${k.error}`);
-    if (which === 'base' && k.kind === 'adapter')
-      throw new Error(
-        `${folder} is a LoRA adapter: choose it as the finetuned checkpoint, and its base model as the base`,
-      );
+    // an adapter can be the base (two adapters over one base model) when the model it was trained over is here
+    if (which === 'base' && k.kind === 'adapter') {
+      const under = adapterBaseFolder(folder);
+      if ('error' in under) throw new Error(`${folder} is a LoRA adapter, and ${under.error}`);
+    }
     await this.context.workspaceState.update(which === 'base' ? BASE_KEY : FINETUNED_KEY, folder);
     this.changed.fire();
   }
@@ -65,7 +66,8 @@ export class CheckpointPair implements vscode.Disposable {
         // the folder a marker names: onnx/model.onnx belongs to the folder above onnx/
         const folder = f.includes('/') ? path.dirname(path.dirname(uri.fsPath)) : path.dirname(uri.fsPath);
         const k = checkpointKind(folder);
-        if ('kind' in k && !(which === 'base' && k.kind === 'adapter')) found.set(folder, k.kind);
+        if ('kind' in k && !(which === 'base' && k.kind === 'adapter' && 'error' in adapterBaseFolder(folder)))
+          found.set(folder, k.kind);
       }
     }
     // one entry per checkpoint: an onnx/ folder whose parent is listed is the same checkpoint (model.onnx inside)

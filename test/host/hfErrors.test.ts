@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { CheckpointError } from '../../src/modelHost/checkpointError';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { resolveSettings } from '../../src/modelHost/session';
 import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 
@@ -154,10 +155,12 @@ describe('bad Hugging Face checkpoints', () => {
   it('adapters: given as the base, over a base they do not fit, with unsupported PEFT features', async () => {
     const adapter = path.join(HF, 'llama-lora');
     let e = await loadError(adapter, adapter);
+    // an adapter can be the base only over the model it was trained on: "tiny/base" is no folder and not in the cache
     assert.match(
       e.message,
-      /this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base \(adapter_config.json names "tiny\/base"\)/,
+      /this adapter was trained over "tiny\/base", which is neither a model folder here nor a download in the Hugging Face cache .*: download it there \(huggingface-cli download tiny\/base\), or set base_model_name_or_path/,
     );
+    assert.equal(e.file, path.join(adapter, 'adapter_config.json'));
     // target modules the base does not have
     const foreign = copy('llama-lora');
     const cfgFile = path.join(foreign, 'adapter_config.json');
@@ -234,7 +237,19 @@ describe('bad Hugging Face checkpoints', () => {
       loadCheckpoints(base, [['finetuned', adapter]], opts),
       (e: unknown) =>
         e instanceof CheckpointError &&
-        /^.*: loading needs about \d+\.\d MB \(base \d+\.\d MB \+ finetuned \d+\.\d MB: weights as float32, K\/V for 4096 tokens, logits, activations\), but only 5\.0 MB of memory is available; .*--no-memory-check/.test(
+        /^.*: no weights dtype fits in memory: float32 would need \d+\.\d MB, int8 would need \d+\.\d MB, int4 would need \d+\.\d MB, and only 5\.0 MB is available\. Run on a GPU .*--no-memory-check/.test(
+          e.message,
+        ),
+    );
+    // an explicit dtype: the estimate's parts are named
+    await assert.rejects(
+      loadCheckpoints(base, [['finetuned', adapter]], {
+        ...opts,
+        settings: resolveSettings({ weightsDtype: 'float32', executionProvider: 'cpu' }),
+      }),
+      (e: unknown) =>
+        e instanceof CheckpointError &&
+        /^.*: loading needs about \d+\.\d MB as float32 \(base \d+\.\d MB \+ finetuned \d+\.\d MB: weights, K\/V for 4096 tokens, logits, activations\), but only 5\.0 MB of memory is available; no smaller dtype fits either/.test(
           e.message,
         ),
     );

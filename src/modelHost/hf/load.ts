@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { checkpointKind, type CheckpointKind } from '../../domain/checkpoints';
+import { adapterBaseFolder, checkpointKind, type CheckpointKind } from '../../domain/checkpoints';
 import { Checkpoint, checkCompatible, createSession, findModelFile } from '../checkpoint';
 import { type ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
@@ -256,17 +256,20 @@ export async function loadCheckpoints(
   const opts = { ...options, settings: options.settings ?? resolveSettings() };
   if (opts.settings.note) opts.log(opts.settings.note, 'info');
   const baseKind = kindOf(base);
+  // an adapter as the base (plain LoRA vs TReFT LoRA, seed 1 vs seed 2): every adapter over the folder it was
+  // trained on, in one session with one copy of that base's weights
+  let under: string | undefined;
   if (baseKind === 'adapter') {
-    const named = readBaseName(base);
-    throw new CheckpointError(
-      `this is a LoRA adapter, not a base model: pass it as the finetuned checkpoint and its base model folder as the base${named ? ` (adapter_config.json names "${named}")` : ''}`,
-      base,
-    );
+    const found = adapterBaseFolder(base);
+    if ('error' in found) throw new CheckpointError(found.error, path.join(base, 'adapter_config.json'));
+    under = found.folder;
+    opts.log(`${base} is a LoRA adapter: it and the other adapters run over ${under} ("${found.named}")`);
   }
   const kinds = others.map(([name, p]) => [name, p, kindOf(p)] as const);
   const adapterEntries = kinds.filter(([, , k]) => k === 'adapter');
   if (opts.settings.device === 'cpu') {
     const paths: [string, CheckpointKind][] = [
+      ...(under ? [[under, 'hf'] as [string, CheckpointKind]] : []),
       [base, baseKind],
       ...kinds.map(([, p, k]) => [p, k] as [string, CheckpointKind]),
     ];
@@ -274,7 +277,13 @@ export async function loadCheckpoints(
   }
   const out = new Map<string, Checkpoint>();
   let baseCheckpoint: Checkpoint;
-  if (baseKind === 'hf') {
+  let underCheckpoint: Checkpoint | undefined;
+  if (under) {
+    const loaded = await loadHf(under, [base, ...adapterEntries.map(([, p]) => p)], opts);
+    baseCheckpoint = loaded.adapters[0];
+    underCheckpoint = loaded.base;
+    for (const [j, [name]] of adapterEntries.entries()) out.set(name, loaded.adapters[j + 1]);
+  } else if (baseKind === 'hf') {
     const loaded = await loadHf(
       base,
       adapterEntries.map(([, p]) => p),
@@ -301,6 +310,11 @@ export async function loadCheckpoints(
       // the base named again (a TReFT export runs the base alone): one session, not two copies of the weights
       if (sameAsBase(p)) {
         out.set(name, baseCheckpoint);
+        continue;
+      }
+      // the folder under an adapter base, named as a checkpoint of its own: the session already holds it
+      if (under && underCheckpoint && fs.realpathSync(p) === fs.realpathSync(under)) {
+        out.set(name, underCheckpoint);
         continue;
       }
       const c = kind === 'hf' ? (await loadHf(p, [], opts)).base : await Checkpoint.load(p, opts.settings, opts);
@@ -348,8 +362,10 @@ function chooseWeightsDtype(
     for (const d of AUTO_ORDER) {
       const e = need(d);
       if (e.total <= AUTO_MARGIN * available || opts.memoryCheck === false) {
+        // a quantized choice changes the numbers, so the CLI prints it; float32 is said in the editor's log
         opts.log(
           `weights: ${dtypeWord(d)}${tried.length ? ` (${tried.join('; ')}; ${gb(available)} available)` : ` (needs about ${gb(e.total)}; ${gb(available)} available)`}`,
+          d === 'F32' ? 'info' : 'load',
         );
         return { ...settings, weightDtype: d, chooseDtype: false };
       }
@@ -372,12 +388,3 @@ function chooseWeightsDtype(
 }
 
 const bytesRank = (d: WeightDtype) => ({ F32: 4, F16: 2, Q8: 1, Q4: 0.5 })[d];
-
-function readBaseName(adapter: string): string | undefined {
-  try {
-    const v = JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8')).base_model_name_or_path;
-    return typeof v === 'string' ? v : undefined;
-  } catch {
-    return undefined;
-  }
-}
