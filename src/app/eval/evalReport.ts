@@ -94,7 +94,11 @@ export function quantizedNote(c: LoadResult): string | undefined {
   const q = all.filter(([, i]) => i.weightsDtype === 'int8' || i.weightsDtype === 'int4');
   if (!q.length) return undefined;
   const dtypes = [...new Set(q.map(([, i]) => i.weightsDtype))].join(' and ');
-  return `**Quantized weights**: ${q.map(([r]) => r).join(', ')} ran with ${dtypes} matrices, block-quantized by Piggyback Lens on the CPU (LoRA branches float32), so these numbers are not the float32 ones; the README's "Large models" section gives the error measured at each dtype.`;
+  const exported = all.filter(([, i]) => i.kind === 'onnx').map(([r]) => r);
+  const mixed = exported.length
+    ? ` ${exported.join(', ')} ran as exported (ONNX, not quantized here), so part of ${exported.length > 1 ? 'their' : 'its'} difference from the quantized ${q.length > 1 ? 'ones' : 'one'} is quantization error.`
+    : '';
+  return `**Quantized weights**: ${q.map(([r]) => r).join(', ')} ran with ${dtypes} matrices, block-quantized by Piggyback Lens on the CPU (LoRA branches float32), so these numbers are not the float32 ones; the README's "Large models" section gives the error measured at each dtype.${mixed}`;
 }
 
 export function judgeText(m: Manifest): string {

@@ -351,13 +351,13 @@ function chooseWeightsDtype(
   base: string,
 ): ResolvedSettings {
   const settings = opts.settings;
+  // the dtype applies to graphs built from Hugging Face folders; ONNX exports run as exported (still estimated)
   const hasHf = paths.some(([, k]) => k !== 'onnx');
-  if (!hasHf) return settings;
   const available = opts.availableMemory ?? os.freemem();
   const need = (d: WeightDtype) => estimateMemory(paths, opts.modelFile, { weightDtype: d });
   const words = (d: WeightDtype, e: { total: number; parts: string[] }) =>
     `${gb(e.total)} as ${dtypeWord(d)} (${e.parts.join(' + ')}: weights, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations)`;
-  if (settings.chooseDtype) {
+  if (settings.chooseDtype && hasHf) {
     const tried: string[] = [];
     for (const d of AUTO_ORDER) {
       const e = need(d);
@@ -380,7 +380,12 @@ function chooseWeightsDtype(
   if (opts.memoryCheck === false) return settings;
   const e = need(d);
   if (e.total <= available) return settings;
-  const fits = AUTO_ORDER.filter((x) => x !== d && bytesRank(x) < bytesRank(d)).find((x) => need(x).total <= available);
+  if (!hasHf)
+    throw new CheckpointError(
+      `loading needs about ${gb(e.total)} (${e.parts.join(' + ')}: the exports' files, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations), but only ${gb(available)} of memory is available: choose a smaller variant (--model-file q4), run on a GPU (--execution-provider cuda), or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`,
+      base,
+    );
+  const fits = AUTO_ORDER.filter((x) => bytesRank(x) < bytesRank(d)).find((x) => need(x).total <= available);
   throw new CheckpointError(
     `loading needs about ${words(d, e)}, but only ${gb(available)} of memory is available; ${fits ? `${dtypeWord(fits)} would fit (about ${gb(need(fits).total)}): ${DTYPE_FLAG(fits)}` : 'no smaller dtype fits either: run on a GPU (--execution-provider cuda)'}, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`,
     base,

@@ -259,7 +259,7 @@ export function castWeights(
   const dataStart = 8 + json.length;
   const total = dataStart + offset;
   let convertedBytes = 0;
-  if (!isComplete(file, total)) {
+  if (!isComplete(file, total) || !verified(file, cacheDir, log)) {
     fs.mkdirSync(dir, { recursive: true });
     const from = [...new Set(sorted.map((r) => r.dtype))].join('/');
     const to = [...new Set(sorted.map(target))].map(dtypeWord).join(' and ');
@@ -271,6 +271,7 @@ export function castWeights(
       );
     log(`converting ${sorted.length} ${from} tensors to ${to} once: writing ${gb(total)} to ${file}`);
     writeConverted(file, json, sorted, target, (name) => dataStart + layout.get(name)!.begin);
+    fs.writeFileSync(`${file}.sha256`, `${fileHash(file, cacheDir)}\n`);
     convertedBytes = total;
   }
   return {
@@ -287,6 +288,24 @@ export function castWeights(
 /** Every tensor as float32 (the CPU graph). */
 export function float32Weights(refs: WeightRef[], cacheDir: string, log: (message: string) => void): CastWeights {
   return castWeights(refs, () => 'F32', cacheDir, log);
+}
+
+/**
+ * Whether a cache file still holds what was written: its SHA-256 against the one recorded beside it when it was
+ * written (the hash memo makes this free while size and mtime are unchanged; a file overwritten in place is
+ * hashed again and fails). A file without a record is not trusted.
+ */
+function verified(file: string, cacheDir: string, log: (message: string) => void): boolean {
+  let recorded: string;
+  try {
+    recorded = fs.readFileSync(`${file}.sha256`, 'utf8').trim();
+  } catch {
+    log(`${file} has no record of its content hash: converting again`);
+    return false;
+  }
+  if (fileHash(file, cacheDir) === recorded) return true;
+  log(`${file} no longer holds what was written (its SHA-256 differs from the one recorded then): converting again`);
+  return false;
 }
 
 function isComplete(file: string, size: number): boolean {
