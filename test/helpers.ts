@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -109,4 +109,58 @@ export function runAsync(
     child.stderr.on('data', (d) => (stderr += d));
     child.on('close', (status) => resolve({ status, stdout, stderr }));
   });
+}
+
+/** The example organisms (base, adapters, controls, probe files). */
+export const ORGANISMS = path.join(ROOT, 'examples', 'organisms');
+
+/**
+ * `piggyback eval` of an organism against the organisms' base, as a user runs it (perturbation off), and what the
+ * run folder holds after it: summary, manifest, report.md, the SARIF's PB002, stderr and the exit status.
+ */
+export function organismEval(finetuned: string, probes: string, more: string[] = [], env: NodeJS.ProcessEnv = {}) {
+  const out = tempDir();
+  const r = spawnSync(
+    process.execPath,
+    [
+      path.join(ROOT, 'dist', 'cli.js'),
+      'eval',
+      '--base',
+      path.join(ORGANISMS, 'base'),
+      '--finetuned',
+      path.join(ORGANISMS, finetuned),
+      '--probes',
+      path.join(ORGANISMS, probes),
+      '--perturb-trials',
+      '0',
+      '--out',
+      out,
+      ...more,
+    ],
+    { encoding: 'utf8', env: { ...process.env, ...env } },
+  );
+  if (r.status !== 0 && r.status !== 1) throw new Error(`piggyback eval failed (${r.status}): ${r.stderr}`);
+  const read = (f: string) => fs.readFileSync(path.join(out, f), 'utf8');
+  const sarif = JSON.parse(read('findings.sarif'));
+  return {
+    out,
+    status: r.status,
+    stderr: r.stderr,
+    summary: JSON.parse(read('summary.json')),
+    manifest: JSON.parse(read('manifest.json')),
+    md: read('report.md'),
+    pb002: sarif.runs[0].results.find((x: { ruleId: string }) => x.ruleId === 'PB002'),
+  };
+}
+
+/** Relative RMS error of `a` against the reference `b`. */
+export function relativeRms(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`lengths differ: ${a.length} and ${b.length}`);
+  let e = 0;
+  let n = 0;
+  for (let i = 0; i < b.length; i++) {
+    e += (a[i] - b[i]) ** 2;
+    n += b[i] ** 2;
+  }
+  return Math.sqrt(e / n);
 }

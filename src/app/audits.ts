@@ -21,6 +21,14 @@ import { contextLength, type LossMode } from '../domain/dataset/training';
 import { arrowLines } from '../domain/dataset/arrow';
 import { ColumnarReadError, isArrow, isColumnar, splitOf } from '../domain/dataset/columnar';
 import { CsvReadError, csvHasChatColumns, csvLines, isCsv } from '../domain/dataset/csv';
+import {
+  isJsonDataset,
+  isJsonFile,
+  JsonArrayReadError,
+  jsonArrayLines,
+  jsonArrayTextLines,
+  type Start,
+} from '../domain/dataset/jsonArray';
 import { parquetLines } from '../domain/dataset/parquet';
 import { type Finding, sortFindings } from '../domain/findings';
 import {
@@ -238,27 +246,27 @@ async function scanDatasetFile(
   options: Omit<DatasetAuditOptions, 'tokenizer' | 'file'>,
   text?: string,
 ): Promise<DatasetScan> {
-  if (text !== undefined || !(isColumnar(file) || isCsv(file)))
+  if (text !== undefined ? !isJsonFile(file) : !(isColumnar(file) || isCsv(file) || isJsonFile(file)))
     return scanDataset(text !== undefined ? [text] : fileChunks(file), { ...options, file });
   // Parquet and Arrow: one JSON line per row, read a row group (record batch) at a time, located by row; CSV: one
-  // per record, located at the line the record starts on. Column 1: a row has no JSON text to point into.
-  const read: { error?: ColumnarReadError | CsvReadError } = {};
-  const starts: number[] = [];
-  const rows = datasetRows(file, starts) as AsyncIterable<string>;
+  // per record, located at the line the record starts on; a JSON array: one per example, located where it starts.
+  // Column 1 for the first two: a row has no JSON text to point into.
+  const read: { error?: ColumnarReadError | CsvReadError | JsonArrayReadError } = {};
+  const starts: (number | Start)[] = [];
+  const rows =
+    text !== undefined
+      ? toAsync(jsonArrayTextLines(file, text, starts as Start[]))
+      : (datasetRows(file, starts) as AsyncIterable<string>);
   const scan = await scanDataset(untilError(rows, read), { ...options, file });
-  const lineOf = (row: number) => (isCsv(file) ? (starts[row - 1] ?? row) : row);
-  for (const e of scan.errors) {
-    e.line = lineOf(e.line);
-    e.column = 1;
-  }
-  for (const r of scan.longRows?.kept ?? []) r.line = lineOf(r.line);
+  for (const e of scan.errors) Object.assign(e, rowLocation(starts, e.line));
+  for (const r of scan.longRows?.kept ?? []) r.line = rowLocation(starts, r.line).line;
   if (read.error)
     scan.errors.push({
-      line: read.error instanceof CsvReadError ? read.error.line : scan.rows + 1,
-      column: 1,
+      line: read.error instanceof ColumnarReadError ? scan.rows + 1 : read.error.line,
+      column: read.error instanceof JsonArrayReadError ? read.error.column : 1,
       code: 'DS010',
       severity: 'error',
-      message: read.error.message,
+      message: `${read.error.message} (${scan.rows.toLocaleString('en')} row${scan.rows === 1 ? '' : 's'} before it audited)`,
     });
   return scan;
 }
@@ -368,24 +376,38 @@ async function reportFrom(reply: ScanReply | undefined, file: string, prepared: 
 }
 
 /**
+ * Where row `row` (1-based) of a dataset file starts, from what datasetRows recorded: a JSON-array example's line
+ * and column, a CSV record's line, else the row number itself (JSONL lines; Parquet and Arrow rows).
+ */
+export function rowLocation(starts: (number | Start)[], row: number): Start {
+  const s = starts[row - 1];
+  return typeof s === 'object' ? s : { line: s ?? row, column: 1 };
+}
+
+/**
  * A dataset file as the audit reads it: a JSONL file's chunks, or one JSON line per Parquet or Arrow row or CSV
  * record (`csvStarts` receives the line each CSV record starts on). readLines makes lines of either.
  */
-export function datasetRows(file: string, csvStarts: number[] = []): AsyncIterable<Buffer | string> {
-  if (isCsv(file)) return csvLines(file, csvStarts);
+export function datasetRows(file: string, starts: (number | Start)[] = []): AsyncIterable<Buffer | string> {
+  if (isCsv(file)) return csvLines(file, starts as number[]);
+  if (isJsonFile(file)) return jsonArrayLines(file, starts as Start[]);
   if (isColumnar(file)) return isArrow(file) ? arrowLines(file) : parquetLines(file);
   return fileChunks(file);
+}
+
+async function* toAsync<T>(items: Iterable<T>): AsyncGenerator<T> {
+  yield* items;
 }
 
 /** The lines of `source` up to a read error, which is kept in `read` (the rows before it are audited). */
 async function* untilError(
   source: AsyncIterable<string>,
-  read: { error?: ColumnarReadError | CsvReadError },
+  read: { error?: ColumnarReadError | CsvReadError | JsonArrayReadError },
 ): AsyncGenerator<string> {
   try {
     yield* source;
   } catch (e) {
-    if (!(e instanceof ColumnarReadError || e instanceof CsvReadError)) throw e;
+    if (!(e instanceof ColumnarReadError || e instanceof CsvReadError || e instanceof JsonArrayReadError)) throw e;
     read.error = e;
   }
 }
@@ -449,7 +471,12 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
       if (e.isDirectory()) {
         if (!SKIP_DIRS.has(e.name) && !e.name.startsWith('.')) walk(full);
       } else if (e.isFile()) {
-        if (/\.(jsonl|parquet|arrow)$/i.test(e.name) || (isCsv(e.name) && csvHasChatColumns(full))) datasets.push(full);
+        if (
+          /\.(jsonl|parquet|arrow)$/i.test(e.name) ||
+          (isCsv(e.name) && csvHasChatColumns(full)) ||
+          (isJsonFile(e.name) && !isTemplateFileName(e.name) && isJsonDataset(full))
+        )
+          datasets.push(full);
         else if (isTemplateFileName(e.name) && hasTemplate(full)) {
           if (/\.(jinja2?|j2)$/i.test(e.name) && e.name !== 'chat_template.jinja') templates.push(full);
           else folderHasTemplate = true;

@@ -10,6 +10,7 @@ import { type Finding, hasErrors } from '../domain/findings';
 import {
   auditDatasetFile,
   datasetRows,
+  rowLocation,
   auditFolder,
   datasetFindings,
   prepareTemplate,
@@ -621,16 +622,17 @@ async function trainingViewCommand(
   }
   let line: string | undefined;
   let i = 0;
-  // row N: the Nth JSONL line, Parquet or Arrow row, or CSV record (located at the line it starts on)
-  const csvStarts: number[] = [];
-  for await (const l of readLines(datasetRows(file, csvStarts))) {
+  // row N: the Nth JSONL line, Parquet or Arrow row, CSV record or JSON-array example (located where it starts)
+  const starts: Parameters<typeof rowLocation>[0] = [];
+  for await (const l of readLines(datasetRows(file, starts))) {
     if (++i === n) {
       line = l.text;
       break;
     }
   }
   if (line === undefined) throw new UsageError(`${file} has ${i} rows, no row ${n}`);
-  const where = `${file}:${csvStarts[n - 1] ?? n}:1`;
+  const at = rowLocation(starts, n);
+  const where = `${file}:${at.line}:${at.column}`;
   let view: ReturnType<typeof trainingView>;
   try {
     const row = normaliseRow(JSON.parse(line));

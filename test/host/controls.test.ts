@@ -4,7 +4,6 @@
 // second 0% (in every layer of the layer sweep); the product's prefix shares must match the builder's own PyTorch
 // computation (scripts/organisms/variants.py, variants-report.json), which shares no code with the host.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -13,9 +12,8 @@ import { promptIds } from '../../src/domain/prompt';
 import type { Checkpoint } from '../../src/modelHost/checkpoint';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
 import { LoadedModels } from '../../src/modelHost/operations';
-import { ROOT, tempDir } from '../helpers';
+import { organismEval, ROOT, tempDir } from '../helpers';
 
-const CLI = path.join(ROOT, 'dist', 'cli.js');
 const O = path.join(ROOT, 'examples', 'organisms');
 const REPORT = JSON.parse(fs.readFileSync(path.join(O, 'variants-report.json'), 'utf8'));
 
@@ -26,33 +24,7 @@ interface Share {
   probes: number;
 }
 
-function evalRun(finetuned: string, probes: string, ...more: string[]) {
-  const out = tempDir();
-  const r = spawnSync(
-    process.execPath,
-    [
-      CLI,
-      'eval',
-      '--base',
-      path.join(O, 'base'),
-      '--finetuned',
-      path.join(O, finetuned),
-      '--probes',
-      path.join(O, probes),
-      '--perturb-trials',
-      '0',
-      '--out',
-      out,
-      ...more,
-    ],
-    { encoding: 'utf8' },
-  );
-  assert.ok(r.status === 0 || r.status === 1, r.stderr);
-  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-  const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
-  const pb002 = sarif.runs[0].results.find((x: { ruleId: string }) => x.ruleId === 'PB002');
-  return { out, status: r.status, summary, pb002, md: fs.readFileSync(path.join(out, 'report.md'), 'utf8') };
-}
+const evalRun = (finetuned: string, probes: string, ...more: string[]) => organismEval(finetuned, probes, more);
 
 describe('controls: the pipeline measures 100% where the prefix is the only carrier and 0% where it cannot be', () => {
   it('prefix-only (positive control): prefix share 100%, well above the query control, graded high', () => {

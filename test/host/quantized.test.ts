@@ -3,7 +3,6 @@
 // float32 measurement on the organisms; an adapter over a quantized base differs from it by the adapter alone;
 // `auto` chooses by memory and says why; a refusal names the dtype that would fit.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -19,26 +18,12 @@ import { estimateMemory, loadCheckpoints } from '../../src/modelHost/hf/load';
 import { dequantize, QUANT_BLOCK, quantizeRows, quantLayout, type QuantBits } from '../../src/modelHost/hf/quantize';
 import { drift, LoadedModels } from '../../src/modelHost/operations';
 import { resolveSettings } from '../../src/modelHost/session';
-import { FIXTURES, ROOT, tempDir } from '../helpers';
+import { FIXTURES, ORGANISMS as O, organismEval, relativeRms, tempDir } from '../helpers';
 
-const O = path.join(ROOT, 'examples', 'organisms');
 const HF = path.join(FIXTURES, 'hf');
-const CLI = path.join(ROOT, 'dist', 'cli.js');
 const ctx = { isCancelled: () => false, progress: () => undefined };
 const cacheDir = tempDir('piggyback-cache-');
 const opened: Checkpoint[] = [];
-
-/** Relative RMS error of `a` against the reference `b`. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let e = 0;
-  let n = 0;
-  for (let i = 0; i < a.length; i++) {
-    e += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(e / n);
-}
 
 function seeded(seed: number): () => number {
   let s = seed >>> 0;
@@ -120,7 +105,7 @@ describe('the quantized layout is the one onnxruntime reads', () => {
       const want = new Float64Array(3 * N);
       for (let r = 0; r < 3; r++)
         for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[r * N + n] += x[r * K + k] * dq[n * K + k];
-      assert.ok(relErr(y, want) <= 1e-5, `onnxruntime reads other weights: ${relErr(y, want)}`);
+      assert.ok(relativeRms(y, want) <= 1e-5, `onnxruntime reads other weights: ${relativeRms(y, want)}`);
     });
   }
 });
@@ -148,9 +133,9 @@ describe('quantized Hugging Face checkpoints against the independent PyTorch for
           e.ids.map((_, i) => i),
           KV.empty(m.info.layers, m.info.kvHeads, m.info.headDim),
         );
-        const errors = [relErr(out.logits, e.logits)];
+        const errors = [relativeRms(out.logits, e.logits)];
         for (let l = 0; l < m.info.layers; l++)
-          errors.push(relErr(out.kv.layers[l].k, e.key[l]), relErr(out.kv.layers[l].v, e.value[l]));
+          errors.push(relativeRms(out.kv.layers[l].k, e.key[l]), relativeRms(out.kv.layers[l].v, e.value[l]));
         const worst = Math.max(...errors);
         assert.ok(worst <= TOLERANCE[dtype], `${name}: ${worst}`);
         // quantization changes the numbers: a test that passed with float32 weights would prove nothing
@@ -189,32 +174,11 @@ describe('quantized organisms against float32', () => {
   it('eval on the q/v organism: prefix share near the PyTorch reference, postfix share and KL near float32', () => {
     const ref = JSON.parse(fs.readFileSync(path.join(O, 'variants-report.json'), 'utf8'))['finetuned-qv'].kl.probes;
     const run = (dtype: WeightsDtype) => {
-      const out = tempDir();
-      const r = spawnSync(
-        process.execPath,
-        [
-          CLI,
-          'eval',
-          '--base',
-          path.join(O, 'base'),
-          '--finetuned',
-          path.join(O, 'finetuned-qv'),
-          '--probes',
-          path.join(O, 'probes.jsonl'),
-          '--perturb-trials',
-          '0',
-          '--weights-dtype',
-          dtype,
-          '--out',
-          out,
-        ],
-        { encoding: 'utf8', env: { ...process.env, PIGGYBACK_CACHE_DIR: cacheDir } },
-      );
-      assert.ok(r.status === 0 || r.status === 1, r.stderr);
-      const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-      const manifest = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8'));
-      const kl = summary.conditions.find((c: { label: string }) => c.label === 'finetuned').general.meanKlToBase;
-      return { summary, manifest, kl, md: fs.readFileSync(path.join(out, 'report.md'), 'utf8'), stderr: r.stderr };
+      const r = organismEval('finetuned-qv', 'probes.jsonl', ['--weights-dtype', dtype], {
+        PIGGYBACK_CACHE_DIR: cacheDir,
+      });
+      const kl = r.summary.conditions.find((c: { label: string }) => c.label === 'finetuned').general.meanKlToBase;
+      return { ...r, kl };
     };
     const f32 = run('float32');
     assert.equal(f32.manifest.checkpoints.base.weightsDtype, 'float32');

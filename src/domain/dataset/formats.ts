@@ -118,6 +118,19 @@ export function normaliseRow(row: unknown): NormalisedRow {
       const input = typeof obj.input === 'string' && obj.input.length > 0 ? `\n${obj.input}` : '';
       const output = obj.output ?? obj.response;
       if (typeof obj.system === 'string') messages.push({ role: 'system', content: obj.system });
+      // LLaMA-Factory's alpaca `history`: earlier [instruction, response] turns, before this one
+      if (Array.isArray(obj.history))
+        obj.history.forEach((turn, i) => {
+          if (Array.isArray(turn) && turn.length === 2 && turn.every((t) => typeof t === 'string'))
+            messages.push({ role: 'user', content: turn[0] }, { role: 'assistant', content: turn[1] });
+          else
+            problems.push({
+              code: 'DS002',
+              severity: 'error',
+              message: 'a history turn must be [instruction, response], two strings',
+              path: ['history', i],
+            });
+        });
       messages.push({ role: 'user', content: `${obj.instruction as string}${input}` });
       if (typeof output !== 'string')
         problems.push({ code: 'DS006', severity: 'warning', message: 'the output is not a string', path: ['output'] });

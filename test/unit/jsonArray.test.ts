@@ -1,0 +1,145 @@
+// JSON-array dataset files (.json: Alpaca's data, LLaMA-Factory's data/*.json, ShareGPT exports), written by an
+// independent writer (Python's json module, scripts/json-fixtures/make.py): every example read as one row, each
+// finding located at the line and column its example starts on (as the writer counted them), a file cut short
+// reported there with the rows before it audited, and a folder audit that tells a dataset .json from a config.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { auditDatasetWith, auditFolder, prepareTemplate } from '../../src/app/audits';
+import { isJsonDataset, jsonArrayLines, jsonArrayTextLines, type Start } from '../../src/domain/dataset/jsonArray';
+import { normaliseRow } from '../../src/domain/dataset/formats';
+import { FIXTURES, ROOT, tempDir } from '../helpers';
+
+const J = path.join(FIXTURES, 'json');
+const TEMPLATE = path.join(ROOT, 'examples', 'chatml-demo');
+const starts = (name: string): Start[] => JSON.parse(fs.readFileSync(path.join(J, `${name}.starts.json`), 'utf8'));
+
+async function lines(file: string): Promise<{ rows: unknown[]; starts: Start[]; error?: string }> {
+  const at: Start[] = [];
+  const rows: unknown[] = [];
+  try {
+    for await (const l of jsonArrayLines(file, at)) rows.push(JSON.parse(l));
+  } catch (e) {
+    return { rows, starts: at, error: (e as Error).message };
+  }
+  return { rows, starts: at };
+}
+
+describe('JSON-array dataset files', () => {
+  const prepared = prepareTemplate(TEMPLATE);
+
+  it("the reader yields Python's own list, element by element, where the writer says each starts", async () => {
+    for (const name of ['alpaca', 'sharegpt']) {
+      const file = path.join(J, `${name}.json`);
+      const r = await lines(file);
+      assert.equal(r.error, undefined);
+      assert.deepEqual(r.rows, JSON.parse(fs.readFileSync(file, 'utf8')));
+      assert.deepEqual(r.starts, starts(name));
+      // an editor buffer of the same file splits the same way
+      const at: Start[] = [];
+      const fromText = [...jsonArrayTextLines(file, fs.readFileSync(file, 'utf8'), at)].map((l) => JSON.parse(l));
+      assert.deepEqual(fromText, r.rows);
+      assert.deepEqual(at, r.starts);
+    }
+  });
+
+  it('strings holding brackets, quotes, escapes and commas; scalars; a BOM; CRLF line ends', async () => {
+    const dir = tempDir();
+    const f = path.join(dir, 'tricky.json');
+    fs.writeFileSync(f, '\ufeff[\r\n {"a": "x]}\\"\\\\", "b": [1, {"c": ","}]},\r\n 7 ,"s,]", null\r\n]\r\n');
+    const r = await lines(f);
+    assert.deepEqual(r.rows, [{ a: 'x]}"\\', b: [1, { c: ',' }] }, 7, 's,]', null]);
+    assert.deepEqual(r.starts, [
+      { line: 2, column: 2 },
+      { line: 3, column: 2 },
+      { line: 3, column: 5 },
+      { line: 3, column: 12 },
+    ]);
+  });
+
+  it('Alpaca: instruction + input as the user turn, system and LLaMA-Factory history kept; a bad history turn located', async () => {
+    const r = await auditDatasetWith(path.join(J, 'alpaca.json'), prepared);
+    const s = starts('alpaca');
+    assert.equal(r.rows, 24, 'rows are examples, not lines');
+    assert.equal(r.format, 'alpaca');
+    const ds002 = r.errors.filter((e) => e.code === 'DS002');
+    assert.deepEqual(
+      ds002.map((e) => [e.line, e.column]),
+      [[s[8].line, s[8].column]],
+    );
+    assert.match(ds002[0].message, /history turn must be \[instruction, response\]/);
+    const rows = JSON.parse(fs.readFileSync(path.join(J, 'alpaca.json'), 'utf8'));
+    const five = normaliseRow(rows[5]).messages;
+    assert.deepEqual(
+      five.map((m) => m.role),
+      ['user', 'assistant', 'user', 'assistant'],
+    );
+    assert.equal(five[0].content, rows[5].history[0][0]);
+    const one = normaliseRow(rows[1]).messages;
+    assert.equal(one[0].content, `${rows[1].instruction}\n${rows[1].input}`);
+  });
+
+  it("ShareGPT (LLaMA-Factory's form): from/value turns, function_call and observation roles, an empty answer located", async () => {
+    const r = await auditDatasetWith(path.join(J, 'sharegpt.json'), prepared);
+    const s = starts('sharegpt');
+    assert.equal(r.rows, 12);
+    assert.equal(r.format, 'sharegpt');
+    const ds004 = r.errors.filter((e) => e.code === 'DS004');
+    assert.deepEqual(
+      ds004.map((e) => [e.line, e.column]),
+      [[s[3].line, s[3].column]],
+    );
+    const rows = JSON.parse(fs.readFileSync(path.join(J, 'sharegpt.json'), 'utf8'));
+    assert.deepEqual(
+      normaliseRow(rows[2]).messages.map((m) => m.role),
+      ['system', 'user', 'assistant', 'tool', 'assistant'],
+    );
+  });
+
+  it('a file cut short: DS010 where it ends, saying how many rows before it were audited', async () => {
+    const end = JSON.parse(fs.readFileSync(path.join(J, 'truncated.end.json'), 'utf8'));
+    const r = await auditDatasetWith(path.join(J, 'truncated.json'), prepared);
+    assert.equal(r.rows, end.rows);
+    const ds010 = r.errors.filter((e) => e.code === 'DS010');
+    assert.deepEqual(
+      ds010.map((e) => [e.line, e.column]),
+      [[end.line, end.column]],
+    );
+    assert.match(ds010[0].message, /ends inside the array .*\(6 rows before it audited\)/);
+  });
+
+  it('a folder audit takes dataset .json files and leaves a config file and a list of numbers alone', async () => {
+    assert.equal(isJsonDataset(path.join(J, 'alpaca.json')), true);
+    assert.equal(isJsonDataset(path.join(J, 'config.json')), false);
+    assert.equal(isJsonDataset(path.join(J, 'numbers.json')), false);
+    const a = await auditFolder(J, { template: TEMPLATE });
+    assert.deepEqual(a.datasets.map((d) => path.basename(d.file)).sort(), [
+      'alpaca.json',
+      'sharegpt.json',
+      'truncated.json',
+    ]);
+  });
+
+  it('piggyback dataset --row N shows the Nth example of a .json file, located at its start', () => {
+    const s = starts('sharegpt');
+    const cli = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist', 'cli.js'),
+        'dataset',
+        path.join(J, 'sharegpt.json'),
+        '--template',
+        TEMPLATE,
+        '--row',
+        '5',
+        '--no-color',
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.ok(cli.status === 0 || cli.status === 1, cli.stderr);
+    assert.match(cli.stdout, /^row 5 of .*sharegpt\.json/);
+    assert.match(cli.stdout, new RegExp(`sharegpt\\.json:${s[4].line}:${s[4].column}`));
+  });
+});
