@@ -39,7 +39,16 @@ import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
 import { normaliseRow } from '../domain/dataset/formats';
 import { readLines } from '../domain/dataset/lines';
-import { contextLength, LOSS_MODES, type LossMode, trainingView } from '../domain/dataset/training';
+import {
+  auditLoss,
+  contextLength,
+  LOSS_MODES,
+  LOSS_SETTINGS,
+  type LossMode,
+  type LossSetting,
+  resolveLoss,
+  trainingView,
+} from '../domain/dataset/training';
 import {
   type HostSettings,
   type LoadParams,
@@ -126,9 +135,9 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
   },
   dataset: {
     usage:
-      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv|folder> --template <source> [--tokenizer ...] [--kwargs <json>] [--loss assistant-only|completion-only|all] [--row N] [--json]',
+      'piggyback dataset <file.jsonl|.parquet|.arrow|.csv|folder> --template <source> [--tokenizer ...] [--kwargs <json>] [--loss auto|assistant-only|completion-only|completion|all] [--row N] [--json]',
     about:
-      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. A folder (datasets.save_to_disk, a Hub download) is audited file by file, each with its split. --loss says how you train (DS012 is a warning under completion-only). With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default assistant-only), and the length check against the model's context.",
+      "Audits a finetuning set against a template: the piggyback surface and the DS findings, located by row. A folder (datasets.save_to_disk, a Hub download) is audited file by file, each with its split. --loss says how you train (DS012 is a warning under completion-only). With --row N, the training view of row N: every token with its segment and whether it carries loss under the trainer's masking (default auto: TRL SFTTrainer's, the completion for prompt/completion rows and every token otherwise), and the length check against the model's context.",
     options: ['template', ...TEMPLATE_OPTIONS, 'json', 'row', 'loss'],
   },
   audit: {
@@ -359,9 +368,10 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         if (!target) throw new UsageError('dataset needs a <file.jsonl>');
         if (!values.template) throw new UsageError('dataset needs --template <source>');
         if (!fs.existsSync(target)) throw new UsageError(`no such file: ${target}`);
-        const lossMode = values.loss as LossMode | undefined;
-        if (lossMode !== undefined && !LOSS_MODES.includes(lossMode))
-          throw new UsageError(`--loss must be ${LOSS_MODES.join(', ')}, got "${lossMode}"`);
+        const loss = values.loss as LossSetting | undefined;
+        if (loss !== undefined && !LOSS_SETTINGS.includes(loss))
+          throw new UsageError(`--loss must be ${LOSS_SETTINGS.join(', ')}, got "${loss}"`);
+        const lossMode = auditLoss(loss);
         // a dataset folder (datasets.save_to_disk, a Hub download): every dataset file in it, each with its split
         if (fs.statSync(target).isDirectory() && values.row === undefined)
           return await datasetFolderCommand(
@@ -614,8 +624,9 @@ async function trainingViewCommand(
 ): Promise<number> {
   const n = Number(values.row);
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`--row wants a row number from 1, got "${values.row}"`);
-  const mode = ((values.loss as string | undefined) ?? 'assistant-only') as LossMode;
-  if (!LOSS_MODES.includes(mode)) throw new UsageError(`--loss must be ${LOSS_MODES.join(', ')}, got "${mode}"`);
+  const setting = ((values.loss as string | undefined) ?? 'auto') as LossSetting;
+  if (!LOSS_SETTINGS.includes(setting))
+    throw new UsageError(`--loss must be ${LOSS_SETTINGS.join(', ')}, got "${setting}"`);
   if (!p.template || !p.tokenizer || !p.source) {
     process.stderr.write(describeFindings(p.findings));
     throw new UsageError('the training view needs a template that renders and its tokenizer.json (see above)');
@@ -634,8 +645,11 @@ async function trainingViewCommand(
   const at = rowLocation(starts, n);
   const where = `${file}:${at.line}:${at.column}`;
   let view: ReturnType<typeof trainingView>;
+  let loss: ReturnType<typeof resolveLoss>;
   try {
     const row = normaliseRow(JSON.parse(line));
+    loss = resolveLoss(setting, row.format);
+    const mode = loss.mode;
     view = trainingView(
       p.template,
       p.tokenizer,
@@ -653,7 +667,7 @@ async function trainingViewCommand(
     return view.problems.length ? 1 : 0;
   }
   const lines = [
-    `row ${n} of ${file}, rendered with ${p.source.file}; loss: ${mode}, ${view.lossTokens} of ${view.tokens.length} tokens${view.maxLength ? ` (context ${view.maxLength})` : ''}`,
+    `row ${n} of ${file}, rendered with ${p.source.file}; loss: ${view.mode} (${loss.why}; --loss ${LOSS_MODES.join('|')} to change), ${view.lossTokens} of ${view.tokens.length} tokens${view.maxLength ? ` (context ${view.maxLength})` : ''}`,
     `${'#'.padStart(5)}  ${'id'.padEnd(8)}${'segment'.padEnd(10)}loss  token`,
     ...view.tokens.map(
       (t, k) =>

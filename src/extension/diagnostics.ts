@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { auditDataset } from '../domain/dataset/audit';
 import type { Finding } from '../domain/findings';
-import type { LossMode } from '../domain/dataset/training';
+import { auditLoss, type LossSetting } from '../domain/dataset/training';
 import { diagnosticDocsUri } from './diagnosticDocs';
 import { datasetAuditOptions, datasetFindings, prepareTemplate, type PreparedTemplate } from '../app/audits';
 import { isTemplateFileName } from '../domain/template/source';
@@ -106,7 +106,7 @@ export class DiagnosticsManager implements vscode.Disposable {
         ...(p
           ? datasetAuditOptions(
               p,
-              vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossMode>('training.lossMode'),
+              auditLoss(vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossSetting>('training.lossMode')),
             )
           : {}),
         file: doc.fileName,

@@ -6,7 +6,13 @@ import * as vscode from 'vscode';
 import { normaliseRow } from '../domain/dataset/formats';
 import { AUDIT_CLOCK } from '../domain/template/audit';
 import { rowRequest, segmentPrompt, type Segmentation } from '../domain/template/segments';
-import { contextLength, type LossMode, type TrainingView, trainingView } from '../domain/dataset/training';
+import {
+  contextLength,
+  type LossSetting,
+  resolveLoss,
+  type TrainingView,
+  trainingView,
+} from '../domain/dataset/training';
 import type { Token } from '../domain/tokenizer';
 import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 
@@ -38,7 +44,10 @@ export class SegmentHover implements vscode.HoverProvider {
   rowSegments(
     doc: vscode.TextDocument,
     line: number,
-  ): { seg: Segmentation; template: string; training?: TrainingView } | { error: string } | undefined {
+  ):
+    | { seg: Segmentation; template: string; training?: TrainingView; lossWhy?: string }
+    | { error: string }
+    | undefined {
     const text = doc.lineAt(line).text;
     if (!text.trim()) return undefined;
     let value: unknown;
@@ -56,9 +65,11 @@ export class SegmentHover implements vscode.HoverProvider {
       const render = { specialTokens: p.source.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
       const seg = segmentPrompt(p.template, { ...render, ...turns }, p.tokenizer);
       // the training view: which tokens carry loss under the trainer's masking, and the length check
-      const mode = vscode.workspace
-        .getConfiguration('piggyback', doc.uri)
-        .get<LossMode>('training.lossMode', 'assistant-only');
+      const loss = resolveLoss(
+        vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossSetting>('training.lossMode', 'auto'),
+        row.format,
+      );
+      const mode = loss.mode;
       let training: TrainingView | undefined;
       if (p.tokenizer && turns.response !== undefined) {
         try {
@@ -75,7 +86,12 @@ export class SegmentHover implements vscode.HoverProvider {
           training = undefined;
         }
       }
-      return { seg, template: vscode.workspace.asRelativePath(p.source.file ?? 'the template'), training };
+      return {
+        seg,
+        template: vscode.workspace.asRelativePath(p.source.file ?? 'the template'),
+        training,
+        lossWhy: loss.why,
+      };
     } catch (e) {
       return { error: (e as Error).message };
     }
@@ -89,7 +105,7 @@ export class SegmentHover implements vscode.HoverProvider {
     const expand = `command:${SHOW_ROW_COMMAND}?${encodeURIComponent(JSON.stringify([doc.uri.toString(), pos.line]))}`;
     const md = describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, {
       collapsePrefix: expand,
-      beforePrefix: r.training ? trainingLine(r.training) : undefined,
+      beforePrefix: r.training ? trainingLine(r.training, r.lossWhy) : undefined,
     });
     return new vscode.Hover(md, doc.lineAt(pos.line).range);
   }
@@ -98,9 +114,9 @@ export class SegmentHover implements vscode.HoverProvider {
 export const SHOW_ROW_COMMAND = 'piggyback.showRowTokens';
 
 /** One line: how many tokens carry loss under the trainer's masking, and what is wrong with that. */
-function trainingLine(v: TrainingView): string {
+function trainingLine(v: TrainingView, why?: string): string {
   const context = v.maxLength ? `, ${v.tokens.length} of the model's ${v.maxLength}-token context` : '';
-  return `**training view** (${v.mode} loss): ${v.lossTokens} of ${v.tokens.length} tokens carry loss${context}${v.problems.length ? `. ${v.problems.join('. ')}` : ''}\n\n`;
+  return `**training view** (${v.mode} loss${why ? `, ${why}; setting \`piggyback.training.lossMode\`` : ''}): ${v.lossTokens} of ${v.tokens.length} tokens carry loss${context}${v.problems.length ? `. ${v.problems.join('. ')}` : ''}\n\n`;
 }
 
 /**

@@ -298,7 +298,7 @@ describe('piggyback arguments', () => {
       assert.match(
         r.stderr,
         new RegExp(
-          `^piggyback drift: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32 or float16)`,
+          `^piggyback drift: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32, float16, int8, int4, got)`,
         ),
       );
     }
@@ -411,12 +411,36 @@ describe('CLI manners', () => {
     ];
     const text = run(...args, '--loss', 'completion-only');
     assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /loss: completion-only, \d+ of \d+ tokens \(context 2048\)/);
+    assert.match(
+      text.stdout,
+      /loss: completion-only \(as set; --loss [a-z|-]+ to change\), \d+ of \d+ tokens \(context 2048\)/,
+    );
     assert.match(text.stdout, /response +yes +"Borrow"/);
+    // by default the trainer's own default for the row's format: TRL's SFTTrainer trains messages rows on every token
+    const plain = run(...args);
+    assert.equal(plain.code, 0, 'a normal row is no failure');
+    assert.match(plain.stdout, /loss: all \(TRL SFTTrainer's default for openai rows; --loss /);
     const j = JSON.parse(run(...args, '--json').stdout);
-    assert.equal(j.mode, 'assistant-only');
-    assert.equal(j.lossTokens, 0, 'no generation blocks: an all-zero mask');
-    assert.match(j.problems[0], /all-zero mask/);
+    assert.equal(j.mode, 'all');
+    assert.equal(j.lossTokens, j.tokens.length);
+    assert.deepEqual(j.problems, []);
+    // asked for assistant-only on a template without generation blocks: the all-zero mask, said plainly
+    const masked = run(...args, '--loss', 'assistant-only', '--json');
+    assert.equal(masked.code, 1);
+    assert.equal(JSON.parse(masked.stdout).lossTokens, 0);
+    assert.match(JSON.parse(masked.stdout).problems[0], /all-zero mask/);
+    // prompt/completion rows: TRL masks the prompt, so the completion (and its end of turn) carries the loss
+    const pc = JSON.parse(
+      run('dataset', path.join(FIXTURES, 'csv', 'prompt-completion.csv'), ...args.slice(2), '--json').stdout,
+    );
+    assert.equal(pc.mode, 'completion');
+    assert.deepEqual(
+      pc.tokens.filter((t: { loss: boolean }) => t.loss).map((t: { segment: string }) => t.segment),
+      pc.tokens
+        .filter((t: { segment: string }) => t.segment === 'response' || t.segment === 'tail')
+        .map((t: { segment: string }) => t.segment),
+    );
+    assert.ok(pc.lossTokens > 0 && pc.lossTokens < pc.tokens.length);
     assert.deepEqual(
       [...new Set(j.tokens.map((t: { segment: string }) => t.segment))],
       ['prefix', 'query', 'postfix', 'response', 'tail'],

@@ -165,10 +165,11 @@ describe('Piggyback Lens in VS Code', () => {
     assert.match(text, /\[show every token\]\(command:piggyback\.showRowTokens\?/);
     assert.match(text, /row 1 rendered with chatml-demo\/tokenizer_config\.json/, 'a workspace-relative path');
     assert.match(text, /`<\|im_end\|>`\u2009#\d+/, 'token text as code, its id apart as #id');
-    // the training view: what carries loss under the trainer's masking (this template has no generation blocks)
+    // the training view: what carries loss under the trainer's masking, by default TRL's for a messages row (every
+    // token), with the mode named and the setting that changes it
     assert.match(
       text,
-      /\*\*training view\*\* \(assistant-only loss\): 0 of \d+ tokens carry loss, \d+ of the model's 2048-token context\. the template has no \{% generation %\} blocks/,
+      /\*\*training view\*\* \(all loss, TRL SFTTrainer's default for openai rows; setting `piggyback\.training\.lossMode`\): (\d+) of \1 tokens carry loss, \1 of the model's 2048-token context/,
     );
     // the link's command shows the whole row, every token
     const full = await vscode.commands.executeCommand<string>('piggyback.showRowTokens', doc.uri.toString(), 0);

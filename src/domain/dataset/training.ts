@@ -19,9 +19,38 @@ import * as path from 'node:path';
 import { type ChatMessage, ChatTemplate, type RenderOptions } from '../template/render';
 import { frameOf, rowRequest, type SegmentName, type Segmentation, segmentPrompt } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
+import type { RowFormat } from './formats';
 
-export type LossMode = 'assistant-only' | 'completion-only' | 'all';
-export const LOSS_MODES: readonly LossMode[] = ['assistant-only', 'completion-only', 'all'];
+export type LossMode = 'assistant-only' | 'completion-only' | 'completion' | 'all';
+export const LOSS_MODES: readonly LossMode[] = ['assistant-only', 'completion-only', 'completion', 'all'];
+/** What the user sets: a mode, or `auto`, the trainer's default for the row's format. */
+export type LossSetting = LossMode | 'auto';
+export const LOSS_SETTINGS: readonly LossSetting[] = ['auto', ...LOSS_MODES];
+
+/**
+ * TRL SFTTrainer's defaults (SFTConfig: assistant_only_loss=False, completion_only_loss=None): prompt/completion
+ * data trains on the completion's tokens, every other format (messages, ShareGPT, Alpaca as LLaMA-Factory maps
+ * it, text) on every token.
+ */
+export function trainerDefaultLoss(format: RowFormat | undefined): LossMode {
+  return format === 'prompt-completion' || format === 'prompt-completion-messages' ? 'completion' : 'all';
+}
+
+/** The loss a whole-file audit is told (DS012 is a warning only under completion-only): `auto` is none in
+ * particular, since the trainer's defaults never search for a response template. */
+export function auditLoss(setting: LossSetting | undefined): LossMode | undefined {
+  return setting === 'auto' ? undefined : setting;
+}
+
+/** The mode a row is viewed with, and in words why (the user's choice, or the trainer's default for its format). */
+export function resolveLoss(
+  setting: LossSetting | undefined,
+  format: RowFormat | undefined,
+): { mode: LossMode; why: string } {
+  if (setting && setting !== 'auto') return { mode: setting, why: 'as set' };
+  const mode = trainerDefaultLoss(format);
+  return { mode, why: `TRL SFTTrainer's default for ${format ?? 'these'} rows` };
+}
 
 export interface TrainingToken {
   id: number;
@@ -95,6 +124,8 @@ export function trainingView(
   const tokens = frame.tokens.map((t, i) => ({ ...t, segment: segmentAt(i), loss: false }));
   const problems: string[] = [];
   if (mode === 'all') for (const t of tokens) t.loss = true;
+  // the completion of a prompt/completion row: TRL masks the prompt by construction (no search), end of turn included
+  else if (mode === 'completion') for (const t of tokens) t.loss = t.segment === 'response' || t.segment === 'tail';
   else if (mode === 'assistant-only') {
     const inside = generationRanges(template, messages, render, seg.rendered);
     if (inside === undefined)
