@@ -177,6 +177,17 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
         );
       tensors.set(name, { dtype: e.dtype, shape: e.shape as number[], begin: dataStart + b, end: dataStart + end });
     }
+    // the format's readers refuse tensors that share bytes: two names over one range would measure another model
+    const byStart = [...tensors.entries()].filter(([, t]) => t.end > t.begin).sort((x, y) => x[1].begin - y[1].begin);
+    for (let i = 1; i < byStart.length; i++) {
+      const [prevName, prev] = byStart[i - 1];
+      const [name, t] = byStart[i];
+      if (t.begin < prev.end)
+        throw new SafetensorsError(
+          file,
+          `tensors "${prevName}" and "${name}" overlap (bytes ${prev.begin - dataStart}-${prev.end - dataStart} and ${t.begin - dataStart}-${t.end - dataStart}): the format forbids it`,
+        );
+    }
     return { file, size: st.size, tensors, metadata };
   } finally {
     fs.closeSync(fd);

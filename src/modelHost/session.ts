@@ -83,9 +83,11 @@ export function resolveSettings(s: HostSettings = {}): ResolvedSettings {
 const GRAPH_DTYPE = { float32: 'F32', float16: 'F16', int8: 'Q8', int4: 'Q4' } as const;
 
 function resolveDevice(s: HostSettings): ResolvedSettings {
-  const threads = s.threads ?? defaultThreads();
-  if (!Number.isInteger(threads) || threads < 1)
-    throw new SettingsError(`threads must be a whole number of at least 1, got ${threads}`);
+  const asked = s.threads ?? defaultThreads();
+  if (!Number.isInteger(asked) || asked < 1)
+    throw new SettingsError(`threads must be a whole number of at least 1, got ${asked}`);
+  // more threads than cores only contend for them (and 100000 would exhaust the process limit)
+  const threads = Math.min(asked, defaultThreads());
   const ep = s.executionProvider ?? 'auto';
   if (ep === 'cpu') return { threads, device: 'cpu' };
   const why = cudaUnavailable();

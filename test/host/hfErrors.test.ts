@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { CheckpointError } from '../../src/modelHost/checkpointError';
+import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
 import { resolveSettings } from '../../src/modelHost/session';
 import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';
@@ -92,6 +93,43 @@ describe('bad Hugging Face checkpoints', () => {
     assert.match(e.message, /lie outside the \d+-byte data section \(truncated file\?\)/);
     fs.writeFileSync(file, full.subarray(0, 5));
     assert.match((await loadError(dir)).message, /truncated: 5 bytes, shorter than the 8-byte header length/);
+  });
+
+  it('tensors that share bytes are refused, as the format forbids', async () => {
+    const dir = copy('llama');
+    const file = path.join(dir, 'model.safetensors');
+    const buf = fs.readFileSync(file);
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    // the output head pointed at the embedding's bytes (same size): it would load and measure another model
+    header['lm_head.weight'].data_offsets = header['model.embed_tokens.weight'].data_offsets;
+    let json = Buffer.from(JSON.stringify(header));
+    json = Buffer.concat([json, Buffer.alloc((8 - (json.length % 8)) % 8, 0x20)]);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    fs.writeFileSync(file, Buffer.concat([len, json, buf.subarray(8 + n)]));
+    const e = await loadError(dir);
+    assert.equal(e.file, file);
+    assert.match(
+      e.message,
+      /tensors "(lm_head|model\.embed_tokens)\.weight" and "(lm_head|model\.embed_tokens)\.weight" overlap .*the format forbids it/,
+    );
+  });
+
+  it('an adapter of rank 0 is refused before it can make the shared session NaN', async () => {
+    const dir = copy('llama-lora');
+    const cfgFile = path.join(dir, 'adapter_config.json');
+    const { tensors } = readSafetensors(path.join(dir, 'adapter_model.safetensors'));
+    const empty: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const [name, t] of Object.entries(tensors))
+      empty[name] = name.includes('lora_A')
+        ? { shape: [0, t.shape[1]], data: new Float32Array(0) }
+        : { shape: [t.shape[0], 0], data: new Float32Array(0) };
+    writeSafetensors(path.join(dir, 'adapter_model.safetensors'), empty);
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), r: 0 }));
+    const e = await loadError(path.join(HF, 'llama'), dir);
+    assert.equal(e.file, cfgFile);
+    assert.match(e.message, /rank 0 and lora_alpha \d+ give no finite scale/);
   });
 
   it('a header that is not JSON', async () => {

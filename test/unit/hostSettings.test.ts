@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { cudaUnavailable, resolveSettings, SettingsError } from '../../src/modelHost/session';
+import { cudaUnavailable, defaultThreads, resolveSettings, SettingsError } from '../../src/modelHost/session';
 import { ROOT } from '../helpers';
 
 describe('the execution provider on a machine without the CUDA provider (as in CI)', () => {
@@ -21,6 +21,26 @@ describe('the execution provider on a machine without the CUDA provider (as in C
     assert.throws(
       () => resolveSettings({ executionProvider: 'cuda' }),
       (e: Error) => e instanceof SettingsError && e.message.includes(hint),
+    );
+  });
+});
+
+describe('threads and weights dtype', () => {
+  it('more threads than cores are capped at the core count (100000 would exhaust the process limit)', () => {
+    const cores = defaultThreads();
+    assert.equal(resolveSettings({ executionProvider: 'cpu', threads: 100000 }).threads, cores);
+    assert.equal(resolveSettings({ executionProvider: 'cpu', threads: 1 }).threads, 1);
+    assert.throws(() => resolveSettings({ threads: 0 }), SettingsError);
+  });
+
+  it('auto on the CPU leaves the dtype to the load (chosen by memory); an explicit one is taken as it is', () => {
+    const auto = resolveSettings({ executionProvider: 'cpu' });
+    assert.equal(auto.chooseDtype, true);
+    assert.equal(resolveSettings({ executionProvider: 'cpu', weightsDtype: 'int4' }).weightDtype, 'Q4');
+    assert.equal(resolveSettings({ executionProvider: 'cpu', weightsDtype: 'int8' }).chooseDtype, undefined);
+    assert.throws(
+      () => resolveSettings({ weightsDtype: 'int3' as 'int4' }),
+      (e: Error) => e instanceof SettingsError && /auto, float32, float16, int8, int4/.test(e.message),
     );
   });
 });

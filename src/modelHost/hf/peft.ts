@@ -154,6 +154,12 @@ export function readAdapter(
         weightsFile,
       );
     const alpha = patternValue(config.alpha_pattern, module) ?? alphaDefault;
+    // r 0 divides by zero (a NaN scale poisons the shared session, the base included); a non-finite alpha likewise
+    if (!(rank > 0) || !Number.isFinite(alpha))
+      throw new CheckpointError(
+        `module "${module}": rank ${rank} and lora_alpha ${alpha} give no finite scale (r must be at least 1, lora_alpha a number)`,
+        configFile,
+      );
     for (const ref of [A, B]) {
       if (!['F32', 'F16', 'BF16'].includes(ref.dtype))
         throw new CheckpointError(
