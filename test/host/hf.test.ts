@@ -119,6 +119,7 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     // the converted cache holds the matrices as F16 (2 bytes each)
     const f16 = fs
       .readdirSync(path.join(cacheDir, 'weights'))
+      .filter((f) => f.endsWith('.safetensors'))
       .map((f) => readSafetensorsHeader(path.join(cacheDir, 'weights', f)));
     const withHalf = f16.find((h) => h.tensors.get('model.layers.0.self_attn.q_proj.weight')?.dtype === 'F16');
     assert.ok(withHalf, 'a cache file with float16 matrices');

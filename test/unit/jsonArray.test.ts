@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { auditDatasetWith, auditFolder, prepareTemplate } from '../../src/app/audits';
 import { isJsonDataset, jsonArrayLines, jsonArrayTextLines, type Start } from '../../src/domain/dataset/jsonArray';
-import { normaliseRow } from '../../src/domain/dataset/formats';
+import { contentText, normaliseRow } from '../../src/domain/dataset/formats';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 
 const J = path.join(FIXTURES, 'json');
@@ -98,6 +98,42 @@ describe('JSON-array dataset files', () => {
     );
   });
 
+  it("content parts in both forms read as their text: OpenAI/TRL's `text` and LLaMA-Factory's `value`", () => {
+    const openai = normaliseRow({
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'How do I ' },
+            { type: 'text', text: 'save?' },
+          ],
+        },
+        { role: 'assistant', content: [{ type: 'text', text: 'Slowly.' }] },
+      ],
+    });
+    // the parts stay a list (the template gets the structure transformers passes); their text is read for checks
+    assert.ok(Array.isArray(openai.messages[0].content));
+    assert.deepEqual(
+      openai.messages.map((m) => contentText(m.content)),
+      ['How do I save?', 'Slowly.'],
+    );
+    const factory = normaliseRow({
+      conversations: [
+        { from: 'human', value: [{ type: 'text', value: 'Describe the chart.' }] },
+        { from: 'gpt', value: [{ type: 'text', value: 'It rises.' }] },
+      ],
+    });
+    assert.deepEqual(
+      factory.messages.map((m) => contentText(m.content)),
+      ['Describe the chart.', 'It rises.'],
+    );
+    assert.deepEqual(
+      factory.problems.filter((p) => p.code === 'DS004'),
+      [],
+      'not read as empty content',
+    );
+  });
+
   it('a file cut short: DS010 where it ends, saying how many rows before it were audited', async () => {
     const end = JSON.parse(fs.readFileSync(path.join(J, 'truncated.end.json'), 'utf8'));
     const r = await auditDatasetWith(path.join(J, 'truncated.json'), prepared);
@@ -134,11 +170,14 @@ describe('JSON-array dataset files', () => {
         TEMPLATE,
         '--row',
         '5',
+        // assistant-only on a template without generation blocks: the training view's warning, at the example
+        '--loss',
+        'assistant-only',
         '--no-color',
       ],
       { encoding: 'utf8' },
     );
-    assert.ok(cli.status === 0 || cli.status === 1, cli.stderr);
+    assert.equal(cli.status, 1, cli.stderr);
     assert.match(cli.stdout, /^row 5 of .*sharegpt\.json/);
     assert.match(cli.stdout, new RegExp(`sharegpt\\.json:${s[4].line}:${s[4].column}`));
   });

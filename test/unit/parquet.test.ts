@@ -272,6 +272,8 @@ describe('CSV datasets', () => {
         TEMPLATE,
         '--row',
         '8',
+        '--loss',
+        'assistant-only',
       ],
       { encoding: 'utf8' },
     );

@@ -58,17 +58,20 @@ export function detectFormat(row: Record<string, unknown>): RowFormat | undefine
   return undefined;
 }
 
-/** Plain text of a message's content (a string, or a list of parts with text). */
+/**
+ * Plain text of a message's content: a string, or a list of parts with text, in the OpenAI/TRL form
+ * (`{"type": "text", "text": ...}`) or LLaMA-Factory's (`{"type": "text", "value": ...}`).
+ */
 export function contentText(content: unknown): string | undefined {
   if (typeof content === 'string') return content;
   if (Array.isArray(content)) {
-    const parts = content.map((p) =>
-      typeof p === 'string'
-        ? p
-        : p && typeof p === 'object' && typeof (p as { text?: unknown }).text === 'string'
-          ? (p as { text: string }).text
-          : '',
-    );
+    const parts = content.map((p) => {
+      if (typeof p === 'string') return p;
+      if (!p || typeof p !== 'object') return '';
+      const part = p as { type?: unknown; text?: unknown; value?: unknown };
+      if (typeof part.text === 'string') return part.text;
+      return part.type === 'text' && typeof part.value === 'string' ? part.value : '';
+    });
     return parts.join('');
   }
   return undefined;
