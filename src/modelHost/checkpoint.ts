@@ -12,6 +12,7 @@ import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
 import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../domain/checkpoints';
 import { CheckpointError, IncompatibleCheckpointError } from './checkpointError';
+import { BadRequestError } from './errors';
 import { tokenizerDifference } from '../domain/tokenizerCompat';
 import { ropeInvFreqOf } from './hf/config';
 import { onnxIdentity } from './identity';
@@ -314,9 +315,15 @@ export class Checkpoint {
    * default; a graph without logits_to_keep returns all anyway, see `rows`) and the fed tokens' K/V.
    */
   async forward(ids: number[], positions: number[], past: KV, keep = ids.length): Promise<Forward> {
-    const { layers, kvHeads, headDim } = this.info;
+    const { layers, kvHeads, headDim, maxPositions } = this.info;
     const t = ids.length;
     const total = past.length + t;
+    // positions the model never saw in training, and K/V that grow without bound (a 21,000-token prompt on a
+    // 512-position model took the host past 8 GB): refused before the graph runs
+    if (maxPositions !== undefined && total > maxPositions)
+      throw new BadRequestError(
+        `${total} tokens is longer than the model's context of ${maxPositions} positions (max_position_embeddings): shorten the prompt`,
+      );
     const out = await this.session.run(this.feeds(ids, positions, past, keep));
     const logitsT = out.logits;
     const vocab = logitsT.dims[logitsT.dims.length - 1];

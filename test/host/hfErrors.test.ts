@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { CheckpointError } from '../../src/modelHost/checkpointError';
 import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
+import { KV } from '../../src/modelHost/checkpoint';
+import { BadRequestError } from '../../src/modelHost/errors';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
 import { resolveSettings } from '../../src/modelHost/session';
 import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';
@@ -130,6 +132,43 @@ describe('bad Hugging Face checkpoints', () => {
     const e = await loadError(path.join(HF, 'llama'), dir);
     assert.equal(e.file, cfgFile);
     assert.match(e.message, /rank 0 and lora_alpha \d+ give no finite scale/);
+  });
+
+  it('sizes beyond any real model are refused from config.json alone, before a RoPE table or graph is built', async () => {
+    for (const [key, value] of [
+      ['num_hidden_layers', 100000],
+      ['head_dim', 1e9],
+      ['vocab_size', 2.5],
+    ] as const) {
+      const dir = copy('llama');
+      const cfgFile = path.join(dir, 'config.json');
+      fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), [key]: value }));
+      const t0 = Date.now();
+      const e = await loadError(dir);
+      assert.equal(e.file, cfgFile);
+      assert.match(e.message, new RegExp(`"${key}" is ${value}: (beyond any real model|not a whole number)`));
+      assert.ok(Date.now() - t0 < 5000, 'refused at once, not after building what it describes');
+    }
+  });
+
+  it('a prompt longer than the context is refused before the graph runs, naming both lengths', async () => {
+    const r = await loadCheckpoints(path.join(HF, 'llama'), [], { cacheDir: tempDir(), log: () => {} });
+    try {
+      const c = r.base;
+      assert.equal(c.info.maxPositions, 128);
+      const ids = Array.from({ length: 200 }, (_, i) => i % 60);
+      await assert.rejects(
+        c.forward(
+          ids,
+          ids.map((_, i) => i),
+          KV.empty(c.info.layers, c.info.kvHeads, c.info.headDim),
+        ),
+        (e: Error) =>
+          e instanceof BadRequestError && /200 tokens is longer than the model's context of 128/.test(e.message),
+      );
+    } finally {
+      await r.base.release();
+    }
   });
 
   it('a header that is not JSON', async () => {

@@ -44,6 +44,21 @@ export interface DecoderSpec {
 
 type Json = Record<string, unknown>;
 
+/**
+ * Sizes far beyond any released model (the largest have ~126 layers, hidden 16384-25600, head_dim <= 256, 262k
+ * tokens): a config.json past them is refused before anything is built from it, since a RoPE table or a graph of
+ * that size would take minutes and gigabytes before the memory estimate could say no.
+ */
+const PLAUSIBLE_MAX: Record<string, number> = {
+  hidden_size: 1 << 17,
+  intermediate_size: 1 << 20,
+  num_hidden_layers: 1000,
+  num_attention_heads: 1 << 12,
+  num_key_value_heads: 1 << 12,
+  head_dim: 1 << 13,
+  vocab_size: 1 << 24,
+};
+
 function num(config: Json, key: string, file: string, fallback?: number): number {
   const v = config[key];
   if (v === undefined || v === null) {
@@ -52,6 +67,12 @@ function num(config: Json, key: string, file: string, fallback?: number): number
   }
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
     throw new CheckpointError(`"${key}" must be a positive number, got ${JSON.stringify(v)}`, file);
+  const max = PLAUSIBLE_MAX[key];
+  if (max !== undefined && (!Number.isInteger(v) || v > max))
+    throw new CheckpointError(
+      `"${key}" is ${v}: ${Number.isInteger(v) ? `beyond any real model (at most ${max} here)` : 'not a whole number'}; is this config.json right?`,
+      file,
+    );
   return v;
 }
 
