@@ -300,7 +300,9 @@ function verified(file: string, cacheDir: string, log: (message: string) => void
   try {
     recorded = fs.readFileSync(`${file}.sha256`, 'utf8').trim();
   } catch {
-    log(`${file} has no record of its content hash: converting again`);
+    log(
+      `${file} has no record of its content hash (written by an older version, or the record is gone): converting again`,
+    );
     return false;
   }
   if (fileHash(file, cacheDir) === recorded) return true;
