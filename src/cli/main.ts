@@ -33,7 +33,7 @@ import {
 } from '../app/eval/probes';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, quantizedNote, writeRunReports } from '../app/eval/evalReport';
-import { defaultConditions, EvalSettingsError, layerSweepConditions } from '../app/eval/run';
+import { defaultConditions, EvalSettingsError, extraNameProblem, layerSweepConditions } from '../app/eval/run';
 import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
@@ -453,10 +453,19 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
   if (!base || !finetuned || !dir) throw new UsageError('eval needs --base <dir>, --finetuned <dir> and --out <dir>');
   const extra: Record<string, string> = {};
   for (const e of (values.extra as string[] | undefined) ?? []) {
-    const [name, folder] = e.split('=');
+    // the name ends at the first "=": a folder may hold one (ckpt/lr=1e-4)
+    const at = e.indexOf('=');
+    const [name, folder] = at > 0 ? [e.slice(0, at), e.slice(at + 1)] : ['', ''];
     if (!name || !folder) throw new UsageError(`--extra wants name=<dir>, got "${e}"`);
+    if (name in extra) throw new UsageError(`--extra "${name}" is given twice`);
     extra[name] = path.resolve(folder);
   }
+  const badName = extraNameProblem(Object.keys(extra));
+  if (badName) throw new UsageError(`--extra: ${badName}`);
+  const others = ((values['other-dataset'] as string[] | undefined) ?? []).map((f) => path.resolve(f));
+  const twice = others.find((f, i) => others.indexOf(f) !== i);
+  // the same file twice would count its probes twice in every other-domain figure
+  if (twice) throw new UsageError(`--other-dataset ${twice} is given twice`);
   const number = (key: keyof typeof NUMBER_OPTIONS) => numberOption(values, key);
   let judge: Judge | undefined;
   const endpoint = values['judge-endpoint'] as string | undefined;

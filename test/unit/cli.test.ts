@@ -258,6 +258,45 @@ describe('piggyback drift and patch', () => {
 });
 
 describe('piggyback arguments', () => {
+  it('eval inputs that would mix up results are refused before any model loads', () => {
+    const O = path.join(ROOT, 'examples', 'organisms');
+    const evalArgs = (...more: string[]) =>
+      run(
+        'eval',
+        '--base',
+        path.join(O, 'base'),
+        '--finetuned',
+        path.join(O, 'finetuned'),
+        '--out',
+        tempDir(),
+        ...more,
+      );
+    // an extra named like a condition would share its result rows' keys; a name twice would drop one checkpoint
+    for (const [extra, why] of [
+      [
+        ['finetuned+prefix=x'],
+        /--extra: extra checkpoint name "finetuned\+prefix" is a condition of every run already/,
+      ],
+      [['base=x'], /--extra: extra checkpoint name "base" is a condition/],
+      [['a+b=x'], /holds "\+", "@" or "\|"/],
+      [['t=x', 't=y'], /--extra "t" is given twice/],
+    ] as const) {
+      const r = evalArgs(...extra.flatMap((e) => ['--extra', e]));
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, why);
+    }
+    const other = path.join(O, 'probes.jsonl');
+    const twice = evalArgs('--other-dataset', other, '--other-dataset', other);
+    assert.equal(twice.code, 2);
+    assert.match(twice.stderr, /--other-dataset .*probes\.jsonl is given twice/);
+    // the name ends at the first "=": a folder whose name holds one is the folder given, not another
+    const odd = path.join(tempDir(), 'lr=1e-4');
+    fs.mkdirSync(odd);
+    const r = evalArgs('--extra', `treft=${odd}`);
+    assert.equal(r.code, 1);
+    assert.ok(r.stderr.includes(odd), r.stderr);
+  });
+
   const O = path.join(ROOT, 'examples', 'organisms');
   it('out-of-range numbers are usage errors (exit 2) naming the option and its range, before any model loads', () => {
     for (const [cmd, key, value] of [

@@ -63,7 +63,25 @@ export function layerSweepConditions(layers: number): EvalCondition[] {
   }));
 }
 
+/**
+ * Why extra checkpoint names cannot be used, or undefined: a name is a condition's label and a results key part, so
+ * it must not be a role or another condition's label, nor hold the characters those keys are built with.
+ */
+export function extraNameProblem(names: string[]): string | undefined {
+  const taken = new Set(['base', ...defaultConditions([], true).map((c) => c.label)]);
+  for (const name of names) {
+    if (!name.trim()) return 'an extra checkpoint needs a name';
+    if (taken.has(name))
+      return `extra checkpoint name "${name}" is a condition of every run already (${[...taken].join(', ')}): choose another`;
+    if (/[+@|]/.test(name))
+      return `extra checkpoint name "${name}" holds "+", "@" or "|", which condition labels and result keys are built with: choose another`;
+  }
+  return undefined;
+}
+
 export function defaultConditions(extra: string[] = [], perturb = true): EvalCondition[] {
+  const problem = extra.length ? extraNameProblem(extra) : undefined;
+  if (problem) throw new EvalSettingsError(problem);
   return [
     { label: 'base', condition: { model: 'base' } },
     { label: 'finetuned', condition: { model: 'finetuned' } },
