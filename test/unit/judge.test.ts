@@ -198,6 +198,44 @@ describe('LLM judge (fake OpenAI-compatible server on 127.0.0.1)', () => {
   });
 });
 
+describe('every form of the judge key is kept out', () => {
+  it('JSON-escaped and URL-encoded echoes are redacted, a key read with a trailing newline is trimmed', async () => {
+    // a key with characters JSON and URLs escape, read from a file with its newline
+    const key = 'sk-"quoted"/slash+plus\\back';
+    const echo = await startJudgeServer((r) =>
+      r.answer.startsWith('JSON')
+        ? { status: 400, body: JSON.stringify({ error: `bad header ${r.auth}` }) }
+        : r.answer.startsWith('URL')
+          ? { status: 400, body: `see https://x/?auth=${encodeURIComponent(r.auth ?? '')}` }
+          : { content: `ok ${r.auth} 42` },
+    );
+    try {
+      const j = new Judge({ endpoint: echo.endpoint, model: 'm', apiKey: `${key}\n`, timeoutMs: 2000, retries: 0 });
+      const scores = [await j.score('q', 'JSON a'), await j.score('q', 'URL a'), await j.score('q', 'fine')];
+      assert.equal(echo.seen[0].auth, `Bearer ${key}`, 'the key is sent without its newline');
+      for (const x of scores) {
+        const text = JSON.stringify(x);
+        for (const form of [key, JSON.stringify(key).slice(1, -1), encodeURIComponent(key)])
+          assert.ok(!text.includes(form), `${form} in ${text}`);
+      }
+      assert.match(scores[0].error ?? '', /\[redacted\]/);
+      assert.match(scores[1].error ?? '', /\[redacted\]/);
+    } finally {
+      await echo.close();
+    }
+  });
+
+  it('credentials in the judge URL are refused with a message, not sent with every request', () => {
+    assert.throws(
+      () => new Judge({ endpoint: 'https://user:pass@judge.example/v1', model: 'm' }),
+      (e: Error) =>
+        e instanceof JudgeConfigError &&
+        /has credentials in its URL.*PIGGYBACK_JUDGE_API_KEY/.test(e.message) &&
+        !e.message.includes('pass@'),
+    );
+  });
+});
+
 describe('the model host process', () => {
   it('does not inherit the judge API key', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-env-'));

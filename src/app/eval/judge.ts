@@ -118,6 +118,11 @@ export class Judge {
     }
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')
       throw new JudgeConfigError(`judge endpoint must be http(s), got ${parsed.protocol}`);
+    // credentials in the URL would be kept with every score (the endpoint is the judge's recorded identity)
+    if (parsed.username || parsed.password)
+      throw new JudgeConfigError(
+        `judge endpoint ${parsed.protocol}//${parsed.host}${parsed.pathname} has credentials in its URL: remove them and give the key in PIGGYBACK_JUDGE_API_KEY (sent as a bearer token, never recorded)`,
+      );
     if (!config.model) throw new JudgeConfigError('a judge needs a model id');
     const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(parsed.hostname);
     if (config.apiKey && parsed.protocol === 'http:' && !loopback) {
@@ -161,8 +166,23 @@ export class Judge {
    * an error body or a reply: every text from the server passes through here before it is kept.
    */
   private redact(text: string): string {
-    const key = this.config.apiKey;
-    return key ? text.split(key).join('[redacted]') : text;
+    for (const form of this.keyForms) text = text.split(form).join('[redacted]');
+    return text;
+  }
+
+  /** Every form the key can come back in: as read (a trailing newline trimmed), JSON-escaped, URL-encoded. */
+  private get keyForms(): string[] {
+    const raw = this.config.apiKey;
+    if (!raw) return [];
+    const forms = new Set<string>();
+    for (const key of [raw, raw.trim()]) {
+      if (!key) continue;
+      forms.add(key);
+      forms.add(JSON.stringify(key).slice(1, -1));
+      forms.add(encodeURIComponent(key));
+    }
+    // longest first, so that a form containing another is replaced whole
+    return [...forms].sort((a, b) => b.length - a.length);
   }
 
   private async ask(prompt: string, signal?: AbortSignal): Promise<{ reply: string } | { error: string }> {
@@ -182,7 +202,7 @@ export class Judge {
           method: 'POST',
           headers: {
             'content-type': 'application/json',
-            ...(this.config.apiKey ? { authorization: `Bearer ${this.config.apiKey}` } : {}),
+            ...(this.config.apiKey ? { authorization: `Bearer ${this.config.apiKey.trim()}` } : {}),
           },
           body: JSON.stringify({
             model: this.config.model,
