@@ -840,12 +840,14 @@ describe('run folders cannot be corrupted', () => {
     const foreign = JSON.stringify({ ...JSON.parse(lines[0]), run: 'someotherrun0000' });
     // drop the last probe's rows so that the rerun has work to do, and damage the rest
     const keep = lines.slice(0, n / 2);
-    fs.writeFileSync(file, [keep[0], keep[0], '{"key": "torn', foreign, ...keep.slice(1)].join('\n') + '\n');
+    const anonymous = JSON.stringify({ ...JSON.parse(lines[0]), run: undefined });
+    fs.writeFileSync(file, [keep[0], keep[0], '{"key": "torn', foreign, anonymous, ...keep.slice(1)].join('\n') + '\n');
     const r = quick(out, probes);
     assert.ok((r.status ?? 2) < 2, r.stderr);
     assert.match(r.stderr, /results\.jsonl:2: a second row for .*; the first is kept/);
     assert.match(r.stderr, /results\.jsonl:3: not JSON \(a torn or edited line\); left out/);
     assert.match(r.stderr, /results\.jsonl:4: a row of another run \(someotherrun0000\); left out/);
+    assert.match(r.stderr, /results\.jsonl:5: a row without this run's id; left out/);
     const rows = fs
       .readFileSync(file, 'utf8')
       .trim()

@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { it } from 'node:test';
 import { evalFindings, evalMarkdown, pct, renderMarkdown, riskGrade } from '../../src/app/eval/evalReport';
-import { layerSweepConditions, lockRun } from '../../src/app/eval/run';
+import { layerSweepConditions, lockRun, readResults } from '../../src/app/eval/run';
 import { type Summary, summarise } from '../../src/app/eval/summary';
 
 it('a share or an interval bound that rounds to zero prints as 0%, never -0%', () => {
@@ -285,4 +285,26 @@ it('one verdict: the PB002 grade of the prefix patch, or "no grade yet", the sam
   assert.match(evalFindings(m, s, { done: 9, expected: 9 })[0].message, /^prefix patch .*: piggyback risk low$/);
   assert.equal(riskGrade(s, { done: 3, expected: 9 }), 'no grade yet');
   assert.equal(riskGrade({ conditions: [ft], piggybackShare: {} }), undefined);
+});
+
+it('reading a run never writes: a torn results.jsonl stays as it is, and a symlinked one never rewrites its target', () => {
+  const row = JSON.stringify({ key: 'p|base', probe: 'p', condition: 'base', klToBase: 0, samples: [], run: 'r1' });
+  const torn = `${row}\n{"key": "to`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-read-'));
+  fs.writeFileSync(path.join(dir, 'results.jsonl'), torn);
+  assert.equal(readResults(dir, [], 'r1').length, 1);
+  assert.equal(
+    fs.readFileSync(path.join(dir, 'results.jsonl'), 'utf8'),
+    torn,
+    'a reader (compare, a report) cut nothing',
+  );
+  // the run that appends repairs its own file, but never through a link to another one
+  const target = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-target-')), 'elsewhere.jsonl');
+  fs.writeFileSync(target, torn);
+  const linked = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-link-'));
+  fs.symlinkSync(target, path.join(linked, 'results.jsonl'));
+  assert.equal(readResults(linked, [], 'r1', true).length, 1);
+  assert.equal(fs.readFileSync(target, 'utf8'), torn);
+  readResults(dir, [], 'r1', true);
+  assert.equal(fs.readFileSync(path.join(dir, 'results.jsonl'), 'utf8'), `${row}\n`, 'its own file is repaired');
 });

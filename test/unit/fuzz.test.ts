@@ -178,7 +178,10 @@ describe('fuzzing (fast-check)', () => {
         const problems: ResultProblem[] = [];
         const results = readResults(out, problems, 'r1');
         assert.equal(new Set(results.map((r) => r.key)).size, results.length, 'no key twice');
-        assert.ok(results.every((r) => r.run === undefined || r.run === 'r1'));
+        assert.ok(
+          results.every((r) => r.run === 'r1'),
+          "only rows carrying this run's id",
+        );
         for (const p of problems) assert.ok(p.line >= 1 && p.line <= lines.length && p.message.length > 0);
         fs.rmSync(out, { recursive: true, force: true });
       }),

@@ -195,12 +195,19 @@ export interface ResultProblem {
  * not a result of this run (not JSON, not a result, a row of another run, a duplicate key) is left out and
  * reported with its line, so nothing is counted twice or under another run's label.
  */
-export function readResults(out: string, problems: ResultProblem[] = [], runId?: string): EvalResult[] {
+export function readResults(
+  out: string,
+  problems: ResultProblem[] = [],
+  runId?: string,
+  /** Cut a torn last line off the file (the run that appends to it does; readers such as `compare` never write). */
+  repair = false,
+): EvalResult[] {
   const file = path.join(out, RESULTS);
   if (!fs.existsSync(file)) return [];
   const text = fs.readFileSync(file, 'utf8');
   const complete = text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
-  if (complete.length !== text.length) {
+  // never through a symbolic link: the file it points at is not the run's to rewrite
+  if (repair && complete.length !== text.length && fs.lstatSync(file).isFile()) {
     try {
       fs.writeFileSync(file, complete);
     } catch {
@@ -230,8 +237,13 @@ export function readResults(out: string, problems: ResultProblem[] = [], runId?:
       problems.push({ line, message: 'not a result row (key, condition, klToBase, samples); left out' });
       return;
     }
-    if (runId !== undefined && r.run !== undefined && r.run !== runId) {
-      problems.push({ line, message: `a row of another run (${r.run}); left out` });
+    // a run with an id owns only the rows that carry it: a row without one could displace a real row of this run
+    if (runId !== undefined && r.run !== runId) {
+      problems.push({
+        line,
+        message:
+          r.run === undefined ? "a row without this run's id; left out" : `a row of another run (${r.run}); left out`,
+      });
       return;
     }
     if (seen.has(r.key)) {
@@ -524,7 +536,7 @@ async function runLocked(
   const ids = new Set(o.probes.map((p) => p.id));
   // rows whose probe or condition is not in this run are foreign: never counted as done
   const done = new Set(
-    readResults(o.out, problems, runId)
+    readResults(o.out, problems, runId, true)
       .filter((r) => ids.has(r.probe) && labels.has(r.condition))
       .map((r) => r.key),
   );
