@@ -244,8 +244,32 @@ export interface TreftExportResult {
   skipped: number;
 }
 
+/** The files an export writes into its folder. */
+export const TREFT_FILES = ['positions.jsonl', 'meta.json', 'RECIPE.md', 'reference_kv.safetensors'] as const;
+
+export class TreftExportError extends Error {}
+
+/** Why writing an export into `out` would overwrite one of its inputs (the dataset, the template), or undefined. */
+export function treftOutputProblem(out: string, inputs: string[]): string | undefined {
+  const real = (f: string) => {
+    try {
+      return fs.realpathSync(f);
+    } catch {
+      return path.resolve(f);
+    }
+  };
+  const inputsReal = new Map(inputs.filter(Boolean).map((f) => [real(f), f]));
+  for (const name of TREFT_FILES) {
+    const input = inputsReal.get(real(path.join(out, name)));
+    if (input) return `writing ${name} into ${out} would overwrite the input ${input}: choose another output folder`;
+  }
+  return undefined;
+}
+
 /** Writes positions.jsonl, meta.json, RECIPE.md and (with a base model) reference_kv.safetensors under `out`. */
 export async function writeTreftExport(o: TreftExportOptions): Promise<TreftExportResult> {
+  const problem = treftOutputProblem(o.out, [o.dataset, o.templateFile]);
+  if (problem) throw new TreftExportError(problem);
   const positions = await treftPositions(fileChunks(o.dataset), o.template, o.tokenizer, o.render);
   fs.mkdirSync(o.out, { recursive: true });
   const files: string[] = [];

@@ -35,7 +35,7 @@ import { Judge, JudgeConfigError } from '../app/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, quantizedNote, writeRunReports } from '../app/eval/evalReport';
 import { defaultConditions, EvalSettingsError, extraNameProblem, layerSweepConditions } from '../app/eval/run';
 import { DEFAULT_QUERY, LensSession } from '../app/session';
-import { type TreftExportResult, writeTreftExport } from '../app/treft';
+import { type TreftExportResult, treftOutputProblem, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
 import { normaliseRow } from '../domain/dataset/formats';
 import { readLines } from '../domain/dataset/lines';
@@ -600,6 +600,8 @@ async function treftExportCommand(
     render: renderOptions(p),
     out: dir,
   };
+  const overwrite = treftOutputProblem(dir, [common.dataset, common.templateFile]);
+  if (overwrite) throw new UsageError(overwrite);
   const report = (r: TreftExportResult): number => {
     const groups = r.positions.prefixes
       .map((g, i) => `  prefix ${i}: ${g.ids.length} tokens, ${g.rows} rows`)

