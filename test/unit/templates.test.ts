@@ -165,6 +165,24 @@ describe('template pitfalls', () => {
       kwargs: { date_string: '01 Mar 2025' },
     });
     assert.match(pinned.audit!.segments!.prefix.text, /Today Date: 01 Mar 2025/);
+    // passed as the finding advises, the date no longer moves: the warning clears, a note stays
+    const pinnedCt002 = pinned.findings.filter((f) => f.code === 'CT002');
+    assert.deepEqual(
+      pinnedCt002.map((f) => f.severity),
+      ['info'],
+    );
+    assert.match(pinnedCt002[0].message, /holds the date you pass \("01 Mar 2025", date_string\)/);
+  });
+
+  it('a date from the clock still warns when date_string is passed but the template ignores it', () => {
+    const t =
+      "{{ bos_token }}{{ 'Today is ' + strftime_now('%d %B %Y') + '\\n' }}{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+    const a = auditTemplate(parseTemplateText('/x/t.jinja', t), { kwargs: { date_string: '01 Mar 2025' } });
+    const ct002 = a.findings.filter((f) => f.code === 'CT002');
+    assert.deepEqual(
+      ct002.map((f) => f.severity),
+      ['warning'],
+    );
   });
 
   it('a template that strftime_now()s the date raises CT002 and renders with the audit clock', () => {

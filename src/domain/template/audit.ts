@@ -184,12 +184,32 @@ function defaultSystemPrompt(c: RuleContext): void {
   }
 }
 
-/** CT002: the prefix read under two clocks and two date strings. */
+/**
+ * CT002: the prefix read under two clocks and two date strings. A date_string the user passes (as the finding
+ * advises) is kept: only the clock moves then, and a prefix that holds still is no warning, only a note to pass the
+ * same date everywhere.
+ */
 function dateInPrefix(c: RuleContext): void {
+  const pinned = c.options.kwargs?.date_string;
   const otherDate = c.tryRender(() =>
-    frame(c.template, { ...c.base, now: OTHER_CLOCK, kwargs: { ...c.options.kwargs, date_string: '02 Jan 2031' } }),
+    frame(c.template, {
+      ...c.base,
+      now: OTHER_CLOCK,
+      kwargs: { ...c.options.kwargs, ...(pinned === undefined ? { date_string: '02 Jan 2031' } : {}) },
+    }),
   );
-  if (!(otherDate instanceof Error) && otherDate.prefix !== c.noSystem.prefix) {
+  if (otherDate instanceof Error) return;
+  if (pinned !== undefined && otherDate.prefix === c.noSystem.prefix) {
+    if (typeof pinned === 'string' && pinned && c.noSystem.prefix.includes(pinned))
+      c.add(
+        'CT002',
+        'info',
+        `The prefix holds the date you pass ("${pinned}", date_string): it stays put across clocks. Pass the same date_string in training, evaluation and deployment, or the prefix (and its token count) differs between them.`,
+        /strftime_now|date_string|Today Date|Current date/i,
+      );
+    return;
+  }
+  if (otherDate.prefix !== c.noSystem.prefix) {
     const date = firstDifference(c.noSystem.prefix, otherDate.prefix);
     const defaulted =
       /date_string/.test(c.source.text) &&
