@@ -243,17 +243,25 @@ function doubleBos(c: RuleContext): void {
 /** CT004: the generation prompt is the postfix at inference; the training render has its own postfix. */
 function generationPrompt(c: RuleContext): void {
   const withoutGen = c.tryRender(() => frame(c.template, { ...c.base, addGenerationPrompt: false }));
-  if (
+  const ignoresGen =
     !/add_generation_prompt/.test(c.source.text) ||
-    (!(withoutGen instanceof Error) && withoutGen.postfix === c.noSystem.postfix)
-  ) {
+    (!(withoutGen instanceof Error) && withoutGen.postfix === c.noSystem.postfix);
+  if (c.noSystem.postfix.trim().length === 0)
+    // the real defect: at inference the model reads the user's text and then nothing that says it should answer
     c.add(
       'CT004',
       'warning',
-      `The template ignores add_generation_prompt: at inference nothing announces the assistant turn. ${CODES.CT004.why}`,
-      /add_generation_prompt/,
+      `Nothing follows the user's text at inference${ignoresGen ? ' (the template ignores add_generation_prompt)' : ''}: no assistant header announces the turn. ${CODES.CT004.why}`,
+      /add_generation_prompt|assistant/,
     );
-  }
+  else if (ignoresGen)
+    // [INST] templates write " [/INST]" after every user turn: that is the announcement, at training and inference
+    c.add(
+      'CT004',
+      'info',
+      `The template writes "${clip(c.noSystem.postfix)}" after every user turn whether or not add_generation_prompt is set: training and inference share that postfix, but add_generation_prompt=False cannot leave it out (continuing a partial assistant message).`,
+      /add_generation_prompt|\[\/INST\]|assistant/,
+    );
   const training = c.tryRender(() => frame(c.template, { ...c.base, response: SAMPLE_RESPONSE }));
   if (training instanceof Error) {
     c.add(
