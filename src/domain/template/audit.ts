@@ -335,16 +335,23 @@ function reasoningScaffold(c: RuleContext): void {
       frame(c.template, { ...c.base, kwargs: { ...c.options.kwargs, enable_thinking: true } }),
     );
     if (!(off instanceof Error) && !(on instanceof Error) && off.postfix !== on.postfix) {
-      const extra =
-        off.postfix.length > on.postfix.length && off.postfix.startsWith(on.postfix)
-          ? off.postfix.slice(on.postfix.length)
-          : off.postfix;
-      c.add(
-        'CT008',
-        'info',
-        `With enable_thinking=False the postfix carries an empty reasoning block ("${clip(extra)}"). ${CODES.CT008.why}`,
-        /enable_thinking/,
-      );
+      // which setting the render without the kwarg matches: the one the trainer gets unless told
+      const byDefault =
+        c.noSystem.postfix === off.postfix
+          ? 'off by default'
+          : c.noSystem.postfix === on.postfix
+            ? 'on by default'
+            : '';
+      let message: string;
+      if (off.postfix.startsWith(on.postfix))
+        // Qwen3: thinking off writes an empty <think></think> block after the assistant header
+        message = `With enable_thinking=False the postfix carries an empty reasoning block ("${clip(off.postfix.slice(on.postfix.length))}")${byDefault ? ` (thinking is ${byDefault})` : ''}.`;
+      else if (on.postfix.startsWith(off.postfix))
+        // opt-in thinking: enabling it opens a reasoning block that the postfix then ends with
+        message = `Thinking is opt-in: with enable_thinking=True the postfix ends with an opened reasoning block ("${clip(on.postfix.slice(off.postfix.length))}")${byDefault ? `, ${byDefault}` : ''}.`;
+      else
+        message = `The postfix depends on enable_thinking: "${clip(off.postfix)}" with it off, "${clip(on.postfix)}" with it on${byDefault ? ` (${byDefault})` : ''}.`;
+      c.add('CT008', 'info', `${message} ${CODES.CT008.why}`, /enable_thinking/);
     }
   }
 }
