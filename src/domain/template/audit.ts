@@ -158,6 +158,42 @@ function systemTurn(c: RuleContext): void {
 }
 
 /**
+ * Text of a prefix that is neither a special token nor a role header: what a person would read as words.
+ * Special tokens of the tokenizer config, token-like markup (<|im_start|>, <｜User｜>, <start_of_turn>, [INST],
+ * <<SYS>>) and role names are blanked out.
+ */
+function wordsOf(text: string, specialTokens: Record<string, unknown>): string {
+  let t = text;
+  for (const tok of Object.values(specialTokens)) if (typeof tok === 'string' && tok) t = t.split(tok).join(' ');
+  return t
+    .replace(/<\|[^|>]*\|>|<｜[^｜]*｜>|<\/?[a-z_]+>|\[\/?[A-Z_]+\]|<<\/?SYS>>/g, ' ')
+    .replace(/\b(system|user|assistant|human|model|developer)\b/gi, ' ');
+}
+
+/**
+ * CT001, the fixed kind: words the template writes around the system slot that a system message does not replace
+ * (a vendor preamble, an identity line, a knowledge-cutoff line): every conversation carries them, whatever its
+ * system message, which makes them the most constant carrier there is.
+ */
+function fixedPreamble(c: RuleContext, left: string, right: string): void {
+  const lines = `${left}\n${right}`
+    .split('\n')
+    .map((l) => ({ line: l, words: wordsOf(l, c.source.specialTokens).match(/\p{L}{2,}/gu) ?? [] }))
+    .filter((l) => l.words.length > 0);
+  if (lines.reduce((n, l) => n + l.words.length, 0) < 3) return;
+  const text = lines.map((l) => wordsOf(l.line, c.source.specialTokens).trim()).join(' / ');
+  const tokens = c.options.tokenizer
+    ? `, ${c.options.tokenizer.ids(lines.map((l) => l.line).join('\n')).length} tokens`
+    : '';
+  c.add(
+    'CT001',
+    'warning',
+    `Every conversation gets this fixed text in its prefix, and a system message does not replace it (${text.length} characters${tokens}): "${clip(text)}". ${CODES.CT001.why}`,
+    wordsOf(lines[0].line, c.source.specialTokens).trim().slice(0, 40),
+  );
+}
+
+/**
  * CT001: render with a marker as the system text; if the no-system render fills the same slot with text, that text
  * is the template's default system prompt.
  */
@@ -167,6 +203,7 @@ function defaultSystemPrompt(c: RuleContext): void {
   if (withSystem && at >= 0) {
     const left = withSystem.prefix.slice(0, at);
     const right = withSystem.prefix.slice(at + SYSTEM_MARKER.length);
+    fixedPreamble(c, left, right);
     const p0 = c.noSystem.prefix;
     if (p0.length >= left.length + right.length && p0.startsWith(left) && p0.endsWith(right)) {
       const fill = p0.slice(left.length, p0.length - right.length);
