@@ -78,8 +78,9 @@ export class ChatTemplate {
       messages,
       add_generation_prompt: options.addGenerationPrompt ?? false,
     };
-    if (options.tools !== undefined) globals.tools = options.tools;
-    if (options.documents !== undefined) globals.documents = options.documents;
+    // transformers passes tools and documents always, None when there are none: `tools is not none` is false then
+    globals.tools = options.tools ?? globals.tools ?? null;
+    globals.documents = options.documents ?? globals.documents ?? null;
     for (const [key, value] of Object.entries(globals)) env.set(key, value);
     // a template is code from the user's workspace: every render runs on a budget of steps, time and output
     const inputChars =

