@@ -13,10 +13,9 @@ import * as path from 'node:path';
 import { KV } from '../src/modelHost/checkpoint';
 import { loadCheckpoints } from '../src/modelHost/hf/load';
 import { resolveSettings } from '../src/modelHost/session';
-import { organismEval, relativeRms } from '../test/helpers';
+import { organismEval, pairArgs, relativeRms } from '../test/helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
-const O = path.join(ROOT, 'examples', 'organisms');
 const HF = path.join(ROOT, 'test', 'fixtures', 'hf');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const DTYPES = ['float32', 'int8', 'int4'] as const;
@@ -37,18 +36,7 @@ function evalShares(finetuned: string, dtype: string) {
 }
 
 function driftMean(dtype: string): number {
-  const d = JSON.parse(
-    cli([
-      'drift',
-      '--base',
-      path.join(O, 'base'),
-      '--finetuned',
-      path.join(O, 'finetuned'),
-      '--weights-dtype',
-      dtype,
-      '--json',
-    ]),
-  );
+  const d = JSON.parse(cli(['drift', ...pairArgs(), '--weights-dtype', dtype, '--json']));
   return d.treft as number;
 }
 

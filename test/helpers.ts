@@ -119,6 +119,14 @@ export function runAsync(
 /** The example organisms (base, adapters, controls, probe files). */
 export const ORGANISMS = path.join(ROOT, 'examples', 'organisms');
 
+/** `--base <organisms/base> --finetuned <organisms/finetuned>` (or another organism as the finetuned). */
+export const pairArgs = (finetuned = 'finetuned'): string[] => [
+  '--base',
+  path.join(ORGANISMS, 'base'),
+  '--finetuned',
+  path.join(ORGANISMS, finetuned),
+];
+
 /**
  * `piggyback eval` of an organism against the organisms' base, as a user runs it (perturbation off), and what the
  * run folder holds after it: summary, manifest, report.md, the SARIF's PB002, stderr and the exit status.
@@ -130,10 +138,7 @@ export function organismEval(finetuned: string, probes: string, more: string[] =
     [
       path.join(ROOT, 'dist', 'cli.js'),
       'eval',
-      '--base',
-      path.join(ORGANISMS, 'base'),
-      '--finetuned',
-      path.join(ORGANISMS, finetuned),
+      ...pairArgs(finetuned),
       '--probes',
       path.join(ORGANISMS, probes),
       '--perturb-trials',

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import Ajv from 'ajv-draft-04';
 import addFormats from 'ajv-formats';
-import { FIXTURES, lenml, makeTree, ROOT, tempDir } from '../helpers';
+import { FIXTURES, lenml, makeTree, pairArgs, ROOT, tempDir } from '../helpers';
 
 interface SarifResult {
   ruleId: string;
@@ -260,17 +260,7 @@ describe('piggyback drift and patch', () => {
 describe('piggyback arguments', () => {
   it('eval inputs that would mix up results are refused before any model loads', () => {
     const O = path.join(ROOT, 'examples', 'organisms');
-    const evalArgs = (...more: string[]) =>
-      run(
-        'eval',
-        '--base',
-        path.join(O, 'base'),
-        '--finetuned',
-        path.join(O, 'finetuned'),
-        '--out',
-        tempDir(),
-        ...more,
-      );
+    const evalArgs = (...more: string[]) => run('eval', ...pairArgs(), '--out', tempDir(), ...more);
     // an extra named like a condition would share its result rows' keys; a name twice would drop one checkpoint
     for (const [extra, why] of [
       [
