@@ -92,6 +92,8 @@ for name, rel in SOURCES.items():
         tokens = {'bos_token': '<|begin_of_text|>', 'eos_token': '<|eot_id|>'}
     templates[name] = (rel, text, tokens)
 templates['tools-guard'] = ('(inline)', TOOLS_GUARD, {})
+# Windows line endings, as a template saved on Windows has them: Jinja2 normalises them to \n in template data
+templates['qwen3-crlf'] = ('(inline)', templates['qwen3'][1].replace('\n', '\r\n'), templates['qwen3'][2])
 
 for name, (rel, text, tokens) in templates.items():
     compiled = env.from_string(text)
@@ -108,7 +110,8 @@ out = {
     'jinja2': jinja2.__version__,
     'clock': CLOCK.isoformat(),
     'conversations': {k: {'messages': v[0], 'add_generation_prompt': v[1], 'kwargs': v[2]} for k, v in CONVERSATIONS.items()},
-    'inline': {'tools-guard': TOOLS_GUARD},
+    'inline': {'tools-guard': TOOLS_GUARD, 'qwen3-crlf': templates['qwen3-crlf'][1]},
+    'inline_tokens': {'qwen3-crlf': templates['qwen3-crlf'][2]},
     'cases': cases,
 }
 os.makedirs(os.path.join(ROOT, 'test', 'fixtures', 'jinja'), exist_ok=True)

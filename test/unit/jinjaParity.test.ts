@@ -25,11 +25,16 @@ const expected = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'jinja', 'expect
     { messages: ChatMessage[]; add_generation_prompt: boolean; kwargs: Record<string, unknown> }
   >;
   inline: Record<string, string>;
+  inline_tokens?: Record<string, Record<string, string>>;
   cases: Case[];
 };
 
 function templateOf(c: Case): { template: ChatTemplate; specialTokens: Record<string, string> } {
-  if (c.source === '(inline)') return { template: new ChatTemplate(expected.inline[c.template]), specialTokens: {} };
+  if (c.source === '(inline)')
+    return {
+      template: new ChatTemplate(expected.inline[c.template]),
+      specialTokens: expected.inline_tokens?.[c.template] ?? {},
+    };
   const file = path.join(ROOT, c.source);
   const text = fs.readFileSync(file, 'utf8');
   if (file.endsWith('.jinja'))
