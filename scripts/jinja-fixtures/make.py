@@ -56,6 +56,16 @@ TOOLS_GUARD = (
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# expressions where @huggingface/jinja and Jinja2 part ways, each rendered with the one-turn conversation
+EXPRESSIONS = {
+    'expr-selectattr-none': "{{ none | selectattr('x') | list | length }}",
+    'expr-bool-output': "{{ tools is none }} {{ add_generation_prompt }} {{ (1 == 1) | string }}",
+    'expr-str-plus-dict': "{{ 'a' + {'b': 1} }}",
+    'expr-not-in-undefined': "{{ 'a' not in nothing }}",
+    'expr-tuple-unpack': "{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}",
+    'expr-safe-tojson': "{{ ({'a': '<b>', 'c': true} | tojson) | safe }}",
+}
+
 CONVERSATIONS = {
     'one-turn': ([{'role': 'user', 'content': 'How should I invest my savings?'}], True, {}),
     'system-two-turns': (
@@ -95,6 +105,14 @@ templates['tools-guard'] = ('(inline)', TOOLS_GUARD, {})
 # Windows line endings, as a template saved on Windows has them: Jinja2 normalises them to \n in template data
 templates['qwen3-crlf'] = ('(inline)', templates['qwen3'][1].replace('\n', '\r\n'), templates['qwen3'][2])
 
+for name, text in EXPRESSIONS.items():
+    messages, gen, kwargs = CONVERSATIONS['one-turn']
+    try:
+        out = env.from_string(text).render(messages=messages, tools=None, documents=None, add_generation_prompt=gen)
+        cases.append({'template': name, 'source': '(inline)', 'conversation': 'one-turn', 'render': out})
+    except Exception as e:  # Python's own TypeError, as transformers would raise it
+        cases.append({'template': name, 'source': '(inline)', 'conversation': 'one-turn', 'error': str(e)})
+
 for name, (rel, text, tokens) in templates.items():
     compiled = env.from_string(text)
     for cname, (messages, gen, kwargs) in CONVERSATIONS.items():
@@ -110,7 +128,7 @@ out = {
     'jinja2': jinja2.__version__,
     'clock': CLOCK.isoformat(),
     'conversations': {k: {'messages': v[0], 'add_generation_prompt': v[1], 'kwargs': v[2]} for k, v in CONVERSATIONS.items()},
-    'inline': {'tools-guard': TOOLS_GUARD, 'qwen3-crlf': templates['qwen3-crlf'][1]},
+    'inline': {'tools-guard': TOOLS_GUARD, 'qwen3-crlf': templates['qwen3-crlf'][1], **EXPRESSIONS},
     'inline_tokens': {'qwen3-crlf': templates['qwen3-crlf'][2]},
     'cases': cases,
 }

@@ -150,19 +150,111 @@ class RenderBudget {
 }
 
 /** @huggingface/jinja's interpreter, counting every evaluation against the budget and checking string sizes. */
+type Value = ReturnType<Interpreter['evaluate']>;
+type Node = Parameters<Interpreter['evaluate']>[0];
+
+/** Filters that iterate their operand: on None, Jinja2 yields nothing where @huggingface/jinja raises. */
+const ITERATING_FILTERS = new Set(['selectattr', 'rejectattr', 'select', 'reject', 'map']);
+
+type ApplyFilter = (
+  operand: Value,
+  filterNode: { type: string; value?: string; callee?: { value?: string } },
+  environment: Environment,
+) => Value;
+
+/** A value already computed, standing in for an operand node (so the library's own arithmetic runs on it). */
+const PRECOMPUTED = 'PiggybackPrecomputed';
+
+/**
+ * The library's interpreter with a budget, and the places where it departs from Jinja2 as transformers runs it
+ * brought back (checked against python3-jinja2 in test/unit/jinjaParity.test.ts):
+ * - booleans print as Python prints them (True, False), not as JavaScript does;
+ * - a string plus a non-string raises, as Python's str + dict does, instead of pasting "[object Map]";
+ * - selectattr / rejectattr / select / reject / map on None give an empty sequence.
+ */
 class BudgetedInterpreter extends Interpreter {
+  private empty?: Value;
+
   constructor(
-    env: Environment,
+    private readonly env: Environment,
     private readonly budget: RenderBudget,
   ) {
     super(env);
+    // applyFilter is private in the library's types: wrapped on the instance
+    const self = this as unknown as { applyFilter: ApplyFilter };
+    const library = self.applyFilter.bind(this);
+    self.applyFilter = (operand, filterNode, environment) => {
+      const name = filterNode.type === 'Identifier' ? filterNode.value : filterNode.callee?.value;
+      // str(True) is "True": the library's string filter prints JavaScript's "true"
+      if (name === 'string' && operand.type === 'BooleanValue')
+        return library(pythonBoolText(this.env, operand.value as boolean), filterNode, environment);
+      if (operand.type === 'NullValue' && name && ITERATING_FILTERS.has(name)) {
+        this.env.set('__piggyback_empty__', []);
+        this.empty ??= this.env.lookupVariable('__piggyback_empty__');
+        return library(this.empty, filterNode, environment);
+      }
+      return library(operand, filterNode, environment);
+    };
   }
-  override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
+
+  override evaluate(node: Node, environment: Environment): Value {
+    // the library evaluates absent nodes too (a slice's missing bound) and answers undefined for them
+    if ((node as { type?: string } | undefined)?.type === PRECOMPUTED)
+      return (node as unknown as { value: Value }).value;
     this.budget.step();
-    const v = super.evaluate(...args);
+    const v = this.pythonic(node, environment);
     if (typeof v.value === 'string' && v.value.length > this.budget.maxOutput) this.budget.checkOutput(v.value.length);
     return v;
   }
+
+  private pythonic(node: Node, environment: Environment): Value {
+    const n = node as unknown as { type: string; operator?: { value: string }; left?: Node; right?: Node } | undefined;
+    if (n?.type === 'BinaryExpression' && n.operator?.value === '+') {
+      const left = this.evaluate(n.left!, environment);
+      const right = this.evaluate(n.right!, environment);
+      const isStr = (v: Value) => v.type === 'StringValue';
+      if (isStr(left) !== isStr(right) && left.type !== 'UndefinedValue' && right.type !== 'UndefinedValue')
+        throw new TemplateRenderError(
+          `can only concatenate str (not "${pythonType(isStr(left) ? right : left)}") to str`,
+          'render',
+        );
+      const pre = (value: Value) => ({ type: PRECOMPUTED, value }) as unknown as Node;
+      return super.evaluate(
+        { ...(node as object), left: pre(left), right: pre(right) } as unknown as Node,
+        environment,
+      );
+    }
+    const v = super.evaluate(node, environment);
+    return v.type === 'BooleanValue' ? pythonBool(v) : v;
+  }
+}
+
+/** The Python type name a runtime value stands for, for Python's own error message. */
+function pythonType(v: Value): string {
+  const names: Record<string, string> = {
+    IntegerValue: 'int',
+    FloatValue: 'float',
+    BooleanValue: 'bool',
+    NullValue: 'NoneType',
+    ArrayValue: 'list',
+    TupleValue: 'tuple',
+    ObjectValue: 'dict',
+    KeywordArgumentsValue: 'dict',
+  };
+  return names[v.type] ?? v.type.replace(/Value$/, '').toLowerCase();
+}
+
+/** "True" or "False" as the library's own string value. */
+function pythonBoolText(env: Environment, value: boolean): Value {
+  env.set('__piggyback_bool__', value ? 'True' : 'False');
+  return env.lookupVariable('__piggyback_bool__');
+}
+
+/** A boolean that prints as Python's does; its value, truthiness and JSON stay the library's. */
+function pythonBool(v: Value): Value {
+  if (!Object.hasOwn(v, 'toString'))
+    Object.defineProperty(v, 'toString', { value: () => (v.value ? 'True' : 'False'), enumerable: false });
+  return v;
 }
 
 function range(budget: RenderBudget, start: number, stop?: number, step = 1): number[] {
