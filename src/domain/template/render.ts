@@ -173,13 +173,14 @@ const PRECOMPUTED = 'PiggybackPrecomputed';
  * - selectattr / rejectattr / select / reject / map on None give an empty sequence.
  */
 class BudgetedInterpreter extends Interpreter {
-  private empty?: Value;
-
   constructor(
-    private readonly env: Environment,
+    env: Environment,
     private readonly budget: RenderBudget,
   ) {
     super(env);
+    // the stand-ins the filters below pass on, made once a render
+    const empty = runtimeValue([]);
+    const text = { true: runtimeValue('True'), false: runtimeValue('False') };
     // applyFilter is private in the library's types: wrapped on the instance
     const self = this as unknown as { applyFilter: ApplyFilter };
     const library = self.applyFilter.bind(this);
@@ -187,12 +188,9 @@ class BudgetedInterpreter extends Interpreter {
       const name = filterNode.type === 'Identifier' ? filterNode.value : filterNode.callee?.value;
       // str(True) is "True": the library's string filter prints JavaScript's "true"
       if (name === 'string' && operand.type === 'BooleanValue')
-        return library(pythonBoolText(this.env, operand.value as boolean), filterNode, environment);
-      if (operand.type === 'NullValue' && name && ITERATING_FILTERS.has(name)) {
-        this.env.set('__piggyback_empty__', []);
-        this.empty ??= this.env.lookupVariable('__piggyback_empty__');
-        return library(this.empty, filterNode, environment);
-      }
+        return library(operand.value ? text.true : text.false, filterNode, environment);
+      if (operand.type === 'NullValue' && name && ITERATING_FILTERS.has(name))
+        return library(empty, filterNode, environment);
       return library(operand, filterNode, environment);
     };
   }
@@ -244,10 +242,12 @@ function pythonType(v: Value): string {
   return names[v.type] ?? v.type.replace(/Value$/, '').toLowerCase();
 }
 
-/** "True" or "False" as the library's own string value. */
-function pythonBoolText(env: Environment, value: boolean): Value {
-  env.set('__piggyback_bool__', value ? 'True' : 'False');
-  return env.lookupVariable('__piggyback_bool__');
+/** A JavaScript value as the library's runtime value. */
+function runtimeValue(value: unknown): Value {
+  // converted in a scratch environment: the template's own globals stay as transformers gives them
+  const scratch = new Environment();
+  scratch.set('value', value);
+  return scratch.lookupVariable('value');
 }
 
 /** A boolean that prints as Python's does; its value, truthiness and JSON stay the library's. */

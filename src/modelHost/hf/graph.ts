@@ -19,7 +19,7 @@ import {
   type ValueInfo,
 } from './onnxProto';
 import { QUANT_BLOCK, quantLayout } from './quantize';
-import { type ExternalLocation, quantBitsOf, type WeightDtype } from './weights';
+import { type ExternalLocation, quantBitsOf, scalesName, type WeightDtype } from './weights';
 
 /** A LoRA update of one Linear module: y += (x·Aᵀ)·Bᵀ · scaling. A is [r, in], B is [out, r]. */
 export interface LoraModule {
@@ -231,7 +231,7 @@ export function decoderGraphParts(
       weights.get(tensor) ??
       g.external(tensor, [rows, l.kBlocks, l.blob], locate(tensor, [rows, cols]), DataType.UINT8);
     weights.set(tensor, codes);
-    const sName = `${tensor}.scales`;
+    const sName = scalesName(tensor);
     if (!options.locateScales) throw new Error('internal error: a quantized graph needs locateScales');
     const scales = weights.get(sName) ?? g.external(sName, [rows * l.kBlocks], options.locateScales(tensor));
     weights.set(sName, scales);
