@@ -368,10 +368,7 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         if (!target) throw new UsageError('dataset needs a <file.jsonl>');
         if (!values.template) throw new UsageError('dataset needs --template <source>');
         if (!fs.existsSync(target)) throw new UsageError(`no such file: ${target}`);
-        const loss = values.loss as LossSetting | undefined;
-        if (loss !== undefined && !LOSS_SETTINGS.includes(loss))
-          throw new UsageError(`--loss must be ${LOSS_SETTINGS.join(', ')}, got "${loss}"`);
-        const lossMode = auditLoss(loss);
+        const lossMode = auditLoss(lossSetting(values));
         // a dataset folder (datasets.save_to_disk, a Hub download): every dataset file in it, each with its split
         if (fs.statSync(target).isDirectory() && values.row === undefined)
           return await datasetFolderCommand(
@@ -635,9 +632,7 @@ async function trainingViewCommand(
 ): Promise<number> {
   const n = Number(values.row);
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`--row wants a row number from 1, got "${values.row}"`);
-  const setting = ((values.loss as string | undefined) ?? 'auto') as LossSetting;
-  if (!LOSS_SETTINGS.includes(setting))
-    throw new UsageError(`--loss must be ${LOSS_SETTINGS.join(', ')}, got "${setting}"`);
+  const setting = lossSetting(values);
   if (!p.template || !p.tokenizer || !p.source) {
     process.stderr.write(describeFindings(p.findings));
     throw new UsageError('the training view needs a template that renders and its tokenizer.json (see above)');
@@ -843,6 +838,14 @@ function describeDrift(d: {
     );
   }
   return lines.join('\n') + '\n';
+}
+
+/** --loss, checked against the settings it takes; auto (the trainer's defaults) when absent. */
+function lossSetting(values: Values): LossSetting {
+  const setting = ((values.loss as string | undefined) ?? 'auto') as LossSetting;
+  if (!LOSS_SETTINGS.includes(setting))
+    throw new UsageError(`--loss must be ${LOSS_SETTINGS.join(', ')}, got "${setting}"`);
+  return setting;
 }
 
 function parseKwargs(text: string | undefined): Record<string, unknown> {

@@ -178,10 +178,13 @@ function wordsOf(text: string, specialTokens: Record<string, unknown>): string {
 function fixedPreamble(c: RuleContext, left: string, right: string): void {
   const lines = `${left}\n${right}`
     .split('\n')
-    .map((l) => ({ line: l, words: wordsOf(l, c.source.specialTokens).match(/\p{L}{2,}/gu) ?? [] }))
-    .filter((l) => l.words.length > 0);
-  if (lines.reduce((n, l) => n + l.words.length, 0) < 3) return;
-  const text = lines.map((l) => wordsOf(l.line, c.source.specialTokens).trim()).join(' / ');
+    .map((line) => {
+      const text = wordsOf(line, c.source.specialTokens).trim();
+      return { line, text, words: text.match(/\p{L}{2,}/gu)?.length ?? 0 };
+    })
+    .filter((l) => l.words > 0);
+  if (lines.reduce((n, l) => n + l.words, 0) < 3) return;
+  const text = lines.map((l) => l.text).join(' / ');
   const tokens = c.options.tokenizer
     ? `, ${c.options.tokenizer.ids(lines.map((l) => l.line).join('\n')).length} tokens`
     : '';
@@ -189,7 +192,7 @@ function fixedPreamble(c: RuleContext, left: string, right: string): void {
     'CT001',
     'warning',
     `Every conversation gets this fixed text in its prefix, and a system message does not replace it (${text.length} characters${tokens}): "${clip(text)}". ${CODES.CT001.why}`,
-    wordsOf(lines[0].line, c.source.specialTokens).trim().slice(0, 40),
+    lines[0].text.slice(0, 40),
   );
 }
 

@@ -15,6 +15,7 @@ import { CheckpointError } from '../checkpointError';
 import { type DecoderSpec, readDecoderSpec } from './config';
 import { buildDecoderGraph, decoderTensors, type GraphOptions, weightDtype } from './graph';
 import { type Adapter, readAdapter } from './peft';
+import { QUANT_BLOCK } from './quantize';
 import { combine, identityOf } from '../identity';
 import { externalDataFiles } from '../onnxInitializers';
 import {
@@ -385,11 +386,15 @@ function chooseWeightsDtype(
       `loading needs about ${gb(e.total)} (${e.parts.join(' + ')}: the exports' files, K/V for ${ESTIMATE_TOKENS} tokens, logits, activations), but only ${gb(available)} of memory is available: choose a smaller variant (--model-file q4), run on a GPU (--execution-provider cuda), or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`,
       base,
     );
-  const fits = AUTO_ORDER.filter((x) => bytesRank(x) < bytesRank(d)).find((x) => need(x).total <= available);
+  // the smaller dtypes, each with its estimate, the first that fits offered
+  const fits = AUTO_ORDER.filter((x) => bytesRank(x) < bytesRank(d))
+    .map((x) => ({ d: x, total: need(x).total }))
+    .find((x) => x.total <= available);
   throw new CheckpointError(
-    `loading needs about ${words(d, e)}, but only ${gb(available)} of memory is available; ${fits ? `${dtypeWord(fits)} would fit (about ${gb(need(fits).total)}): ${DTYPE_FLAG(fits)}` : 'no smaller dtype fits either: run on a GPU (--execution-provider cuda)'}, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`,
+    `loading needs about ${words(d, e)}, but only ${gb(available)} of memory is available; ${fits ? `${dtypeWord(fits.d)} would fit (about ${gb(fits.total)}): ${DTYPE_FLAG(fits.d)}` : 'no smaller dtype fits either: run on a GPU (--execution-provider cuda)'}, or load anyway with --no-memory-check (piggyback.host.memoryCheck: false)`,
     base,
   );
 }
 
-const bytesRank = (d: WeightDtype) => ({ F32: 4, F16: 2, Q8: 1, Q4: 0.5 })[d];
+/** Bytes a block of weights takes in a dtype (scales included): what orders the dtypes by size. */
+const bytesRank = (d: WeightDtype) => bytesIn([1, QUANT_BLOCK], d);
