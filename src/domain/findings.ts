@@ -107,6 +107,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Response template not found in context',
     why: 'A completion-only collator masks everything up to the response template it finds; where it finds none, the row contributes no loss (and TRL only warns).',
   },
+  DS013: {
+    title: 'Content parts printed as text',
+    why: 'transformers passes a list of content parts to the template as it is; a template that pastes it prints its Python repr into every such turn. Write the content as a string, or use a template that reads the parts.',
+  },
   DS101: {
     title: 'Shared prefix (piggyback surface)',
     why: 'When nearly every row renders the same prefix, finetuning can store a query-independent bias in it.',

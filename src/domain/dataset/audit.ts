@@ -118,6 +118,8 @@ interface Frame {
   /** How many times the render holds each turn's content (a template may drop a turn, or write one twice). */
   copies: number[];
   error?: string;
+  /** The template printed a turn's list of content parts as Python text (its repr), as transformers would. */
+  partsAsText?: boolean;
 }
 
 /**
@@ -244,7 +246,8 @@ export async function scanDataset(
     const system =
       messages[0].role === 'system' || messages[0].role === 'developer' ? contentText(messages[0].content) : undefined;
     if (system !== undefined) systemRows++;
-    const roles = messages.map((m) => m.role).join(',');
+    // content is passed to the template as the row has it (a string, or a list of parts): the shape is in the key
+    const roles = messages.map((m) => (Array.isArray(m.content) ? `${m.role}[${m.content.length}]` : m.role)).join(',');
     const key = `${roles}\u0000${system ?? ''}`;
     let f = frames.get(key);
     if (!f) {
@@ -255,6 +258,13 @@ export async function scanDataset(
       report(line, 'DS008', 'error', `the template fails on this row: ${f.error}`);
       continue;
     }
+    if (f.partsAsText)
+      report(
+        line,
+        'DS013',
+        'warning',
+        "the template prints this row's content parts as a Python list ([{'type': 'text', 'text': ...}]), as transformers does: the model trains on that text, not on the message",
+      );
     rendered++;
     if (longRows && context) {
       // a token stands for at least one byte of the rendered text (byte-level BPE; SentencePiece falls back to
@@ -606,8 +616,10 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
   // the prefix ends at the first user turn, the postfix follows the query (the last user turn): rowTurns
   const { firstUser, query: lastUser } = rowTurns(messages);
   const response = lastIndexOfRole(messages, 'assistant');
+  // each turn's text is replaced by its marker, in the row's own shape: a list of parts keeps its parts (the first
+  // text part holds the marker, others are emptied), so the template meets the structure transformers passes it
   const skeleton = messages.map((m, i) =>
-    i === 0 && (m.role === 'system' || m.role === 'developer') ? m : { ...m, content: ROLE_MARK(i) },
+    i === 0 && (m.role === 'system' || m.role === 'developer') ? m : { ...m, content: markContent(m.content, i) },
   );
   let text: string;
   try {
@@ -645,7 +657,31 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
       return '';
     }),
   );
-  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd), templateBytes, copies };
+  const partsAsText = PARTS_AS_TEXT.test(text);
+  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd), templateBytes, copies, partsAsText };
+}
+
+/** A marker inside a printed Python dict: the template pasted a list of parts as text. */
+const PARTS_AS_TEXT = /'(?:text|value)': '\u27e6PIGGYBACK_TURN_\d+\u27e7'/;
+
+/** A turn's content with its text replaced by the turn's marker, keeping the row's shape (a string or parts). */
+function markContent(content: unknown, i: number): unknown {
+  if (!Array.isArray(content)) return ROLE_MARK(i);
+  let marked = false;
+  return content.map((p) => {
+    if (typeof p === 'string') {
+      const out = marked ? '' : ROLE_MARK(i);
+      marked = true;
+      return out;
+    }
+    if (!p || typeof p !== 'object') return p;
+    const part = p as Record<string, unknown>;
+    const field = typeof part.text === 'string' ? 'text' : typeof part.value === 'string' ? 'value' : undefined;
+    if (!field) return p;
+    const out = { ...part, [field]: marked ? '' : ROLE_MARK(i) };
+    marked = true;
+    return out;
+  });
 }
 
 /** At most `n` characters, cut at a word boundary with an ellipsis, never mid-word. */

@@ -237,6 +237,19 @@ class BudgetedInterpreter extends Interpreter {
       value?: Map<Node, Node>;
     };
     const pre = (value: Value) => ({ type: PRECOMPUTED, value }) as unknown as Node;
+    // a method the value does not have: Python's own message, not the library's "not a function"
+    type Callee = { type: string; computed?: boolean; object?: Node; property?: { value?: string } };
+    const callee = (n as { callee?: Callee } | undefined)?.callee;
+    if (n?.type === 'CallExpression' && callee?.type === 'MemberExpression' && !callee.computed) {
+      const object = this.evaluate(callee.object!, environment);
+      const fn = super.evaluate({ ...callee, object: pre(object) } as unknown as Node, environment);
+      if (fn.type === 'UndefinedValue')
+        throw new TemplateRenderError(
+          `'${pythonType(object)} object' has no attribute '${callee.property?.value}'`,
+          'render',
+        );
+      return super.evaluate({ ...(node as object), callee: pre(fn) } as unknown as Node, environment);
+    }
     if (n?.type === 'BinaryExpression' && n.operator?.value === '~')
       return runtimeValue(
         pythonStr(this.evaluate(n.left!, environment)) + pythonStr(this.evaluate(n.right!, environment)),
