@@ -84,7 +84,8 @@ Usage (piggyback help <command> for one command's options):
 <source> is tokenizer_config.json, chat_template.jinja, chat_template.json, any .jinja file, or a model folder.
 A checkpoint (--base, --finetuned, --extra) is a Hugging Face folder (config.json + safetensors; llama, mistral, qwen2,
 qwen3), a PEFT LoRA adapter folder over --base, or an ONNX decoder export. --cache-dir <dir> (default
-PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps weights converted to the dtype the graph runs in. Model commands
+PIGGYBACK_CACHE_DIR or ~/.cache/piggyback-lens) keeps weights converted to the dtype the graph runs in (the same
+folder keeps parsed tokenizers, keyed by their files' content, for every command). Model commands
 run with --threads N (default: every core) and --execution-provider auto|cpu|cuda; --model-file picks one graph of
 an ONNX folder with several (onnx/model_q4.onnx, or just q4); --weights-dtype auto|float32|float16|int8|int4 sets
 the dtype of a Hugging Face model's matrices (auto: float16 on CUDA; on the CPU float32 when it fits in memory, else

@@ -5,6 +5,7 @@
  * inside the workspace (after symlinks are resolved).
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 /** Caps by kind of file: far above any real one, far below what would exhaust memory. */
@@ -107,4 +108,12 @@ export function insideRoot(root: string, p: string): boolean {
   };
   const rel = path.relative(real(root), real(path.resolve(root, p)));
   return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** The user's cache folder for converted weights and parsed tokenizers: PIGGYBACK_CACHE_DIR, else XDG's. */
+export function defaultCacheDir(): string {
+  const fromEnv = process.env.PIGGYBACK_CACHE_DIR;
+  if (fromEnv) return fromEnv;
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'piggyback-lens');
 }

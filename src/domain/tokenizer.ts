@@ -3,10 +3,16 @@
  * character offsets for every token, and the answer to "does encoding add a BOS token?".
  */
 import * as fs from 'node:fs';
-import { FILE_LIMITS, readTextChecked } from './files';
+import { defaultCacheDir, FILE_LIMITS, readFileChecked, readTextChecked } from './files';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { specialTokensOf } from './template/source';
+import {
+  readTokenizerCache,
+  TOKENIZER_CACHE_MIN_BYTES,
+  tokenizerCacheKey,
+  writeTokenizerCache,
+} from './tokenizerCache';
 
 export interface Token {
   id: number;
@@ -41,8 +47,10 @@ export class LoadedTokenizer {
     json: TokenizerJson,
     readonly config: Record<string, unknown>,
     readonly file?: string,
+    /** The library's tokenizer already built from `json` (from the parsed-tokenizer cache). */
+    built?: Tokenizer,
   ) {
-    this.tok = new Tokenizer(json, config);
+    this.tok = built ?? new Tokenizer(json, config);
     this.byteLevel = usesByteLevel(json.decoder);
     for (const t of json.added_tokens ?? []) this.added.set(t.id, t.content);
     const special = specialTokensOf(config);
@@ -57,9 +65,28 @@ export class LoadedTokenizer {
     this.addsBos = this.bosId !== undefined && (typeof flag === 'boolean' ? flag : postProcessorAddsBos);
   }
 
-  static fromFiles(tokenizerJson: string, tokenizerConfig?: string): LoadedTokenizer {
-    const json = JSON.parse(readTextChecked(tokenizerJson, FILE_LIMITS.tokenizer)) as TokenizerJson;
-    return new LoadedTokenizer(json, tokenizerConfigOf(tokenizerJson, tokenizerConfig), tokenizerJson);
+  /**
+   * Loads tokenizer.json (and tokenizer_config.json beside it, or the one given). A large BPE tokenizer is kept in
+   * the parsed-tokenizer cache (tokenizerCache.ts) under `cacheDir`, keyed by both files' content; pass
+   * `cacheDir: false` to build from the JSON alone.
+   */
+  static fromFiles(
+    tokenizerJson: string,
+    tokenizerConfig?: string,
+    options: { cacheDir?: string | false } = {},
+  ): LoadedTokenizer {
+    const bytes = readFileChecked(tokenizerJson, FILE_LIMITS.tokenizer);
+    const config = tokenizerConfigOf(tokenizerJson, tokenizerConfig);
+    const cacheDir = options.cacheDir === false ? undefined : (options.cacheDir ?? defaultCacheDir());
+    const key = cacheDir && bytes.length >= TOKENIZER_CACHE_MIN_BYTES ? tokenizerCacheKey(bytes, config) : undefined;
+    if (key && cacheDir) {
+      const hit = readTokenizerCache(key, config, cacheDir);
+      if (hit) return new LoadedTokenizer(hit.stub as TokenizerJson, config, tokenizerJson, hit.tokenizer);
+    }
+    const json = JSON.parse(bytes.toString('utf8')) as TokenizerJson;
+    const loaded = new LoadedTokenizer(json, config, tokenizerJson);
+    if (key && cacheDir) writeTokenizerCache(key, json as Record<string, unknown>, loaded.tok, cacheDir);
+    return loaded;
   }
 
   /** Token ids of `text` without any special tokens added. */

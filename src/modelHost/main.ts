@@ -24,7 +24,7 @@ import {
 import { type Checkpoint, CheckpointError } from './checkpoint';
 import { IncompatibleCheckpointError } from './checkpointError';
 import { loadCheckpoints } from './hf/load';
-import { defaultCacheDir } from './hf/weights';
+import { defaultCacheDir } from '../domain/files';
 import { resolveSettings, SettingsError } from './session';
 import {
   BadRequestError,

@@ -88,6 +88,7 @@ export function normaliseRow(row: unknown): NormalisedRow {
   const obj = row as Record<string, unknown>;
   const format = detectFormat(obj);
   let messages: ChatMessage[] = [];
+  const paths: (TurnPath | undefined)[] = [];
   let basePath: (string | number)[] = [];
   switch (format) {
     case 'openai':
@@ -98,6 +99,7 @@ export function normaliseRow(row: unknown): NormalisedRow {
         problems,
         (m) => m.role,
         (m) => m.content,
+        paths,
       );
       break;
     case 'sharegpt': {
@@ -113,8 +115,12 @@ export function normaliseRow(row: unknown): NormalisedRow {
           return typeof from === 'string' ? (SHAREGPT_ROLES[from.toLowerCase()] ?? from) : from;
         },
         (m) => m.value ?? m.content,
+        paths,
       );
-      if (typeof obj.system === 'string') messages.unshift({ role: 'system', content: obj.system });
+      if (typeof obj.system === 'string') {
+        messages.unshift({ role: 'system', content: obj.system });
+        paths.unshift(undefined);
+      }
       break;
     }
     case 'alpaca': {
@@ -170,6 +176,7 @@ export function normaliseRow(row: unknown): NormalisedRow {
             problems,
             (m) => m.role,
             (m) => m.content,
+            paths,
           )
         : [];
       const completion = Array.isArray(obj.completion)
@@ -179,6 +186,7 @@ export function normaliseRow(row: unknown): NormalisedRow {
             problems,
             (m) => m.role,
             (m) => m.content,
+            paths,
           )
         : [];
       if (!Array.isArray(obj.prompt))
@@ -221,17 +229,25 @@ export function normaliseRow(row: unknown): NormalisedRow {
         ],
       };
   }
-  checkTurns(messages, format, problems, basePath);
+  checkTurns(messages, paths, format, problems, basePath);
   return { format, messages, problems };
 }
 
 /**
- * Where a turn came from in the row (its list, index and role key), for a later problem about the turn. Kept on
- * the message under a symbol: not enumerable by templates or JSON, and cheaper per row than a WeakMap.
+ * Where a turn came from in the row (its list, index and role key), for a later problem about the turn: kept in an
+ * array beside the messages (a property added to each parsed turn cost a hidden-class change per turn).
  */
-const TURN_PATH = Symbol('turnPath');
-interface Located extends ChatMessage {
-  [TURN_PATH]?: { base: (string | number)[]; i: number; roleKey: string };
+interface TurnPath {
+  base: (string | number)[];
+  i: number;
+  roleKey: string;
+}
+
+const TURN_KEYS = new Set(['role', 'content', 'from', 'value']);
+/** Whether a turn has no field but its role and content (in either naming). */
+function onlyTurnKeys(m: Record<string, unknown>): boolean {
+  for (const k in m) if (!TURN_KEYS.has(k)) return false;
+  return true;
 }
 
 function readMessageList(
@@ -240,8 +256,9 @@ function readMessageList(
   problems: RowProblem[],
   roleOf: (m: Record<string, unknown>) => unknown,
   contentOf: (m: Record<string, unknown>) => unknown,
+  paths: (TurnPath | undefined)[],
 ): ChatMessage[] {
-  const out: Located[] = [];
+  const out: ChatMessage[] = [];
   for (let i = 0; i < list.length; i++) {
     const item = list[i];
     if (!item || typeof item !== 'object' || Array.isArray(item)) {
@@ -296,16 +313,18 @@ function readMessageList(
         path: [...base, i, 'content' in m ? 'content' : 'value'],
       });
     }
-    // the common row (an OpenAI turn with string content) is used as parsed; others are copied with the trainer's view
-    const msg: Located =
-      m.role === role && typeof content === 'string' && m.content === content
-        ? (m as unknown as Located)
-        : {
-            ...m,
-            role,
-            content: typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? ''),
-          };
-    msg[TURN_PATH] = { base, i, roleKey };
+    // the common row (an OpenAI turn with string content) is used as parsed; others are copied with the trainer's
+    // view: role and content, and any other field the turn has (tool_calls, name, ...) but ShareGPT's from/value
+    const viewContent = typeof content === 'string' || Array.isArray(content) ? content : (text ?? content ?? '');
+    let msg: ChatMessage;
+    if (m.role === role && typeof content === 'string' && m.content === content) msg = m as unknown as ChatMessage;
+    else if (onlyTurnKeys(m)) msg = { role, content: viewContent };
+    else {
+      msg = { ...m, role, content: viewContent };
+      delete msg.from;
+      delete msg.value;
+    }
+    paths.push({ base, i, roleKey });
     out.push(msg);
   }
   return out;
@@ -313,12 +332,13 @@ function readMessageList(
 
 function checkTurns(
   messages: ChatMessage[],
+  paths: (TurnPath | undefined)[],
   format: RowFormat,
   problems: RowProblem[],
   base: (string | number)[],
 ): void {
   const pathOf = (i: number) => {
-    const p = (messages[i] as Located)[TURN_PATH];
+    const p = paths[i];
     return p ? [...p.base, p.i, p.roleKey] : [...base, i];
   };
   let expect: 'user' | 'assistant' = 'user';

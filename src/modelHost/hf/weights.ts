@@ -8,7 +8,6 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { WeightsDtype } from '../../contracts/modelHost';
 import { readSafetensorsHeader, SafetensorsError } from '../../domain/safetensors';
@@ -30,13 +29,6 @@ export interface WeightRef {
 
 /** The dtypes the host converts or reads as they are. Everything else (F8, integers, packed 4-bit) is refused. */
 const FLOAT_DTYPES = new Set(['F32', 'F16', 'BF16']);
-
-export function defaultCacheDir(): string {
-  const fromEnv = process.env.PIGGYBACK_CACHE_DIR;
-  if (fromEnv) return fromEnv;
-  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
-  return path.join(base, 'piggyback-lens');
-}
 
 export class WeightIndex {
   private constructor(
