@@ -81,6 +81,11 @@ EXPRESSIONS = {
     'expr-length-string': "{{ 'héllo' | length }} {{ messages | length }}",
     'expr-in-string': "{{ 'ell' in 'hello' }} {{ 'z' not in 'hello' }}",
     'expr-int-division': "{{ 7 // 2 }} {{ 7 % 3 }} {{ 2 ** 3 }}",
+    'expr-for-undefined': "{% for x in nothing %}x{% endfor %}ok",
+    'expr-for-none': "{% for x in none %}x{% endfor %}ok",
+    'expr-undefined-attribute': "[{{ nothing.attr }}]",
+    'expr-none-attribute': "[{{ none.attr }}]",
+    'expr-items-of-none': "{% for k, v in none.items() %}{% endfor %}",
 }
 
 WEATHER = {

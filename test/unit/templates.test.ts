@@ -15,6 +15,35 @@ import { FIXTURES, lenml, makeTree, ROOT } from '../helpers';
 const ids = (tokens: { id: number }[]) => tokens.map((t) => t.id);
 const codes = (findings: { code: string }[]) => findings.map((f) => f.code);
 
+describe('CT009 on a template that renders only with tools', () => {
+  // the shape of NousResearch's Hermes-2-Pro `tool_use` template: the tool section loops over `tools` unguarded
+  const TOOL_USE =
+    "{{- bos_token }}{{- '<|im_start|>system\\nYou may call one or more functions. <tools> ' }}\n" +
+    "{%- for tool in tools %}{{- tool['function']['name'] }}{{- ' ' }}{%- endfor %}\n" +
+    "{{- ' </tools><|im_end|>\\n' }}{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endfor %}\n" +
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+  it('says the template needs tools, where it reads them, and audits a render with a sample tool', () => {
+    const a = auditTemplate(parseTemplateText('chat_template.jinja', TOOL_USE));
+    const ct009 = a.findings.filter((f) => f.code === 'CT009');
+    assert.equal(ct009.length, 1);
+    assert.match(ct009[0].message, /renders only when tools are given: with `tools` None/);
+    assert.match(ct009[0].message, /--kwargs '\{"tools": \[\.\.\.\]\}'/);
+    assert.equal(ct009[0].line, 2, 'at the loop over tools');
+    assert.match(a.segments!.prefix.text, /<tools> get_weather\s+<\/tools>/);
+  });
+
+  it('with tools given in --kwargs it renders, and nothing is said about tools', () => {
+    const tools = [{ type: 'function', function: { name: 'lookup', parameters: {} } }];
+    const a = auditTemplate(parseTemplateText('chat_template.jinja', TOOL_USE), { kwargs: { tools } });
+    assert.deepEqual(
+      a.findings.filter((f) => f.code === 'CT009'),
+      [],
+    );
+    assert.match(a.segments!.prefix.text, /<tools> lookup\s+<\/tools>/);
+  });
+});
+
 describe('real templates and tokenizers: exact prefix and postfix', () => {
   it('Qwen3 with enable_thinking=False puts the empty think block in the postfix', () => {
     const p = prepareTemplate(lenml('qwen3'), { kwargs: { enable_thinking: false } });

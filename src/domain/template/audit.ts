@@ -44,6 +44,15 @@ export const SAMPLE_RESPONSE = 'Spread them across low-cost index funds.';
 /** A fixed clock (the date Llama 3.1's template defaults to), so that audits are reproducible. */
 export const AUDIT_CLOCK = new Date(2024, 6, 26, 12, 0, 0);
 const OTHER_CLOCK = new Date(2031, 0, 2, 12, 0, 0);
+/** A tool in the JSON-schema form transformers passes, for templates that cannot render without one. */
+const SAMPLE_TOOL = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Current weather for a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
+};
 
 export function auditTemplate(source: TemplateSource, options: TemplateAuditOptions = {}): TemplateAudit {
   const findings: Finding[] = [];
@@ -76,9 +85,27 @@ export function auditTemplate(source: TemplateSource, options: TemplateAuditOpti
     }
   };
 
-  const seg = tryRender(() =>
+  let seg = tryRender(() =>
     segmentPrompt(template, { ...base, query: options.query ?? SAMPLE_QUERY }, options.tokenizer),
   );
+  // a template that renders only with tools (it loops over `tools` with no None check): transformers passes None
+  // when the trainer gives none, so every row without tools would raise; said so, and audited with a sample tool
+  if (seg instanceof Error && !(seg instanceof SegmentationError) && options.kwargs?.tools === undefined) {
+    const withTool = { ...base, tools: [SAMPLE_TOOL] };
+    const retry = tryRender(() =>
+      segmentPrompt(template, { ...withTool, query: options.query ?? SAMPLE_QUERY }, options.tokenizer),
+    );
+    if (!(retry instanceof Error)) {
+      add(
+        'CT009',
+        'error',
+        `The template renders only when tools are given: with \`tools\` None, as transformers passes it when the trainer gives no tools, a one-turn conversation ${seg instanceof TemplateRaisedError ? `raises "${seg.message}"` : `fails: ${seg.message}`}. Every row without tools would fail the same way; give the rows tools, guard the template's tool section with \`{% if tools %}\`, or pass them with --kwargs '{"tools": [...]}'. The findings below are of a render with one sample tool. ${CODES.CT009.why}`,
+        /\bin\s+tools\b|\btools\s*\[|\btools\s*\|/,
+      );
+      base.tools = [SAMPLE_TOOL];
+      seg = retry;
+    }
+  }
   if (seg instanceof Error) {
     const what =
       seg instanceof TemplateRaisedError

@@ -241,7 +241,7 @@ class BudgetedInterpreter extends Interpreter {
     type Callee = { type: string; computed?: boolean; object?: Node; property?: { value?: string } };
     const callee = (n as { callee?: Callee } | undefined)?.callee;
     if (n?.type === 'CallExpression' && callee?.type === 'MemberExpression' && !callee.computed) {
-      const object = this.evaluate(callee.object!, environment);
+      const object = defined(this.evaluate(callee.object!, environment), callee.object!);
       const fn = super.evaluate({ ...callee, object: pre(object) } as unknown as Node, environment);
       if (fn.type === 'UndefinedValue')
         throw new TemplateRenderError(
@@ -264,13 +264,28 @@ class BudgetedInterpreter extends Interpreter {
       );
       return super.evaluate({ ...(node as object), value: entries } as unknown as Node, environment);
     }
-    if (n?.type === 'MemberExpression' && n.computed && n.property?.type !== 'SliceExpression') {
-      const object = this.evaluate(n.object!, environment);
+    if (n?.type === 'MemberExpression') {
+      const object = defined(this.evaluate(n.object!, environment), n.object!);
+      if (!n.computed || n.property?.type === 'SliceExpression')
+        return super.evaluate({ ...(node as object), object: pre(object) } as unknown as Node, environment);
       let property = this.evaluate(n.property!, environment);
       if (object.type === 'ObjectValue' && property.type === 'IntegerValue')
         property = runtimeValue(String(property.value));
       return super.evaluate(
         { ...(node as object), object: pre(object), property: pre(property) } as unknown as Node,
+        environment,
+      );
+    }
+    // a for loop iterates an undefined value as nothing and a string by its characters; None raises
+    if (n?.type === 'For') {
+      const it = (n as unknown as { iterable: { type: string; lhs?: Node } }).iterable;
+      const select = it.type === 'SelectExpression';
+      let v = this.evaluate(select ? it.lhs! : (it as unknown as Node), environment);
+      if (v.type === 'UndefinedValue') v = runtimeValue([]);
+      else if (v.type === 'StringValue') v = runtimeValue([...(v.value as string)]);
+      else if (v.type === 'NullValue') throw new TemplateRenderError("'NoneType' object is not iterable", 'render');
+      return super.evaluate(
+        { ...(node as object), iterable: select ? { ...it, lhs: pre(v) } : pre(v) } as unknown as Node,
         environment,
       );
     }
@@ -301,6 +316,14 @@ class BudgetedInterpreter extends Interpreter {
     const v = super.evaluate(node, environment);
     return v.type === 'BooleanValue' ? pythonBool(v) : v;
   }
+}
+
+/** An attribute or item of an undefined value raises in Jinja2 (UndefinedError); the library answers undefined. */
+function defined(v: Value, node: Node): Value {
+  if (v.type !== 'UndefinedValue') return v;
+  const n = node as unknown as { type: string; value?: string; property?: { value?: unknown } };
+  const name = n.type === 'Identifier' ? n.value : n.type === 'MemberExpression' ? n.property?.value : undefined;
+  throw new TemplateRenderError(name !== undefined ? `'${String(name)}' is undefined` : 'undefined value', 'render');
 }
 
 /** The Python type name a runtime value stands for, for Python's own error message. */
