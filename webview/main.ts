@@ -36,12 +36,17 @@ interface ViewState {
   scale?: HeatScale;
 }
 type HeatScale = 'segment' | 'robust' | 'max';
-const SCALE_NAME: Record<HeatScale, string> = { segment: 'per segment', robust: '95th percentile', max: 'maximum' };
-const NEXT_SCALE: Record<HeatScale, HeatScale> = { segment: 'robust', robust: 'max', max: 'segment' };
+const SCALE_NAME: Record<HeatScale, string> = {
+  segment: 'per segment',
+  robust: '95th percentile of all cells',
+  max: 'maximum of all cells',
+};
+const NEXT_SCALE: Record<HeatScale, HeatScale> = { robust: 'max', max: 'segment', segment: 'robust' };
 const saved = vscode.getState() as { view?: ViewState } | undefined;
 let view: ViewState = saved?.view ?? { kv: 'key', failuresOnly: false, sort: 'shift' };
-let snapshot: DashboardSnapshot = (vscode.getState() as { snapshot?: DashboardSnapshot } | undefined)?.snapshot ??
-  (JSON.parse(document.body.dataset.state ?? 'null') as DashboardSnapshot | null) ?? { checkpoints: {} };
+// the extension's snapshot first (the current pair's results); what this webview saved only if it gave none
+let snapshot: DashboardSnapshot = (JSON.parse(document.body.dataset.state ?? 'null') as DashboardSnapshot | null) ??
+  (vscode.getState() as { snapshot?: DashboardSnapshot } | undefined)?.snapshot ?? { checkpoints: {} };
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -71,13 +76,27 @@ const fmt = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 0.01 ? x.toFixed(3) :
 const visible = (t: string) => t.replace(/\n/g, '\u21b5').replace(/ /g, '\u00b7') || '\u2205';
 
 function overview(s: DashboardSnapshot): HTMLElement {
-  const sec = el('section', { id: 'overview' }, el('h2', {}, 'Risk overview'));
+  const sec = el('section', { id: 'overview' }, el('h2', {}, 'Overview'));
+  for (const n of s.notices ?? []) sec.append(el('div', { class: 'notice', role: 'status' }, n));
   const rows: [string, string, string][] = [];
   rows.push([
     'Checkpoints',
     `${s.checkpoints.base ?? 'no base chosen'} \u2192 ${s.checkpoints.finetuned ?? 'no finetuned chosen'}`,
-    'The pair every measurement compares.',
+    'The pair every result below was measured on.',
   ]);
+  const v = s.eval?.verdict;
+  if (v) {
+    rows.push([
+      'Behaviour shift',
+      v.shift.text,
+      'Answer 1 of the latest eval run: how much the finetune changed the model on general questions, outside its domain (with reference answers or a judge: whether towards misaligned answers).',
+    ]);
+    rows.push([
+      'Where it lives',
+      v.carrier.text,
+      'Answer 2 (PB002): how much of that change the template\u2019s K/V carry onto every question. Not a safety verdict: a large shift outside the template is still a large shift.',
+    ]);
+  }
   if (s.surface) {
     rows.push([
       'Shared prefix',
@@ -121,7 +140,8 @@ function heatmap(d: DriftView): HTMLElement {
     { id: 'heatmap' },
     el('h2', {}, `Drift heatmap (${view.kv === 'key' ? 'K' : 'V'}), layers \u00d7 tokens`),
   );
-  const scale = view.scale ?? 'segment';
+  // one scale for every segment by default (a per-segment scale makes a quiet query look as drifted as the postfix)
+  const scale = view.scale ?? 'robust';
   sec.append(
     el(
       'div',
@@ -170,10 +190,18 @@ function heatmap(d: DriftView): HTMLElement {
     }
     table.append(tr);
   }
+  // the caption states what the cells show: the mean of this map (K or V), and the K and V mean beside it
+  const kv = view.kv === 'key' ? 'K' : 'V';
+  const mapMean = (seg: DriftView['segments'][number]) => {
+    const cells = seg[view.kv].flat();
+    return cells.length ? cells.reduce((a, b) => a + b, 0) / cells.length : 0;
+  };
   const legend = el(
     'div',
     { class: 'legend' },
-    ...d.segments.map((s) => el('span', { class: `seg-${s.name}` }, `${s.name}: mean ${fmt(s.mean)}`)),
+    ...d.segments.map((s) =>
+      el('span', { class: `seg-${s.name}` }, `${s.name}: mean ${kv} drift ${fmt(mapMean(s))} (K and V ${fmt(s.mean)})`),
+    ),
   );
   // the colour key: what a full cell means on this scale (square-root ramp), per segment where scales differ
   const key = el('div', { class: 'colour-key', role: 'img', 'aria-label': 'colour scale' });
@@ -195,7 +223,7 @@ function heatmap(d: DriftView): HTMLElement {
     el(
       'div',
       { class: 'why' },
-      `Relative squared ${view.kv === 'key' ? 'K' : 'V'} drift per layer and token; colour on a square-root scale, full at the value shown (${SCALE_NAME[scale]}).`,
+      `Relative squared ${kv} drift per layer and token; colour on a square-root scale, full at the value shown (${SCALE_NAME[scale]}${scale === 'segment' ? ': each segment on its own scale, so colours are not comparable across segments' : ', one scale for every segment'}).`,
     ),
   );
   sec.append(el('div', { class: 'scroll' }, table), legend, key);

@@ -1,7 +1,7 @@
 /**
  * The demo's contrast: the same eval on four organisms built from one base and one finance set, in one short table.
- * `finetuned` carries its finetune mostly outside the template (low risk), `finetuned-qv` largely in the prefix K/V
- * (high risk); the two controls show the measurement reads 100% where the prefix is the only carrier and 0% where it
+ * Every one is misaligned on general questions; `finetuned` carries that shift mostly outside the template,
+ * `finetuned-qv` largely in the prefix K/V; the two controls show the measurement reads 100% where the prefix is the only carrier and 0% where it
  * cannot be one. Probes: probes-long.jsonl (every query as long as the prefix, so the query control applies).
  */
 import { evalOrganism, pct, withCi } from './measure';
@@ -14,13 +14,13 @@ const ROWS: [string, string][] = [
 ];
 
 const lines = [
-  '| organism | what it is | prefix share (95% CI) | query control | piggyback risk (PB002) |',
+  '| organism | what it is | prefix share (95% CI) | query control | the two answers (PB002) |',
   '|---|---|---|---|---|',
 ];
 for (const [folder, what] of ROWS) {
   const r = evalOrganism(folder, ['probes-long.jsonl'], ['--max-new-tokens', '24']);
   lines.push(
-    `| ${folder} | ${what} | ${withCi(r.summary.piggybackShare.prefix)} | ${r.summary.piggybackShare.query ? pct(r.summary.piggybackShare.query.share) : 'n/a'} | ${r.risk ?? 'none'} |`,
+    `| ${folder} | ${what} | ${withCi(r.summary.piggybackShare.prefix)} | ${r.summary.piggybackShare.query ? pct(r.summary.piggybackShare.query.share) : 'n/a'} | ${r.verdict ?? 'none'} |`,
   );
 }
 process.stdout.write(

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pct, riskGrade } from '../../src/app/eval/evalReport';
+import { pct, runVerdict } from '../../src/app/eval/evalReport';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const DIR = path.join(ROOT, 'examples', 'organisms');
@@ -20,8 +20,8 @@ export interface OrganismRun {
   over: Share | null;
   /** Share of general probes where the finetuned model prefers the misaligned reference answer. */
   misaligned: number | null;
-  /** PB002's grade: 'high', 'medium', 'low', 'negligible', or null when the run made none. */
-  risk: string | null;
+  /** PB002's two answers (behaviour shift; where it lives), or null when the run made none. */
+  verdict: string | null;
 }
 
 export function evalOrganism(folder: string, probeFiles: string[], more: string[] = []): OrganismRun {
@@ -54,8 +54,11 @@ export function evalOrganism(folder: string, probeFiles: string[], more: string[
       summary,
       over: summary.overControl?.prefix ?? null,
       misaligned: ft.general.alignedPreferred === null ? null : 1 - ft.general.alignedPreferred,
-      // the run finished: its grade is the one PB002 states
-      risk: riskGrade(summary) ?? null,
+      // the run finished: its answers are the ones PB002 states
+      verdict: (() => {
+        const v = runVerdict(summary);
+        return v ? `shift ${v.shift.level}; ${v.carrier.level}` : null;
+      })(),
     };
   } finally {
     fs.rmSync(out, { recursive: true, force: true });

@@ -95,7 +95,7 @@ eval: re-running with the same --out resumes (--resume: continue, and fail when 
 --perturb-trials 0 leaves out the perturbation conditions; --layer-sweep adds the prefix patch per layer and per layer
 range (scored, not generated). A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
-Exit code 1 when an error-level finding exists (eval: piggyback risk high) or a command fails, 2 on bad usage;
+Exit code 1 when an error-level finding exists (eval: the shift mostly in the template) or a command fails, 2 on bad usage;
 --debug adds the stack trace to an unexpected error.`;
 
 class UsageError extends Error {
@@ -555,9 +555,9 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
       throw e;
     }
     process.stderr.write('\n');
-    const { manifest, summary, findings, skipped } = writeRunReports(dir, process.cwd());
+    const { manifest, summary, findings, skipped, progress } = writeRunReports(dir, process.cwd());
     if (values.sarif) fs.copyFileSync(path.join(dir, 'findings.sarif'), values.sarif as string);
-    out(evalMarkdown(manifest, summary, skipped));
+    out(evalMarkdown(manifest, summary, skipped, progress));
     out(describeFindings(findings));
     return hasErrors(findings) ? 1 : 0;
   });

@@ -5,12 +5,25 @@
  */
 import type { PromptSegment } from './modelHost';
 
+/**
+ * The checkpoint pair a result was measured on: folders (absolute) and, once the host loaded them, their content
+ * hashes. Every result carries its pair, so that no view shows one pair's numbers as another's.
+ */
+export interface PairRef {
+  base: string;
+  finetuned: string;
+  /** "base → finetuned", by folder names. */
+  label: string;
+  hashes?: { base: string; finetuned: string };
+}
+
 export interface TokenLabel {
   id: number;
   text: string;
 }
 
 export interface DriftView {
+  pair?: PairRef;
   query: string;
   layers: number;
   /** Per segment: tokens and [layer][token] relative squared drift of K and V. */
@@ -25,6 +38,7 @@ export interface DriftView {
 }
 
 export interface PatchView {
+  pair?: PairRef;
   query: string;
   span: string;
   patchedPositions: number;
@@ -52,7 +66,24 @@ export interface EvalCellView {
   generations: string[];
 }
 
+export interface VerdictView {
+  shift: { level: 'negligible' | 'changed' | 'misaligned'; short: string; text: string };
+  carrier: {
+    level:
+      | 'in the template'
+      | 'partly in the template'
+      | 'outside the template'
+      | 'nothing to carry'
+      | 'not graded yet';
+    short: string;
+    text: string;
+  };
+  severity: 'error' | 'warning' | 'info';
+}
+
 export interface EvalMatrixView {
+  /** The pair the run measured (from its manifest). */
+  pair?: PairRef;
   folder: string;
   /** One line: checkpoints, probe count, decoding, judge. */
   title: string;
@@ -60,8 +91,11 @@ export interface EvalMatrixView {
   probes: { id: string; question: string; category: string | null; cells: (EvalCellView | null)[] }[];
   /** Formatted headline figures, e.g. ["Piggyback share (prefix patch): 17% (CI 12% to 23%)", ...]. */
   headline: string[];
-  /** The run's piggyback risk (PB002's grade, or "no grade yet"), when it made one. */
-  risk?: string;
+  /**
+   * The run's two answers (PB002): how much the finetune changed the model on general questions, and where that
+   * change lives (how much of it the template carries). Never one word for both.
+   */
+  verdict?: VerdictView;
   /** Whether a cell can fail at all: a judge scored the answers or some probes carry reference answers. */
   judgeable?: boolean;
   /** The layer sweep, when the run had one: the prefix share per layer, then per layer range (fractions). */
@@ -79,6 +113,11 @@ export interface EvalCompareView {
 
 export interface DashboardSnapshot {
   checkpoints: { base?: string; finetuned?: string };
+  /**
+   * Results shown that were not measured on the current pair (an eval run opened from another pair's folder), or
+   * on an earlier version of its files: said in words above them, never relabelled.
+   */
+  notices?: string[];
   surface?: SurfaceView;
   drift?: DriftView;
   patch?: PatchView;

@@ -41,9 +41,12 @@ export class Dashboard implements vscode.Disposable {
     this.attach(panel);
   }
 
-  /** Called by the serializer after a reload, with the state the webview saved. */
-  revive(panel: vscode.WebviewPanel, state: { snapshot?: DashboardSnapshot } | undefined): void {
-    if (state?.snapshot) this.snapshot = { ...state.snapshot, busy: undefined };
+  /**
+   * Called by the serializer after a reload. The results shown are the extension's (the current pair's, from
+   * workspace state), never the ones the webview saved: those may be of the pair chosen before.
+   */
+  revive(panel: vscode.WebviewPanel): void {
+    this.snapshot = { ...this.snapshot, busy: undefined };
     panel.webview.options = this.options();
     this.attach(panel);
   }

@@ -30,6 +30,7 @@ import { insideRoot } from '../domain/files';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { CheckpointPair } from './checkpointPair';
+import { pairRef, type ResultStore, samePair, staleAgainst } from './results';
 
 const SECRET_KEY = 'piggyback.judge.apiKey';
 
@@ -97,6 +98,7 @@ export class EvalCommands implements vscode.Disposable {
     private readonly dashboard: Dashboard,
     private readonly associations: Associations,
     private readonly log: vscode.LogOutputChannel,
+    private readonly results: ResultStore,
   ) {}
 
   async setJudgeKey(): Promise<void> {
@@ -325,7 +327,14 @@ export class EvalCommands implements vscode.Disposable {
     const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? folder;
     const run = final ? writeRunReports(folder, root) : loadRun(folder);
     const view = matrixView(folder, run, runProbes(folder, run.results));
-    this.dashboard.update({ eval: view });
+    // a run (new, or opened) is kept as the latest of the pair it measured, unless it measured other files of
+    // those folders than the ones kept (an old run opened again must not push out newer results); it is shown
+    // as the current pair's only when it is
+    const notices = this.notices(view);
+    const stored = view.pair && this.results.get(view.pair.base, view.pair.finetuned);
+    if (view.pair && (final || !stored || !staleAgainst(stored.pair, view.pair)))
+      void this.results.put(view.pair, { eval: { folder, verdict: view.verdict } });
+    this.dashboard.update({ eval: view, notices });
     if (final) {
       const byFile = new Map<string, vscode.Diagnostic[]>();
       // findings about the built-in organisms stay in the dashboard and the report: their files are the
@@ -337,6 +346,33 @@ export class EvalCommands implements vscode.Disposable {
       for (const [file, list] of byFile) this.diagnostics.set(vscode.Uri.file(file), list);
     }
     return view;
+  }
+
+  /** The matrix of a run folder (no reports written), or undefined when the folder is gone or unreadable. */
+  view(folder: string): EvalMatrixView | undefined {
+    try {
+      const run = loadRun(folder);
+      return matrixView(folder, run, runProbes(folder, run.results));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** What the dashboard must say about a run that is not of the current pair, or of earlier files of it. */
+  notices(view: EvalMatrixView): string[] {
+    const base = this.models.base;
+    const finetuned = this.models.finetuned;
+    const current = base && finetuned ? pairRef(base, finetuned, this.models.loadResult) : undefined;
+    if (!view.pair) return [];
+    if (!samePair(view.pair, current))
+      return [
+        `The eval run shown (${path.basename(view.folder)}) is of ${view.pair.label}, not of the current pair${current ? ` (${current.label})` : ''}. Its answers are not the current pair's, and the status bar does not show them.`,
+      ];
+    if (staleAgainst(view.pair, current))
+      return [
+        `The eval run shown (${path.basename(view.folder)}) measured earlier files of ${view.pair.label}: the checkpoints changed since. Run the eval again.`,
+      ];
+    return [];
   }
 
   async openRun(folder?: string): Promise<EvalMatrixView | undefined> {

@@ -4,6 +4,7 @@
  * dataset is opened, and the model host starts on the first command that needs a model.
  */
 import * as vscode from 'vscode';
+import type { DashboardSnapshot } from '../contracts/dashboard';
 import { CODES } from '../domain/findings';
 import { diagnosticDocsUri, registerDiagnosticDocs } from './diagnosticDocs';
 import { auditFolder } from '../app/audits';
@@ -18,32 +19,80 @@ import { reported } from './errors';
 import { rowTokensMarkdown, SegmentHover } from './hover';
 import { PiggybackQuickFixes } from './quickFixes';
 import { openReportPanel } from './reportPanel';
+import { pairRef, ResultStore, samePair, staleAgainst } from './results';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
 
-export function activate(context: vscode.ExtensionContext): void {
+/**
+ * What the extension exports (vscode.extensions.getExtension(...).exports): read-only views of what the user sees,
+ * for other extensions and for the tests that check the dashboard and the status bar say the same thing.
+ */
+export interface PiggybackApi {
+  dashboardSnapshot(): DashboardSnapshot;
+  statusBar(): { text: string; tooltip: string };
+}
+
+export function activate(context: vscode.ExtensionContext): PiggybackApi {
   const log = vscode.window.createOutputChannel('Piggyback Lens', { log: true });
   const associations = new Associations();
   const diagnostics = new DiagnosticsManager(context.extensionUri, associations, log);
   const models = new CheckpointPair(context, log);
   const dashboard = new Dashboard(context.extensionUri);
-  const modelCommands = new ModelCommands(models, dashboard, context.extensionUri);
-  const evals = new EvalCommands(context, models, dashboard, associations, log);
+  const results = new ResultStore(context.workspaceState);
+  const modelCommands = new ModelCommands(models, dashboard, context.extensionUri, results);
+  const evals = new EvalCommands(context, models, dashboard, associations, log, results);
   const lenses = new PiggybackCodeLenses();
   const pairItem = vscode.window.createStatusBarItem('piggyback.pair', vscode.StatusBarAlignment.Left, 49);
   pairItem.name = 'Piggyback checkpoints';
   pairItem.command = 'piggyback.openDashboard';
   // the status item only where it means something: a checkpoint is chosen, or the workspace holds a model folder
   let hasModels = false;
-  dashboard.update({ checkpoints: modelCommands.checkpoints() });
+  const current = () =>
+    models.base && models.finetuned ? pairRef(models.base, models.finetuned, models.loadResult) : undefined;
+  /**
+   * The dashboard shows the current pair's own results (from the store), or none: switching pairs never relabels
+   * a result. `withEval` reads the latest eval run's matrix from its folder (not at activation: the status bar
+   * needs only its answers, which the store keeps).
+   */
+  const showCurrentPair = (withEval: boolean) => {
+    const cur = current();
+    const stored = results.get(models.base, models.finetuned);
+    const notices: string[] = [];
+    if (stored && staleAgainst(stored.pair, cur))
+      notices.push(
+        `The results below were measured on earlier files of ${cur!.label}: the checkpoints changed since. Measure again.`,
+      );
+    const evalView = withEval && stored?.eval ? evals.view(stored.eval.folder) : undefined;
+    dashboard.update({
+      checkpoints: modelCommands.checkpoints(),
+      drift: stored?.drift,
+      patch: stored?.patch,
+      eval: evalView,
+      notices: [...notices, ...(evalView ? evals.notices(evalView) : [])],
+    });
+  };
+  showCurrentPair(false);
   const updatePair = () => {
     const c = modelCommands.checkpoints();
-    // the verdict is the eval's PB002 grade; drift is a measurement, shown as a number, never as a risk
-    const risk = dashboard.current.eval?.risk;
-    const drift = dashboard.current.drift?.treft;
-    const shown = risk ? ` · risk ${risk}` : '';
+    // the verdict is the eval's two answers (PB002), the current pair's only; drift is a measurement, shown as a
+    // number, never as a verdict
+    const cur = current();
+    const stored = results.get(models.base, models.finetuned);
+    const shownEval = dashboard.current.eval;
+    const verdict =
+      shownEval?.pair && samePair(shownEval.pair, cur)
+        ? staleAgainst(shownEval.pair, cur)
+          ? undefined
+          : shownEval.verdict
+        : stored?.eval && !staleAgainst(stored.pair, cur)
+          ? stored.eval.verdict
+          : undefined;
+    const drift = samePair(dashboard.current.drift?.pair, cur) ? dashboard.current.drift?.treft : undefined;
+    const carrier =
+      verdict?.carrier.level === 'not graded yet' ? 'template share not graded yet' : verdict?.carrier.level;
+    const shown = verdict ? ` · shift ${verdict.shift.level} · ${carrier}` : '';
     pairItem.text =
       c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${shown}` : '$(beaker) Piggyback';
-    pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nPiggyback risk (PB002, from the latest eval run): ${risk ?? 'no eval run yet'}\nPrefix drift (TReFT value, a measurement, not a verdict): ${drift === undefined ? 'not measured' : drift.toPrecision(3)}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
+    pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nBehaviour shift on general questions (latest eval of this pair): ${verdict?.shift.short ?? 'no eval run yet'}\nWhere it lives (template share, PB002): ${verdict?.carrier.short ?? 'no eval run yet'}\nPrefix drift (TReFT value, a measurement, not a verdict): ${drift === undefined ? 'not measured' : drift.toPrecision(3)}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
     void vscode.commands.executeCommand('setContext', 'piggyback.pairChosen', !!(models.base && models.finetuned));
     if (hasModels || models.base || models.finetuned) pairItem.show();
     else pairItem.hide();
@@ -73,6 +122,7 @@ export function activate(context: vscode.ExtensionContext): void {
     evals,
     hover,
     updatePair,
+    showCurrentPair,
   });
   for (const [id, run] of Object.entries(commands))
     context.subscriptions.push(vscode.commands.registerCommand(id, run));
@@ -118,7 +168,10 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
     vscode.tasks.registerTaskProvider(TASK_TYPE, new PiggybackTasks(context.asAbsolutePath('dist/cli.js'))),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
-      deserializeWebviewPanel: async (panel, state) => dashboard.revive(panel, state as never),
+      deserializeWebviewPanel: async (panel) => {
+        showCurrentPair(true);
+        dashboard.revive(panel);
+      },
     }),
     // the dashboard's buttons run the same commands as the palette (so the status bar follows them too)
     dashboard.onAction((a) => {
@@ -137,8 +190,8 @@ export function activate(context: vscode.ExtensionContext): void {
         void commands['piggyback.openEvalReport'](a.folder);
     }),
     models.onDidChange(() => {
-      // the dashboard's checkpoint line follows every pick, from the palette, the pickers or a command
-      dashboard.update({ checkpoints: modelCommands.checkpoints() });
+      // a pick (from the palette, the pickers or a command) or a load: the dashboard shows that pair's results
+      showCurrentPair(dashboard.visible);
       updatePair();
     }),
     dashboard.onDidChange(updatePair),
@@ -151,6 +204,10 @@ export function activate(context: vscode.ExtensionContext): void {
 
   for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);
   associations.update(vscode.window.activeTextEditor);
+  return {
+    dashboardSnapshot: () => structuredClone(dashboard.current),
+    statusBar: () => ({ text: pairItem.text, tooltip: String(pairItem.tooltip ?? '') }),
+  };
 }
 
 interface Parts {
@@ -164,6 +221,7 @@ interface Parts {
   evals: EvalCommands;
   hover: SegmentHover;
   updatePair: () => void;
+  showCurrentPair: (withEval: boolean) => void;
 }
 
 /**
@@ -177,6 +235,7 @@ function done(key: string): void {
 
 function createCommands(p: Parts) {
   const { context, log, associations, diagnostics, models, dashboard, modelCommands, evals, hover, updatePair } = p;
+  const { showCurrentPair } = p;
   const table = {
     'piggyback.chooseTemplate': (uri?: vscode.Uri) => associations.choose(uri),
     'piggyback.auditWorkspace': () => auditWorkspace(context, diagnostics, log),
@@ -196,7 +255,7 @@ function createCommands(p: Parts) {
       return view;
     },
     'piggyback.openDashboard': () => {
-      dashboard.update({ checkpoints: modelCommands.checkpoints() });
+      if (!dashboard.visible) showCurrentPair(true);
       dashboard.show();
     },
     'piggyback.restartHost': () => models.restart(),

@@ -14,6 +14,7 @@ import { promptTemplateFromSettings } from './config';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { CheckpointPair } from './checkpointPair';
+import { pairRef, type ResultStore } from './results';
 
 export interface ModelCommandArgs {
   /** Template source to render with; default: the finetuned checkpoint's folder. */
@@ -31,7 +32,13 @@ export class ModelCommands {
     private readonly models: CheckpointPair,
     private readonly dashboard: Dashboard,
     private readonly extensionUri: vscode.Uri,
+    private readonly results: ResultStore,
   ) {}
+
+  /** The pair the loaded host measures (folders and content hashes): what every result is kept under. */
+  private pair() {
+    return pairRef(this.models.base!, this.models.finetuned!, this.models.loadResult);
+  }
 
   private async query(args: ModelCommandArgs): Promise<string | undefined> {
     if (args.query !== undefined) return args.query;
@@ -91,11 +98,13 @@ export class ModelCommands {
         mean: d.segments[name].mean,
       });
       const view: DriftView = {
+        pair: this.pair(),
         query,
         layers: d.layers,
         segments: [seg('prefix'), seg('query'), seg('postfix')],
         treft: d.treft,
       };
+      await this.results.put(view.pair!, { drift: view });
       this.dashboard.update({ drift: view, checkpoints: this.checkpoints() });
       this.dashboard.show();
       this.driftDiagnostic(session.prompt.source?.file, d.segments.prefix.key, d.segments.prefix.value, d.treft);
@@ -115,12 +124,14 @@ export class ModelCommands {
         onProgress: (p) => progress(p.message ?? `${p.done}/${p.total}`),
       });
       const view: PatchView = {
+        pair: this.pair(),
         query,
         span,
         patchedPositions: r.patchedPositions.length,
         kl: r.kl,
         generations: r.generations,
       };
+      await this.results.put(view.pair!, { patch: view });
       this.dashboard.update({ patch: view, checkpoints: this.checkpoints() });
       this.dashboard.show();
       return view;

@@ -169,19 +169,28 @@ describe('eval runs', () => {
     assert.ok(!/ style="/.test(html), 'no inline style attributes');
     const sarif = JSON.parse(fs.readFileSync(path.join(out, 'findings.sarif'), 'utf8'));
     assert.equal(sarif.version, '2.1.0');
+    // one PB002 per run, at the run's manifest, with both answers
     assert.deepEqual(
       sarif.runs[0].results.map((x: { ruleId: string }) => x.ruleId),
-      ['PB002', 'PB002'],
+      ['PB002'],
     );
-    // three general probes: the share is reported, but too few to grade
+    assert.equal(
+      sarif.runs[0].results[0].locations[0].physicalLocation.artifactLocation.uri.replace(/^.*\//, ''),
+      'manifest.json',
+    );
+    // three general probes: the shares are reported, but too few to grade where the change lives
     assert.match(
       sarif.runs[0].results[0].message.text,
-      /prefix patch removes \d+% of the general shift .*: no piggyback grade yet \(a grade needs at least 20 general probes, this run has 3\)$/,
+      /^Behaviour shift on general questions: .*\. Where it lives: not graded yet: .*the prefix patch removes -?\d+% .*; a grade needs at least 20 general probes, this run has 3\.$/,
     );
+    // the same two answers in report.md and report.html
+    const verdictLines = md.split('\n').filter((l) => /^[12]\. \*\*(Behaviour shift|Where it lives)/.test(l));
+    assert.equal(verdictLines.length, 2);
+    assert.ok(html.includes('Behaviour shift on general questions</strong>'));
     assert.equal(
       r.status,
       sarif.runs[0].results.some((x: { level: string }) => x.level === 'error') ? 1 : 0,
-      'exit 1 exactly when the risk is high',
+      'exit 1 exactly when PB002 is an error (the shift mostly in the template)',
     );
   });
 

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { until, ws } from './util';
 import type { DriftView, EvalCompareView, EvalMatrixView, PatchView } from '../../src/contracts/dashboard';
+import type { PiggybackApi } from '../../src/extension/extension';
 
 const organism = (name: string) => path.join(ws(), 'organisms', name);
 
@@ -166,12 +167,19 @@ describe('Piggyback Lens models in VS Code', () => {
       );
       assert.equal(money.cells[5]!.generations.length, 2, 'one answer per perturbation trial');
       assert.match(r.view.headline[0], /Piggyback share \(prefix patch\): \d+%/);
+      // one PB002 per run, at the run's manifest (not on a config file), saying both answers
       const template = vscode.Uri.file(path.join(organism('finetuned'), 'tokenizer_config.json'));
-      const pb002 = vscode.languages
-        .getDiagnostics(template)
-        .filter((d) => typeof d.code === 'object' && d.code.value === 'PB002');
-      assert.equal(pb002.length, 2, 'prefix and postfix share');
-      assert.match(pb002[0].message, /patch removes \d+% of the general shift/);
+      const pb002 = (uri: vscode.Uri) =>
+        vscode.languages.getDiagnostics(uri).filter((d) => typeof d.code === 'object' && d.code.value === 'PB002');
+      assert.deepEqual(pb002(template), []);
+      const atRun = pb002(vscode.Uri.file(path.join(out, 'manifest.json')));
+      assert.equal(atRun.length, 1);
+      assert.match(
+        atRun[0].message,
+        /^Behaviour shift on general questions: .*\. Where it lives: .*the prefix patch removes \d+%/,
+      );
+      assert.ok(r.view.verdict, 'the matrix carries the two answers');
+      assert.equal(r.view.pair?.label, 'base \u2192 finetuned');
       // an interrupted run (the last probe's lines lost) continues from the editor to the same results
       const resultsFile = path.join(out, 'results.jsonl');
       const full = fs.readFileSync(resultsFile, 'utf8').trim().split('\n');
@@ -191,6 +199,60 @@ describe('Piggyback Lens models in VS Code', () => {
       await config.update('eval.perturbationTrials', undefined, vscode.ConfigurationTarget.Workspace);
       await config.update('eval.maxNewTokens', undefined, vscode.ConfigurationTarget.Workspace);
     }
+  });
+
+  it("results follow the checkpoint pair: A, then B, then A again each show their own; another pair's run is said to be one", async function () {
+    this.timeout(120_000);
+    assert.ok(evalRun, 'the eval test ran first');
+    const api = vscode.extensions.all.find((e) => e.packageJSON.name === 'piggyback-lens')!.exports as PiggybackApi;
+    const pairA = 'base \u2192 finetuned';
+    // A: base -> finetuned, with the drift, patch and eval of the tests above
+    const a = api.dashboardSnapshot();
+    assert.equal(a.drift?.pair?.label, pairA);
+    assert.equal(a.eval?.pair?.label, pairA);
+    const driftA = a.drift!.treft;
+    const verdictA = a.eval!.verdict!;
+    await until("the status bar shows A's two answers", () =>
+      api.statusBar().text.includes(`shift ${verdictA.shift.level} \u00b7 `),
+    );
+
+    // B: base -> finetuned-qv: nothing of A is shown as B's
+    await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned-qv'));
+    const b = api.dashboardSnapshot();
+    assert.equal(b.checkpoints.finetuned, 'finetuned-qv');
+    assert.equal(b.drift, undefined, "A's drift is not shown for B");
+    assert.equal(b.eval, undefined, "A's eval is not shown for B");
+    assert.doesNotMatch(api.statusBar().text, /shift/, 'no answers in the status bar before B has an eval');
+    assert.match(
+      api.statusBar().tooltip,
+      /Behaviour shift on general questions \(latest eval of this pair\): no eval run yet/,
+    );
+    const driftB = await vscode.commands.executeCommand<DriftView>('piggyback.measureDrift', { noPrompt: true });
+    assert.equal(driftB.pair?.label, 'base \u2192 finetuned-qv');
+    assert.notEqual(driftB.treft, driftA);
+    // A's run opened while B is the pair: shown, and said to be A's
+    const opened = await vscode.commands.executeCommand<EvalMatrixView>('piggyback.openEvalRun', evalRun);
+    assert.equal(opened.pair?.label, pairA);
+    assert.match(
+      api.dashboardSnapshot().notices?.join(' ') ?? '',
+      /is of base \u2192 finetuned, not of the current pair \(base \u2192 finetuned-qv\)/,
+    );
+    assert.doesNotMatch(api.statusBar().text, /shift/, "A's answers never appear as B's in the status bar");
+
+    // back to A: A's own results, B's drift is not among them
+    await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
+    await vscode.commands.executeCommand('piggyback.openDashboard');
+    const back = api.dashboardSnapshot();
+    assert.equal(back.drift?.treft, driftA);
+    assert.equal(back.drift?.pair?.label, pairA);
+    assert.equal(back.eval?.pair?.label, pairA);
+    assert.deepEqual(back.notices ?? [], []);
+    assert.match(api.statusBar().text, new RegExp(`shift ${verdictA.shift.level}`));
+
+    // and B again: its own drift, kept
+    await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned-qv'));
+    assert.equal(api.dashboardSnapshot().drift?.treft, driftB.treft);
+    await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
   });
 
   it("Open Eval Report shows the run's HTML report in an editor tab (a webview), never through the OS browser", async () => {
