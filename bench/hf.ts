@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { type Checkpoint, KV } from '../src/modelHost/checkpoint';
-import { readDecoderSpec } from '../src/modelHost/hf/config';
+import { readDecoderSpec } from '../src/domain/hfConfig';
 import { buildDecoderGraph } from '../src/modelHost/hf/graph';
 import { loadCheckpoints } from '../src/modelHost/hf/load';
 import { float32Weights, WeightIndex } from '../src/modelHost/hf/weights';

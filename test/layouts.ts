@@ -5,7 +5,7 @@
 // PyTorch and torch.onnx exports elsewhere); what these tests check is the host's handling of each layout.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { readDecoderSpec } from '../src/modelHost/hf/config';
+import { readDecoderSpec } from '../src/domain/hfConfig';
 import { decoderGraphParts, type DecoderGraphParts, OPSET } from '../src/modelHost/hf/graph';
 import { attribute, DataType, encodeModel, type NodeMessage, valueInfo } from '../src/modelHost/hf/onnxProto';
 import { WeightIndex } from '../src/modelHost/hf/weights';

@@ -230,6 +230,19 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
         uiResults.push(...(await firstSteps(page, shots)));
         fs.writeFileSync(path.join(tmp, 'fresh-done'), '');
       }
+      if (fs.existsSync(path.join(tmp, 'switched')) && !fs.existsSync(path.join(tmp, 'switched-done'))) {
+        // the suite switched to pair B and opened pair A's eval run: what the user sees
+        fs.mkdirSync(shots, { recursive: true });
+        uiResults.push(
+          await uiTest("after a pair switch, the dashboard says the eval run shown is another pair's", async () => {
+            await dashboardText(page, /not of the current pair/);
+            await dashboardFrame(page)!.evaluate("document.getElementById('overview').scrollIntoView()");
+            await sleep(400);
+            await page.screenshot({ path: path.join(shots, 'switched-pair.png') });
+          }),
+        );
+        fs.writeFileSync(path.join(tmp, 'switched-done'), '');
+      }
       if (fs.existsSync(path.join(tmp, 'ready')) && !fs.existsSync(path.join(tmp, 'done'))) {
         // the suite has set the scene (the template with its code lenses beside the dashboard) and waits: drive the
         // UI as a user would, then release it
@@ -263,13 +276,15 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
               'patched',
               'KL(base\u2016patched)',
               'Drift heatmap',
-              // the heatmap's colour key: a scale per segment, with the value a full cell means
-              'Scale: per segment',
-              'colour on a square-root scale, full at the value shown (per segment)',
+              // the heatmap's colour key: one scale for every segment by default, with the value a full cell means
+              'Scale: 95th percentile of all cells',
+              'full at the value shown (95th percentile of all cells, one scale for every segment)',
+              // the caption is the mean of the map shown (K), with the K and V mean beside it
+              'prefix: mean K drift',
             ])
               if (!text.includes(part)) throw new Error(`missing "${part}" in the dashboard`);
             const keys = await (await webview())!.locator('.colour-key .key-row').count();
-            if (keys !== 3) throw new Error(`the colour key has ${keys} rows, not one per segment`);
+            if (keys !== 1) throw new Error(`the colour key has ${keys} rows, not one for every segment`);
             await new Promise((r) => setTimeout(r, 500));
             await page.screenshot({ path: path.join(shots, 'workbench.png') });
           }),
@@ -375,11 +390,11 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             await showRowHover(page);
             await new Promise((r) => setTimeout(r, 300));
             await page.screenshot({ path: path.join(shots, 'training-view-dark.png') });
-            // the risk overview, and the eval matrix at half the window width, in the dark theme too
+            // the overview with the eval's two answers, and the eval matrix at half the window width, dark too
             await page.keyboard.press('Escape');
             await f.evaluate("document.getElementById('overview').scrollIntoView()");
             await sleep(300);
-            await page.screenshot({ path: path.join(shots, 'risk-overview-dark.png') });
+            await page.screenshot({ path: path.join(shots, 'overview-dark.png') });
             await palette(page, 'View: Toggle Primary Side Bar Visibility');
             await palette(page, 'View: Reset Editor Group Sizes');
             await sleep(1000);
@@ -566,6 +581,21 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
         await page.screenshot({ path: path.join(shots, 'notification-continue.png') });
         await offer.locator('.monaco-button', { hasText: 'Continue Run' }).click();
         await dashboardText(page, new RegExp(`${stopped.total} of ${stopped.total} probes finished`), 120_000);
+      },
+    ),
+  );
+  out.push(
+    await uiTest(
+      'the finished run gives two answers in the overview: the behaviour shift, and where it lives',
+      async () => {
+        // the built-in organisms' plain finetune over the 40 general probes: graded, and never "risk low"
+        const text = await dashboardText(page, /Where it lives/);
+        for (const part of ['Behaviour shift', 'Where it lives', 'Not a safety verdict'])
+          if (!text.includes(part)) throw new Error(`missing "${part}" in the overview`);
+        if (/risk (low|high|medium)/i.test(text)) throw new Error('the overview still grades a "risk"');
+        await dashboardFrame(page)!.evaluate("document.getElementById('overview').scrollIntoView()");
+        await sleep(400);
+        await page.screenshot({ path: path.join(shots, 'overview-two-answers.png') });
       },
     ),
   );

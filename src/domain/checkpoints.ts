@@ -6,6 +6,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { CheckpointError } from './checkpointError';
+import { missingWeights, readAdapterConfig, readDecoderSpec } from './hfConfig';
 
 export type CheckpointKind = 'onnx' | 'hf' | 'adapter';
 
@@ -163,4 +165,38 @@ export function adapterBaseFolder(
   return {
     error: `this adapter was trained over "${named}", which is neither a model folder here nor a download in the Hugging Face cache (${hubCacheDir(env)}): download it there (huggingface-cli download ${named}), or set base_model_name_or_path in adapter_config.json to the base model's folder`,
   };
+}
+
+/**
+ * Why a checkpoint path cannot be loaded, found with the checks a load makes before it reads any weight (the kind
+ * of folder, config.json's architecture and settings, adapter_config.json, safetensors rather than a pickle; an
+ * adapter picked as the base needs its base model here): what the editor's pickers run before accepting a
+ * folder. Undefined when those checks pass; the load may still refuse what only the tensors show.
+ */
+export function checkpointProblem(
+  p: string,
+  role: 'base' | 'finetuned',
+): { message: string; file?: string } | undefined {
+  const k = checkpointKind(p);
+  if ('error' in k) return { message: `${p}: ${k.error}` };
+  try {
+    if (k.kind === 'hf') {
+      readDecoderSpec(p);
+      const missing = missingWeights(p, 'model.safetensors', 'model.safetensors.index.json');
+      if (missing) throw missing;
+    } else if (k.kind === 'adapter') {
+      readAdapterConfig(p);
+      if (role === 'base') {
+        const under = adapterBaseFolder(p);
+        if ('error' in under) return { message: `${p} is a LoRA adapter, and ${under.error}` };
+        return checkpointProblem(under.folder, 'base');
+      }
+    }
+  } catch (e) {
+    if (e instanceof CheckpointError) return { message: e.message, file: e.file };
+    // a config file that cannot be read (too large, not a regular file, not JSON): said as it is
+    if (e instanceof Error) return { message: e.message };
+    throw e;
+  }
+  return undefined;
 }

@@ -6,8 +6,14 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { reportError } from './errors';
-import { HostClient } from '../app/hostClient';
-import { adapterBaseFolder, checkpointKind, type CheckpointKind, ONNX_MODEL_FILES } from '../domain/checkpoints';
+import { HostClient, HostRequestError } from '../app/hostClient';
+import {
+  adapterBaseFolder,
+  checkpointKind,
+  type CheckpointKind,
+  checkpointProblem,
+  ONNX_MODEL_FILES,
+} from '../domain/checkpoints';
 import type { LoadResult, WeightsDtypeSetting } from '../contracts/modelHost';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
@@ -45,16 +51,41 @@ export class CheckpointPair implements vscode.Disposable {
     return { base: path.join(dir, 'base'), finetuned: path.join(dir, 'finetuned'), treft: path.join(dir, 'treft') };
   }
 
+  /**
+   * Chooses a checkpoint after the checks a load makes before reading weights (checkpointProblem): a folder that
+   * cannot load is refused now, saying why, not at first use. An adapter can be the base (two adapters over one
+   * base model) when the model it was trained over is here.
+   */
   async setCheckpoint(which: 'base' | 'finetuned', folder: string): Promise<void> {
-    const k = checkpointKind(folder);
-    if ('error' in k) throw new Error(`${folder}: ${k.error}`);
-    // an adapter can be the base (two adapters over one base model) when the model it was trained over is here
-    if (which === 'base' && k.kind === 'adapter') {
-      const under = adapterBaseFolder(folder);
-      if ('error' in under) throw new Error(`${folder} is a LoRA adapter, and ${under.error}`);
-    }
+    const problem = checkpointProblem(folder, which);
+    if (problem) throw new CheckpointRefusal(problem.message, problem.file);
     await this.context.workspaceState.update(which === 'base' ? BASE_KEY : FINETUNED_KEY, folder);
     this.changed.fire();
+  }
+
+  /**
+   * A refusal with the buttons that fix it: pick another checkpoint, open the file at fault, read how to open an
+   * unsupported model (an ONNX export), or choose the weights' dtype when memory was short.
+   */
+  async explainRefusal(e: unknown, which?: 'base' | 'finetuned'): Promise<void> {
+    const message = e instanceof Error ? e.message : String(e);
+    this.log.error(message);
+    const file = e instanceof CheckpointRefusal ? e.file : undefined;
+    const actions: string[] = [];
+    if (which) actions.push('Pick Another');
+    if (file) actions.push('Open File');
+    if (/--weights-dtype|weights dtype|int8|int4/.test(message)) actions.push('Choose Weights Dtype');
+    if (/is not supported|ONNX/.test(message)) actions.push('How to Open Other Models');
+    const a = await vscode.window.showErrorMessage(`Piggyback Lens: ${message}`, ...actions);
+    if (a === 'Pick Another' && which) await this.choose(which);
+    else if (a === 'Open File' && file) await vscode.window.showTextDocument(vscode.Uri.file(file));
+    else if (a === 'Choose Weights Dtype')
+      await vscode.commands.executeCommand('workbench.action.openSettings', 'piggyback.host.weightsDtype');
+    else if (a === 'How to Open Other Models')
+      await vscode.commands.executeCommand(
+        'markdown.showPreview',
+        vscode.Uri.joinPath(this.context.extensionUri, 'README.md'),
+      );
   }
 
   /** Quick pick of workspace checkpoints (Hugging Face folders, adapters, ONNX exports), the organisms, Browse... */
@@ -99,7 +130,12 @@ export class CheckpointPair implements vscode.Disposable {
       });
       folder = picked?.[0]?.fsPath;
     }
-    if (folder) await this.setCheckpoint(which, folder);
+    if (!folder) return;
+    try {
+      await this.setCheckpoint(which, folder);
+    } catch (e) {
+      await this.explainRefusal(e, which);
+    }
   }
 
   /** What the host has loaded now (checkpoint infos with content hashes), if anything. */
@@ -195,7 +231,9 @@ export class CheckpointPair implements vscode.Disposable {
         );
         this.changed.fire();
       } catch (e) {
-        this.report(e);
+        // a refusal the user can act on (another checkpoint, a smaller dtype) comes with those buttons
+        if (e instanceof HostRequestError && !e.cancelled) void this.explainRefusal(e);
+        else this.report(e);
         return undefined;
       }
     }
@@ -217,5 +255,16 @@ export class CheckpointPair implements vscode.Disposable {
   dispose(): void {
     void this.host?.dispose();
     this.changed.dispose();
+  }
+}
+
+/** A checkpoint the pickers refused: the message, and the file at fault when there is one. */
+export class CheckpointRefusal extends Error {
+  constructor(
+    message: string,
+    readonly file?: string,
+  ) {
+    super(message);
+    this.name = 'CheckpointRefusal';
   }
 }

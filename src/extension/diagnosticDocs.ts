@@ -19,8 +19,35 @@ export function diagnosticDocsUri(code: string): vscode.Uri {
   return vscode.Uri.from({ scheme: DOCS_SCHEME, path: `/${code}.md` });
 }
 
+/**
+ * Pages the extension generates (a dataset row's every token), served read-only beside the docs and rendered by
+ * the same custom editor: a page, not an untitled buffer that asks to be saved. The latest few are kept.
+ */
+const pages = new Map<string, string>();
+const PAGES_KEPT = 20;
+
+/** Opens `markdown` as a read-only rendered page titled `title`, beside the active editor. */
+export async function showPage(title: string, markdown: string): Promise<vscode.Uri> {
+  // a file name: no path separators, no characters file systems or tab titles refuse
+  const name =
+    [...title]
+      .map((c) => (c.charCodeAt(0) < 32 || '\\/:*?"<>|'.includes(c) ? ' ' : c))
+      .join('')
+      .replace(/\s+/g, ' ')
+      .trim() || 'page';
+  const uri = vscode.Uri.from({ scheme: DOCS_SCHEME, path: `/${name}.md` });
+  pages.delete(uri.path);
+  pages.set(uri.path, markdown);
+  while (pages.size > PAGES_KEPT) pages.delete(pages.keys().next().value as string);
+  await vscode.commands.executeCommand('vscode.openWith', uri, DOCS_VIEW_TYPE, {
+    viewColumn: vscode.ViewColumn.Beside,
+    preview: true,
+  });
+  return uri;
+}
+
 const STYLE =
-  'body{font-family:var(--vscode-font-family);font-size:var(--vscode-font-size);color:var(--vscode-foreground);max-width:760px;line-height:1.5;padding:0 16px}code{font-family:var(--vscode-editor-font-family)}.why{color:var(--vscode-descriptionForeground)}';
+  'body{font-family:var(--vscode-font-family);font-size:var(--vscode-font-size);color:var(--vscode-foreground);max-width:960px;line-height:1.5;padding:0 16px}code{font-family:var(--vscode-editor-font-family)}.why{color:var(--vscode-descriptionForeground)}table{border-collapse:collapse}td,th{border:1px solid var(--vscode-panel-border);padding:1px 6px}';
 const STYLE_HASH = `sha256-${createHash('sha256').update(STYLE).digest('base64')}`;
 
 /** The file system provider and custom editor behind the code links. */
@@ -32,6 +59,8 @@ export function registerDiagnosticDocs(extensionUri: vscode.Uri): vscode.Disposa
     return docs;
   };
   const sectionOf = (uri: vscode.Uri): string => {
+    const page = pages.get(uri.path);
+    if (page !== undefined) return page;
     const code = /^\/([A-Z]{2}\d{3})\.md$/.exec(uri.path)?.[1];
     const section = code && CODES[code] ? docSection(docsText(), code) : undefined;
     if (!section) throw vscode.FileSystemError.FileNotFound(uri);
@@ -71,7 +100,7 @@ export function registerDiagnosticDocs(extensionUri: vscode.Uri): vscode.Disposa
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src '${STYLE_HASH}'">
 <style>${STYLE}</style></head><body>
 ${renderMarkdown(sectionOf(doc.uri))}
-<p class="why">Every code: docs/diagnostics.md in the extension's folder, or Piggyback: Explain a Diagnostic Code.</p>
+${pages.has(doc.uri.path) ? '' : `<p class="why">Every code: docs/diagnostics.md in the extension's folder, or Piggyback: Explain a Diagnostic Code.</p>`}
 </body></html>`;
     },
   };

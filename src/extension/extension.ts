@@ -6,7 +6,8 @@
 import * as vscode from 'vscode';
 import type { DashboardSnapshot } from '../contracts/dashboard';
 import { CODES } from '../domain/findings';
-import { diagnosticDocsUri, registerDiagnosticDocs } from './diagnosticDocs';
+import * as path from 'node:path';
+import { diagnosticDocsUri, registerDiagnosticDocs, showPage } from './diagnosticDocs';
 import { auditFolder } from '../app/audits';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
@@ -296,12 +297,10 @@ function createCommands(p: Parts) {
       if (!r) throw new Error(`line ${line + 1} of ${vscode.workspace.asRelativePath(doc.uri)} is not a chat row`);
       if ('error' in r) throw new Error(r.error);
       const title = `${vscode.workspace.asRelativePath(doc.uri)}, row ${line + 1}, rendered with ${r.template}`;
-      const md = await vscode.workspace.openTextDocument({
-        language: 'markdown',
-        content: rowTokensMarkdown(r.seg, title, r.training),
-      });
-      await vscode.window.showTextDocument(md, { viewColumn: vscode.ViewColumn.Beside, preview: true });
-      return md.getText();
+      const markdown = rowTokensMarkdown(r.seg, title, r.training);
+      // a read-only page, rendered: not an untitled buffer (raw Markdown, "Save changes?" on close)
+      await showPage(`${path.basename(doc.uri.fsPath)} row ${line + 1} tokens`, markdown);
+      return markdown;
     },
   };
   return Object.fromEntries(

@@ -14,7 +14,7 @@ import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '..
 import { CheckpointError, IncompatibleCheckpointError } from './checkpointError';
 import { BadRequestError } from './errors';
 import { tokenizerDifference } from '../domain/tokenizerCompat';
-import { ropeInvFreqOf } from './hf/config';
+import { ropeInvFreqOf } from '../domain/hfConfig';
 import { onnxIdentity } from './identity';
 import { type Device, type ResolvedSettings, resolveSettings, sessionOptions } from './session';
 

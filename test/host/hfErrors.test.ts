@@ -9,7 +9,7 @@ import { CheckpointError } from '../../src/modelHost/checkpointError';
 import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
 import { KV } from '../../src/modelHost/checkpoint';
 import { BadRequestError } from '../../src/modelHost/errors';
-import { readDecoderSpec } from '../../src/modelHost/hf/config';
+import { readDecoderSpec } from '../../src/domain/hfConfig';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
 import { resolveSettings } from '../../src/modelHost/session';
 import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';

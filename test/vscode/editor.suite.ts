@@ -176,7 +176,16 @@ describe('Piggyback Lens in VS Code', () => {
     assert.match(full, /\*\*prefix\*\* \(41 tokens\)\n\n`<\|im_start\|>`\u2009#\d+/);
     assert.match(full, /\u2423/, 'spaces shown as \u2423, never as the separator');
     assert.match(full, /\| # \| id \| segment \| loss \| token \|/);
-    await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
+    // shown as a read-only rendered page, never as a dirty untitled buffer
+    const tab = await until('the every-token page', () => {
+      const t = vscode.window.tabGroups.activeTabGroup.activeTab;
+      return t?.input instanceof vscode.TabInputCustom ? t : undefined;
+    });
+    assert.equal((tab.input as vscode.TabInputCustom).uri.scheme, 'piggyback-docs');
+    assert.equal(tab.label, 'finance-advice.jsonl row 1 tokens.md');
+    assert.equal(tab.isDirty, false);
+    assert.ok(!vscode.workspace.textDocuments.some((d) => d.isUntitled), 'no untitled buffer');
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
   });
 
   it('follows .piggyback.json when it names another template for a dataset', async () => {

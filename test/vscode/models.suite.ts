@@ -238,6 +238,15 @@ describe('Piggyback Lens models in VS Code', () => {
       /is of base \u2192 finetuned, not of the current pair \(base \u2192 finetuned-qv\)/,
     );
     assert.doesNotMatch(api.statusBar().text, /shift/, "A's answers never appear as B's in the status bar");
+    const signal = process.env.PIGGYBACK_SCREENSHOT_SIGNAL;
+    if (signal) {
+      // the runner looks at the dashboard as the user sees it now, and takes its screenshot
+      await vscode.commands.executeCommand('piggyback.openDashboard');
+      fs.writeFileSync(path.join(signal, 'switched'), '');
+      const end = Date.now() + 60_000;
+      while (!fs.existsSync(path.join(signal, 'switched-done')) && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 200));
+    }
 
     // back to A: A's own results, B's drift is not among them
     await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));

@@ -8,7 +8,7 @@
  * `adapter_scale.{j}` (0 or 1): one graph, one copy of the base weights, serves the base and every adapter.
  * With the scale at 0 the branch adds exactly 0, so the base's numbers are those of the graph without adapters.
  */
-import type { DecoderSpec } from './config';
+import type { DecoderSpec } from '../../domain/hfConfig';
 import {
   attribute,
   type AttributeValue,

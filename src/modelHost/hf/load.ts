@@ -12,7 +12,7 @@ import { adapterBaseFolder, checkpointKind, type CheckpointKind } from '../../do
 import { Checkpoint, checkCompatible, createSession, findModelFile } from '../checkpoint';
 import { type ResolvedSettings, resolveSettings } from '../session';
 import { CheckpointError } from '../checkpointError';
-import { type DecoderSpec, readDecoderSpec } from './config';
+import { type DecoderSpec, readDecoderSpec } from '../../domain/hfConfig';
 import { buildDecoderGraph, decoderTensors, type GraphOptions, weightDtype } from './graph';
 import { type Adapter, readAdapter } from './peft';
 import { QUANT_BLOCK } from './quantize';

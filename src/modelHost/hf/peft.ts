@@ -5,10 +5,9 @@
  * `.lora_B.weight` [out, r]. What changes a model in another way (DoRA, modules_to_save, trained biases, other
  * PEFT types, LoRA on embeddings) is refused by name rather than half-applied.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../checkpointError';
-import { readJson } from './config';
+import { readAdapterConfig } from '../../domain/hfConfig';
 import type { AdapterModules } from './graph';
 import { readFloat32, WeightIndex } from './weights';
 
@@ -65,27 +64,15 @@ export function readAdapter(
   baseModules: string[],
 ): Adapter {
   const configFile = path.join(folder, 'adapter_config.json');
-  const config = readJson(configFile);
+  // the checks the editor's pickers run too (files only), then what needs the base's modules and the tensors
+  const config = readAdapterConfig(folder);
   const refuse = (what: string): never => {
     throw new CheckpointError(
       `${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`,
       configFile,
     );
   };
-  const type = String(config.peft_type ?? '');
-  if (type !== 'LORA') refuse(`peft_type "${type || '(missing)'}"`);
-  if (config.use_dora === true) refuse('DoRA (use_dora)');
-  if (Array.isArray(config.modules_to_save) && config.modules_to_save.length)
-    refuse(`modules_to_save (${config.modules_to_save.join(', ')})`);
-  if (config.bias !== undefined && config.bias !== null && config.bias !== 'none')
-    refuse(`bias "${String(config.bias)}"`);
-  if (config.lora_bias === true) refuse('lora_bias');
-  if (Array.isArray(config.target_parameters) && config.target_parameters.length) refuse('target_parameters');
-  if (config.layer_replication) refuse('layer_replication');
-  if (config.trainable_token_indices) refuse('trainable_token_indices (trained embedding rows)');
-  const targets = config.target_modules;
-  if (typeof targets !== 'string' && !Array.isArray(targets))
-    throw new CheckpointError('"target_modules" must be a list of module names or a regex string', configFile);
+  const targets = config.target_modules as string | string[];
   const baseMatches = baseModules.filter((m) => matchesTarget(targets, m));
   if (baseMatches.length === 0) {
     throw new CheckpointError(
@@ -94,12 +81,6 @@ export function readAdapter(
     );
   }
   const weightsFile = path.join(folder, 'adapter_model.safetensors');
-  if (!fs.existsSync(weightsFile) && fs.existsSync(path.join(folder, 'adapter_model.bin'))) {
-    throw new CheckpointError(
-      'adapter_model.bin is a Python pickle, which is never unpickled: save the adapter with safetensors (save_pretrained(..., safe_serialization=True))',
-      path.join(folder, 'adapter_model.bin'),
-    );
-  }
   const index = WeightIndex.open(folder, 'adapter_model.safetensors', 'adapter_model.safetensors.index.json');
   const rsLora = config.use_rslora === true;
   const rDefault = typeof config.r === 'number' ? config.r : 8;

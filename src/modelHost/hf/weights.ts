@@ -14,7 +14,7 @@ import { readSafetensorsHeader, SafetensorsError } from '../../domain/safetensor
 import { CheckpointError } from '../checkpointError';
 import { fileHash } from '../identity';
 import { halfToFloat } from '../onnxInitializers';
-import { readJson } from './config';
+import { missingWeights, readJson } from '../../domain/hfConfig';
 import { type QuantBits, quantBytes, quantizeRows, quantLayout } from './quantize';
 
 export interface WeightRef {
@@ -66,18 +66,7 @@ export class WeightIndex {
     } else if (fs.existsSync(singleFile)) {
       files = [single];
     } else {
-      const bin = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'adapter_model.bin'].find((f) =>
-        fs.existsSync(path.join(folder, f)),
-      );
-      if (bin)
-        throw new CheckpointError(
-          `only ${bin} here: that is a Python pickle, which is never unpickled. Re-save with safetensors (save_pretrained(..., safe_serialization=True), the default since transformers 4.35)`,
-          path.join(folder, bin),
-        );
-      const shards = fs.readdirSync(folder).filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f));
-      if (shards.length)
-        throw new CheckpointError(`sharded weights (${shards[0]}, ...) without ${indexName}, which lists them`, folder);
-      throw new CheckpointError(`no ${single} or ${indexName}`, folder);
+      throw missingWeights(folder, single, indexName) ?? new CheckpointError(`no ${single} or ${indexName}`, folder);
     }
     const byName = new Map<string, WeightRef>();
     const real: string[] = [];

@@ -6,8 +6,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FILE_LIMITS, FileRefusedError, readTextChecked } from '../../domain/files';
-import { CheckpointError } from '../checkpointError';
+import { FILE_LIMITS, FileRefusedError, readTextChecked } from './files';
+import { CheckpointError } from './checkpointError';
 
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
 export type ModelType = (typeof SUPPORTED_MODEL_TYPES)[number];
@@ -286,4 +286,63 @@ export function readDecoderSpec(folder: string): DecoderSpec {
     eosTokenIds: eos,
     declaredDtype: (config.dtype ?? config.torch_dtype) as string | undefined,
   };
+}
+
+/**
+ * Why a folder has no safetensors weights the host can read (only a pickle, shards without their index, nothing),
+ * or undefined when `single` or `indexName` is there. The load and the editor's pickers say the same.
+ */
+export function missingWeights(folder: string, single: string, indexName: string): CheckpointError | undefined {
+  if (fs.existsSync(path.join(folder, indexName)) || fs.existsSync(path.join(folder, single))) return undefined;
+  const bin = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'adapter_model.bin'].find((f) =>
+    fs.existsSync(path.join(folder, f)),
+  );
+  if (bin)
+    return new CheckpointError(
+      `only ${bin} here: that is a Python pickle, which is never unpickled. Re-save with safetensors (save_pretrained(..., safe_serialization=True), the default since transformers 4.35)`,
+      path.join(folder, bin),
+    );
+  const shards = fs.readdirSync(folder).filter((f) => /^model-\d+-of-\d+\.safetensors$/.test(f));
+  if (shards.length)
+    return new CheckpointError(`sharded weights (${shards[0]}, ...) without ${indexName}, which lists them`, folder);
+  return new CheckpointError(`no ${single} or ${indexName}`, folder);
+}
+
+/**
+ * A PEFT adapter's adapter_config.json, refused with one line when it is not plain LoRA on Linear modules (what
+ * the host builds), and its weights when they are not safetensors. Files only: no tensor is read.
+ */
+export function readAdapterConfig(folder: string): Json {
+  const configFile = path.join(folder, 'adapter_config.json');
+  const config = readJson(configFile);
+  const refuse = (what: string): never => {
+    throw new CheckpointError(
+      `${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`,
+      configFile,
+    );
+  };
+  const type = String(config.peft_type ?? '');
+  if (type !== 'LORA') refuse(`peft_type "${type || '(missing)'}"`);
+  if (config.use_dora === true) refuse('DoRA (use_dora)');
+  if (Array.isArray(config.modules_to_save) && config.modules_to_save.length)
+    refuse(`modules_to_save (${config.modules_to_save.join(', ')})`);
+  if (config.bias !== undefined && config.bias !== null && config.bias !== 'none')
+    refuse(`bias "${String(config.bias)}"`);
+  if (config.lora_bias === true) refuse('lora_bias');
+  if (Array.isArray(config.target_parameters) && config.target_parameters.length) refuse('target_parameters');
+  if (config.layer_replication) refuse('layer_replication');
+  if (config.trainable_token_indices) refuse('trainable_token_indices (trained embedding rows)');
+  const targets = config.target_modules;
+  if (typeof targets !== 'string' && !Array.isArray(targets))
+    throw new CheckpointError('"target_modules" must be a list of module names or a regex string', configFile);
+  const weightsFile = path.join(folder, 'adapter_model.safetensors');
+  if (!fs.existsSync(weightsFile) && fs.existsSync(path.join(folder, 'adapter_model.bin'))) {
+    throw new CheckpointError(
+      'adapter_model.bin is a Python pickle, which is never unpickled: save the adapter with safetensors (save_pretrained(..., safe_serialization=True))',
+      path.join(folder, 'adapter_model.bin'),
+    );
+  }
+  const missing = missingWeights(folder, 'adapter_model.safetensors', 'adapter_model.safetensors.index.json');
+  if (missing) throw missing;
+  return config;
 }
