@@ -417,6 +417,11 @@ function sideBySide(p: EvalMatrixView['probes'][number], conditions: string[]): 
 function compareView(c: EvalCompareView): HTMLElement {
   const sec = el('section', { id: 'compare' }, el('h2', {}, `Runs compared: ${c.names[0]} | ${c.names[1]}`));
   for (const n of c.notes) sec.append(el('div', { class: 'error' }, n));
+  if (c.differences?.length)
+    sec.append(
+      el('div', { class: 'why' }, 'What changed from the first run to the second:'),
+      el('ul', {}, ...c.differences.map((d) => el('li', {}, d))),
+    );
   const table = el(
     'table',
     { class: 'overview compare' },
@@ -433,6 +438,8 @@ function render(): void {
   if (s.busy) app.append(el('div', { class: 'busy' }, s.busy));
   if (s.error) app.append(el('div', { class: 'error' }, s.error));
   app.append(overview(s));
+  // a comparison just asked for is shown where the user looks: under the overview, scrolled to
+  if (s.compare) app.append(compareView(s.compare));
   if (s.drift) app.append(heatmap(s.drift));
   if (s.patch) app.append(comparison(s.patch));
   if (s.eval) app.append(evalMatrix(s.eval));
@@ -450,8 +457,13 @@ function render(): void {
         el('div', { class: 'actions' }, button('Run eval', { type: 'runEval' })),
       ),
     );
-  if (s.compare) app.append(compareView(s.compare));
+  const compareKey = s.compare ? s.compare.names.join('\u0000') : '';
+  if (compareKey && compareKey !== shownCompare) document.getElementById('compare')?.scrollIntoView();
+  shownCompare = compareKey;
 }
+
+/** The comparison last shown: a new one is scrolled into view once. */
+let shownCompare = '';
 
 window.addEventListener('message', (e: MessageEvent<ToWebview>) => {
   if (e.data?.type === 'snapshot') {

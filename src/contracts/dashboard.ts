@@ -106,8 +106,11 @@ export interface EvalMatrixView {
 }
 
 export interface EvalCompareView {
+  /** Each run by its checkpoint pair and the date it started. */
   names: [string, string];
   notes: string[];
+  /** What changed from the first run to the second, in words (the two answers, the shares, the shift). */
+  differences?: string[];
   rows: [string, string, string][];
 }
 

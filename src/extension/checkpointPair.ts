@@ -153,9 +153,12 @@ export class CheckpointPair implements vscode.Disposable {
    */
   async ready(extra?: Record<string, string>, baseOnly = false): Promise<HostClient | undefined> {
     if (!vscode.workspace.isTrusted) {
-      void vscode.window.showWarningMessage(
-        'Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.',
-      );
+      void vscode.window
+        .showWarningMessage(
+          'Piggyback Lens does not load or run models in an untrusted workspace. The static template and dataset audit still works. Trust the workspace to measure drift or patch.',
+          'Manage Workspace Trust',
+        )
+        .then((a) => a && vscode.commands.executeCommand('workbench.trust.manage'));
       return undefined;
     }
     const base = this.base;

@@ -9,7 +9,15 @@ import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../contracts/dashboard';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
 import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, type Probe } from '../app/eval/probes';
-import { compareRuns, loadRun, loadRunPair, matrixView, runProbes, writeRunReports } from '../app/eval/evalReport';
+import {
+  compareRuns,
+  loadRun,
+  loadRunPair,
+  matrixView,
+  runName,
+  runProbes,
+  writeRunReports,
+} from '../app/eval/evalReport';
 import {
   defaultConditions,
   layerSweepConditions,
@@ -389,13 +397,13 @@ export class EvalCommands implements vscode.Disposable {
   }
 
   async compareRuns(a?: string, b?: string): Promise<EvalCompareView | undefined> {
-    const first = a ?? (await pickRunFolder('First eval run (e.g. the SFT checkpoint)'));
-    const second = first && (b ?? (await pickRunFolder('Second eval run (e.g. the TReFT checkpoint)')));
+    const first = a ?? (await pickRun('First eval run (e.g. the SFT checkpoint)'));
+    const second = first && (b ?? (await pickRun('Second eval run (e.g. the TReFT checkpoint)', first)));
     if (!first || !second) return undefined;
     try {
       const [x, y] = loadRunPair(first, second);
-      const { notes, rows } = compareRuns(x, y);
-      const compare: EvalCompareView = { names: [x.name, y.name], notes, rows };
+      const { notes, differences, rows } = compareRuns(x, y);
+      const compare: EvalCompareView = { names: [x.name, y.name], notes, differences, rows };
       this.dashboard.update({ compare });
       this.dashboard.show();
       return compare;
@@ -499,6 +507,45 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
     }
   }
   return undefined;
+}
+
+/**
+ * Picks a run from the runs folder by what it measured: its checkpoint pair, when it started, how many probes and
+ * whether it finished (newest first), or Browse... for a run elsewhere.
+ */
+async function pickRun(title: string, exclude?: string): Promise<string | undefined> {
+  const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+  const runs = root
+    ? path.resolve(
+        root,
+        vscode.workspace.getConfiguration('piggyback').get<string>('eval.runsFolder') || '.piggyback/runs',
+      )
+    : undefined;
+  type Item = vscode.QuickPickItem & { folder?: string; at?: number };
+  const items: Item[] = [];
+  if (runs && fs.existsSync(runs))
+    for (const d of fs.readdirSync(runs, { withFileTypes: true })) {
+      const folder = path.join(runs, d.name);
+      if (!d.isDirectory() || folder === exclude || !fs.existsSync(path.join(folder, MANIFEST))) continue;
+      try {
+        const m = JSON.parse(fs.readFileSync(path.join(folder, MANIFEST), 'utf8')) as Manifest;
+        const done = new Set(readResults(folder, [], m.runId).map((r) => r.probe)).size;
+        items.push({
+          label: runName(folder, m),
+          description: `${m.probes.count} probes${done < m.probes.count ? `, ${done} finished` : ''}`,
+          detail: vscode.workspace.asRelativePath(folder),
+          folder,
+          at: fs.statSync(path.join(folder, MANIFEST)).mtimeMs,
+        });
+      } catch {
+        // not a readable run: not offered
+      }
+    }
+  items.sort((x, y) => (y.at ?? 0) - (x.at ?? 0));
+  items.push({ label: '$(folder-opened) Browse...' });
+  const pick = await vscode.window.showQuickPick(items, { title, matchOnDetail: true });
+  if (!pick) return undefined;
+  return pick.folder ?? pickRunFolder(title);
 }
 
 async function pickRunFolder(title: string): Promise<string | undefined> {

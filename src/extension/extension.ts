@@ -8,20 +8,20 @@ import type { DashboardSnapshot } from '../contracts/dashboard';
 import { CODES } from '../domain/findings';
 import * as path from 'node:path';
 import { diagnosticDocsUri, registerDiagnosticDocs, showPage } from './diagnosticDocs';
-import { auditFolder } from '../app/audits';
 import { Associations } from './association';
 import { PiggybackCodeLenses } from './codeLens';
 import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
 import { EvalCommands, type RunEvalArgs } from './evalCommands';
 import { type ModelCommandArgs, ModelCommands } from './modelCommands';
 import { CheckpointPair } from './checkpointPair';
-import { DiagnosticsManager, isDataset, isTemplate, toDiagnostic } from './diagnostics';
+import { DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 import { reported } from './errors';
 import { rowTokensMarkdown, SegmentHover } from './hover';
 import { PiggybackQuickFixes } from './quickFixes';
 import { openReportPanel } from './reportPanel';
 import { pairRef, ResultStore, samePair, staleAgainst } from './results';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
+import { WorkspaceAudit } from './workspaceAudit';
 
 /**
  * What the extension exports (vscode.extensions.getExtension(...).exports): read-only views of what the user sees,
@@ -42,6 +42,7 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
   const modelCommands = new ModelCommands(models, dashboard, context.extensionUri, results);
   const evals = new EvalCommands(context, models, dashboard, associations, log, results);
   const lenses = new PiggybackCodeLenses();
+  const workspaceAudit = new WorkspaceAudit(context, log);
   const pairItem = vscode.window.createStatusBarItem('piggyback.pair', vscode.StatusBarAlignment.Left, 49);
   pairItem.name = 'Piggyback checkpoints';
   pairItem.command = 'piggyback.openDashboard';
@@ -109,7 +110,17 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
       hasModels = found.length > 0;
       updatePair();
     });
-  context.subscriptions.push(log, associations, diagnostics, models, dashboard, modelCommands, evals, pairItem);
+  context.subscriptions.push(
+    log,
+    associations,
+    diagnostics,
+    models,
+    dashboard,
+    modelCommands,
+    evals,
+    pairItem,
+    workspaceAudit,
+  );
 
   const hover = new SegmentHover(diagnostics);
   const commands = createCommands({
@@ -124,6 +135,7 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
     hover,
     updatePair,
     showCurrentPair,
+    workspaceAudit,
   });
   for (const [id, run] of Object.entries(commands))
     context.subscriptions.push(vscode.commands.registerCommand(id, run));
@@ -138,14 +150,21 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
   ];
   context.subscriptions.push(
     vscode.languages.registerHoverProvider(selector, hover),
-    vscode.workspace.onDidOpenTextDocument((doc) => diagnostics.schedule(doc, true)),
+    vscode.workspace.onDidOpenTextDocument((doc) => {
+      // an open file shows the live audit of its text; the workspace audit's entry comes back when it closes
+      if (isDataset(doc) || isTemplate(doc)) workspaceAudit.drop(doc.uri);
+      diagnostics.schedule(doc, true);
+    }),
     vscode.workspace.onDidChangeTextDocument((e) => {
       if (e.contentChanges.length) diagnostics.schedule(e.document);
     }),
     vscode.workspace.onDidSaveTextDocument((doc) => {
       if (isTemplate(doc)) diagnostics.templatesChanged();
     }),
-    vscode.workspace.onDidCloseTextDocument((doc) => diagnostics.forget(doc)),
+    vscode.workspace.onDidCloseTextDocument((doc) => {
+      diagnostics.forget(doc);
+      workspaceAudit.reshow(doc.uri);
+    }),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('piggyback')) {
         diagnostics.templatesChanged();
@@ -205,6 +224,8 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
 
   for (const doc of vscode.workspace.textDocuments) diagnostics.schedule(doc, true);
   associations.update(vscode.window.activeTextEditor);
+  // the last Audit Workspace's findings for files unchanged since (after activation: it stats those files)
+  setImmediate(() => workspaceAudit.restore());
   return {
     dashboardSnapshot: () => structuredClone(dashboard.current),
     statusBar: () => ({ text: pairItem.text, tooltip: String(pairItem.tooltip ?? '') }),
@@ -223,6 +244,7 @@ interface Parts {
   hover: SegmentHover;
   updatePair: () => void;
   showCurrentPair: (withEval: boolean) => void;
+  workspaceAudit: WorkspaceAudit;
 }
 
 /**
@@ -235,11 +257,11 @@ function done(key: string): void {
 }
 
 function createCommands(p: Parts) {
-  const { context, log, associations, diagnostics, models, dashboard, modelCommands, evals, hover, updatePair } = p;
-  const { showCurrentPair } = p;
+  const { log, associations, models, dashboard, modelCommands, evals, hover, updatePair } = p;
+  const { showCurrentPair, workspaceAudit } = p;
   const table = {
     'piggyback.chooseTemplate': (uri?: vscode.Uri) => associations.choose(uri),
-    'piggyback.auditWorkspace': () => auditWorkspace(context, diagnostics, log),
+    'piggyback.auditWorkspace': () => workspaceAudit.run(),
     'piggyback.selectBase': (folder?: string) =>
       folder ? models.setCheckpoint('base', folder) : models.choose('base'),
     'piggyback.selectFinetuned': (folder?: string) =>
@@ -323,57 +345,6 @@ function watch(glob: string, onChange: () => void): vscode.Disposable {
   watcher.onDidCreate(fire);
   watcher.onDidDelete(fire);
   return vscode.Disposable.from(watcher, { dispose: () => clearTimeout(timer) });
-}
-
-/** Audits every model folder and dataset in the workspace; results go to the Problems view. */
-async function auditWorkspace(
-  context: vscode.ExtensionContext,
-  diagnostics: DiagnosticsManager,
-  log: vscode.LogOutputChannel,
-): Promise<{ findings: number }> {
-  const folders = vscode.workspace.workspaceFolders ?? [];
-  if (folders.length === 0) {
-    void vscode.window.showInformationMessage('Piggyback Lens: open a folder to audit its models and datasets.');
-    return { findings: 0 };
-  }
-  let total = 0;
-  await vscode.window.withProgress(
-    { location: vscode.ProgressLocation.Notification, title: 'Piggyback: auditing workspace', cancellable: true },
-    async (progress, token) => {
-      const abort = new AbortController();
-      token.onCancellationRequested(() => abort.abort());
-      for (const folder of folders) {
-        progress.report({ message: folder.name });
-        try {
-          // datasets are scanned in worker threads: a large file does not stall the extension host
-          const a = await auditFolder(folder.uri.fsPath, {
-            signal: abort.signal,
-            workerFile: vscode.Uri.joinPath(context.extensionUri, 'dist', 'datasetScanWorker.js').fsPath,
-          });
-          const byFile = new Map<string, vscode.Diagnostic[]>();
-          for (const f of a.findings) {
-            if (!f.file) continue;
-            const list = byFile.get(f.file) ?? [];
-            list.push(toDiagnostic(f));
-            byFile.set(f.file, list);
-          }
-          for (const [file, list] of byFile) diagnostics.collection.set(vscode.Uri.file(file), list);
-          total += a.findings.length;
-          log.info(
-            `audited ${folder.uri.fsPath}: ${a.templates.length} templates, ${a.datasets.length} datasets, ${a.findings.length} findings`,
-          );
-        } catch (e) {
-          log.error(`audit of ${folder.uri.fsPath} failed`, e);
-          void vscode.window.showErrorMessage(
-            `Piggyback Lens: audit of ${folder.name} failed: ${(e as Error).message}`,
-          );
-        }
-      }
-    },
-  );
-  if (total > 0) void vscode.commands.executeCommand('workbench.actions.view.problems');
-  else void vscode.window.showInformationMessage('Piggyback Lens: no findings in the workspace.');
-  return { findings: total };
 }
 
 export function deactivate(): void {}

@@ -210,10 +210,23 @@ describe('Piggyback Lens in VS Code', () => {
   it('Audit Workspace puts findings for files that are not open into the Problems view', async () => {
     await vscode.commands.executeCommand('workbench.action.closeAllEditors');
     const target = vscode.Uri.file(path.join(ws(), 'chatml-demo', 'tokenizer_config.json'));
-    const result = await vscode.commands.executeCommand<{ findings: number }>('piggyback.auditWorkspace');
+    const result = await vscode.commands.executeCommand<{ findings: number; entries: number }>(
+      'piggyback.auditWorkspace',
+    );
     assert.ok(result.findings >= 5, `findings: ${result.findings}`);
     assert.ok(codesOf(target).includes('CT001'));
     assert.ok(codesOf(vscode.Uri.file(path.join(ws(), 'data', 'finance-advice.jsonl'))).includes('DS101'));
+    // six organisms share one template file, byte for byte: its findings are one entry, at the first copy, with
+    // the others as related locations
+    assert.ok(result.entries < result.findings, `${result.entries} entries for ${result.findings} findings`);
+    const organismTemplate = (o: string) => vscode.Uri.file(path.join(ws(), 'organisms', o, 'tokenizer_config.json'));
+    const first = vscode.languages
+      .getDiagnostics(organismTemplate('base'))
+      .filter((d) => d.source === 'piggyback' && d.relatedInformation?.length);
+    assert.ok(first.length > 0, 'the first copy holds the entries');
+    assert.match(first[0].message, /\(the same in \d+ identical copies of this file\)$/);
+    assert.ok(first[0].relatedInformation!.some((r) => r.location.uri.fsPath === organismTemplate('finetuned').fsPath));
+    assert.deepEqual(codesOf(organismTemplate('finetuned')), [], 'no second entry on an identical copy');
   });
 
   it('offers an audit task per folder that runs the CLI, whose findings the $piggyback problem matcher reads', async () => {
