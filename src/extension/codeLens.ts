@@ -6,7 +6,8 @@
 import * as vscode from 'vscode';
 import { normaliseRow } from '../domain/dataset/formats';
 import { rowRequest } from '../domain/template/segments';
-import { isDataset, isTemplate } from './diagnostics';
+import { isDataset, isJsonArrayDataset, isTemplate } from './diagnostics';
+import { datasetRowAt, exampleStarts } from './rows';
 import type { ModelCommandArgs } from './modelCommands';
 
 class PiggybackLens extends vscode.CodeLens {
@@ -44,12 +45,17 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
       if (mode === 'cursor') {
         const editor = vscode.window.activeTextEditor;
         if (editor?.document !== doc) return [];
-        const line = doc.lineAt(editor.selection.active.line);
-        return line.isEmptyOrWhitespace ? [] : [new PiggybackLens(line.range, 'row', doc)];
+        const row = datasetRowAt(doc, editor.selection.active.line);
+        return row ? [new PiggybackLens(doc.lineAt(row.range.start.line).range, 'row', doc)] : [];
       }
-      const max = Math.min(doc.lineCount, 5000); // lenses past the first rows cost more than they help
+      const max = 5000; // lenses past the first rows cost more than they help
       const lenses: PiggybackLens[] = [];
-      for (let i = 0; i < max; i++) {
+      if (isJsonArrayDataset(doc)) {
+        for (const s of exampleStarts(doc).slice(0, max))
+          lenses.push(new PiggybackLens(doc.lineAt(s.line - 1).range, 'row', doc));
+        return lenses;
+      }
+      for (let i = 0; i < Math.min(doc.lineCount, max); i++) {
         const line = doc.lineAt(i);
         if (!line.isEmptyOrWhitespace) lenses.push(new PiggybackLens(line.range, 'row', doc));
       }
@@ -61,7 +67,8 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
   resolveCodeLens(lens: PiggybackLens): PiggybackLens {
     const template = isTemplate(lens.doc) ? lens.doc.fileName : undefined;
     if (lens.kind === 'row') {
-      const query = rowQuery(lens.doc.lineAt(lens.range.start.line).text);
+      const text = datasetRowAt(lens.doc, lens.range.start.line)?.text;
+      const query = text === undefined ? undefined : rowQuery(text);
       lens.command =
         query === undefined
           ? { title: 'Piggyback: no user message in this row', command: '' }

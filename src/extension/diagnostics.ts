@@ -9,14 +9,34 @@ import { auditDataset } from '../domain/dataset/audit';
 import type { Finding } from '../domain/findings';
 import { auditLoss, type LossSetting } from '../domain/dataset/training';
 import { diagnosticDocsUri } from './diagnosticDocs';
-import { datasetAuditOptions, datasetFindings, prepareTemplate, type PreparedTemplate } from '../app/audits';
+import {
+  auditDatasetWith,
+  datasetAuditOptions,
+  datasetFindings,
+  prepareTemplate,
+  type PreparedTemplate,
+} from '../app/audits';
+import { isJsonDatasetText } from '../domain/dataset/jsonArray';
 import { isTemplateFileName } from '../domain/template/source';
 import type { Associations } from './association';
 import { TemplateAudits, type TemplateAuditView } from './templateAudits';
 import { readSettings } from './config';
 
+/** JSONL files, and .json files whose content is an array of chat rows (Alpaca, LLaMA-Factory, ShareGPT exports). */
 export function isDataset(doc: vscode.TextDocument): boolean {
-  return /\.jsonl$/i.test(doc.fileName);
+  if (/\.jsonl$/i.test(doc.fileName)) return true;
+  return isJsonArrayDataset(doc);
+}
+
+const jsonDatasets = new WeakMap<vscode.TextDocument, { version: number; dataset: boolean }>();
+/** A .json document that holds a dataset (looked at once per version: config files are JSON too). */
+export function isJsonArrayDataset(doc: vscode.TextDocument): boolean {
+  if (!/\.json$/i.test(doc.fileName) || isTemplateFileName(doc.fileName)) return false;
+  const seen = jsonDatasets.get(doc);
+  if (seen?.version === doc.version) return seen.dataset;
+  const dataset = isJsonDatasetText(doc.fileName, doc.getText());
+  jsonDatasets.set(doc, { version: doc.version, dataset });
+  return dataset;
 }
 
 export function isTemplate(doc: vscode.TextDocument): boolean {
@@ -99,6 +119,17 @@ export class DiagnosticsManager implements vscode.Disposable {
     } else {
       const p = this.templateFor(doc.uri);
       const text = doc.getText();
+      if (isJsonArrayDataset(doc)) {
+        // a JSON array: split into its examples, each located where it starts (the whole buffer is in memory)
+        const loss = vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossSetting>('training.lossMode');
+        const report = await auditDatasetWith(doc.fileName, p ?? { findings: [], kwargs: {} }, text, auditLoss(loss));
+        if (stale()) return;
+        this.collection.set(
+          doc.uri,
+          datasetFindings(report).map((f) => toDiagnostic(f)),
+        );
+        return;
+      }
       const lines = doc.lineCount;
       const limit = readSettings(doc.uri).maxDatasetLines;
       // the same options as the CLI's audit (the context length for DS011 among them), on the unsaved text

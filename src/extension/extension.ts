@@ -22,6 +22,7 @@ import { openReportPanel } from './reportPanel';
 import { pairRef, ResultStore, samePair, staleAgainst } from './results';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
 import { WorkspaceAudit } from './workspaceAudit';
+import { datasetRowAt } from './rows';
 
 /**
  * What the extension exports (vscode.extensions.getExtension(...).exports): read-only views of what the user sees,
@@ -144,6 +145,8 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
 
   const selector: vscode.DocumentSelector = [
     { pattern: '**/*.jsonl' },
+    // JSON-array datasets (Alpaca, LLaMA-Factory, ShareGPT exports); other .json files get nothing (isDataset)
+    { pattern: '**/*.json' },
     { pattern: '**/tokenizer_config.json' },
     { pattern: '**/chat_template.json' },
     { pattern: '**/*.{jinja,jinja2,j2}' },
@@ -318,10 +321,11 @@ function createCommands(p: Parts) {
       const r = hover.rowSegments(doc, line);
       if (!r) throw new Error(`line ${line + 1} of ${vscode.workspace.asRelativePath(doc.uri)} is not a chat row`);
       if ('error' in r) throw new Error(r.error);
-      const title = `${vscode.workspace.asRelativePath(doc.uri)}, row ${line + 1}, rendered with ${r.template}`;
+      const row = datasetRowAt(doc, line)?.row ?? line + 1;
+      const title = `${vscode.workspace.asRelativePath(doc.uri)}, row ${row}, rendered with ${r.template}`;
       const markdown = rowTokensMarkdown(r.seg, title, r.training);
       // a read-only page, rendered: not an untitled buffer (raw Markdown, "Save changes?" on close)
-      await showPage(`${path.basename(doc.uri.fsPath)} row ${line + 1} tokens`, markdown);
+      await showPage(`${path.basename(doc.uri.fsPath)} row ${row} tokens`, markdown);
       return markdown;
     },
   };

@@ -15,6 +15,7 @@ import {
 } from '../domain/dataset/training';
 import type { Token } from '../domain/tokenizer';
 import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
+import { datasetRowAt } from './rows';
 
 const MAX_TOKENS_SHOWN = 80;
 
@@ -48,8 +49,8 @@ export class SegmentHover implements vscode.HoverProvider {
     | { seg: Segmentation; template: string; training?: TrainingView; lossWhy?: string }
     | { error: string }
     | undefined {
-    const text = doc.lineAt(line).text;
-    if (!text.trim()) return undefined;
+    const text = datasetRowAt(doc, line)?.text;
+    if (!text?.trim()) return undefined;
     let value: unknown;
     try {
       value = JSON.parse(text);
@@ -103,11 +104,12 @@ export class SegmentHover implements vscode.HoverProvider {
     if ('error' in r) return new vscode.Hover(`Piggyback Lens cannot render this row: ${r.error}`);
     // what this row trains on first; the prefix every row shares, one line (the whole of it behind a link)
     const expand = `command:${SHOW_ROW_COMMAND}?${encodeURIComponent(JSON.stringify([doc.uri.toString(), pos.line]))}`;
-    const md = describe(r.seg, `row ${pos.line + 1} rendered with ${r.template}`, {
+    const row = datasetRowAt(doc, pos.line)!;
+    const md = describe(r.seg, `row ${row.row} rendered with ${r.template}`, {
       collapsePrefix: expand,
       beforePrefix: r.training ? trainingLine(r.training, r.lossWhy) : undefined,
     });
-    return new vscode.Hover(md, doc.lineAt(pos.line).range);
+    return new vscode.Hover(md, row.range);
   }
 }
 

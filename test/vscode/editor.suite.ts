@@ -188,6 +188,48 @@ describe('Piggyback Lens in VS Code', () => {
     await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
   });
 
+  it('a JSON-array dataset (.json) gets diagnostics at each example, and the hover of the example under the cursor', async () => {
+    // written as Python's json.dump(rows, f, indent=2) writes LLaMA-Factory's data files
+    const rows = [
+      {
+        conversations: [
+          { from: 'human', value: 'Hi' },
+          { from: 'gpt', value: 'Hello!' },
+        ],
+      },
+      {
+        conversations: [
+          { from: 'human', value: 'Save?' },
+          { from: 'robot', value: 'Slowly.' },
+        ],
+      },
+    ];
+    fs.writeFileSync(path.join(ws(), 'data', 'sharegpt.json'), `${JSON.stringify(rows, null, 2)}\n`);
+    const doc = await open('data/sharegpt.json');
+    // the second example starts at line 14, column 3 (1-based): its unknown role is reported there
+    const ds003 = await until('DS003 on the second example', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'DS003'),
+    );
+    assert.equal(doc.lineAt(ds003.range.start.line).text.trim(), '{');
+    assert.equal(ds003.range.start.line, rows[0].conversations.length * 4 + 5);
+    // hovering a line inside the first example shows that example rendered
+    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>(
+      'vscode.executeHoverProvider',
+      doc.uri,
+      new vscode.Position(5, 10),
+    );
+    const text = hovers
+      .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
+      .join('\n');
+    assert.match(text, /row 1 rendered with/);
+    assert.match(text, /\*\*query\*\*/);
+    // a config file is JSON too, and gets nothing
+    const config = await open('organisms/base/config.json');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(codesOf(config.uri), []);
+    await vscode.commands.executeCommand('workbench.action.closeAllEditors');
+  });
+
   it('follows .piggyback.json when it names another template for a dataset', async () => {
     const other = path.join(ws(), 'plain-model');
     fs.mkdirSync(other, { recursive: true });

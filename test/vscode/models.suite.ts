@@ -195,6 +195,12 @@ describe('Piggyback Lens models in VS Code', () => {
       assert.equal(again.done, 2);
       const compare = await vscode.commands.executeCommand<EvalCompareView>('piggyback.compareEvalRuns', out, out);
       assert.ok(compare.rows.some(([label]) => label === 'piggyback share, prefix'));
+      // runs named by their pair and date (the folder only to tell two of the same apart), their answers first
+      assert.match(compare.names[0], /^base \u2192 finetuned, \d{4}-\d\d-\d\d \d\d:\d\d \(run-a\)$/);
+      assert.deepEqual(
+        compare.rows.slice(0, 2).map(([label]) => label),
+        ['behaviour shift on general questions', 'where it lives'],
+      );
     } finally {
       await config.update('eval.perturbationTrials', undefined, vscode.ConfigurationTarget.Workspace);
       await config.update('eval.maxNewTokens', undefined, vscode.ConfigurationTarget.Workspace);

@@ -183,11 +183,49 @@ export function isJsonDataset(file: string): boolean {
     } finally {
       fs.closeSync(fd);
     }
-    const [first] = new ArraySplitter(file, PROBE_BYTES, []).push(head);
+    return isJsonDatasetText(file, head);
+  } catch {
+    return false;
+  }
+}
+
+/** The same, from the start of the file's text (an editor buffer): its first MiB is what is looked at. */
+export function isJsonDatasetText(file: string, text: string): boolean {
+  try {
+    const [first] = new ArraySplitter(file, PROBE_BYTES, []).push(text.slice(0, PROBE_BYTES));
     if (first === undefined) return false;
     const row = JSON.parse(first);
     return !!row && typeof row === 'object' && !Array.isArray(row) && detectFormat(row) !== undefined;
   } catch {
     return false;
   }
+}
+
+/**
+ * The example of a JSON-array text that holds line `line` (1-based), and its number (1-based): for the editor's
+ * row hover and code lens on a pretty-printed file, where an example spans many lines. `starts` are where each
+ * example starts (as jsonArrayTextLines records them); undefined outside the examples.
+ */
+export function exampleAt(
+  text: string,
+  starts: Start[],
+  line: number,
+  offsetAt: (s: Start) => number,
+): { row: number; text: string; start: Start } | undefined {
+  let i = -1;
+  for (let lo = 0, hi = starts.length - 1; lo <= hi; ) {
+    const mid = (lo + hi) >> 1;
+    if (starts[mid].line <= line) {
+      i = mid;
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  if (i < 0) return undefined;
+  const from = offsetAt(starts[i]);
+  const to = i + 1 < starts.length ? offsetAt(starts[i + 1]) : text.lastIndexOf(']');
+  // the element's text without the comma and white space that follow it (the last one ends before the bracket)
+  const body = text.slice(from, Math.max(from, to)).replace(/[\s,]*$/, '');
+  const endLine = starts[i].line + (body.match(/\n/g)?.length ?? 0);
+  if (line > endLine) return undefined;
+  return { row: i + 1, text: body, start: starts[i] };
 }
