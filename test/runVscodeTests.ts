@@ -262,7 +262,12 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
             let text = '';
             while (Date.now() < end) {
               // a webview only paints its content once the workbench has given it focus at least once
-              await page.mouse.click(1300, 700).catch(() => undefined);
+              // (on its tab: a click inside the webview could land on one of its buttons, which change the view)
+              await page
+                .locator('.tab', { hasText: 'Piggyback Lens' })
+                .first()
+                .click({ timeout: 2_000 })
+                .catch(() => undefined);
               const f = await webview();
               text = f ? String(await f.evaluate('document.body.innerText').catch(() => '')) : '';
               if (/Patch comparison: prefix/.test(text)) break;

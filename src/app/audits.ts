@@ -30,7 +30,7 @@ import {
   type Start,
 } from '../domain/dataset/jsonArray';
 import { parquetLines } from '../domain/dataset/parquet';
-import { type Finding, sortFindings } from '../domain/findings';
+import { CODES, type Finding, sortFindings } from '../domain/findings';
 import {
   AUDIT_CLOCK,
   auditTemplate,
@@ -449,6 +449,8 @@ export interface WorkspaceScan {
   /** Template sources: model folders (holding a template) and standalone .jinja files. */
   templates: string[];
   datasets: string[];
+  /** The walk stopped at its budget of entries: what lies past it was not looked at. */
+  truncated?: { maxFiles: number };
 }
 
 /** Finds model folders (with a chat template) and JSONL datasets under a folder. */
@@ -456,6 +458,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
   const templates: string[] = [];
   const datasets: string[] = [];
   let seen = 0;
+  let truncated = false;
   const walk = (dir: string) => {
     let entries: fs.Dirent[];
     try {
@@ -466,7 +469,10 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
     entries.sort((a, b) => a.name.localeCompare(b.name));
     let folderHasTemplate = false;
     for (const e of entries) {
-      if (++seen > maxFiles) return;
+      if (++seen > maxFiles) {
+        truncated = true;
+        return;
+      }
       const full = path.join(dir, e.name);
       if (e.isDirectory()) {
         if (!SKIP_DIRS.has(e.name) && !e.name.startsWith('.')) walk(full);
@@ -486,7 +492,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
     if (folderHasTemplate) templates.push(dir);
   };
   walk(root);
-  return { templates: templates.sort(), datasets: datasets.sort() };
+  return { templates: templates.sort(), datasets: datasets.sort(), ...(truncated ? { truncated: { maxFiles } } : {}) };
 }
 
 function hasTemplate(file: string): boolean {
@@ -591,10 +597,17 @@ export interface FolderAudit {
 
 export async function auditFolder(
   root: string,
-  options: PrepareOptions & { template?: string; signal?: AbortSignal; workerFile?: string; lossMode?: LossMode } = {},
+  options: PrepareOptions & {
+    template?: string;
+    signal?: AbortSignal;
+    workerFile?: string;
+    lossMode?: LossMode;
+    /** The folder walk's budget of entries (default 20,000); past it, WS002. */
+    maxFiles?: number;
+  } = {},
 ): Promise<FolderAudit> {
-  const { workerFile, signal, template, lossMode, ...prepareOptions } = options;
-  const scan = scanFolder(root);
+  const { workerFile, signal, template, lossMode, maxFiles, ...prepareOptions } = options;
+  const scan = scanFolder(root, maxFiles);
   const templatePaths = template ? [path.resolve(root, template)] : scan.templates;
   const result: FolderAudit = { root, templates: [], datasets: [], findings: [] };
   const jobs = scan.datasets.map((file) => ({ file, association: associate(file, root, templatePaths, template) }));
@@ -640,6 +653,18 @@ export async function auditFolder(
     if (a.refused && !result.findings.some((f) => f.code === 'WS001' && f.message === a.refused!.message))
       result.findings.push(a.refused);
   }
+  // a walk that stopped at its budget says so: what it did not look at is not "none found"
+  if (scan.truncated)
+    result.findings.push({
+      code: 'WS002',
+      severity: 'warning',
+      message: `the folder has more than ${scan.truncated.maxFiles.toLocaleString('en')} files and folders; the audit looked at the first ${scan.truncated.maxFiles.toLocaleString('en')} (in name order) and none past them. Audit the model and data folders themselves (piggyback audit <folder>). ${CODES.WS002.why}`,
+      file: root,
+      line: 1,
+      column: 1,
+      endLine: 1,
+      endColumn: 2,
+    });
   sortFindings(result.findings);
   return result;
 }

@@ -139,6 +139,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'Path outside the workspace',
     why: 'A workspace file or setting may only point inside the workspace; a path that leaves it (.., absolute, a symlink out) is not read.',
   },
+  WS002: {
+    title: 'Folder too large to audit whole',
+    why: 'A folder walk has a budget of entries so that an audit of a huge tree ends; templates and datasets past it were not audited, so no finding there means nothing.',
+  },
 };
 
 /** The docs page for a code, relative to the package root (the extension resolves it against its install folder). */

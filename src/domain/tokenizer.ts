@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { defaultCacheDir, FILE_LIMITS, readFileChecked, readTextChecked } from './files';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { nestedRepetition } from './regexSafety';
 import { specialTokensOf } from './template/source';
 import {
   readTokenizerCache,
@@ -50,6 +51,7 @@ export class LoadedTokenizer {
     /** The library's tokenizer already built from `json` (from the parsed-tokenizer cache). */
     built?: Tokenizer,
   ) {
+    refuseBacktrackingPatterns(json, file);
     this.tok = built ?? new Tokenizer(json, config);
     this.byteLevel = usesByteLevel(json.decoder);
     for (const t of json.added_tokens ?? []) this.added.set(t.id, t.content);
@@ -241,6 +243,30 @@ function bytesToUnicodeInverse(): Map<string, number> {
 }
 
 /** The tokenizer_config.json beside a tokenizer.json (or the given one), {} when there is none. */
+/**
+ * A tokenizer.json's pre-tokenizer and normalizer patterns run on JavaScript's backtracking engine inside the
+ * library: one that nests unbounded repetition can take exponential time on some text, so the tokenizer is refused
+ * (regexSafety.ts). Walks Split / Replace patterns, in Sequences too.
+ */
+function refuseBacktrackingPatterns(json: TokenizerJson, file = 'tokenizer.json'): void {
+  const check = (node: unknown, where: string): void => {
+    if (!node || typeof node !== 'object') return;
+    const n = node as { type?: unknown; pattern?: { Regex?: unknown }; pretokenizers?: unknown; normalizers?: unknown };
+    const source = n.pattern?.Regex;
+    if (typeof source === 'string') {
+      const nested = nestedRepetition(source);
+      if (nested)
+        throw new Error(
+          `${file}: the ${where}'s regular expression nests unbounded repetition (${JSON.stringify(nested.slice(0, 60))}), which takes exponential time on some texts; this tokenizer is not run`,
+        );
+    }
+    for (const list of [n.pretokenizers, n.normalizers]) if (Array.isArray(list)) for (const x of list) check(x, where);
+  };
+  const j = json as { pre_tokenizer?: unknown; normalizer?: unknown };
+  check(j.pre_tokenizer, 'pre-tokenizer');
+  check(j.normalizer, 'normalizer');
+}
+
 export function tokenizerConfigOf(tokenizerJson: string, tokenizerConfig?: string): Record<string, unknown> {
   const configFile = tokenizerConfig ?? path.join(path.dirname(tokenizerJson), 'tokenizer_config.json');
   return fs.existsSync(configFile)

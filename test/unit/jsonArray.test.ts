@@ -200,6 +200,27 @@ describe('JSON-array dataset files', () => {
     ]);
   });
 
+  it('a folder walk that reaches its budget says so (WS002), never "none found"', async () => {
+    const dir = tempDir();
+    for (let i = 0; i < 12; i++) fs.writeFileSync(path.join(dir, `notes-${String(i).padStart(2, '0')}.txt`), 'x');
+    fs.copyFileSync(path.join(J, 'alpaca.json'), path.join(dir, 'zz-alpaca.json'));
+    const small = await auditFolder(dir, { template: TEMPLATE, maxFiles: 5 });
+    assert.deepEqual(small.datasets, [], 'the dataset lies past the budget');
+    const ws002 = small.findings.filter((f) => f.code === 'WS002');
+    assert.equal(ws002.length, 1);
+    assert.equal(ws002[0].file, dir);
+    assert.match(ws002[0].message, /more than 5 files and folders; the audit looked at the first 5/);
+    const whole = await auditFolder(dir, { template: TEMPLATE });
+    assert.deepEqual(
+      whole.datasets.map((d) => path.basename(d.file)),
+      ['zz-alpaca.json'],
+    );
+    assert.deepEqual(
+      whole.findings.filter((f) => f.code === 'WS002'),
+      [],
+    );
+  });
+
   it('piggyback dataset --row N shows the Nth example of a .json file, located at its start', () => {
     const s = starts('sharegpt');
     const cli = spawnSync(

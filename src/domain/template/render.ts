@@ -46,7 +46,10 @@ export class TemplateRenderError extends Error {
 /** A parsed template, reusable across renders (parsing is the expensive part). */
 export class ChatTemplate {
   private readonly compiled: Template;
-  /** Once a render ran past the budget, the template is not run again (an audit renders it a dozen times). */
+  /**
+   * Once a render of a small conversation ran past the budget, the template itself loops: it is not run again (an
+   * audit renders it a dozen times). A large row over the budget is that row's fault, and the next row is rendered.
+   */
   private overBudget?: TemplateBudgetError;
   constructor(readonly text: string) {
     try {
@@ -87,7 +90,7 @@ export class ChatTemplate {
       JSON.stringify(messages).length +
       JSON.stringify(options.tools ?? null).length +
       JSON.stringify(options.documents ?? null).length;
-    const budget = new RenderBudget(inputChars);
+    const budget = new RenderBudget(inputChars, messages.length);
     env.set('range', (start: number, stop?: number, step?: number) => range(budget, start, stop, step));
     try {
       const out = new BudgetedInterpreter(env, budget).run(this.compiled.parsed).value as string;
@@ -95,7 +98,8 @@ export class ChatTemplate {
       return out;
     } catch (e) {
       if (e instanceof TemplateBudgetError) {
-        this.overBudget = e;
+        if (inputChars <= RENDER_LIMITS.stickyInputChars && messages.length <= RENDER_LIMITS.stickyMessages)
+          this.overBudget = e;
         throw e;
       }
       if (e instanceof TemplateRaisedError) throw e;
@@ -119,27 +123,36 @@ export class TemplateBudgetError extends TemplateRenderError {
  */
 export const RENDER_LIMITS = {
   steps: 300_000,
+  /** More steps per message: the budget is per row, and a long conversation is not a loop. */
+  stepsPerMessage: 1_000,
   ms: 3_000,
+  msPerMessage: 10,
   rangeItems: 100_000,
   outputFactor: 8,
   outputSlack: 1_000_000,
+  /** A render over budget on input this small is the template's own doing: it is not run again. */
+  stickyInputChars: 10_000,
+  stickyMessages: 20,
 };
 
 class RenderBudget {
   steps = 0;
   rangeItems = 0;
-  private readonly deadline = Date.now() + RENDER_LIMITS.ms;
+  private readonly deadline: number;
+  private readonly maxSteps: number;
   readonly maxOutput: number;
-  constructor(inputChars: number) {
+  constructor(inputChars: number, messages: number) {
     this.maxOutput = RENDER_LIMITS.outputFactor * inputChars + RENDER_LIMITS.outputSlack;
+    this.maxSteps = RENDER_LIMITS.steps + RENDER_LIMITS.stepsPerMessage * messages;
+    this.deadline = Date.now() + RENDER_LIMITS.ms + RENDER_LIMITS.msPerMessage * messages;
   }
   step(): void {
-    if (++this.steps > RENDER_LIMITS.steps)
+    if (++this.steps > this.maxSteps)
       throw new TemplateBudgetError(
-        `the template did not finish within ${RENDER_LIMITS.steps.toLocaleString('en')} evaluation steps (a loop that never ends, or far too long)`,
+        `the template did not finish within ${this.maxSteps.toLocaleString('en')} evaluation steps (a loop that never ends, or far too long)`,
       );
     if ((this.steps & 1023) === 0 && Date.now() > this.deadline)
-      throw new TemplateBudgetError(`the template did not finish within ${RENDER_LIMITS.ms} ms`);
+      throw new TemplateBudgetError(`the template did not finish within its time budget`);
   }
   checkOutput(chars: number): void {
     if (chars > this.maxOutput)

@@ -8,6 +8,7 @@
 import * as path from 'node:path';
 import { CheckpointError } from '../checkpointError';
 import { readAdapterConfig } from '../../domain/hfConfig';
+import { fullMatchLinear, RegexRefusedError } from '../../domain/regexSafety';
 import type { AdapterModules } from './graph';
 import { readFloat32, WeightIndex } from './weights';
 
@@ -27,13 +28,8 @@ function patternValue(patterns: unknown, module: string): number | undefined {
   for (const [key, value] of Object.entries(patterns as Record<string, unknown>)) {
     if (typeof value !== 'number') continue;
     if (key === module) return value;
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:.*\\.)?(?:${key})$`);
-    } catch {
-      continue;
-    }
-    if (re.test(module)) return value;
+    // a key from the file is a pattern: matched in linear time (regexSafety.ts), never by a backtracking engine
+    if (fullMatchLinear(`(?:.*\\.)?(?:${key})`, module)) return value;
   }
   return undefined;
 }
@@ -42,13 +38,7 @@ function patternValue(patterns: unknown, module: string): number | undefined {
 export function matchesTarget(targets: unknown, module: string): boolean {
   // PEFT's shorthand (normally expanded into module names before saving): every Linear but the output head
   if (targets === 'all-linear') return module !== 'lm_head';
-  if (typeof targets === 'string') {
-    try {
-      return new RegExp(`^(?:${targets})$`).test(module);
-    } catch {
-      return false;
-    }
-  }
+  if (typeof targets === 'string') return fullMatchLinear(`(?:${targets})`, module);
   if (Array.isArray(targets))
     return targets.some((t) => typeof t === 'string' && (module === t || module.endsWith(`.${t}`)));
   return false;
@@ -73,6 +63,23 @@ export function readAdapter(
     );
   };
   const targets = config.target_modules as string | string[];
+  try {
+    return readAdapterModules(folder, config, configFile, targets, baseWeight, baseModules, refuse);
+  } catch (e) {
+    if (e instanceof RegexRefusedError) throw new CheckpointError(e.message, configFile);
+    throw e;
+  }
+}
+
+function readAdapterModules(
+  folder: string,
+  config: Record<string, unknown>,
+  configFile: string,
+  targets: string | string[],
+  baseWeight: (module: string) => [number, number] | undefined,
+  baseModules: string[],
+  refuse: (what: string) => never,
+): Adapter {
   const baseMatches = baseModules.filter((m) => matchesTarget(targets, m));
   if (baseMatches.length === 0) {
     throw new CheckpointError(
