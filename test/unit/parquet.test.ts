@@ -7,11 +7,23 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { tableFromArrays, tableToIPC } from 'apache-arrow';
+import {
+  type DataType,
+  Dictionary,
+  Field,
+  Int32,
+  Struct,
+  Table as ArrowTable,
+  tableFromArrays,
+  tableToIPC,
+  Utf8,
+  vectorFromArray,
+} from 'apache-arrow';
+import { Table as PqTable, writeParquet } from 'parquet-wasm/node';
 import { auditDatasetWith, auditFolder, prepareTemplate } from '../../src/app/audits';
 import { arrowLines } from '../../src/domain/dataset/arrow';
-import { splitOf } from '../../src/domain/dataset/columnar';
-import { parquetLines } from '../../src/domain/dataset/parquet';
+import { COLUMNAR_LIMITS, splitOf } from '../../src/domain/dataset/columnar';
+import { parquetLines, parquetSchemaDepth } from '../../src/domain/dataset/parquet';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 
 const P = path.join(FIXTURES, 'parquet');
@@ -309,5 +321,65 @@ describe('a dataset folder on the command line', () => {
     );
     assert.equal(empty.status, 2);
     assert.match(empty.stderr, /holds no dataset files/);
+  });
+});
+
+describe('columnar bombs: budgets on what a file decompresses to, and on how deep its schema nests', () => {
+  const prepared = prepareTemplate(TEMPLATE);
+  // one 256 KB string in a dictionary, referenced by 2,000 rows: 256 KB on disk, 500 MB as rows; the budget (256 MB,
+  // over 50x the file) ends at the row whose JSON passes it
+  const big = 'x'.repeat(1 << 18);
+  const rowLength = `{"text":"${big}"}`.length;
+  const audited = Math.floor(COLUMNAR_LIMITS.minBytes / rowLength);
+  const bombTable = () =>
+    new ArrowTable({
+      text: vectorFromArray(
+        Array.from({ length: 2_000 }, () => big),
+        new Dictionary(new Utf8(), new Int32()),
+      ),
+    });
+
+  it('a Parquet dictionary bomb is DS010 at the row where the budget ends, the rows before it audited', async () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'bomb.parquet');
+    fs.writeFileSync(file, writeParquet(PqTable.fromIPCStream(tableToIPC(bombTable(), 'stream'))));
+    assert.ok(fs.statSync(file).size < 8 << 20, `${fs.statSync(file).size} bytes on disk`);
+    const r = await auditDatasetWith(file, prepared);
+    const ds010 = r.errors.find((e) => e.code === 'DS010')!;
+    assert.match(
+      ds010.message,
+      new RegExp(
+        `the rows decompress to more than 256 MB \\(row ${(audited + 1).toLocaleString('en')}\\), over 50 times the file's size`,
+      ),
+    );
+    assert.match(ds010.message, new RegExp(`\\(${audited.toLocaleString('en')} rows before it audited\\)$`));
+    assert.equal(r.rows, audited);
+  });
+
+  it('the same in an Arrow stream', async () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'data-00000-of-00001.arrow');
+    fs.writeFileSync(file, tableToIPC(bombTable(), 'stream'));
+    const r = await auditDatasetWith(file, prepared);
+    assert.match(r.errors.find((e) => e.code === 'DS010')!.message, /decompress to more than 256 MB/);
+    assert.equal(r.rows, audited);
+  });
+
+  it('a schema nested 100 deep is refused before any row is read', async () => {
+    let type: DataType = new Utf8();
+    for (let i = 0; i < 100; i++) type = new Struct([new Field('a', type, true)]);
+    let value: unknown = 'leaf';
+    for (let i = 0; i < 100; i++) value = { a: value };
+    const dir = tempDir();
+    const file = path.join(dir, 'deep.arrow');
+    fs.writeFileSync(file, tableToIPC(new ArrowTable({ deep: vectorFromArray([value], type) }), 'stream'));
+    const r = await auditDatasetWith(file, prepared);
+    assert.match(
+      r.errors.find((e) => e.code === 'DS010')!.message,
+      /the schema nests 101 levels deep \(the reader's limit is 64\)/,
+    );
+    assert.equal(r.rows, 0);
+    // a Parquet schema's depth from its flattened elements: root, a group of two leaves, a leaf
+    assert.equal(parquetSchemaDepth([{ num_children: 2 }, { num_children: 2 }, {}, {}, {}]), 2);
   });
 });

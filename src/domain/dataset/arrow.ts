@@ -7,11 +7,11 @@
 import * as fs from 'node:fs';
 import { RecordBatchReader } from 'apache-arrow';
 import { openRegularFile } from '../files';
-import { ColumnarReadError, rowJson } from './columnar';
+import { ColumnarReadError, RowBudget, rowJson, schemaTooDeep } from './columnar';
 
 /** The rows of an Arrow IPC stream or file as JSON lines, one record batch at a time. */
 export async function* arrowLines(file: string, signal?: AbortSignal): AsyncGenerator<string> {
-  const { fd } = openRegularFile(file);
+  const { fd, size } = openRegularFile(file);
   const stream = fs.createReadStream(file, { fd, highWaterMark: 1 << 20 });
   try {
     let reader: Awaited<ReturnType<typeof RecordBatchReader.from>>;
@@ -23,6 +23,9 @@ export async function* arrowLines(file: string, signal?: AbortSignal): AsyncGene
     }
     // (an empty dataset is a schema and no batches; no schema at all is not Arrow)
     if (!reader.schema) throw new ColumnarReadError(file, 'not a readable Arrow IPC file (no schema)');
+    const tooDeep = schemaTooDeep(file, Math.max(0, ...reader.schema.fields.map((f) => typeDepth(f.type))));
+    if (tooDeep) throw tooDeep;
+    const budget = new RowBudget(file, size);
     let start = 0;
     const batches = reader[Symbol.asyncIterator]();
     for (;;) {
@@ -35,10 +38,27 @@ export async function* arrowLines(file: string, signal?: AbortSignal): AsyncGene
       }
       if (next.done) break;
       const batch = next.value;
-      for (let i = 0; i < batch.numRows; i++) yield `${rowJson(batch.get(i))}\n`;
+      for (let i = 0; i < batch.numRows; i++) {
+        const json = rowJson(batch.get(i));
+        budget.add(json, start + i + 1);
+        yield `${json}\n`;
+      }
       start += batch.numRows;
     }
   } finally {
     stream.destroy();
   }
+}
+
+/** How deep an Arrow type nests (a struct of lists of structs...), counted without recursion. */
+function typeDepth(type: { children?: { type: unknown }[] | null }): number {
+  let max = 1;
+  const stack: [{ children?: { type: unknown }[] | null }, number][] = [[type, 1]];
+  while (stack.length) {
+    const [t, d] = stack.pop()!;
+    max = Math.max(max, d);
+    if (d > 1000) break;
+    for (const c of t.children ?? []) stack.push([c.type as { children?: { type: unknown }[] | null }, d + 1]);
+  }
+  return max;
 }

@@ -17,6 +17,46 @@ export class ColumnarReadError extends Error {
   }
 }
 
+/**
+ * What a columnar reader may produce from a file: rows decompress (pages, dictionaries) to at most
+ * `ratio` times the file's size or `minBytes`, whichever is larger (real text Parquet inflates 3-10x; a bomb
+ * inflates thousands of times, and a dictionary entry referenced by every row without bound); a Parquet row group,
+ * read whole, may declare at most `rowGroupBytes` uncompressed; a schema may nest `depth` levels.
+ */
+export const COLUMNAR_LIMITS = { ratio: 50, minBytes: 256 * 1024 * 1024, rowGroupBytes: 1024 * 1024 * 1024, depth: 64 };
+
+/** Counts the row JSON a reader yields against the file's budget; throws ColumnarReadError past it. */
+export class RowBudget {
+  private used = 0;
+  private readonly limit: number;
+  constructor(
+    private readonly file: string,
+    fileBytes: number,
+  ) {
+    this.limit = Math.max(COLUMNAR_LIMITS.minBytes, COLUMNAR_LIMITS.ratio * fileBytes);
+  }
+  add(json: string, row: number): void {
+    this.used += json.length;
+    if (this.used > this.limit)
+      throw new ColumnarReadError(
+        this.file,
+        `the rows decompress to more than ${mb(this.limit)} (row ${row.toLocaleString('en')}), over ${COLUMNAR_LIMITS.ratio} times the file's size: a compression or dictionary bomb, or a file to audit in parts; rows from there on are not read`,
+      );
+  }
+}
+
+/** A schema nested deeper than COLUMNAR_LIMITS.depth, as a refusal; undefined when it is not. */
+export function schemaTooDeep(file: string, depth: number): ColumnarReadError | undefined {
+  return depth > COLUMNAR_LIMITS.depth
+    ? new ColumnarReadError(
+        file,
+        `the schema nests ${depth.toLocaleString('en')} levels deep (the reader's limit is ${COLUMNAR_LIMITS.depth}); no row is read`,
+      )
+    : undefined;
+}
+
+const mb = (bytes: number) => `${Math.round(bytes / (1024 * 1024)).toLocaleString('en')} MB`;
+
 export const isParquet = (file: string) => /\.parquet$/i.test(file);
 export const isArrow = (file: string) => /\.arrow$/i.test(file);
 export const isColumnar = (file: string) => isParquet(file) || isArrow(file);

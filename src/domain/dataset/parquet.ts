@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { type AsyncBuffer, parquetMetadataAsync, parquetReadObjects } from 'hyparquet';
 import { compressors } from 'hyparquet-compressors';
 import { openRegularFile } from '../files';
-import { ColumnarReadError, rowJson } from './columnar';
+import { COLUMNAR_LIMITS, ColumnarReadError, RowBudget, rowJson, schemaTooDeep } from './columnar';
 
 /** An AsyncBuffer over a regular file (checked first: a FIFO or device is refused, never read). */
 function fileBuffer(file: string): AsyncBuffer & { close(): void } {
@@ -38,20 +38,47 @@ export async function* parquetLines(file: string, signal?: AbortSignal): AsyncGe
     } catch (e) {
       throw new ColumnarReadError(file, `not a readable Parquet file (${(e as Error).message})`);
     }
+    const tooDeep = schemaTooDeep(file, parquetSchemaDepth(metadata.schema));
+    if (tooDeep) throw tooDeep;
+    const budget = new RowBudget(file, buffer.byteLength);
     let start = 0;
     for (const group of metadata.row_groups) {
       if (signal?.aborted) return;
       const n = Number(group.num_rows);
+      // a row group is read whole: what it declares uncompressed is checked before any page is inflated
+      const declared = group.columns.reduce((sum, c) => sum + Number(c.meta_data?.total_uncompressed_size ?? 0), 0);
+      if (declared > COLUMNAR_LIMITS.rowGroupBytes)
+        throw new ColumnarReadError(
+          file,
+          `rows ${start + 1} to ${start + n} (one row group) declare ${Math.round(declared / 2 ** 20).toLocaleString('en')} MB uncompressed, over the reader's ${COLUMNAR_LIMITS.rowGroupBytes / 2 ** 20} MB for one row group; not read`,
+        );
       let rows: Record<string, unknown>[];
       try {
         rows = await parquetReadObjects({ file: buffer, metadata, rowStart: start, rowEnd: start + n, compressors });
       } catch (e) {
         throw new ColumnarReadError(file, `rows ${start + 1} to ${start + n} cannot be read (${(e as Error).message})`);
       }
-      for (const row of rows) yield `${rowJson(row)}\n`;
+      for (const [i, row] of rows.entries()) {
+        const json = rowJson(row);
+        budget.add(json, start + i + 1);
+        yield `${json}\n`;
+      }
       start += n;
     }
   } finally {
     buffer.close();
   }
+}
+
+/** How deep a Parquet schema nests: its elements in depth-first order, each group with num_children after it. */
+export function parquetSchemaDepth(schema: { num_children?: number }[]): number {
+  let max = 0;
+  const open: number[] = []; // children still to come, per open group
+  for (const element of schema) {
+    while (open.length && open[open.length - 1] === 0) open.pop();
+    if (open.length) open[open.length - 1]--;
+    max = Math.max(max, open.length);
+    if (element.num_children) open.push(element.num_children);
+  }
+  return max;
 }
