@@ -5,16 +5,31 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { auditDataset } from '../../src/domain/dataset/audit';
 import { readResults, type ResultProblem } from '../../src/app/eval/run';
 import type { Finding } from '../../src/domain/findings';
 import { associate, prepareTemplate } from '../../src/app/audits';
 import { ChatTemplate } from '../../src/domain/template/render';
-import { makeTree, tempDir } from '../helpers';
+import { auditDatasetWith } from '../../src/app/audits';
+import { CheckpointError } from '../../src/domain/checkpointError';
+import { readAdapterConfig } from '../../src/domain/hfConfig';
+import { RegexRefusedError } from '../../src/domain/regexSafety';
+import { readSafetensorsHeader, SafetensorsError } from '../../src/domain/safetensors';
+import { matchesTarget } from '../../src/modelHost/hf/peft';
+import { FIXTURES, makeTree, ROOT, tempDir } from '../helpers';
 
-const RUNS = { templates: 1000, rows: 1000, associations: 500, runFolders: 500 };
+const RUNS = {
+  templates: 1000,
+  rows: 1000,
+  associations: 500,
+  runFolders: 500,
+  columnar: 150,
+  csv: 300,
+  safetensors: 500,
+  adapters: 500,
+};
 const SEED = 20261128;
 
 function located(f: Finding, file?: string): void {
@@ -188,5 +203,161 @@ describe('fuzzing (fast-check)', () => {
       { numRuns: RUNS.runFolders, seed: SEED },
     );
     console.log(`# fuzz: ${cases} run folders`);
+  });
+
+  /** A valid file's bytes, changed as a damaged download or a hostile writer would: bytes flipped, cut, inserted. */
+  const damaged = (bytes: Buffer) => {
+    // positions anywhere in the file, without fast-check's bias towards small numbers (the header)
+    const at = fc.noBias(fc.nat({ max: bytes.length }));
+    return fc
+      .record({
+        flips: fc.array(fc.tuple(at, fc.integer({ min: 1, max: 255 })), { maxLength: 8 }),
+        cut: fc.option(at, { nil: undefined }),
+        insert: fc.option(fc.tuple(at, fc.uint8Array({ maxLength: 64 })), { nil: undefined }),
+      })
+      .map(({ flips, cut, insert }) => {
+        let b = Buffer.from(bytes);
+        for (const [at, x] of flips) b[at % b.length] ^= x;
+        if (insert) {
+          const at = insert[0] % (b.length + 1);
+          b = Buffer.concat([b.subarray(0, at), Buffer.from(insert[1]), b.subarray(at)]);
+        }
+        if (cut !== undefined) b = b.subarray(0, cut % (b.length + 1));
+        return b;
+      });
+  };
+
+  for (const [kind, fixture] of [
+    ['Parquet', path.join(FIXTURES, 'parquet', 'chat-snappy.parquet')],
+    ['Parquet (gzip)', path.join(FIXTURES, 'parquet', 'chat-gzip.parquet')],
+    ['Arrow', path.join(FIXTURES, 'arrow', 'saved', 'data-00000-of-00002.arrow')],
+  ] as const) {
+    it(`${kind}: ${RUNS.columnar} damaged files end in rows and located DS010 findings, never an uncaught exception`, {
+      timeout: 300_000,
+    }, async () => {
+      const dir = tempDir();
+      const prepared = prepareTemplate(path.join(ROOT, 'examples', 'chatml-demo'));
+      const ext = path.extname(fixture);
+      let n = 0;
+      // a reader's failure that surfaces later, unhandled, would take a CLI process down: none may
+      const stray: unknown[] = [];
+      const onStray = (e: unknown) => stray.push(e);
+      process.on('unhandledRejection', onStray);
+      after(() => process.off('unhandledRejection', onStray));
+      await fc.assert(
+        fc.asyncProperty(damaged(fs.readFileSync(fixture)), async (bytes) => {
+          const file = path.join(dir, `case-${n++}${ext}`);
+          fs.writeFileSync(file, bytes);
+          const r = await auditDatasetWith(file, prepared);
+          await new Promise((done) => setImmediate(done));
+          assert.deepEqual(stray.map(String), [], 'no rejection left unhandled');
+          for (const e of r.errors) assert.ok(e.line >= 1 && e.column >= 1, JSON.stringify(e));
+          for (const e of r.errors.filter((x) => x.code === 'DS010')) assert.ok(e.message.startsWith(file));
+          fs.rmSync(file);
+        }),
+        { numRuns: RUNS.columnar, seed: SEED },
+      );
+    });
+  }
+
+  it(`CSV: ${RUNS.csv} generated files (quotes, separators, line breaks, headers) audit without throwing, located`, async () => {
+    const dir = tempDir();
+    const prepared = prepareTemplate(path.join(ROOT, 'examples', 'chatml-demo'));
+    const cell = fc.oneof(
+      fc.string({ maxLength: 20 }),
+      fc.constantFrom('"', '""', '"a,b"', '"line\nbreak"', '\r\n', ',', '"unclosed', '[{"role": "user"}]'),
+    );
+    const header = fc.constantFrom('prompt,completion', 'messages', 'instruction,output', 'question', 'a,b,c', '');
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        header,
+        fc.array(fc.array(cell, { maxLength: 4 }), { maxLength: 20 }),
+        fc.constantFrom('\n', '\r\n'),
+        async (head, rows, eol) => {
+          const file = path.join(dir, `case-${n++}.csv`);
+          fs.writeFileSync(file, [head, ...rows.map((r) => r.join(','))].join(eol));
+          const r = await auditDatasetWith(file, prepared);
+          for (const e of r.errors) assert.ok(e.line >= 1 && e.column >= 1, JSON.stringify(e));
+          fs.rmSync(file);
+        },
+      ),
+      { numRuns: RUNS.csv, seed: SEED },
+    );
+  });
+
+  it(`safetensors headers: ${RUNS.safetensors} generated files are read or refused with SafetensorsError, nothing else`, () => {
+    const dir = tempDir();
+    const entry = fc.record({
+      dtype: fc.constantFrom('F32', 'F16', 'BF16', 'I8', 'F64', 'U8', 'X9', ''),
+      shape: fc.array(fc.oneof(fc.nat(8), fc.constant(-1), fc.constant(2 ** 40)), { maxLength: 3 }),
+      data_offsets: fc.oneof(
+        fc.tuple(fc.nat(64), fc.nat(64)),
+        fc.constant([0, 2 ** 60]),
+        fc.constant(['a', 1] as unknown as [number, number]),
+      ),
+    });
+    const header = fc.oneof(
+      fc.dictionary(fc.string({ maxLength: 6 }), entry, { maxKeys: 4 }),
+      fc.jsonValue().map((v) => v as Record<string, unknown>),
+    );
+    let n = 0;
+    fc.assert(
+      fc.property(header, fc.nat(128), fc.option(fc.nat(2 ** 20), { nil: undefined }), (h, body, lie) => {
+        const json = Buffer.from(JSON.stringify(h) ?? 'null');
+        const size = Buffer.alloc(8);
+        size.writeBigUInt64LE(BigInt(lie ?? json.length));
+        const file = path.join(dir, `case-${n++}.safetensors`);
+        fs.writeFileSync(file, Buffer.concat([size, json, Buffer.alloc(body)]));
+        try {
+          readSafetensorsHeader(file);
+        } catch (e) {
+          assert.ok(e instanceof SafetensorsError, `${(e as Error).name}: ${(e as Error).message}`);
+        }
+        fs.rmSync(file);
+      }),
+      { numRuns: RUNS.safetensors, seed: SEED },
+    );
+  });
+
+  it(`adapter configs: ${RUNS.adapters} generated adapter_config.json files are read or refused with a CheckpointError naming the file`, () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, 'adapter_model.safetensors'), '');
+    const config = fc.record(
+      {
+        peft_type: fc.constantFrom('LORA', 'lora', 'IA3', 42, null),
+        r: fc.oneof(fc.integer({ min: -2, max: 64 }), fc.constant('8')),
+        lora_alpha: fc.oneof(fc.integer({ min: 0, max: 64 }), fc.double()),
+        target_modules: fc.oneof(
+          fc.array(fc.constantFrom('q_proj', 'v_proj', 'k_proj', ''), { maxLength: 3 }),
+          fc.constantFrom('.*\\.(q_proj|v_proj)', '(a+)+$', '(?=q).*', '[', 'all-linear'),
+          fc.string({ maxLength: 12 }),
+          fc.constant(7),
+        ),
+        use_dora: fc.boolean(),
+        bias: fc.constantFrom('none', 'all', undefined),
+        rank_pattern: fc.dictionary(fc.string({ maxLength: 8 }), fc.integer({ min: 1, max: 16 }), { maxKeys: 2 }),
+      },
+      { requiredKeys: [] },
+    );
+    const module = fc.constantFrom('model.layers.0.self_attn.q_proj', 'lm_head', `${'a'.repeat(40)}b`);
+    fc.assert(
+      fc.property(config, module, (c, m) => {
+        fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify(c));
+        try {
+          const read = readAdapterConfig(dir);
+          // what the host then matches against each module: a boolean, or a named refusal
+          try {
+            assert.equal(typeof matchesTarget(read.target_modules, m), 'boolean');
+          } catch (e) {
+            assert.ok(e instanceof RegexRefusedError, String(e));
+          }
+        } catch (e) {
+          assert.ok(e instanceof CheckpointError, `${(e as Error).name}: ${(e as Error).message}`);
+          assert.ok((e as CheckpointError).file.startsWith(dir));
+        }
+      }),
+      { numRuns: RUNS.adapters, seed: SEED },
+    );
   });
 });

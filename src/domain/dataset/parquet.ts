@@ -40,6 +40,18 @@ export async function* parquetLines(file: string, signal?: AbortSignal): AsyncGe
     }
     const tooDeep = schemaTooDeep(file, parquetSchemaDepth(metadata.schema));
     if (tooDeep) throw tooDeep;
+    // every column chunk must belong to a column of the schema: the library reads chunks it then never assembles
+    // (their failures would surface later as unhandled rejections), so a damaged file is refused here
+    const leaves = parquetLeafPaths(metadata.schema);
+    for (const [g, group] of metadata.row_groups.entries())
+      for (const c of group.columns) {
+        const p = c.meta_data?.path_in_schema?.join('.');
+        if (p === undefined || !leaves.has(p))
+          throw new ColumnarReadError(
+            file,
+            `row group ${g + 1} holds a column chunk (${JSON.stringify(p ?? null)}) the schema does not have: a damaged file; no row is read`,
+          );
+      }
     const budget = new RowBudget(file, buffer.byteLength);
     let start = 0;
     for (const group of metadata.row_groups) {
@@ -81,4 +93,18 @@ export function parquetSchemaDepth(schema: { num_children?: number }[]): number 
     if (element.num_children) open.push(element.num_children);
   }
   return max;
+}
+
+/** The dotted paths of a Parquet schema's leaf columns (elements in depth-first order, the root first). */
+function parquetLeafPaths(schema: { name?: string; num_children?: number }[]): Set<string> {
+  const leaves = new Set<string>();
+  const open: { name: string; left: number }[] = [];
+  for (const [i, element] of schema.entries()) {
+    while (open.length && open[open.length - 1].left === 0) open.pop();
+    if (open.length) open[open.length - 1].left--;
+    const names = open.slice(1).map((o) => o.name);
+    if (element.num_children) open.push({ name: String(element.name), left: element.num_children });
+    else if (i > 0) leaves.add([...names, String(element.name)].join('.'));
+  }
+  return leaves;
 }
