@@ -18,6 +18,8 @@ export const FILE_LIMITS = {
   association: 1024 * 1024,
   /** probe files (JSONL / YAML) read whole. */
   probes: 256 * 1024 * 1024,
+  /** an ONNX graph read for its initializers (protobuf's own limit is 2 GB; weights past it are external data). */
+  onnx: 2 * 1024 * 1024 * 1024,
 } as const;
 
 export class FileRefusedError extends Error {

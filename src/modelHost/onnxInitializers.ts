@@ -5,6 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CheckpointError } from '../domain/checkpointError';
+import { FILE_LIMITS, insideRoot, openRegularFile, readFileChecked } from '../domain/files';
 
 export interface Initializer {
   name: string;
@@ -34,6 +36,9 @@ class Reader {
     let result = 0;
     let shift = 0;
     while (true) {
+      // a file cut inside a varint, or bytes that are not protobuf, end here rather than loop
+      if (this.pos >= this.end) throw new OnnxParseError('cut inside a number');
+      if (shift > 63) throw new OnnxParseError('a number longer than 64 bits');
       const b = this.buf[this.pos++];
       result += (b & 0x7f) * 2 ** shift;
       if (b < 0x80) return result;
@@ -48,6 +53,7 @@ class Reader {
   }
   bytes(): Uint8Array {
     const n = this.varint();
+    if (n > this.end - this.pos) throw new OnnxParseError(`a field of ${n} bytes with ${this.end - this.pos} left`);
     const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
@@ -60,7 +66,23 @@ class Reader {
       const n = this.varint();
       this.pos += n;
     } else if (wire === 5) this.pos += 4;
-    else throw new Error(`unsupported protobuf wire type ${wire}`);
+    else throw new OnnxParseError(`protobuf wire type ${wire}, which ONNX does not use`);
+    if (this.pos > this.end) throw new OnnxParseError('a field past the end');
+  }
+}
+
+/** Bytes that are not an ONNX model (cut short, damaged, another format): said with the file by the caller. */
+class OnnxParseError extends Error {}
+
+/** The file's bytes, read through the file gate (a regular file under the cap), parsed with `read`. */
+function parseModel<T>(modelFile: string, read: (buf: Uint8Array) => T): T {
+  const buf = new Uint8Array(readFileChecked(modelFile, FILE_LIMITS.onnx));
+  try {
+    return read(buf);
+  } catch (e) {
+    if (e instanceof OnnxParseError)
+      throw new CheckpointError(`not a readable ONNX model (${e.message}): a damaged or cut-short file?`, modelFile);
+    throw e;
   }
 }
 
@@ -133,9 +155,10 @@ export function externalDataFiles(modelFile: string): string[] {
   const hit = externalCache.get(modelFile);
   if (hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs) return hit.files;
   const files = new Set<string>();
-  for (const t of initializers(new Uint8Array(fs.readFileSync(modelFile)))) {
-    if (t.external?.location) files.add(path.resolve(path.dirname(modelFile), t.external.location));
-  }
+  parseModel(modelFile, (buf) => {
+    for (const t of initializers(buf))
+      if (t.external?.location) files.add(path.resolve(path.dirname(modelFile), t.external.location));
+  });
   externalCache.set(modelFile, { size: st.size, mtimeMs: st.mtimeMs, files: [...files] });
   return [...files];
 }
@@ -145,26 +168,42 @@ export function readInitializer(
   modelFile: string,
   match: (name: string, dims: number[]) => boolean,
 ): Initializer | undefined {
-  for (const t of initializers(new Uint8Array(fs.readFileSync(modelFile)))) {
-    if (match(t.name, t.dims)) return { name: t.name, dims: t.dims, data: tensorData(t, modelFile) };
-  }
-  return undefined;
+  return parseModel(modelFile, (buf) => {
+    for (const t of initializers(buf))
+      if (match(t.name, t.dims)) return { name: t.name, dims: t.dims, data: tensorData(t, modelFile) };
+    return undefined;
+  });
 }
 
 function tensorData(t: RawTensor, modelFile: string): Float32Array {
   const count = t.dims.reduce((a, b) => a * b, 1);
   let raw = t.raw;
+  const need = count * (t.dataType === FLOAT16 ? 2 : 4);
   if (t.external?.location) {
-    const file = path.join(path.dirname(modelFile), t.external.location);
+    // external data: a regular file inside the model's folder, the range inside it, as long as the tensor needs
+    const dir = path.dirname(modelFile);
+    const file = path.join(dir, t.external.location);
+    if (!insideRoot(dir, file))
+      throw new CheckpointError(`initializer ${t.name} names external data outside the model's folder (${t.external.location})`, modelFile);
     const offset = Number(t.external.offset ?? 0);
-    const length = Number(t.external.length ?? count * (t.dataType === FLOAT16 ? 2 : 4));
-    const fd = fs.openSync(file, 'r');
-    raw = new Uint8Array(length);
-    fs.readSync(fd, raw, 0, length, offset);
-    fs.closeSync(fd);
+    const length = Number(t.external.length ?? need);
+    const { fd, size } = openRegularFile(file);
+    try {
+      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < need || offset + length > size)
+        throw new CheckpointError(
+          `initializer ${t.name}: bytes ${offset} to ${offset + length} of a ${size}-byte file, for a tensor of ${need} bytes`,
+          file,
+        );
+      raw = new Uint8Array(need);
+      fs.readSync(fd, raw, 0, need, offset);
+    } finally {
+      fs.closeSync(fd);
+    }
   }
   if (t.floats) return Float32Array.from(t.floats);
-  if (!raw) throw new Error(`initializer ${t.name} has no data`);
+  if (!raw) throw new CheckpointError(`initializer ${t.name} has no data`, modelFile);
+  if (raw.byteLength < need)
+    throw new CheckpointError(`initializer ${t.name} holds ${raw.byteLength} bytes for a tensor of ${need}`, modelFile);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const out = new Float32Array(count);
   if (t.dataType === FLOAT) for (let i = 0; i < count; i++) out[i] = dv.getFloat32(i * 4, true);

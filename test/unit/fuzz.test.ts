@@ -18,6 +18,7 @@ import { readAdapterConfig } from '../../src/domain/hfConfig';
 import { RegexRefusedError } from '../../src/domain/regexSafety';
 import { readSafetensorsHeader, SafetensorsError } from '../../src/domain/safetensors';
 import { matchesTarget } from '../../src/modelHost/hf/peft';
+import { externalDataFiles, readInitializer } from '../../src/modelHost/onnxInitializers';
 import { FIXTURES, makeTree, ROOT, tempDir } from '../helpers';
 
 const RUNS = {
@@ -359,5 +360,75 @@ describe('fuzzing (fast-check)', () => {
       }),
       { numRuns: RUNS.adapters, seed: SEED },
     );
+  });
+});
+
+describe('ONNX graphs read for their initializers', () => {
+  it('a graph cut anywhere, or damaged bytes, ends in a CheckpointError naming the file, never a hang or a bare error', () => {
+    const whole = fs.readFileSync(path.join(ROOT, 'examples', 'organisms', 'base', 'onnx', 'model.onnx'));
+    const dir = tempDir();
+    let n = 0;
+    fc.assert(
+      fc.property(
+        fc.noBias(fc.nat({ max: whole.length })),
+        fc.array(fc.tuple(fc.noBias(fc.nat({ max: whole.length - 1 })), fc.integer({ min: 1, max: 255 })), {
+          maxLength: 4,
+        }),
+        (cut, flips) => {
+          const b = Buffer.from(whole.subarray(0, cut));
+          for (const [at, x] of flips) if (at < b.length) b[at] ^= x;
+          const file = path.join(dir, `case-${n++}.onnx`);
+          fs.writeFileSync(file, b);
+          try {
+            externalDataFiles(file);
+            readInitializer(file, (name) => name.includes('embed'));
+          } catch (e) {
+            assert.ok(e instanceof CheckpointError, `${(e as Error).name}: ${(e as Error).message}`);
+            assert.ok((e as CheckpointError).file.startsWith(dir), (e as Error).message);
+          }
+          fs.rmSync(file);
+        },
+      ),
+      { numRuns: 300, seed: SEED },
+    );
+  });
+
+  it('external data outside the model folder, or a range past its file, is refused naming the file', () => {
+    const dir = makeTree({ 'sub/x.bin': '0123456789abcdef' });
+    // a ModelProto with one graph holding one float initializer [4] whose data is external
+    const varint = (v: number) => {
+      const out: number[] = [];
+      while (v >= 0x80) {
+        out.push((v & 0x7f) | 0x80);
+        v = Math.floor(v / 128);
+      }
+      out.push(v);
+      return Buffer.from(out);
+    };
+    const field = (no: number, bytes: Buffer) => Buffer.concat([varint(no * 8 + 2), varint(bytes.length), bytes]);
+    const entry = (k: string, v: string) =>
+      field(13, Buffer.concat([field(1, Buffer.from(k)), field(2, Buffer.from(v))]));
+    const tensor = (location: string, length: string) =>
+      Buffer.concat([
+        varint(1 * 8),
+        varint(4),
+        varint(2 * 8),
+        varint(1),
+        field(8, Buffer.from('embed_tokens')),
+        entry('location', location),
+        entry('offset', '0'),
+        entry('length', length),
+      ]);
+    for (const [location, length, reason] of [
+      ['../../outside.bin', '16', /outside the model's folder/],
+      ['sub/x.bin', '4096', /bytes 0 to 4096 of a 16-byte file/],
+    ] as const) {
+      const file = path.join(dir, 'model.onnx');
+      fs.writeFileSync(file, field(7, field(5, tensor(location, length))));
+      assert.throws(
+        () => readInitializer(file, (name) => name === 'embed_tokens'),
+        (e: unknown) => e instanceof CheckpointError && reason.test((e as Error).message),
+      );
+    }
   });
 });
