@@ -184,12 +184,21 @@ function tensorData(t: RawTensor, modelFile: string): Float32Array {
     const dir = path.dirname(modelFile);
     const file = path.join(dir, t.external.location);
     if (!insideRoot(dir, file))
-      throw new CheckpointError(`initializer ${t.name} names external data outside the model's folder (${t.external.location})`, modelFile);
+      throw new CheckpointError(
+        `initializer ${t.name} names external data outside the model's folder (${t.external.location})`,
+        modelFile,
+      );
     const offset = Number(t.external.offset ?? 0);
     const length = Number(t.external.length ?? need);
     const { fd, size } = openRegularFile(file);
     try {
-      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < need || offset + length > size)
+      if (
+        !Number.isSafeInteger(offset) ||
+        !Number.isSafeInteger(length) ||
+        offset < 0 ||
+        length < need ||
+        offset + length > size
+      )
         throw new CheckpointError(
           `initializer ${t.name}: bytes ${offset} to ${offset + length} of a ${size}-byte file, for a tensor of ${need} bytes`,
           file,
