@@ -15,6 +15,54 @@ import { FIXTURES, lenml, makeTree, ROOT } from '../helpers';
 const ids = (tokens: { id: number }[]) => tokens.map((t) => t.id);
 const codes = (findings: { code: string }[]) => findings.map((f) => f.code);
 
+describe('CT009 on a template that does not parse: why in words, where it goes wrong', () => {
+  const finding = (text: string) => {
+    const a = auditTemplate(parseTemplateText('chat_template.jinja', text));
+    const f = a.findings.filter((x) => x.code === 'CT009');
+    assert.equal(f.length, 1, JSON.stringify(a.findings));
+    return f[0];
+  };
+  it('unclosed tags and blocks, stray closers, missing conditions and brackets, each at its line and column', () => {
+    for (const [text, line, column, words] of [
+      ['x\n{% for m in messages %}{{ m.content }{% endfor %}', 2, 24, /the \{\{ opened here is never closed with \}\}/],
+      [
+        'x\n{% for m in messages %}{{ m.content }}',
+        2,
+        1,
+        /the \{% for %\} opened here is never closed with \{% endfor %\}/,
+      ],
+      [
+        '{% for m in messages %}\n  {{ m.content }}\n{% endif %}',
+        1,
+        1,
+        /closed by \{% endif %\}: \{% endfor %\} expected first/,
+      ],
+      ['{% if x %}a{% elif %}b{% endif %}', 1, 12, /\{% elif %\} here has no condition/],
+      ['{{ messages[0].content }}\n\n{{ (messages[0].content }}', 3, 4, /the \( here is never closed with \)/],
+      ['{{ messages[0].content }}{% endfor %}', 1, 26, /\{% endfor %\} here closes nothing/],
+    ] as const) {
+      const f = finding(text);
+      assert.deepEqual([f.line, f.column], [line, column], text);
+      assert.match(f.message, words);
+      assert.doesNotMatch(f.message, /CloseCurlyBracket|CloseExpression|Cannot read properties/);
+    }
+  });
+
+  it('a real template with its last endif removed: located in tokenizer_config.json, in words', () => {
+    const cfg = JSON.parse(fs.readFileSync(path.join(lenml('qwen2_5'), 'tokenizer_config.json'), 'utf8'));
+    const text: string = cfg.chat_template;
+    const cut = text.lastIndexOf('{%- endif %}');
+    const broken = text.slice(0, cut) + text.slice(cut + '{%- endif %}'.length);
+    const dir = makeTree({ 'tokenizer_config.json': JSON.stringify({ ...cfg, chat_template: broken }, null, 2) });
+    const a = prepareTemplate(dir);
+    const f = a.findings.find((x) => x.code === 'CT009')!;
+    assert.match(f.message, /the \{% if %\} opened here is never closed with \{% endif %\}/);
+    const line = fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8').split('\n')[f.line - 1];
+    assert.ok(line.includes('"chat_template"'), 'on the chat_template line');
+    assert.equal(line.slice(f.column - 1, f.column + 4), '{%- i', 'at the opener of the unclosed block');
+  });
+});
+
 describe('CT009 on a template that renders only with tools', () => {
   // the shape of NousResearch's Hermes-2-Pro `tool_use` template: the tool section loops over `tools` unguarded
   const TOOL_USE =

@@ -6,6 +6,7 @@
 import { CODES, type Finding, type Severity } from '../findings';
 import { LineIndex } from '../json';
 import type { LoadedTokenizer } from '../tokenizer';
+import { structureProblem } from './structure';
 import { ChatTemplate, TemplateRaisedError } from './render';
 import {
   frame,
@@ -56,20 +57,29 @@ const SAMPLE_TOOL = {
 
 export function auditTemplate(source: TemplateSource, options: TemplateAuditOptions = {}): TemplateAudit {
   const findings: Finding[] = [];
-  const add = (code: string, severity: Severity, message: string, needle?: string | RegExp) =>
-    findings.push({ code, severity, message, ...locateInTemplate(source, needle) });
+  const add = (
+    code: string,
+    severity: Severity,
+    message: string,
+    needle?: string | RegExp | { start: number; end: number },
+  ) => findings.push({ code, severity, message, ...locateInTemplate(source, needle) });
   const audit: TemplateAudit = { source, findings };
 
   let template: ChatTemplate;
   try {
     template = new ChatTemplate(source.text);
   } catch (e) {
-    add(
-      'CT009',
-      'error',
-      `The template cannot be parsed by the JS Jinja engine: ${(e as Error).message}. ${CODES.CT009.why}`,
-      needleFromError((e as Error).message),
-    );
+    // where and why in words: the template's own structure first (the parser names token types, no position)
+    const structural = structureProblem(source.text);
+    if (structural)
+      add('CT009', 'error', `The template does not parse: ${structural.message}. ${CODES.CT009.why}`, structural);
+    else
+      add(
+        'CT009',
+        'error',
+        `The template does not parse: ${inWords((e as Error).message)}. ${CODES.CT009.why}`,
+        needleFromError((e as Error).message),
+      );
     return audit;
   }
   const base: SegmentRequest = {
@@ -473,6 +483,38 @@ function firstDifference(a: string, b: string): string {
 }
 
 /** Something to search for in the template source, from a Jinja error message. */
+/** The engine's token-type names as the characters they stand for. */
+const TOKEN_WORDS: Record<string, string> = {
+  OpenExpression: '{{',
+  CloseExpression: '}}',
+  OpenStatement: '{%',
+  CloseStatement: '%}',
+  OpenCurlyBracket: '{',
+  CloseCurlyBracket: '}',
+  OpenSquareBracket: '[',
+  CloseSquareBracket: ']',
+  OpenParen: '(',
+  CloseParen: ')',
+  Comma: ',',
+  Dot: '.',
+  Colon: ':',
+  Pipe: '|',
+  Equals: '=',
+  StringLiteral: 'a string',
+  NumericLiteral: 'a number',
+  Identifier: 'a name',
+};
+
+/** A parser message without its internals: "Expected ... X !== Y." as "expected Y, found X". */
+function inWords(message: string): string {
+  const m = /(\w+) !== (\w+)\.?\s*$/.exec(message);
+  const word = (t: string) => TOKEN_WORDS[t] ?? t;
+  if (m) return `expected ${word(m[2])}, found ${word(m[1])}`;
+  return message
+    .replace(/^Parser Error:\s*/, '')
+    .replace(/\b(\w+)\b/g, (w) => (TOKEN_WORDS[w] && /[A-Z]/.test(w[0]) ? word(w) : w));
+}
+
 function needleFromError(message: string): RegExp | undefined {
   const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   let m = /filter "(\w+)"/.exec(message) ?? /Unknown (?:\w+ )?filter: (\w+)/.exec(message);
@@ -493,12 +535,13 @@ function needleFromError(message: string): RegExp | undefined {
 /** Locates a needle in the template and returns a 1-based range in the template's file. */
 export function locateInTemplate(
   source: TemplateSource,
-  needle?: string | RegExp,
+  needle?: string | RegExp | { start: number; end: number },
 ): Pick<Finding, 'file' | 'line' | 'column' | 'endLine' | 'endColumn'> {
   let start = 0;
   let end = 0;
   if (needle !== undefined) {
-    if (typeof needle === 'string') {
+    if (typeof needle === 'object' && !(needle instanceof RegExp)) [start, end] = [needle.start, needle.end];
+    else if (typeof needle === 'string') {
       const at = needle ? source.text.indexOf(needle) : -1;
       if (at >= 0) [start, end] = [at, at + needle.length];
     } else {
