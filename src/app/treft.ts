@@ -17,6 +17,7 @@ import { frame, rowTurns } from '../domain/template/segments';
 import { contentText, normaliseRow } from '../domain/dataset/formats';
 import { fileChunks, readLines } from '../domain/dataset/lines';
 import type { LoadedTokenizer } from '../domain/tokenizer';
+import { sha256OfFile } from '../domain/files';
 
 export interface TreftRow {
   /** 1-based line in the dataset file. */
@@ -297,7 +298,7 @@ export async function writeTreftExport(o: TreftExportOptions): Promise<TreftExpo
   }
   const meta = {
     tool: 'piggyback-lens 0.1.0',
-    dataset: { file: o.dataset, sha256: sha256(fs.readFileSync(o.dataset)) },
+    dataset: { file: o.dataset, sha256: sha256OfFile(o.dataset) },
     template: { file: o.templateFile, sha256: sha256(o.template.text) },
     base: o.base
       ? {

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CheckpointError } from './checkpointError';
 import { missingWeights, readAdapterConfig, readDecoderSpec } from './hfConfig';
+import { FILE_LIMITS, readTextChecked } from './files';
 
 export type CheckpointKind = 'onnx' | 'hf' | 'adapter';
 
@@ -122,7 +123,7 @@ function hubSnapshot(id: string, env: NodeJS.ProcessEnv): string | undefined {
   if (!/^[\w.-]+\/[\w.-]+$/.test(id)) return undefined;
   const repo = path.join(hubCacheDir(env), `models--${id.replace('/', '--')}`);
   try {
-    const main = fs.readFileSync(path.join(repo, 'refs', 'main'), 'utf8').trim();
+    const main = readTextChecked(path.join(repo, 'refs', 'main'), 1024).trim();
     if (/^[0-9a-f]{40}$/.test(main)) return path.join(repo, 'snapshots', main);
   } catch {
     // no refs/main: a cache filled by revision
@@ -146,7 +147,9 @@ export function adapterBaseFolder(
 ): { folder: string; named: string } | { error: string } {
   let named: unknown;
   try {
-    named = JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8')).base_model_name_or_path;
+    named = JSON.parse(
+      readTextChecked(path.join(adapter, 'adapter_config.json'), FILE_LIMITS.config),
+    ).base_model_name_or_path;
   } catch (e) {
     return { error: `adapter_config.json cannot be read (${(e as Error).message})` };
   }

@@ -4,6 +4,7 @@
  * and refused after fstat, so nothing waits for a writer. Paths that a workspace file or setting gives must stay
  * inside the workspace (after symlinks are resolved).
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -18,6 +19,8 @@ export const FILE_LIMITS = {
   association: 1024 * 1024,
   /** probe files (JSONL / YAML) read whole. */
   probes: 256 * 1024 * 1024,
+  /** eval run files read whole (results.jsonl with every generation, the manifest, probes.jsonl). */
+  runData: 1024 * 1024 * 1024,
   /** an ONNX graph read for its initializers (protobuf's own limit is 2 GB; weights past it are external data). */
   onnx: 2 * 1024 * 1024 * 1024,
 } as const;
@@ -118,4 +121,22 @@ export function defaultCacheDir(): string {
   if (fromEnv) return fromEnv;
   const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
   return path.join(base, 'piggyback-lens');
+}
+
+/** SHA-256 of a regular file, read a MiB at a time (a large dataset is never held whole). */
+export function sha256OfFile(file: string): string {
+  const { fd } = openRegularFile(file);
+  try {
+    const hash = createHash('sha256');
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (let at = 0; ; ) {
+      const n = fs.readSync(fd, buf, 0, buf.length, at);
+      if (n === 0) break;
+      hash.update(buf.subarray(0, n));
+      at += n;
+    }
+    return hash.digest('hex');
+  } finally {
+    fs.closeSync(fd);
+  }
 }

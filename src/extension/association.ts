@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { associate, ASSOCIATION_FILE, type AssociationSource, scanFolder } from '../app/audits';
 import { readSettings } from './config';
+import { FILE_LIMITS, readTextChecked } from '../domain/files';
 
 export interface Association {
   template?: string;
@@ -119,7 +120,7 @@ export function writeAssociation(root: string, dataset: string, template: string
   let data: { datasets?: Record<string, string>; [k: string]: unknown } = {};
   if (fs.existsSync(file)) {
     try {
-      data = JSON.parse(fs.readFileSync(file, 'utf8'));
+      data = JSON.parse(readTextChecked(file, FILE_LIMITS.association));
     } catch {
       throw new Error(`${file} is not valid JSON; fix or delete it to save the template choice`);
     }

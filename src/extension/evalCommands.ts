@@ -34,7 +34,7 @@ import { LensSession } from '../app/session';
 import type { Associations } from './association';
 import { promptTemplateFromSettings } from './config';
 import { reportError } from './errors';
-import { insideRoot } from '../domain/files';
+import { FILE_LIMITS, insideRoot, readTextChecked } from '../domain/files';
 import type { Dashboard } from './dashboard';
 import { toDiagnostic } from './diagnostics';
 import type { CheckpointPair } from './checkpointPair';
@@ -494,7 +494,7 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
     .reverse();
   for (const folder of folders.slice(0, 20)) {
     try {
-      const m = JSON.parse(fs.readFileSync(path.join(folder, MANIFEST), 'utf8')) as Manifest;
+      const m = JSON.parse(readTextChecked(path.join(folder, MANIFEST), FILE_LIMITS.config)) as Manifest;
       if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash)
         continue;
       const results = readResults(folder);
@@ -528,7 +528,7 @@ async function pickRun(title: string, exclude?: string): Promise<string | undefi
       const folder = path.join(runs, d.name);
       if (!d.isDirectory() || folder === exclude || !fs.existsSync(path.join(folder, MANIFEST))) continue;
       try {
-        const m = JSON.parse(fs.readFileSync(path.join(folder, MANIFEST), 'utf8')) as Manifest;
+        const m = JSON.parse(readTextChecked(path.join(folder, MANIFEST), FILE_LIMITS.config)) as Manifest;
         const done = new Set(readResults(folder, [], m.runId).map((r) => r.probe)).size;
         items.push({
           label: runName(folder, m),

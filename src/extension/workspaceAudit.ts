@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as vscode from 'vscode';
 import { auditFolder } from '../app/audits';
+import { FILE_LIMITS, readFileChecked } from '../domain/files';
 import type { Finding } from '../domain/findings';
 import { toDiagnostic } from './diagnostics';
 
@@ -161,9 +162,10 @@ export function groupIdentical(findings: Finding[]): KeptFinding[] {
     let h = hashes.get(file);
     if (h === undefined) {
       try {
-        h = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+        // templates and configs are small; a dataset is not read whole to be compared (it is its own group)
+        h = createHash('sha256').update(readFileChecked(file, FILE_LIMITS.config)).digest('hex');
       } catch {
-        h = `unreadable:${file}`;
+        h = `unread:${file}`;
       }
       hashes.set(file, h);
     }

@@ -9,6 +9,8 @@ import { FileRefusedError, insideRoot, readTextChecked } from '../../src/domain/
 import { associate, auditFolder, prepareTemplate } from '../../src/app/audits';
 import { loadTokenizerCached } from '../../src/domain/tokenizer';
 import { makeTree, ROOT, tempDir } from '../helpers';
+import { splitOf } from '../../src/domain/dataset/columnar';
+import { contextLength } from '../../src/domain/dataset/training';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const TEMPLATE = path.join(ROOT, 'examples', 'organisms', 'base');
@@ -100,5 +102,17 @@ describe('only regular files under a cap are read', () => {
         /^piggyback dataset: .*(zero|pipe)\.jsonl: a (device|FIFO), not a regular file: refused$/,
       );
     }
+  });
+});
+
+describe('files beside a dataset or a template go through the file gate', () => {
+  it("a FIFO as a save_to_disk folder's state.json or a template's config.json is passed over, never read", () => {
+    const dir = tempDir();
+    spawnSync('mkfifo', [path.join(dir, 'state.json')]);
+    spawnSync('mkfifo', [path.join(dir, 'config.json')]);
+    assert.ok(fs.statSync(path.join(dir, 'state.json')).isFIFO());
+    // (reading a FIFO with no writer blocks forever: these return at once)
+    assert.equal(splitOf(path.join(dir, 'data-00000-of-00001.arrow')), undefined);
+    assert.equal(contextLength(dir, {}), undefined);
   });
 });

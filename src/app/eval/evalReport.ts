@@ -23,6 +23,7 @@ import {
   type Skipped,
 } from './run';
 import { type ConditionSummary, type JudgedStats, summarise, type Summary } from './summary';
+import { FILE_LIMITS, readTextChecked } from '../../domain/files';
 
 export interface RunFiles {
   manifest: Manifest;
@@ -39,7 +40,7 @@ export interface RunFiles {
 export function loadRun(dir: string): RunFiles {
   const file = path.join(dir, MANIFEST);
   if (!fs.existsSync(file)) throw new Error(`${dir} is not an eval run folder (no ${MANIFEST})`);
-  const manifest = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  const manifest = JSON.parse(readTextChecked(file, FILE_LIMITS.config)) as Manifest;
   const results = readResults(dir, [], manifest.runId);
   const summary = summarise(results, manifest.conditions);
   const skipped = readSkipped(dir);
@@ -696,8 +697,7 @@ export function matrixView(folder: string, run: RunFiles, probes: Probe[]): Eval
 export function runProbes(dir: string, results: EvalResult[]): Probe[] {
   const file = path.join(dir, PROBES);
   if (fs.existsSync(file))
-    return fs
-      .readFileSync(file, 'utf8')
+    return readTextChecked(file, FILE_LIMITS.runData)
       .split('\n')
       .filter(Boolean)
       .map((l) => JSON.parse(l) as Probe);

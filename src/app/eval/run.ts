@@ -29,6 +29,7 @@ import type { ChatTemplate, RenderOptions } from '../../domain/template/render';
 import type { LoadedTokenizer } from '../../domain/tokenizer';
 import type { Judge, JudgeIdentity, JudgeScore } from './judge';
 import { type Probe, probeSetHash } from './probes';
+import { FILE_LIMITS, readTextChecked } from '../../domain/files';
 
 export type Segment = PromptSegment;
 
@@ -204,7 +205,7 @@ export function readResults(
 ): EvalResult[] {
   const file = path.join(out, RESULTS);
   if (!fs.existsSync(file)) return [];
-  const text = fs.readFileSync(file, 'utf8');
+  const text = readTextChecked(file, FILE_LIMITS.runData);
   const complete = text.endsWith('\n') || text === '' ? text : text.slice(0, text.lastIndexOf('\n') + 1);
   // never through a symbolic link: the file it points at is not the run's to rewrite
   if (repair && complete.length !== text.length && fs.lstatSync(file).isFile()) {
@@ -259,7 +260,7 @@ export function readResults(
 /** The probes the template could not render in a run's last session (skipped.json; none when absent). */
 export function readSkipped(out: string): Skipped[] {
   const file = path.join(out, SKIPPED);
-  return fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Skipped[]) : [];
+  return fs.existsSync(file) ? (JSON.parse(readTextChecked(file, FILE_LIMITS.runData)) as Skipped[]) : [];
 }
 
 /** Result rows a run has and needs: every probe the template renders, every condition not skipped for it. */
@@ -382,7 +383,7 @@ function openRun(out: string, manifest: Manifest, resume: boolean): string {
   }
   let old: Manifest;
   try {
-    old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as Manifest;
+    old = JSON.parse(readTextChecked(manifestFile, FILE_LIMITS.config)) as Manifest;
   } catch (e) {
     throw new EvalSettingsError(
       `${manifestFile} is not valid JSON (${(e as Error).message}); this folder cannot be resumed, use another one`,
@@ -434,7 +435,7 @@ export function lockRun(out: string): () => void {
         );
       let pid = 0;
       try {
-        pid = Number(JSON.parse(fs.readFileSync(file, 'utf8')).pid) || 0;
+        pid = Number(JSON.parse(readTextChecked(file, 4096)).pid) || 0;
       } catch {
         // unreadable lock: treated as stale
       }

@@ -3,8 +3,8 @@
  * located by row (row N is "line" N, column 1): Parquet (what most finetuning sets on the Hub are) and the Arrow
  * IPC streams `datasets` writes (`save_to_disk` folders, its cache). What both readers share lives here.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { FILE_LIMITS, readTextChecked } from '../files';
 
 /** A columnar file that cannot be read (not that format, truncated, an unknown encoding): rows before it are kept. */
 export class ColumnarReadError extends Error {
@@ -92,7 +92,9 @@ export function splitOf(file: string): string | undefined {
 /** `_split` of a save_to_disk folder's state.json (any name: a DatasetDict's splits are its subfolders). */
 function savedSplit(folder: string): string | undefined {
   try {
-    const state = JSON.parse(fs.readFileSync(path.join(folder, 'state.json'), 'utf8')) as { _split?: unknown };
+    const state = JSON.parse(readTextChecked(path.join(folder, 'state.json'), FILE_LIMITS.config)) as {
+      _split?: unknown;
+    };
     return typeof state._split === 'string' && state._split ? state._split : undefined;
   } catch {
     return undefined;

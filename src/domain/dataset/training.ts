@@ -20,6 +20,7 @@ import { type ChatMessage, ChatTemplate, type RenderOptions } from '../template/
 import { frameOf, rowRequest, type SegmentName, type Segmentation, segmentPrompt } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 import type { RowFormat } from './formats';
+import { FILE_LIMITS, readTextChecked } from '../files';
 
 export type LossMode = 'assistant-only' | 'completion-only' | 'completion' | 'all';
 export const LOSS_MODES: readonly LossMode[] = ['assistant-only', 'completion-only', 'completion', 'all'];
@@ -95,7 +96,9 @@ export function contextLength(folder: string | undefined, config: Record<string,
   if (hit && hit.mtimeMs === mtimeMs) return hit.value;
   let value: number | undefined;
   try {
-    value = sane((JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>).max_position_embeddings);
+    value = sane(
+      (JSON.parse(readTextChecked(file, FILE_LIMITS.config)) as Record<string, unknown>).max_position_embeddings,
+    );
   } catch {
     value = undefined;
   }
