@@ -72,6 +72,24 @@ function button(label: string, msg: FromWebview, secondary = false): HTMLElement
   return vsButton(label, () => vscode.postMessage(msg), secondary);
 }
 
+/**
+ * A button that runs a model: disabled, saying why, while something runs or before a pair is chosen (a click would
+ * only queue behind the running work, or ask for checkpoints the overview already says are missing).
+ */
+function modelButton(s: DashboardSnapshot, label: string, msg: FromWebview, secondary = false): HTMLElement {
+  const b = button(label, msg, secondary);
+  const why = s.busy
+    ? `busy: ${s.busy}`
+    : !s.checkpoints.base || !s.checkpoints.finetuned
+      ? 'choose a base and a finetuned checkpoint first'
+      : undefined;
+  if (why) {
+    b.setAttribute('disabled', '');
+    b.setAttribute('title', why);
+  }
+  return b;
+}
+
 const fmt = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 0.01 ? x.toFixed(3) : x.toExponential(1));
 const visible = (t: string) => t.replace(/\n/g, '\u21b5').replace(/ /g, '\u00b7') || '\u2205';
 
@@ -126,9 +144,9 @@ function overview(s: DashboardSnapshot): HTMLElement {
     el(
       'div',
       { class: 'actions' },
-      button('Measure drift', { type: 'runDrift' }),
-      button('Patch prefix and compare', { type: 'runPatch', span: 'prefix' }, true),
-      button('Patch postfix and compare', { type: 'runPatch', span: 'postfix' }, true),
+      modelButton(s, 'Measure drift', { type: 'runDrift' }),
+      modelButton(s, 'Patch prefix and compare', { type: 'runPatch', span: 'prefix' }, true),
+      modelButton(s, 'Patch postfix and compare', { type: 'runPatch', span: 'postfix' }, true),
     ),
   );
   return sec;
@@ -316,7 +334,10 @@ function evalMatrix(m: EvalMatrixView): HTMLElement {
     const tr = el('tr', { class: p.id === view.selected ? 'selected' : '', title: p.question });
     const name = el('th', { class: 'probe' }, p.id, el('div', { class: 'why' }, p.question));
     tr.append(name);
-    for (const [i, c] of p.cells.entries()) tr.append(matrixCell(c, m.conditions[i], max));
+    // a probe with results has its empty cells for good (no query control for a short question, a skipped
+    // condition): shown as not measured, not as pending
+    const started = p.cells.some((c) => c);
+    for (const [i, c] of p.cells.entries()) tr.append(matrixCell(c, m.conditions[i], max, started));
     tr.addEventListener('click', () => setView({ selected: view.selected === p.id ? undefined : p.id }));
     table.append(tr);
   }
@@ -373,8 +394,17 @@ function layerChart(rows: NonNullable<EvalMatrixView['layers']>): HTMLElement {
   return chart;
 }
 
-function matrixCell(c: EvalCellView | null, condition: string, max: number): HTMLElement {
-  if (!c) return el('td', { class: 'pending' }, '\u2026');
+function matrixCell(c: EvalCellView | null, condition: string, max: number, started: boolean): HTMLElement {
+  if (!c && started)
+    return el(
+      'td',
+      {
+        class: 'na',
+        title: `${condition}: not measured for this probe (the query control needs a question at least as long as the prefix; a condition the template could not render is skipped)`,
+      },
+      'n/a',
+    );
+  if (!c) return el('td', { class: 'pending', title: 'not run yet' }, '\u2026');
   const td = el(
     'td',
     {
@@ -454,7 +484,7 @@ function render(): void {
           { class: 'why' },
           'No eval run yet: probes \u00d7 conditions (base, finetuned, patched, perturbed) appear here.',
         ),
-        el('div', { class: 'actions' }, button('Run eval', { type: 'runEval' })),
+        el('div', { class: 'actions' }, modelButton(s, 'Run eval', { type: 'runEval' })),
       ),
     );
   const compareKey = s.compare ? s.compare.names.join('\u0000') : '';

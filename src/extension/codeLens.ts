@@ -22,6 +22,8 @@ class PiggybackLens extends vscode.CodeLens {
 
 export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLens> {
   private readonly changed = new vscode.EventEmitter<void>();
+  /** Whether a checkpoint pair is chosen (kept by the extension): a lens that cannot run says what it needs. */
+  pairChosen = false;
   readonly onDidChangeCodeLenses = this.changed.event;
 
   refresh(): void {
@@ -65,6 +67,19 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
   }
 
   resolveCodeLens(lens: PiggybackLens): PiggybackLens {
+    this.resolveCommand(lens);
+    // a lens that cannot run as it is says what it needs, and its click does that first
+    if (lens.command?.command && !vscode.workspace.isTrusted)
+      lens.command = {
+        title: `${lens.command.title} (trust the workspace to run models)`,
+        command: 'workbench.trust.manage',
+      };
+    else if (lens.command?.command && !this.pairChosen)
+      lens.command = { ...lens.command, title: `${lens.command.title} (choose checkpoints first)` };
+    return lens;
+  }
+
+  private resolveCommand(lens: PiggybackLens): void {
     const template = isTemplate(lens.doc) ? lens.doc.fileName : undefined;
     if (lens.kind === 'row') {
       const text = datasetRowAt(lens.doc, lens.range.start.line)?.text;
@@ -90,7 +105,6 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
         arguments: [{ template, span: lens.kind } satisfies ModelCommandArgs],
       };
     }
-    return lens;
   }
 }
 

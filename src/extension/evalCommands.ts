@@ -289,7 +289,11 @@ export class EvalCommands implements vscode.Disposable {
             perturb: { trials: s.perturbationTrials },
             signal: abort.signal,
             onProbe: (i, n) => {
-              progress.report({ message: `probe ${i + 1} of ${n}`, increment: (100 * (i - last)) / n });
+              // the same count the matrix shows (probes finished), and the probe being worked on
+              progress.report({
+                message: `${i} of ${n} probes finished, working on probe ${i + 1} of ${n}`,
+                increment: (100 * (i - last)) / n,
+              });
               last = i;
               // the matrix fills in as probes finish
               if (i > 0 && i % 5 === 0) this.show(out, false);

@@ -97,6 +97,10 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
       c.base || c.finetuned ? `$(beaker) ${c.base ?? '?'} → ${c.finetuned ?? '?'}${shown}` : '$(beaker) Piggyback';
     pairItem.tooltip = `Base: ${models.base ?? 'not chosen'}\nFinetuned: ${models.finetuned ?? 'not chosen'}\nBehaviour shift on general questions (latest eval of this pair): ${verdict?.shift.short ?? 'no eval run yet'}\nWhere it lives (template share, PB002): ${verdict?.carrier.short ?? 'no eval run yet'}\nPrefix drift (TReFT value, a measurement, not a verdict): ${drift === undefined ? 'not measured' : drift.toPrecision(3)}\nModel host: ${models.hostRunning ? 'running' : 'not running'}\nClick to open the dashboard.`;
     void vscode.commands.executeCommand('setContext', 'piggyback.pairChosen', !!(models.base && models.finetuned));
+    if (lenses.pairChosen !== !!(models.base && models.finetuned)) {
+      lenses.pairChosen = !!(models.base && models.finetuned);
+      lenses.refresh();
+    }
     if (hasModels || models.base || models.finetuned) pairItem.show();
     else pairItem.hide();
   };
