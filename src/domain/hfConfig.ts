@@ -308,6 +308,14 @@ export function missingWeights(folder: string, single: string, indexName: string
   return new CheckpointError(`no ${single} or ${indexName}`, folder);
 }
 
+/** An adapter that changes the model in a way the host does not build, refused by name at its config file. */
+export function refuseAdapter(configFile: string, what: string): never {
+  throw new CheckpointError(
+    `${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`,
+    configFile,
+  );
+}
+
 /**
  * A PEFT adapter's adapter_config.json, refused with one line when it is not plain LoRA on Linear modules (what
  * the host builds), and its weights when they are not safetensors. Files only: no tensor is read.
@@ -315,12 +323,7 @@ export function missingWeights(folder: string, single: string, indexName: string
 export function readAdapterConfig(folder: string): Json {
   const configFile = path.join(folder, 'adapter_config.json');
   const config = readJson(configFile);
-  const refuse = (what: string): never => {
-    throw new CheckpointError(
-      `${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`,
-      configFile,
-    );
-  };
+  const refuse = (what: string) => refuseAdapter(configFile, what);
   const type = String(config.peft_type ?? '');
   if (type !== 'LORA') refuse(`peft_type "${type || '(missing)'}"`);
   if (config.use_dora === true) refuse('DoRA (use_dora)');

@@ -487,18 +487,25 @@ export class EvalCommands implements vscode.Disposable {
   }
 }
 
-/** The newest run folder under `runs` of the loaded checkpoints with probes left to do. */
-function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done: number; total: number } | undefined {
-  if (!fs.existsSync(runs)) return undefined;
-  const folders = fs
+/** The run folders (those holding a manifest) directly under `runs`. */
+function runFolders(runs: string): string[] {
+  if (!fs.existsSync(runs)) return [];
+  return fs
     .readdirSync(runs, { withFileTypes: true })
     .filter((d) => d.isDirectory() && fs.existsSync(path.join(runs, d.name, MANIFEST)))
-    .map((d) => path.join(runs, d.name))
-    .sort()
-    .reverse();
+    .map((d) => path.join(runs, d.name));
+}
+
+function readManifest(folder: string): Manifest {
+  return JSON.parse(readTextChecked(path.join(folder, MANIFEST), FILE_LIMITS.config)) as Manifest;
+}
+
+/** The newest run folder under `runs` of the loaded checkpoints with probes left to do. */
+function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done: number; total: number } | undefined {
+  const folders = runFolders(runs).sort().reverse();
   for (const folder of folders.slice(0, 20)) {
     try {
-      const m = JSON.parse(readTextChecked(path.join(folder, MANIFEST), FILE_LIMITS.config)) as Manifest;
+      const m = readManifest(folder);
       if (m.checkpoints.base.hash !== loaded.base.hash || m.checkpoints.finetuned.hash !== loaded.finetuned.hash)
         continue;
       const results = readResults(folder);
@@ -527,24 +534,22 @@ async function pickRun(title: string, exclude?: string): Promise<string | undefi
     : undefined;
   type Item = vscode.QuickPickItem & { folder?: string; at?: number };
   const items: Item[] = [];
-  if (runs && fs.existsSync(runs))
-    for (const d of fs.readdirSync(runs, { withFileTypes: true })) {
-      const folder = path.join(runs, d.name);
-      if (!d.isDirectory() || folder === exclude || !fs.existsSync(path.join(folder, MANIFEST))) continue;
-      try {
-        const m = JSON.parse(readTextChecked(path.join(folder, MANIFEST), FILE_LIMITS.config)) as Manifest;
-        const done = new Set(readResults(folder, [], m.runId).map((r) => r.probe)).size;
-        items.push({
-          label: runName(folder, m),
-          description: `${m.probes.count} probes${done < m.probes.count ? `, ${done} finished` : ''}`,
-          detail: vscode.workspace.asRelativePath(folder),
-          folder,
-          at: fs.statSync(path.join(folder, MANIFEST)).mtimeMs,
-        });
-      } catch {
-        // not a readable run: not offered
-      }
+  for (const folder of runs ? runFolders(runs) : []) {
+    if (folder === exclude) continue;
+    try {
+      const m = readManifest(folder);
+      const done = new Set(readResults(folder, [], m.runId).map((r) => r.probe)).size;
+      items.push({
+        label: runName(folder, m),
+        description: `${m.probes.count} probes${done < m.probes.count ? `, ${done} finished` : ''}`,
+        detail: vscode.workspace.asRelativePath(folder),
+        folder,
+        at: fs.statSync(path.join(folder, MANIFEST)).mtimeMs,
+      });
+    } catch {
+      // not a readable run: not offered
     }
+  }
   items.sort((x, y) => (y.at ?? 0) - (x.at ?? 0));
   items.push({ label: '$(folder-opened) Browse...' });
   const pick = await vscode.window.showQuickPick(items, { title, matchOnDetail: true });

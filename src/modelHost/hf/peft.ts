@@ -7,7 +7,7 @@
  */
 import * as path from 'node:path';
 import { CheckpointError } from '../checkpointError';
-import { readAdapterConfig } from '../../domain/hfConfig';
+import { readAdapterConfig, refuseAdapter } from '../../domain/hfConfig';
 import { fullMatchLinear, RegexRefusedError } from '../../domain/regexSafety';
 import type { AdapterModules } from './graph';
 import { readFloat32, WeightIndex } from './weights';
@@ -56,12 +56,7 @@ export function readAdapter(
   const configFile = path.join(folder, 'adapter_config.json');
   // the checks the editor's pickers run too (files only), then what needs the base's modules and the tensors
   const config = readAdapterConfig(folder);
-  const refuse = (what: string): never => {
-    throw new CheckpointError(
-      `${what} is not supported (plain LoRA on Linear modules only): merge the adapter into the base (merge_and_unload) and open the merged folder`,
-      configFile,
-    );
-  };
+  const refuse = (what: string) => refuseAdapter(configFile, what);
   const targets = config.target_modules as string | string[];
   try {
     return readAdapterModules(folder, config, configFile, targets, baseWeight, baseModules, refuse);
