@@ -11,6 +11,14 @@ const codesOf = (uri: vscode.Uri) =>
     .filter((d) => d.source === 'piggyback')
     .map((d) => (typeof d.code === 'object' ? String(d.code.value) : String(d.code)));
 
+/** The Markdown of every hover at `pos`, as one text. */
+async function hoverText(uri: vscode.Uri, pos: vscode.Position): Promise<string> {
+  const hovers = await vscode.commands.executeCommand<vscode.Hover[]>('vscode.executeHoverProvider', uri, pos);
+  return hovers
+    .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
+    .join('\n');
+}
+
 async function open(rel: string): Promise<vscode.TextDocument> {
   const doc = await vscode.workspace.openTextDocument(path.join(ws(), rel));
   await vscode.window.showTextDocument(doc);
@@ -148,14 +156,7 @@ describe('Piggyback Lens in VS Code', () => {
 
   it('hovering a dataset row shows that row rendered by the trainer', async () => {
     const doc = await open('data/finance-advice.jsonl');
-    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>(
-      'vscode.executeHoverProvider',
-      doc.uri,
-      new vscode.Position(0, 5),
-    );
-    const text = hovers
-      .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
-      .join('\n');
+    const text = await hoverText(doc.uri, new vscode.Position(0, 5));
     // what the row trains on first: query, postfix, response; the shared prefix last, on one line, with a link
     const order = ['**query**', '**postfix**', '**response**', '**prefix** (41 tokens'].map((h) => text.indexOf(h));
     assert.ok(
@@ -213,14 +214,7 @@ describe('Piggyback Lens in VS Code', () => {
     assert.equal(doc.lineAt(ds003.range.start.line).text.trim(), '{');
     assert.equal(ds003.range.start.line, rows[0].conversations.length * 4 + 5);
     // hovering a line inside the first example shows that example rendered
-    const hovers = await vscode.commands.executeCommand<vscode.Hover[]>(
-      'vscode.executeHoverProvider',
-      doc.uri,
-      new vscode.Position(5, 10),
-    );
-    const text = hovers
-      .flatMap((h) => h.contents.map((c) => (typeof c === 'string' ? c : 'value' in c ? c.value : '')))
-      .join('\n');
+    const text = await hoverText(doc.uri, new vscode.Position(5, 10));
     assert.match(text, /row 1 rendered with/);
     assert.match(text, /\*\*query\*\*/);
     // a config file is JSON too, and gets nothing

@@ -15,6 +15,14 @@ const organism = (name: string) => path.join(ws(), 'organisms', name);
 /** The eval run the screenshots show (set by the Run Eval test). */
 let evalRun: string | undefined;
 
+/** Signals the UI runner (`name` in its folder) and waits until it is done (`name`-done) or `ms` pass. */
+async function handToRunner(dir: string, name: string, ms: number): Promise<void> {
+  fs.writeFileSync(path.join(dir, name), '');
+  const end = Date.now() + ms;
+  while (!fs.existsSync(path.join(dir, `${name}-done`)) && Date.now() < end)
+    await new Promise((r) => setTimeout(r, 200));
+}
+
 describe('Piggyback Lens models in VS Code', () => {
   before(async function () {
     assert.equal(vscode.workspace.isTrusted, true, 'the test workspace is trusted');
@@ -25,10 +33,7 @@ describe('Piggyback Lens models in VS Code', () => {
     if (dir) {
       this.timeout(240_000);
       await vscode.commands.executeCommand('workbench.action.closeAllEditors');
-      fs.writeFileSync(path.join(dir, 'fresh'), '');
-      const end = Date.now() + 220_000;
-      while (!fs.existsSync(path.join(dir, 'fresh-done')) && Date.now() < end)
-        await new Promise((r) => setTimeout(r, 200));
+      await handToRunner(dir, 'fresh', 220_000);
     }
     await vscode.commands.executeCommand('piggyback.selectBase', organism('base'));
     await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
@@ -248,10 +253,7 @@ describe('Piggyback Lens models in VS Code', () => {
     if (signal) {
       // the runner looks at the dashboard as the user sees it now, and takes its screenshot
       await vscode.commands.executeCommand('piggyback.openDashboard');
-      fs.writeFileSync(path.join(signal, 'switched'), '');
-      const end = Date.now() + 60_000;
-      while (!fs.existsSync(path.join(signal, 'switched-done')) && Date.now() < end)
-        await new Promise((r) => setTimeout(r, 200));
+      await handToRunner(signal, 'switched', 60_000);
     }
 
     // back to A: A's own results, B's drift is not among them
