@@ -6,7 +6,7 @@
  * Prerequisites are installed by scripts/setup-vscode-tests.sh into .cache/; a missing one is a failure with a
  * message saying what to run, never a silent skip.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -103,11 +103,45 @@ async function uiTest(
 type Outcome = { title: string; state: string; ms?: number; error?: string };
 
 /**
+ * trusted: the extension under development (extensionDevelopmentPath) with the in-editor suites, which need the
+ * server's smoke-test driver flag; restricted: the same in Restricted Mode; packaged: the .vsix as users get it
+ * (`vsce package`, installed with `--install-extension`), no test flags, workspace trust on and granted through
+ * its prompt, driven only through the UI: notifications are read as the toasts users see.
+ */
+type Mode = 'trusted' | 'restricted' | 'packaged';
+
+/** The .vsix of what `npm run build` put in dist/, as `npm run package` makes it (vsce, the same options). */
+function packageVsix(dir: string): string {
+  const out = path.join(dir, 'piggyback-lens.vsix');
+  const vsce = path.join(ROOT, 'node_modules', '@vscode', 'vsce', 'vsce');
+  const r = spawnSync(
+    process.execPath,
+    [
+      vsce,
+      'package',
+      '--no-yarn',
+      '--target',
+      'linux-x64',
+      '--readme-path',
+      'docs/marketplace/README.md',
+      '--no-rewrite-relative-links',
+      '--out',
+      out,
+    ],
+    { cwd: ROOT, encoding: 'utf8' },
+  );
+  if (r.status !== 0) fail(`vsce package failed:\n${r.stdout}${r.stderr}`);
+  return out;
+}
+
+/**
  * One VS Code server session running the in-editor suites. Trusted: every *.suite.js plus the UI end-to-end test.
  * Restricted: a fresh server with workspace trust on and the folder not trusted (Restricted Mode), running
  * *.restricted.js: what the extension still does there, and what it refuses to do.
  */
-async function runInServer(restricted: boolean): Promise<Outcome[]> {
+async function runInServer(mode: Mode): Promise<Outcome[]> {
+  const restricted = mode === 'restricted';
+  const packaged = mode === 'packaged';
   for (const [what, file] of [
     ['Node 24', NODE24],
     ['the VS Code server (code-server)', SERVER_MAIN],
@@ -138,7 +172,9 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
         'security.workspace.trust.startupPrompt': 'never',
         'security.workspace.trust.banner': 'never',
       }
-    : { 'security.workspace.trust.enabled': false };
+    : packaged
+      ? { 'security.workspace.trust.enabled': true }
+      : { 'security.workspace.trust.enabled': false };
   fs.writeFileSync(
     path.join(tmp, 'user', 'User', 'settings.json'),
     JSON.stringify({
@@ -159,6 +195,24 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     );
   }
   const log = fs.openSync(path.join(tmp, 'server.log'), 'w');
+  const dirs = [
+    '--user-data-dir',
+    path.join(tmp, 'user'),
+    '--server-data-dir',
+    path.join(tmp, 'server'),
+    '--extensions-dir',
+    path.join(tmp, 'extensions'),
+  ];
+  if (packaged) {
+    // as a user installs a downloaded .vsix into a VS Code server
+    const vsix = packageVsix(tmp);
+    const r = spawnSync(NODE24, [SERVER_MAIN, '--install-extension', vsix, '--accept-server-license-terms', ...dirs], {
+      env,
+      encoding: 'utf8',
+    });
+    if (r.status !== 0 || !/successfully installed/.test(r.stdout))
+      fail(`--install-extension of the .vsix failed:\n${r.stdout}${r.stderr}`);
+  }
   const server = spawn(
     NODE24,
     [
@@ -169,14 +223,9 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
       String(port),
       '--without-connection-token',
       '--accept-server-license-terms',
-      '--enable-smoke-test-driver',
+      ...(packaged ? [] : ['--enable-smoke-test-driver']),
       '--disable-telemetry',
-      '--user-data-dir',
-      path.join(tmp, 'user'),
-      '--server-data-dir',
-      path.join(tmp, 'server'),
-      '--extensions-dir',
-      path.join(tmp, 'extensions'),
+      ...dirs,
     ],
     { env, detached: true, stdio: ['ignore', log, log] },
   );
@@ -193,7 +242,7 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
       ['extensionDevelopmentPath', remote(ROOT)],
       ['extensionTestsPath', remote(path.join(ROOT, 'dist', 'test', 'vscode', 'index.js'))],
     ]);
-    const url = `http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}&payload=${encodeURIComponent(payload)}`;
+    const url = `http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}${packaged ? '' : `&payload=${encodeURIComponent(payload)}`}`;
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: [
@@ -216,20 +265,16 @@ async function runInServer(restricted: boolean): Promise<Outcome[]> {
     page.on('requestfailed', (r) => consoleLog.write(`[requestfailed] ${r.url()} ${r.failure()?.errorText}\n`));
     page.on('response', (r) => r.status() >= 400 && consoleLog.write(`[http ${r.status()}] ${r.url()}\n`));
     await page.goto(url);
-    const end = Date.now() + TIMEOUT_MS;
     const shots = path.join(ROOT, 'test', 'out', 'screenshots');
+    if (packaged) {
+      fs.mkdirSync(shots, { recursive: true });
+      return await asUsersRunIt(page, shots);
+    }
+    const end = Date.now() + TIMEOUT_MS;
     if (!restricted && fs.existsSync(shots))
       for (const f of fs.readdirSync(shots)) if (f.startsWith('failed-')) fs.rmSync(path.join(shots, f));
     const uiResults: { title: string; state: string; ms?: number; error?: string }[] = [];
     while (!fs.existsSync(results) && Date.now() < end && server.exitCode === null) {
-      if (fs.existsSync(path.join(tmp, 'fresh')) && !fs.existsSync(path.join(tmp, 'fresh-done'))) {
-        // a new user's first steps (no checkpoint yet), through the command palette; the smoke-test driver flag the
-        // server needs for the extension under development keeps notifications out of toasts, not out of the
-        // Notifications Center, so they are read there: the same items, text and buttons a user gets
-        fs.mkdirSync(shots, { recursive: true });
-        uiResults.push(...(await firstSteps(page, shots)));
-        fs.writeFileSync(path.join(tmp, 'fresh-done'), '');
-      }
       if (fs.existsSync(path.join(tmp, 'switched')) && !fs.existsSync(path.join(tmp, 'switched-done'))) {
         // the suite switched to pair B and opened pair A's eval run: what the user sees
         fs.mkdirSync(shots, { recursive: true });
@@ -476,25 +521,140 @@ async function palette(page: Page, title: string): Promise<void> {
   await page.keyboard.press('Enter');
 }
 
-/** The notification holding `text`, in the Notifications Center (opened for it), once it is there. */
-async function notification(page: Page, text: string | RegExp, timeout = 60_000) {
-  const item = page.locator('.notifications-center .notification-list-item', { hasText: text }).first();
-  const end = Date.now() + timeout;
-  while (Date.now() < end) {
-    if (!(await page.locator('.notifications-center.visible').count())) {
-      // Notifications: Show Notifications (its keybinding: the palette would take the focus from a quick pick)
-      await page.keyboard.press('Control+K');
-      await page.keyboard.press('Control+Shift+N');
-      await sleep(300);
-    }
-    if (await item.isVisible().catch(() => false)) return item;
-    await sleep(500);
-  }
+/**
+ * The notification toast holding `text`, once it shows: what a user sees pop up at the bottom right (without the
+ * smoke-test driver flag, notifications come as toasts). Toasts a test is not looking for are left alone.
+ */
+async function toast(page: Page, text: string | RegExp, timeout = 60_000) {
+  const item = page.locator('.notifications-toasts .notification-list-item', { hasText: text }).first();
+  const shown = await item.waitFor({ state: 'visible', timeout }).then(
+    () => true,
+    () => false,
+  );
+  if (shown) return item;
   const all = await page
-    .locator('.notifications-center')
-    .textContent()
-    .catch(() => '(no Notifications Center)');
-  throw new Error(`no notification with ${String(text)}; the center shows: ${(all ?? '').slice(0, 400)}`);
+    .locator('.notifications-toasts')
+    .allTextContents()
+    .catch(() => ['(no toasts)']);
+  throw new Error(`no notification toast with ${String(text)}; the toasts show: ${all.join(' | ').slice(0, 400)}`);
+}
+
+/** The Piggyback status bar entry's text (the current pair, and its answers when it has an eval run). */
+async function statusBarText(page: Page): Promise<string> {
+  const item = page.locator('.statusbar-item', { hasText: '\u2192' }).first();
+  await item.waitFor({ state: 'visible', timeout: 30_000 });
+  return ((await item.textContent()) ?? '').trim();
+}
+
+/** Waits until the status bar entry's text matches `re` (the entry follows the pair and its results). */
+async function statusBarShows(page: Page, re: RegExp, timeout = 30_000): Promise<string> {
+  const end = Date.now() + timeout;
+  let text = '';
+  while (Date.now() < end) {
+    text = await statusBarText(page).catch(() => '');
+    if (re.test(text)) return text;
+    await sleep(300);
+  }
+  throw new Error(`the status bar never showed ${re}; it shows "${text}"`);
+}
+
+/** Picks the finetuned checkpoint through its quick pick, by the text typed into the filter. */
+async function pickFinetuned(page: Page, filter: string): Promise<void> {
+  await palette(page, 'Piggyback: Select Finetuned Checkpoint');
+  await page
+    .locator('.quick-input-widget', { hasText: 'built-in organism' })
+    .waitFor({ state: 'visible', timeout: 30_000 });
+  await page.keyboard.type(filter);
+  await sleep(600);
+  await page.keyboard.press('Enter');
+}
+
+/**
+ * The packaged extension as a user meets it: the workspace trust prompt answered, then the first steps with no
+ * checkpoint chosen (the toasts they raise), then a pair switch (A, B, A) that never shows one pair's results as
+ * another's.
+ */
+async function asUsersRunIt(page: Page, shots: string): Promise<Outcome[]> {
+  const out: Outcome[] = [];
+  out.push(
+    await uiTest(
+      'the installed .vsix opens the workspace after the trust prompt, and shows its status bar entry',
+      async () => {
+        // the folder opens in Restricted Mode; the user trusts it from the banner's Manage link (the Workspace
+        // Trust editor), or from the startup dialog where the workbench shows one
+        const banner = page.locator('.monaco-workbench .part.banner a', { hasText: 'Manage' });
+        const dialog = page.locator('.monaco-dialog-box .monaco-button', { hasText: 'Yes, I trust the authors' });
+        await banner.or(dialog).first().waitFor({ state: 'visible', timeout: 90_000 });
+        if (await dialog.isVisible()) await dialog.click();
+        else {
+          await banner.click();
+          await page
+            .locator('.workspace-trust-editor .monaco-button', { hasText: /^Trust/ })
+            .first()
+            .click({ timeout: 30_000 });
+        }
+        await page
+          .locator('.statusbar-item', { hasText: 'Restricted Mode' })
+          .waitFor({ state: 'detached', timeout: 30_000 });
+        await palette(page, 'View: Close All Editors');
+        // activation on the workspace's tokenizer_config.json files: the extension audits them (Problems count)
+        await page
+          .locator('.statusbar-item', { hasText: /Piggyback/ })
+          .first()
+          .waitFor({ state: 'visible', timeout: 60_000 });
+      },
+    ),
+  );
+  // each step builds on the one before: after a failure the rest would only repeat it, slowly
+  if (out[0].state === 'passed') out.push(...(await firstSteps(page, shots)));
+  if (out.every((o) => o.state === 'passed')) out.push(...(await pairSwitch(page, shots)));
+  return out;
+}
+
+/**
+ * A (base -> finetuned, evaluated by firstSteps), then B (base -> finetuned-qv: no eval yet, its own drift), then A
+ * again: each pair shows its own results in the status bar and the dashboard.
+ */
+async function pairSwitch(page: Page, shots: string): Promise<Outcome[]> {
+  const out: Outcome[] = [];
+  let a = '';
+  out.push(
+    await uiTest(
+      "after switching to another pair, the status bar and dashboard show none of the first pair's results",
+      async () => {
+        a = await statusBarShows(page, /base \u2192 finetuned \u00b7 shift \w+/);
+        await pickFinetuned(page, 'finetuned-qv');
+        const b = await statusBarShows(page, /base \u2192 finetuned-qv/);
+        if (/shift/.test(b)) throw new Error(`the status bar shows answers for B before any eval of B: "${b}"`);
+        await palette(page, 'Piggyback: Measure Prefix Drift');
+        await page
+          .locator('.quick-input-widget', { hasText: 'query to measure' })
+          .waitFor({ state: 'visible', timeout: 90_000 });
+        await page.keyboard.press('Enter');
+        const text = await dashboardText(
+          page,
+          /Drift heatmap[\s\S]*base \u2192 finetuned-qv|base \u2192 finetuned-qv[\s\S]*Drift heatmap/,
+        );
+        if (/Where it lives: /.test(text) && !/not of the current pair/.test(text))
+          throw new Error(`the dashboard shows an eval's answers as B's: ${text.slice(0, 400)}`);
+        await sleep(400);
+        await page.screenshot({ path: path.join(shots, 'pair-b.png') });
+      },
+    ),
+  );
+  out.push(
+    await uiTest(
+      'switching back to the first pair shows its own answers again, in the status bar and the dashboard',
+      async () => {
+        await pickFinetuned(page, 'built-in organism');
+        const back = await statusBarShows(page, /base \u2192 finetuned \u00b7 shift/);
+        if (back !== a) throw new Error(`back on A the status bar shows "${back}", not "${a}" as before`);
+        const text = await dashboardText(page, /Where it lives/);
+        if (/finetuned-qv/.test(text)) throw new Error(`B's results are shown for A: ${text.slice(0, 400)}`);
+      },
+    ),
+  );
+  return out;
 }
 
 /** The webview frames on the page (the dashboard first: it opens before any other). */
@@ -536,13 +696,15 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
       'with no checkpoint chosen, Measure Prefix Drift says what it needs in a notification and offers the built-in organisms',
       async () => {
         await palette(page, 'Piggyback: Measure Prefix Drift');
-        const offer = await notification(page, 'needs a base checkpoint');
+        const offer = await toast(page, 'needs a base checkpoint');
         await expectButtons(offer, ['Select Checkpoints', 'Use Built-in Organisms']);
         await sleep(600); // the palette fades
         await page.screenshot({ path: path.join(shots, 'notification-no-checkpoint.png') });
         await offer.locator('.monaco-button', { hasText: 'Use Built-in Organisms' }).click();
         // the organisms load, then the query box asks; the default question is accepted
-        await page.locator('.quick-input-widget input').waitFor({ state: 'visible', timeout: 90_000 });
+        await page
+          .locator('.quick-input-widget', { hasText: 'query to measure' })
+          .waitFor({ state: 'visible', timeout: 90_000 });
         await page.keyboard.press('Enter');
         await dashboardText(page, /Drift heatmap/);
       },
@@ -559,7 +721,7 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
           .locator('.quick-input-widget', { hasText: 'Built-in general probes' })
           .waitFor({ state: 'visible', timeout: 30_000 });
         await page.keyboard.press('Enter');
-        const progress = await notification(page, /Piggyback: eval run.*probe ([3-9]|\d\d+) of \d+/s, 90_000);
+        const progress = await toast(page, /Piggyback: eval run.*probe ([3-9]|\d\d+) of \d+/s, 90_000);
         await expectButtons(progress, ['Cancel']);
         await sleep(600); // the palette fades
         await page.screenshot({ path: path.join(shots, 'notification-progress.png') });
@@ -578,7 +740,7 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
       'Run Eval again offers to continue the stopped run ("Continue it?"), and continuing finishes it',
       async () => {
         await palette(page, 'Piggyback: Run Eval');
-        const offer = await notification(page, 'Continue it?');
+        const offer = await toast(page, 'Continue it?');
         const text = (await offer.textContent()) ?? '';
         if (!text.includes(`stopped after ${stopped.done} of ${stopped.total} probes`))
           throw new Error(`the offer does not say where the run stopped: ${text}`);
@@ -645,7 +807,11 @@ async function runInElectron(): Promise<number> {
 }
 
 async function runBoth(): Promise<number> {
-  const list = [...(await runInServer(false)), ...(await runInServer(true))];
+  // PIGGYBACK_VSCODE_SESSIONS=packaged (for one) while working on the tests; all three otherwise
+  const only = process.env.PIGGYBACK_VSCODE_SESSIONS?.split(',');
+  const list: Outcome[] = [];
+  for (const mode of ['packaged', 'trusted', 'restricted'] as const)
+    if (!only || only.includes(mode)) list.push(...(await runInServer(mode)));
   for (const r of list) {
     console.log(`${r.state === 'passed' ? 'ok  ' : 'FAIL'} ${r.title}${r.ms !== undefined ? ` (${r.ms} ms)` : ''}`);
     if (r.error)
