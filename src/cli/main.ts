@@ -23,17 +23,12 @@ import {
   renderOptions,
 } from '../app/audits';
 import { HostClient, HostCrashedError, HostRequestError } from '../app/hostClient';
-import {
-  GENERAL_PROBES,
-  heldOutProbes,
-  loadProbeFile,
-  otherDomainProbeSets,
-  type Probe,
-  ProbeFileError,
-} from '../app/eval/probes';
+import { ProbeFileError } from '../app/eval/probes';
+import { type EvalPlan, EvalRequestError, parseShard, planEval } from '../app/eval/request';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
 import { compareMarkdown, evalMarkdown, loadRunPair, quantizedNote, writeRunReports } from '../app/eval/evalReport';
-import { defaultConditions, EvalSettingsError, extraNameProblem, layerSweepConditions } from '../app/eval/run';
+import { EvalSettingsError } from '../app/eval/run';
+import { MergeError, type MergeResult, mergeRuns } from '../app/eval/merge';
 import { DEFAULT_QUERY, LensSession } from '../app/session';
 import { type TreftExportResult, treftOutputProblem, writeTreftExport } from '../app/treft';
 import { assertRegularFile } from '../domain/files';
@@ -77,7 +72,8 @@ Usage (piggyback help <command> for one command's options):
   piggyback patch --base <dir> --finetuned <dir> --prompt <text> [--span prefix|postfix|both|query] [--template <source>] [--json]
   piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml> ...] [--dataset <train.jsonl>] [--other-dataset <other.jsonl>]
                  [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N] [--perturb-trials N] [--layer-sweep]
-                 [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>] [--judge-concurrency 4]] [--sarif <out.sarif>]
+                 [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>] [--judge-concurrency 4]] [--sarif <out.sarif>] [--shard i/N]
+  piggyback merge <shard-run-dir>... --out <dir> [--sarif <out.sarif>]
   piggyback compare <run-dir> <run-dir> [--md <out.md>]
   piggyback treft-export <train.jsonl> --out <dir> [--base <dir>] [--template <source>]
 
@@ -93,7 +89,8 @@ int8, else int4, quantized once into the cache); --no-memory-check loads even wh
 --kwargs passes template variables as the trainer does, e.g. '{"enable_thinking": false}'.
 eval: re-running with the same --out resumes (--resume: continue, and fail when there is no run to continue);
 --perturb-trials 0 leaves out the perturbation conditions; --layer-sweep adds the prefix patch per layer and per layer
-range (scored, not generated). A judge is
+range (scored, not generated); --shard i/N runs share i (from 0) of N, chosen by a hash of each probe id, into its own
+run folder, and merge joins the shards' folders into the run one process would have written. A judge is
 any OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1); its key comes from PIGGYBACK_JUDGE_API_KEY.
 Exit code 1 when an error-level finding exists (eval: the shift mostly in the template) or a command fails, 2 on bad usage;
 --debug adds the stack trace to an unexpected error.`;
@@ -172,9 +169,9 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
     usage: `piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml> ...] [--dataset <train.jsonl>]
        [--other-dataset <other.jsonl>] [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N]
        [--perturb-trials N] [--layer-sweep] [--resume] [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>]
-       [--judge-concurrency 4]] [--sarif <out.sarif>]`,
+       [--judge-concurrency 4]] [--sarif <out.sarif>] [--shard i/N]`,
     about:
-      'Runs probes under every condition (base, finetuned, patched, perturbed) into a run folder; re-running resumes it.',
+      'Runs probes under every condition (base, finetuned, patched, perturbed) into a run folder; re-running resumes it. With --shard i/N, only share i (counted from 0) of N: each probe belongs to the shard a hash of its id names, so shards are stable when probes are added; run the N shards anywhere (a Slurm array, a Kubernetes Indexed Job) and join them with merge.',
     options: [
       'base',
       'finetuned',
@@ -195,10 +192,17 @@ const COMMANDS: Record<string, { usage: string; about: string; options: OptionNa
       'judge-timeout',
       'judge-concurrency',
       'sarif',
+      'shard',
       'template',
       ...TEMPLATE_OPTIONS,
       ...HOST_OPTIONS,
     ],
+  },
+  merge: {
+    usage: 'piggyback merge <shard-run-dir>... --out <dir> [--sarif <out.sarif>]',
+    about:
+      "Joins the run folders of an eval's shards (piggyback eval --shard i/N) into one run folder: the run, summary, reports and SARIF one unsharded run would have written. Refuses shards of different checkpoints, template, conditions, settings or probe set, naming the difference; keeps a row given twice once; names the probes no shard finished (exit 1; re-run eval without --shard on the merged folder to finish them).",
+    options: ['out', 'sarif'],
   },
   compare: {
     usage: 'piggyback compare <run-dir> <run-dir> [--md <out.md>]',
@@ -271,6 +275,7 @@ const OPTIONS = {
   'no-memory-check': { type: 'boolean' },
   resume: { type: 'boolean' },
   'layer-sweep': { type: 'boolean' },
+  shard: { type: 'string' },
   debug: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
@@ -417,6 +422,8 @@ export async function main(argv: string[], out: (s: string) => void = defaultOut
         return await evalCommand(values, out);
       case 'compare':
         return compareCommand(positionals.slice(1), values, out);
+      case 'merge':
+        return mergeCommand(positionals.slice(1), values, out);
       case 'treft-export':
         return await treftExportCommand(target, values, out);
       case 'drift':
@@ -458,12 +465,6 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     if (name in extra) throw new UsageError(`--extra "${name}" is given twice`);
     extra[name] = path.resolve(folder);
   }
-  const badName = extraNameProblem(Object.keys(extra));
-  if (badName) throw new UsageError(`--extra: ${badName}`);
-  const others = ((values['other-dataset'] as string[] | undefined) ?? []).map((f) => path.resolve(f));
-  const twice = others.find((f, i) => others.indexOf(f) !== i);
-  // the same file twice would count its probes twice in every other-domain figure
-  if (twice) throw new UsageError(`--other-dataset ${twice} is given twice`);
   const number = (key: keyof typeof NUMBER_OPTIONS) => numberOption(values, key);
   let judge: Judge | undefined;
   const endpoint = values['judge-endpoint'] as string | undefined;
@@ -483,37 +484,32 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
       throw e instanceof JudgeConfigError ? new UsageError(e.message) : e;
     }
   }
-  let probes: Probe[];
+  let plan: EvalPlan;
   try {
-    const files = (values.probes as string[] | undefined) ?? [];
-    probes = files.length ? files.flatMap((f) => loadProbeFile(f)) : [...GENERAL_PROBES];
-    const seen = new Set<string>();
-    for (const pr of probes) {
-      if (seen.has(pr.id))
-        throw new UsageError(
-          `probe id "${pr.id}" appears in more than one --probes file; ids must be unique across them`,
-        );
-      seen.add(pr.id);
-    }
-    if (values.dataset) probes.push(...heldOutProbes(values.dataset as string));
-    probes.push(...otherDomainProbeSets((values['other-dataset'] as string[] | undefined) ?? []));
+    plan = planEval({
+      probeFiles: (values.probes as string[] | undefined) ?? [],
+      dataset: values.dataset as string | undefined,
+      otherDatasets: (values['other-dataset'] as string[] | undefined) ?? [],
+      extra,
+      maxNewTokens: number('max-new-tokens'),
+      temperature: number('temperature'),
+      samples: number('samples'),
+      seed: number('seed'),
+      perturbationTrials: number('perturb-trials'),
+      layerSweep: values['layer-sweep'] === true,
+      judge,
+      judgeConcurrency: number('judge-concurrency'),
+      shard: values.shard === undefined ? undefined : parseShard(values.shard as string),
+    });
   } catch (e) {
     if (e instanceof ProbeFileError) {
       process.stderr.write(`piggyback: ${e.message}\n`);
       return 1;
     }
+    if (e instanceof EvalRequestError) throw new UsageError(e.message);
     throw e;
   }
-  const trials = number('perturb-trials');
-  const numbers = {
-    judgeConcurrency: number('judge-concurrency'),
-    maxNewTokens: number('max-new-tokens'),
-    temperature: number('temperature'),
-    samples: number('samples'),
-    seed: number('seed'),
-  };
   const settings = hostSettings(values);
-  const conditions = defaultConditions(Object.keys(extra), trials !== 0);
   const p = modelPromptTemplate(values, finetuned, base);
   return withHost(async (host) => {
     const loaded = await loadWithProgress(host, {
@@ -523,15 +519,13 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
       cacheDir: cacheDir(values),
       settings,
     });
-    if (values['layer-sweep']) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
       const run = await new LensSession(host, loaded, p).eval({
-        probes,
-        conditions,
+        ...plan.options,
+        probes: plan.probes,
+        shard: plan.shardOf,
+        conditions: plan.conditions(loaded.finetuned.layers),
         out: dir,
-        judge,
-        ...numbers,
-        perturb: { trials },
         resume: values.resume === true,
         // a terminal gets one updating line; a CI log a line every 10 probes
         onProbe: (i, n) =>
@@ -561,6 +555,41 @@ async function evalCommand(values: Values, out: (s: string) => void): Promise<nu
     out(describeFindings(findings));
     return hasErrors(findings) ? 1 : 0;
   });
+}
+
+/** merge: shard run folders into one run folder, with its reports; exit 1 when probes are missing. */
+function mergeCommand(dirs: string[], values: Values, out: (s: string) => void): number {
+  const dir = values.out as string | undefined;
+  if (dirs.length === 0 || !dir) throw new UsageError('merge needs shard run folders and --out <dir>');
+  let merged: MergeResult;
+  try {
+    merged = mergeRuns(dirs, dir);
+  } catch (e) {
+    if (e instanceof MergeError) {
+      process.stderr.write(`piggyback merge: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+  for (const { dir: d, problem } of merged.problems)
+    process.stderr.write(`${path.join(d, 'results.jsonl')}:${problem.line}: ${problem.message}\n`);
+  const { manifest, summary, findings, skipped, progress } = writeRunReports(dir, process.cwd());
+  if (values.sarif) fs.copyFileSync(path.join(dir, 'findings.sarif'), values.sarif as string);
+  const count = manifest.probes.count;
+  process.stderr.write(
+    `merged shards ${merged.shards.join(', ')} of ${merged.shards.length + merged.absentShards.length} into ${dir}: ${merged.rows} rows for ${count} probes${merged.duplicates ? ` (${merged.duplicates} rows given twice, kept once)` : ''}\n`,
+  );
+  if (merged.absentShards.length)
+    process.stderr.write(
+      `no folder holds shard${merged.absentShards.length > 1 ? 's' : ''} ${merged.absentShards.join(', ')}\n`,
+    );
+  if (merged.missing.length)
+    process.stderr.write(
+      `${merged.missing.length} of ${count} probes are not finished: ${merged.missing.slice(0, 10).join(', ')}${merged.missing.length > 10 ? ', ...' : ''}; run the same eval without --shard with --out ${dir} to finish them\n`,
+    );
+  out(evalMarkdown(manifest, summary, skipped, progress));
+  out(describeFindings(findings));
+  return merged.missing.length || hasErrors(findings) ? 1 : 0;
 }
 
 function compareCommand(dirs: string[], values: Values, out: (s: string) => void): number {

@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../contracts/dashboard';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
-import { GENERAL_PROBES, heldOutProbes, loadProbeFile, otherDomainProbeSets, type Probe } from '../app/eval/probes';
+import { GENERAL_PROBES } from '../app/eval/probes';
+import { EVAL_DEFAULTS, type EvalPlan, type EvalRequest, planEval } from '../app/eval/request';
 import {
   compareRuns,
   loadRun,
@@ -18,17 +19,8 @@ import {
   runProbes,
   writeRunReports,
 } from '../app/eval/evalReport';
-import {
-  defaultConditions,
-  layerSweepConditions,
-  runCompleteness,
-  EvalSettingsError,
-  type Manifest,
-  MANIFEST,
-  readResults,
-  readSkipped,
-} from '../app/eval/run';
-import { DEFAULT_MAX_NEW_TOKENS, type LoadResult } from '../contracts/modelHost';
+import { runCompleteness, EvalSettingsError, type Manifest, MANIFEST, readResults, readSkipped } from '../app/eval/run';
+import type { LoadResult } from '../contracts/modelHost';
 import { pairTemplateSource, type PromptTemplate } from '../app/audits';
 import { LensSession } from '../app/session';
 import type { Associations } from './association';
@@ -83,17 +75,20 @@ function evalSettings(): EvalSettings {
       path.resolve(root, v),
     ]),
   );
+  const d = EVAL_DEFAULTS;
   return {
-    runsFolder: c.get<string>('eval.runsFolder') || '.piggyback/runs',
-    maxNewTokens: c.get<number>('eval.maxNewTokens') ?? DEFAULT_MAX_NEW_TOKENS,
-    temperature: c.get<number>('eval.temperature') ?? 0,
-    samples: c.get<number>('eval.samplesPerProbe') ?? 1,
-    seed: c.get<number>('eval.seed') ?? 1,
-    perturbationTrials: c.get<number>('eval.perturbationTrials') ?? 10,
-    layerSweep: c.get<boolean>('eval.layerSweep') ?? false,
+    runsFolder: c.get<string>('eval.runsFolder') || d.runsFolder,
+    maxNewTokens: c.get<number>('eval.maxNewTokens') ?? d.maxNewTokens,
+    temperature: c.get<number>('eval.temperature') ?? d.temperature,
+    samples: c.get<number>('eval.samplesPerProbe') ?? d.samples,
+    seed: c.get<number>('eval.seed') ?? d.seed,
+    perturbationTrials: c.get<number>('eval.perturbationTrials') ?? d.perturbationTrials,
+    layerSweep: c.get<boolean>('eval.layerSweep') ?? d.layerSweep,
     extra,
-    judge: endpoint ? { endpoint, model, timeoutMs: 1000 * (c.get<number>('judge.timeoutSeconds') ?? 60) } : undefined,
-    judgeConcurrency: c.get<number>('judge.concurrency') ?? 4,
+    judge: endpoint
+      ? { endpoint, model, timeoutMs: 1000 * (c.get<number>('judge.timeoutSeconds') ?? d.judgeTimeoutSeconds) }
+      : undefined,
+    judgeConcurrency: c.get<number>('judge.concurrency') ?? d.judgeConcurrency,
   };
 }
 
@@ -127,8 +122,10 @@ export class EvalCommands implements vscode.Disposable {
     return doc && /\.jsonl$/i.test(doc.fileName) && doc.uri.scheme === 'file' ? doc.fileName : undefined;
   }
 
-  /** Which probes: the built-in general set, held-out rows of the active dataset, probe files. */
-  private async chooseProbes(args: RunEvalArgs): Promise<{ probes: Probe[]; description: string } | undefined> {
+  /** Which probes: the built-in general set, held-out rows of the active dataset, probe files (asked, or from args). */
+  private async chooseProbes(
+    args: RunEvalArgs,
+  ): Promise<Pick<EvalRequest, 'probeFiles' | 'general' | 'dataset' | 'otherDatasets'> | undefined> {
     let files = args.probeFiles ?? [];
     let dataset = args.dataset;
     let others = args.otherDatasets ?? [];
@@ -187,17 +184,7 @@ export class EvalCommands implements vscode.Disposable {
         files = uris.map((u) => u.fsPath);
       }
     }
-    const probes: Probe[] = general ? [...GENERAL_PROBES] : [];
-    for (const f of files) probes.push(...loadProbeFile(f));
-    if (dataset) probes.push(...heldOutProbes(dataset));
-    probes.push(...otherDomainProbeSets(others));
-    const parts = [
-      general && 'general',
-      ...files.map((f) => path.basename(f)),
-      dataset && `in-domain from ${path.basename(dataset)}`,
-      ...others.map((o) => `other-domain from ${path.basename(o)}`),
-    ].filter(Boolean);
-    return { probes, description: parts.join(' + ') };
+    return { probeFiles: files, general, dataset, otherDatasets: others };
   }
 
   async runEval(
@@ -232,16 +219,26 @@ export class EvalCommands implements vscode.Disposable {
         if (answer === 'Continue Run') resume = open.folder;
       }
     }
-    let chosen: { probes: Probe[]; description: string } | undefined;
+    let plan: EvalPlan;
     try {
-      chosen = resume
-        ? { probes: runProbes(resume, []), description: `continuing ${path.basename(resume)}` }
-        : await this.chooseProbes(args);
+      const probes = resume ? { probesOf: runProbes(resume, []) } : await this.chooseProbes(args);
+      if (!probes) return undefined;
+      plan = planEval({
+        ...probes,
+        extra: s.extra,
+        maxNewTokens: s.maxNewTokens,
+        temperature: s.temperature,
+        samples: s.samples,
+        seed: s.seed,
+        perturbationTrials: s.perturbationTrials,
+        layerSweep: s.layerSweep,
+        judge,
+        judgeConcurrency: s.judgeConcurrency,
+      });
     } catch (e) {
       this.reportProbeError(e);
       return undefined;
     }
-    if (!chosen || chosen.probes.length === 0) return undefined;
     if (!args.out && !resume && !root) {
       void vscode.window.showInformationMessage(
         'Piggyback Lens: open a folder to keep eval runs in (piggyback.eval.runsFolder).',
@@ -261,14 +258,12 @@ export class EvalCommands implements vscode.Disposable {
       reportError(this.log, e);
       return undefined;
     }
-    const conditions = defaultConditions(Object.keys(s.extra), s.perturbationTrials > 0);
     this.dashboard.update({
-      busy: `eval run: ${chosen.probes.length} probes (${chosen.description})`,
+      busy: `eval run: ${plan.probes.length} probes (${resume ? `continuing ${path.basename(resume)}` : plan.description})`,
       error: undefined,
     });
     this.dashboard.show();
     const loaded = this.models.loadResult!;
-    if (s.layerSweep) conditions.push(...layerSweepConditions(loaded.finetuned.layers));
     try {
       await vscode.window.withProgress(
         { location: vscode.ProgressLocation.Notification, title: 'Piggyback: eval run', cancellable: true },
@@ -277,16 +272,10 @@ export class EvalCommands implements vscode.Disposable {
           token.onCancellationRequested(() => abort.abort(new Error('cancelled')));
           let last = 0;
           await new LensSession(host, loaded, p).eval({
-            probes: chosen.probes,
-            conditions,
+            ...plan.options,
+            probes: plan.probes,
+            conditions: plan.conditions(loaded.finetuned.layers),
             out,
-            judge,
-            judgeConcurrency: s.judgeConcurrency,
-            maxNewTokens: s.maxNewTokens,
-            temperature: s.temperature,
-            samples: s.samples,
-            seed: s.seed,
-            perturb: { trials: s.perturbationTrials },
             signal: abort.signal,
             onProbe: (i, n) => {
               // the same count the matrix shows (probes finished), and the probe being worked on
@@ -319,7 +308,7 @@ export class EvalCommands implements vscode.Disposable {
     if (!fs.existsSync(path.join(out, 'manifest.json'))) return undefined;
     const view = this.show(out, true);
     this.log.info(`eval run written to ${out}: ${view.done} of ${view.total} probes`);
-    return { folder: out, probes: chosen.probes.length, results: loadRun(out).results.length, view };
+    return { folder: out, probes: plan.probes.length, results: loadRun(out).results.length, view };
   }
 
   private reportProbeError(e: unknown): void {
@@ -329,7 +318,12 @@ export class EvalCommands implements vscode.Disposable {
       .then((a) => {
         if (a && err.file)
           void vscode.window.showTextDocument(vscode.Uri.file(err.file), {
-            selection: new vscode.Range(err.line! - 1, err.column! - 1, err.line! - 1, err.column! - 1),
+            selection: new vscode.Range(
+              (err.line ?? 1) - 1,
+              (err.column ?? 1) - 1,
+              (err.line ?? 1) - 1,
+              (err.column ?? 1) - 1,
+            ),
           });
       });
   }

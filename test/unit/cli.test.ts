@@ -263,11 +263,8 @@ describe('piggyback arguments', () => {
     const evalArgs = (...more: string[]) => run('eval', ...pairArgs(), '--out', tempDir(), ...more);
     // an extra named like a condition would share its result rows' keys; a name twice would drop one checkpoint
     for (const [extra, why] of [
-      [
-        ['finetuned+prefix=x'],
-        /--extra: extra checkpoint name "finetuned\+prefix" is a condition of every run already/,
-      ],
-      [['base=x'], /--extra: extra checkpoint name "base" is a condition/],
+      [['finetuned+prefix=x'], /extra checkpoint name "finetuned\+prefix" is a condition of every run already/],
+      [['base=x'], /extra checkpoint name "base" is a condition/],
       [['a+b=x'], /holds "\+", "@" or "\|"/],
       [['t=x', 't=y'], /--extra "t" is given twice/],
     ] as const) {
@@ -278,7 +275,7 @@ describe('piggyback arguments', () => {
     const other = path.join(O, 'probes.jsonl');
     const twice = evalArgs('--other-dataset', other, '--other-dataset', other);
     assert.equal(twice.code, 2);
-    assert.match(twice.stderr, /--other-dataset .*probes\.jsonl is given twice/);
+    assert.match(twice.stderr, /other-domain dataset .*probes\.jsonl is given twice/);
     // the name ends at the first "=": a folder whose name holds one is the folder given, not another
     const odd = path.join(tempDir(), 'lr=1e-4');
     fs.mkdirSync(odd);

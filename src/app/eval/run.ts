@@ -149,6 +149,15 @@ export interface Manifest {
   probes: { count: number; hash: string };
   conditions: EvalCondition[];
   settings: EvalSettings;
+  /** A shard's run (`--shard i/N`): which share it holds, and the whole probe set's identity and order, so that
+   * `piggyback merge` can check its shards belong together and name the probes none of them ran. */
+  shard?: ShardOf;
+}
+
+export interface ShardOf {
+  index: number;
+  count: number;
+  probes: { count: number; hash: string; ids: string[] };
 }
 
 export interface EvalOptions {
@@ -176,6 +185,8 @@ export interface EvalOptions {
   signal?: AbortSignal;
   /** Continue the run in `out`, and fail when there is none (the CLI's --resume). */
   resume?: boolean;
+  /** This run is one shard of a split run (planEval's shardOf); `probes` are the shard's. */
+  shard?: ShardOf;
 }
 
 export const RESULTS = 'results.jsonl';
@@ -408,6 +419,7 @@ function openRun(out: string, manifest: Manifest, resume: boolean): string {
     !same(old.probes, manifest.probes) && 'probes',
     !same(old.conditions, manifest.conditions) && 'conditions',
     !same(old.settings, manifest.settings) && 'settings',
+    !same(old.shard, manifest.shard) && 'shard',
   ].filter(Boolean);
   if (differs.length)
     throw new EvalSettingsError(
@@ -481,6 +493,7 @@ export async function runEval(o: EvalOptions): Promise<{
     probes: { count: o.probes.length, hash: probeSetHash(o.probes) },
     conditions: o.conditions,
     settings,
+    ...(o.shard ? { shard: o.shard } : {}),
   };
   try {
     fs.accessSync(o.out, fs.constants.W_OK);

@@ -134,7 +134,10 @@ function perturbSummary(rs: EvalResult[]): ConditionSummary['perturb'] {
   };
 }
 
-export function summarise(results: EvalResult[], conditions: EvalCondition[], seed = 1): Summary {
+export function summarise(rows: EvalResult[], conditions: EvalCondition[], seed = 1): Summary {
+  // in one order whatever order the rows were appended in: a resumed run, a merge of shards and a run that never
+  // stopped sum the same numbers in the same order, so their summaries are equal to the last digit
+  const results = [...rows].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const by = (label: string) => results.filter((r) => r.condition === label);
   const summary: Summary = {
     conditions: conditions
