@@ -324,7 +324,7 @@ describe('piggyback arguments', () => {
       assert.match(
         r.stderr,
         new RegExp(
-          `^piggyback drift: ${key} (wants a whole number of at least 1|must be auto, cpu or cuda|must be auto, float32, float16, int8, int4, got)`,
+          `^piggyback drift: ${key} (wants a whole number from 1 to \\d+, got "0"|must be one of auto, cpu, cuda, got "tpu"|must be one of auto, float32, float16, int8, int4, got "float8")`,
         ),
       );
     }
