@@ -64,7 +64,13 @@ export interface RequestOptions {
 
 let progressCounter = 0;
 
-export class HostClient {
+/** What the app needs from a model host: typed requests. HostClient (the host process) implements it; a remote
+ * backend or a test's fake can too (docs/scale-out.md). */
+export interface ModelHost {
+  request<P extends WorkDoneParams, R>(type: RequestType<P, R, void>, params: P, options?: RequestOptions): Promise<R>;
+}
+
+export class HostClient implements ModelHost {
   private child: ChildProcess;
   private connection: MessageConnection;
   private exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;

@@ -4,8 +4,7 @@
  * their input, call a LensSession, and show what it returns (a terminal table or JSON; the dashboard). Eval runs
  * (eval/run.ts) and the TReFT export (treft.ts) are the other two flows, each implemented once as well.
  */
-import type { RequestType } from 'vscode-jsonrpc';
-import type { RequestOptions } from './hostClient';
+import type { ModelHost, RequestOptions } from './hostClient';
 import { renderOptions, type PromptTemplate } from './audits';
 import { answerText, promptIds } from '../domain/prompt';
 import { type EvalOptions, runEval } from './eval/run';
@@ -20,18 +19,12 @@ import {
   type PromptIds,
   type PromptSegment,
   type SegmentDrift,
-  type WorkDoneParams,
 } from '../contracts/modelHost';
 
 /** The one default query of drift and patch, in the CLI and the editor alike. */
 export const DEFAULT_QUERY = 'I feel bored. What should I do?';
 
 export { DEFAULT_MAX_NEW_TOKENS };
-
-/** What the session needs from a model host: typed requests (HostClient, or anything that speaks the protocol). */
-export interface ModelHost {
-  request<P extends WorkDoneParams, R>(type: RequestType<P, R, void>, params: P, options?: RequestOptions): Promise<R>;
-}
 
 export interface TokenLabel {
   id: number;

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { ModelHost } from './session';
+import type { ModelHost } from './hostClient';
 import { type CheckpointInfo, ExportKV, type ExportKVResult, type Span } from '../contracts/modelHost';
 import type { ChatTemplate, RenderOptions } from '../domain/template/render';
 import { frame, rowTurns } from '../domain/template/segments';
