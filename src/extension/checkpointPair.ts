@@ -5,6 +5,7 @@
  */
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { hostConfig } from './config';
 import { reportError } from './errors';
 import { HostClient, HostRequestError } from '../app/hostClient';
 import {
@@ -14,7 +15,7 @@ import {
   checkpointProblem,
   ONNX_MODEL_FILES,
 } from '../domain/checkpoints';
-import type { LoadResult, WeightsDtypeSetting } from '../contracts/modelHost';
+import type { LoadResult } from '../contracts/modelHost';
 
 const BASE_KEY = 'piggyback.checkpoint.base';
 const FINETUNED_KEY = 'piggyback.checkpoint.finetuned';
@@ -212,20 +213,12 @@ export class CheckpointPair implements vscode.Disposable {
       (extra && this.loaded.extra !== extraKey)
     ) {
       try {
-        const c = vscode.workspace.getConfiguration('piggyback');
-        const threads = c.get<number>('host.threads') || undefined;
-        const settings = {
-          threads,
-          executionProvider: c.get<'auto' | 'cpu' | 'cuda'>('host.executionProvider'),
-          weightsDtype: c.get<WeightsDtypeSetting>('host.weightsDtype'),
-          modelFile: c.get<string>('host.onnxVariant') || undefined,
-          memoryCheck: c.get<boolean>('host.memoryCheck'),
-        };
+        const { settings, cacheDir } = hostConfig();
         const result = await this.host.load({
           base: this.base!,
           finetuned: pairFinetuned,
           extra: extra ?? {},
-          cacheDir: c.get<string>('host.cacheDir') || undefined,
+          cacheDir,
           settings,
         });
         this.loaded = { base: this.base!, finetuned: pairFinetuned, extra: extraKey, result };

@@ -4,6 +4,7 @@
  * user message as the query.
  */
 import * as vscode from 'vscode';
+import { editorConfig } from './config';
 import { normaliseRow } from '../domain/dataset/formats';
 import { rowRequest } from '../domain/template/segments';
 import { isDataset, isJsonArrayDataset, isTemplate } from './diagnostics';
@@ -31,7 +32,8 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
   }
 
   provideCodeLenses(doc: vscode.TextDocument): PiggybackLens[] {
-    if (!vscode.workspace.getConfiguration('piggyback', doc.uri).get<boolean>('codeLens.enabled', true)) return [];
+    const config = editorConfig(doc.uri);
+    if (!config.codeLens) return [];
     if (isTemplate(doc)) {
       const text = doc.getText();
       const at = doc.fileName.endsWith('.json') ? Math.max(0, text.indexOf('"chat_template"')) : 0;
@@ -40,9 +42,7 @@ export class PiggybackCodeLenses implements vscode.CodeLensProvider<PiggybackLen
     }
     if (isDataset(doc)) {
       // a lens above every row doubles the line height: by default only on the row under the cursor
-      const mode = vscode.workspace
-        .getConfiguration('piggyback', doc.uri)
-        .get<string>('codeLens.datasetRows', 'cursor');
+      const mode = config.datasetRowLenses;
       if (mode === 'off') return [];
       if (mode === 'cursor') {
         const editor = vscode.window.activeTextEditor;

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { auditDataset } from '../domain/dataset/audit';
 import type { Finding } from '../domain/findings';
-import { auditLoss, type LossSetting } from '../domain/dataset/training';
+import { auditLoss } from '../domain/dataset/training';
 import { diagnosticDocsUri } from './diagnosticDocs';
 import {
   auditDatasetWith,
@@ -20,7 +20,7 @@ import { isJsonDatasetText } from '../domain/dataset/jsonArray';
 import { isTemplateFileName } from '../domain/template/source';
 import type { Associations } from './association';
 import { TemplateAudits, type TemplateAuditView } from './templateAudits';
-import { readSettings } from './config';
+import { editorConfig, readSettings } from './config';
 
 /** JSONL files, and .json files whose content is an array of chat rows (Alpaca, LLaMA-Factory, ShareGPT exports). */
 export function isDataset(doc: vscode.TextDocument): boolean {
@@ -121,7 +121,7 @@ export class DiagnosticsManager implements vscode.Disposable {
       const text = doc.getText();
       if (isJsonArrayDataset(doc)) {
         // a JSON array: split into its examples, each located where it starts (the whole buffer is in memory)
-        const loss = vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossSetting>('training.lossMode');
+        const loss = editorConfig(doc.uri).lossMode;
         const report = await auditDatasetWith(doc.fileName, p ?? { findings: [], kwargs: {} }, text, auditLoss(loss));
         if (stale()) return;
         this.collection.set(
@@ -134,12 +134,7 @@ export class DiagnosticsManager implements vscode.Disposable {
       const limit = readSettings(doc.uri).maxDatasetLines;
       // the same options as the CLI's audit (the context length for DS011 among them), on the unsaved text
       const report = await auditDataset(yieldingChunks(text, stale), {
-        ...(p
-          ? datasetAuditOptions(
-              p,
-              auditLoss(vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossSetting>('training.lossMode')),
-            )
-          : {}),
+        ...(p ? datasetAuditOptions(p, auditLoss(editorConfig(doc.uri).lossMode)) : {}),
         file: doc.fileName,
         onProgress: (rows) => !stale() && rows < limit,
       });

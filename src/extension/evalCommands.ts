@@ -9,7 +9,7 @@ import * as vscode from 'vscode';
 import type { EvalCompareView, EvalMatrixView } from '../contracts/dashboard';
 import { Judge, JudgeConfigError } from '../app/eval/judge';
 import { GENERAL_PROBES } from '../app/eval/probes';
-import { EVAL_DEFAULTS, type EvalPlan, type EvalRequest, planEval } from '../app/eval/request';
+import { type EvalPlan, type EvalRequest, planEval } from '../app/eval/request';
 import {
   compareRuns,
   loadRun,
@@ -24,7 +24,7 @@ import type { LoadResult } from '../contracts/modelHost';
 import { pairTemplateSource, type PromptTemplate } from '../app/audits';
 import { LensSession } from '../app/session';
 import type { Associations } from './association';
-import { promptTemplateFromSettings } from './config';
+import { evalConfig, promptTemplateFromSettings, runsFolder } from './config';
 import { reportError } from './errors';
 import { FILE_LIMITS, insideRoot, readTextChecked } from '../domain/files';
 import type { Dashboard } from './dashboard';
@@ -49,47 +49,6 @@ export interface RunEvalArgs {
   resume?: string;
   /** Don't ask anything (tests, automation). */
   noPrompt?: boolean;
-}
-
-interface EvalSettings {
-  runsFolder: string;
-  maxNewTokens: number;
-  temperature: number;
-  samples: number;
-  seed: number;
-  perturbationTrials: number;
-  layerSweep: boolean;
-  extra: Record<string, string>;
-  judge: { endpoint: string; model: string; timeoutMs: number } | undefined;
-  judgeConcurrency: number;
-}
-
-function evalSettings(): EvalSettings {
-  const c = vscode.workspace.getConfiguration('piggyback');
-  const endpoint = (c.get<string>('judge.endpoint') ?? '').trim();
-  const model = (c.get<string>('judge.model') ?? '').trim();
-  const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? '';
-  const extra = Object.fromEntries(
-    Object.entries(c.get<Record<string, string>>('eval.extraCheckpoints') ?? {}).map(([k, v]) => [
-      k,
-      path.resolve(root, v),
-    ]),
-  );
-  const d = EVAL_DEFAULTS;
-  return {
-    runsFolder: c.get<string>('eval.runsFolder') || d.runsFolder,
-    maxNewTokens: c.get<number>('eval.maxNewTokens') ?? d.maxNewTokens,
-    temperature: c.get<number>('eval.temperature') ?? d.temperature,
-    samples: c.get<number>('eval.samplesPerProbe') ?? d.samples,
-    seed: c.get<number>('eval.seed') ?? d.seed,
-    perturbationTrials: c.get<number>('eval.perturbationTrials') ?? d.perturbationTrials,
-    layerSweep: c.get<boolean>('eval.layerSweep') ?? d.layerSweep,
-    extra,
-    judge: endpoint
-      ? { endpoint, model, timeoutMs: 1000 * (c.get<number>('judge.timeoutSeconds') ?? d.judgeTimeoutSeconds) }
-      : undefined,
-    judgeConcurrency: c.get<number>('judge.concurrency') ?? d.judgeConcurrency,
-  };
 }
 
 export class EvalCommands implements vscode.Disposable {
@@ -190,7 +149,7 @@ export class EvalCommands implements vscode.Disposable {
   async runEval(
     args: RunEvalArgs = {},
   ): Promise<{ folder: string; probes: number; results: number; view: EvalMatrixView } | undefined> {
-    const s = evalSettings();
+    const s = evalConfig();
     const host = await this.models.ready(s.extra);
     if (!host) return undefined;
     let judge: Judge | undefined;
@@ -519,13 +478,7 @@ function unfinishedRun(runs: string, loaded: LoadResult): { folder: string; done
  * whether it finished (newest first), or Browse... for a run elsewhere.
  */
 async function pickRun(title: string, exclude?: string): Promise<string | undefined> {
-  const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
-  const runs = root
-    ? path.resolve(
-        root,
-        vscode.workspace.getConfiguration('piggyback').get<string>('eval.runsFolder') || '.piggyback/runs',
-      )
-    : undefined;
+  const runs = runsFolder();
   type Item = vscode.QuickPickItem & { folder?: string; at?: number };
   const items: Item[] = [];
   for (const folder of runs ? runFolders(runs) : []) {
@@ -552,17 +505,12 @@ async function pickRun(title: string, exclude?: string): Promise<string | undefi
 }
 
 async function pickRunFolder(title: string): Promise<string | undefined> {
-  const root = vscode.workspace.workspaceFolders?.[0]?.uri;
-  const runs = root
-    ? vscode.Uri.joinPath(
-        root,
-        vscode.workspace.getConfiguration('piggyback').get<string>('eval.runsFolder') || '.piggyback/runs',
-      )
-    : undefined;
+  const folder = runsFolder();
+  const runs = folder ? vscode.Uri.file(folder) : undefined;
   const uri = await vscode.window.showOpenDialog({
     canSelectFolders: true,
     canSelectFiles: false,
-    defaultUri: runs && fs.existsSync(runs.fsPath) ? runs : root,
+    defaultUri: runs && fs.existsSync(runs.fsPath) ? runs : vscode.workspace.workspaceFolders?.[0]?.uri,
     openLabel: 'Open run',
     title,
   });

@@ -3,16 +3,11 @@
  * on a dataset row, for that row as the trainer renders it.
  */
 import * as vscode from 'vscode';
+import { editorConfig } from './config';
 import { normaliseRow } from '../domain/dataset/formats';
 import { AUDIT_CLOCK } from '../domain/template/audit';
 import { rowRequest, segmentPrompt, type Segmentation } from '../domain/template/segments';
-import {
-  contextLength,
-  type LossSetting,
-  resolveLoss,
-  type TrainingView,
-  trainingView,
-} from '../domain/dataset/training';
+import { contextLength, resolveLoss, type TrainingView, trainingView } from '../domain/dataset/training';
 import type { Token } from '../domain/tokenizer';
 import { type DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 import { datasetRowAt } from './rows';
@@ -66,10 +61,7 @@ export class SegmentHover implements vscode.HoverProvider {
       const render = { specialTokens: p.source.specialTokens, kwargs: p.kwargs, now: AUDIT_CLOCK };
       const seg = segmentPrompt(p.template, { ...render, ...turns }, p.tokenizer);
       // the training view: which tokens carry loss under the trainer's masking, and the length check
-      const loss = resolveLoss(
-        vscode.workspace.getConfiguration('piggyback', doc.uri).get<LossSetting>('training.lossMode', 'auto'),
-        row.format,
-      );
+      const loss = resolveLoss(editorConfig(doc.uri).lossMode, row.format);
       const mode = loss.mode;
       let training: TrainingView | undefined;
       if (p.tokenizer && turns.response !== undefined) {

@@ -44,6 +44,46 @@ describe('project structure', () => {
     assert.deepEqual(wrong, []);
   });
 
+  it('no module of src imports itself through others: the import graph has no cycle', () => {
+    // type-only imports count too: a cycle of types is a cycle of meaning, and the next change makes it a runtime one
+    const resolve = (from: string, spec: string) => {
+      const base = path.resolve(path.dirname(from), spec);
+      return [`${base}.ts`, path.join(base, 'index.ts')].find((f) => fs.existsSync(f));
+    };
+    const files = filesUnder(path.join(ROOT, 'src')).filter((f) => f.endsWith('.ts'));
+    const edges = new Map(
+      files.map((f) => [
+        f,
+        imports(f)
+          .filter((s) => s.startsWith('.'))
+          .map((s) => resolve(f, s))
+          .filter((x): x is string => !!x),
+      ]),
+    );
+    const cycles: string[] = [];
+    const state = new Map<string, 'open' | 'done'>();
+    const visit = (f: string, trail: string[]) => {
+      if (state.get(f) === 'done') return;
+      if (state.get(f) === 'open') {
+        const loop = trail.slice(trail.indexOf(f)).concat(f);
+        cycles.push(loop.map((x) => path.relative(path.join(ROOT, 'src'), x)).join(' -> '));
+        return;
+      }
+      state.set(f, 'open');
+      for (const g of edges.get(f) ?? []) visit(g, [...trail, f]);
+      state.set(f, 'done');
+    };
+    for (const f of files) visit(f, []);
+    assert.deepEqual(cycles, []);
+  });
+
+  it('settings are read in one place: src/extension/config.ts is the only caller of getConfiguration', () => {
+    const callers = filesUnder(path.join(ROOT, 'src'))
+      .filter((f) => /getConfiguration\(/.test(fs.readFileSync(f, 'utf8')))
+      .map((f) => path.relative(ROOT, f));
+    assert.deepEqual(callers, [path.join('src', 'extension', 'config.ts')]);
+  });
+
   it('the webview reads the dashboard contract only', () => {
     const wrong = filesUnder(path.join(ROOT, 'webview'))
       .filter((f) => f.endsWith('.ts'))
