@@ -18,7 +18,9 @@ function run(cmd, args) {
 let passed = 0;
 let failed = 0;
 
-const unit = run(process.execPath, ['--test', 'dist/test/unit/', 'dist/test/host/']);
+// the tiers: unit (in-process, seconds), integration (the CLI as a process, hostile input at size, fuzz targets),
+// host (the model host on real checkpoints); one node --test run so their counts add up in one summary
+const unit = run(process.execPath, ['--test', 'dist/test/unit/', 'dist/test/integration/', 'dist/test/host/']);
 const pass = /^# pass (\d+)$/m.exec(unit.out);
 const fail = /^# fail (\d+)$/m.exec(unit.out);
 passed += pass ? Number(pass[1]) : 0;

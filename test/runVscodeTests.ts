@@ -2,7 +2,7 @@
  * Runs the in-editor suite (dist/test/vscode/index.js) in a real VS Code.
  * - Where VS Code can be downloaded: @vscode/test-electron (npm run test:vscode -- --electron).
  * - Here (no download server): the VS Code server inside the code-server npm package, opened in headless Chromium,
- *   with the extension under development and the tests in its extension host (recipe: shared/reference/toolchain.md).
+ *   with the extension under development and the tests in its extension host (set up by scripts/setup-vscode-tests.sh).
  * Prerequisites are installed by scripts/setup-vscode-tests.sh into .cache/; a missing one is a failure with a
  * message saying what to run, never a silent skip.
  */

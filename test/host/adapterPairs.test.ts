@@ -14,7 +14,7 @@ import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors'
 import type { Checkpoint } from '../../src/modelHost/checkpoint';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
 import { drift, LoadedModels } from '../../src/modelHost/operations';
-import { resolveSettings } from '../../src/modelHost/session';
+import { resolveSettings } from '../../src/modelHost/runtime';
 import { ROOT, tempDir } from '../helpers';
 
 const O = path.join(ROOT, 'examples', 'organisms');

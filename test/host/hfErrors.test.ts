@@ -5,13 +5,13 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { CheckpointError } from '../../src/modelHost/checkpointError';
+import { CheckpointError } from '../../src/modelHost/errors';
 import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
 import { KV } from '../../src/modelHost/checkpoint';
 import { BadRequestError } from '../../src/modelHost/errors';
 import { readDecoderSpec } from '../../src/domain/hfConfig';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
-import { resolveSettings } from '../../src/modelHost/session';
+import { resolveSettings } from '../../src/modelHost/runtime';
 import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 

@@ -8,7 +8,7 @@ import { pairTemplateSource, prepareTemplate, renderOptions } from '../../src/ap
 import { promptIds } from '../../src/domain/prompt';
 import type { PromptIds } from '../../src/contracts/modelHost';
 import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
-import { CheckpointError } from '../../src/modelHost/checkpointError';
+import { CheckpointError } from '../../src/modelHost/errors';
 import { loadCheckpoints } from '../../src/modelHost/hf/load';
 import { drift, LoadedModels, patch } from '../../src/modelHost/operations';
 import { tempDir } from '../helpers';

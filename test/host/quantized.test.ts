@@ -17,7 +17,7 @@ import { attribute, DataType, encodeModel } from '../../src/modelHost/hf/onnxPro
 import { estimateMemory, loadCheckpoints } from '../../src/modelHost/hf/load';
 import { dequantize, QUANT_BLOCK, quantizeRows, quantLayout, type QuantBits } from '../../src/modelHost/hf/quantize';
 import { drift, LoadedModels } from '../../src/modelHost/operations';
-import { resolveSettings } from '../../src/modelHost/session';
+import { resolveSettings } from '../../src/modelHost/runtime';
 import { FIXTURES, ORGANISMS as O, organismEval, relativeRms, tempDir } from '../helpers';
 
 const HF = path.join(FIXTURES, 'hf');

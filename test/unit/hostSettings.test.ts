@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { cudaUnavailable, defaultThreads, resolveSettings, SettingsError } from '../../src/modelHost/session';
+import { cudaUnavailable, defaultThreads, resolveSettings, SettingsError } from '../../src/modelHost/runtime';
 import { ROOT } from '../helpers';
 
 describe('the execution provider on a machine without the CUDA provider (as in CI)', () => {
