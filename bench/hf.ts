@@ -24,7 +24,7 @@ import { buildDecoderGraph } from '../src/modelHost/hf/graph';
 import { loadCheckpoints } from '../src/modelHost/hf/load';
 import { float32Weights, WeightIndex } from '../src/modelHost/hf/weights';
 import { LoadedModels, patch } from '../src/modelHost/operations';
-import { defaultThreads, type ResolvedSettings, sessionOptions } from '../src/modelHost/session';
+import { defaultThreads, type ResolvedSettings, sessionOptions } from '../src/modelHost/runtime';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const OUT = path.join(ROOT, 'bench', 'out', 'hf');

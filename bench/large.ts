@@ -24,7 +24,7 @@ import { readDecoderSpec } from '../src/domain/hfConfig';
 import { decoderTensors } from '../src/modelHost/hf/graph';
 import { loadCheckpoints } from '../src/modelHost/hf/load';
 import { bytesIn } from '../src/modelHost/hf/weights';
-import { defaultThreads, resolveSettings } from '../src/modelHost/session';
+import { defaultThreads, resolveSettings } from '../src/modelHost/runtime';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const OUT = path.join(ROOT, 'bench', 'out', 'large');

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { KV } from '../src/modelHost/checkpoint';
 import { loadCheckpoints } from '../src/modelHost/hf/load';
-import { resolveSettings } from '../src/modelHost/session';
+import { resolveSettings } from '../src/modelHost/runtime';
 import { organismEval, pairArgs, relativeRms } from '../test/helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');

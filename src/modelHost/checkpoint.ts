@@ -11,12 +11,12 @@ import type { CheckpointInfo } from '../contracts/modelHost';
 import { floatToHalf, halfToFloat, readInitializer } from './onnxInitializers';
 
 import { checkpointFolder, NO_CHECKPOINT, onnxModelFile, onnxVariants } from '../domain/checkpoints';
-import { CheckpointError, IncompatibleCheckpointError } from './checkpointError';
+import { CheckpointError, IncompatibleCheckpointError } from './errors';
 import { BadRequestError } from './errors';
 import { tokenizerDifference } from '../domain/tokenizerCompat';
 import { ropeInvFreqOf } from '../domain/hfConfig';
 import { onnxIdentity } from './identity';
-import { type Device, type ResolvedSettings, resolveSettings, sessionOptions } from './session';
+import { type Device, type ResolvedSettings, resolveSettings, sessionOptions } from './runtime';
 
 export { CheckpointError };
 

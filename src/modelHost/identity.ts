@@ -7,7 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CheckpointError } from './checkpointError';
+import { CheckpointError } from './errors';
 import { externalDataFiles } from './onnxInitializers';
 
 type HashCache = Record<string, { size: number; mtimeMs: number; sha256: string }>;

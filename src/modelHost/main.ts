@@ -22,10 +22,10 @@ import {
   type WorkDoneParams,
 } from '../contracts/modelHost';
 import { type Checkpoint, CheckpointError } from './checkpoint';
-import { IncompatibleCheckpointError } from './checkpointError';
+import { IncompatibleCheckpointError } from './errors';
 import { loadCheckpoints } from './hf/load';
 import { defaultCacheDir } from '../domain/files';
-import { resolveSettings, SettingsError } from './session';
+import { resolveSettings, SettingsError } from './runtime';
 import {
   BadRequestError,
   CancelledError,

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CheckpointError } from '../domain/checkpointError';
+import { CheckpointError } from './errors';
 import { FILE_LIMITS, insideRoot, openRegularFile, readFileChecked } from '../domain/files';
 
 export interface Initializer {

@@ -1,6 +1,7 @@
 /**
  * The measurements of the paper on ONNX checkpoints: K/V drift, K/V patching, teacher-forced scores,
- * perturbation, generation, and the parity checks that keep them honest. Definitions: shared/reference/piggyback.md.
+ * perturbation, generation, and the parity checks that keep them honest. Definitions: the README's "The model host
+ * and what it measures" (drift, patching, the share), after arXiv 2606.06667.
  */
 import type {
   Condition,

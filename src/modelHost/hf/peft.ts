@@ -6,7 +6,7 @@
  * PEFT types, LoRA on embeddings) is refused by name rather than half-applied.
  */
 import * as path from 'node:path';
-import { CheckpointError } from '../checkpointError';
+import { CheckpointError } from '../errors';
 import { readAdapterConfig, refuseAdapter } from '../../domain/hfConfig';
 import { fullMatchLinear, RegexRefusedError } from '../../domain/regexSafety';
 import type { AdapterModules } from './graph';

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { WeightsDtype } from '../../contracts/modelHost';
 import { readSafetensorsHeader, SafetensorsError } from '../../domain/safetensors';
-import { CheckpointError } from '../checkpointError';
+import { CheckpointError } from '../errors';
 import { fileHash } from '../identity';
 import { halfToFloat } from '../onnxInitializers';
 import { missingWeights, readJson } from '../../domain/hfConfig';
