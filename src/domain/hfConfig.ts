@@ -1,7 +1,7 @@
 /**
  * A Hugging Face `config.json` read into the decoder this host can build, or refused with one line that names what
  * is not supported. Both config forms are read: older (top-level `rope_theta`, `rope_scaling`, `torch_dtype`) and
- * newer (`rope_parameters`, `dtype`). Conventions: shared/reference/checkpoints.md; each default below is the
+ * newer (`rope_parameters`, `dtype`). Conventions: transformers' configuration classes; each default below is the
  * one transformers' own config class uses when the key is absent.
  */
 import * as fs from 'node:fs';
