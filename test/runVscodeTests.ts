@@ -271,8 +271,6 @@ async function runInServer(mode: Mode): Promise<Outcome[]> {
       return await asUsersRunIt(page, shots);
     }
     const end = Date.now() + TIMEOUT_MS;
-    if (!restricted && fs.existsSync(shots))
-      for (const f of fs.readdirSync(shots)) if (f.startsWith('failed-')) fs.rmSync(path.join(shots, f));
     const uiResults: { title: string; state: string; ms?: number; error?: string }[] = [];
     while (!fs.existsSync(results) && Date.now() < end && server.exitCode === null) {
       if (fs.existsSync(path.join(tmp, 'switched')) && !fs.existsSync(path.join(tmp, 'switched-done'))) {
@@ -720,6 +718,12 @@ async function firstSteps(page: Page, shots: string): Promise<Outcome[]> {
         await page
           .locator('.quick-input-widget', { hasText: 'Built-in general probes' })
           .waitFor({ state: 'visible', timeout: 30_000 });
+        // Enter before the list has rendered its ticked row closes the pick with nothing chosen (the run then never
+        // starts): wait for the ticked row, as a user sees it before pressing Enter
+        await page
+          .locator('.quick-input-list .monaco-list-row[aria-checked="true"]', { hasText: 'Built-in general probes' })
+          .waitFor({ state: 'visible', timeout: 30_000 });
+        await sleep(300);
         await page.keyboard.press('Enter');
         const progress = await toast(page, /Piggyback: eval run.*probe ([3-9]|\d\d+) of \d+/s, 90_000);
         await expectButtons(progress, ['Cancel']);
@@ -809,6 +813,10 @@ async function runInElectron(): Promise<number> {
 async function runBoth(): Promise<number> {
   // PIGGYBACK_VSCODE_SESSIONS=packaged (for one) while working on the tests; all three otherwise
   const only = process.env.PIGGYBACK_VSCODE_SESSIONS?.split(',');
+  // screenshots of an earlier run's failures go; this run's stay for the one reading the log
+  const shots = path.join(ROOT, 'test', 'out', 'screenshots');
+  if (fs.existsSync(shots))
+    for (const f of fs.readdirSync(shots)) if (f.startsWith('failed-')) fs.rmSync(path.join(shots, f));
   const list: Outcome[] = [];
   for (const mode of ['packaged', 'trusted', 'restricted'] as const)
     if (!only || only.includes(mode)) list.push(...(await runInServer(mode)));
