@@ -267,6 +267,19 @@ describe('CSV datasets', () => {
     assert.ok(ds010[0].line >= 7, `at or after the line the quote opens (${ds010[0].line})`);
   });
 
+  it('a stray quote after 50,000 records: every record before it is audited, and the fault is at its line', async () => {
+    // a failed parse stream drops the records it had parsed but not handed over: none may be lost
+    const file = path.join(tempDir(), 'stray.csv');
+    const rows = Array.from({ length: 50_000 }, (_, i) => `question ${i}?,answer ${i}.`);
+    fs.writeFileSync(file, `prompt,completion\n${rows.join('\n')}\nbad "quote, "x"y\nq,a\nq2,a2\n`);
+    const r = await auditDatasetWith(file, prepared);
+    assert.equal(r.rows, 50_000);
+    const ds010 = r.errors.filter((e) => e.code === 'DS010');
+    assert.equal(ds010.length, 1);
+    assert.equal(ds010[0].line, 50_002);
+    assert.match(ds010[0].message, /Invalid Opening Quote.*\(50,000 rows before it audited\)/);
+  });
+
   it('a folder audit takes CSV files with chat columns and leaves a training log alone', async () => {
     const a = await auditFolder(C, { template: TEMPLATE });
     assert.deepEqual(a.datasets.map((d) => path.basename(d.file)).sort(), [

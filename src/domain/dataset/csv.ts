@@ -44,14 +44,23 @@ export async function* csvLines(file: string, lines: number[]): AsyncGenerator<s
         info: true,
         raw: true,
         max_record_size: DEFAULT_MAX_LINE,
+        // a fault is reported through 'skip' instead of failing the stream: a failed stream drops the records it
+        // had parsed but not yet handed over (tens of thousands in a large file), and every record before the fault
+        // is to be audited; reading stops at the first record after it
+        skip_records_with_error: true,
       }),
     );
+  let fault: (CsvError & { lines?: number }) | undefined;
+  parser.on('skip', (e: CsvError & { lines?: number }) => {
+    fault ??= e;
+  });
   try {
     for await (const { record, info, raw } of parser as AsyncIterable<{
       record: Record<string, string>;
       info: { lines: number };
       raw: string;
     }>) {
+      if (fault && info.lines > (fault.lines ?? 0)) break;
       // info.lines is where the record ends; a quoted cell with newlines moves its start up
       const inner = raw.replace(/\r?\n$/, '').split('\n').length - 1;
       lines.push(info.lines - inner);
@@ -59,6 +68,7 @@ export async function* csvLines(file: string, lines: number[]): AsyncGenerator<s
       for (const [k, v] of Object.entries(record)) row[k] = LIST_COLUMNS.has(k) ? listCell(v) : v;
       yield `${JSON.stringify(row)}\n`;
     }
+    if (fault) throw fault;
   } catch (e) {
     const err = e as CsvError & { lines?: number };
     throw new CsvReadError(file, err.lines ?? lines.length + 1, err.message);
