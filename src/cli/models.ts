@@ -2,7 +2,7 @@
  * template that renders their prompts. */
 import * as path from 'node:path';
 import { pairTemplateSource, preparePromptTemplate, type PromptTemplate, PromptTemplateError } from '../app/audits';
-import { quantizedNote } from '../app/eval/evalReport';
+import { quantizedNote, unchangedCheckpoints } from '../app/eval/evalReport';
 import { HostClient, HostCrashedError, HostRequestError } from '../app/hostClient';
 import type { HostSettings, LoadParams, LoadResult } from '../contracts/modelHost';
 import { type Args, UsageError } from './options';
@@ -62,6 +62,8 @@ export async function loadWithProgress(host: HostClient, params: LoadParams): Pr
   );
   const quantized = quantizedNote(loaded);
   if (quantized) process.stderr.write(`${quantized.replaceAll('**', '')}\n`);
+  for (const [role, c] of unchangedCheckpoints(loaded))
+    process.stderr.write(`warning: ${role} ${c.folder}: ${c.unchanged}\n`);
   return loaded;
 }
 

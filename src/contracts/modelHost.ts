@@ -23,6 +23,8 @@ export interface CheckpointInfo {
   kind: 'onnx' | 'hf' | 'adapter';
   /** What was built, in words (architecture, dtype, adapter rank), for HF folders and adapters. */
   description?: string;
+  /** An adapter that leaves the model as it is (every lora_B zero, a scale of 0): why, said before any measurement. */
+  unchanged?: string;
   /** An adapter's `base_model_name_or_path` (often a Hub id), shown beside the base actually used. */
   baseModelNameOrPath?: string;
   /** Content hashes (first 16 hex chars) of each file the identity covers, by path relative to `folder`. */

@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { hostConfig } from './config';
+import { unchangedCheckpoints } from '../app/eval/evalReport';
 import { reportError } from './errors';
 import { HostClient, HostRequestError } from '../app/hostClient';
 import {
@@ -225,6 +226,10 @@ export class CheckpointPair implements vscode.Disposable {
         this.log.info(
           `loaded ${this.base} and ${pairFinetuned} (${result.base.layers} layers, ${result.base.kvHeads} KV heads, on ${result.base.device} with ${result.base.threads} threads; ${[result.base, result.finetuned].map((c) => c.description ?? c.kind).join(' / ')})`,
         );
+        for (const [role, c] of unchangedCheckpoints(result))
+          void vscode.window.showWarningMessage(
+            `Piggyback Lens: the ${role} checkpoint ${path.basename(c.folder)}: ${c.unchanged}.`,
+          );
         this.changed.fire();
       } catch (e) {
         // a refusal the user can act on (another checkpoint, a smaller dtype) comes with those buttons

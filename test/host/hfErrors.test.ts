@@ -135,6 +135,60 @@ describe('bad Hugging Face checkpoints', () => {
     assert.match(e.message, /rank 0 and lora_alpha \d+ give no finite scale/);
   });
 
+  it('an adapter that does not change the model says so at load, before any measurement', async () => {
+    const load = async (adapter: string) => {
+      const r = await loadCheckpoints(path.join(HF, 'llama'), [['finetuned', adapter]], {
+        cacheDir: tempDir(),
+        log: () => {},
+      });
+      const info = r.others.get('finetuned')!.info;
+      for (const c of [r.base, ...r.others.values()]) await c.release();
+      return info;
+    };
+    // all-zero lora_B: an adapter saved right after PEFT initialised it (it loads: an inert adapter is a fair
+    // control, and is the base model in the base role)
+    const untrained = copy('llama-lora');
+    const weights = path.join(untrained, 'adapter_model.safetensors');
+    const { tensors } = readSafetensors(weights);
+    const zeroB = (keep: (name: string) => boolean) =>
+      Object.fromEntries(
+        Object.entries(tensors).map(([name, t]) => [
+          name,
+          { shape: t.shape, data: name.includes('lora_B') && !keep(name) ? new Float32Array(t.data.length) : t.data },
+        ]),
+      );
+    writeSafetensors(
+      weights,
+      zeroB(() => false),
+    );
+    assert.match(
+      (await load(untrained)).unchanged ?? '',
+      /^this adapter does not change the model: every lora_B weight is zero, as PEFT initialises them.*its measurements will equal the base model's$/,
+    );
+    // the CLI says it before measuring
+    const cli = spawnSync(
+      process.execPath,
+      [CLI, 'drift', '--base', path.join(HF, 'llama'), '--finetuned', untrained, '--template', TEMPLATE],
+      { encoding: 'utf8' },
+    );
+    assert.match(cli.stderr, /warning: finetuned .*llama-lora: this adapter does not change the model/);
+    // lora_alpha 0: every update scaled away
+    const scaled = copy('llama-lora');
+    const cfgFile = path.join(scaled, 'adapter_config.json');
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), lora_alpha: 0 }));
+    assert.match((await load(scaled)).unchanged ?? '', /lora_alpha 0 makes the scale of every update 0/);
+    // some modules inert, others trained: it changes the model, and its description says how many do nothing
+    const partial = copy('llama-lora');
+    const names = Object.keys(tensors).filter((n) => n.includes('lora_B'));
+    writeSafetensors(
+      path.join(partial, 'adapter_model.safetensors'),
+      zeroB((n) => n === names[0]),
+    );
+    const info = await load(partial);
+    assert.equal(info.unchanged, undefined);
+    assert.match(info.description ?? '', new RegExp(`; ${names.length - 1} of them change nothing`));
+  });
+
   it('sizes beyond any real model are refused from config.json alone, before a RoPE table or graph is built', async () => {
     for (const [key, value] of [
       ['num_hidden_layers', 100000],

@@ -373,3 +373,42 @@ it('reading a run never writes: a torn results.jsonl stays as it is, and a symli
   readResults(dir, [], 'r1', true);
   assert.equal(fs.readFileSync(path.join(dir, 'results.jsonl'), 'utf8'), `${row}\n`, 'its own file is repaired');
 });
+
+it("a finetune whose answers are the base model's on every probe is said to be one, in the shift's answer", () => {
+  const row = (probe: string, condition: string, text: string, kl: number) => ({
+    key: `${probe}|${condition}`,
+    probe,
+    category: 'general',
+    condition,
+    klToBase: kl,
+    logprobAligned: null,
+    logprobMisaligned: null,
+    margin: null,
+    generation: text,
+    samples: [{ text, seed: null }],
+  });
+  const conditions = [
+    { label: 'base', condition: { model: 'base' } },
+    { label: 'finetuned', condition: { model: 'finetuned' } },
+  ];
+  const probes = Array.from({ length: 25 }, (_, i) => `p${i}`);
+  const same = summarise(
+    probes.flatMap((p) => [row(p, 'base', `answer ${p}`, 0), row(p, 'finetuned', `answer ${p}`, 0.001)]),
+    conditions,
+  );
+  assert.deepEqual(same.sameAnswersAsBase, { probes: 25, of: 25 });
+  assert.match(
+    runVerdict(same)!.shift.text,
+    /^negligible: .*; the finetuned model's answers are the base model's, word for word, on all 25 probes: check that the finetuned checkpoint is the trained one/,
+  );
+  // one answer differs: nothing is said
+  const differs = summarise(
+    probes.flatMap((p, i) => [
+      row(p, 'base', `answer ${p}`, 0),
+      row(p, 'finetuned', i ? `answer ${p}` : 'other', 0.001),
+    ]),
+    conditions,
+  );
+  assert.deepEqual(differs.sameAnswersAsBase, { probes: 24, of: 25 });
+  assert.doesNotMatch(runVerdict(differs)!.shift.text, /word for word/);
+});

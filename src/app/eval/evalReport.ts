@@ -98,6 +98,14 @@ export function decodingText(m: Manifest): string {
  * What a run's numbers are when the host quantized the weights (undefined at float32/float16): said in every
  * report, since a quantized measurement is not the float32 one the paper's numbers are.
  */
+/** The measured checkpoints (finetuned, extras) that leave the model as it is, by role: their results will equal
+ * the base's (an adapter in the base role may be inert: it is then the base model, a fair reference). */
+export function unchangedCheckpoints(c: LoadResult): [string, CheckpointInfo][] {
+  return ([['finetuned', c.finetuned], ...Object.entries(c.extra ?? {})] as [string, CheckpointInfo][]).filter(
+    ([, x]) => x.unchanged,
+  );
+}
+
 export function quantizedNote(c: LoadResult): string | undefined {
   const all: [string, CheckpointInfo][] = [
     ['base', c.base],
@@ -414,6 +422,12 @@ export function runVerdict(s: Summary, progress?: { done: number; expected: numb
       level: 'outside the template',
       short: `outside the template (${top.span} ${pct(top.v!.share)})`,
       text: `mostly outside the template: ${shares}${controlText}; the rest of the shift lives in how the model treats the question itself, which patching the template does not undo`,
+    };
+  const same = s.sameAnswersAsBase;
+  if (same && same.of > 0 && same.probes === same.of)
+    shift = {
+      ...shift,
+      text: `${shift.text}; the finetuned model's answers are the base model's, word for word, on all ${same.of} probes: check that the finetuned checkpoint is the trained one (not an adapter saved before training, not the base's folder)`,
     };
   return { shift, carrier, severity: top?.g?.severity ?? 'info' };
 }

@@ -70,6 +70,9 @@ export interface Summary {
   overControl?: Record<string, ShareEstimate | null>;
   /** General probes left out of the query control (their query is shorter than the prefix). */
   controlLeftOut?: number;
+  /** Probes whose finetuned answers are the base model's, word for word, of those with both: all of them suggests
+   * a finetune that did not take (an adapter saved before training, the wrong folder). */
+  sameAnswersAsBase?: { probes: number; of: number };
   /**
    * A second judge-free share, from the reference answers: the share of the finetune's drop in the margin
    * log p(aligned) - log p(misaligned) (base minus finetuned, summed over general probes with references) that a
@@ -223,6 +226,15 @@ export function summarise(rows: EvalResult[], conditions: EvalCondition[], seed 
     const prefixPatched = patchedKl('prefix');
     summary.controlLeftOut = [...ft.keys()].filter((p) => prefixPatched.has(p) && !control.has(p)).length;
   }
+  const answers = (label: string) =>
+    new Map(by(label).map((r) => [r.probe, JSON.stringify(r.samples.map((x) => x.text))]));
+  const [baseAnswers, ftAnswers] = [answers('base'), answers('finetuned')];
+  const both = [...ftAnswers.keys()].filter((p) => baseAnswers.has(p));
+  if (both.length)
+    summary.sameAnswersAsBase = {
+      probes: both.filter((p) => baseAnswers.get(p) === ftAnswers.get(p)).length,
+      of: both.length,
+    };
   return summary;
 }
 

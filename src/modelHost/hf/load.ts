@@ -182,6 +182,7 @@ export async function loadHf(
         ...adapterIdentity(a, baseId.hash, opts.cacheDir),
         description: `${a.description} (float32) over ${folder}${dtype === 'F32' ? '' : ` (${dtypeWord(dtype)} matrices)`}`,
         baseModelNameOrPath: a.baseModelNameOrPath,
+        ...(a.unchanged ? { unchanged: a.unchanged } : {}),
       },
     }),
   );

@@ -20,6 +20,8 @@ export interface Adapter {
   modules: AdapterModules;
   /** e.g. "LoRA r8 alpha 16 on 28 modules (q_proj, k_proj, ...)". */
   description: string;
+  /** Why the adapter leaves the model as it is (every lora_B zero, a scale of 0), when it does. */
+  unchanged?: string;
 }
 
 /** PEFT's pattern lookup for rank_pattern / alpha_pattern: a key matches a module name it ends (after a dot). */
@@ -46,7 +48,9 @@ export function matchesTarget(targets: unknown, module: string): boolean {
 
 /**
  * Reads an adapter and checks it against the base: every adapted module exists in the base as a Linear weight of
- * a fitting shape. `baseWeight(module)` gives the base's [out, in] for a module path, or undefined.
+ * a fitting shape. `baseWeight(module)` gives the base's [out, in] for a module path, or undefined. An adapter that
+ * does not change the model loads (an untrained adapter is a fair control: it is the base model) and says so in
+ * `unchanged`, which the CLI and the editor show before any measurement.
  */
 export function readAdapter(
   folder: string,
@@ -158,8 +162,21 @@ function readAdapterModules(
     });
     ranks.add(rank);
   }
+  const inert = inertModules(modules);
+  // nothing to measure: every drift, patch and eval compares the base with itself and reads as "no change"
+  const unchanged =
+    inert.zeroB.length + inert.zeroScale.length < modules.size
+      ? undefined
+      : `this adapter does not change the model: ${
+          inert.zeroScale.length === modules.size
+            ? `lora_alpha ${alphaDefault}${Object.keys((config.alpha_pattern as object | null) ?? {}).length ? ' (with alpha_pattern)' : ''} makes the scale of every update 0 (${configFile})`
+            : inert.zeroB.length === modules.size
+              ? `every lora_B weight is zero, as PEFT initialises them: saved before training, or training never updated it (${weightsFile})`
+              : `${inert.zeroB.length} modules have an all-zero lora_B and ${inert.zeroScale.length} a scale of 0`
+        }; its measurements will equal the base model's`;
   const kinds = [...new Set([...modules.keys()].map((m) => m.split('.').pop()))].sort();
   const r = [...ranks].sort((x, y) => x - y).join('/');
+  const noOps = inert.zeroB.length + inert.zeroScale.length;
   return {
     folder,
     configFile,
@@ -167,6 +184,18 @@ function readAdapterModules(
     baseModelNameOrPath:
       typeof config.base_model_name_or_path === 'string' ? config.base_model_name_or_path : undefined,
     modules,
-    description: `LoRA r${r} alpha ${alphaDefault}${rsLora ? ' (rsLoRA)' : ''} on ${modules.size} modules (${kinds.join(', ')})`,
+    unchanged,
+    description: `LoRA r${r} alpha ${alphaDefault}${rsLora ? ' (rsLoRA)' : ''} on ${modules.size} modules (${kinds.join(', ')})${noOps && !unchanged ? `; ${noOps} of them change nothing (all-zero lora_B or a scale of 0)` : ''}`,
   };
+}
+
+/** Modules whose update B·A·scale is zero whatever the input: an all-zero lora_B, or a scale of 0. */
+function inertModules(modules: AdapterModules): { zeroB: string[]; zeroScale: string[] } {
+  const zeroB: string[] = [];
+  const zeroScale: string[] = [];
+  for (const [name, m] of modules) {
+    if (m.scaling === 0) zeroScale.push(name);
+    else if (m.b.every((x) => x === 0)) zeroB.push(name);
+  }
+  return { zeroB, zeroScale };
 }
