@@ -265,6 +265,43 @@ describe('Piggyback Lens models in VS Code', () => {
     await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
   });
 
+  it('both answers on the five organisms, in the status bar and the dashboard: the shift, and where it lives', async function () {
+    this.timeout(240_000);
+    const api = vscode.extensions.all.find((e) => e.packageJSON.name === 'piggyback-lens')!.exports as PiggybackApi;
+    const config = vscode.workspace.getConfiguration('piggyback');
+    await config.update('eval.perturbationTrials', 0, vscode.ConfigurationTarget.Workspace);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'piggyback-organisms-'));
+    // what test/host/controls.test.ts measures through the CLI on the same probes: the editor must say the same
+    const expected: [string, string][] = [
+      ['finetuned', 'outside the template'],
+      ['finetuned-qv', 'in the template'],
+      ['treft', 'outside the template'],
+      ['prefix-only', 'in the template'],
+      ['position-masked', 'outside the template'],
+    ];
+    try {
+      for (const [name, carrier] of expected) {
+        await vscode.commands.executeCommand('piggyback.selectFinetuned', organism(name));
+        const r = await vscode.commands.executeCommand<{ view: EvalMatrixView }>('piggyback.runEval', {
+          probeFiles: [path.join(ws(), 'organisms', 'probes-long.jsonl')],
+          noPrompt: true,
+          out: path.join(dir, name),
+        });
+        const v = r.view.verdict!;
+        assert.deepEqual([v.shift.level, v.carrier.level], ['misaligned', carrier], name);
+        assert.equal(api.dashboardSnapshot().eval?.verdict?.carrier.level, carrier, `${name} in the dashboard`);
+        assert.ok(
+          api.statusBar().text.endsWith(`base \u2192 ${name} \u00b7 shift misaligned \u00b7 ${carrier}`),
+          `${name} in the status bar: ${api.statusBar().text}`,
+        );
+        assert.doesNotMatch(api.statusBar().text, /risk|safe/i);
+      }
+    } finally {
+      await config.update('eval.perturbationTrials', undefined, vscode.ConfigurationTarget.Workspace);
+      await vscode.commands.executeCommand('piggyback.selectFinetuned', organism('finetuned'));
+    }
+  });
+
   it("Open Eval Report shows the run's HTML report in an editor tab (a webview), never through the OS browser", async () => {
     assert.ok(evalRun, 'the eval test ran first');
     const title = await vscode.commands.executeCommand<string>('piggyback.openEvalReport', evalRun);
