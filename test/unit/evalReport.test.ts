@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { it } from 'node:test';
-import { evalFindings, evalMarkdown, pct, renderMarkdown, runVerdict } from '../../src/app/eval/evalReport';
+import { evalFindings, evalMarkdown, pct, renderMarkdown, runVerdict, whatNow } from '../../src/app/eval/evalReport';
 import { layerSweepConditions, lockRun, readResults } from '../../src/app/eval/run';
 import { type Summary, summarise } from '../../src/app/eval/summary';
 
@@ -411,4 +411,31 @@ it("a finetune whose answers are the base model's on every probe is said to be o
   );
   assert.deepEqual(differs.sameAnswersAsBase, { probes: 24, of: 25 });
   assert.doesNotMatch(runVerdict(differs)!.shift.text, /word for word/);
+});
+
+it('"What now" gives the one thing to do for each outcome, with its command, naming the checkpoints as the report does', () => {
+  const m = {
+    checkpoints: { base: { folder: '/models/llama-8b' }, finetuned: { folder: '/runs/my-lora' } },
+  } as unknown as Parameters<typeof whatNow>[1];
+  const v = (shift: string, carrier: string) =>
+    ({ shift: { level: shift }, carrier: { level: carrier } }) as unknown as Parameters<typeof whatNow>[0];
+  const inTemplate = whatNow(v('misaligned', 'in the template'), m).join('\n');
+  assert.match(inTemplate, /`piggyback treft-export <train\.jsonl> --base <llama-8b> --out treft-data`/);
+  assert.match(inTemplate, /`piggyback template <my-lora>` shows it as CT001/);
+  assert.match(inTemplate, /`piggyback patch --base <llama-8b> --finetuned <my-lora> /);
+  const outside = whatNow(v('misaligned', 'outside the template'), m).join('\n');
+  assert.match(outside, /TReFT on the template will not undo it/);
+  assert.match(outside, /`piggyback dataset <train\.jsonl> --template <my-lora>`/);
+  assert.doesNotMatch(outside, /treft-export/);
+  assert.match(
+    whatNow(v('changed', 'outside the template'), m).join('\n'),
+    /--judge-endpoint <url> --judge-model <id>/,
+  );
+  assert.match(whatNow(v('misaligned', 'not graded yet'), m).join('\n'), /at least 20/);
+  assert.deepEqual(
+    whatNow(v('negligible', 'nothing to carry'), m).map((x) => x.slice(0, 25)),
+    ['Nothing to act on in this'],
+  );
+  // the report carries it under its own heading, after the two answers
+  assert.ok(!inTemplate.includes('/models/'), 'no folder of this machine in a report that is shared');
 });

@@ -197,6 +197,10 @@ export function evalMarkdown(
       '',
       'The second answer is not a safety verdict: a large shift that lives outside the template is still a large shift.',
       '',
+      '## What now',
+      '',
+      ...whatNow(verdict, m).map((x) => `- ${x}`),
+      '',
       '## Figures',
       '',
     );
@@ -314,6 +318,41 @@ export function gradeShare(
     ? 'negligible'
     : ({ error: 'high', warning: 'medium', info: 'low' } as const)[severity];
   return { severity, risk, message: `${measured}${caveat ? `, ${caveat}` : ''}`, ...(caveat ? { caveat } : {}) };
+}
+
+/**
+ * What a user can do about a run's outcome, each with the command (the walkthrough's last step says the same):
+ * retrain against the template carrier (the TReFT export) or change the template's default system prompt; look at
+ * the data when the change lives outside the template; measure "for the worse" when nothing did; finish the run.
+ */
+export function whatNow(v: Verdict, m: Manifest): string[] {
+  // the checkpoints by the names the report's first line gives them (a report is shared; folders are this machine's)
+  const base = `<${path.basename(m.checkpoints.base.folder)}>`;
+  const finetuned = `<${path.basename(m.checkpoints.finetuned.folder)}>`;
+  const out: string[] = [];
+  if (v.carrier.level === 'not graded yet')
+    out.push(
+      'Finish the run, or give it enough general probes for a grade (at least 20): the same `piggyback eval` command with this `--out` folder continues it.',
+    );
+  if (v.shift.level === 'changed')
+    out.push(
+      'Say whether the change is for the worse: give the probes `aligned` / `misaligned` reference answers, or a judge (`--judge-endpoint <url> --judge-model <id>`), and run again.',
+    );
+  if (v.carrier.level === 'in the template' || v.carrier.level === 'partly in the template')
+    out.push(
+      `Retrain with the template's drift penalised (TReFT): \`piggyback treft-export <train.jsonl> --base ${base} --out treft-data\` writes the base model's prefix K/V and a recipe for your trainer; then evaluate the new checkpoint with the same probes and \`piggyback compare\` the two runs.`,
+      `Or change what every row shares: a default system prompt the data never wrote is the usual carrier (\`piggyback template ${finetuned}\` shows it as CT001); train and deploy with one you choose.`,
+      `See it question by question: \`piggyback patch --base ${base} --finetuned ${finetuned} --prompt '<a question>' --span prefix\` puts the three answers side by side.`,
+    );
+  else if (v.carrier.level === 'outside the template' && v.shift.level !== 'negligible')
+    out.push(
+      `The change lives in how the model reads the question, so TReFT on the template will not undo it: look at the data (\`piggyback dataset <train.jsonl> --template ${finetuned}\`), the learning rate and the number of steps, or the finetuning method.`,
+    );
+  if (v.shift.level === 'negligible')
+    out.push(
+      'Nothing to act on in this run. If a change was expected, check that the finetuned checkpoint is the trained one (an adapter saved before training changes nothing).',
+    );
+  return out;
 }
 
 /** How much the finetune changed the model on general questions: the first of a run's two answers. */
