@@ -88,6 +88,16 @@ describe('sharded eval runs', () => {
     const split3 = await evalRun(path.join(root, 't0'), '--shard', '0/3', '--perturb-trials', '0');
     assert.ok(split3.status === 0 || split3.status === 1, split3.stderr);
     assert.match(merge(s0, path.join(root, 't0'), '--out', path.join(root, 'y')).stderr, /split: 2 shards vs 3/);
+    // a shard another eval is still writing is not merged half-way; a merge writes nothing into its shards
+    fs.writeFileSync(path.join(s1, '.lock'), JSON.stringify({ pid: process.pid }));
+    const busy = merge(s0, s1, '--out', path.join(root, 'busy'));
+    fs.rmSync(path.join(s1, '.lock'));
+    assert.match(busy.stderr, new RegExp(`another eval \\(pid ${process.pid}\\) is writing to .*s1`));
+    assert.deepEqual(
+      fs.readdirSync(s0).filter((f) => f.startsWith('.')),
+      [],
+      'no lock left in a shard',
+    );
   });
 
   it('a missing shard is named with its probes (exit 1); eval without --shard on the merged folder finishes it', async () => {

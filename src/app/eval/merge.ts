@@ -13,7 +13,7 @@ import { type Probe, probeSetHash } from './probes';
 import {
   changedCheckpoints,
   type EvalResult,
-  lockRun,
+  lockHolder,
   MANIFEST,
   type Manifest,
   manifestRunId,
@@ -73,27 +73,32 @@ function readShard(dir: string): ShardRun {
   const shard = manifest.shard;
   if (!shard || !Array.isArray(shard.probes?.ids))
     throw new MergeError(`${dir} is not a shard (run with piggyback eval --shard i/N); only shards are merged`);
-  // a shard still being written here is not merged half-way (a lock whose process is gone is taken over)
-  let unlock: () => void;
-  try {
-    unlock = lockRun(dir);
-  } catch (e) {
-    throw new MergeError((e as Error).message);
-  }
-  try {
-    const problems: ResultProblem[] = [];
-    const probesText = fs.existsSync(path.join(dir, PROBES))
-      ? readTextChecked(path.join(dir, PROBES), FILE_LIMITS.runData)
-      : '';
-    const probes = probesText
+  // a shard still being written on this machine is not merged half-way; a merge only reads (a shard's folder may
+  // be read-only shared storage), so the lock is looked at, not taken
+  const writer = lockHolder(dir);
+  if (writer) throw new MergeError(`another eval (pid ${writer}) is writing to ${dir}; wait for it to finish`);
+  const problems: ResultProblem[] = [];
+  const probesFile = path.join(dir, PROBES);
+  const probes: Probe[] = [];
+  if (fs.existsSync(probesFile))
+    readTextChecked(probesFile, FILE_LIMITS.runData)
       .split('\n')
-      .filter((l) => l.trim())
-      .map((l) => JSON.parse(l) as Probe);
-    const results = readResults(dir, problems, manifest.runId);
-    return { dir, manifest: { ...manifest, shard }, probes, results, skipped: readSkipped(dir), problems };
-  } finally {
-    unlock();
+      .forEach((l, i) => {
+        if (!l.trim()) return;
+        try {
+          probes.push(JSON.parse(l) as Probe);
+        } catch {
+          throw new MergeError(`${probesFile}:${i + 1}: not JSON, so this shard's probes cannot be read`);
+        }
+      });
+  const results = readResults(dir, problems, manifest.runId);
+  let skipped: Skipped[];
+  try {
+    skipped = readSkipped(dir);
+  } catch (e) {
+    throw new MergeError(`${path.join(dir, SKIPPED)}: ${(e as Error).message}`);
   }
+  return { dir, manifest: { ...manifest, shard }, probes, results, skipped, problems };
 }
 
 /** Where two shards' manifests differ, in words ("settings: temperature 0 vs 0.7"); empty when they belong together. */

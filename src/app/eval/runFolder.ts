@@ -298,6 +298,19 @@ export function lockRun(out: string): () => void {
   throw new EvalSettingsError(`cannot lock ${out}`);
 }
 
+/** The pid of a live eval writing to `out` (its lock's holder, still running), if any; readers look, never lock. */
+export function lockHolder(out: string): number | undefined {
+  const file = path.join(out, LOCK);
+  if (!fs.existsSync(file)) return undefined;
+  let pid = 0;
+  try {
+    pid = Number(JSON.parse(readTextChecked(file, 4096)).pid) || 0;
+  } catch {
+    return undefined;
+  }
+  return pid && alive(pid) ? pid : undefined;
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
