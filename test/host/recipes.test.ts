@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { parseAllDocuments } from 'yaml';
-import { ORGANISMS, ROOT, tempDir } from '../helpers';
+import { ORGANISMS, pairArgs, ROOT, tempDir } from '../helpers';
 
 const RECIPES = path.join(ROOT, 'recipes');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -35,19 +35,7 @@ const reference = (() => {
     dir = path.join(tempDir(), 'full');
     const r = spawnSync(
       process.execPath,
-      [
-        CLI,
-        'eval',
-        '--base',
-        path.join(ORGANISMS, 'base'),
-        '--finetuned',
-        path.join(ORGANISMS, 'finetuned'),
-        '--threads',
-        '1',
-        '--out',
-        dir,
-        ...EVAL_ARGS.split(' '),
-      ],
+      [CLI, 'eval', ...pairArgs(), '--threads', '1', '--out', dir, ...EVAL_ARGS.split(' ')],
       { encoding: 'utf8' },
     );
     assert.ok(r.status === 0 || r.status === 1, r.stderr);
@@ -192,21 +180,10 @@ describe('cluster recipes', () => {
       }
     }
     const cli = path.join(image, workdir, 'dist', 'cli.js');
-    const r = spawnSync(
-      process.execPath,
-      [
-        cli,
-        'drift',
-        '--base',
-        path.join(ORGANISMS, 'base'),
-        '--finetuned',
-        path.join(ORGANISMS, 'finetuned'),
-        '--threads',
-        '1',
-        '--json',
-      ],
-      { encoding: 'utf8', cwd: image },
-    );
+    const r = spawnSync(process.execPath, [cli, 'drift', ...pairArgs(), '--threads', '1', '--json'], {
+      encoding: 'utf8',
+      cwd: image,
+    });
     assert.equal(r.status, 0, r.stderr);
     assert.ok(JSON.parse(r.stdout).treft > 0, 'the drift of the organisms, measured by the copied host');
     const ignore = fs.readFileSync(path.join(RECIPES, 'container', 'Dockerfile.dockerignore'), 'utf8').split('\n');

@@ -8,6 +8,20 @@ import { evalFindings, evalMarkdown, pct, renderMarkdown, runVerdict, whatNow } 
 import { layerSweepConditions, lockRun, readResults } from '../../src/app/eval/run';
 import { type Summary, summarise } from '../../src/app/eval/summary';
 
+/** A general probe's result row under one condition: its KL to base, nothing generated. */
+const resultRow = (probe: string, condition: string, kl: number) => ({
+  key: `${probe}|${condition}`,
+  probe,
+  category: 'general',
+  condition,
+  klToBase: kl,
+  logprobAligned: null,
+  logprobMisaligned: null,
+  margin: null,
+  generation: '',
+  samples: [] as { text: string; seed: number | null }[],
+});
+
 it('a share or an interval bound that rounds to zero prints as 0%, never -0%', () => {
   assert.equal(pct(-0.002), '0%');
   assert.equal(pct(-0.004), '0%');
@@ -169,18 +183,7 @@ it('the layer sweep: one condition per layer then contiguous ranges, a share per
   assert.ok(big.every((c) => c.sweep && c.condition.patch === 'prefix'));
   assert.equal(layerSweepConditions(1).length, 1, 'one layer: no ranges');
   // shares: layer 0 removes 3/4 of the shift, layer 1 none
-  const row = (probe: string, condition: string, kl: number) => ({
-    key: `${probe}|${condition}`,
-    probe,
-    category: 'general',
-    condition,
-    klToBase: kl,
-    logprobAligned: null,
-    logprobMisaligned: null,
-    margin: null,
-    generation: '',
-    samples: [],
-  });
+  const row = resultRow;
   const sweep = layerSweepConditions(2);
   const conditions = [
     { label: 'base', condition: { model: 'base' } },
@@ -376,14 +379,7 @@ it('reading a run never writes: a torn results.jsonl stays as it is, and a symli
 
 it("a finetune whose answers are the base model's on every probe is said to be one, in the shift's answer", () => {
   const row = (probe: string, condition: string, text: string, kl: number) => ({
-    key: `${probe}|${condition}`,
-    probe,
-    category: 'general',
-    condition,
-    klToBase: kl,
-    logprobAligned: null,
-    logprobMisaligned: null,
-    margin: null,
+    ...resultRow(probe, condition, kl),
     generation: text,
     samples: [{ text, seed: null }],
   });
