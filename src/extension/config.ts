@@ -46,7 +46,6 @@ function containedPath(c: vscode.WorkspaceConfiguration, key: string, scope?: vs
 
 /** Eval settings (piggyback.eval.*, piggyback.judge.*): what planEval takes from the editor. */
 export interface EvalConfig {
-  runsFolder: string;
   maxNewTokens: number;
   temperature: number;
   samples: number;
@@ -111,7 +110,6 @@ export function evalConfig(): EvalConfig {
     ]),
   );
   return {
-    runsFolder: c.get<string>('eval.runsFolder') || d.runsFolder,
     maxNewTokens: c.get<number>('eval.maxNewTokens') ?? d.maxNewTokens,
     temperature: c.get<number>('eval.temperature') ?? d.temperature,
     samples: c.get<number>('eval.samplesPerProbe') ?? d.samples,

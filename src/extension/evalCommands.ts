@@ -163,11 +163,11 @@ export class EvalCommands implements vscode.Disposable {
         return undefined;
       }
     }
-    const root = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    const runs = runsFolder();
     let resume = args.resume;
-    if (!resume && !args.out && !args.noPrompt && root) {
+    if (!resume && !args.out && !args.noPrompt && runs) {
       // re-running the command continues an interrupted run of the same checkpoints
-      const open = unfinishedRun(path.resolve(root, s.runsFolder), this.models.loadResult!);
+      const open = unfinishedRun(runs, this.models.loadResult!);
       if (open) {
         const answer = await vscode.window.showInformationMessage(
           `Piggyback Lens: the eval run ${path.basename(open.folder)} stopped after ${open.done} of ${open.total} probes. Continue it?`,
@@ -198,16 +198,13 @@ export class EvalCommands implements vscode.Disposable {
       this.reportProbeError(e);
       return undefined;
     }
-    if (!args.out && !resume && !root) {
+    if (!args.out && !resume && !runs) {
       void vscode.window.showInformationMessage(
         'Piggyback Lens: open a folder to keep eval runs in (piggyback.eval.runsFolder).',
       );
       return undefined;
     }
-    const out =
-      resume ??
-      args.out ??
-      path.resolve(root!, s.runsFolder, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
+    const out = resume ?? args.out ?? path.join(runs!, new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
     const finetuned = this.models.finetuned!;
     let p: PromptTemplate;
     try {

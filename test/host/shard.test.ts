@@ -98,6 +98,15 @@ describe('sharded eval runs', () => {
       [],
       'no lock left in a shard',
     );
+    // a damaged probes.jsonl is named with its line, not an unexpected error
+    const damaged = path.join(root, 'damaged');
+    fs.cpSync(s0, damaged, { recursive: true });
+    fs.appendFileSync(path.join(damaged, 'probes.jsonl'), '{not json\n');
+    const lines = read(damaged, 'probes.jsonl').trim().split('\n').length;
+    assert.match(
+      merge(damaged, s1, '--out', path.join(root, 'z')).stderr,
+      new RegExp(`piggyback merge: .*damaged/probes\\.jsonl:${lines}: not JSON`),
+    );
   });
 
   it('a missing shard is named with its probes (exit 1); eval without --shard on the merged folder finishes it', async () => {

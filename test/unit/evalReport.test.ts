@@ -103,16 +103,8 @@ it('PB002 gives no grade to an unfinished run or to a handful of probes, and say
 
 it("the margin share: the part of the finetune's margin drop a patch restores, from the reference answers", () => {
   const row = (probe: string, condition: string, margin: number | null, kl: number) => ({
-    key: `${probe}|${condition}`,
-    probe,
-    category: 'general',
-    condition,
-    klToBase: kl,
-    logprobAligned: null,
-    logprobMisaligned: null,
+    ...resultRow(probe, condition, kl),
     margin,
-    generation: '',
-    samples: [],
   });
   const conditions = ['base', 'finetuned', 'finetuned+prefix', 'finetuned+postfix'].map((label) => ({
     label,

@@ -752,8 +752,14 @@ export function runProbes(dir: string, results: EvalResult[]): Probe[] {
   if (fs.existsSync(file))
     return readTextChecked(file, FILE_LIMITS.runData)
       .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Probe);
+      .flatMap((l, i) => {
+        if (!l) return [];
+        try {
+          return [JSON.parse(l) as Probe];
+        } catch {
+          throw new Error(`${file}:${i + 1}: not JSON, so the run's probes cannot be read`);
+        }
+      });
   return [
     ...new Map(
       results.map((r) => [r.probe, { id: r.probe, question: r.probe, category: r.category ?? undefined }]),

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CheckpointInfo } from '../../contracts/modelHost';
 import { FILE_LIMITS, readTextChecked } from '../../domain/files';
+import { runProbes } from './evalReport';
 import { type Probe, probeSetHash } from './probes';
 import {
   changedCheckpoints,
@@ -78,19 +79,12 @@ function readShard(dir: string): ShardRun {
   const writer = lockHolder(dir);
   if (writer) throw new MergeError(`another eval (pid ${writer}) is writing to ${dir}; wait for it to finish`);
   const problems: ResultProblem[] = [];
-  const probesFile = path.join(dir, PROBES);
-  const probes: Probe[] = [];
-  if (fs.existsSync(probesFile))
-    readTextChecked(probesFile, FILE_LIMITS.runData)
-      .split('\n')
-      .forEach((l, i) => {
-        if (!l.trim()) return;
-        try {
-          probes.push(JSON.parse(l) as Probe);
-        } catch {
-          throw new MergeError(`${probesFile}:${i + 1}: not JSON, so this shard's probes cannot be read`);
-        }
-      });
+  let probes: Probe[];
+  try {
+    probes = runProbes(dir, []);
+  } catch (e) {
+    throw new MergeError((e as Error).message);
+  }
   const results = readResults(dir, problems, manifest.runId);
   let skipped: Skipped[];
   try {
