@@ -24,6 +24,7 @@ export const OPTIONS = {
   kwargs: { type: 'string' },
   json: { type: 'boolean' },
   sarif: { type: 'string' },
+  'inspect-log': { type: 'string' },
   md: { type: 'string' },
   base: { type: 'string' },
   finetuned: { type: 'string' },

@@ -4,6 +4,7 @@ import { evalMarkdown, writeRunReports } from '../../app/eval/evalReport';
 import { Judge, JudgeConfigError } from '../../app/eval/judge';
 import { ProbeFileError } from '../../app/eval/probes';
 import { type EvalPlan, EvalRequestError, parseShard, planEval } from '../../app/eval/request';
+import { writeInspectLog } from '../../app/eval/inspectLog';
 import { EvalSettingsError } from '../../app/eval/run';
 import { LensSession } from '../../app/session';
 import { hasErrors } from '../../domain/findings';
@@ -17,7 +18,7 @@ export const evalRun: Command = {
   usage: `piggyback eval --base <dir> --finetuned <dir> --out <dir> [--probes <file.jsonl|.yaml> ...] [--dataset <train.jsonl>]
        [--other-dataset <other.jsonl>] [--extra name=<dir>] [--max-new-tokens N] [--temperature T --samples N] [--seed N]
        [--perturb-trials N] [--layer-sweep] [--resume] [--judge-endpoint <url> --judge-model <id> [--judge-timeout <s>]
-       [--judge-concurrency 4]] [--sarif <out.sarif>] [--shard i/N]`,
+       [--judge-concurrency 4]] [--sarif <out.sarif>] [--inspect-log <log.json>] [--shard i/N]`,
   about:
     'Runs probes under every condition (base, finetuned, patched, perturbed) into a run folder; re-running resumes it. With --shard i/N, only share i (counted from 0) of N: each probe belongs to the shard a hash of its id names, so shards are stable when probes are added; run the N shards anywhere (a Slurm array, a Kubernetes Indexed Job) and join them with merge.',
   options: [
@@ -40,6 +41,7 @@ export const evalRun: Command = {
     'judge-timeout',
     'judge-concurrency',
     'sarif',
+    'inspect-log',
     'shard',
     'template',
     ...TEMPLATE_OPTIONS,
@@ -114,11 +116,17 @@ export const evalRun: Command = {
   },
 };
 
-/** Writes a run folder's reports (summary, Markdown, HTML, SARIF), prints them; exit 1 on an error-level finding. */
+/**
+ * Writes a run folder's reports (summary, Markdown, HTML, SARIF, and the Inspect log when asked), prints them; exit 1
+ * on an error-level finding.
+ */
 export function reportRun(dir: string, args: Args, out: (s: string) => void): number {
-  const { manifest, summary, findings, skipped, progress } = writeRunReports(dir, process.cwd());
+  const run = writeRunReports(dir, process.cwd());
+  const { manifest, summary, findings, skipped, progress } = run;
   const sarif = args.string('sarif');
   if (sarif) fs.copyFileSync(path.join(dir, 'findings.sarif'), sarif);
+  const inspect = args.string('inspect-log');
+  if (inspect) writeInspectLog(dir, inspect, run);
   out(evalMarkdown(manifest, summary, skipped, progress));
   out(describeFindings(findings));
   return hasErrors(findings) ? 1 : 0;

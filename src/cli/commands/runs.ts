@@ -8,10 +8,10 @@ import { reportRun } from './eval';
 
 export const merge: Command = {
   name: 'merge',
-  usage: 'piggyback merge <shard-run-dir>... --out <dir> [--sarif <out.sarif>]',
+  usage: 'piggyback merge <shard-run-dir>... --out <dir> [--sarif <out.sarif>] [--inspect-log <log.json>]',
   about:
     "Joins the run folders of an eval's shards (piggyback eval --shard i/N) into one run folder: the run, summary, reports and SARIF one unsharded run would have written. Refuses shards of different checkpoints, template, conditions, settings or probe set, naming the difference; keeps a row given twice once; names the probes no shard finished (exit 1; re-run eval without --shard on the merged folder to finish them).",
-  options: ['out', 'sarif'],
+  options: ['out', 'sarif', 'inspect-log'],
   run(args, out) {
     const dirs = args.positionals;
     const dir = args.string('out');
