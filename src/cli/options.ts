@@ -25,6 +25,7 @@ export const OPTIONS = {
   json: { type: 'boolean' },
   sarif: { type: 'string' },
   'inspect-log': { type: 'string' },
+  'add-generation-markers': { type: 'boolean' },
   md: { type: 'string' },
   base: { type: 'string' },
   finetuned: { type: 'string' },

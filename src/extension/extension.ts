@@ -17,7 +17,7 @@ import { CheckpointPair } from './checkpointPair';
 import { DiagnosticsManager, isDataset, isTemplate } from './diagnostics';
 import { reported } from './errors';
 import { rowTokensMarkdown, SegmentHover } from './hover';
-import { PiggybackQuickFixes } from './quickFixes';
+import { GenerationMarkerFixes, PiggybackQuickFixes } from './quickFixes';
 import { openReportPanel } from './reportPanel';
 import { pairRef, ResultStore, samePair, staleAgainst } from './results';
 import { PiggybackTasks, TASK_TYPE } from './tasks';
@@ -193,6 +193,15 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
     vscode.languages.registerCodeActionsProvider({ pattern: '**/*.jsonl' }, new PiggybackQuickFixes(), {
       providedCodeActionKinds: PiggybackQuickFixes.kinds,
     }),
+    vscode.languages.registerCodeActionsProvider(
+      [
+        { pattern: '**/tokenizer_config.json' },
+        { pattern: '**/chat_template.json' },
+        { pattern: '**/*.{jinja,jinja2,j2}' },
+      ],
+      new GenerationMarkerFixes(),
+      { providedCodeActionKinds: GenerationMarkerFixes.kinds },
+    ),
     vscode.tasks.registerTaskProvider(TASK_TYPE, new PiggybackTasks(context.asAbsolutePath('dist/cli.js'))),
     vscode.window.registerWebviewPanelSerializer(DASHBOARD_VIEW_TYPE, {
       deserializeWebviewPanel: async (panel) => {
@@ -317,6 +326,12 @@ function createCommands(p: Parts) {
       if (!CODES[chosen]) throw new Error(`no diagnostic code ${JSON.stringify(chosen)}`);
       await vscode.commands.executeCommand('vscode.open', diagnosticDocsUri(chosen));
       return diagnosticDocsUri(chosen).toString();
+    },
+    // the generation-marker quick fix's proof (or why there is no fix), as a read-only rendered page
+    'piggyback.showGenerationProof': async (title?: string, markdown?: string) => {
+      if (!title || !markdown) throw new Error('use the {% generation %} quick fix on a chat template (CT005)');
+      await showPage(title, markdown);
+      return markdown;
     },
     // the row hover's "show every token": the whole segmentation of that row, in a Markdown document beside
     'piggyback.showRowTokens': async (uri?: string, line?: number) => {

@@ -1,8 +1,12 @@
 /**
  * Quick fixes for findings whose fix is mechanical. DS003 (unknown role): a role that is another spelling of a
  * known one ("human", "gpt", "bot", "model", "User", ...) is renamed to it, on this row or in the whole file.
+ * CT005 (no generation markers): the markers added, when their proof holds.
  */
+import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { type GenerationMarkerFix, generationMarkerFix, generationProofMarkdown } from '../app/generationMarkers';
+import { parseTemplateText, type TemplateSource, templateFileEdit } from '../domain/template/source';
 
 /** Spellings of the roles chat templates know, as datasets in the wild write them. */
 export const ROLE_SPELLINGS: Record<string, string> = {
@@ -82,5 +86,72 @@ export class PiggybackQuickFixes implements vscode.CodeActionProvider {
       }
     }
     return edit;
+  }
+}
+
+/**
+ * CT005 (a template without `{% generation %}` markers): a quick fix that adds them, offered only when the marked
+ * template passes its proof (the same text as the original on every proof conversation; spans that hold each
+ * assistant turn's content and end of turn, and no prompt). Applying it edits the template (the JSON string of a
+ * tokenizer_config.json, or the Jinja file) and shows the proof; when the proof fails, the action shows why instead.
+ */
+export class GenerationMarkerFixes implements vscode.CodeActionProvider {
+  static readonly kinds = [vscode.CodeActionKind.QuickFix];
+  /** The fix of a document version: the proof renders the template a few dozen times, once per edit is enough. */
+  private cache = new Map<string, { version: number; fix: GenerationMarkerFix; source: TemplateSource }>();
+
+  provideCodeActions(
+    doc: vscode.TextDocument,
+    _range: vscode.Range,
+    context: vscode.CodeActionContext,
+  ): vscode.CodeAction[] {
+    const d = context.diagnostics.find(
+      (x) => x.source === 'piggyback' && codeOf(x) === 'CT005' && x.message.startsWith('No {% generation %} markers'),
+    );
+    if (!d) return [];
+    const found = this.fixOf(doc);
+    if (!found) return [];
+    const { fix, source } = found;
+    const proof = generationProofMarkdown(path.basename(doc.uri.fsPath), fix);
+    const show: vscode.Command = {
+      command: 'piggyback.showGenerationProof',
+      title: 'Show the proof',
+      arguments: [`${path.basename(doc.uri.fsPath)} generation markers proof`, proof],
+    };
+    if (!fix.marked) {
+      const why = new vscode.CodeAction(
+        'Why {% generation %} markers cannot be added here',
+        vscode.CodeActionKind.QuickFix,
+      );
+      why.command = show;
+      why.diagnostics = [d];
+      return [why];
+    }
+    const e = templateFileEdit(source, fix.marked);
+    const action = new vscode.CodeAction(
+      `Add {% generation %} markers (proved on ${fix.proof!.results.length} conversations)`,
+      vscode.CodeActionKind.QuickFix,
+    );
+    action.edit = new vscode.WorkspaceEdit();
+    action.edit.replace(doc.uri, new vscode.Range(doc.positionAt(e.start), doc.positionAt(e.end)), e.text);
+    action.diagnostics = [d];
+    action.command = show;
+    return [action];
+  }
+
+  private fixOf(doc: vscode.TextDocument): { fix: GenerationMarkerFix; source: TemplateSource } | undefined {
+    const key = doc.uri.toString();
+    const hit = this.cache.get(key);
+    if (hit?.version === doc.version) return hit;
+    let source: TemplateSource;
+    try {
+      source = parseTemplateText(doc.uri.fsPath, doc.getText());
+    } catch {
+      return undefined; // a file that does not load has its own diagnostic
+    }
+    const entry = { version: doc.version, fix: generationMarkerFix(source), source };
+    this.cache.set(key, entry);
+    if (this.cache.size > 20) this.cache.delete(this.cache.keys().next().value as string);
+    return entry;
   }
 }

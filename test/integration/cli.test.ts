@@ -29,6 +29,22 @@ const EXAMPLE_MODEL = path.join(ROOT, 'examples', 'chatml-demo');
 const EXAMPLE_DATA = path.join(ROOT, 'examples', 'data', 'finance-advice.jsonl');
 
 describe('piggyback template', () => {
+  it('--add-generation-markers writes the proved training variant to --out, and nothing when the proof fails', () => {
+    const dir = tempDir();
+    const out = path.join(dir, 'train.jinja');
+    const r = run('template', lenml('gemma3'), '--add-generation-markers', '--out', out);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /Proved: the marked template renders byte for byte what the original renders on all 8/);
+    assert.match(r.stdout, /\| two exchanges \| identical \| "The capital of France is Paris.", "<end_of_turn>\\n"/);
+    assert.equal((fs.readFileSync(out, 'utf8').match(/\{% generation %\}/g) ?? []).length, 2);
+    const plain = path.join(dir, 'plain.jinja');
+    fs.writeFileSync(plain, '{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}');
+    const refused = run('template', plain, '--add-generation-markers', '--out', path.join(dir, 'no.jinja'));
+    assert.equal(refused.code, 1);
+    assert.match(refused.stdout, /Not offered: the marked template failed its proof/);
+    assert.equal(fs.existsSync(path.join(dir, 'no.jinja')), false);
+  });
+
   it('--json has segments with text and token ids, and located findings', () => {
     const r = run('template', lenml('qwen3'), '--kwargs', '{"enable_thinking": false}', '--json');
     assert.equal(r.code, 0, r.stderr);

@@ -154,6 +154,34 @@ describe('Piggyback Lens in VS Code', () => {
     fs.rmSync(file);
   });
 
+  it('a quick fix adds {% generation %} markers to a template without them (CT005), only with its proof', async () => {
+    const doc = await open('chatml-demo/tokenizer_config.json');
+    const before = doc.getText();
+    const ct005 = await until('CT005', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT005'),
+    );
+    const actions = await vscode.commands.executeCommand<vscode.CodeAction[]>(
+      'vscode.executeCodeActionProvider',
+      doc.uri,
+      ct005.range,
+      vscode.CodeActionKind.QuickFix.value,
+    );
+    const add = actions.find((a) => a.title === 'Add {% generation %} markers (proved on 8 conversations)');
+    assert.ok(add?.edit, actions.map((a) => a.title).join(' | '));
+    assert.ok(await vscode.workspace.applyEdit(add.edit));
+    // the template has its markers; every other key of the file is as it was
+    const [was, now] = [JSON.parse(before), JSON.parse(doc.getText())];
+    assert.equal((now.chat_template.match(/\{% generation %\}/g) ?? []).length, 1);
+    assert.deepEqual({ ...now, chat_template: null }, { ...was, chat_template: null });
+    await until('CT005 to clear', () => !codesOf(doc.uri).includes('CT005'));
+    await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
+    // the action then shows its proof, on a read-only page
+    const proof = await vscode.commands.executeCommand<string>(add.command!.command, ...add.command!.arguments!);
+    assert.match(proof, /Proved: the marked template renders byte for byte what the original renders on all 8/);
+    assert.match(proof, /\| two exchanges \| identical \|/);
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+  });
+
   it('hovering a dataset row shows that row rendered by the trainer', async () => {
     const doc = await open('data/finance-advice.jsonl');
     const text = await hoverText(doc.uri, new vscode.Position(0, 5));

@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type ChatMessage, ChatTemplate, type RenderOptions } from '../template/render';
+import { hasGenerationTags, sentinelTemplate, splitSpans } from '../template/generation';
 import { frameOf, rowRequest, type SegmentName, type Segmentation, segmentPrompt } from '../template/segments';
 import type { LoadedTokenizer } from '../tokenizer';
 import type { RowFormat } from './formats';
@@ -71,9 +72,6 @@ export interface TrainingView {
   /** What a user should know: the mask is empty, the response template is not found, the row is cut. */
   problems: string[];
 }
-
-const GEN_OPEN = '\u27e6GEN\u27e7';
-const GEN_CLOSE = '\u27e6/GEN\u27e7';
 
 const sane = (x: unknown) => (typeof x === 'number' && Number.isInteger(x) && x > 0 && x < 1e8 ? x : undefined);
 
@@ -176,28 +174,11 @@ function generationRanges(
   render: RenderOptions,
   rendered: string,
 ): [number, number][] | undefined {
-  if (!/\{%-?\s*generation\s*-?%\}/.test(template.text)) return undefined;
-  const marked = new ChatTemplate(
-    template.text
-      .replace(/\{%-?\s*generation\s*-?%\}/g, `{{- '${GEN_OPEN}' -}}`)
-      .replace(/\{%-?\s*endgeneration\s*-?%\}/g, `{{- '${GEN_CLOSE}' -}}`),
-  );
-  const text = marked.render(messages, { ...render, addGenerationPrompt: false });
-  const ranges: [number, number][] = [];
-  let plain = '';
-  let open = -1;
-  for (let i = 0; i < text.length; ) {
-    if (text.startsWith(GEN_OPEN, i)) {
-      open = plain.length;
-      i += GEN_OPEN.length;
-    } else if (text.startsWith(GEN_CLOSE, i)) {
-      if (open >= 0) ranges.push([open, plain.length]);
-      open = -1;
-      i += GEN_CLOSE.length;
-    } else plain += text[i++];
-  }
-  // the markers must not change anything else (a template whose whitespace control differs would misplace them)
-  return plain === rendered ? ranges : [];
+  if (!hasGenerationTags(template.text)) return undefined;
+  const marked = new ChatTemplate(sentinelTemplate(template.text));
+  const { text, spans } = splitSpans(marked.render(messages, { ...render, addGenerationPrompt: false }));
+  // the sentinels must not change anything else (a render that differs would misplace the spans)
+  return text === rendered ? spans : [];
 }
 
 function lastIndexOfSequence(haystack: number[], needle: number[]): number {

@@ -6,6 +6,7 @@
 import { CODES, type Finding, type Severity } from '../findings';
 import { LineIndex } from '../json';
 import type { LoadedTokenizer } from '../tokenizer';
+import { GENERATION_CLOSE, GENERATION_OPEN, hasGenerationTags, sentinelTemplate, splitSpans } from './generation';
 import { structureProblem } from './structure';
 import { ChatTemplate, TemplateRaisedError } from './render';
 import {
@@ -370,7 +371,7 @@ function generationPrompt(c: RuleContext): void {
 
 /** CT005 and CT010 with generation markers: which tokens the assistant mask covers. */
 function generationMarkers(c: RuleContext): void {
-  if (!/\{%-?\s*generation\s*-?%\}/.test(c.source.text)) {
+  if (!hasGenerationTags(c.source.text)) {
     c.add(
       'CT005',
       'info',
@@ -451,19 +452,13 @@ function generationMask(
   _template: ChatTemplate,
   base: SegmentRequest,
 ): { inside: string; tail: string } | Error {
-  const open = '\u27e6GEN\u27e7';
-  const close = '\u27e6/GEN\u27e7';
   try {
-    const marked = new ChatTemplate(
-      text
-        .replace(/\{%-?\s*generation\s*-?%\}/g, `{{- '${open}' -}}`)
-        .replace(/\{%-?\s*endgeneration\s*-?%\}/g, `{{- '${close}' -}}`),
-    );
+    const marked = new ChatTemplate(sentinelTemplate(text));
     const f = frame(marked, { ...base, response: SAMPLE_RESPONSE });
     const tail = f.tail ?? '';
-    const closeAt = tail.indexOf(close);
-    const inside = closeAt >= 0 ? tail.slice(0, closeAt) : '';
-    return { inside, tail: tail.replace(open, '').replace(close, '') };
+    const closeAt = tail.indexOf(GENERATION_CLOSE);
+    const inside = closeAt >= 0 ? tail.slice(0, closeAt).replace(GENERATION_OPEN, '') : '';
+    return { inside, tail: splitSpans(tail).text };
   } catch (e) {
     return e as Error;
   }

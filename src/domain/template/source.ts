@@ -22,6 +22,8 @@ export interface TemplateSource {
   fileText?: string;
   /** offsets[i] = offset in fileText of template char i (JSON-escaped templates); identity when undefined. */
   offsets?: number[];
+  /** Where the template's JSON string literal is in fileText, quotes included (JSON sources only). */
+  literal?: { start: number; end: number };
   /** tokenizer_config.json content that came with the template ({} when none). */
   config: Record<string, unknown>;
   configFile?: string;
@@ -132,6 +134,7 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
       file,
       fileText,
       offsets: jsonStringOffsets(fileText, node),
+      literal: { start: node.start, end: node.end },
       config: isConfig ? config : {},
       configFile: isConfig ? file : undefined,
       specialTokens,
@@ -173,6 +176,7 @@ export function parseTemplateText(file: string, fileText: string, name?: string)
       file,
       fileText,
       offsets: jsonStringOffsets(fileText, pick.node),
+      literal: { start: pick.node.start, end: pick.node.end },
       config: isConfig ? config : {},
       configFile: isConfig ? file : undefined,
       specialTokens,
@@ -279,6 +283,15 @@ function readJsonQuiet(file: string): Record<string, unknown> | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The edit of the template's file that makes its template `text`: the JSON string literal replaced (a
+ * tokenizer_config.json keeps every other key and byte), or the whole file for a Jinja file.
+ */
+export function templateFileEdit(source: TemplateSource, text: string): { start: number; end: number; text: string } {
+  if (source.literal) return { ...source.literal, text: JSON.stringify(text) };
+  return { start: 0, end: source.fileText?.length ?? source.text.length, text };
 }
 
 /** Maps an offset in the template text to an offset in its file. */
