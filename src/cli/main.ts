@@ -13,12 +13,13 @@ import { evalRun } from './commands/eval';
 import { drift, patch } from './commands/models';
 import { compare, merge } from './commands/runs';
 import { template } from './commands/template';
+import { trainer } from './commands/trainer';
 import { treftExport } from './commands/treftExport';
 import { Args, GLOBAL_OPTIONS, OPTIONS, UsageError } from './options';
 import { useColour } from './output';
 
 const COMMANDS: Record<string, Command> = Object.fromEntries(
-  [template, dataset, audit, drift, patch, evalRun, merge, compare, treftExport].map((c) => [c.name, c]),
+  [template, trainer, dataset, audit, drift, patch, evalRun, merge, compare, treftExport].map((c) => [c.name, c]),
 );
 
 /** What every command's help ends with: sources, checkpoints, the host's options, exit codes. */

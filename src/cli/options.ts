@@ -26,6 +26,7 @@ export const OPTIONS = {
   sarif: { type: 'string' },
   'inspect-log': { type: 'string' },
   'add-generation-markers': { type: 'boolean' },
+  model: { type: 'string' },
   md: { type: 'string' },
   base: { type: 'string' },
   finetuned: { type: 'string' },

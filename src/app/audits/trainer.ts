@@ -1,0 +1,185 @@
+/**
+ * A trainer config against its model's tokenizer: the template the trainer renders (src/domain/trainers/config.ts)
+ * beside the tokenizer's own, prefix and postfix token by token. A difference is CT011, located on the key that
+ * chose the template: the finetune was trained on (and so lives in) the trainer's prefix, not the one every
+ * inference stack renders from the tokenizer.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FILE_LIMITS, readTextChecked } from '../../domain/files';
+import { CODES, type Finding } from '../../domain/findings';
+import { LineIndex } from '../../domain/json';
+import { AUDIT_CLOCK, SAMPLE_QUERY } from '../../domain/template/audit';
+import { ChatTemplate } from '../../domain/template/render';
+import { segmentPrompt } from '../../domain/template/segments';
+import { loadTemplate, parseTemplateText, TemplateLoadError, type TemplateSource } from '../../domain/template/source';
+import type { LoadedTokenizer, Token } from '../../domain/tokenizer';
+import {
+  FRAMEWORK_NAMES,
+  readTrainerConfig,
+  type TrainerConfig,
+  TrainerConfigError,
+  type TrainerTemplate,
+} from '../../domain/trainers/config';
+import { loadTemplateAndTokenizer } from './template';
+
+export interface FramedTemplate {
+  /** In words: "the tokenizer's (models/qwen3/tokenizer_config.json)", "axolotl 0.18.0's built-in "llama3"". */
+  label: string;
+  source: TemplateSource;
+  prefix: { text: string; tokens: Token[] };
+  postfix: { text: string; tokens: Token[] };
+}
+
+export interface TrainerAudit {
+  config: TrainerConfig;
+  /** The model folder whose tokenizer the trainer loads (undefined: a Hub id with no local folder). */
+  modelFolder?: string;
+  tokenizer?: FramedTemplate;
+  trainer?: FramedTemplate;
+  /** Whether the trainer renders another prefix or postfix than the tokenizer's template (undefined: not compared). */
+  differs?: { prefix: boolean; postfix: boolean };
+  /** Why nothing was compared, in words. */
+  note?: string;
+  findings: Finding[];
+}
+
+/** Reads and audits a trainer config; undefined when the file is not one. */
+export function auditTrainerConfig(
+  file: string,
+  options: { modelFolder?: string; text?: string } = {},
+): TrainerAudit | undefined {
+  const text = options.text ?? readTextChecked(file, FILE_LIMITS.config);
+  const lines = new LineIndex(text);
+  const at = (start: number, end: number, code: string, severity: Finding['severity'], message: string): Finding => {
+    const [a, b] = [lines.position(start), lines.position(Math.max(start, end))];
+    return { code, severity, message, file, line: a.line, column: a.column, endLine: b.line, endColumn: b.column };
+  };
+  let config: TrainerConfig | undefined;
+  try {
+    config = readTrainerConfig(file, text);
+  } catch (e) {
+    if (!(e instanceof TrainerConfigError)) throw e;
+    return {
+      config: {
+        file,
+        framework: 'axolotl',
+        template: { kind: 'tokenizer' },
+        datasets: [],
+        templateAt: { start: 0, end: 0 },
+        problems: [],
+      },
+      findings: [at(e.offset, e.offset, 'CT011', 'error', `${path.basename(file)}: ${e.message}`)],
+      note: e.message,
+    };
+  }
+  if (!config) return undefined;
+  const framework = FRAMEWORK_NAMES[config.framework];
+  const findings = config.problems.map((p) => at(p.start, p.end, 'CT011', 'warning', p.message));
+  const modelFolder = options.modelFolder ?? localModel(config);
+  if (!modelFolder)
+    return {
+      config,
+      findings,
+      note: `the model ${config.model ?? '(none named)'} is not a folder beside the config: its tokenizer's template cannot be compared (give the model folder)`,
+    };
+  const loaded = loadTemplateAndTokenizer(modelFolder, {});
+  if (!loaded.source)
+    return {
+      config,
+      modelFolder,
+      findings: [...findings, ...loaded.findings],
+      note: 'the model folder has no chat template',
+    };
+  const tokenizer = framed(`the tokenizer's (${path.basename(modelFolder)})`, loaded.source, loaded.tokenizer);
+  let trainer: FramedTemplate;
+  try {
+    const t = trainerSource(config.template, loaded.source);
+    trainer = framed(t.label, t.source, loaded.tokenizer);
+  } catch (e) {
+    const message = e instanceof TemplateLoadError || e instanceof Error ? e.message : String(e);
+    return {
+      config,
+      modelFolder,
+      tokenizer,
+      findings: [
+        ...findings,
+        at(
+          config.templateAt.start,
+          config.templateAt.end,
+          'CT011',
+          'warning',
+          `${framework}'s template cannot be rendered: ${message}`,
+        ),
+      ],
+    };
+  }
+  const same = (a: FramedTemplate['prefix'], b: FramedTemplate['prefix']) =>
+    a.text === b.text && a.tokens.map((t) => t.id).join() === b.tokens.map((t) => t.id).join();
+  const differs = {
+    prefix: !same(tokenizer.prefix, trainer.prefix),
+    postfix: !same(tokenizer.postfix, trainer.postfix),
+  };
+  if (differs.prefix || differs.postfix) {
+    const parts = (['prefix', 'postfix'] as const)
+      .filter((k) => differs[k])
+      .map((k) => `the ${k} is ${show(trainer[k])} in training, ${show(tokenizer[k])} from the tokenizer's template`);
+    findings.push(
+      at(
+        config.templateAt.start,
+        config.templateAt.end,
+        'CT011',
+        'warning',
+        `${framework} renders ${trainer.label}, not the tokenizer's template: ${parts.join('; ')}. ${CODES.CT011.why}`,
+      ),
+    );
+  }
+  return { config, modelFolder, tokenizer, trainer, differs, findings };
+}
+
+const show = (s: { text: string; tokens: Token[] }) =>
+  `${JSON.stringify(s.text.length > 80 ? `${s.text.slice(0, 79)}\u2026` : s.text)} (${s.tokens.length} tokens)`;
+
+/** The model folder a config names, when it is a local folder with a tokenizer config (not a Hub id). */
+function localModel(config: TrainerConfig): string | undefined {
+  if (!config.model) return undefined;
+  const dir = path.isAbsolute(config.model) ? config.model : path.join(path.dirname(config.file), config.model);
+  return fs.existsSync(path.join(dir, 'tokenizer_config.json')) ? dir : undefined;
+}
+
+/** The trainer's template as a source, with the tokenizer's special tokens (as the trainer renders it). */
+function trainerSource(t: TrainerTemplate, tokenizer: TemplateSource): { label: string; source: TemplateSource } {
+  const tokens = (s: TemplateSource) => ({ ...s, specialTokens: { ...tokenizer.specialTokens, ...s.specialTokens } });
+  switch (t.kind) {
+    case 'tokenizer':
+      return { label: "the tokenizer's template", source: tokenizer };
+    case 'builtin':
+      if (t.fallbackToTokenizer && tokenizer.text) return { label: "the tokenizer's template", source: tokenizer };
+      return {
+        label: `its built-in template "${t.name}" (version ${t.version})`,
+        source: tokens(parseTemplateText(`${t.name}.jinja`, t.jinja)),
+      };
+    case 'jinja':
+      return {
+        label: 'the inline Jinja template of its config',
+        source: tokens(parseTemplateText('inline.jinja', t.text)),
+      };
+    case 'file':
+    case 'folder':
+      return { label: `the template of ${path.basename(t.path)}`, source: tokens(loadTemplate(t.path)) };
+  }
+}
+
+function framed(label: string, source: TemplateSource, tokenizer?: LoadedTokenizer): FramedTemplate {
+  const seg = segmentPrompt(
+    new ChatTemplate(source.text),
+    { query: SAMPLE_QUERY, specialTokens: source.specialTokens, addGenerationPrompt: true, now: AUDIT_CLOCK },
+    tokenizer,
+  );
+  return {
+    label,
+    source,
+    prefix: { text: seg.prefix.text, tokens: seg.prefix.tokens },
+    postfix: { text: seg.postfix.text, tokens: seg.postfix.tokens },
+  };
+}
