@@ -4,7 +4,8 @@
 import * as path from 'node:path';
 import type { DatasetReport } from '../domain/dataset/audit';
 import { CODES, docsPath, type Finding, type Severity } from '../domain/findings';
-import type { FolderAudit, PreparedTemplate } from './audits';
+import type { FolderAudit, PreparedTemplate, TrainerAudit } from './audits';
+import { FRAMEWORK_NAMES } from '../domain/trainers/config';
 import type { Segment } from '../domain/template/segments';
 
 export const TOOL_NAME = 'Piggyback Lens';
@@ -73,8 +74,34 @@ export function folderJson(a: FolderAudit) {
       split: d.split ?? null,
       ...datasetJson(d.report),
     })),
+    trainers: a.trainers.map(trainerJson),
     findings: a.findings.map(findingJson),
   };
+}
+
+/** A trainer config in the folder audit: its framework, the template it renders, and whether it differs. */
+function trainerJson(t: TrainerAudit) {
+  const tpl = t.config.template;
+  return {
+    file: t.config.file,
+    framework: t.config.framework,
+    model: t.config.model ?? null,
+    template: tpl.kind === 'builtin' ? { kind: tpl.kind, name: tpl.name, version: tpl.version } : { kind: tpl.kind },
+    renders: t.trainer?.label ?? null,
+    differs: t.differs ?? null,
+    note: t.note ?? null,
+  };
+}
+
+/** A trainer config's row: what it renders and against the tokenizer's template, or why not compared. */
+function trainerLine(t: TrainerAudit): string {
+  const d = t.differs;
+  const verdict = !d
+    ? `not compared: ${t.note ?? 'no template'}`
+    : d.prefix || d.postfix
+      ? `differs from the tokenizer's (${[d.prefix && 'prefix', d.postfix && 'postfix'].filter(Boolean).join(', ')})`
+      : "the same prefix and postfix as the tokenizer's";
+  return `${FRAMEWORK_NAMES[t.config.framework]}: ${t.trainer?.label ?? 'its template'}; ${verdict}`;
 }
 
 const SARIF_LEVEL: Record<Severity, 'error' | 'warning' | 'note'> = {
@@ -182,6 +209,11 @@ export function toMarkdown(a: FolderAudit): string {
     }
     out.push('');
   } else out.push('No datasets found.', '');
+  if (a.trainers.length) {
+    out.push('## Trainer configs', '');
+    for (const t of a.trainers) out.push(`- ${path.relative(a.root, t.config.file)}: ${esc(trainerLine(t))}`);
+    out.push('');
+  }
   out.push('## Findings', '');
   if (a.findings.length) {
     out.push('| severity | code | where | message |', '|---|---|---|---|');
@@ -242,6 +274,10 @@ export function toTerminal(a: FolderAudit, finding: (f: Finding) => string): str
     }
     out.push(...table(rows));
   } else out.push('  none found');
+  if (a.trainers.length) {
+    out.push('', 'Trainer configs');
+    for (const t of a.trainers) out.push(`  ${rel(t.config.file)}  ${trainerLine(t)}`);
+  }
   out.push('', 'Findings');
   if (a.findings.length) out.push(...a.findings.map(finding));
   else out.push('  none');

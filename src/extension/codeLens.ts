@@ -117,3 +117,32 @@ export function rowQuery(line: string): string | undefined {
     return undefined;
   }
 }
+
+/**
+ * On a training config: a lens on the line that chooses the template, opening the comparison of the template the
+ * trainer renders with the model tokenizer's (prefix and postfix, token by token). Shown once the config's
+ * trainer audit has run (diagnostics.ts), so the lens never promises a comparison that cannot be made.
+ */
+export class TrainerConfigLenses implements vscode.CodeLensProvider {
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChangeCodeLenses = this.changed.event;
+
+  constructor(private readonly views: Map<string, { line: number; title: string; markdown: string }>) {}
+
+  refresh(): void {
+    this.changed.fire();
+  }
+
+  provideCodeLenses(doc: vscode.TextDocument): vscode.CodeLens[] {
+    const view = this.views.get(doc.fileName);
+    if (!view || !editorConfig(doc.uri).codeLens) return [];
+    const line = Math.min(Math.max(0, view.line - 1), doc.lineCount - 1);
+    return [
+      new vscode.CodeLens(doc.lineAt(line).range, {
+        title: "Compare with the tokenizer's template",
+        command: 'piggyback.showTrainerComparison',
+        arguments: [doc.uri.toString()],
+      }),
+    ];
+  }
+}

@@ -43,6 +43,11 @@ export function isTemplate(doc: vscode.TextDocument): boolean {
   return isTemplateFileName(doc.fileName);
 }
 
+/** A YAML training config (axolotl, LLaMA-Factory, TRL): it names its model the way those configs do. */
+export function isTrainerConfig(doc: vscode.TextDocument): boolean {
+  return /\.ya?ml$/i.test(doc.fileName) && /^["']?(base_model|model_name_or_path)["']?\s*:/m.test(doc.getText());
+}
+
 const SEVERITY: Record<Finding['severity'], vscode.DiagnosticSeverity> = {
   error: vscode.DiagnosticSeverity.Error,
   warning: vscode.DiagnosticSeverity.Warning,
@@ -65,6 +70,10 @@ export class DiagnosticsManager implements vscode.Disposable {
   /** The last audit of each open template file (the hover reads it), made in the template-audit worker. */
   readonly templateDocs = new Map<string, TemplateAuditView>();
   private readonly audits: TemplateAudits;
+  /** The last trainer audit of each open training config (its code lens opens the comparison). */
+  readonly trainerDocs = new Map<string, NonNullable<TemplateAuditView['trainer']>>();
+  private readonly trainerAudited = new vscode.EventEmitter<void>();
+  readonly onTrainerAudited = this.trainerAudited.event;
   /** Templates datasets are rendered with, by association path; cleared when a template changes. */
   private readonly forDatasets = new Map<string, PreparedTemplate>();
 
@@ -77,7 +86,7 @@ export class DiagnosticsManager implements vscode.Disposable {
   }
 
   schedule(doc: vscode.TextDocument, immediate = false): void {
-    if (!isDataset(doc) && !isTemplate(doc)) return;
+    if (!isDataset(doc) && !isTemplate(doc) && !isTrainerConfig(doc)) return;
     const key = doc.uri.toString();
     clearTimeout(this.timers.get(key));
     const delay = immediate ? 0 : readSettings(doc.uri).debounceMs;
@@ -102,7 +111,16 @@ export class DiagnosticsManager implements vscode.Disposable {
     const stale = () => this.generation.get(key) !== gen || doc.isClosed;
     const started = Date.now();
     let findings: Finding[];
-    if (isTemplate(doc)) {
+    if (isTrainerConfig(doc)) {
+      // the trainer's template and the model tokenizer's, rendered in the worker as templates are
+      const root = vscode.workspace.getWorkspaceFolder(doc.uri)?.uri.fsPath;
+      const view = await this.audits.audit(doc.fileName, doc.getText(), {}, { root });
+      if (stale()) return;
+      if (view.trainer) this.trainerDocs.set(doc.fileName, view.trainer);
+      else this.trainerDocs.delete(doc.fileName);
+      this.trainerAudited.fire();
+      findings = view.findings.filter((f) => !f.file || path.resolve(f.file) === path.resolve(doc.fileName));
+    } else if (isTemplate(doc)) {
       const s = readSettings(doc.uri);
       // rendered off the extension host's thread, with a time and memory limit: a template is workspace code
       const view = await this.audits.audit(doc.fileName, doc.getText(), {
@@ -180,12 +198,14 @@ export class DiagnosticsManager implements vscode.Disposable {
   forget(doc: vscode.TextDocument): void {
     clearTimeout(this.timers.get(doc.uri.toString()));
     this.templateDocs.delete(doc.fileName);
+    this.trainerDocs.delete(doc.fileName);
     this.collection.delete(doc.uri);
   }
 
   dispose(): void {
     for (const t of this.timers.values()) clearTimeout(t);
     this.collection.dispose();
+    this.trainerAudited.dispose();
     this.audits.dispose();
   }
 }

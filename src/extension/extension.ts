@@ -9,7 +9,7 @@ import { CODES } from '../domain/findings';
 import * as path from 'node:path';
 import { diagnosticDocsUri, registerDiagnosticDocs, showPage } from './diagnosticDocs';
 import { Associations } from './association';
-import { PiggybackCodeLenses } from './codeLens';
+import { PiggybackCodeLenses, TrainerConfigLenses } from './codeLens';
 import { Dashboard, DASHBOARD_VIEW_TYPE } from './dashboard';
 import { EvalCommands, type RunEvalArgs } from './evalCommands';
 import { type ModelCommandArgs, ModelCommands } from './modelCommands';
@@ -43,6 +43,7 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
   const modelCommands = new ModelCommands(models, dashboard, context.extensionUri, results);
   const evals = new EvalCommands(context, models, dashboard, associations, log, results);
   const lenses = new PiggybackCodeLenses();
+  const trainerLenses = new TrainerConfigLenses(diagnostics.trainerDocs);
   const workspaceAudit = new WorkspaceAudit(context, log);
   const pairItem = vscode.window.createStatusBarItem('piggyback.pair', vscode.StatusBarAlignment.Left, 49);
   pairItem.name = 'Piggyback checkpoints';
@@ -190,6 +191,8 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
       },
     ),
     vscode.languages.registerCodeLensProvider(selector, lenses),
+    vscode.languages.registerCodeLensProvider([{ pattern: '**/*.{yml,yaml}' }], trainerLenses),
+    diagnostics.onTrainerAudited(() => trainerLenses.refresh()),
     vscode.languages.registerCodeActionsProvider({ pattern: '**/*.jsonl' }, new PiggybackQuickFixes(), {
       providedCodeActionKinds: PiggybackQuickFixes.kinds,
     }),
@@ -274,7 +277,7 @@ function done(key: string): void {
 
 function createCommands(p: Parts) {
   const { log, associations, models, dashboard, modelCommands, evals, hover, updatePair } = p;
-  const { showCurrentPair, workspaceAudit } = p;
+  const { showCurrentPair, workspaceAudit, diagnostics } = p;
   const table = {
     'piggyback.chooseTemplate': (uri?: vscode.Uri) => associations.choose(uri),
     'piggyback.auditWorkspace': () => workspaceAudit.run(),
@@ -326,6 +329,14 @@ function createCommands(p: Parts) {
       if (!CODES[chosen]) throw new Error(`no diagnostic code ${JSON.stringify(chosen)}`);
       await vscode.commands.executeCommand('vscode.open', diagnosticDocsUri(chosen));
       return diagnosticDocsUri(chosen).toString();
+    },
+    // a training config's lens: the template its trainer renders beside the tokenizer's, token by token
+    'piggyback.showTrainerComparison': async (uri?: string) => {
+      const file = uri ? vscode.Uri.parse(uri).fsPath : vscode.window.activeTextEditor?.document.fileName;
+      const view = file ? diagnostics.trainerDocs.get(file) : undefined;
+      if (!view) throw new Error('open a training config (axolotl, LLaMA-Factory or TRL YAML) to compare its template');
+      await showPage(view.title, view.markdown);
+      return view.markdown;
     },
     // the generation-marker quick fix's proof (or why there is no fix), as a read-only rendered page
     'piggyback.showGenerationProof': async (title?: string, markdown?: string) => {

@@ -15,6 +15,8 @@ export interface TemplateAuditRequest {
   file: string;
   text: string;
   options: Omit<PrepareOptions, 'text'>;
+  /** A training config (axolotl, LLaMA-Factory, TRL) instead of a template: its trainer audit, inside `root`. */
+  trainer?: { root?: string };
 }
 
 /** What diagnostics and hovers need of a template audit: plain data, copied across the thread boundary. */
@@ -22,6 +24,8 @@ export interface TemplateAuditView {
   findings: Finding[];
   offsets?: number[];
   segments?: Segmentation;
+  /** A trainer config's comparison: the line its template is chosen on, and the comparison page. */
+  trainer?: { line: number; title: string; markdown: string };
 }
 
 export const AUDIT_TIME_LIMIT_MS = 10_000;
@@ -38,13 +42,23 @@ export class TemplateAudits {
   ) {}
 
   /** Audits one template text; requests run one after another. */
-  audit(file: string, text: string, options: Omit<PrepareOptions, 'text'>): Promise<TemplateAuditView> {
-    const run = this.queue.then(() => this.run(file, text, options));
+  audit(
+    file: string,
+    text: string,
+    options: Omit<PrepareOptions, 'text'>,
+    trainer?: TemplateAuditRequest['trainer'],
+  ): Promise<TemplateAuditView> {
+    const run = this.queue.then(() => this.run(file, text, options, trainer));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private run(file: string, text: string, options: Omit<PrepareOptions, 'text'>): Promise<TemplateAuditView> {
+  private run(
+    file: string,
+    text: string,
+    options: Omit<PrepareOptions, 'text'>,
+    trainer?: TemplateAuditRequest['trainer'],
+  ): Promise<TemplateAuditView> {
     this.worker ??= new Worker(this.script, { resourceLimits: { maxOldGenerationSizeMb: WORKER_MEMORY_MB } });
     const worker = this.worker;
     const id = this.next++;
@@ -89,7 +103,7 @@ export class TemplateAudits {
       // settings objects from VS Code are read-only proxies that structured clone refuses: send plain JSON
       const plain = JSON.parse(JSON.stringify(options)) as TemplateAuditRequest['options'];
       try {
-        worker.postMessage({ id, file, text, options: plain } satisfies TemplateAuditRequest);
+        worker.postMessage({ id, file, text, options: plain, trainer } satisfies TemplateAuditRequest);
       } catch (e) {
         done(failed(`The template audit could not start: ${(e as Error).message}`), true);
       }

@@ -29,7 +29,7 @@ const EXAMPLE_MODEL = path.join(ROOT, 'examples', 'chatml-demo');
 const EXAMPLE_DATA = path.join(ROOT, 'examples', 'data', 'finance-advice.jsonl');
 
 describe('piggyback trainer', () => {
-  it('compares the template a training config renders with the tokenizer\'s, token by token, with CT011 located', () => {
+  it("compares the template a training config renders with the tokenizer's, token by token, with CT011 located", () => {
     const dir = tempDir();
     const config = path.join(dir, 'sft.yaml');
     const published = fs.readFileSync(path.join(FIXTURES, 'trainers', 'llamafactory-qwen3_lora_sft.yaml'), 'utf8');

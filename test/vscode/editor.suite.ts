@@ -182,6 +182,39 @@ describe('Piggyback Lens in VS Code', () => {
     await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
   });
 
+  it("a training config gets CT011 where it chooses another template than the model's, and a lens to compare them", async () => {
+    const dir = path.join(ws(), 'train');
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, 'llamafactory_sft.yaml');
+    fs.writeFileSync(
+      file,
+      'model_name_or_path: ../chatml-demo\nstage: sft\nfinetuning_type: lora\ntemplate: qwen\ndataset: identity\n',
+    );
+    const doc = await vscode.workspace.openTextDocument(file);
+    await vscode.window.showTextDocument(doc);
+    const ct011 = await until('CT011', () =>
+      vscode.languages.getDiagnostics(doc.uri).find((d) => typeof d.code === 'object' && d.code.value === 'CT011'),
+    );
+    assert.equal(ct011.range.start.line, 3, 'on the template key');
+    assert.match(
+      ct011.message,
+      /LLaMA-Factory renders its built-in template "qwen" \(version [^)]+\), not the tokenizer's template: the prefix is/,
+    );
+    const lenses = await until('the comparison lens', async () => {
+      const l = await vscode.commands.executeCommand<vscode.CodeLens[]>('vscode.executeCodeLensProvider', doc.uri);
+      return l.filter((x) => x.command?.command === 'piggyback.showTrainerComparison').length ? l : undefined;
+    });
+    const lens = lenses.find((x) => x.command?.command === 'piggyback.showTrainerComparison')!;
+    assert.equal(lens.range.start.line, 3);
+    const page = await vscode.commands.executeCommand<string>(lens.command!.command, ...lens.command!.arguments!);
+    assert.match(page, /## prefix: differs/);
+    assert.match(page, /## postfix: the same/);
+    assert.match(page, /You are Qwen, created by Alibaba Cloud/);
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+    fs.rmSync(dir, { recursive: true });
+  });
+
   it('hovering a dataset row shows that row rendered by the trainer', async () => {
     const doc = await open('data/finance-advice.jsonl');
     const text = await hoverText(doc.uri, new vscode.Position(0, 5));

@@ -8,8 +8,10 @@ import type { DatasetReport } from '../../domain/dataset/audit';
 import type { LossMode } from '../../domain/dataset/training';
 import { splitOf } from '../../domain/dataset/columnar';
 import { CODES, type Finding, sortFindings } from '../../domain/findings';
+import type { TemplateSource } from '../../domain/template/source';
 import { type PrepareOptions, type PreparedTemplate, prepareTemplate } from './template';
 import { datasetFindings, reportFrom, type ScanReply, scanDatasetInWorker } from './dataset';
+import { auditTrainerConfig, type TrainerAudit } from './trainer';
 import { scanFolder, type AssociationSource, associate } from './workspace';
 
 export interface FolderAudit {
@@ -23,6 +25,8 @@ export interface FolderAudit {
     /** The split its Hub-style name says it holds (train-00000-of-00002.parquet: train). */
     split?: string;
   }[];
+  /** Training configs found, each compared with its model tokenizer's template (CT011). */
+  trainers: TrainerAudit[];
   findings: Finding[];
 }
 
@@ -40,8 +44,27 @@ export async function auditFolder(
   const { workerFile, signal, template, lossMode, maxFiles, ...prepareOptions } = options;
   const scan = scanFolder(root, maxFiles);
   const templatePaths = template ? [path.resolve(root, template)] : scan.templates;
-  const result: FolderAudit = { root, templates: [], datasets: [], findings: [] };
-  const jobs = scan.datasets.map((file) => ({ file, association: associate(file, root, templatePaths, template) }));
+  const result: FolderAudit = { root, templates: [], datasets: [], trainers: [], findings: [] };
+  // training configs first: a dataset one of them names is rendered with the template its trainer renders
+  const byTrainer = new Map<string, { config: string; source: TemplateSource }>();
+  for (const file of scan.trainers) {
+    const t = auditTrainerConfig(file, { root });
+    if (!t) continue;
+    result.trainers.push(t);
+    result.findings.push(...t.findings);
+    for (const d of t.datasetTemplates)
+      if (!byTrainer.has(path.resolve(d.file))) byTrainer.set(path.resolve(d.file), { config: file, source: d.source });
+  }
+  const jobs = scan.datasets.map((file) => {
+    const trained = template ? undefined : byTrainer.get(path.resolve(file));
+    return {
+      file,
+      association: trained
+        ? { template: trained.config, source: 'trainer config' as const }
+        : associate(file, root, templatePaths, template),
+      source: trained?.source,
+    };
+  });
   // datasets are scanned in worker threads (a few at a time) while the templates and their tokenizers load here;
   // each job's scan is a promise the loop below takes in order (scanDatasetInWorker never rejects)
   const answered: ((reply: ScanReply | undefined) => void)[] = [];
@@ -53,7 +76,11 @@ export async function auditFolder(
       answered[i](
         await scanDatasetInWorker(
           workerFile,
-          { file: jobs[i].file, template: jobs[i].association.template, options: prepareOptions },
+          {
+            file: jobs[i].file,
+            template: jobs[i].association.template,
+            options: { ...prepareOptions, source: jobs[i].source },
+          },
           signal,
         ),
       ),
@@ -72,9 +99,13 @@ export async function auditFolder(
     result.templates.push({ path: t, prepared: p });
     result.findings.push(...p.findings);
   }
-  for (const [i, { file, association: a }] of jobs.entries()) {
+  for (const [i, { file, association: a, source }] of jobs.entries()) {
     if (signal?.aborted) break;
-    const p = a.template ? prepare(a.template) : { findings: [], kwargs: {} };
+    const p = source
+      ? prepareTemplate(a.template!, { ...prepareOptions, source })
+      : a.template
+        ? prepare(a.template)
+        : { findings: [], kwargs: {} };
     const scanned = await scans[i];
     // cancelled while the worker scanned (it was stopped): no scan in this thread either
     if (signal?.aborted) break;

@@ -33,6 +33,8 @@ export interface PrepareOptions {
   specialTokens?: Record<string, string>;
   /** Unsaved text of the template file (editor buffers). */
   text?: string;
+  /** A template already loaded (a trainer's built-in template): used as it is, its tokenizer found in its folder. */
+  source?: TemplateSource;
 }
 
 export interface PreparedTemplate {
@@ -67,7 +69,9 @@ export function loadTemplateAndTokenizer(
   const kwargs = options.kwargs ?? {};
   let source: TemplateSource;
   try {
-    source = loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text);
+    source =
+      options.source ??
+      loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text);
   } catch (e) {
     if (e instanceof TemplateLoadError) return { findings: [loadErrorFinding(e)], kwargs };
     throw e;

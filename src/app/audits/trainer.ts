@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FILE_LIMITS, readTextChecked } from '../../domain/files';
+import { FILE_LIMITS, insideRoot, readTextChecked } from '../../domain/files';
 import { CODES, type Finding } from '../../domain/findings';
 import { LineIndex } from '../../domain/json';
 import { AUDIT_CLOCK, SAMPLE_QUERY } from '../../domain/template/audit';
@@ -41,13 +41,19 @@ export interface TrainerAudit {
   differs?: { prefix: boolean; postfix: boolean };
   /** Why nothing was compared, in words. */
   note?: string;
+  /**
+   * The config's datasets that are files here, each with the template its trainer renders it with (as a loaded
+   * source, its folder the model's, so its tokenizer is found): the dataset audit renders them so.
+   */
+  datasetTemplates: { file: string; label: string; source: TemplateSource }[];
   findings: Finding[];
 }
 
 /** Reads and audits a trainer config; undefined when the file is not one. */
 export function auditTrainerConfig(
   file: string,
-  options: { modelFolder?: string; text?: string } = {},
+  /** `root`: the workspace folder; a model or template path the config names outside it is not read (WS001). */
+  options: { modelFolder?: string; text?: string; root?: string } = {},
 ): TrainerAudit | undefined {
   const text = options.text ?? readTextChecked(file, FILE_LIMITS.config);
   const lines = new LineIndex(text);
@@ -71,17 +77,40 @@ export function auditTrainerConfig(
       },
       findings: [at(e.offset, e.offset, 'CT011', 'error', `${path.basename(file)}: ${e.message}`)],
       note: e.message,
+      datasetTemplates: [],
     };
   }
   if (!config) return undefined;
   const framework = FRAMEWORK_NAMES[config.framework];
   const findings = config.problems.map((p) => at(p.start, p.end, 'CT011', 'warning', p.message));
-  const modelFolder = options.modelFolder ?? localModel(config);
+  const outside = (p: string) => options.root !== undefined && !insideRoot(options.root, p);
+  const refuse = (p: string, what: string) =>
+    at(
+      config.templateAt.start,
+      config.templateAt.end,
+      'WS001',
+      'error',
+      `${what} ${p} is outside the workspace folder ${options.root}: not read`,
+    );
+  let modelFolder = options.modelFolder ?? localModel(config);
+  if (modelFolder && outside(modelFolder)) {
+    findings.push(refuse(modelFolder, 'the model folder'));
+    modelFolder = undefined;
+  }
+  const t = config.template;
+  if ((t.kind === 'file' || t.kind === 'folder') && outside(t.path))
+    return {
+      config,
+      findings: [...findings, refuse(t.path, 'the chat template')],
+      note: 'the template is outside the workspace',
+      datasetTemplates: [],
+    };
   if (!modelFolder)
     return {
       config,
       findings,
       note: `the model ${config.model ?? '(none named)'} is not a folder beside the config: its tokenizer's template cannot be compared (give the model folder)`,
+      datasetTemplates: [],
     };
   const loaded = loadTemplateAndTokenizer(modelFolder, {});
   if (!loaded.source)
@@ -90,9 +119,10 @@ export function auditTrainerConfig(
       modelFolder,
       findings: [...findings, ...loaded.findings],
       note: 'the model folder has no chat template',
+      datasetTemplates: [],
     };
   const tokenizer = framed(`the tokenizer's (${path.basename(modelFolder)})`, loaded.source, loaded.tokenizer);
-  let trainer: FramedTemplate;
+  let trainer: FramedTemplate & { label: string };
   try {
     const t = trainerSource(config.template, loaded.source);
     trainer = framed(t.label, t.source, loaded.tokenizer);
@@ -102,6 +132,7 @@ export function auditTrainerConfig(
       config,
       modelFolder,
       tokenizer,
+      datasetTemplates: [],
       findings: [
         ...findings,
         at(
@@ -134,7 +165,43 @@ export function auditTrainerConfig(
       ),
     );
   }
-  return { config, modelFolder, tokenizer, trainer, differs, findings };
+  const datasetTemplates: TrainerAudit['datasetTemplates'] = [];
+  for (const d of config.datasets) {
+    const f = datasetFile(config, d.name);
+    if (!f || outside(f)) continue;
+    try {
+      const s = d.template === config.template ? trainer : trainerSource(d.template, loaded.source);
+      // the trainer's template, found beside the model: its tokenizer is the model's
+      datasetTemplates.push({ file: f, label: s.label, source: { ...s.source, folder: modelFolder } });
+    } catch {
+      // a dataset's own template that does not load: its dataset is audited as if no trainer config named it
+    }
+  }
+  return { config, modelFolder, tokenizer, trainer, differs, datasetTemplates, findings };
+}
+
+/**
+ * A dataset the config names, as a file here: a path (axolotl's `path`, TRL's `dataset_name`) resolved against the
+ * config's folder, or a LLaMA-Factory dataset name looked up in `<dataset_dir>/dataset_info.json` (its
+ * `file_name`); undefined for Hub datasets.
+ */
+function datasetFile(config: TrainerConfig, name: string): string | undefined {
+  const dir = path.dirname(config.file);
+  const direct = path.isAbsolute(name) ? name : path.join(dir, name);
+  if (fs.existsSync(direct) && fs.statSync(direct).isFile()) return direct;
+  if (config.framework !== 'llama-factory') return undefined;
+  const dataDir = path.join(dir, config.datasetDir ?? 'data');
+  const info = path.join(dataDir, 'dataset_info.json');
+  if (!fs.existsSync(info)) return undefined;
+  try {
+    const entry = (JSON.parse(readTextChecked(info, FILE_LIMITS.config)) as Record<string, { file_name?: unknown }>)[
+      name
+    ];
+    const fileName = typeof entry?.file_name === 'string' ? path.join(dataDir, entry.file_name) : undefined;
+    return fileName && fs.existsSync(fileName) && fs.statSync(fileName).isFile() ? fileName : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 const show = (s: { text: string; tokens: Token[] }) =>
@@ -182,4 +249,31 @@ function framed(label: string, source: TemplateSource, tokenizer?: LoadedTokeniz
     prefix: { text: seg.prefix.text, tokens: seg.prefix.tokens },
     postfix: { text: seg.postfix.text, tokens: seg.postfix.tokens },
   };
+}
+
+/** The comparison as Markdown (the editor's page): what the trainer renders, and each side's tokens. */
+export function trainerMarkdown(a: TrainerAudit, name: string): string {
+  const out = [`# ${name}: the template ${FRAMEWORK_NAMES[a.config.framework]} renders`, ''];
+  out.push(
+    `Model: \`${a.config.model ?? '(none named)'}\`${a.modelFolder ? ` (tokenizer from ${path.basename(a.modelFolder)})` : ''}`,
+    '',
+  );
+  if (a.note) out.push(a.note, '');
+  if (a.tokenizer && a.trainer) {
+    out.push(
+      `The trainer renders **${a.trainer.label}**; inference and every measurement from the tokenizer use **${a.tokenizer.label}**.`,
+      '',
+    );
+    const cell = (t?: Token) => (t ? `\`${JSON.stringify(t.text).slice(1, -1).replace(/\|/g, '\\|')}\` #${t.id}` : '');
+    for (const k of ['prefix', 'postfix'] as const) {
+      out.push(`## ${k}: ${a.differs?.[k] ? 'differs' : 'the same'}`, '', '| | tokenizer | trainer |', '|---|---|---|');
+      const [t, r] = [a.tokenizer[k].tokens, a.trainer[k].tokens];
+      for (let i = 0; i < Math.max(t.length, r.length); i++)
+        out.push(`| ${t[i]?.id === r[i]?.id ? '' : '\u2260'} | ${cell(t[i])} | ${cell(r[i])} |`);
+      out.push('');
+    }
+  }
+  if (a.findings.length)
+    out.push('## Findings', '', ...a.findings.map((f) => `- **${f.code}** (${f.severity}): ${f.message}`), '');
+  return out.join('\n');
 }

@@ -26,6 +26,8 @@ export interface WorkspaceScan {
   /** Template sources: model folders (holding a template) and standalone .jinja files. */
   templates: string[];
   datasets: string[];
+  /** Training configs (axolotl, LLaMA-Factory, TRL YAML): each names the template its trainer renders. */
+  trainers: string[];
   /** The walk stopped at its budget of entries: what lies past it was not looked at. */
   truncated?: { maxFiles: number };
 }
@@ -34,6 +36,7 @@ export interface WorkspaceScan {
 export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
   const templates: string[] = [];
   const datasets: string[] = [];
+  const trainers: string[] = [];
   let seen = 0;
   let truncated = false;
   const walk = (dir: string) => {
@@ -60,6 +63,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
           (isJsonFile(e.name) && !isTemplateFileName(e.name) && isJsonDataset(full))
         )
           datasets.push(full);
+        else if (/\.ya?ml$/i.test(e.name) && looksLikeTrainerConfig(full)) trainers.push(full);
         else if (isTemplateFileName(e.name) && hasTemplate(full)) {
           if (/\.(jinja2?|j2)$/i.test(e.name) && e.name !== 'chat_template.jinja') templates.push(full);
           else folderHasTemplate = true;
@@ -69,7 +73,21 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
     if (folderHasTemplate) templates.push(dir);
   };
   walk(root);
-  return { templates: templates.sort(), datasets: datasets.sort(), ...(truncated ? { truncated: { maxFiles } } : {}) };
+  return {
+    templates: templates.sort(),
+    datasets: datasets.sort(),
+    trainers: trainers.sort(),
+    ...(truncated ? { truncated: { maxFiles } } : {}),
+  };
+}
+
+/** A YAML file that names a model the way training configs do (read in full only then, by the trainer audit). */
+function looksLikeTrainerConfig(file: string): boolean {
+  try {
+    return /^["']?(base_model|model_name_or_path)["']?\s*:/m.test(readTextChecked(file, FILE_LIMITS.config));
+  } catch {
+    return false;
+  }
 }
 
 function hasTemplate(file: string): boolean {
@@ -85,7 +103,13 @@ function hasTemplate(file: string): boolean {
 /** The workspace file that pairs datasets with templates: { "datasets": { "data/train.jsonl": "models/base" } }. */
 export const ASSOCIATION_FILE = '.piggyback.json';
 
-export type AssociationSource = 'explicit' | 'workspace file' | 'nearest model folder' | 'only template' | 'none';
+export type AssociationSource =
+  | 'explicit'
+  | 'workspace file'
+  | 'trainer config'
+  | 'nearest model folder'
+  | 'only template'
+  | 'none';
 
 /**
  * Which template a dataset is rendered with, and why (shown to the user, who can change it). An entry of

@@ -49,6 +49,8 @@ export interface TrainerConfig {
   model?: string;
   template: TrainerTemplate;
   datasets: TrainerDataset[];
+  /** LLaMA-Factory's dataset_dir (where dataset_info.json names each dataset's file). */
+  datasetDir?: string;
   /** TRL's assistant_only_loss / axolotl's roles_to_train: what the loss covers, when the config says. */
   assistantOnlyLoss?: boolean;
   /** Where the template is chosen (its key, or the model key when the tokenizer's is used by default): offsets. */
@@ -181,6 +183,7 @@ export function readTrainerConfig(file: string, text: string): TrainerConfig | u
       model: str('model_name_or_path'),
       template,
       datasets,
+      datasetDir: str('dataset_dir'),
       // LLaMA-Factory masks the prompt unless train_on_prompt
       assistantOnlyLoss: str('train_on_prompt') !== 'true',
       templateAt: keyRange('template'),
