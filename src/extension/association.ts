@@ -5,7 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { associate, ASSOCIATION_FILE, type AssociationSource, scanFolder } from '../app/audits';
+import { associate, ASSOCIATION_FILE, type AssociationSource, scanFolder, trainerDatasets } from '../app/audits';
+import { insideRoot } from '../domain/files';
 import { readSettings } from './config';
 import { FILE_LIMITS, readTextChecked } from '../domain/files';
 
@@ -18,7 +19,10 @@ export class Associations implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('piggyback.template', vscode.StatusBarAlignment.Left, 50);
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
-  private scanCache = new Map<string, { at: number; templates: string[] }>();
+  private scanCache = new Map<
+    string,
+    { at: number; templates: string[]; configs: string[]; trainers: Map<string, string> }
+  >();
 
   constructor() {
     this.item.name = 'Piggyback template';
@@ -26,19 +30,36 @@ export class Associations implements vscode.Disposable {
   }
 
   /** Model folders and .jinja files in the workspace folder (cached for a few seconds: scans walk the tree). */
+  /** Scans are looked at again (a training config or dataset_info.json changed). */
+  forget(): void {
+    this.scanCache.clear();
+  }
+
   templatesIn(root: string): string[] {
+    return this.scanned(root).templates;
+  }
+
+  /** The workspace folder's model folders, .jinja files and the datasets its training configs name. */
+  private scanned(root: string) {
     const hit = this.scanCache.get(root);
-    if (hit && Date.now() - hit.at < 5000) return hit.templates;
-    const templates = scanFolder(root).templates;
-    this.scanCache.set(root, { at: Date.now(), templates });
-    return templates;
+    if (hit && Date.now() - hit.at < 5000) return hit;
+    const scan = scanFolder(root);
+    // a dataset a training config names is rendered with that trainer's template (the first config naming it)
+    const trainers = new Map<string, string>();
+    for (const config of scan.trainers)
+      for (const d of trainerDatasets(config))
+        if (insideRoot(root, d) && !trainers.has(path.resolve(d))) trainers.set(path.resolve(d), config);
+    const entry = { at: Date.now(), templates: scan.templates, configs: scan.trainers, trainers };
+    this.scanCache.set(root, entry);
+    return entry;
   }
 
   resolve(dataset: vscode.Uri): Association {
     const folder = vscode.workspace.getWorkspaceFolder(dataset);
     const root = folder?.uri.fsPath ?? path.dirname(dataset.fsPath);
     // a per-dataset choice in .piggyback.json wins over the workspace-wide setting, which wins over the guess
-    const guess = associate(dataset.fsPath, root, this.templatesIn(root));
+    const { templates, trainers } = this.scanned(root);
+    const guess = associate(dataset.fsPath, root, templates, undefined, trainers);
     if (guess.refused) this.warnOnce(guess.refused.message);
     if (guess.source === 'workspace file') return guess;
     const setting = readSettings(dataset).template;
@@ -79,9 +100,17 @@ export class Associations implements vscode.Disposable {
     const root = folder?.uri.fsPath ?? path.dirname(uri.fsPath);
     this.scanCache.delete(root);
     const current = this.resolve(uri);
-    const items: (vscode.QuickPickItem & { value?: string })[] = this.templatesIn(root).map((t) => ({
+    // model folders and .jinja files, then training configs (the template their trainer renders)
+    const scan = this.scanned(root);
+    const configs = scan.configs;
+    const items: (vscode.QuickPickItem & { value?: string })[] = [...scan.templates, ...configs].map((t) => ({
       label: path.relative(root, t) || path.basename(t),
-      description: t === current.template ? `current (${current.source})` : undefined,
+      description:
+        t === current.template
+          ? `current (${current.source})`
+          : configs.includes(t)
+            ? 'training config: the template its trainer renders'
+            : undefined,
       value: t,
     }));
     items.push({ label: '$(folder-opened) Browse...', value: undefined });

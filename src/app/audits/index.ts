@@ -8,3 +8,4 @@ export * from './dataset';
 export * from './workspace';
 export * from './folder';
 export * from './trainer';
+export * from './trainerTemplate';

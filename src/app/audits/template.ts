@@ -15,6 +15,7 @@ import {
 import { ChatTemplate, type RenderOptions } from '../../domain/template/render';
 import { segmentPrompt } from '../../domain/template/segments';
 import { loadTemplate, specialTokensOf, TemplateLoadError, type TemplateSource } from '../../domain/template/source';
+import { trainerTemplateSource } from './trainerTemplate';
 import {
   findTokenizerFile,
   type LoadedTokenizer,
@@ -71,7 +72,10 @@ export function loadTemplateAndTokenizer(
   try {
     source =
       options.source ??
-      loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text);
+      // a training config (axolotl, LLaMA-Factory, TRL) is the template its trainer renders, with the model's tokenizer
+      (/\.ya?ml$/i.test(templatePath)
+        ? trainerTemplateSource(templatePath, options.text)
+        : loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text));
   } catch (e) {
     if (e instanceof TemplateLoadError) return { findings: [loadErrorFinding(e)], kwargs };
     throw e;

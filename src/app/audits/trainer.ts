@@ -4,7 +4,6 @@
  * chose the template: the finetune was trained on (and so lives in) the trainer's prefix, not the one every
  * inference stack renders from the tokenizer.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FILE_LIMITS, insideRoot, readTextChecked } from '../../domain/files';
 import { CODES, type Finding } from '../../domain/findings';
@@ -12,16 +11,16 @@ import { LineIndex } from '../../domain/json';
 import { AUDIT_CLOCK, SAMPLE_QUERY } from '../../domain/template/audit';
 import { ChatTemplate } from '../../domain/template/render';
 import { segmentPrompt } from '../../domain/template/segments';
-import { loadTemplate, parseTemplateText, TemplateLoadError, type TemplateSource } from '../../domain/template/source';
+import { TemplateLoadError, type TemplateSource } from '../../domain/template/source';
 import type { LoadedTokenizer, Token } from '../../domain/tokenizer';
 import {
   FRAMEWORK_NAMES,
   readTrainerConfig,
   type TrainerConfig,
   TrainerConfigError,
-  type TrainerTemplate,
 } from '../../domain/trainers/config';
 import { loadTemplateAndTokenizer } from './template';
+import { datasetFile, localModel, trainerSource } from './trainerTemplate';
 
 export interface FramedTemplate {
   /** In words: "the tokenizer's (models/qwen3/tokenizer_config.json)", "axolotl 0.18.0's built-in "llama3"". */
@@ -180,62 +179,8 @@ export function auditTrainerConfig(
   return { config, modelFolder, tokenizer, trainer, differs, datasetTemplates, findings };
 }
 
-/**
- * A dataset the config names, as a file here: a path (axolotl's `path`, TRL's `dataset_name`) resolved against the
- * config's folder, or a LLaMA-Factory dataset name looked up in `<dataset_dir>/dataset_info.json` (its
- * `file_name`); undefined for Hub datasets.
- */
-function datasetFile(config: TrainerConfig, name: string): string | undefined {
-  const dir = path.dirname(config.file);
-  const direct = path.isAbsolute(name) ? name : path.join(dir, name);
-  if (fs.existsSync(direct) && fs.statSync(direct).isFile()) return direct;
-  if (config.framework !== 'llama-factory') return undefined;
-  const dataDir = path.join(dir, config.datasetDir ?? 'data');
-  const info = path.join(dataDir, 'dataset_info.json');
-  if (!fs.existsSync(info)) return undefined;
-  try {
-    const entry = (JSON.parse(readTextChecked(info, FILE_LIMITS.config)) as Record<string, { file_name?: unknown }>)[
-      name
-    ];
-    const fileName = typeof entry?.file_name === 'string' ? path.join(dataDir, entry.file_name) : undefined;
-    return fileName && fs.existsSync(fileName) && fs.statSync(fileName).isFile() ? fileName : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 const show = (s: { text: string; tokens: Token[] }) =>
   `${JSON.stringify(s.text.length > 80 ? `${s.text.slice(0, 79)}\u2026` : s.text)} (${s.tokens.length} tokens)`;
-
-/** The model folder a config names, when it is a local folder with a tokenizer config (not a Hub id). */
-function localModel(config: TrainerConfig): string | undefined {
-  if (!config.model) return undefined;
-  const dir = path.isAbsolute(config.model) ? config.model : path.join(path.dirname(config.file), config.model);
-  return fs.existsSync(path.join(dir, 'tokenizer_config.json')) ? dir : undefined;
-}
-
-/** The trainer's template as a source, with the tokenizer's special tokens (as the trainer renders it). */
-function trainerSource(t: TrainerTemplate, tokenizer: TemplateSource): { label: string; source: TemplateSource } {
-  const tokens = (s: TemplateSource) => ({ ...s, specialTokens: { ...tokenizer.specialTokens, ...s.specialTokens } });
-  switch (t.kind) {
-    case 'tokenizer':
-      return { label: "the tokenizer's template", source: tokenizer };
-    case 'builtin':
-      if (t.fallbackToTokenizer && tokenizer.text) return { label: "the tokenizer's template", source: tokenizer };
-      return {
-        label: `its built-in template "${t.name}" (version ${t.version})`,
-        source: tokens(parseTemplateText(`${t.name}.jinja`, t.jinja)),
-      };
-    case 'jinja':
-      return {
-        label: 'the inline Jinja template of its config',
-        source: tokens(parseTemplateText('inline.jinja', t.text)),
-      };
-    case 'file':
-    case 'folder':
-      return { label: `the template of ${path.basename(t.path)}`, source: tokens(loadTemplate(t.path)) };
-  }
-}
 
 function framed(label: string, source: TemplateSource, tokenizer?: LoadedTokenizer): FramedTemplate {
   const seg = segmentPrompt(

@@ -120,6 +120,8 @@ export function associate(
   root: string,
   templates: string[],
   explicit?: string,
+  /** Datasets training configs name, with the config (trainerDatasets): rendered as that trainer renders them. */
+  trainers?: Map<string, string>,
 ): { template?: string; source: AssociationSource; refused?: Finding } {
   if (explicit) return { template: path.resolve(root, explicit), source: 'explicit' };
   const assocFile = path.join(root, ASSOCIATION_FILE);
@@ -143,7 +145,8 @@ export function associate(
       // a broken or refused association file falls through to the guess
     }
   }
-  const guess = nearestTemplate(dataset, templates);
+  const config = trainers?.get(path.resolve(dataset));
+  const guess = config ? { template: config, source: 'trainer config' as const } : nearestTemplate(dataset, templates);
   return refused ? { ...guess, refused } : guess;
 }
 
