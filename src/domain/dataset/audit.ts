@@ -170,77 +170,39 @@ export async function scanDataset(
   source: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
   options: Omit<DatasetAuditOptions, 'tokenizer'> = {},
 ): Promise<DatasetScan> {
-  const maxErrors = options.maxErrors ?? 1000;
-  const sampleSize = options.querySample ?? 1000;
-  const errors: RowError[] = [];
-  let errorsOmitted = 0;
+  const log = new ErrorLog(options.maxErrors ?? 1000);
   const formats: Partial<Record<RowFormat, number>> = {};
   let rows = 0;
   let validRows = 0;
-  const frames = new Map<string, Frame>();
-  const prefixCounts = new Map<string, number>();
-  const postfixCounts = new Map<string, number>();
-  let rendered = 0;
+  const frames = new FrameCache(options.template, options.renderOptions ?? {});
+  const surface = new SurfaceCounts();
   let defaultSystemPromptRows = 0;
   let systemRows = 0;
   // queries are kept (and tokenized) up to QUERY_SAMPLE_CHARS; a longer one's count is scaled from that head, so
-  // one 50 MB row costs neither 50 MB in the sample nor a tokenizer pass over 50 MB
-  const sample: { head: string; length: number }[] = [];
-  // a fixed seed keeps the query sample (and so the median) identical run to run
-  const random = xorshift32(0x2545f491);
-  const responseRows: { line: number; messages: ChatMessage[] }[] = [];
+  // one 50 MB row costs neither 50 MB in the sample nor a tokenizer pass over 50 MB. Fixed seeds keep the samples
+  // (and so the median) identical run to run
+  const queries = new Reservoir<{ head: string; length: number }>(options.querySample ?? 1000, 0x2545f491);
+  // whole rows that end in a response (what a completion-only collator trains on)
+  const responses = new Reservoir<{ line: number; messages: ChatMessage[] }>(COLLATOR_SAMPLE.rows, 0x1b873593);
   let withResponse = 0;
-  const randomRow = xorshift32(0x1b873593);
+  const longRows = options.contextLength ? new LongRows(options.contextLength) : undefined;
 
-  const systemFrames = options.template && new SystemFrames(options.template, options.renderOptions ?? {});
-  let rowsUntracked = 0;
-  const context = options.contextLength;
-  const longRows: NonNullable<DatasetScan['longRows']> | undefined = context
-    ? { context, candidates: 0, kept: [] }
-    : undefined;
-  let longChars = 0;
-  /** Counts `key`, unless the map is full and does not hold it yet; false then. */
-  const count = (m: Map<string, number>, key: string): boolean => {
-    const n = m.get(key);
-    if (n === undefined && m.size >= SURFACE_LIMITS.distinct) return false;
-    m.set(key, (n ?? 0) + 1);
-    return true;
-  };
-  const report = (line: Line, code: string, severity: Severity, message: string, column = 1) => {
-    if (errors.length < maxErrors) errors.push({ line: line.line, column, code, severity, message });
-    else errorsOmitted++;
-  };
-
-  const encoding = (e: EncodingNote) => report({ line: 1, text: '', length: 0 }, 'DS009', ...encodingProblem(e));
+  const encoding = (e: EncodingNote) => log.report({ line: 1, text: '', length: 0 }, 'DS009', ...encodingProblem(e));
   for await (const line of readLines(source, options.maxLineLength, encoding)) {
     if (line.tooLong) {
       rows++;
-      report(line, 'DS007', 'error', `line is ${line.length} characters long, over the reader's limit; skipped`);
+      log.report(line, 'DS007', 'error', `line is ${line.length} characters long, over the reader's limit; skipped`);
       continue;
     }
     if (!/\S/.test(line.text)) continue;
     rows++;
     if (options.onProgress && rows % 4096 === 0 && options.onProgress(rows) === false) break;
-    let value: unknown;
-    try {
-      value = JSON.parse(line.text);
-    } catch (e) {
-      const where = jsonErrorOffset(line.text);
-      report(
-        line,
-        'DS001',
-        'error',
-        `malformed JSON: ${where?.message ?? (e as Error).message}`,
-        (where?.offset ?? 0) + 1,
-      );
-      continue;
-    }
-    const row = normaliseRow(value);
+    const row = parseRow(line, log);
+    if (!row) continue;
     if (row.format) formats[row.format] = (formats[row.format] ?? 0) + 1;
     // every problem is reported, also on a row of no known format
-    const noErrors = reportRowProblems(line, row.problems, report);
-    const rowOk = row.format !== undefined && noErrors;
-    if (!rowOk) continue;
+    const noErrors = reportRowProblems(line, row.problems, log.report);
+    if (row.format === undefined || !noErrors) continue;
     validRows++;
     if (!options.template || row.messages.length === 0) continue;
 
@@ -249,82 +211,36 @@ export async function scanDataset(
     const system =
       messages[0].role === 'system' || messages[0].role === 'developer' ? contentText(messages[0].content) : undefined;
     if (system !== undefined) systemRows++;
-    // content is passed to the template as the row has it (a string, or a list of parts): the shape is in the key
-    const roles = messages.map((m) => (Array.isArray(m.content) ? `${m.role}[${m.content.length}]` : m.role)).join(',');
-    const key = `${roles}\u0000${system ?? ''}`;
-    let f = frames.get(key);
-    if (!f) {
-      f = (systemFrames as SystemFrames).frame(messages, system, roles);
-      if (frames.size < SURFACE_LIMITS.distinct) frames.set(key, f);
-    }
+    const f = frames.of(messages, system);
     if (f.error !== undefined) {
-      report(line, 'DS008', 'error', `the template fails on this row: ${f.error}`);
+      log.report(line, 'DS008', 'error', `the template fails on this row: ${f.error}`);
       continue;
     }
     if (f.partsAsText)
-      report(
+      log.report(
         line,
         'DS013',
         'warning',
         "the template prints this row's content parts as a Python list ([{'type': 'text', 'text': ...}]), as transformers does: the model trains on that text, not on the message",
       );
-    rendered++;
-    if (longRows && context) {
-      // a token stands for at least one byte of the rendered text (byte-level BPE; SentencePiece falls back to
-      // bytes, a character at a time), so a row whose rendered text has fewer bytes than the context fits in it
-      // (a UTF-16 code unit is at most 3 UTF-8 bytes: most rows are cleared on their string lengths alone)
-      // (the system turn is rendered verbatim: its bytes are the template's)
-      let units = 0;
-      for (let i = 0; i < messages.length; i++)
-        if (f.copies[i]) units += f.copies[i] * (contentText(messages[i].content)?.length ?? 0);
-      let bytes = f.templateBytes + 3 * units;
-      if (bytes > context) {
-        bytes = f.templateBytes;
-        for (let i = 0; i < messages.length; i++)
-          if (f.copies[i]) bytes += f.copies[i] * Buffer.byteLength(contentText(messages[i].content) ?? '');
-      }
-      if (bytes > context) {
-        longRows.candidates++;
-        if (longRows.kept.length < LONG_ROW_LIMITS.rows && longChars + line.text.length <= LONG_ROW_LIMITS.chars) {
-          longRows.kept.push({ line: line.line, messages });
-          longChars += line.text.length;
-        }
-      }
-    }
+    surface.add(f);
+    longRows?.offer(line, messages, f);
     if (system === undefined && options.defaultSystemPrompt && f.prefix.includes(options.defaultSystemPrompt))
       defaultSystemPromptRows++;
-    // both counted (a full prefix map must not stop the postfix count)
-    const prefixTracked = count(prefixCounts, f.prefix);
-    const tracked = count(postfixCounts, f.postfix) && prefixTracked;
-    if (!tracked) rowsUntracked++;
-    // reservoir sample of queries for the median query length
     const lastUser = lastIndexOfRole(messages, 'user');
-    const query = lastUser >= 0 ? contentText(messages[lastUser].content) : undefined;
-    // reservoir sample of whole rows that end in a response (what a completion-only collator trains on)
     if (
       lastUser >= 0 &&
       messages[messages.length - 1].role === 'assistant' &&
       line.text.length <= COLLATOR_SAMPLE.chars
-    ) {
-      withResponse++;
-      const r = { line: line.line, messages };
-      if (responseRows.length < COLLATOR_SAMPLE.rows) responseRows.push(r);
-      else {
-        const j = Math.floor(randomRow() * withResponse);
-        if (j < COLLATOR_SAMPLE.rows) responseRows[j] = r;
-      }
-    }
-    if (query !== undefined) {
-      const q = {
-        head: query.length > QUERY_SAMPLE_CHARS ? query.slice(0, QUERY_SAMPLE_CHARS) : query,
-        length: query.length,
-      };
-      if (sample.length < sampleSize) sample.push(q);
-      else {
-        const j = Math.floor(random() * rendered);
-        if (j < sampleSize) sample[j] = q;
-      }
-    }
+    )
+      responses.offer({ line: line.line, messages }, ++withResponse);
+    const query = lastUser >= 0 ? contentText(messages[lastUser].content) : undefined;
+    if (query !== undefined)
+      queries.offer(
+        { head: query.length > QUERY_SAMPLE_CHARS ? query.slice(0, QUERY_SAMPLE_CHARS) : query, length: query.length },
+        // the sample's odds are per rendered row (rows without a query included), as they always were
+        surface.rendered,
+      );
   }
 
   const scan: DatasetScan = {
@@ -332,30 +248,164 @@ export async function scanDataset(
     rows,
     validRows,
     formats,
-    errors,
-    errorsOmitted,
-    longRows,
-    responseRows: responseRows.sort((a, b) => a.line - b.line),
+    errors: log.errors,
+    errorsOmitted: log.omitted,
+    longRows: longRows?.result(),
+    responseRows: responses.items.sort((a, b) => a.line - b.line),
   };
-  if (options.template && rendered > 0) {
-    const [prefix, prefixTop] = mode(prefixCounts);
-    const [postfix, postfixTop] = mode(postfixCounts);
+  if (options.template && surface.rendered > 0) {
+    const [prefix, prefixTop] = mode(surface.prefixes);
+    const [postfix, postfixTop] = mode(surface.postfixes);
     scan.surface = {
       prefix,
       prefixTop,
-      distinctPrefixes: prefixCounts.size,
+      distinctPrefixes: surface.prefixes.size,
       postfix,
       postfixTop,
-      distinctPostfixes: postfixCounts.size,
-      rendered,
-      rowsUntracked,
+      distinctPostfixes: surface.postfixes.size,
+      rendered: surface.rendered,
+      rowsUntracked: surface.untracked,
       defaultSystemPromptRows,
       systemRows,
       systemFate: systemRows > 0 ? systemFate(options.template, options.renderOptions ?? {}).fate : 'n/a',
-      sample,
+      sample: queries.items,
     };
   }
   return scan;
+}
+
+/** A line as a row (normalised), or undefined when it is not JSON (DS001, located at the parser's offset). */
+function parseRow(line: Line, log: ErrorLog): ReturnType<typeof normaliseRow> | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(line.text);
+  } catch (e) {
+    const where = jsonErrorOffset(line.text);
+    log.report(
+      line,
+      'DS001',
+      'error',
+      `malformed JSON: ${where?.message ?? (e as Error).message}`,
+      (where?.offset ?? 0) + 1,
+    );
+    return undefined;
+  }
+  return normaliseRow(value);
+}
+
+/** Row errors up to a limit; past it, only counted. */
+class ErrorLog {
+  readonly errors: RowError[] = [];
+  omitted = 0;
+  constructor(private readonly max: number) {}
+  readonly report = (line: Line, code: string, severity: Severity, message: string, column = 1): void => {
+    if (this.errors.length < this.max) this.errors.push({ line: line.line, column, code, severity, message });
+    else this.omitted++;
+  };
+}
+
+/**
+ * A uniform sample of at most `size` items from a stream (reservoir sampling, algorithm R), on a seeded generator:
+ * the same stream gives the same sample.
+ */
+export class Reservoir<T> {
+  readonly items: T[] = [];
+  private readonly random: () => number;
+  constructor(
+    readonly size: number,
+    seed: number,
+  ) {
+    this.random = xorshift32(seed);
+  }
+
+  /** Offers an item; `seen` counts the stream so far, this item included (the odds it is kept are size/seen). */
+  offer(item: T, seen: number): void {
+    if (this.items.length < this.size) this.items.push(item);
+    else {
+      const j = Math.floor(this.random() * seen);
+      if (j < this.size) this.items[j] = item;
+    }
+  }
+}
+
+/** The frame of each row shape (roles, content shapes, system text), rendered once and kept up to a limit. */
+class FrameCache {
+  private readonly frames = new Map<string, Frame>();
+  private readonly system?: SystemFrames;
+  constructor(template: ChatTemplate | undefined, render: RenderOptions) {
+    this.system = template && new SystemFrames(template, render);
+  }
+
+  of(messages: ChatMessage[], system: string | undefined): Frame {
+    // content is passed to the template as the row has it (a string, or a list of parts): the shape is in the key
+    const roles = messages.map((m) => (Array.isArray(m.content) ? `${m.role}[${m.content.length}]` : m.role)).join(',');
+    const key = `${roles}\u0000${system ?? ''}`;
+    let f = this.frames.get(key);
+    if (!f) {
+      f = (this.system as SystemFrames).frame(messages, system, roles);
+      if (this.frames.size < SURFACE_LIMITS.distinct) this.frames.set(key, f);
+    }
+    return f;
+  }
+}
+
+/** How often each prefix and postfix is rendered, up to a limit of distinct ones (rows past it are untracked). */
+class SurfaceCounts {
+  readonly prefixes = new Map<string, number>();
+  readonly postfixes = new Map<string, number>();
+  rendered = 0;
+  untracked = 0;
+
+  add(f: Frame): void {
+    this.rendered++;
+    // both counted (a full prefix map must not stop the postfix count)
+    const prefix = count(this.prefixes, f.prefix);
+    if (!(count(this.postfixes, f.postfix) && prefix)) this.untracked++;
+  }
+}
+
+/** Counts `key`, unless the map is full and does not hold it yet; false then. */
+function count(m: Map<string, number>, key: string): boolean {
+  const n = m.get(key);
+  if (n === undefined && m.size >= SURFACE_LIMITS.distinct) return false;
+  m.set(key, (n ?? 0) + 1);
+  return true;
+}
+
+/**
+ * Rows that may be longer than the model's context, kept (up to a budget) to be tokenized when the scan ends. A
+ * token stands for at least one byte of the rendered text (byte-level BPE; SentencePiece falls back to bytes, a
+ * character at a time), so a row whose rendered text has fewer bytes than the context fits in it (a UTF-16 code
+ * unit is at most 3 UTF-8 bytes: most rows are cleared on their string lengths alone; the system turn is rendered
+ * verbatim: its bytes are the template's).
+ */
+class LongRows {
+  private candidates = 0;
+  private readonly kept: { line: number; messages: ChatMessage[] }[] = [];
+  private chars = 0;
+  constructor(private readonly context: number) {}
+
+  offer(line: Line, messages: ChatMessage[], f: Frame): void {
+    let units = 0;
+    for (let i = 0; i < messages.length; i++)
+      if (f.copies[i]) units += f.copies[i] * (contentText(messages[i].content)?.length ?? 0);
+    let bytes = f.templateBytes + 3 * units;
+    if (bytes > this.context) {
+      bytes = f.templateBytes;
+      for (let i = 0; i < messages.length; i++)
+        if (f.copies[i]) bytes += f.copies[i] * Buffer.byteLength(contentText(messages[i].content) ?? '');
+    }
+    if (bytes <= this.context) return;
+    this.candidates++;
+    if (this.kept.length < LONG_ROW_LIMITS.rows && this.chars + line.text.length <= LONG_ROW_LIMITS.chars) {
+      this.kept.push({ line: line.line, messages });
+      this.chars += line.text.length;
+    }
+  }
+
+  result(): NonNullable<DatasetScan['longRows']> {
+    return { context: this.context, candidates: this.candidates, kept: this.kept };
+  }
 }
 
 /** The report of a scan: token counts of the shared prefix, postfix and sampled queries, and the DS1xx findings. */
