@@ -204,59 +204,87 @@ export function decoderGraphParts(
   adapters: AdapterModules[] = [],
   options: GraphOptions = {},
 ): DecoderGraphParts {
-  const g = new Builder();
-  const { hidden: H, heads, kvHeads, headDim: hd, intermediate: I, vocab: V, layers } = spec;
-  const rep = heads / kvHeads;
-  const weights = new Map<string, string>();
-  const half = options.weightDtype === 'F16';
-  const bits = quantBitsOf(options.weightDtype ?? 'F32');
-  const weight = (tensor: string, dims: number[]): string => {
-    let n = weights.get(tensor);
+  const d = new DecoderWriter(spec, locate, adapters, options);
+  const rope = d.makeRope();
+  const mask = d.makeMask();
+  let x = d.makeEmbedding();
+  const scale = d.g.floats([1 / Math.sqrt(spec.headDim)], []);
+  for (let l = 0; l < spec.layers; l++) {
+    x = d.makeAttention(l, x, rope, mask, scale);
+    x = d.makeMlp(l, x);
+  }
+  d.makeLmHead(x);
+  return {
+    nodes: d.g.nodes,
+    initializers: d.g.initializers,
+    ...d.makeIO(),
+    metadata: { model_type: spec.modelType, rope: spec.rope },
+  };
+}
+
+/**
+ * The decoder written block by block, as onnxruntime-genai's model builder's make_* methods: RoPE tables, the
+ * attention mask, the embedding, each layer's attention and MLP blocks, the output head, the graph's inputs and
+ * outputs. Weights are declared where a block first reads them (decoderTensors lists them in that order).
+ */
+class DecoderWriter {
+  readonly g = new Builder();
+  private readonly weights = new Map<string, string>();
+  private readonly half: boolean;
+  private readonly bits: 4 | 8 | undefined;
+  private readonly adapterInputs: string[];
+
+  constructor(
+    private readonly spec: DecoderSpec,
+    private readonly locate: (tensor: string, dims: number[]) => ExternalLocation,
+    private readonly adapters: AdapterModules[],
+    private readonly options: GraphOptions,
+  ) {
+    this.half = options.weightDtype === 'F16';
+    this.bits = quantBitsOf(options.weightDtype ?? 'F32');
+    this.adapterInputs = adapters.map((_, j) => adapterScaleInput(j));
+  }
+
+  /** A checkpoint tensor as an initializer in its file (declared once). */
+  weight(tensor: string, dims: number[]): string {
+    let n = this.weights.get(tensor);
     if (!n) {
-      n = g.external(
-        tensor,
-        dims,
-        locate(tensor, dims),
-        weightDtype(dims, options) === 'F16' ? DataType.FLOAT16 : DataType.FLOAT,
-      );
-      weights.set(tensor, n);
+      const type = weightDtype(dims, this.options) === 'F16' ? DataType.FLOAT16 : DataType.FLOAT;
+      n = this.g.external(tensor, dims, this.locate(tensor, dims), type);
+      this.weights.set(tensor, n);
     }
     return n;
-  };
-  const adapterInputs = adapters.map((_, j) => adapterScaleInput(j));
+  }
+
   /** A quantized matrix [rows, cols]: its codes [rows, kBlocks, blob] (uint8) and scales [rows * kBlocks]. */
-  const quantized = (tensor: string, rows: number, cols: number): { codes: string; scales: string } => {
-    const l = quantLayout(rows, cols, bits!);
+  quantized(tensor: string, rows: number, cols: number): { codes: string; scales: string } {
+    const { g, weights } = this;
+    const l = quantLayout(rows, cols, this.bits!);
     const codes =
       weights.get(tensor) ??
-      g.external(tensor, [rows, l.kBlocks, l.blob], locate(tensor, [rows, cols]), DataType.UINT8);
+      g.external(tensor, [rows, l.kBlocks, l.blob], this.locate(tensor, [rows, cols]), DataType.UINT8);
     weights.set(tensor, codes);
     const sName = scalesName(tensor);
-    if (!options.locateScales) throw new Error('internal error: a quantized graph needs locateScales');
-    const scales = weights.get(sName) ?? g.external(sName, [rows * l.kBlocks], options.locateScales(tensor));
+    if (!this.options.locateScales) throw new Error('internal error: a quantized graph needs locateScales');
+    const scales = weights.get(sName) ?? g.external(sName, [rows * l.kBlocks], this.options.locateScales(tensor));
     weights.set(sName, scales);
     return { codes, scales };
-  };
+  }
 
-  const rmsNorm = (x: string, w: string): string => {
+  rmsNorm(x: string, w: string): string {
+    const g = this.g;
     const sq = g.one('Pow', [x, g.floats([2], [])]);
     const mean = g.one('ReduceMean', [sq], { axes: [-1], keepdims: 1 });
-    const denom = g.one('Sqrt', [g.one('Add', [mean, g.floats([spec.rmsNormEps], [])])]);
+    const denom = g.one('Sqrt', [g.one('Add', [mean, g.floats([this.spec.rmsNormEps], [])])]);
     return g.one('Mul', [g.one('Div', [x, denom]), w]);
-  };
+  }
 
   /** y = x·Wᵀ (+ b), plus each adapter's low-rank update of this module. x is [T, in]. */
-  const linear = (
-    x: string,
-    module: string,
-    out: number,
-    inDim: number,
-    bias: boolean,
-    tensor = `${module}.weight`,
-  ): string => {
+  linear(x: string, module: string, out: number, inDim: number, bias: boolean, tensor = `${module}.weight`): string {
+    const { g, bits } = this;
     let y: string;
     if (bits) {
-      const q = quantized(tensor, out, inDim);
+      const q = this.quantized(tensor, out, inDim);
       y = g.contrib('MatMulNBits', [x, q.codes, q.scales], {
         K: inDim,
         N: out,
@@ -264,101 +292,98 @@ export function decoderGraphParts(
         block_size: QUANT_BLOCK,
         accuracy_level: ACCURACY_LEVEL,
       });
-      if (bias) y = g.one('Add', [y, weight(`${module}.bias`, [out])]);
-    } else if (half) {
+      if (bias) y = g.one('Add', [y, this.weight(`${module}.bias`, [out])]);
+    } else if (this.half) {
       // float16 matrix, float32 activations: the product runs in float16 and comes back as float32, bias added after
-      y = g.one(
-        'Cast',
-        [g.one('Gemm', [g.one('Cast', [x], { to: DataType.FLOAT16 }), weight(tensor, [out, inDim])], { transB: 1 })],
-        { to: DataType.FLOAT },
-      );
-      if (bias) y = g.one('Add', [y, weight(`${module}.bias`, [out])]);
+      const product = g.one('Gemm', [g.one('Cast', [x], { to: DataType.FLOAT16 }), this.weight(tensor, [out, inDim])], {
+        transB: 1,
+      });
+      y = g.one('Cast', [product], { to: DataType.FLOAT });
+      if (bias) y = g.one('Add', [y, this.weight(`${module}.bias`, [out])]);
     } else {
-      const inputs = [x, weight(tensor, [out, inDim])];
-      if (bias) inputs.push(weight(`${module}.bias`, [out]));
+      const inputs = [x, this.weight(tensor, [out, inDim])];
+      if (bias) inputs.push(this.weight(`${module}.bias`, [out]));
       y = g.one('Gemm', inputs, { transB: 1 });
     }
-    adapters.forEach((modules, j) => {
+    this.adapters.forEach((modules, j) => {
       const lora = modules.get(module);
       if (!lora) return;
       const a = g.inline(`adapter.${j}.${module}.lora_A.weight`, [lora.rank, inDim], lora.a);
       const b = g.inline(`adapter.${j}.${module}.lora_B.weight`, [out, lora.rank], lora.b);
       const low = g.one('Gemm', [g.one('Gemm', [x, a], { transB: 1 }), b], { transB: 1 });
-      const scale = g.one('Mul', [adapterInputs[j], g.floats([lora.scaling], [1])]);
+      const scale = g.one('Mul', [this.adapterInputs[j], g.floats([lora.scaling], [1])]);
       y = g.one('Add', [y, g.one('Mul', [low, scale])]);
     });
     return y;
-  };
-
-  // ---- positions: RoPE tables from position_ids, causal (and sliding-window) mask from cache positions
-  const pos = g.one('Cast', [g.one('Reshape', ['position_ids', g.ints([-1, 1])])], { to: DataType.FLOAT });
-  const freqs = g.one('Mul', [pos, g.floats(spec.invFreq, [1, hd / 2])]);
-  const angles = g.one('Concat', [freqs, freqs], { axis: 1 });
-  const cos = g.one('Cos', [angles]);
-  const sin = g.one('Sin', [angles]);
-  const rope = (x: string): string => {
-    const x1 = g.one('Slice', [x, g.ints([0]), g.ints([hd / 2]), g.ints([-1])]);
-    const x2 = g.one('Slice', [x, g.ints([hd / 2]), g.ints([hd]), g.ints([-1])]);
-    const rotated = g.one('Concat', [g.one('Neg', [x2]), x1], { axis: -1 });
-    return g.one('Add', [g.one('Mul', [x, cos]), g.one('Mul', [rotated, sin])]);
-  };
-  const T = g.one('Gather', [g.one('Shape', ['input_ids']), g.ints([1], true)], { axis: 0 });
-  const P = g.one('Gather', [g.one('Shape', ['past_key_values.0.key']), g.ints([2], true)], { axis: 0 });
-  const S = g.one('Add', [P, T]);
-  const qPos = g.one('Unsqueeze', [g.one('Range', [P, S, g.ints([1], true)]), g.ints([1])]);
-  const kPos = g.one('Unsqueeze', [g.one('Range', [g.ints([0], true), S, g.ints([1], true)]), g.ints([0])]);
-  let allowed = g.one('LessOrEqual', [kPos, qPos]);
-  if (spec.slidingWindow)
-    allowed = g.one('And', [allowed, g.one('Greater', [kPos, g.one('Sub', [qPos, g.ints([spec.slidingWindow])])])]);
-  const padding = g.one('Cast', [g.one('Reshape', ['attention_mask', g.ints([1, -1])])], { to: DataType.BOOL });
-  allowed = g.one('And', [allowed, padding]);
-  const mask = g.one('Where', [allowed, g.floats([0], []), g.floats([-3.4028234663852886e38], [])]);
-
-  // ---- the decoder
-  const ids = g.one('Reshape', ['input_ids', g.ints([-1])]);
-  let x: string;
-  if (bits) x = gatherQuantized(g, quantized('model.embed_tokens.weight', V, H), ids, V, H, bits);
-  else {
-    x = g.one('Gather', [weight('model.embed_tokens.weight', [V, H]), ids], { axis: 0 });
-    if (half) x = g.one('Cast', [x], { to: DataType.FLOAT });
   }
-  const scale = g.floats([1 / Math.sqrt(hd)], []);
-  for (let l = 0; l < layers; l++) {
+
+  /** RoPE tables from position_ids; returns the rotation of a [heads, T, headDim] tensor. */
+  makeRope(): (x: string) => string {
+    const g = this.g;
+    const hd = this.spec.headDim;
+    const pos = g.one('Cast', [g.one('Reshape', ['position_ids', g.ints([-1, 1])])], { to: DataType.FLOAT });
+    const freqs = g.one('Mul', [pos, g.floats(this.spec.invFreq, [1, hd / 2])]);
+    const angles = g.one('Concat', [freqs, freqs], { axis: 1 });
+    const cos = g.one('Cos', [angles]);
+    const sin = g.one('Sin', [angles]);
+    return (x: string): string => {
+      const x1 = g.one('Slice', [x, g.ints([0]), g.ints([hd / 2]), g.ints([-1])]);
+      const x2 = g.one('Slice', [x, g.ints([hd / 2]), g.ints([hd]), g.ints([-1])]);
+      const rotated = g.one('Concat', [g.one('Neg', [x2]), x1], { axis: -1 });
+      return g.one('Add', [g.one('Mul', [x, cos]), g.one('Mul', [rotated, sin])]);
+    };
+  }
+
+  /** The additive mask [T, S]: causal over cache positions, the sliding window, and attention_mask's padding. */
+  makeMask(): string {
+    const g = this.g;
+    const T = g.one('Gather', [g.one('Shape', ['input_ids']), g.ints([1], true)], { axis: 0 });
+    const P = g.one('Gather', [g.one('Shape', ['past_key_values.0.key']), g.ints([2], true)], { axis: 0 });
+    const S = g.one('Add', [P, T]);
+    const qPos = g.one('Unsqueeze', [g.one('Range', [P, S, g.ints([1], true)]), g.ints([1])]);
+    const kPos = g.one('Unsqueeze', [g.one('Range', [g.ints([0], true), S, g.ints([1], true)]), g.ints([0])]);
+    let allowed = g.one('LessOrEqual', [kPos, qPos]);
+    if (this.spec.slidingWindow) {
+      const start = g.one('Sub', [qPos, g.ints([this.spec.slidingWindow])]);
+      allowed = g.one('And', [allowed, g.one('Greater', [kPos, start])]);
+    }
+    const padding = g.one('Cast', [g.one('Reshape', ['attention_mask', g.ints([1, -1])])], { to: DataType.BOOL });
+    allowed = g.one('And', [allowed, padding]);
+    return g.one('Where', [allowed, g.floats([0], []), g.floats([-3.4028234663852886e38], [])]);
+  }
+
+  /** The embedding rows of input_ids, float32 [T, hidden] (only the gathered rows of a quantized table). */
+  makeEmbedding(): string {
+    const { g, bits } = this;
+    const { vocab: V, hidden: H } = this.spec;
+    const ids = g.one('Reshape', ['input_ids', g.ints([-1])]);
+    if (bits) return gatherQuantized(g, this.quantized('model.embed_tokens.weight', V, H), ids, V, H, bits);
+    const x = g.one('Gather', [this.weight('model.embed_tokens.weight', [V, H]), ids], { axis: 0 });
+    return this.half ? g.one('Cast', [x], { to: DataType.FLOAT }) : x;
+  }
+
+  /** Layer `l`'s attention block (with its residual): the projections, RoPE, the KV cache, grouped-query attention. */
+  makeAttention(l: number, x: string, rope: (x: string) => string, mask: string, scale: string): string {
+    const g = this.g;
+    const { hidden: H, heads, kvHeads, headDim: hd, bias } = this.spec;
     const p = `model.layers.${l}`;
-    const h = rmsNorm(x, weight(`${p}.input_layernorm.weight`, [H]));
-    let q = g.one('Reshape', [linear(h, `${p}.self_attn.q_proj`, heads * hd, H, spec.bias.q), g.ints([-1, heads, hd])]);
-    let k = g.one('Reshape', [
-      linear(h, `${p}.self_attn.k_proj`, kvHeads * hd, H, spec.bias.k),
-      g.ints([-1, kvHeads, hd]),
-    ]);
-    const v = g.one('Reshape', [
-      linear(h, `${p}.self_attn.v_proj`, kvHeads * hd, H, spec.bias.v),
-      g.ints([-1, kvHeads, hd]),
-    ]);
-    if (spec.qkNorm) {
-      q = rmsNorm(q, weight(`${p}.self_attn.q_norm.weight`, [hd]));
-      k = rmsNorm(k, weight(`${p}.self_attn.k_norm.weight`, [hd]));
+    const h = this.rmsNorm(x, this.weight(`${p}.input_layernorm.weight`, [H]));
+    const project = (name: 'q' | 'k' | 'v', n: number) =>
+      g.one('Reshape', [this.linear(h, `${p}.self_attn.${name}_proj`, n * hd, H, bias[name]), g.ints([-1, n, hd])]);
+    let q = project('q', heads);
+    let k = project('k', kvHeads);
+    const v = project('v', kvHeads);
+    if (this.spec.qkNorm) {
+      q = this.rmsNorm(q, this.weight(`${p}.self_attn.q_norm.weight`, [hd]));
+      k = this.rmsNorm(k, this.weight(`${p}.self_attn.k_norm.weight`, [hd]));
     }
     const qr = rope(g.one('Transpose', [q], { perm: [1, 0, 2] }));
     const kr = rope(g.one('Transpose', [k], { perm: [1, 0, 2] }));
     const vt = g.one('Transpose', [v], { perm: [1, 0, 2] });
-    const presentK = `present.${l}.key`;
-    const presentV = `present.${l}.value`;
-    g.nodes.push({
-      input: [`past_key_values.${l}.key`, g.one('Unsqueeze', [kr, g.ints([0])])],
-      output: [presentK],
-      name: `concat_present_${l}_key`,
-      op_type: 'Concat',
-      attribute: [attribute('axis', 2)],
-    });
-    g.nodes.push({
-      input: [`past_key_values.${l}.value`, g.one('Unsqueeze', [vt, g.ints([0])])],
-      output: [presentV],
-      name: `concat_present_${l}_value`,
-      op_type: 'Concat',
-      attribute: [attribute('axis', 2)],
-    });
+    const presentK = this.present(l, 'key', kr);
+    const presentV = this.present(l, 'value', vt);
     // grouped-query attention: query head h reads KV head h / rep, so [heads] splits as [kvHeads, rep]
+    const rep = heads / kvHeads;
     const K = g.one('Reshape', [presentK, g.ints([kvHeads, 1, -1, hd])]);
     const Vv = g.one('Reshape', [presentV, g.ints([kvHeads, 1, -1, hd])]);
     const Q = g.one('Reshape', [qr, g.ints([kvHeads, rep, -1, hd])]);
@@ -371,59 +396,79 @@ export function decoderGraphParts(
       g.one('Transpose', [g.one('Reshape', [ctx, g.ints([heads, -1, hd])])], { perm: [1, 0, 2] }),
       g.ints([-1, heads * hd]),
     ]);
-    x = g.one('Add', [x, linear(merged, `${p}.self_attn.o_proj`, H, heads * hd, spec.bias.o)]);
-    const h2 = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`, [H]));
-    const gate = linear(h2, `${p}.mlp.gate_proj`, I, H, spec.bias.mlp);
-    const up = linear(h2, `${p}.mlp.up_proj`, I, H, spec.bias.mlp);
-    const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), up]);
-    x = g.one('Add', [x, linear(act, `${p}.mlp.down_proj`, H, I, spec.bias.mlp)]);
+    return g.one('Add', [x, this.linear(merged, `${p}.self_attn.o_proj`, H, heads * hd, bias.o)]);
   }
-  // only the last logits_to_keep rows reach the output head (0 keeps all, as in transformers): prefill needs one
-  const keepFrom = g.one('Neg', [g.one('Reshape', ['logits_to_keep', g.ints([1])])]);
-  const kept = g.one('Slice', [x, keepFrom, g.ints([Number.MAX_SAFE_INTEGER]), g.ints([0])]);
-  const final = rmsNorm(kept, weight('model.norm.weight', [H]));
-  const logits2d = linear(
-    final,
-    'lm_head',
-    V,
-    H,
-    false,
-    spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight',
-  );
-  g.nodes.push({
-    input: [logits2d, g.ints([0])],
-    output: ['logits'],
-    name: 'unsqueeze_logits',
-    op_type: 'Unsqueeze',
-    attribute: [],
-  });
 
-  const kvShape = (len: string) => [1, kvHeads, len, hd];
-  const inputs: ValueInfo[] = [
-    { name: 'input_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
-    { name: 'attention_mask', elemType: DataType.INT64, shape: [1, 'total_sequence_length'] },
-    { name: 'position_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
-    { name: 'logits_to_keep', elemType: DataType.INT64, shape: [] },
-  ];
-  const outputs: ValueInfo[] = [{ name: 'logits', elemType: DataType.FLOAT, shape: [1, 'kept_sequence_length', V] }];
-  for (let l = 0; l < layers; l++) {
-    for (const kind of ['key', 'value']) {
-      inputs.push({
-        name: `past_key_values.${l}.${kind}`,
-        elemType: DataType.FLOAT,
-        shape: kvShape('past_sequence_length'),
-      });
-      outputs.push({ name: `present.${l}.${kind}`, elemType: DataType.FLOAT, shape: kvShape('total_sequence_length') });
-    }
+  /** present.{l}.{kind}: the past K or V with this step's appended (a graph output, named as exports name it). */
+  private present(l: number, kind: 'key' | 'value', current: string): string {
+    const name = `present.${l}.${kind}`;
+    this.g.nodes.push({
+      input: [`past_key_values.${l}.${kind}`, this.g.one('Unsqueeze', [current, this.g.ints([0])])],
+      output: [name],
+      name: `concat_present_${l}_${kind}`,
+      op_type: 'Concat',
+      attribute: [attribute('axis', 2)],
+    });
+    return name;
   }
-  for (const a of adapterInputs) inputs.push({ name: a, elemType: DataType.FLOAT, shape: [1] });
-  return {
-    nodes: g.nodes,
-    initializers: g.initializers,
-    inputs,
-    outputs,
-    metadata: { model_type: spec.modelType, rope: spec.rope },
-  };
+
+  /** Layer `l`'s MLP block (with its residual): SwiGLU, down(silu(gate(x)) * up(x)). */
+  makeMlp(l: number, x: string): string {
+    const g = this.g;
+    const { hidden: H, intermediate: I, bias } = this.spec;
+    const p = `model.layers.${l}`;
+    const h = this.rmsNorm(x, this.weight(`${p}.post_attention_layernorm.weight`, [H]));
+    const gate = this.linear(h, `${p}.mlp.gate_proj`, I, H, bias.mlp);
+    const up = this.linear(h, `${p}.mlp.up_proj`, I, H, bias.mlp);
+    const act = g.one('Mul', [g.one('Mul', [gate, g.one('Sigmoid', [gate])]), up]);
+    return g.one('Add', [x, this.linear(act, `${p}.mlp.down_proj`, H, I, bias.mlp)]);
+  }
+
+  /** The final norm and output head over the last logits_to_keep rows (0 keeps all, as in transformers). */
+  makeLmHead(x: string): void {
+    const g = this.g;
+    const { hidden: H, vocab: V } = this.spec;
+    const keepFrom = g.one('Neg', [g.one('Reshape', ['logits_to_keep', g.ints([1])])]);
+    const kept = g.one('Slice', [x, keepFrom, g.ints([Number.MAX_SAFE_INTEGER]), g.ints([0])]);
+    const final = this.rmsNorm(kept, this.weight('model.norm.weight', [H]));
+    const head = this.spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    const logits2d = this.linear(final, 'lm_head', V, H, false, head);
+    g.nodes.push({
+      input: [logits2d, g.ints([0])],
+      output: ['logits'],
+      name: 'unsqueeze_logits',
+      op_type: 'Unsqueeze',
+      attribute: [],
+    });
+  }
+
+  /** The graph's inputs and outputs: the KV-cache interface of exported decoders, and one scale per adapter. */
+  makeIO(): { inputs: ValueInfo[]; outputs: ValueInfo[] } {
+    const { kvHeads, headDim: hd, vocab: V, layers } = this.spec;
+    const kvShape = (len: string) => [1, kvHeads, len, hd];
+    const inputs: ValueInfo[] = [
+      { name: 'input_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
+      { name: 'attention_mask', elemType: DataType.INT64, shape: [1, 'total_sequence_length'] },
+      { name: 'position_ids', elemType: DataType.INT64, shape: [1, 'sequence_length'] },
+      { name: 'logits_to_keep', elemType: DataType.INT64, shape: [] },
+    ];
+    const outputs: ValueInfo[] = [{ name: 'logits', elemType: DataType.FLOAT, shape: [1, 'kept_sequence_length', V] }];
+    for (let l = 0; l < layers; l++)
+      for (const kind of ['key', 'value']) {
+        inputs.push({
+          name: `past_key_values.${l}.${kind}`,
+          elemType: DataType.FLOAT,
+          shape: kvShape('past_sequence_length'),
+        });
+        outputs.push({
+          name: `present.${l}.${kind}`,
+          elemType: DataType.FLOAT,
+          shape: kvShape('total_sequence_length'),
+        });
+      }
+    for (const a of this.adapterInputs) inputs.push({ name: a, elemType: DataType.FLOAT, shape: [1] });
+    return { inputs, outputs };
+  }
 }
 
 /**
