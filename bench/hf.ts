@@ -21,7 +21,7 @@ import * as ort from 'onnxruntime-node';
 import { type Checkpoint, KV } from '../src/modelHost/checkpoint';
 import { readDecoderSpec } from '../src/domain/hfConfig';
 import { buildDecoderGraph } from '../src/modelHost/hf/graph';
-import { loadCheckpoints } from '../src/modelHost/hf/load';
+import { loadCheckpoints } from '../src/modelHost/loading';
 import { float32Weights, WeightIndex } from '../src/modelHost/hf/weights';
 import { LoadedModels, patch } from '../src/modelHost/operations';
 import { defaultThreads, type ResolvedSettings, sessionOptions } from '../src/modelHost/runtime';

@@ -22,7 +22,7 @@ import * as ort from 'onnxruntime-node';
 import { type Checkpoint, KV } from '../src/modelHost/checkpoint';
 import { readDecoderSpec } from '../src/domain/hfConfig';
 import { decoderTensors } from '../src/modelHost/hf/graph';
-import { loadCheckpoints } from '../src/modelHost/hf/load';
+import { loadCheckpoints } from '../src/modelHost/loading';
 import { bytesIn } from '../src/modelHost/hf/weights';
 import { defaultThreads, resolveSettings } from '../src/modelHost/runtime';
 

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { KV } from '../src/modelHost/checkpoint';
-import { loadCheckpoints } from '../src/modelHost/hf/load';
+import { loadCheckpoints } from '../src/modelHost/loading';
 import { resolveSettings } from '../src/modelHost/runtime';
 import { organismEval, pairArgs, relativeRms } from '../test/helpers';
 

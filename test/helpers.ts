@@ -129,6 +129,42 @@ export const pairArgs = (finetuned = 'finetuned'): string[] => [
   path.join(ORGANISMS, finetuned),
 ];
 
+/** The CLI bundle the tests run as a user would. */
+export const EVAL_CLI = path.join(ROOT, 'dist', 'cli.js');
+
+/**
+ * The argument list (node's, the CLI first) of `piggyback eval` of the organisms with the TReFT checkpoint as an
+ * extra, short answers and three perturbation trials, over `probes`, into `out`; `more` appended.
+ */
+export const evalArgs = (out: string, probes: string, ...more: string[]) => [
+  EVAL_CLI,
+  'eval',
+  ...pairArgs(),
+  '--extra',
+  `treft=${path.join(ORGANISMS, 'treft')}`,
+  '--probes',
+  probes,
+  '--max-new-tokens',
+  '16',
+  '--perturb-trials',
+  '3',
+  '--out',
+  out,
+  ...more,
+];
+
+/** A run folder's results.jsonl, line by line. */
+export const readResultLines = (dir: string) =>
+  fs.readFileSync(path.join(dir, 'results.jsonl'), 'utf8').trim().split('\n');
+
+/** Probes from the organisms' set: the first `inDomain` (finance, the finetuning domain) and the last `general`. */
+export function probeSubset(general: number, inDomain = 0): string {
+  const lines = fs.readFileSync(path.join(ORGANISMS, 'probes.jsonl'), 'utf8').trim().split('\n');
+  const file = path.join(tempDir(), 'probes.jsonl');
+  fs.writeFileSync(file, [...lines.slice(0, inDomain), ...lines.slice(-general)].join('\n') + '\n');
+  return file;
+}
+
 /**
  * `piggyback eval` of an organism against the organisms' base, as a user runs it (perturbation off), and what the
  * run folder holds after it: summary, manifest, report.md, the SARIF's PB002, stderr and the exit status.

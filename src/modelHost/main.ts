@@ -2,7 +2,6 @@
  * The model host: a separate Node process that owns onnxruntime. A native crash or out-of-memory here ends this
  * process only; the client in the extension or the CLI notices and reports it. Speaks JSON-RPC over Node IPC.
  */
-import * as path from 'node:path';
 import { type CancellationToken, createMessageConnection, ResponseError } from 'vscode-jsonrpc/node';
 import { IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
 import {
@@ -23,7 +22,7 @@ import {
 } from '../contracts/modelHost';
 import { type Checkpoint, CheckpointError } from './checkpoint';
 import { IncompatibleCheckpointError } from './errors';
-import { loadCheckpoints } from './hf/load';
+import { loadCheckpoints } from './loading';
 import { defaultCacheDir } from '../domain/files';
 import { resolveSettings, SettingsError } from './runtime';
 import {
@@ -84,11 +83,8 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
       if (name === 'base' || name === 'finetuned')
         throw new BadRequestError(`"${name}" is reserved; pick another name for ${params.extra![name]}`);
     }
-    // a checkpoint named again (the TReFT export needs only a base: base and finetuned are the same folder) is the
-    // same checkpoint, loaded once
-    const same = (p: string) => path.resolve(p) === path.resolve(params.base);
-    const all: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
-    const others = all.filter(([, p]) => !same(p));
+    // a checkpoint named again as the base is the base's checkpoint (loadCheckpoints decides, by real path)
+    const others: [string, string][] = [['finetuned', params.finetuned], ...Object.entries(params.extra ?? {})];
     const log = (message: string, level: 'load' | 'info' = 'load') =>
       connection.sendNotification(Log.type, { level, message });
     const settings = resolveSettings(params.settings);
@@ -99,7 +95,6 @@ connection.onRequest(Load.type, async (params): Promise<LoadResult | ResponseErr
       modelFile: params.settings?.modelFile,
       memoryCheck: params.settings?.memoryCheck,
     });
-    for (const [name, p] of all) if (same(p)) byName.set(name, base);
     const finetuned = byName.get('finetuned')!;
     for (const old of loaded) await old.release();
     loaded = [...new Set([base, ...byName.values()])];

@@ -12,7 +12,7 @@ import { adapterBaseFolder } from '../../src/domain/checkpoints';
 import { promptIds } from '../../src/domain/prompt';
 import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
 import type { Checkpoint } from '../../src/modelHost/checkpoint';
-import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { loadCheckpoints } from '../../src/modelHost/loading';
 import { drift, LoadedModels } from '../../src/modelHost/operations';
 import { resolveSettings } from '../../src/modelHost/runtime';
 import { ROOT, tempDir } from '../helpers';

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
-import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { loadCheckpoints } from '../../src/modelHost/loading';
 import { f32BitsToF16 } from '../../src/modelHost/hf/weights';
 import { readSafetensorsHeader } from '../../src/domain/safetensors';
 import { LoadedModels } from '../../src/modelHost/operations';
@@ -231,6 +231,23 @@ describe('Hugging Face checkpoints against an independent PyTorch forward', () =
     assert.match(a.info.hash, /^[0-9a-f]{16}$/);
     assert.notEqual(a.info.hash, b.info.hash);
     assert.notEqual(lora.info.hash, a.info.hash);
+  });
+
+  it('the base named again, as itself or through a symbolic link, is the base checkpoint: one session', async () => {
+    const base = path.join(HF, 'llama');
+    const link = path.join(tempDir(), 'same-llama');
+    fs.symlinkSync(base, link);
+    const loaded = await loadCheckpoints(
+      base,
+      [
+        ['finetuned', link],
+        ['again', base],
+      ],
+      { cacheDir, log: () => {} },
+    );
+    opened.push(loaded.base);
+    assert.equal(loaded.others.get('finetuned'), loaded.base);
+    assert.equal(loaded.others.get('again'), loaded.base);
   });
 
   it('converts half-precision weights once into the cache, under a name from their content, and reuses it', async () => {

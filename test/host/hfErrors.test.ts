@@ -10,7 +10,7 @@ import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors'
 import { KV } from '../../src/modelHost/checkpoint';
 import { BadRequestError } from '../../src/modelHost/errors';
 import { readDecoderSpec } from '../../src/domain/hfConfig';
-import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { loadCheckpoints } from '../../src/modelHost/loading';
 import { resolveSettings } from '../../src/modelHost/runtime';
 import { float32Weights, WeightIndex } from '../../src/modelHost/hf/weights';
 import { FIXTURES, ROOT, tempDir } from '../helpers';

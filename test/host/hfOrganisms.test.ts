@@ -8,7 +8,7 @@ import { prepareTemplate, renderOptions } from '../../src/app/audits';
 import { promptIds } from '../../src/domain/prompt';
 import type { PromptIds } from '../../src/contracts/modelHost';
 import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
-import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { loadCheckpoints } from '../../src/modelHost/loading';
 import { drift, LoadedModels, patch, score } from '../../src/modelHost/operations';
 import { ROOT, tempDir } from '../helpers';
 

@@ -9,7 +9,7 @@ import { promptIds } from '../../src/domain/prompt';
 import type { PromptIds } from '../../src/contracts/modelHost';
 import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
 import { CheckpointError } from '../../src/modelHost/errors';
-import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { loadCheckpoints } from '../../src/modelHost/loading';
 import { drift, LoadedModels, patch } from '../../src/modelHost/operations';
 import { tempDir } from '../helpers';
 import { organismExport, ORGANISMS } from '../layouts';

@@ -9,7 +9,7 @@ import { after, describe, it } from 'node:test';
 import { prepareTemplate, renderOptions } from '../../src/app/audits';
 import { promptIds } from '../../src/domain/prompt';
 import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
-import { loadCheckpoints } from '../../src/modelHost/hf/load';
+import { loadCheckpoints } from '../../src/modelHost/loading';
 import { LoadedModels } from '../../src/modelHost/operations';
 import { FIXTURES, ROOT, tempDir } from '../helpers';
 

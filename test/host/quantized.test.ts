@@ -14,7 +14,7 @@ import { promptIds } from '../../src/domain/prompt';
 import { readSafetensors, writeSafetensors } from '../../src/domain/safetensors';
 import { type Checkpoint, KV } from '../../src/modelHost/checkpoint';
 import { attribute, DataType, encodeModel } from '../../src/modelHost/hf/onnxProto';
-import { estimateMemory, loadCheckpoints } from '../../src/modelHost/hf/load';
+import { estimateMemory, loadCheckpoints } from '../../src/modelHost/loading';
 import { dequantize, QUANT_BLOCK, quantizeRows, quantLayout, type QuantBits } from '../../src/modelHost/hf/quantize';
 import { drift, LoadedModels } from '../../src/modelHost/operations';
 import { resolveSettings } from '../../src/modelHost/runtime';
