@@ -395,4 +395,56 @@ describe('columnar bombs: budgets on what a file decompresses to, and on how dee
     // a Parquet schema's depth from its flattened elements: root, a group of two leaves, a leaf
     assert.equal(parquetSchemaDepth([{ num_children: 2 }, { num_children: 2 }, {}, {}, {}]), 2);
   });
+
+  it('a Parquet schema nested 20,000 deep is refused from its footer alone (measured: 73 ms, 74 MB here)', async () => {
+    // the footer written by hand in Thrift's compact protocol (FileMetaData: version, schema, num_rows, row_groups):
+    // a root, 20,000 optional groups of one child each, a BYTE_ARRAY leaf, no row groups
+    const out: number[] = [];
+    const varint = (v: number) => {
+      for (; v > 0x7f; v >>>= 7) out.push((v & 0x7f) | 0x80);
+      out.push(v);
+    };
+    const zigzag = (v: number) => varint((v << 1) ^ (v >> 31));
+    const name = (s: string) => {
+      out.push(0x18); // field 4 (delta 1), binary
+      varint(s.length);
+      out.push(...Buffer.from(s));
+    };
+    const depth = 20_000;
+    out.push(0x15); // field 1, i32: version
+    zigzag(1);
+    out.push(0x19, 0xfc); // field 2, list of structs, size in a varint
+    varint(depth + 2);
+    out.push(0x48); // root: field 4, name
+    varint(6);
+    out.push(...Buffer.from('schema'), 0x15); // field 5, num_children
+    zigzag(1);
+    out.push(0);
+    for (let i = 0; i < depth; i++) {
+      out.push(0x35); // field 3, repetition_type OPTIONAL
+      zigzag(1);
+      name('a');
+      out.push(0x15); // field 5, num_children
+      zigzag(1);
+      out.push(0);
+    }
+    out.push(0x15); // field 1, type BYTE_ARRAY
+    zigzag(6);
+    out.push(0x25); // field 3, repetition_type OPTIONAL
+    zigzag(1);
+    name('leaf');
+    out.push(0, 0x16); // field 3 of FileMetaData, i64: num_rows
+    zigzag(0);
+    out.push(0x19, 0x0c, 0); // field 4, row_groups: an empty list; stop
+    const footer = Buffer.from(out);
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(footer.length);
+    const file = path.join(tempDir(), 'deep.parquet');
+    fs.writeFileSync(file, Buffer.concat([Buffer.from('PAR1'), footer, length, Buffer.from('PAR1')]));
+    const r = await auditDatasetWith(file, prepared);
+    assert.match(
+      r.errors.find((e) => e.code === 'DS010')!.message,
+      /the schema nests 20,001 levels deep \(the reader's limit is 64\); no row is read/,
+    );
+  });
 });
