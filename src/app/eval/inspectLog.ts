@@ -14,6 +14,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type RunFiles, loadRun, runProbes, runVerdict } from './evalReport';
+import inspectModels from './inspectModels.json';
 import type { Probe } from './probes';
 import type { ConditionSummary } from './summary';
 import { type EvalResult, MANIFEST, RESULTS } from './runFolder';
@@ -119,8 +120,71 @@ function sample(p: Probe, rows: EvalResult[], finetuned: string, skipped: string
   };
 }
 
-/** The run in `dir` as an Inspect eval log (a plain object; JSON.stringify it). */
+type Default = { value: unknown } | { model: string };
+const MODELS = inspectModels.models as unknown as Record<
+  string,
+  { order: string[]; defaults: Record<string, Default> }
+>;
+
+/** Where the models this log writes hold other models: a field's model, a list's, a record's (by key). */
+const NESTED: Record<string, Record<string, string | [string] | { each: string }>> = {
+  EvalLog: { eval: 'EvalSpec', plan: 'EvalPlan', results: 'EvalResults', stats: 'EvalStats', samples: ['EvalSample'] },
+  EvalSpec: { dataset: 'EvalDataset', config: 'EvalConfig', model_generate_config: 'GenerateConfig' },
+  EvalPlan: { steps: ['EvalPlanStep'], config: 'GenerateConfig' },
+  EvalResults: { scores: ['EvalScore'] },
+  EvalScore: { metrics: { each: 'EvalMetric' } },
+  EvalSample: { input: ['ChatMessage'], messages: ['ChatMessage'], output: 'ModelOutput', scores: { each: 'Score' } },
+  ModelOutput: { choices: ['ChatCompletionChoice'] },
+  ChatCompletionChoice: { message: 'ChatMessageAssistant' },
+};
+const MESSAGE_MODELS: Record<string, string> = {
+  system: 'ChatMessageSystem',
+  user: 'ChatMessageUser',
+  assistant: 'ChatMessageAssistant',
+  tool: 'ChatMessageTool',
+};
+
+/**
+ * `obj` as Inspect's writer (pydantic's to_json of the log, None included) writes a `model`: every field, in declaration order, the
+ * model's defaults where `obj` has none; nested models likewise (inspectModels.json, from Inspect's source).
+ */
+function dump(model: string, obj: Json): Json {
+  if (model === 'ChatMessage') return dump(MESSAGE_MODELS[String(obj.role)] ?? 'ChatMessageUser', obj);
+  const m = MODELS[model];
+  for (const k of Object.keys(obj))
+    if (!m.order.includes(k)) throw new Error(`internal error: Inspect's ${model} has no field ${k}`);
+  const out: Json = {};
+  for (const f of m.order) {
+    if (f in obj) {
+      const nested = NESTED[model]?.[f];
+      const v = obj[f];
+      out[f] =
+        nested === undefined || v === null || typeof v !== 'object'
+          ? v
+          : Array.isArray(nested)
+            ? (v as Json[]).map((x) => dump(nested[0], x))
+            : typeof nested === 'string'
+              ? dump(nested, v as Json)
+              : Object.fromEntries(
+                  Object.entries(v as Record<string, Json>).map(([k, x]) => [k, dump(nested.each, x)]),
+                );
+    } else if (f in m.defaults) {
+      const d = m.defaults[f];
+      out[f] = 'model' in d ? dump(d.model, {}) : structuredClone(d.value);
+    }
+  }
+  return out;
+}
+
+/** The run in `dir` as an Inspect eval log (a plain object; JSON.stringify it), every field as Inspect writes it. */
 export function inspectLog(dir: string, run: RunFiles = loadRun(dir)): Json {
+  const log = logOf(dir, run);
+  // the log's own metadata is the eval's (Inspect recomputes it so on reading, and writes it so)
+  return dump('EvalLog', { ...log, metadata: (log.eval as Json).metadata });
+}
+
+/** The run in `dir` as an Inspect eval log: the fields this product fills. */
+function logOf(dir: string, run: RunFiles): Json {
   const { manifest: m, results, summary, skipped, progress } = run;
   const name = (folder: string) => path.basename(folder);
   const finetuned = name(m.checkpoints.finetuned.folder);
