@@ -18,6 +18,7 @@ import {
 } from '../app/audits';
 import { isJsonDatasetText } from '../domain/dataset/jsonArray';
 import { isTemplateFileName } from '../domain/template/source';
+import { looksLikeTrainerConfig } from '../domain/trainers/config';
 import type { Associations } from './association';
 import { TemplateAudits, type TemplateAuditView } from './templateAudits';
 import { editorConfig, readSettings } from './config';
@@ -43,9 +44,9 @@ export function isTemplate(doc: vscode.TextDocument): boolean {
   return isTemplateFileName(doc.fileName);
 }
 
-/** A YAML training config (axolotl, LLaMA-Factory, TRL): it names its model the way those configs do. */
+/** A training config (axolotl, LLaMA-Factory, TRL; YAML or JSON): it names its model the way those configs do. */
 export function isTrainerConfig(doc: vscode.TextDocument): boolean {
-  return /\.ya?ml$/i.test(doc.fileName) && /^["']?(base_model|model_name_or_path)["']?\s*:/m.test(doc.getText());
+  return /\.(ya?ml|json)$/i.test(doc.fileName) && looksLikeTrainerConfig(doc.fileName, doc.getText());
 }
 
 const SEVERITY: Record<Finding['severity'], vscode.DiagnosticSeverity> = {

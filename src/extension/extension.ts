@@ -197,7 +197,7 @@ export function activate(context: vscode.ExtensionContext): PiggybackApi {
       associations.update(vscode.window.activeTextEditor);
     }),
     vscode.languages.registerCodeLensProvider(selector, lenses),
-    vscode.languages.registerCodeLensProvider([{ pattern: '**/*.{yml,yaml}' }], trainerLenses),
+    vscode.languages.registerCodeLensProvider([{ pattern: '**/*.{yml,yaml,json}' }], trainerLenses),
     diagnostics.onTrainerAudited(() => trainerLenses.refresh()),
     vscode.languages.registerCodeActionsProvider({ pattern: '**/*.jsonl' }, new PiggybackQuickFixes(), {
       providedCodeActionKinds: PiggybackQuickFixes.kinds,

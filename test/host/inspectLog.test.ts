@@ -17,8 +17,8 @@ const validate = new Ajv({ allErrors: true, strict: false }).compile(schema);
 // Inspect's published log-schema.json (the viewer's types) requires every field, as its writer dumps every field: the
 // same models with every property required
 const everyField = structuredClone(schema);
+// EvalLog's location and etag are not written (pydantic's exclude=True): where a log was read from
 for (const [name, d] of Object.entries(everyField.$defs) as [string, { properties: object; required: string[] }][])
-  // EvalLog's location and etag are not written (pydantic's exclude=True): where a log was read from
   d.required = Object.keys(d.properties).filter((k) => name !== 'EvalLog' || (k !== 'location' && k !== 'etag'));
 const validateEvery = new Ajv({ allErrors: true, strict: false }).compile(everyField);
 const report = (v: typeof validate) =>

@@ -270,6 +270,15 @@ describe('a training config as a template source', () => {
     assert.deepEqual(trainerDatasets(config), [data]);
     const a = associate(data, root, scanFolder(root).templates, undefined, new Map([[data, config]]));
     assert.deepEqual(a, { template: config, source: 'trainer config' });
+    // LLaMA-Factory takes JSON configs too: the same, found by the workspace scan
+    const json = path.join(root, 'train', 'sft.json');
+    fs.writeFileSync(
+      json,
+      JSON.stringify({ model_name_or_path: '../chatml-demo', stage: 'sft', template: 'qwen', dataset: 'identity' }),
+    );
+    assert.equal(prepareTemplate(json).source!.text, builtinTemplate('llama-factory', 'qwen')!.jinja);
+    assert.deepEqual(scanFolder(root).trainers, [json, config]);
+    assert.deepEqual(trainerDatasets(json), [data]);
     // a config whose model is a Hub id cannot be rendered here: said, located
     fs.writeFileSync(config, 'model_name_or_path: Qwen/Qwen3-8B\ntemplate: qwen\n');
     const hub = prepareTemplate(config);

@@ -15,7 +15,7 @@ import {
 import { ChatTemplate, type RenderOptions } from '../../domain/template/render';
 import { segmentPrompt } from '../../domain/template/segments';
 import { loadTemplate, specialTokensOf, TemplateLoadError, type TemplateSource } from '../../domain/template/source';
-import { trainerTemplateSource } from './trainerTemplate';
+import { isTrainerConfigPath, trainerTemplateSource } from './trainerTemplate';
 import {
   findTokenizerFile,
   type LoadedTokenizer,
@@ -73,7 +73,7 @@ export function loadTemplateAndTokenizer(
     source =
       options.source ??
       // a training config (axolotl, LLaMA-Factory, TRL) is the template its trainer renders, with the model's tokenizer
-      (/\.ya?ml$/i.test(templatePath)
+      (isTrainerConfigPath(templatePath, options.text)
         ? trainerTemplateSource(templatePath, options.text)
         : loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text));
   } catch (e) {

@@ -7,9 +7,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FILE_LIMITS, readTextChecked } from '../../domain/files';
-import { loadTemplate, parseTemplateText, TemplateLoadError, type TemplateSource } from '../../domain/template/source';
+import {
+  isTemplateFileName,
+  loadTemplate,
+  parseTemplateText,
+  TemplateLoadError,
+  type TemplateSource,
+} from '../../domain/template/source';
 import {
   FRAMEWORK_NAMES,
+  looksLikeTrainerConfig,
   readTrainerConfig,
   type TrainerConfig,
   TrainerConfigError,
@@ -70,6 +77,20 @@ export function datasetFile(config: TrainerConfig, name: string): string | undef
     return fileName && fs.existsSync(fileName) && fs.statSync(fileName).isFile() ? fileName : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Whether a path given as a template source is a training config: any YAML file (one that is not a config is then
+ * said so), or a JSON file that names its model the way configs do (other JSON is a tokenizer or template file).
+ */
+export function isTrainerConfigPath(file: string, text?: string): boolean {
+  if (/\.ya?ml$/i.test(file)) return true;
+  if (!/\.json$/i.test(file) || isTemplateFileName(file)) return false;
+  try {
+    return looksLikeTrainerConfig(file, text ?? readTextChecked(file, FILE_LIMITS.config));
+  } catch {
+    return false; // not readable as a file: loading it as a template says why
   }
 }
 

@@ -9,6 +9,7 @@ import { csvHasChatColumns, isCsv } from '../../domain/dataset/csv';
 import { isJsonDataset, isJsonFile } from '../../domain/dataset/jsonArray';
 import type { Finding } from '../../domain/findings';
 import { isTemplateFileName } from '../../domain/template/source';
+import { looksLikeTrainerConfig } from '../../domain/trainers/config';
 
 const SKIP_DIRS = new Set([
   'node_modules',
@@ -63,7 +64,7 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
           (isJsonFile(e.name) && !isTemplateFileName(e.name) && isJsonDataset(full))
         )
           datasets.push(full);
-        else if (/\.ya?ml$/i.test(e.name) && looksLikeTrainerConfig(full)) trainers.push(full);
+        else if (/\.(ya?ml|json)$/i.test(e.name) && trainerConfigFile(full)) trainers.push(full);
         else if (isTemplateFileName(e.name) && hasTemplate(full)) {
           if (/\.(jinja2?|j2)$/i.test(e.name) && e.name !== 'chat_template.jinja') templates.push(full);
           else folderHasTemplate = true;
@@ -81,10 +82,10 @@ export function scanFolder(root: string, maxFiles = 20000): WorkspaceScan {
   };
 }
 
-/** A YAML file that names a model the way training configs do (read in full only then, by the trainer audit). */
-function looksLikeTrainerConfig(file: string): boolean {
+/** A YAML or JSON file that names a model the way training configs do (read as one by the trainer audit). */
+function trainerConfigFile(file: string): boolean {
   try {
-    return /^["']?(base_model|model_name_or_path)["']?\s*:/m.test(readTextChecked(file, FILE_LIMITS.config));
+    return looksLikeTrainerConfig(file, readTextChecked(file, FILE_LIMITS.config));
   } catch {
     return false;
   }

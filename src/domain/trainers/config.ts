@@ -15,6 +15,7 @@
  */
 import * as path from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
+import { isTemplateFileName } from '../template/source';
 import builtins from './builtinTemplates.json';
 
 export type TrainerFramework = 'axolotl' | 'llama-factory' | 'trl';
@@ -86,8 +87,16 @@ export function builtinTemplate(
 /** The names of a framework's built-in templates (for "did you mean"). */
 export const builtinNames = (framework: 'axolotl' | 'llama-factory') => Object.keys(BUILTINS[framework].templates);
 
-/** Whether a file name can be a trainer config (what the workspace scan and the editor look at). */
-export const isTrainerConfigName = (file: string) => /\.(ya?ml|json)$/i.test(file);
+/**
+ * Whether a file looks like a training config (what the workspace scan, the editor and a template source look at
+ * before reading it as one): a YAML or JSON file (not a tokenizer or template file) that names its model the way
+ * these configs do (`base_model`, `model_name_or_path`; a model's config.json has `_name_or_path`, an adapter's
+ * `base_model_name_or_path`: neither matches).
+ */
+export function looksLikeTrainerConfig(file: string, text: string): boolean {
+  if (/\.ya?ml$/i.test(file)) return /^["']?(base_model|model_name_or_path)["']?\s*:/m.test(text);
+  return /\.json$/i.test(file) && !isTemplateFileName(file) && /"(base_model|model_name_or_path)"\s*:/.test(text);
+}
 
 /**
  * Reads `text` (the file's content) as a trainer config; undefined when it is not one (any other YAML or JSON file).
