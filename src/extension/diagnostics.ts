@@ -180,6 +180,7 @@ export class DiagnosticsManager implements vscode.Disposable {
     if (!p) {
       const s = readSettings(dataset);
       p = prepareTemplate(a.template, {
+        root: vscode.workspace.getWorkspaceFolder(dataset)?.uri.fsPath,
         tokenizer: s.tokenizer,
         name: s.templateName,
         kwargs: s.templateKwargs,

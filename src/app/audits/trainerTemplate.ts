@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FILE_LIMITS, readTextChecked } from '../../domain/files';
+import { FILE_LIMITS, insideRoot, readTextChecked } from '../../domain/files';
 import {
   isTemplateFileName,
   loadTemplate,
@@ -109,7 +109,7 @@ export function trainerDatasets(file: string, text?: string): string[] {
  * The template a training config's trainer renders, as a source in the model's folder. A config whose model is
  * not a local folder, or that is not a training config, is a TemplateLoadError located in the config.
  */
-export function trainerTemplateSource(file: string, text?: string): TemplateSource {
+export function trainerTemplateSource(file: string, text?: string, root?: string): TemplateSource {
   const content = text ?? readTextChecked(file, FILE_LIMITS.config);
   let config: TrainerConfig | undefined;
   try {
@@ -133,6 +133,16 @@ export function trainerTemplateSource(file: string, text?: string): TemplateSour
       config.templateAt.start,
       content,
     );
+  // paths a workspace's config names stay inside the workspace (the editor gives its folder)
+  const t = config.template;
+  for (const p of [model, ...(t.kind === 'file' || t.kind === 'folder' ? [t.path] : [])])
+    if (root !== undefined && !insideRoot(root, p))
+      throw new TemplateLoadError(
+        `${p}, named by this config, is outside the workspace folder ${root}: not read`,
+        file,
+        config.templateAt.start,
+        content,
+      );
   const tokenizer = loadTemplate(model);
   const { source } = trainerSource(config.template, tokenizer);
   // the template's text is not in the config (a built-in one, or another file): its findings are located on the
