@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { EVAL_CLI, evalArgs, ORGANISMS, probeSubset, readResultLines, tempDir } from '../helpers';
+import { EVAL_CLI, evalArgs, ORGANISMS, probeSubset, readResultLines, tempDir, pairArgs } from '../helpers';
 import { organismExport } from '../layouts';
 
 describe('eval runs resume, or refuse', () => {
@@ -92,18 +92,7 @@ describe('eval runs resume, or refuse', () => {
     assert.ok((spawnSync(process.execPath, evalArgs(out, probes)).status ?? 2) < 2);
     const other = spawnSync(
       process.execPath,
-      [
-        EVAL_CLI,
-        'eval',
-        '--base',
-        path.join(ORGANISMS, 'base'),
-        '--finetuned',
-        path.join(ORGANISMS, 'treft'),
-        '--probes',
-        probes,
-        '--out',
-        out,
-      ],
+      [EVAL_CLI, 'eval', ...pairArgs('treft'), '--probes', probes, '--out', out],
       { encoding: 'utf8' },
     );
     assert.equal(other.status, 2);

@@ -19,6 +19,7 @@ import {
   runAsync,
   startJudgeServer,
   tempDir,
+  pairArgs,
 } from '../helpers';
 
 describe('eval runs', () => {
@@ -181,10 +182,7 @@ describe('eval runs', () => {
       [
         EVAL_CLI,
         'eval',
-        '--base',
-        path.join(ORGANISMS, 'base'),
-        '--finetuned',
-        path.join(ORGANISMS, 'finetuned'),
+        ...pairArgs(),
         '--probes',
         path.join(probes, 'probes.jsonl'),
         '--max-new-tokens',
@@ -309,10 +307,7 @@ describe('eval runs', () => {
       [
         EVAL_CLI,
         'eval',
-        '--base',
-        path.join(ORGANISMS, 'base'),
-        '--finetuned',
-        path.join(ORGANISMS, 'finetuned'),
+        ...pairArgs(),
         '--template',
         path.join(dir, 'no-system.jinja'),
         '--tokenizer',
@@ -346,10 +341,7 @@ describe('eval runs', () => {
     const bArgs = [
       EVAL_CLI,
       'eval',
-      '--base',
-      path.join(ORGANISMS, 'base'),
-      '--finetuned',
-      path.join(ORGANISMS, 'treft'),
+      ...pairArgs('treft'),
       '--probes',
       probes,
       '--max-new-tokens',

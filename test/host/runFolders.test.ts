@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { otherDomainProbeSets } from '../../src/app/eval/probes';
-import { EVAL_CLI, makeTree, ORGANISMS, probeSubset, tempDir } from '../helpers';
+import { EVAL_CLI, makeTree, pairArgs, probeSubset, tempDir } from '../helpers';
 
 describe('run folders cannot be corrupted', () => {
   const quick = (out: string, probes: string, ...more: string[]) =>
@@ -15,10 +15,7 @@ describe('run folders cannot be corrupted', () => {
       [
         EVAL_CLI,
         'eval',
-        '--base',
-        path.join(ORGANISMS, 'base'),
-        '--finetuned',
-        path.join(ORGANISMS, 'finetuned'),
+        ...pairArgs(),
         '--probes',
         probes,
         '--max-new-tokens',

@@ -216,16 +216,7 @@ describe('piggyback audit', () => {
 describe('piggyback drift and patch', () => {
   const O = path.join(ROOT, 'examples', 'organisms');
   it('drift --json gives [layer][token] matrices per segment and the TReFT value', () => {
-    const r = run(
-      'drift',
-      '--base',
-      path.join(O, 'base'),
-      '--finetuned',
-      path.join(O, 'finetuned'),
-      '--prompt',
-      'What is a fair price for a bike?',
-      '--json',
-    );
+    const r = run('drift', ...pairArgs(), '--prompt', 'What is a fair price for a bike?', '--json');
     assert.equal(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout);
     assert.equal(j.layers, 4);
@@ -240,18 +231,7 @@ describe('piggyback drift and patch', () => {
   });
 
   it('patch --json gives KL and the three generations as text, without the end-of-turn token (as the editor shows them)', () => {
-    const r = run(
-      'patch',
-      '--base',
-      path.join(O, 'base'),
-      '--finetuned',
-      path.join(O, 'finetuned'),
-      '--prompt',
-      'I feel bored. What should I do?',
-      '--span',
-      'prefix',
-      '--json',
-    );
+    const r = run('patch', ...pairArgs(), '--prompt', 'I feel bored. What should I do?', '--span', 'prefix', '--json');
     assert.equal(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout);
     assert.deepEqual(Object.keys(j), ['span', 'patchedPositions', 'kl', 'generations', 'response']);
@@ -262,20 +242,7 @@ describe('piggyback drift and patch', () => {
       assert.ok(!j.generations[k].includes('<|im_end|>'), `${k}: ${j.generations[k]}`);
     }
     assert.ok(!j.response.includes('<|im_end|>'));
-    assert.equal(
-      run(
-        'patch',
-        '--base',
-        path.join(O, 'base'),
-        '--finetuned',
-        path.join(O, 'finetuned'),
-        '--prompt',
-        'x',
-        '--span',
-        'middle',
-      ).code,
-      2,
-    );
+    assert.equal(run('patch', ...pairArgs(), '--prompt', 'x', '--span', 'middle').code, 2);
   });
 
   it('a bad checkpoint folder is a clear error with exit 1', () => {
@@ -336,15 +303,7 @@ describe('piggyback arguments', () => {
       ['eval', '--perturb-trials', 'many'],
     ]) {
       const args = cmd === 'patch' ? ['--prompt', 'x'] : ['--out', tempDir()];
-      const r = run(
-        cmd,
-        '--base',
-        path.join(O, 'base'),
-        '--finetuned',
-        path.join(O, 'finetuned'),
-        ...args,
-        `${key}=${value}`,
-      );
+      const r = run(cmd, ...pairArgs(), ...args, `${key}=${value}`);
       assert.equal(r.code, 2, `${cmd} ${key} ${value}: ${r.stderr}`);
       assert.match(
         r.stderr,
@@ -371,17 +330,7 @@ describe('piggyback arguments', () => {
 
   it('an unexpected error is one line without a trace; --debug adds the trace', () => {
     // a probe file that is a folder: reading it fails in a way no check anticipates
-    const args = [
-      'eval',
-      '--base',
-      path.join(O, 'base'),
-      '--finetuned',
-      path.join(O, 'finetuned'),
-      '--out',
-      tempDir(),
-      '--probes',
-      tempDir(),
-    ];
+    const args = ['eval', ...pairArgs(), '--out', tempDir(), '--probes', tempDir()];
     const r = run(...args);
     assert.notEqual(r.code, 0);
     assert.equal(
