@@ -19,47 +19,51 @@ export class Associations implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('piggyback.template', vscode.StatusBarAlignment.Left, 50);
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
-  private scanCache = new Map<
-    string,
-    { at: number; templates: string[]; configs: string[]; trainers: Map<string, string> }
-  >();
+  private scanCache = new Map<string, { at: number; templates: string[]; configs: string[] }>();
 
   constructor() {
     this.item.name = 'Piggyback template';
     this.item.command = 'piggyback.chooseTemplate';
   }
 
-  /** Model folders and .jinja files in the workspace folder (cached for a few seconds: scans walk the tree). */
   /** Scans are looked at again (a training config or dataset_info.json changed). */
   forget(): void {
     this.scanCache.clear();
   }
 
+  /** Model folders and .jinja files in the workspace folder (cached for a few seconds: scans walk the tree). */
   templatesIn(root: string): string[] {
     return this.scanned(root).templates;
   }
 
-  /** The workspace folder's model folders, .jinja files and the datasets its training configs name. */
+  /** The workspace folder's model folders, .jinja files and training configs (a walk, cached for a few seconds). */
   private scanned(root: string) {
     const hit = this.scanCache.get(root);
     if (hit && Date.now() - hit.at < 5000) return hit;
     const scan = scanFolder(root);
-    // a dataset a training config names is rendered with that trainer's template (the first config naming it)
-    const trainers = new Map<string, string>();
-    for (const config of scan.trainers)
-      for (const d of trainerDatasets(config))
-        if (insideRoot(root, d) && !trainers.has(path.resolve(d))) trainers.set(path.resolve(d), config);
-    const entry = { at: Date.now(), templates: scan.templates, configs: scan.trainers, trainers };
+    const entry = { at: Date.now(), templates: scan.templates, configs: scan.trainers };
     this.scanCache.set(root, entry);
     return entry;
+  }
+
+  /**
+   * The datasets the training configs name, each with its config (the first naming it). Read at each use, not
+   * cached with the walk: a dataset written after its config or dataset_info.json is paired once it exists.
+   */
+  private trainersIn(root: string, configs: string[]): Map<string, string> {
+    const trainers = new Map<string, string>();
+    for (const config of configs)
+      for (const d of trainerDatasets(config))
+        if (insideRoot(root, d) && !trainers.has(path.resolve(d))) trainers.set(path.resolve(d), config);
+    return trainers;
   }
 
   resolve(dataset: vscode.Uri): Association {
     const folder = vscode.workspace.getWorkspaceFolder(dataset);
     const root = folder?.uri.fsPath ?? path.dirname(dataset.fsPath);
     // a per-dataset choice in .piggyback.json wins over the workspace-wide setting, which wins over the guess
-    const { templates, trainers } = this.scanned(root);
-    const guess = associate(dataset.fsPath, root, templates, undefined, trainers);
+    const { templates, configs } = this.scanned(root);
+    const guess = associate(dataset.fsPath, root, templates, undefined, this.trainersIn(root, configs));
     if (guess.refused) this.warnOnce(guess.refused.message);
     if (guess.source === 'workspace file') return guess;
     const setting = readSettings(dataset).template;
