@@ -12,11 +12,14 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 
 import jinja2
 from jinja2 import nodes
-from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.ext import Extension
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'common'))
+from transformers_jinja import environment, special_tokens  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 CLOCK = datetime.datetime(2024, 7, 26, 12, 0, 0)
@@ -56,31 +59,6 @@ class Spans(Extension):
         return '\ue000' + text + '\ue001'
 
 
-def environment():
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Spans, loopcontrols])
-    env.filters['tojson'] = tojson
-    env.globals['raise_exception'] = raise_exception
-    env.globals['strftime_now'] = lambda fmt: CLOCK.strftime(fmt)
-    return env
-
-
-def special_tokens(config):
-    out = {}
-    for key in ('bos_token', 'eos_token', 'unk_token', 'pad_token'):
-        v = config.get(key)
-        if isinstance(v, dict):
-            v = v.get('content')
-        if isinstance(v, str):
-            out[key] = v
-    return out
-
-
 def render(env, text, case, tokens):
     try:
         out = env.from_string(text).render(messages=case['messages'], add_generation_prompt=case['addGenerationPrompt'],
@@ -99,7 +77,7 @@ def render(env, text, case, tokens):
 
 
 def main():
-    env = environment()
+    env = environment(CLOCK, [Spans])
     families = {}
     for name, rel in SOURCES.items():
         path = os.path.join(ROOT, rel)

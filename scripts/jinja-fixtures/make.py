@@ -8,38 +8,15 @@ test fixtures. Usage: /usr/bin/python3 scripts/jinja-fixtures/make.py (needs Deb
 import datetime
 import json
 import os
+import sys
 
 import jinja2
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'common'))
+from transformers_jinja import environment, special_tokens  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 CLOCK = datetime.datetime(2024, 7, 26, 12, 0, 0)
-
-
-def environment():
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters['tojson'] = tojson
-    env.globals['raise_exception'] = raise_exception
-    env.globals['strftime_now'] = lambda fmt: CLOCK.strftime(fmt)
-    return env
-
-
-def special_tokens(config):
-    out = {}
-    for key in ('bos_token', 'eos_token', 'unk_token', 'pad_token'):
-        v = config.get(key)
-        if isinstance(v, dict):
-            v = v.get('content')
-        if isinstance(v, str):
-            out[key] = v
-    return out
 
 
 SOURCES = {
@@ -190,7 +167,7 @@ for cname, (messages, gen, kwargs) in list(CONVERSATIONS.items()):
         CONVERSATIONS[cname + '/no-generation-prompt'] = (messages, False, kwargs)
 
 cases = []
-env = environment()
+env = environment(CLOCK)
 templates = {}
 for name, rel in SOURCES.items():
     path = os.path.join(ROOT, rel)
